@@ -1,0 +1,301 @@
+"""The LlamaGen GPT (c2i and t2i, every preset) in Flax linen, weight compatible with PyTorch.
+
+Sequence layout: `cls_token_num` condition positions, then image tokens in raster order;
+position `cls_token_num + k` holds image token k and its logits predict token k + 1. The
+condition positions get zero rotary (cos = sin = 0), image token k the 2D rotary of grid cell
+(k // g, k % g): the first hd/4 adjacent pairs rotate with the row, the last hd/4 with the
+column.
+
+Layers are an `nn.scan`, so per-layer parameters are stacked on a leading `n_layer` axis. The
+KV cache is an explicit pytree `KVCache(k, v, valid)` with fixed shapes; a call writes its new
+keys/values at `start` in place (`dynamic_update_slice` on the loop carry) and attends over
+the whole preallocated cache under a mask, so every decode step has the same shapes.
+
+Parameter tree (PyTorch `a.b` names map to `a/b`, Linear `(out,in)` to kernel `(in,out)`):
+  tok_embeddings/embedding (V, dim)
+  cls_embedding/embedding_table/embedding (num_classes+1, dim)              [c2i]
+  cls_embedding/cap_proj/{fc1,fc2}/kernel, cls_embedding/uncond_embedding   [t2i]
+  layers/attention/{wqkv,wo}/kernel, layers/feed_forward/{w1,w2,w3}/kernel,
+  layers/{attention_norm,ffn_norm}/weight                                  [stacked over layers]
+  norm/weight (dim,), output/kernel (dim, V)
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scalingar_jax.config import GPTConfig, to_dtype
+
+
+class KVCache(NamedTuple):
+    """k, v: (n_layer, B, S, n_kv_head, head_dim); valid: (B, S) bool, key positions that may
+    be attended to (False for left-padding of the caption). Causality comes from positions."""
+
+    k: jax.Array
+    v: jax.Array
+    valid: jax.Array
+
+
+def init_cache(cfg: GPTConfig, batch: int, max_len: int | None = None, cond_mask=None) -> KVCache:
+    """Zeroed cache for `batch` rows and `max_len` positions (default `cfg.max_seq_len - 1`).
+
+    cond_mask: optional (batch, cls_token_num) bool, False at padded caption positions.
+    """
+    max_len = cfg.max_seq_len - 1 if max_len is None else max_len
+    shape = (cfg.n_layer, batch, max_len, cfg.kv_heads, cfg.head_dim)
+    dt = to_dtype(cfg.dtype)
+    valid = jnp.ones((batch, max_len), bool)
+    if cond_mask is not None:
+        valid = valid.at[:, : cfg.cls_token_num].set(jnp.asarray(cond_mask, bool))
+    return KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt), valid)
+
+
+def rope_2d(cfg: GPTConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos, sin of shape (S, head_dim // 2) for absolute sequence positions (S,)."""
+    quarter = cfg.head_dim // 4
+    freqs = 1.0 / (cfg.rope_base ** (jnp.arange(quarter, dtype=jnp.float32) * 2.0 / (cfg.head_dim // 2)))
+    k = positions - cfg.cls_token_num
+    is_img = k >= 0
+    row = jnp.where(is_img, k // cfg.grid_size, 0).astype(jnp.float32)
+    col = jnp.where(is_img, k % cfg.grid_size, 0).astype(jnp.float32)
+    angles = jnp.concatenate([row[:, None] * freqs, col[:, None] * freqs], axis=-1)
+    cos = jnp.where(is_img[:, None], jnp.cos(angles), 0.0)
+    sin = jnp.where(is_img[:, None], jnp.sin(angles), 0.0)
+    return cos, sin
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates adjacent pairs (x[2j], x[2j+1]) of x: (B, S, H, hd) by angles with cos/sin (S, hd/2)."""
+    xf = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
+    x0, x1 = xf[..., 0], xf[..., 1]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    out = jnp.stack([x0 * c - x1 * s, x1 * c + x0 * s], axis=-1)
+    return out.reshape(x.shape).astype(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        weight = self.param("weight", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return y.astype(x.dtype) * weight.astype(x.dtype)
+
+
+def _dense(features: int, cfg: GPTConfig, name: str) -> nn.Dense:
+    return nn.Dense(features, use_bias=False, dtype=to_dtype(cfg.dtype), param_dtype=to_dtype(cfg.param_dtype),
+                    kernel_init=nn.initializers.normal(0.02), name=name)
+
+
+class Attention(nn.Module):
+    cfg: GPTConfig
+
+    @nn.compact
+    def __call__(self, x, cos, sin, cache_k, cache_v, mask, layer, start):
+        cfg = self.cfg
+        B, S, _ = x.shape
+        H, Hkv, hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        qkv = _dense((H + 2 * Hkv) * hd, cfg, "wqkv")(x)
+        q = qkv[..., : H * hd].reshape(B, S, H, hd)
+        k = qkv[..., H * hd : (H + Hkv) * hd].reshape(B, S, Hkv, hd)
+        v = qkv[..., (H + Hkv) * hd :].reshape(B, S, Hkv, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # Write the new keys/values of this layer in place, then read the layer's whole cache.
+        cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), (layer, 0, start, 0, 0))
+        cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), (layer, 0, start, 0, 0))
+        keys = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)  # (B, T, Hkv, hd)
+        values = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
+        # Query head h uses kv head h // (H // Hkv), as PyTorch's repeat_interleave does.
+        qg = q.reshape(B, S, Hkv, H // Hkv, hd)
+        scores = jnp.einsum("bsgrd,btgd->bgrst", qg, keys.astype(q.dtype), preferred_element_type=jnp.float32)
+        scores = scores / np.sqrt(hd)
+        scores = jnp.where(mask[:, None, None], scores, -jnp.inf)
+        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+        out = jnp.einsum("bgrst,btgd->bsgrd", probs, values.astype(q.dtype)).reshape(B, S, H * hd)
+        return _dense(cfg.dim, cfg, "wo")(out), cache_k, cache_v
+
+
+class FeedForward(nn.Module):
+    cfg: GPTConfig
+
+    @nn.compact
+    def __call__(self, x):
+        h = self.cfg.ffn_hidden
+        return _dense(self.cfg.dim, self.cfg, "w2")(
+            nn.silu(_dense(h, self.cfg, "w1")(x)) * _dense(h, self.cfg, "w3")(x)
+        )
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block; scanned over layers with the whole cache in the carry."""
+
+    cfg: GPTConfig
+
+    @nn.compact
+    def __call__(self, carry, cos, sin, mask, start):
+        x, cache_k, cache_v, layer = carry
+        pdt = to_dtype(self.cfg.param_dtype)
+        h, cache_k, cache_v = Attention(self.cfg, name="attention")(
+            RMSNorm(self.cfg.norm_eps, pdt, name="attention_norm")(x), cos, sin, cache_k, cache_v, mask, layer, start
+        )
+        x = x + h
+        x = x + FeedForward(self.cfg, name="feed_forward")(RMSNorm(self.cfg.norm_eps, pdt, name="ffn_norm")(x))
+        return (x, cache_k, cache_v, layer + 1), None
+
+
+class LabelEmbedder(nn.Module):
+    """c2i: class id -> (B, 1, dim); id `num_classes` is the null class."""
+
+    cfg: GPTConfig
+
+    @nn.compact
+    def __call__(self, labels, drop):
+        labels = jnp.where(drop, self.cfg.num_classes, labels)
+        table = nn.Embed(self.cfg.num_classes + 1, self.cfg.dim, dtype=to_dtype(self.cfg.dtype),
+                         param_dtype=to_dtype(self.cfg.param_dtype), embedding_init=nn.initializers.normal(0.02),
+                         name="embedding_table")
+        return table(labels)[:, None, :]
+
+
+class CaptionMLP(nn.Module):
+    """Linear(caption_dim -> dim) -> GELU(tanh) -> Linear(dim -> dim), no biases."""
+
+    cfg: GPTConfig
+
+    @nn.compact
+    def __call__(self, x):
+        x = _dense(self.cfg.dim, self.cfg, "fc1")(x)
+        return _dense(self.cfg.dim, self.cfg, "fc2")(nn.gelu(x, approximate=True))
+
+
+class CaptionEmbedder(nn.Module):
+    """t2i: caption features (B, cls, caption_dim) -> (B, cls, dim); dropped rows use uncond_embedding."""
+
+    cfg: GPTConfig
+
+    @nn.compact
+    def __call__(self, feats, drop):
+        cfg = self.cfg
+        uncond = self.param("uncond_embedding", nn.initializers.normal(cfg.caption_dim**-0.5),
+                            (cfg.cls_token_num, cfg.caption_dim), to_dtype(cfg.param_dtype))
+        feats = jnp.where(drop[:, None, None], uncond[None].astype(feats.dtype), feats)
+        return CaptionMLP(cfg, name="cap_proj")(feats)
+
+
+class Transformer(nn.Module):
+    """LlamaGen GPT. Call `embed_condition`, `embed_tokens`, then `__call__` on embeddings."""
+
+    cfg: GPTConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.tok_embeddings = nn.Embed(cfg.vocab_size, cfg.dim, dtype=to_dtype(cfg.dtype),
+                                       param_dtype=to_dtype(cfg.param_dtype),
+                                       embedding_init=nn.initializers.normal(0.02))
+        self.cls_embedding = LabelEmbedder(cfg) if cfg.model_type == "c2i" else CaptionEmbedder(cfg)
+        self.layers = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True},
+                              in_axes=(nn.broadcast,) * 4, length=cfg.n_layer)(cfg)
+        self.norm = RMSNorm(cfg.norm_eps, to_dtype(cfg.param_dtype))
+        self.output = _dense(cfg.vocab_size, cfg, "output")
+
+    def embed_condition(self, cond, drop):
+        """cond: c2i labels (B,) int | t2i features (B, cls, caption_dim); drop (B,) bool -> (B, cls, dim)."""
+        return self.cls_embedding(cond, drop).astype(to_dtype(self.cfg.dtype))
+
+    def embed_tokens(self, tokens):
+        """tokens (B, S) int32 -> (B, S, dim)."""
+        return self.tok_embeddings(tokens)
+
+    def __call__(self, h, cache: KVCache, start):
+        """h (B, S, dim) at positions start..start+S-1 -> (logits (B, S, V) float32, cache)."""
+        S = h.shape[1]
+        positions = start + jnp.arange(S)
+        cos, sin = rope_2d(self.cfg, positions)
+        key_pos = jnp.arange(cache.valid.shape[1])
+        causal = key_pos[None, :] <= positions[:, None]  # (S, T)
+        mask = (causal[None] & cache.valid[:, None, :]) | (key_pos[None, None, :] == positions[None, :, None])
+        carry = (h, cache.k, cache.v, jnp.int32(0))
+        (h, k, v, _), _ = self.layers(carry, cos, sin, mask, start)
+        logits = self.output(self.norm(h)).astype(jnp.float32)
+        return logits, KVCache(k, v, cache.valid)
+
+    def init_all(self, cond, tokens, cache):
+        h = jnp.concatenate([self.embed_condition(cond, jnp.zeros(tokens.shape[0], bool)), self.embed_tokens(tokens)], 1)
+        return self(h, cache, 0)
+
+
+def dummy_condition(cfg: GPTConfig, batch: int):
+    """A zero condition of the right shape/dtype: labels (B,) int32 or features (B, cls, caption_dim)."""
+    if cfg.model_type == "c2i":
+        return jnp.zeros((batch,), jnp.int32)
+    return jnp.zeros((batch, cfg.cls_token_num, cfg.caption_dim), to_dtype(cfg.dtype))
+
+
+def init_params(cfg: GPTConfig, key: jax.Array):
+    """Random LlamaGen parameters (normal(0.02) linears/embeddings, ones for norms)."""
+    cfg.validate()
+    model = Transformer(cfg)
+    cache = init_cache(cfg, 1, cfg.cls_token_num + 1)
+    variables = model.init(key, dummy_condition(cfg, 1), jnp.zeros((1, 1), jnp.int32), cache, method="init_all")
+    return variables["params"]
+
+
+def param_shapes(cfg: GPTConfig):
+    """Parameter ShapeDtypeStructs via `jax.eval_shape` (no memory is allocated)."""
+    return jax.eval_shape(lambda k: init_params(cfg, k), jax.random.key(0))
+
+
+def count_params(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def validate_condition(cfg: GPTConfig, cond, cond_mask=None) -> None:
+    """Raises a ValueError/TypeError naming the problem if `cond` does not fit `cfg`."""
+    shape, dtype = tuple(np.shape(cond)), np.asarray(cond).dtype if not hasattr(cond, "dtype") else cond.dtype
+    if cfg.model_type == "c2i":
+        if len(shape) != 1:
+            raise ValueError(f"c2i condition must be class ids of shape (batch,), got shape {shape}")
+        if not jnp.issubdtype(dtype, jnp.integer):
+            raise TypeError(f"c2i condition must be integer class ids, got dtype {dtype}")
+        if not isinstance(cond, jax.core.Tracer):
+            c = np.asarray(cond)
+            if c.size and (c.min() < 0 or c.max() >= cfg.num_classes):
+                raise ValueError(f"class ids must be in [0, {cfg.num_classes}), got range [{c.min()}, {c.max()}]")
+    else:
+        want = (cfg.cls_token_num, cfg.caption_dim)
+        if len(shape) != 3 or shape[1:] != want:
+            raise ValueError(f"t2i condition must have shape (batch, {want[0]}, {want[1]}), got {shape}")
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"t2i condition must be floating point features, got dtype {dtype}")
+        if cond_mask is not None and tuple(np.shape(cond_mask)) != (shape[0], cfg.cls_token_num):
+            raise ValueError(
+                f"cond_mask must have shape ({shape[0]}, {cfg.cls_token_num}), got {tuple(np.shape(cond_mask))}"
+            )
+    if shape[0] < 1:
+        raise ValueError("condition batch is empty")
+
+
+def forward(params, cfg: GPTConfig, cond, tokens, cond_mask=None, drop=None):
+    """Uncached teacher-forced forward (training): logits (B, T, V) float32 predicting tokens (B, T).
+
+    The input is the condition followed by tokens[:, :-1]; logits[:, k] predicts tokens[:, k].
+    drop: optional (B,) bool, rows that use the null condition (CFG dropout).
+    """
+    B, T = tokens.shape
+    model = Transformer(cfg)
+    drop = jnp.zeros((B,), bool) if drop is None else drop
+    cache = init_cache(cfg, B, cfg.cls_token_num + T - 1, cond_mask)
+
+    def run(m):
+        h = jnp.concatenate([m.embed_condition(cond, drop), m.embed_tokens(tokens[:, :-1])], axis=1)
+        return m(h, cache, 0)[0]
+
+    logits = nn.apply(run, model)({"params": params})
+    return logits[:, cfg.cls_token_num - 1 :]
