@@ -1,0 +1,132 @@
+"""Model checkpoints: an orbax parameter tree plus the model config as JSON, written atomically.
+
+Layout of a model directory:
+  config.json   {"kind": "gpt" | "vq" | ..., "config": {...dataclass fields...}, "meta": {...}}
+  params/       orbax StandardCheckpointer tree
+
+`save_model` writes into a temporary sibling directory and renames it into place only when
+complete, so a crash or a bad input never leaves a half-written checkpoint behind.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+
+
+def _config_classes() -> dict[str, type]:
+    from scalingar_jax.config import GPTConfig
+    from scalingar_jax.vq import VQConfig
+
+    classes = {"gpt": GPTConfig, "vq": VQConfig}
+    try:  # optional kinds registered by the shapes world
+        from scalingar_jax.world.text_encoder import TextEncoderConfig
+
+        classes["text"] = TextEncoderConfig
+    except ImportError:
+        pass
+    try:
+        from scalingar_jax.world.reward import RewardConfig
+
+        classes["reward"] = RewardConfig
+    except ImportError:
+        pass
+    return classes
+
+
+def config_to_dict(config) -> dict[str, Any]:
+    """A frozen config dataclass as a JSON-able dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_from_dict(kind: str, fields: dict[str, Any]):
+    """Rebuilds the config dataclass of `kind`; unknown or missing fields are errors."""
+    classes = _config_classes()
+    if kind not in classes:
+        raise ValueError(f"unknown model kind {kind!r}; known kinds: {sorted(classes)}")
+    cls = classes[kind]
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - set(names))
+    if unknown:
+        raise ValueError(f"{kind} config has unknown fields {unknown}; expected a subset of {sorted(names)}")
+    # JSON has no tuples: restore them where the default is a tuple.
+    fixed = {}
+    for k, v in fields.items():
+        default = names[k].default
+        fixed[k] = tuple(v) if isinstance(v, list) and isinstance(default, tuple) else v
+    config = cls(**fixed)
+    return config.validate() if hasattr(config, "validate") else config
+
+
+def save_model(path, params, config, *, kind: str, meta: dict | None = None, overwrite: bool = False) -> Path:
+    """Saves `params` (pytree of arrays) and `config` under `path`, atomically. Returns the path."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+    parent = path.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"cannot write to {parent}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
+    try:
+        record = {"kind": kind, "config": config_to_dict(config), "meta": meta or {}}
+        (tmp / CONFIG_FILE).write_text(json.dumps(record, indent=2))
+        params = jax.tree.map(np.asarray, params)
+        ckptr = ocp.StandardCheckpointer()
+        ckptr.save(tmp / PARAMS_DIR, params)
+        ckptr.wait_until_finished()
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent))
+            os.replace(path, old / "x")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_config(path) -> tuple[str, Any, dict]:
+    """(kind, config dataclass, meta) of a saved model directory."""
+    path = Path(path)
+    cfg_file = path / CONFIG_FILE
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{path} is not a scalingar-jax model directory (no {CONFIG_FILE})")
+    record = json.loads(cfg_file.read_text())
+    for key in ("kind", "config"):
+        if key not in record:
+            raise ValueError(f"{cfg_file} is missing the key {key!r}")
+    return record["kind"], config_from_dict(record["kind"], record["config"]), record.get("meta", {})
+
+
+def load_model(path, *, expect_kind: str | None = None):
+    """Loads (params, config) from a directory written by `save_model` (or `scalingar convert`)."""
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    kind, config, _ = read_config(path)
+    if expect_kind is not None and kind != expect_kind:
+        raise ValueError(f"{path} holds a {kind!r} model, expected {expect_kind!r}")
+    if not (path / PARAMS_DIR).is_dir():
+        raise FileNotFoundError(f"{path} has no {PARAMS_DIR}/ directory")
+    params = ocp.StandardCheckpointer().restore(path / PARAMS_DIR)
+    return params, config
+
+
+def load_llamagen(path):
+    """Loads a converted LlamaGen GPT or VQ: returns (params, config)."""
+    return load_model(path)
