@@ -1,0 +1,184 @@
+"""Decode benchmark: tokens/s, per-step time, prefill time, compile time, compiled memory.
+
+Random weights for chosen presets and batch sizes. The machine's matrix-multiply limit is
+measured in the same run (skinny fp32/bf16 matmuls of the decode step's shapes), and with
+`--llamagen-src PATH` the original PyTorch LlamaGen (its gpt.py + generate.py, eager) runs
+side by side on the same inputs (imported at run time from the user's checkout, never shipped).
+
+  python experiments/bench_decode.py --presets GPT-B --batch 16 --dtype float32
+  python experiments/bench_decode.py --memory-only --presets GPT-XL --batch 16 --grid 32 --dtype bfloat16 --t2i
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+from common import markdown_table, stamp, timeit, write_json  # noqa: E402
+
+from scalingar_jax import decode, gpt  # noqa: E402
+from scalingar_jax.config import gpt_config, to_dtype  # noqa: E402
+
+
+def _abstract_params(cfg):
+    return gpt.param_shapes(cfg)
+
+
+def step_fn(cfg, n_steps):
+    """n decode steps from a prefilled cache, in one jit (tokens fed back greedily)."""
+
+    @jax.jit
+    def run(params, cache, tok):
+        def body(i, carry):
+            cache, tok = carry
+            logits, cache = decode.decode_step(params, cfg, cache, tok, i)
+            return cache, jnp.argmax(logits, -1).astype(jnp.int32)
+
+        return jax.lax.fori_loop(0, n_steps, body, (cache, tok))
+
+    return run
+
+
+def loop_memory(cfg, batch, use_cfg=True):
+    """Compiled memory of the whole generate loop (no allocation: lowered on abstract inputs)."""
+    P = batch // 2 if use_cfg else batch
+    cond = (jax.ShapeDtypeStruct((P,), jnp.int32) if cfg.model_type == "c2i"
+            else jax.ShapeDtypeStruct((P, cfg.cls_token_num, cfg.caption_dim), to_dtype(cfg.dtype)))
+    mask = None if cfg.model_type == "c2i" else jax.ShapeDtypeStruct((P, cfg.cls_token_num), jnp.bool_)
+    from scalingar_jax.config import SamplingConfig
+
+    t = time.perf_counter()
+    lowered = decode._generate.lower(
+        _abstract_params(cfg), jax.random.key(0), cond, mask, jax.ShapeDtypeStruct((P,), jnp.int32),
+        cfg=cfg, sampling=SamplingConfig(cfg_scale=4.0 if use_cfg else 1.0, top_k=1000), num_candidates=1,
+        greedy=False)
+    compiled = lowered.compile()
+    ma = compiled.memory_analysis()
+    out = {"compile_s": time.perf_counter() - t}
+    if ma is not None:
+        out.update(
+            argument_gb=ma.argument_size_in_bytes / 1e9, output_gb=ma.output_size_in_bytes / 1e9,
+            temp_gb=ma.temp_size_in_bytes / 1e9,
+            peak_gb=(ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
+                     - ma.alias_size_in_bytes) / 1e9)
+    return out
+
+
+def matmul_limit(rows, dim, dtype, n_out=24576):
+    """GFLOP/s of a (rows x dim) @ (dim x n_out) matmul in XLA: the decode step's best case."""
+    a = jnp.ones((rows, dim), dtype)
+    b = jnp.ones((dim, n_out), dtype)
+    f = jax.jit(lambda a, b: a @ b)
+    s = timeit(lambda: f(a, b).block_until_ready(), repeat=10, warmup=2)
+    return 2 * rows * dim * n_out / s / 1e9
+
+
+def flops_per_step(cfg, rows, ctx):
+    """Matmul FLOPs of one decode step: weights (2 * params_without_embeddings) + attention."""
+    n = gpt.count_params(_abstract_params(cfg))
+    n -= cfg.vocab_size * cfg.dim  # the input embedding is a gather
+    n -= (cfg.num_classes + 1) * cfg.dim if cfg.model_type == "c2i" else 0
+    attn = 4 * cfg.n_layer * cfg.n_head * cfg.head_dim * ctx
+    return rows * (2 * n + attn)
+
+
+def bench_jax(cfg, batch, n_steps=32):
+    params = jax.jit(functools.partial(gpt.init_params, cfg))(jax.random.key(0))
+    P = batch // 2
+    cond = jnp.zeros((P,), jnp.int32) if cfg.model_type == "c2i" else jnp.zeros(
+        (P, cfg.cls_token_num, cfg.caption_dim), to_dtype(cfg.dtype))
+    pre = jax.jit(lambda p, c: decode.prefill(p, cfg, c, use_cfg=True))
+    t = time.perf_counter()
+    jax.block_until_ready(pre(params, cond))
+    prefill_compile = time.perf_counter() - t
+    prefill_s = timeit(lambda: jax.block_until_ready(pre(params, cond)))
+    _, cache = pre(params, cond)
+    tok = jnp.zeros((batch,), jnp.int32)
+    run = step_fn(cfg, n_steps)
+    t = time.perf_counter()
+    jax.block_until_ready(run(params, cache, tok))
+    compile_s = time.perf_counter() - t
+    s = timeit(lambda: jax.block_until_ready(run(params, cache, tok)), repeat=3, warmup=0)
+    return {"step_ms": 1e3 * s / n_steps, "tokens_per_s": batch * n_steps / s, "prefill_ms": 1e3 * prefill_s,
+            "compile_s": compile_s + prefill_compile}
+
+
+def bench_torch(src, preset, batch, dtype, grid, n_steps=32):
+    """Original LlamaGen's model + decode_one_token (eager), from the user's checkout."""
+    sys.path.insert(0, src)
+    import torch
+    from autoregressive.models.generate import decode_one_token  # type: ignore
+    from autoregressive.models.gpt import GPT_models  # type: ignore
+
+    torch.manual_seed(0)
+    tdt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    model = GPT_models[preset](block_size=grid * grid, cls_token_num=1, model_type="c2i").to(tdt).eval()
+    P = batch // 2
+    with torch.no_grad():
+        model.setup_caches(max_batch_size=batch, max_seq_length=1 + grid * grid, dtype=tdt)
+        cond = torch.cat([torch.zeros(P, dtype=torch.long), torch.full((P,), 1000, dtype=torch.long)])
+        model(None, cond, input_pos=torch.arange(0, 1))
+        x = torch.zeros(P, 1, dtype=torch.long)
+
+        def steps():
+            for i in range(n_steps):
+                decode_one_token(model, x, torch.tensor([1 + i]), 4.0, True, temperature=1.0, top_k=0, top_p=1.0,
+                                 sample_logits=True)
+
+        steps()
+        t = time.perf_counter()
+        steps()
+        s = time.perf_counter() - t
+    return {"step_ms": 1e3 * s / n_steps, "tokens_per_s": batch * n_steps / s, "torch": torch.__version__}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=["GPT-B"], help="LlamaGen presets to time (random weights)")
+    ap.add_argument("--batch", nargs="+", type=int, default=[16], help="rows per step (N candidates x 2 for CFG)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="parameter/compute dtype")
+    ap.add_argument("--grid", type=int, default=16, help="token grid side (16: 256px with VQ-16)")
+    ap.add_argument("--t2i", action="store_true", help="t2i model (120 caption positions) instead of c2i")
+    ap.add_argument("--steps", type=int, default=32, help="decode steps timed per repetition")
+    ap.add_argument("--memory-only", action="store_true", help="only compile the whole loop and report its memory")
+    ap.add_argument("--llamagen-src", default=None, help="path to a LlamaGen checkout: time its PyTorch decode too")
+    ap.add_argument("--out", default="bench_decode", help="results name under experiments/results/")
+    args = ap.parse_args(argv)
+
+    rows = []
+    for preset in args.presets:
+        mt = "t2i" if args.t2i else "c2i"
+        cfg = gpt_config(preset, mt, grid_size=args.grid, param_dtype=args.dtype, dtype=args.dtype)
+        for batch in args.batch:
+            row = {"preset": preset, "type": mt, "batch": batch, "dtype": args.dtype, "grid": args.grid}
+            mem = loop_memory(cfg, batch)
+            row.update({f"loop_{k}": v for k, v in mem.items()})
+            if not args.memory_only:
+                row.update(bench_jax(cfg, batch, args.steps))
+                ctx = cfg.max_seq_len - 1
+                limit = matmul_limit(batch, cfg.dim, to_dtype(args.dtype))
+                row["matmul_limit_gflops"] = limit
+                row["limit_step_ms"] = 1e3 * flops_per_step(cfg, batch, ctx) / (limit * 1e9)
+                row["x_of_limit"] = row["step_ms"] / row["limit_step_ms"]
+                if args.llamagen_src and mt == "c2i":
+                    tr = bench_torch(args.llamagen_src, preset, batch, args.dtype, args.grid, args.steps)
+                    row["torch_step_ms"] = tr["step_ms"]
+                    row["speedup_vs_torch"] = tr["step_ms"] / row["step_ms"]
+            rows.append(row)
+            print(row, flush=True)
+    cols = ["preset", "type", "batch", "dtype", "grid", "step_ms", "tokens_per_s", "prefill_ms", "compile_s",
+            "limit_step_ms", "x_of_limit", "torch_step_ms", "speedup_vs_torch", "loop_peak_gb", "loop_compile_s"]
+    table = markdown_table(rows, [c for c in cols if any(c in r for r in rows)])
+    print(table)
+    path = write_json(args.out, {"stamp": stamp(), "rows": rows, "table": table})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

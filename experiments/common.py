@@ -1,0 +1,65 @@
+"""Shared helpers for experiment scripts: result stamping, tables, timing."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def stamp(seed: int | None = None) -> dict:
+    """Command, seed, git revision, machine and library versions of this run."""
+    import jax
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        rev = "unknown"
+    return {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "seed": seed,
+        "git_rev": rev or "unknown",
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+        "devices": [str(d) for d in jax.devices()],
+        "jax": jax.__version__,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def write_json(name: str, payload: dict) -> Path:
+    """Writes experiments/results/<name>.json atomically and returns the path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    os.replace(tmp, path)
+    return path
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def timeit(fn, *, repeat: int = 3, warmup: int = 1) -> float:
+    """Median wall seconds of fn() (fn must block until its result is ready)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]

@@ -1,0 +1,402 @@
+"""Generation strategies as jitted token loops over the KV-cache decoder.
+
+* `plain`            N candidates at the fixed default CFG, no selection (N = 1 is LlamaGen).
+* `confidence_only`  N candidates at the default CFG; pick the highest mean token confidence.
+* `scalingar`        the confidence profile drives per-candidate CFG and adaptive termination
+                     (ablations through `ScalingARConfig` switches); pick the highest final C.
+* `best_of_n`        N full trajectories, pick by `reward(images, prompts)`.
+* `importance_sampling`  TTS-VAR's protocol for next-token prediction: at checkpoints decode the
+                     partial grid (ungenerated positions filled with `fill_code`), resample
+                     candidates with probability ~ exp(reward / tau), copying their cache rows.
+
+Termination is by masking inside a `lax.while_loop`; with `compaction=True` the loop leaves
+early when every prompt's alive count fits half the candidate slots, alive rows (state, keys,
+cache rows, cond and uncond) are gathered into a power-of-two bucket, and the loop continues.
+Each bucket size compiles once. A candidate's randomness comes from (prompt id, candidate id,
+step), so compacted and masked runs sample the same tokens. Buffers that are returned
+(tokens, trajectories) always keep the original (P, N) candidate layout.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from scalingar_jax import decode
+from scalingar_jax.config import GPTConfig, SamplingConfig, to_dtype
+from scalingar_jax.gpt import KVCache, validate_condition
+from scalingar_jax.sampling import candidate_keys
+from scalingar_jax.scaling.config import ScalingARConfig
+from scalingar_jax.scaling.policy import guidance_scale, select_winner, update_termination
+from scalingar_jax.scaling.profile import ConfidenceState, init_state, token_stats, update_profile
+
+STRATEGIES = ("plain", "confidence_only", "scalingar", "best_of_n", "importance_sampling")
+RewardFn = Callable[[np.ndarray, Sequence[str]], np.ndarray]  # (B,H,W,3) uint8, prompts -> (B,)
+DecodeFn = Callable[[np.ndarray], np.ndarray]  # tokens (B, T) int32 -> images (B,H,W,3) uint8
+
+
+@struct.dataclass
+class LoopState:
+    """Everything the token loop carries. Rows: P*N' cond rows then P*N' uncond rows; N' = the
+    current bucket (slots); `cand` maps slots to original candidate ids (N0 = padding)."""
+
+    logits: jax.Array  # (R, V) logits for token k
+    cache: KVCache
+    k: jax.Array  # int32, the next token index to sample
+    keys: jax.Array  # (P, N') candidate keys
+    cand: jax.Array  # (P, N') int32 original candidate id, N0 for padding slots
+    scale: jax.Array  # (P, N') guidance scale for token k
+    conf: ConfidenceState  # (P, N') ScalingAR state (alive mask used by every strategy)
+    conf_sum: jax.Array  # (P, N') sum of token confidence 1 - u (confidence-only baseline)
+    tokens_dropped: jax.Array  # (P,) int32 tokens of candidates compacted away (still counted)
+    tokens: jax.Array  # (P, N0, T) int32, -1 where not generated
+    entropy: jax.Array  # (P, N0, T) float32 normalized entropy of each sampled token
+    traj: dict  # name -> (T, P, N0) float32 / bool, and "theta" (T, P)
+
+
+@struct.dataclass
+class StrategyResult:
+    """tokens (P, T) of the selected image; winner (P,) candidate id; tokens_used (P,);
+    all_tokens (P, N, T) (-1 where a pruned candidate generated nothing); entropy (P, N, T);
+    terminated_at (P, N) (-1: survived); traj: name -> (T, P, N) per-step C, I, D, R, scale,
+    alive, and theta (T, P); score (P, N) what selection ranked (C, mean confidence or reward)."""
+
+    tokens: jax.Array
+    winner: jax.Array
+    tokens_used: jax.Array
+    all_tokens: jax.Array
+    entropy: jax.Array
+    terminated_at: jax.Array
+    score: jax.Array
+    traj: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSpec:
+    """Static description of a token loop (hashable: the jit cache key)."""
+
+    cfg: GPTConfig
+    sampling: SamplingConfig
+    scaling: ScalingARConfig
+    policy: str  # "none" (fixed CFG) or "scalingar"
+    num_candidates: int  # N0, original candidates per prompt
+    compaction: bool = False
+    stop_at: int = -1  # >= 0: leave the loop when k reaches it (importance-sampling checkpoints)
+
+    @property
+    def T(self) -> int:
+        return self.cfg.block_size
+
+
+# ------------------------------------------------------------------------------ loop pieces
+def _rows(x, P, N):
+    """(R, ...) -> cond (P, N, ...), uncond (P, N, ...) (uncond = cond without CFG)."""
+    half = P * N
+    c = x[:half].reshape(P, N, *x.shape[1:])
+    u = x[half:].reshape(P, N, *x.shape[1:]) if x.shape[0] > half else c
+    return c, u
+
+
+def _scatter(buf, cand, values, index=None):
+    """Writes values (P, N', ...) into buf (P, N0, ...) [at time `index` if given] by candidate id."""
+    P = cand.shape[0]
+    p = jnp.broadcast_to(jnp.arange(P)[:, None], cand.shape)
+    if index is None:
+        return buf.at[p, cand].set(values, mode="drop")
+    return buf.at[index, p, cand].set(values, mode="drop")
+
+
+def _step(params, spec: LoopSpec, s: LoopState) -> LoopState:
+    cfg, sampling, sc = spec.cfg, spec.sampling, spec.scaling
+    P, N = s.cand.shape
+    use_cfg = True
+    k = s.k
+    lc, lu = _rows(s.logits, P, N)
+    alive = s.conf.alive
+    tok = decode.next_tokens(sampling, lc, lu, s.scale, s.keys, k, use_cfg)
+    tok = jnp.where(alive, tok, -1)
+    hn, margin = token_stats(lc)
+    conf_sum = s.conf_sum + jnp.where(alive, 1.0 - (sc.aH * hn + sc.aM * (1.0 - margin)), 0.0)
+    T = spec.T
+    if spec.policy == "scalingar":
+        lg = None
+        if sc.entropy_source == "guided":
+            lg = decode.sampling_logits(sampling, lc, lu, s.scale, k, use_cfg)
+        conf = update_profile(sc, s.conf, lc, lu, k, None, cfg.grid_size, lg=lg)
+        conf = update_termination(sc, conf, k, T)
+        scale = guidance_scale(sc, conf, sampling.cfg_scale) if sc.use_scheduler else s.scale
+    else:
+        conf = s.conf.replace(tokens_used=s.conf.tokens_used + alive.astype(jnp.int32))
+        scale = s.scale
+    traj = dict(s.traj)
+    for name in ("C", "I", "D", "R"):
+        traj[name] = _scatter(traj[name], s.cand, getattr(conf, name), k)
+    traj["scale"] = _scatter(traj["scale"], s.cand, s.scale, k)
+    traj["alive"] = _scatter(traj["alive"], s.cand, conf.alive, k)
+    traj["theta"] = traj["theta"].at[k].set(conf.theta)
+    tokens = s.tokens.at[:, :, k].set(_scatter(s.tokens[:, :, k], s.cand, tok))
+    entropy = s.entropy.at[:, :, k].set(_scatter(s.entropy[:, :, k], s.cand, hn))
+
+    fed = jnp.maximum(tok, 0).reshape(P * N)
+    fed = jnp.concatenate([fed, fed])
+
+    def advance(_):
+        return decode.decode_step(params, cfg, s.cache, fed, k)
+
+    logits, cache = jax.lax.cond(k < T - 1, advance, lambda _: (s.logits, s.cache), None)
+    return s.replace(logits=logits, cache=cache, k=k + 1, scale=scale, conf=conf, conf_sum=conf_sum, tokens=tokens,
+                     entropy=entropy, traj=traj)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def run_loop(params, s: LoopState, *, spec: LoopSpec) -> LoopState:
+    """Runs token steps until k == T, or (compaction) until the alive rows fit half the slots,
+    or (stop_at >= 0) until k == stop_at. Compiles once per (spec, slot count)."""
+    N = s.cand.shape[1]
+
+    def keep_going(s):
+        go = s.k < spec.T
+        if spec.stop_at >= 0:
+            go &= s.k < spec.stop_at
+        if spec.compaction and N > 1:
+            go &= jnp.max(jnp.sum(s.conf.alive, axis=1)) > N // 2
+        return go
+
+    return jax.lax.while_loop(keep_going, lambda s: _step(params, spec, s), s)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def start_loop(params, cond, cond_mask, key, prompt_ids, *, spec: LoopSpec) -> LoopState:
+    """Prefill for P prompts x N0 candidates (CFG rows) and a fresh loop state."""
+    cfg, N0, T = spec.cfg, spec.num_candidates, spec.T
+    P = cond.shape[0]
+    rep = lambda x: None if x is None else jnp.repeat(x, N0, axis=0)  # noqa: E731
+    logits, cache = decode.prefill(params, cfg, rep(cond), rep(cond_mask), use_cfg=True)
+    f32 = jnp.zeros((T, P, N0), jnp.float32)
+    traj = {"C": f32, "I": f32, "D": f32, "R": f32, "scale": f32, "alive": jnp.zeros((T, P, N0), bool),
+            "theta": jnp.zeros((T, P), jnp.float32)}
+    return LoopState(
+        logits=logits, cache=cache, k=jnp.int32(0),
+        keys=candidate_keys(key, prompt_ids, jnp.arange(N0)),
+        cand=jnp.broadcast_to(jnp.arange(N0, dtype=jnp.int32), (P, N0)),
+        scale=jnp.full((P, N0), spec.sampling.cfg_scale, jnp.float32),
+        conf=init_state(spec.scaling, P, N0, cfg.grid_size),
+        conf_sum=jnp.zeros((P, N0), jnp.float32), tokens_dropped=jnp.zeros((P,), jnp.int32),
+        tokens=jnp.full((P, N0, T), -1, jnp.int32), entropy=jnp.zeros((P, N0, T), jnp.float32), traj=traj)
+
+
+@functools.partial(jax.jit, static_argnames=("slots",))
+def compact(s: LoopState, *, slots: int) -> LoopState:
+    """Gathers each prompt's alive slots (in candidate-id order) into `slots` slots; the rest are
+    dead padding (cand = N0, alive False, nothing counted)."""
+    P, N = s.cand.shape
+    alive = s.conf.alive
+    order = jnp.argsort(jnp.where(alive, 0, 1) * (N + 1) + jnp.arange(N)[None], axis=1)[:, :slots]  # (P, slots)
+    valid = jnp.take_along_axis(alive, order, axis=1)
+    take = lambda x: jnp.take_along_axis(x, order.reshape(P, slots, *([1] * (x.ndim - 2))), axis=1)  # noqa: E731
+
+    def gather_conf(x):
+        return take(x) if x.ndim >= 2 and x.shape[:2] == (P, N) else x
+
+    conf = jax.tree.map(gather_conf, s.conf)
+    conf = conf.replace(alive=valid, tokens_used=jnp.where(valid, conf.tokens_used, 0))
+    dropped = jnp.sum(s.conf.tokens_used, axis=1) - jnp.sum(conf.tokens_used, axis=1)
+    rows = (jnp.arange(P)[:, None] * N + order).reshape(-1)
+    rows = jnp.concatenate([rows, rows + P * N])
+    n0 = s.tokens.shape[1]
+    return s.replace(
+        logits=s.logits[rows], cache=KVCache(s.cache.k[:, rows], s.cache.v[:, rows], s.cache.valid[rows]),
+        keys=take(s.keys), cand=jnp.where(valid, take(s.cand), n0), scale=take(s.scale), conf=conf,
+        conf_sum=take(s.conf_sum), tokens_dropped=s.tokens_dropped + dropped)
+
+
+def bucket(n: int) -> int:
+    """Smallest power of two >= n."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def drive(params, s: LoopState, spec: LoopSpec, on_progress: Callable[[int], None] | None = None) -> LoopState:
+    """Runs the loop to k == T (or spec.stop_at), compacting at bucket boundaries if enabled."""
+    end = spec.T if spec.stop_at < 0 else spec.stop_at
+    while True:
+        s = run_loop(params, s, spec=spec)
+        k = int(s.k)
+        if on_progress is not None:
+            on_progress(k)
+        if k >= end:
+            return s
+        max_alive = int(jnp.max(jnp.sum(s.conf.alive, axis=1)))
+        s = compact(s, slots=bucket(max_alive))
+
+
+# ------------------------------------------------------------------------------ public API
+def _prepare(cfg: GPTConfig, sampling: SamplingConfig, scaling: ScalingARConfig, cond, cond_mask, num_candidates,
+             prompt_ids):
+    cfg.validate()
+    sampling.validate(cfg.vocab_size)
+    if isinstance(num_candidates, bool) or int(num_candidates) < 1:
+        raise ValueError(f"num_candidates (N) must be >= 1, got {num_candidates}")
+    if cfg.block_size != cfg.grid_size**2:
+        raise ValueError("T must be grid_size**2")
+    scaling.validate(cfg.grid_size, cfg.block_size)
+    validate_condition(cfg, cond, cond_mask)
+    P = int(np.shape(cond)[0])
+    prompt_ids = jnp.arange(P, dtype=jnp.int32) if prompt_ids is None else jnp.asarray(prompt_ids, jnp.int32)
+    if prompt_ids.shape != (P,):
+        raise ValueError(f"prompt_ids must have shape ({P},), got {prompt_ids.shape}")
+    if cfg.model_type == "t2i":
+        cond = jnp.asarray(cond, to_dtype(cfg.dtype))
+        cond_mask = jnp.ones(cond.shape[:2], bool) if cond_mask is None else jnp.asarray(cond_mask, bool)
+    else:
+        cond, cond_mask = jnp.asarray(cond, jnp.int32), None
+    return cond, cond_mask, prompt_ids
+
+
+def _result(s: LoopState, winner, score, tokens_used) -> StrategyResult:
+    P = s.tokens.shape[0]
+    tokens = s.tokens[jnp.arange(P), winner]
+    # terminated_at in original candidate layout (padding slots dropped)
+    term = jnp.full(s.tokens.shape[:2], -1, jnp.int32)
+    alive_traj = s.traj["alive"]  # (T, P, N0)
+    T = alive_traj.shape[0]
+    died = ~alive_traj[-1]
+    first_dead = jnp.argmax(~alive_traj, axis=0).astype(jnp.int32)
+    term = jnp.where(died, first_dead, term)
+    return StrategyResult(tokens=tokens, winner=winner, tokens_used=tokens_used, all_tokens=s.tokens,
+                          entropy=s.entropy, terminated_at=term, score=score, traj=s.traj)
+
+
+def run_token_strategy(params, cfg: GPTConfig, cond, cond_mask=None, *, key, strategy: str = "scalingar",
+                       num_candidates: int = 8, sampling: SamplingConfig = SamplingConfig(),
+                       scaling: ScalingARConfig = ScalingARConfig(), compaction: bool = True, prompt_ids=None,
+                       on_progress=None) -> StrategyResult:
+    """Strategies that need no reward: "plain", "confidence_only", "scalingar".
+
+    cond: (P,) labels or (P, cls, caption_dim) features; cond_mask (P, cls). CFG rows always run
+    (ScalingAR's scale may go to s_min = 1). Returns a `StrategyResult` with candidate ids.
+    """
+    if strategy not in ("plain", "confidence_only", "scalingar"):
+        raise ValueError(f"run_token_strategy handles plain/confidence_only/scalingar, got {strategy!r}")
+    cond, cond_mask, prompt_ids = _prepare(cfg, sampling, scaling, cond, cond_mask, num_candidates, prompt_ids)
+    policy = "scalingar" if strategy == "scalingar" else "none"
+    spec = LoopSpec(cfg, sampling, scaling, policy, int(num_candidates),
+                    compaction=bool(compaction and policy == "scalingar" and scaling.use_termination))
+    s = start_loop(params, cond, cond_mask, key, prompt_ids, spec=spec)
+    s = drive(params, s, spec, on_progress)
+    return finish(s, strategy)
+
+
+@functools.partial(jax.jit, static_argnames=("strategy",))
+def finish(s: LoopState, strategy: str) -> StrategyResult:
+    """Selection and accounting at the end of a token loop (any bucket size)."""
+    P, N0 = s.tokens.shape[:2]
+    p = jnp.broadcast_to(jnp.arange(P)[:, None], s.cand.shape)
+    tokens_used = s.tokens_dropped + jnp.sum(s.conf.tokens_used, axis=1)
+    if strategy == "scalingar":
+        slot = select_winner(s.conf)
+        winner = s.cand[jnp.arange(P), slot]
+        score = jnp.full((P, N0), -jnp.inf).at[p, s.cand].set(s.conf.C, mode="drop")
+    elif strategy == "confidence_only":
+        score = jnp.full((P, N0), -jnp.inf).at[p, s.cand].set(s.conf_sum / s.tokens.shape[2], mode="drop")
+        winner = jnp.argmax(score, axis=1).astype(jnp.int32)
+    else:
+        score = jnp.zeros((P, N0))
+        winner = jnp.zeros((P,), jnp.int32)
+    return _result(s, winner, score, tokens_used)
+
+
+def _check_reward(scores, n: int) -> np.ndarray:
+    scores = np.asarray(scores)
+    if scores.shape != (n,):
+        raise ValueError(f"reward function must return shape ({n},) for {n} images, got {scores.shape}")
+    if not np.issubdtype(scores.dtype, np.number) or not np.all(np.isfinite(scores)):
+        raise ValueError("reward function returned non-numeric or non-finite scores")
+    return scores.astype(np.float64)
+
+
+def _rewards(tokens: np.ndarray, prompts: Sequence[str], decode_fn: DecodeFn, reward_fn: RewardFn) -> np.ndarray:
+    """tokens (P, N, T) -> reward (P, N)."""
+    P, N, T = tokens.shape
+    images = decode_fn(tokens.reshape(P * N, T))
+    return _check_reward(reward_fn(images, [p for p in prompts for _ in range(N)]), P * N).reshape(P, N)
+
+
+def run_best_of_n(params, cfg: GPTConfig, cond, cond_mask=None, *, prompts: Sequence[str], key,
+                  reward_fn: RewardFn, decode_fn: DecodeFn, num_candidates: int = 8,
+                  sampling: SamplingConfig = SamplingConfig(), prompt_ids=None, on_progress=None) -> StrategyResult:
+    """Best-of-N: N full trajectories at the default CFG, the highest reward wins. Tokens: N*T."""
+    res = run_token_strategy(params, cfg, cond, cond_mask, key=key, strategy="plain", num_candidates=num_candidates,
+                             sampling=sampling, prompt_ids=prompt_ids, on_progress=on_progress)
+    if len(prompts) != res.all_tokens.shape[0]:
+        raise ValueError(f"got {len(prompts)} prompts for {res.all_tokens.shape[0]} conditions")
+    scores = _rewards(np.asarray(res.all_tokens), prompts, decode_fn, reward_fn)
+    winner = jnp.asarray(np.argmax(scores, axis=1), jnp.int32)
+    P = scores.shape[0]
+    return res.replace(tokens=res.all_tokens[jnp.arange(P), winner], winner=winner, score=jnp.asarray(scores))
+
+
+@functools.partial(jax.jit, static_argnames=())
+def _resample(s: LoopState, idx) -> LoopState:
+    """Replaces every candidate slot by the slot idx (P, N) of the same prompt (cache rows copied).
+    Keys stay with the slot (fresh continuations), so copies diverge."""
+    P, N = idx.shape
+    take = lambda x: jnp.take_along_axis(x, idx.reshape(P, N, *([1] * (x.ndim - 2))), axis=1)  # noqa: E731
+    rows = (jnp.arange(P)[:, None] * N + idx).reshape(-1)
+    rows = jnp.concatenate([rows, rows + P * N])
+    conf = jax.tree.map(lambda x: take(x) if x.ndim >= 2 and x.shape[:2] == (P, N) else x, s.conf)
+    p = jnp.arange(P)[:, None]
+    tokens = s.tokens.at[p, jnp.arange(N)[None]].set(s.tokens[p, idx])
+    entropy = s.entropy.at[p, jnp.arange(N)[None]].set(s.entropy[p, idx])
+    return s.replace(logits=s.logits[rows], cache=KVCache(s.cache.k[:, rows], s.cache.v[:, rows],
+                                                          s.cache.valid[rows]),
+                     conf=conf, conf_sum=take(s.conf_sum), tokens=tokens, entropy=entropy)
+
+
+def run_importance_sampling(params, cfg: GPTConfig, cond, cond_mask=None, *, prompts: Sequence[str], key,
+                            reward_fn: RewardFn, decode_fn: DecodeFn, num_candidates: int = 8,
+                            sampling: SamplingConfig = SamplingConfig(), checkpoints=(0.25, 0.5, 0.75),
+                            tau: float = 0.1, fill_code: int = 0, prompt_ids=None,
+                            on_progress=None) -> StrategyResult:
+    """Importance sampling (TTS-VAR adapted to next-token prediction). Tokens: N*T.
+
+    At each checkpoint fraction c the partial grid (tokens >= c*T set to `fill_code`) is decoded
+    and scored; slots are resampled with probability ~ exp(reward / tau) (per prompt, keyed by
+    prompt id and checkpoint). At the end the highest final reward wins.
+    """
+    if not (tau > 0 and np.isfinite(tau)):
+        raise ValueError(f"tau must be > 0, got {tau}")
+    if not 0 <= fill_code < cfg.vocab_size:
+        raise ValueError(f"fill_code must be in [0, {cfg.vocab_size}), got {fill_code}")
+    cps = sorted({int(round(c * cfg.block_size)) for c in checkpoints})
+    if any(c <= 0 or c >= cfg.block_size for c in cps):
+        raise ValueError(f"checkpoints must be fractions in (0, 1) of T, got {checkpoints}")
+    cond, cond_mask, prompt_ids = _prepare(cfg, sampling, ScalingARConfig(), cond, cond_mask, num_candidates,
+                                           prompt_ids)
+    if len(prompts) != cond.shape[0]:
+        raise ValueError(f"got {len(prompts)} prompts for {cond.shape[0]} conditions")
+    N = int(num_candidates)
+    base = LoopSpec(cfg, sampling, ScalingARConfig(), "none", N)
+    s = start_loop(params, cond, cond_mask, key, prompt_ids, spec=base)
+    for j, c in enumerate(cps):
+        s = run_loop(params, s, spec=dataclasses.replace(base, stop_at=c))
+        if on_progress is not None:
+            on_progress(c)
+        partial = np.where(np.asarray(s.tokens) < 0, fill_code, np.asarray(s.tokens))
+        r = _rewards(partial, prompts, decode_fn, reward_fn)
+        rkey = jax.vmap(lambda p: jax.random.fold_in(jax.random.fold_in(key, 1_000_003 + j), p))(prompt_ids)
+        logp = jnp.asarray((r - r.max(axis=1, keepdims=True)) / tau, jnp.float32)
+        idx = jax.vmap(lambda k, lp: jax.random.categorical(k, lp, shape=(N,)))(rkey, logp).astype(jnp.int32)
+        s = _resample(s, idx)
+    s = run_loop(params, s, spec=base)
+    if on_progress is not None:
+        on_progress(cfg.block_size)
+    scores = _rewards(np.asarray(s.tokens), prompts, decode_fn, reward_fn)
+    winner = jnp.asarray(np.argmax(scores, axis=1), jnp.int32)
+    res = finish(s, "plain")
+    P = scores.shape[0]
+    return res.replace(tokens=res.all_tokens[jnp.arange(P), winner], winner=winner, score=jnp.asarray(scores))

@@ -1,0 +1,111 @@
+"""Strategies: compaction == masking, token accounting, compile-once per bucket, bad input."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scalingar_jax import gpt
+from scalingar_jax.config import GPTConfig, SamplingConfig
+from scalingar_jax.scaling import ScalingARConfig
+from scalingar_jax.scaling import strategies as S
+
+CFG = GPTConfig(model_type="t2i", n_layer=1, n_head=2, dim=16, vocab_size=32, cls_token_num=3, caption_dim=4,
+                grid_size=4, multiple_of=16)
+SAMPLING = SamplingConfig(cfg_scale=3.0)
+# Aggressive gate so that a 16-token run prunes enough to cross bucket boundaries.
+AGGRESSIVE = ScalingARConfig(p=0.9, Delta_rec=1, delta_rec=10.0, warmup_frac=0.125, lam_theta=1.0)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return gpt.init_params(CFG, jax.random.key(0))
+
+
+def _cond(P=2, seed=0):
+    return jax.random.normal(jax.random.key(seed), (P, CFG.cls_token_num, CFG.caption_dim))
+
+
+def _fake_decode(tokens):
+    t = np.asarray(tokens)
+    return np.broadcast_to((t.sum(1) % 256).astype(np.uint8)[:, None, None, None], (t.shape[0], 4, 4, 3)).copy()
+
+
+def _fake_reward(images, prompts):
+    return images.reshape(len(images), -1).mean(1).astype(np.float32)
+
+
+def test_compacted_run_equals_masked_run(params):
+    kw = dict(key=jax.random.key(3), num_candidates=8, sampling=SAMPLING, scaling=AGGRESSIVE)
+    masked = S.run_token_strategy(params, CFG, _cond(), compaction=False, **kw)
+    seen = []
+    compact = S.run_token_strategy(params, CFG, _cond(), compaction=True, on_progress=seen.append, **kw)
+    assert len(seen) > 1, "the aggressive gate should have triggered at least one compaction"
+    np.testing.assert_array_equal(masked.tokens, compact.tokens)
+    np.testing.assert_array_equal(masked.winner, compact.winner)
+    np.testing.assert_array_equal(masked.tokens_used, compact.tokens_used)
+    np.testing.assert_array_equal(masked.terminated_at, compact.terminated_at)
+    np.testing.assert_array_equal(masked.all_tokens, compact.all_tokens)
+
+
+def test_token_accounting_is_exact(params):
+    T = CFG.block_size
+    res = S.run_token_strategy(params, CFG, _cond(), key=jax.random.key(1), num_candidates=8, sampling=SAMPLING,
+                               scaling=AGGRESSIVE)
+    term = np.asarray(res.terminated_at)
+    per_cand = np.where(term >= 0, term + 1, T)  # a candidate pruned at step k sampled tokens 0..k
+    np.testing.assert_array_equal(np.asarray(res.tokens_used), per_cand.sum(1))
+    # Pruned candidates generated nothing after their termination step.
+    all_tokens = np.asarray(res.all_tokens)
+    for p, n in zip(*np.nonzero(term >= 0)):
+        assert np.all(all_tokens[p, n, term[p, n] + 1 :] == -1) and np.all(all_tokens[p, n, : term[p, n] + 1] >= 0)
+    # The winner survived and its tokens are complete.
+    assert np.all(term[np.arange(2), np.asarray(res.winner)] == -1)
+    assert np.all(np.asarray(res.tokens) >= 0)
+    plain = S.run_token_strategy(params, CFG, _cond(), key=jax.random.key(1), num_candidates=4, strategy="plain",
+                                 sampling=SAMPLING)
+    np.testing.assert_array_equal(plain.tokens_used, [4 * T, 4 * T])
+
+
+def test_loop_compiles_once_per_bucket(params):
+    kw = dict(key=jax.random.key(3), num_candidates=8, sampling=SAMPLING, scaling=AGGRESSIVE)
+    S.run_token_strategy(params, CFG, _cond(), **kw)
+    before = S.run_loop._cache_size()
+    S.run_token_strategy(params, CFG, _cond(seed=5), **kw)
+    assert S.run_loop._cache_size() == before  # same shapes and buckets: nothing new compiled
+
+
+def test_confidence_only_picks_highest_mean_confidence(params):
+    res = S.run_token_strategy(params, CFG, _cond(), key=jax.random.key(2), num_candidates=4,
+                               strategy="confidence_only", sampling=SAMPLING)
+    np.testing.assert_array_equal(res.winner, np.argmax(np.asarray(res.score), 1))
+    assert np.all(np.asarray(res.terminated_at) == -1)
+
+
+def test_best_of_n_picks_highest_reward(params):
+    res = S.run_best_of_n(params, CFG, _cond(), prompts=["a", "b"], key=jax.random.key(2), num_candidates=4,
+                          reward_fn=_fake_reward, decode_fn=_fake_decode, sampling=SAMPLING)
+    scores = _fake_reward(_fake_decode(np.asarray(res.all_tokens).reshape(8, -1)), None).reshape(2, 4)
+    np.testing.assert_array_equal(res.winner, scores.argmax(1))
+    np.testing.assert_array_equal(res.tokens_used, [4 * CFG.block_size] * 2)
+
+
+def test_importance_sampling_runs_and_counts_all_tokens(params):
+    res = S.run_importance_sampling(params, CFG, _cond(), prompts=["a", "b"], key=jax.random.key(2),
+                                    num_candidates=4, reward_fn=_fake_reward, decode_fn=_fake_decode,
+                                    sampling=SAMPLING, checkpoints=(0.5,))
+    assert np.all(np.asarray(res.all_tokens) >= 0)
+    np.testing.assert_array_equal(res.tokens_used, [4 * CFG.block_size] * 2)
+
+
+def test_bad_inputs(params):
+    with pytest.raises(ValueError, match="num_candidates"):
+        S.run_token_strategy(params, CFG, _cond(), key=jax.random.key(0), num_candidates=0)
+    with pytest.raises(ValueError, match="block_size"):
+        S.run_token_strategy(params, CFG, _cond(), key=jax.random.key(0), scaling=ScalingARConfig(block_size=5))
+    with pytest.raises(ValueError):
+        ScalingARConfig(p=1.5)
+    with pytest.raises(ValueError, match="reward function must return shape"):
+        S.run_best_of_n(params, CFG, _cond(), prompts=["a", "b"], key=jax.random.key(0), num_candidates=2,
+                        reward_fn=lambda im, pr: np.zeros(3), decode_fn=_fake_decode)
+    with pytest.raises(ValueError, match="strategy"):
+        S.run_token_strategy(params, CFG, _cond(), key=jax.random.key(0), strategy="best_of_n")
