@@ -1,0 +1,118 @@
+"""ScalingAR cost, side by side in one run, on random LlamaGen weights (default GPT-B, N = 8).
+
+1. Per-step time of the ScalingAR step (profile + policies + per-row CFG) vs the plain CFG step,
+   both inside the same jitted while-loop over the same rows (steps before any pruning).
+2. Whole-loop wall clock: ScalingAR with compaction vs Best-of-N's N full trajectories (token
+   loops only: BoN's reward and image decoding are NOT included, which favours BoN), and the
+   tokens each spent.
+
+  python experiments/bench_scaling.py --preset GPT-B --grid 16 -n 8
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import markdown_table, stamp, write_json  # noqa: E402
+
+from scalingar_jax import gpt  # noqa: E402
+from scalingar_jax.config import SamplingConfig, gpt_config  # noqa: E402
+from scalingar_jax.scaling import ScalingARConfig  # noqa: E402
+from scalingar_jax.scaling import strategies as S  # noqa: E402
+
+
+def _time_steps(params, spec, cond, key, n_steps, repeat=3):
+    s0 = S.start_loop(params, cond, None, key, jnp.arange(cond.shape[0], dtype=jnp.int32), spec=spec)
+    jax.block_until_ready(s0)
+    spec_n = dataclasses.replace(spec, stop_at=n_steps)
+    t = time.perf_counter()
+    jax.block_until_ready(S.run_loop(params, s0, spec=spec_n))
+    compile_s = time.perf_counter() - t
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        jax.block_until_ready(S.run_loop(params, s0, spec=spec_n))
+        times.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(times)) / n_steps, compile_s
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="GPT-B", help="LlamaGen preset (random weights, c2i)")
+    ap.add_argument("--grid", type=int, default=16, help="token grid side; T = grid^2")
+    ap.add_argument("-n", "--num-candidates", type=int, default=8, help="candidates per prompt N")
+    ap.add_argument("--prompts", type=int, default=1, help="prompts per batch P (rows = 2 P N)")
+    ap.add_argument("--steps", type=int, default=16, help="steps timed for the per-step comparison")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--delta-rec", type=int, default=None,
+                    help="probation length Delta_rec (default: 32 scaled to T, i.e. max(2, round(32*T/1024)))")
+    ap.add_argument("--skip-loop", action="store_true", help="only the per-step comparison")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="bench_scaling", help="results name under experiments/results/")
+    args = ap.parse_args(argv)
+
+    cfg = gpt_config(args.preset, "c2i", grid_size=args.grid, param_dtype=args.dtype, dtype=args.dtype)
+    T = cfg.block_size
+    params = jax.jit(functools.partial(gpt.init_params, cfg))(jax.random.key(args.seed))
+    cond = jnp.arange(args.prompts, dtype=jnp.int32)
+    key = jax.random.key(args.seed)
+    sampling = SamplingConfig(cfg_scale=4.0, top_k=2000 if cfg.vocab_size > 2000 else 0)
+    delta = args.delta_rec or max(2, round(32 * T / 1024))
+    scaling = ScalingARConfig(Delta_rec=delta)
+    N = args.num_candidates
+
+    plain = S.LoopSpec(cfg, sampling, scaling, "none", N)
+    sar = S.LoopSpec(cfg, sampling, scaling, "scalingar", N)
+    rows = []
+    # Interleave the two measurements to share the machine's noise.
+    p_ms, p_c = _time_steps(params, plain, cond, key, args.steps)
+    s_ms, s_c = _time_steps(params, sar, cond, key, args.steps)
+    p_ms2, _ = _time_steps(params, plain, cond, key, args.steps)
+    s_ms2, _ = _time_steps(params, sar, cond, key, args.steps)
+    p_ms, s_ms = min(p_ms, p_ms2), min(s_ms, s_ms2)
+    rows.append({"what": "per-step plain CFG", "ms": p_ms, "compile_s": p_c})
+    rows.append({"what": "per-step ScalingAR", "ms": s_ms, "compile_s": s_c,
+                 "ratio": s_ms / p_ms, "overhead_pct": 100 * (s_ms / p_ms - 1)})
+    out = {"stamp": stamp(args.seed), "config": {"preset": args.preset, "grid": args.grid, "T": T, "N": N,
+                                                 "P": args.prompts, "dtype": args.dtype, "Delta_rec": delta},
+           "per_step": {"plain_ms": p_ms, "scalingar_ms": s_ms, "overhead_pct": 100 * (s_ms / p_ms - 1)}}
+    if not args.skip_loop:
+        runs = {}
+        for name, fn in (
+            ("best_of_n (token loop)", lambda: S.run_token_strategy(params, cfg, cond, key=key, strategy="plain",
+                                                                    num_candidates=N, sampling=sampling)),
+            ("scalingar + compaction", lambda: S.run_token_strategy(params, cfg, cond, key=key, num_candidates=N,
+                                                                    sampling=sampling, scaling=scaling)),
+            ("scalingar, masking only", lambda: S.run_token_strategy(params, cfg, cond, key=key, num_candidates=N,
+                                                                     sampling=sampling, scaling=scaling,
+                                                                     compaction=False)),
+        ):
+            jax.block_until_ready(fn().tokens)  # compile every bucket first
+            t = time.perf_counter()
+            res = fn()
+            jax.block_until_ready(res.tokens)
+            runs[name] = (time.perf_counter() - t, int(np.sum(res.tokens_used)) / args.prompts)
+        bon_s = runs["best_of_n (token loop)"][0]
+        for name, (sec, tok) in runs.items():
+            rows.append({"what": name, "s_per_prompt": sec / args.prompts, "tokens_per_image": tok,
+                         "speedup_vs_bon": bon_s / sec})
+        out["loop"] = {k: {"seconds": v[0], "tokens_per_image": v[1], "speedup_vs_bon": bon_s / v[0]}
+                       for k, v in runs.items()}
+    table = markdown_table(rows, ["what", "ms", "ratio", "overhead_pct", "s_per_prompt", "tokens_per_image",
+                                  "speedup_vs_bon", "compile_s"])
+    print(table)
+    out["table"] = table
+    print(f"wrote {write_json(args.out, out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,279 @@
+"""The `scalingar` command: generate, convert, evaluate, bench, train.
+
+  scalingar generate "a photo of a red circle left of a blue square"
+  scalingar generate --prompts prompts.jsonl --out runs/geneval --strategy scalingar -n 8
+  scalingar convert c2i_B_256.pt out/c2i_B_256 --verify
+  scalingar evaluate runs/geneval
+  scalingar bench decode -- --presets GPT-B --batch 16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2."""
+
+
+def _progress(total: int, description: str):
+    """A rich progress bar over token steps; returns (context manager, update(k) callback)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   transient=False, disable=not sys.stderr.isatty() and os.environ.get("SCALINGAR_PROGRESS") != "1")
+    task = bar.add_task(description, total=total)
+    return bar, lambda k: bar.update(task, completed=min(int(k), total))
+
+
+def _writable_dir(path: str) -> Path:
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"output folder {out} is not writable")
+    return out
+
+
+def _sampling_scaling(args, pipe):
+    import dataclasses
+
+    from scalingar_jax.scaling.config import ScalingARConfig
+
+    sampling = pipe.sampling
+    changes = {k: v for k, v in dict(cfg_scale=args.cfg, temperature=args.temperature, top_k=args.top_k,
+                                      top_p=args.top_p).items() if v is not None}
+    sampling = dataclasses.replace(sampling, **changes)
+    try:
+        sampling.validate(pipe.gpt_cfg.vocab_size)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    scaling = pipe.scaling
+    if args.ablation:
+        base = ScalingARConfig.ablation(args.ablation)
+        # keep the pipeline's tuned gate (Delta_rec etc.), switch the ablation flags
+        flags = {k: getattr(base, k) for k in ("use_conditional", "use_worst_block", "use_token_level",
+                                               "use_termination", "use_scheduler")}
+        scaling = dataclasses.replace(scaling, **flags)
+    return sampling, scaling
+
+
+def cmd_generate(args) -> int:
+    import numpy as np
+
+    from scalingar_jax.images import labelled_grid, upscale_nearest, write_png
+    from scalingar_jax.pipeline import generate, load_pipeline
+
+    if args.n < 1:
+        raise UserError(f"-n/--num-candidates must be >= 1, got {args.n}")
+    if args.prompts is None and not args.prompt:
+        raise UserError("give a prompt (scalingar generate \"a photo of a red circle\") or --prompts FILE")
+    if args.prompts is not None and args.prompt:
+        raise UserError("give either a prompt or --prompts FILE, not both")
+    out = _writable_dir(args.out)
+    try:
+        pipe = load_pipeline(args.checkpoint)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    sampling, scaling = _sampling_scaling(args, pipe)
+    if args.prompts is not None:
+        return _generate_prompt_file(args, pipe, sampling, scaling, out)
+
+    prompt = " ".join(args.prompt).strip()
+    if not prompt:
+        raise UserError("the prompt is empty")
+    try:
+        pipe.condition([prompt])  # vocabulary errors before any compile
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    T = pipe.gpt_cfg.block_size
+    bar, update = _progress(T, f"{args.strategy} N={args.n}")
+    with bar:
+        res = generate(pipe, [prompt], strategy=args.strategy, num_candidates=args.n, seed=args.seed,
+                       sampling=sampling, scaling=scaling, compaction=not args.no_compaction,
+                       decode_candidates=True, on_progress=update)
+    r = res.result
+    winner = int(r.winner[0])
+    term = np.asarray(r.terminated_at[0])
+    files = {}
+    files["selected"] = write_png(out / "selected.png", upscale_nearest(res.images[0], args.scale))
+    labels, colors = [], []
+    for n in range(args.n):
+        if n == winner:
+            labels.append(f"#{n} winner")
+            colors.append("green")
+        elif term[n] >= 0:
+            labels.append(f"#{n} pruned@{term[n]}")
+            colors.append("red")
+        else:
+            labels.append(f"#{n}")
+            colors.append(None)
+    files["candidates"] = write_png(out / "candidates.png", labelled_grid(res.candidates[0], labels=labels,
+                                                                          border_colors=colors))
+    summary = {
+        "prompt": prompt, "strategy": args.strategy, "num_candidates": args.n, "seed": args.seed,
+        "winner": winner, "tokens_used": int(r.tokens_used[0]), "tokens_full": args.n * T,
+        "terminated_at": term.tolist(), "seconds": res.seconds, "checkpoint": pipe.name,
+        "sampling": vars(sampling) if hasattr(sampling, "__dict__") else str(sampling),
+    }
+    try:
+        from scalingar_jax import viz
+
+        traj = {k: np.asarray(v)[:, 0] for k, v in r.traj.items()}
+        traj["warmup_steps"] = scaling.warmup_steps(T)
+        traj["winner"] = winner
+        traj["guidance"] = traj.pop("scale")
+        traj["threshold"] = traj.pop("theta")
+        files["confidence"] = viz.plot_confidence_trajectories(
+            out / "confidence.png", traj, title=f"{args.strategy}: {prompt}")
+        g = pipe.gpt_cfg.grid_size
+        files["entropy"] = viz.plot_entropy_heatmap(
+            out / "entropy.png", np.asarray(r.entropy[0, winner]).reshape(g, g), image=res.images[0],
+            title=f"token entropy of the winner (#{winner})")
+    except ImportError as e:
+        print(f"note: plots skipped ({e})", file=sys.stderr)
+    summary["files"] = {k: str(v) for k, v in files.items()}
+    (out / "result.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"winner #{winner}; tokens {summary['tokens_used']} of {summary['tokens_full']} "
+          f"({100 * summary['tokens_used'] / summary['tokens_full']:.0f}%); {res.seconds:.1f} s")
+    for k, v in files.items():
+        print(f"  {k:10s} {v}")
+    return 0
+
+
+def _generate_prompt_file(args, pipe, sampling, scaling, out) -> int:
+    from scalingar_jax.pipeline import generate
+    from scalingar_jax.world.geneval_io import write_prompt_folder
+    from scalingar_jax.world.prompts import load_prompt_file
+
+    try:
+        records = load_prompt_file(args.prompts)
+    except (ValueError, OSError) as e:
+        raise UserError(str(e)) from None
+    if args.limit:
+        records = records[: args.limit]
+    bar, update = _progress(len(records), f"{args.strategy} N={args.n}")
+    with bar:
+        for start in range(0, len(records), args.batch):
+            chunk = records[start : start + args.batch]
+            res = generate(pipe, [r["prompt"] for r in chunk], strategy=args.strategy, num_candidates=args.n,
+                           seed=args.seed, sampling=sampling, scaling=scaling, prompt_ids=list(
+                               range(start, start + len(chunk))), compaction=not args.no_compaction)
+            for i, rec in enumerate(chunk):
+                write_prompt_folder(out, start + i, rec, [res.images[i]], overwrite=True)
+            update(start + len(chunk))
+    print(f"wrote {len(records)} prompt folders under {out}; judge them with: scalingar evaluate {out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from scalingar_jax.world.geneval_io import evaluate_folder
+
+    try:
+        results, summary = evaluate_folder(args.folder)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    print("| tag | accuracy | images |\n|---|---|---|")
+    for tag, row in summary.get("per_tag", {}).items():
+        acc = row["accuracy"] if isinstance(row, dict) else row
+        cnt = row.get("count", "") if isinstance(row, dict) else ""
+        print(f"| {tag} | {acc:.3f} | {cnt} |")
+    print(f"| **overall** (mean over tags) | {summary['overall']:.3f} | {len(results)} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"summary": summary, "results": results}, indent=2, default=str))
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from scalingar_jax.convert.run import main as convert_main
+
+    return convert_main(args.rest)
+
+
+def cmd_bench(args) -> int:
+    import runpy
+
+    script = REPO / "experiments" / f"bench_{args.name}.py"
+    if not script.is_file():
+        available = sorted(p.stem[len("bench_"):] for p in (REPO / "experiments").glob("bench_*.py"))
+        raise UserError(f"unknown benchmark {args.name!r}; available: {', '.join(available)}")
+    sys.argv = [str(script), *args.rest]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="scalingar", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate images for a prompt (or a GenEval prompt file)",
+                       description="Generate with a test-time scaling strategy. Writes selected.png, candidates.png "
+                                   "(pruned candidates outlined in red with their pruning step, the winner in "
+                                   "green), confidence.png (C per candidate, threshold, guidance scale), "
+                                   "entropy.png (token-entropy heat map of the winner) and result.json.")
+    g.add_argument("prompt", nargs="*", help="the prompt, e.g. \"a photo of a red circle left of a blue square\"")
+    g.add_argument("--prompts", default=None, help="a GenEval-schema .jsonl prompt file: writes GenEval's folder "
+                                                   "layout (<out>/<00000>/metadata.jsonl, samples/0000.png)")
+    g.add_argument("--strategy", default="scalingar", choices=["scalingar", "plain", "confidence_only",
+                                                               "best_of_n", "importance_sampling"],
+                   help="test-time scaling strategy (default: scalingar)")
+    g.add_argument("-n", "--num-candidates", dest="n", type=int, default=8, help="candidates per prompt N (default 8)")
+    g.add_argument("--seed", type=int, default=0, help="base PRNG seed (default 0)")
+    g.add_argument("--cfg", type=float, default=None, help="default CFG scale s_base (default: the checkpoint's)")
+    g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: checkpoint's)")
+    g.add_argument("--top-k", type=int, default=None, help="top-k filter, 0 = off (default: checkpoint's)")
+    g.add_argument("--top-p", type=float, default=None, help="top-p filter, 1 = off (default: checkpoint's)")
+    g.add_argument("--ablation", default=None, choices=["full", "no_conditional", "no_worst_block",
+                                                        "no_token_level", "termination_only", "scheduler_only"],
+                   help="ScalingAR ablation switch set (paper Tables 2 and 4)")
+    g.add_argument("--no-compaction", action="store_true",
+                   help="keep pruned rows in the batch (masking only) instead of compacting alive rows")
+    g.add_argument("--out", default="out", help="output folder (created; default ./out)")
+    g.add_argument("--checkpoint", default=None,
+                   help="model folder (default: the embedded checkpoints/shapes, or $SCALINGAR_CHECKPOINT)")
+    g.add_argument("--scale", type=int, default=4, help="upscaling factor of selected.png (default 4)")
+    g.add_argument("--batch", type=int, default=16, help="prompts per batch with --prompts (default 16)")
+    g.add_argument("--limit", type=int, default=0, help="with --prompts: only the first LIMIT prompts")
+    g.set_defaults(fn=cmd_generate)
+
+    e = sub.add_parser("evaluate", help="judge a GenEval-layout folder with the shapes-world judge",
+                       description="Judges every image of a GenEval-layout folder and prints the per-tag table "
+                                   "(overall = mean over tags, as GenEval).")
+    e.add_argument("folder", help="folder with <5-digit index>/metadata.jsonl and samples/*.png")
+    e.add_argument("--json", default=None, help="also write per-image verdicts and the summary to this JSON file")
+    e.set_defaults(fn=cmd_evaluate)
+
+    c = sub.add_parser("convert", help="convert a PyTorch LlamaGen checkpoint to orbax (see `scalingar convert "
+                                       "-- --help`)", add_help=False)
+    c.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the converter")
+    c.set_defaults(fn=cmd_convert)
+
+    b = sub.add_parser("bench", help="run a benchmark under experiments/ (decode, scaling, convert, sharding)",
+                       description="Runs experiments/bench_NAME.py; pass its own options after --.")
+    b.add_argument("name", help="benchmark name: decode, scaling, convert, sharding, ...")
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="options for the benchmark (after --)")
+    b.set_defaults(fn=cmd_bench)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "rest", None) and args.rest[:1] == ["--"]:
+        args.rest = args.rest[1:]
+    try:
+        return args.fn(args)
+    except UserError as e:
+        print(f"scalingar: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""GenEval's output folder layout, written and read back by this world's judge.
+
+Layout (what GenEval's `evaluation/evaluate_images.py` reads)::
+
+    <out_dir>/<index:05d>/metadata.jsonl    one JSON object: the prompt record
+    <out_dir>/<index:05d>/samples/0000.png  one PNG per sample, 4-digit index
+    <out_dir>/<index:05d>/samples/0001.png  ...
+
+A prompt folder is written whole into a temporary folder next to it and then renamed into
+place, so a crash never leaves a half-written prompt folder behind. PNGs go through
+`scalingar_jax.images` (stdlib zlib codec).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Sequence
+
+import numpy as np
+
+from scalingar_jax.images import read_png, write_png
+from scalingar_jax.world.judge import JudgeConfig, judge_image, summarize
+from scalingar_jax.world.prompts import validate_record
+
+_SAMPLE_RE = re.compile(r"^\d+\.png$")
+
+
+def prompt_folder(out_dir: str | os.PathLike, index: int) -> str:
+    """`<out_dir>/<index:05d>`."""
+    if not isinstance(index, (int, np.integer)) or isinstance(index, bool) or not 0 <= index <= 99999:
+        raise ValueError(f"index must be an int in [0, 99999], got {index!r}")
+    return os.path.join(os.fspath(out_dir), f"{int(index):05d}")
+
+
+def write_prompt_folder(
+    out_dir: str | os.PathLike,
+    index: int,
+    record: dict,
+    images: Sequence[np.ndarray],
+    *,
+    overwrite: bool = False,
+    world: bool = True,
+) -> str:
+    """Writes one prompt's folder: `metadata.jsonl` (the record) and `samples/%04d.png` for
+    each uint8 (H, W, 3) image. Atomic (temp folder + rename). Returns the folder's path.
+
+    Raises ValueError for a bad record (schema; with `world=True` also this world's
+    vocabulary), an empty `images`, or an image that is not uint8 (H, W, 3);
+    FileExistsError when the folder exists and `overwrite` is False.
+    """
+    target = prompt_folder(out_dir, index)
+    validate_record(record, world=world, where=f"record for prompt folder {index:05d}")
+    images = list(images)
+    if not images:
+        raise ValueError("write_prompt_folder needs at least one image")
+    if len(images) > 10000:
+        raise ValueError(f"at most 10000 samples per prompt (4-digit names), got {len(images)}")
+    for i, im in enumerate(images):
+        im = np.asarray(im)
+        if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+            raise ValueError(f"images[{i}] must be uint8 (H, W, 3), got {im.dtype} {im.shape}")
+    if os.path.exists(target) and not overwrite:
+        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
+    os.makedirs(os.fspath(out_dir), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{int(index):05d}-", dir=os.fspath(out_dir))
+    try:
+        with open(os.path.join(tmp, "metadata.jsonl"), "w", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        os.makedirs(os.path.join(tmp, "samples"))
+        for i, im in enumerate(images):
+            write_png(os.path.join(tmp, "samples", f"{i:04d}.png"), np.asarray(im))
+        os.chmod(tmp, 0o755)
+        if os.path.exists(target):
+            trash = tempfile.mkdtemp(prefix=f".old-{int(index):05d}-", dir=os.fspath(out_dir))
+            os.replace(target, os.path.join(trash, "old"))
+            os.replace(tmp, target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def read_prompt_folder(folder: str | os.PathLike, *, world: bool = True) -> tuple[dict, list[str]]:
+    """(record, sorted sample PNG paths) of one prompt folder; ValueError if malformed."""
+    folder = os.fspath(folder)
+    meta = os.path.join(folder, "metadata.jsonl")
+    try:
+        with open(meta, encoding="utf-8") as f:
+            record = json.loads(f.read())
+    except FileNotFoundError:
+        raise ValueError(f"{folder}: no metadata.jsonl") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{meta}: not a JSON object ({err})") from None
+    validate_record(record, world=world, where=meta)
+    samples = os.path.join(folder, "samples")
+    if not os.path.isdir(samples):
+        raise ValueError(f"{folder}: no samples/ folder")
+    paths = sorted(os.path.join(samples, n) for n in os.listdir(samples)
+                   if _SAMPLE_RE.match(n) and os.path.isfile(os.path.join(samples, n)))
+    return record, paths
+
+
+def evaluate_folder(
+    folder: str | os.PathLike,
+    config: JudgeConfig = JudgeConfig(),
+    *,
+    world: bool = True,
+) -> tuple[list[dict], dict]:
+    """Judges every sample of a GenEval-layout folder (subfolders whose name is all digits,
+    in numeric order; samples `<digits>.png`, sorted).
+
+    Returns (results, summary): one dict per image with keys "index" (prompt folder number),
+    "filename", "tag", "prompt", "correct", "reason", "metadata" (the record) and "detected"
+    (list of detection dicts), in folder then sample order; and `judge.summarize` of them.
+    Raises ValueError when the folder holds no prompt folder or no image.
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder} is not a folder")
+    subs = sorted((n for n in os.listdir(folder)
+                   if n.isdigit() and os.path.isdir(os.path.join(folder, n))), key=int)
+    if not subs:
+        raise ValueError(f"{folder} holds no GenEval prompt folders (<5-digit index>/)")
+    results, records = [], []
+    for name in subs:
+        record, paths = read_prompt_folder(os.path.join(folder, name), world=world)
+        for path in paths:
+            verdict = judge_image(read_png(path), record, config)
+            results.append({
+                "index": int(name),
+                "filename": path,
+                "tag": record["tag"],
+                "prompt": record["prompt"],
+                "correct": verdict.correct,
+                "reason": verdict.reason,
+                "metadata": record,
+                "detected": [d.to_dict() for d in verdict.detected],
+            })
+            records.append(record)
+    if not results:
+        raise ValueError(f"{folder} holds prompt folders but no samples/<n>.png images")
+    return results, summarize(results, records)

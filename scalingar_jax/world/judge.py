@@ -1,0 +1,374 @@
+"""The exact judge of the shapes world (no learning): detects objects, then applies GenEval's
+rules to a record.
+
+Detection (robust to VQ reconstruction noise):
+1. Every pixel is explained as a mix of the background and one palette colour C:
+   pixel ~ background + alpha * (C - background), alpha fitted by least squares. The colour
+   with the smallest residual among those with alpha >= 0.5 labels the pixel, provided the
+   residual is at most `color_tol` (RGB units). So an object's mask is its 50% iso-contour,
+   which a blur (a lossy VQ reconstruction) leaves in place along edges, and a blurred
+   white edge (grey) is white at half strength, not some other palette colour.
+2. 8-connected components of same-colour object pixels. A component is an object when its
+   area is at least `min_area` and it still has `min_core` pixels after a one-pixel
+   erosion (thin rims and specks are not objects). Both scale with the image area.
+3. Shape, from two blur-robust moments of the object's alpha map (its colour's alpha,
+   within 2 px of the component, ramped from 0.15 to 1): the vertical skewness (a
+   triangle, apex up, has its mass low: about -0.56 sharp, still below -0.3 after a
+   1.5 px blur; the other shapes are symmetric, about 0) and the 4-fold angular harmonic
+   c4 = sum(w r^2 cos 4theta) / sum(w r^2) about the centroid (square, mass in the
+   corners: about -0.29; cross, mass along the axes: about +0.35; circle: about 0; an
+   isotropic blur shrinks these towards 0 but never flips their sign). Decision: triangle
+   if skew < `triangle_skew`, else square if c4 < `square_c4`, cross if c4 > `cross_c4`,
+   circle otherwise. Confidence = IoU of the component's box-normalised 16x16 mask with
+   the chosen shape's template at the best of a few blur levels; below `min_shape_iou`,
+   or with a box aspect ratio above `max_aspect`, the object is "unknown" and counts for
+   no class (a detector does not report what it does not recognise).
+
+Rules (GenEval's `evaluate`, djghosh13/geneval evaluation/evaluate_images.py):
+- Detections of a class are ordered by confidence (highest first; ties: larger area, then
+  raster order of the box), like the detector's scores.
+- include entries are ANDed. For an entry {class, count}: the first `count` detections of
+  the class are its found objects; fewer than `count` fails ("at least", not "exactly":
+  exactness comes from exclude). If "color" is given, at least `count` of those found
+  objects must have that colour. If "position": [rel, j] is given (checked only when the
+  entry matched so far), entry j must have matched, and every found object must stand in
+  relation `rel` to every found object of entry j.
+- exclude entries are ORed: a class with at least `count` detections fails the image.
+  (Counting prompts "two squares" carry exclude {square, 3}: exactly two.)
+- Relative position (GenEval's rule, threshold 0.1): with boxes (x0, y0, x1, y1), y down,
+  offset = centre_A - centre_B; on each axis shrink |offset| by 0.1 * (size_A + size_B)
+  (clamp at 0, keep the sign) and divide by the Euclidean norm of the raw offset, giving
+  (dx, dy); "left of" iff dx < -0.5, "right of" iff dx > 0.5, "above" iff dy < -0.5,
+  "below" iff dy > 0.5 (see `geometry.relative_position`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from scalingar_jax.world.geometry import relative_position, shape_mask
+from scalingar_jax.world.prompts import TAGS, validate_record
+from scalingar_jax.world.vocab import BACKGROUND, COLORS, PALETTE
+
+_TEMPLATE = 16
+# blur levels (px) the shape templates are matched at
+_SIGMAS = (0.0, 0.8, 1.3, 1.8, 2.4)
+_BG = np.asarray(BACKGROUND, np.float32)
+_DIRS = np.asarray([PALETTE[c] for c in COLORS], np.float32) - _BG  # (K, 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeConfig:
+    """Detection thresholds. Areas are for a 48x48 image and scale with H*W/48^2."""
+
+    color_tol: float = 60.0
+    min_alpha: float = 0.5
+    min_area: float = 30.0
+    min_core: float = 10.0
+    min_shape_iou: float = 0.5
+    triangle_skew: float = -0.18
+    square_c4: float = -0.05
+    cross_c4: float = 0.10
+    soft: bool = True  # moments of the alpha map (True) or of the binary mask (False)
+    max_aspect: float = 1.6
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    """One detected object: `cls` (a shape, or None when unrecognised), palette `color`,
+    `box` (x0, y0, x1, y1) in pixel-edge coordinates, `area` in pixels, `score` = best
+    template IoU (confidence)."""
+
+    cls: str | None
+    color: str
+    box: tuple[int, int, int, int]
+    area: int
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"class": self.cls, "color": self.color, "box": list(self.box),
+                "area": self.area, "score": round(self.score, 4)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The judgement of one image: `correct`, a human-readable `reason` (empty when correct;
+    one line per failed clause), and every `detected` object."""
+
+    correct: bool
+    reason: str
+    detected: list[Detection]
+
+    def to_dict(self) -> dict:
+        return {"correct": self.correct, "reason": self.reason,
+                "detected": [d.to_dict() for d in self.detected]}
+
+
+def _check_image(image: Any) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise TypeError(f"image must be uint8, got {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 8 or image.shape[1] < 8:
+        raise ValueError(f"image must be (H, W, 3) with H, W >= 8, got shape {image.shape}")
+    return image
+
+
+def _label_pixels(image: np.ndarray, config: JudgeConfig) -> tuple[np.ndarray, np.ndarray]:
+    """int (H, W) palette index of each object pixel (-1 elsewhere), and float (H, W, K)
+    the fitted alpha of every palette colour (module docstring)."""
+    x = image - _BG  # (H, W, 3)
+    alpha = np.einsum("hwc,kc->hwk", x, _DIRS) / (_DIRS ** 2).sum(-1)  # (H, W, K)
+    alpha = np.clip(alpha, 0.0, None)
+    resid = np.linalg.norm(x[:, :, None, :] - alpha[..., None] * _DIRS, axis=-1)
+    resid = np.where(alpha >= config.min_alpha, resid, np.inf)
+    best = resid.argmin(-1)
+    ok = resid.min(-1) <= config.color_tol
+    return np.where(ok, best, -1), alpha
+
+
+def _components(labels: np.ndarray) -> np.ndarray:
+    """8-connected components of equal non-negative labels: int (H, W) component ids
+    (unique per component, -1 where labels < 0)."""
+    h, w = labels.shape
+    big = h * w
+    comp = np.where(labels >= 0, np.arange(big).reshape(h, w), big)
+    lab_p = np.pad(labels, 1, constant_values=-1)
+    shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    same = [lab_p[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] == labels for dy, dx in shifts]
+    same = [s & (labels >= 0) for s in same]
+    while True:
+        comp_p = np.pad(comp, 1, constant_values=big)
+        new = comp
+        for (dy, dx), s in zip(shifts, same):
+            new = np.minimum(new, np.where(s, comp_p[1 + dy:1 + dy + h, 1 + dx:1 + dx + w], big))
+        # pointer jumping: follow each pixel's component id to that pixel's id
+        flat = new.ravel()
+        valid = flat < big
+        flat = flat.copy()
+        flat[valid] = np.minimum(flat[valid], new.ravel()[flat[valid]])
+        new = flat.reshape(h, w)
+        if np.array_equal(new, comp):
+            break
+        comp = new
+    return np.where(labels >= 0, comp, -1)
+
+
+def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
+    for _ in range(steps):
+        p = np.pad(mask, 1)
+        mask = mask | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:]
+    return mask
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    p = np.pad(mask, 1)
+    h, w = mask.shape
+    return mask & p[:-2, 1:-1][:h] & p[2:, 1:-1][:h] & p[1:-1, :-2] & p[1:-1, 2:]
+
+
+@functools.lru_cache(maxsize=4096)
+def _template(cls: str, size: int, sigma: float) -> np.ndarray:
+    """bool (16, 16): shape `cls` drawn in a `size` box, Gaussian-blurred with std `sigma`
+    px, cut at 0.5, cropped to its box and resampled: what a blurred shape's 50% contour
+    looks like."""
+    pad = int(np.ceil(3 * sigma)) + 1
+    m = np.zeros((size + 2 * pad, size + 2 * pad), np.float32)
+    m[pad:pad + size, pad:pad + size] = shape_mask(cls, size)
+    if sigma > 0:
+        r = int(np.ceil(2.5 * sigma))
+        k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+        k /= k.sum()
+        for axis in (0, 1):
+            m = np.apply_along_axis(lambda v: np.convolve(v, k, mode="same"), axis, m)
+    b = m >= 0.5
+    if not b.any():
+        b = m >= m.max() * 0.999
+    ys, xs = np.nonzero(b)
+    return _normalize(b[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
+
+
+def _normalize(mask: np.ndarray) -> np.ndarray:
+    """bool (h, w) box-cropped mask -> bool (16, 16) by nearest sampling of pixel centres."""
+    h, w = mask.shape
+    rows = np.minimum(((np.arange(_TEMPLATE) + 0.5) * h / _TEMPLATE).astype(int), h - 1)
+    cols = np.minimum(((np.arange(_TEMPLATE) + 0.5) * w / _TEMPLATE).astype(int), w - 1)
+    return mask[rows][:, cols]
+
+
+def _moments(weights: np.ndarray) -> tuple[float, float]:
+    """(vertical skewness, 4-fold angular harmonic c4) of a non-negative 2D weight map."""
+    ys, xs = np.mgrid[:weights.shape[0], :weights.shape[1]] + 0.5
+    m = weights.sum()
+    dy = ys - (weights * ys).sum() / m
+    dx = xs - (weights * xs).sum() / m
+    vy = (weights * dy ** 2).sum() / m
+    skew = (weights * dy ** 3).sum() / m / max(vy, 1e-6) ** 1.5
+    r2 = dx ** 2 + dy ** 2
+    c4 = (weights * r2 * np.cos(4 * np.arctan2(dy, dx))).sum() / max((weights * r2).sum(), 1e-6)
+    return float(skew), float(c4)
+
+
+def _classify(mask: np.ndarray, weights: np.ndarray, config: JudgeConfig) -> tuple[str | None, float]:
+    h, w = mask.shape
+    skew, c4 = _moments(weights)
+    if skew < config.triangle_skew:
+        cls = "triangle"
+    elif c4 < config.square_c4:
+        cls = "square"
+    elif c4 > config.cross_c4:
+        cls = "cross"
+    else:
+        cls = "circle"
+    norm = _normalize(mask)
+    size = int(max(h, w))
+    score = 0.0
+    for sigma in _SIGMAS:
+        t = _template(cls, size, sigma)
+        score = max(score, float((norm & t).sum() / max((norm | t).sum(), 1)))
+    if max(h, w) > config.max_aspect * min(h, w) or score < config.min_shape_iou:
+        return None, score
+    return cls, score
+
+
+def detect(image: np.ndarray, config: JudgeConfig = JudgeConfig()) -> list[Detection]:
+    """Detects the objects of a uint8 (H, W, 3) image (see the module docstring), ordered
+    by raster order of their boxes."""
+    image = _check_image(image).astype(np.float32)
+    h, w, _ = image.shape
+    scale = h * w / (48.0 * 48.0)
+    labels, alpha = _label_pixels(image, config)
+    comp = _components(labels)
+    detections = []
+    for cid in np.unique(comp[comp >= 0]):
+        mask = comp == cid
+        area = int(mask.sum())
+        if area < config.min_area * scale or _erode(mask).sum() < config.min_core * scale:
+            continue
+        ys, xs = np.nonzero(mask)
+        y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+        if config.soft:
+            q0, q1, p0, p1 = max(y0 - 3, 0), min(y1 + 3, h), max(x0 - 3, 0), min(x1 + 3, w)
+            near = _dilate(mask, 2)[q0:q1, p0:p1] & ~((comp[q0:q1, p0:p1] >= 0) & ~mask[q0:q1, p0:p1])
+            a = alpha[q0:q1, p0:p1, labels[ys[0], xs[0]]]
+            weights = np.clip((a - 0.15) / 0.85, 0.0, 1.0) * near
+        else:
+            weights = mask[y0:y1, x0:x1].astype(np.float32)
+        cls, score = _classify(mask[y0:y1, x0:x1], weights, config)
+        color = COLORS[int(labels[ys[0], xs[0]])]
+        detections.append(Detection(cls, color, (x0, y0, x1, y1), area, score))
+    detections.sort(key=lambda d: (d.box[1], d.box[0]))
+    return detections
+
+
+def _by_class(detections: Iterable[Detection]) -> dict[str, list[Detection]]:
+    out: dict[str, list[Detection]] = {}
+    for d in detections:
+        if d.cls is not None:
+            out.setdefault(d.cls, []).append(d)
+    for v in out.values():
+        v.sort(key=lambda d: (-d.score, -d.area, d.box[1], d.box[0]))
+    return out
+
+
+def _color_summary(objs: Sequence[Detection]) -> str:
+    counts = {c: sum(d.color == c for d in objs) for c in COLORS}
+    return ", ".join(f"{n} {c}" for c, n in counts.items() if n) or "none"
+
+
+def apply_rules(record: dict, detections: list[Detection]) -> tuple[bool, str]:
+    """GenEval's include/exclude/colour/position rules on detected objects (module
+    docstring). Returns (correct, reason) with one reason line per failed clause."""
+    objects = _by_class(detections)
+    reasons: list[str] = []
+    matched_groups: list[list[Detection] | None] = []
+    for req in record.get("include", []):
+        cls, count = req["class"], req["count"]
+        found = objects.get(cls, [])[:count]
+        matched = True
+        if len(found) < count:
+            matched = False
+            reasons.append(f"expected {count} {cls}, found {len(found)}")
+        else:
+            if "color" in req:
+                n_color = sum(d.color == req["color"] for d in found)
+                if n_color < count:
+                    matched = False
+                    reasons.append(
+                        f"expected {count} {req['color']} {cls}, found {n_color} {req['color']} "
+                        f"(colours of the {cls}: {_color_summary(found)})"
+                    )
+            if "position" in req and matched:
+                rel, target = req["position"]
+                group = matched_groups[target] if target < len(matched_groups) else None
+                target_cls = record["include"][target]["class"]
+                if group is None:
+                    matched = False
+                    reasons.append(f"no target for {cls} to be {rel}: {target_cls} not matched")
+                else:
+                    for obj in found:
+                        for tgt in group:
+                            rels = relative_position(obj.box, tgt.box)
+                            if rel not in rels:
+                                matched = False
+                                got = " and ".join(sorted(rels)) if rels else "no clear relation to"
+                                reasons.append(
+                                    f"expected {cls} {rel} {target_cls}, found {cls} {got} {target_cls}"
+                                )
+                                break
+                        if not matched:
+                            break
+        matched_groups.append(found if matched else None)
+    for req in record.get("exclude", []):
+        cls, count = req["class"], req["count"]
+        n = len(objects.get(cls, []))
+        if n >= count:
+            exact = [r["count"] for r in record.get("include", [])
+                     if r["class"] == cls and r["count"] == count - 1]
+            if exact:
+                reasons.append(f"expected {exact[0]} {cls}, found {n}")
+            else:
+                reasons.append(f"expected fewer than {count} {cls}, found {n}")
+    return not reasons, "\n".join(reasons)
+
+
+def judge_image(image: np.ndarray, record: dict, config: JudgeConfig = JudgeConfig()) -> Verdict:
+    """Judges a uint8 (H, W, 3) image against a GenEval record (schema-checked; any class
+    and colour names are accepted, unknown ones simply are never detected)."""
+    validate_record(record, world=False, where="judge record")
+    detections = detect(image, config)
+    correct, reason = apply_rules(record, detections)
+    return Verdict(correct, reason, detections)
+
+
+def summarize(verdicts: Sequence[Verdict | bool | dict], records: Sequence[dict]) -> dict:
+    """GenEval's summary. `verdicts[i]` (a Verdict, a bool, or a dict with "correct")
+    judges an image of `records[i]`. Returns {"overall": mean of the per-tag accuracies
+    (GenEval's score), "image_accuracy": mean over images, "prompt_accuracy": fraction of
+    distinct records with at least one correct image, "n_images", "per_tag": {tag:
+    {"accuracy", "correct", "total"}} for the tags present, in `TAGS` order}."""
+    if len(verdicts) != len(records):
+        raise ValueError(f"{len(verdicts)} verdicts but {len(records)} records")
+    if not records:
+        raise ValueError("summarize needs at least one verdict")
+    ok = [bool(v.correct if isinstance(v, Verdict) else v["correct"] if isinstance(v, dict) else v)
+          for v in verdicts]
+    per_tag: dict[str, dict] = {}
+    for tag in TAGS + tuple(sorted({r["tag"] for r in records} - set(TAGS))):
+        idx = [i for i, r in enumerate(records) if r["tag"] == tag]
+        if idx:
+            c = sum(ok[i] for i in idx)
+            per_tag[tag] = {"accuracy": c / len(idx), "correct": c, "total": len(idx)}
+    by_prompt: dict[str, bool] = {}
+    for r, o in zip(records, ok):
+        key = repr(r)
+        by_prompt[key] = by_prompt.get(key, False) or o
+    return {
+        "overall": float(np.mean([v["accuracy"] for v in per_tag.values()])),
+        "image_accuracy": float(np.mean(ok)),
+        "prompt_accuracy": float(np.mean(list(by_prompt.values()))),
+        "n_images": len(ok),
+        "per_tag": per_tag,
+    }
