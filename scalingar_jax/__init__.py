@@ -1,0 +1,17 @@
+"""scalingar-jax: ScalingAR confidence-driven test-time scaling on LlamaGen, in JAX/Flax.
+
+Entry points:
+  generate(pipeline, prompts, strategy=..., num_candidates=..., seed=...)  prompts -> images
+  load_pipeline(path=None)                 the embedded shapes-world pipeline
+  scalingar_jax.decode                     prefill / decode_step / jitted generate (plain LlamaGen)
+  scalingar_jax.scaling                    pure profile / policy functions for your own jitted loop
+  scalingar_jax.scaling.strategies         plain, confidence-only, ScalingAR, Best-of-N, importance sampling
+  scalingar_jax.checkpoint.load_llamagen   converted LlamaGen checkpoints (see `scalingar convert`)
+"""
+from scalingar_jax.config import GPT_PRESETS, GPTConfig, SamplingConfig, gpt_config
+from scalingar_jax.pipeline import GenerationOutput, Pipeline, generate, load_pipeline
+from scalingar_jax.scaling.config import ABLATIONS, ScalingARConfig
+
+__version__ = "0.1.0"
+__all__ = ["GPTConfig", "GPT_PRESETS", "SamplingConfig", "gpt_config", "ScalingARConfig", "ABLATIONS",
+           "Pipeline", "GenerationOutput", "generate", "load_pipeline"]

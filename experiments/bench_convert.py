@@ -1,0 +1,149 @@
+"""Benchmark: read + map a LlamaGen-layout GPT checkpoint to the Flax tree, timing and peak RSS.
+
+A synthetic checkpoint of the chosen preset is written first (without torch, in a separate
+process, see `conversion/make_synthetic_checkpoint.py`); each measurement then runs in a fresh
+Python process so `ru_maxrss` is that conversion's own high-water mark:
+
+  open    : safe unpickle + zip index (no tensor data read)
+  infer   : `infer_gpt_config` from the shapes
+  map     : `torch_to_flax_gpt` (reads every tensor once, transposes, stacks the layers)
+
+Peak RSS includes the interpreter and jax/numpy imports (`baseline_rss`); the target is
+peak RSS <= 2.5x the checkpoint size. The checkpoint was just written, so reads come from the
+page cache (warm), which RSS does not count.
+
+    python experiments/bench_convert.py                    # GPT-B, quick
+    python experiments/bench_convert.py --preset GPT-XL    # the full-size run (~3.1 GB file)
+
+Prints a table and writes experiments/results/bench_convert.json (one record per run,
+replacing an earlier record of the same preset / format / dtype).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results" / "bench_convert.json"
+
+
+def _rss_now() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def child(path: str, dtype: str) -> dict:
+    """Runs in a fresh process: converts `path`, returns timings and memory."""
+    import resource
+
+    import numpy as np
+
+    import jax
+
+    from scalingar_jax.convert import load_checkpoint
+    from scalingar_jax.convert.mapping import infer_gpt_config, torch_to_flax_gpt
+
+    baseline = _rss_now()  # after every import
+    t0 = time.perf_counter()
+    sd, meta = load_checkpoint(path)
+    t1 = time.perf_counter()
+    cfg = infer_gpt_config(sd, file_name=path, args=meta.get("args"))
+    t2 = time.perf_counter()
+    params = torch_to_flax_gpt(sd, cfg, dtype=dtype)
+    t3 = time.perf_counter()
+    leaves = jax.tree.leaves(params)
+    n_params = int(sum(x.size for x in leaves))
+    out_bytes = int(sum(x.nbytes for x in leaves))
+    checksum = float(sum(float(np.asarray(x[..., :1], np.float32).sum()) for x in leaves))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    return {
+        "open_s": t1 - t0, "infer_s": t2 - t1, "map_s": t3 - t2, "total_s": t3 - t0,
+        "n_params": n_params, "output_bytes": out_bytes, "baseline_rss": baseline, "peak_rss": peak,
+        "config": cfg, "checksum": checksum, "n_tensors": len(sd),
+    }
+
+
+def run(preset: str, model_type: str, fmt: str, ckpt_dtype: str, out_dtype: str, keep: bool, workdir: str | None):
+    suffix = ".safetensors" if fmt == "safetensors" else ".pt"
+    short = preset.replace("GPT-", "")
+    tmpdir = Path(workdir or tempfile.mkdtemp(prefix="bench_convert_"))
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    path = tmpdir / f"{model_type}_{short}_256{suffix}"
+    t = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "conversion" / "make_synthetic_checkpoint.py"), "--preset", preset,
+                    "--model-type", model_type, "--dtype", ckpt_dtype, "--out", str(path)], check=True,
+                   stdout=subprocess.DEVNULL)
+    write_s = time.perf_counter() - t
+    size = path.stat().st_size
+    try:
+        code = ("import json, sys; sys.path.insert(0, %r); from experiments.bench_convert import child; "
+                "print('RESULT' + json.dumps(child(%r, %r)))") % (str(ROOT), str(path), out_dtype)
+        proc = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                              env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
+        r = json.loads(line[len("RESULT"):])
+    finally:
+        if not keep:
+            path.unlink(missing_ok=True)
+            if workdir is None:
+                os.rmdir(tmpdir)
+    r.update(preset=preset, model_type=model_type, format=fmt, ckpt_dtype=ckpt_dtype, out_dtype=out_dtype,
+             ckpt_bytes=size, write_s=write_s, peak_over_ckpt=r["peak_rss"] / size,
+             peak_minus_baseline_over_ckpt=(r["peak_rss"] - r["baseline_rss"]) / size,
+             read_gbps=size / r["total_s"] / 1e9)
+    return r
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="GPT-B")
+    ap.add_argument("--model-type", default="c2i", choices=["c2i", "t2i"])
+    ap.add_argument("--format", default="pt", choices=["pt", "safetensors"])
+    ap.add_argument("--ckpt-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--out-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--workdir", default=None, help="where to write the synthetic checkpoint (default: a temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the synthetic checkpoint")
+    a = ap.parse_args(argv)
+    r = run(a.preset, a.model_type, a.format, a.ckpt_dtype, a.out_dtype, a.keep, a.workdir)
+    gb = 1e9
+    rows = [
+        ("preset / type / format", f"{r['preset']} / {r['model_type']} / {r['format']} ({r['ckpt_dtype']} -> {r['out_dtype']})"),
+        ("parameters", f"{r['n_params'] / 1e6:.1f} M in {r['n_tensors']} tensors"),
+        ("checkpoint size", f"{r['ckpt_bytes'] / gb:.3f} GB"),
+        ("output size", f"{r['output_bytes'] / gb:.3f} GB"),
+        ("write (synthetic)", f"{r['write_s']:.1f} s"),
+        ("open (unpickle+index)", f"{r['open_s']:.3f} s"),
+        ("infer config", f"{r['infer_s']:.3f} s"),
+        ("map (read+transpose+stack)", f"{r['map_s']:.1f} s"),
+        ("total", f"{r['total_s']:.1f} s ({r['read_gbps']:.2f} GB/s)"),
+        ("baseline RSS (imports)", f"{r['baseline_rss'] / gb:.3f} GB"),
+        ("peak RSS", f"{r['peak_rss'] / gb:.3f} GB"),
+        ("peak RSS / checkpoint", f"{r['peak_over_ckpt']:.2f}x (target <= 2.5x)"),
+        ("(peak - baseline) / checkpoint", f"{r['peak_minus_baseline_over_ckpt']:.2f}x"),
+    ]
+    w = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{w}}  {v}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    records = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    ident = ("preset", "model_type", "format", "ckpt_dtype", "out_dtype")
+    records = [x for x in records if tuple(x.get(k) for k in ident) != tuple(r[k] for k in ident)]
+    records.append({**r, "host_cpus": os.cpu_count()})
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, RESULTS)
+    print(f"-> {RESULTS.relative_to(ROOT)}")
+    return r
+
+
+if __name__ == "__main__":
+    main()

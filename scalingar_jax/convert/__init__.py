@@ -1,0 +1,54 @@
+"""PyTorch LlamaGen checkpoints -> Flax parameters, without torch and without running pickles.
+
+* `torch_pickle`: safe lazy reader (and a writer) of `torch.save` zip files.
+* `safetensors`: reader/writer of `.safetensors` files.
+* `mapping`: strict PyTorch <-> Flax name/shape mapping for the GPT and the VQ tokenizer, and
+  config inference from the weights.
+
+`load_checkpoint(path)` reads either format and returns (state_dict of LazyTensor, meta).
+"""
+from __future__ import annotations
+
+import os
+
+from scalingar_jax.convert.torch_pickle import (
+    CheckpointFormatError,
+    LazyTensor,
+    UnsafePickleError,
+    load_state_dict,
+    save_torch_state_dict,
+)
+
+__all__ = [
+    "CheckpointFormatError",
+    "UnsafePickleError",
+    "LazyTensor",
+    "load_checkpoint",
+    "load_state_dict",
+    "save_torch_state_dict",
+]
+
+
+def load_checkpoint(path, *, key: str | None = None) -> tuple[dict[str, LazyTensor], dict]:
+    """Opens a `.pt`/`.pth`/`.bin` torch zip file or a `.safetensors` file lazily.
+
+    Returns (state_dict, meta) as `torch_pickle.load_state_dict` does; for safetensors, meta
+    has "format": "safetensors" and "metadata" (the file's `__metadata__`). The format is
+    detected from the file's first bytes, not its name. `key` selects a top-level entry of a
+    torch file (e.g. "ema").
+    """
+    from scalingar_jax.convert import safetensors as st
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    is_safetensors = head[8:9] == b"{" or (head[:4] != b"PK\x03\x04" and path.endswith(".safetensors"))
+    if not is_safetensors:
+        return load_state_dict(path, key=key)
+    if key is not None:
+        raise ValueError("key= only applies to torch checkpoints; a safetensors file is a flat state dict")
+    tensors, metadata = st.load_file(path)
+    return tensors, {"path": path, "format": "safetensors", "metadata": metadata, "wrapper": None,
+                     "other_keys": {}, "args": None, "steps": None, "stripped_prefix": ""}

@@ -1,0 +1,49 @@
+"""ScalingAR: confidence-driven test-time scaling (pure-function level).
+
+`config`  -- `ScalingARConfig` (every hyperparameter, ablation switches, `ABLATIONS` presets).
+`profile` -- Level 1: `ConfidenceState`, `init_state`, `token_stats`, `kl_divergence`,
+             `update_profile`.
+`policy`  -- Level 2: `guidance_scale`, `update_termination`, `select_winner`,
+             `tokens_per_prompt`, `masked_quantile`, and the convenience `scalingar_step`.
+"""
+from .config import ABLATIONS, ENTROPY_SOURCES, ScalingARConfig
+from .policy import (
+    guidance_scale,
+    masked_quantile,
+    scalingar_step,
+    select_winner,
+    tokens_per_prompt,
+    update_termination,
+)
+from .profile import (
+    ConfidenceState,
+    block_index,
+    candidate_sum,
+    init_state,
+    kl_divergence,
+    num_blocks,
+    token_stats,
+    update_profile,
+    worst_block_entropy,
+)
+
+__all__ = [
+    "ABLATIONS",
+    "ENTROPY_SOURCES",
+    "ScalingARConfig",
+    "ConfidenceState",
+    "init_state",
+    "token_stats",
+    "kl_divergence",
+    "update_profile",
+    "worst_block_entropy",
+    "block_index",
+    "num_blocks",
+    "candidate_sum",
+    "guidance_scale",
+    "update_termination",
+    "masked_quantile",
+    "select_winner",
+    "tokens_per_prompt",
+    "scalingar_step",
+]
