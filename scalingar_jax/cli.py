@@ -198,13 +198,24 @@ def cmd_convert(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    return _run_experiment_script(f"bench_{args.name}.py", args.rest, "bench_")
+
+
+def cmd_reproduce(args) -> int:
+    return _run_experiment_script("reproduce.py", [args.name, *args.rest], None)
+
+
+def _run_experiment_script(name: str, rest: list[str], prefix: str | None) -> int:
     import runpy
 
-    script = REPO / "experiments" / f"bench_{args.name}.py"
+    script = REPO / "experiments" / name
     if not script.is_file():
-        available = sorted(p.stem[len("bench_"):] for p in (REPO / "experiments").glob("bench_*.py"))
-        raise UserError(f"unknown benchmark {args.name!r}; available: {', '.join(available)}")
-    sys.argv = [str(script), *args.rest]
+        if prefix is None:
+            raise UserError(f"{script} not found: the experiments/ folder ships with the repository checkout")
+        available = sorted(p.stem[len(prefix):] for p in (REPO / "experiments").glob(f"{prefix}*.py"))
+        raise UserError(f"unknown benchmark {name!r}; available: {', '.join(available)}")
+    rest = list(rest)
+    sys.argv = [str(script), *rest]
     runpy.run_path(str(script), run_name="__main__")
     return 0
 
@@ -261,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("name", help="benchmark name: decode, scaling, convert, sharding, ...")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options for the benchmark (after --)")
     b.set_defaults(fn=cmd_bench)
+
+    r = sub.add_parser("reproduce", help="reproduce the paper's experiments on the shapes world (main, ablations, "
+                                         "width, robustness, efficiency, sensitivity, all)",
+                       description="Runs experiments/reproduce.py NAME; pass its own options after --. Each writes "
+                                   "JSON, a markdown table and PNG plots under experiments/results/.")
+    r.add_argument("name", help="main | ablations | width | robustness | efficiency | sensitivity | all")
+    r.add_argument("rest", nargs=argparse.REMAINDER, help="options for the experiment (after --)")
+    r.set_defaults(fn=cmd_reproduce)
     return ap
 
 

@@ -119,8 +119,44 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
                             strategy=strategy, seconds=seconds)
 
 
+# The shapes world's defaults: T = 144 tokens, so the paper's Delta_rec = 32 at T = 1024 is
+# scaled to T (32 * 144 / 1024 ~ 5); sampling as the GPT's training JSON recommends.
+WORLD_SAMPLING = SamplingConfig(cfg_scale=3.0, temperature=1.0, top_k=16, top_p=1.0)
+WORLD_SCALING = ScalingARConfig(Delta_rec=5)
+
+
+def world_pipeline(path=None, *, sampling: SamplingConfig | None = None,
+                   scaling: ScalingARConfig | None = None, with_reward: bool = True) -> Pipeline:
+    """The shapes-world pipeline (VQ + t2i GPT + text encoder [+ learned reward]) from `path`
+    (default `checkpoints/shapes` or $SCALINGAR_CHECKPOINT). Sampling/scaling defaults come from
+    the checkpoint's `gpt/config.json` meta ("sampling", "scaling") when present."""
+    from scalingar_jax.checkpoint import read_config
+    from scalingar_jax.world.models import default_world_path, load_world
+    from scalingar_jax.world.reward import reward_scores
+    from scalingar_jax.world.text_encoder import encode_prompts
+
+    parts = ("vq", "gpt", "text", "reward") if with_reward else ("vq", "gpt", "text")
+    w = load_world(path, parts=parts)
+    root = default_world_path() if path is None else path
+    _, _, meta = read_config(f"{root}/gpt")
+    if sampling is None:
+        sampling = SamplingConfig(**meta["sampling"]) if isinstance(meta.get("sampling"), dict) else WORLD_SAMPLING
+    if scaling is None:
+        scaling = ScalingARConfig(**meta["scaling"]) if isinstance(meta.get("scaling"), dict) else WORLD_SCALING
+
+    def condition(prompts):
+        return encode_prompts(w.text_params, w.text_cfg, list(prompts))
+
+    reward = None
+    if with_reward:
+        def reward(images, prompts):
+            return np.asarray(reward_scores(w.reward_params, w.reward_cfg, images, list(prompts)))
+
+    return Pipeline(gpt_params=w.gpt_params, gpt_cfg=w.gpt_cfg, vq_params=w.vq_params, vq_cfg=w.vq_cfg,
+                    condition=condition, reward=reward, sampling=sampling, scaling=scaling,
+                    name=f"shapes-world ({w.path})")
+
+
 def load_pipeline(path=None, **overrides) -> Pipeline:
     """The shapes-world pipeline from `path` (default: the embedded `checkpoints/shapes`)."""
-    from scalingar_jax.world.models import world_pipeline
-
     return world_pipeline(path, **overrides)

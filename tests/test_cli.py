@@ -1,0 +1,79 @@
+"""The `scalingar` command and the pipeline API on a tiny random world checkpoint."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from scalingar_jax import cli
+from scalingar_jax.images import read_png
+from scalingar_jax.pipeline import generate, load_pipeline
+from scalingar_jax.world.random_world import save_random_world
+
+PROMPT = "a photo of a red circle left of a blue square"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return str(save_random_world(tmp_path_factory.mktemp("world") / "shapes", seed=0))
+
+
+def test_generate_writes_every_output(world, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = cli.main(["generate", PROMPT, "-n", "4", "--checkpoint", world, "--out", str(out), "--seed", "1"])
+    assert rc == 0
+    for name in ("selected.png", "candidates.png", "result.json"):
+        assert (out / name).is_file(), name
+    img = read_png(out / "selected.png")
+    assert img.shape == (64, 64, 3)  # 16x16 image upscaled 4x
+    result = json.loads((out / "result.json").read_text())
+    assert result["num_candidates"] == 4 and 0 <= result["winner"] < 4
+    assert result["tokens_used"] <= 4 * 16
+    pytest.importorskip("matplotlib")
+    assert (out / "confidence.png").is_file() and (out / "entropy.png").is_file()
+
+
+def test_generate_prompt_file_then_evaluate(world, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    recs = [{"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"},
+            {"tag": "colors", "include": [{"class": "square", "count": 1, "color": "red"}],
+             "prompt": "a photo of a red square"}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "gen"
+    assert cli.main(["generate", "--prompts", str(prompts), "-n", "2", "--checkpoint", world, "--out", str(out),
+                     "--strategy", "plain"]) == 0
+    assert sorted(os.listdir(out)) == ["00000", "00001"]
+    assert cli.main(["evaluate", str(out)]) == 0
+    assert "overall" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "   "], "empty"),
+    (["generate", "a photo of a red unicorn"], "unicorn"),
+    (["generate", PROMPT, "-n", "0"], "must be >= 1"),
+])
+def test_generate_bad_input(world, tmp_path, capsys, argv, message):
+    rc = cli.main(argv + ["--checkpoint", world, "--out", str(tmp_path / "o")])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_checkpoint_and_unwritable_output(tmp_path, capsys, world):
+    assert cli.main(["generate", PROMPT, "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "no shapes-world checkpoint" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert cli.main(["generate", PROMPT, "--checkpoint", world, "--out", str(blocker / "sub")]) == 2
+    assert "cannot create output folder" in capsys.readouterr().err
+
+
+def test_library_generate_every_strategy(world):
+    pipe = load_pipeline(world)
+    for strategy in ("plain", "confidence_only", "scalingar", "best_of_n", "importance_sampling"):
+        out = generate(pipe, [PROMPT, "a photo of two squares"], strategy=strategy, num_candidates=2, seed=0)
+        assert out.images.shape == (2, 16, 16, 3) and out.images.dtype == np.uint8
+        assert out.result.winner.shape == (2,)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        generate(pipe, [PROMPT], strategy="beam")
+    with pytest.raises(ValueError, match="num_candidates"):
+        generate(pipe, [PROMPT], num_candidates=0)
