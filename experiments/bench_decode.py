@@ -60,7 +60,9 @@ def loop_memory(cfg, batch, use_cfg=True):
         greedy=False)
     compiled = lowered.compile()
     ma = compiled.memory_analysis()
-    out = {"compile_s": time.perf_counter() - t}
+    out = {"compile_s": time.perf_counter() - t,
+           "kv_cache_gb": 2 * cfg.n_layer * batch * (cfg.max_seq_len - 1) * cfg.kv_heads * cfg.head_dim
+           * jnp.dtype(to_dtype(cfg.dtype)).itemsize / 1e9}
     if ma is not None:
         out.update(
             argument_gb=ma.argument_size_in_bytes / 1e9, output_gb=ma.output_size_in_bytes / 1e9,
@@ -173,7 +175,7 @@ def main(argv=None):
             rows.append(row)
             print(row, flush=True)
     cols = ["preset", "type", "batch", "dtype", "grid", "step_ms", "tokens_per_s", "prefill_ms", "compile_s",
-            "limit_step_ms", "x_of_limit", "torch_step_ms", "speedup_vs_torch", "loop_peak_gb", "loop_compile_s"]
+            "limit_step_ms", "x_of_limit", "torch_step_ms", "speedup_vs_torch", "loop_peak_gb", "loop_kv_cache_gb", "loop_compile_s"]
     table = markdown_table(rows, [c for c in cols if any(c in r for r in rows)])
     print(table)
     path = write_json(args.out, {"stamp": stamp(), "rows": rows, "table": table})
