@@ -72,11 +72,13 @@ class GenerationOutput:
 def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scalingar", num_candidates: int = 8,
              seed: int = 0, sampling: SamplingConfig | None = None, scaling: ScalingARConfig | None = None,
              compaction: bool = True, prompt_ids=None, decode_candidates: bool = False,
-             on_progress: Callable[[int], None] | None = None, **strategy_kwargs) -> GenerationOutput:
+             on_progress: Callable[[int], None] | None = None, mesh=None, **strategy_kwargs) -> GenerationOutput:
     """Runs `strategy` for every prompt (see `scalingar_jax.scaling.strategies.STRATEGIES`).
 
     prompts: P strings; num_candidates: N >= 1; seed: the base PRNG seed (a candidate's key is
     derived from (seed, prompt id, candidate id)); sampling/scaling default to the pipeline's.
+    mesh: optional `scalingar_jax.sharding.make_mesh(prompt_shards, cand_shards)`: prompts and
+    candidates are sharded over it with `shard_map` (same results as one device).
     Extra keyword arguments go to importance sampling (checkpoints, tau, fill_code).
     """
     import time
@@ -95,17 +97,25 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
     t0 = time.perf_counter()
     common = dict(key=key, num_candidates=int(num_candidates), sampling=sampling, prompt_ids=prompt_ids,
                   on_progress=on_progress)
+    if mesh is not None:
+        from scalingar_jax import sharding
+
+        common["mesh"] = mesh
+        run_bon, run_is, run_tok = (sharding.sharded_best_of_n, sharding.sharded_importance_sampling,
+                                    sharding.sharded_token_strategy)
+    else:
+        run_bon, run_is, run_tok = S.run_best_of_n, S.run_importance_sampling, S.run_token_strategy
     if strategy in ("best_of_n", "importance_sampling"):
         if pipe.reward is None:
             raise ValueError(f"strategy {strategy!r} needs a reward function and this pipeline has none")
-        fn = S.run_best_of_n if strategy == "best_of_n" else S.run_importance_sampling
+        fn = run_bon if strategy == "best_of_n" else run_is
         res = fn(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, prompts=prompts, reward_fn=pipe.reward,
                  decode_fn=pipe.decode_images, **common, **strategy_kwargs)
     else:
         if strategy_kwargs:
             raise TypeError(f"unexpected arguments for {strategy!r}: {sorted(strategy_kwargs)}")
-        res = S.run_token_strategy(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, strategy=strategy,
-                                   scaling=scaling, compaction=compaction, **common)
+        res = run_tok(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, strategy=strategy,
+                      scaling=scaling, compaction=compaction, **common)
     jax.block_until_ready(res.tokens)
     seconds = time.perf_counter() - t0
     images = pipe.decode_images(np.asarray(res.tokens))

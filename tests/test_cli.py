@@ -77,3 +77,8 @@ def test_library_generate_every_strategy(world):
         generate(pipe, [PROMPT], strategy="beam")
     with pytest.raises(ValueError, match="num_candidates"):
         generate(pipe, [PROMPT], num_candidates=0)
+
+
+def test_bad_mesh(world, tmp_path, capsys):
+    assert cli.main(["generate", PROMPT, "--checkpoint", world, "--out", str(tmp_path / "o"), "--mesh", "2y4"]) == 2
+    assert "--mesh" in capsys.readouterr().err

@@ -12,9 +12,30 @@
 Termination is by masking inside a `lax.while_loop`; with `compaction=True` the loop leaves
 early when every prompt's alive count fits half the candidate slots, alive rows (state, keys,
 cache rows, cond and uncond) are gathered into a power-of-two bucket, and the loop continues.
-Each bucket size compiles once. A candidate's randomness comes from (prompt id, candidate id,
-step), so compacted and masked runs sample the same tokens. Buffers that are returned
-(tokens, trajectories) always keep the original (P, N) candidate layout.
+Each bucket size compiles once; the loop is compiled for `loop_key(spec)`, so plain,
+confidence-only, Best-of-N and importance sampling share one compiled loop and IS checkpoints
+pass their stop step as a traced value. A candidate's randomness comes from (prompt id,
+candidate id, step), so compacted and masked runs sample the same tokens. Buffers that are
+returned (tokens, entropies, trajectories) always keep the original (P, N) candidate layout
+and hold values only for steps where the candidate was alive, so they too do not depend on
+compaction. The host-side strategy logic (`token_strategy_with`, `best_of_n_with`,
+`importance_sampling_with`) drives an *executor*: `LocalExecutor` here, or
+`sharding.ShardedExecutor` for a mesh.
+
+Sharding (`scalingar_jax.sharding` runs these pieces inside `jax.shard_map`)
+--------------------------------------------------------------------------
+Every loop piece is written for *local* arrays and takes its mesh axes from the `LoopSpec`
+(`prompt_axis`, `cand_axis`; None = unsharded). With `cand_axis` set, `num_candidates` is the
+per-shard slot count N0 and a slot's global candidate id is `axis_index(cand_axis) * N0 + slot`
+(keys come from global ids, so a sharded run samples the same tokens); the profile/termination
+/winner calls pool over the candidate axis with collectives; the compaction exit test is the
+maximum over prompts *and shards* of the local alive count (`max_local_alive`, a pmax), so
+every shard leaves the while loop at the same step and compacts into the same bucket (shards
+keep their own alive candidates: a candidate never moves between devices). `num_real` marks
+padding candidates (global id >= num_real) dead from the start. Outside shard_map the loop state
+is held in its *view* layout (`to_view`): CFG rows as an explicit (2, P, N) axis, so that the
+prompt and candidate axes can be sharded and every device holds its candidates' cond and uncond
+rows.
 """
 from __future__ import annotations
 
@@ -62,9 +83,10 @@ class LoopState:
 @struct.dataclass
 class StrategyResult:
     """tokens (P, T) of the selected image; winner (P,) candidate id; tokens_used (P,);
-    all_tokens (P, N, T) (-1 where a pruned candidate generated nothing); entropy (P, N, T);
-    terminated_at (P, N) (-1: survived); traj: name -> (T, P, N) per-step C, I, D, R, scale,
-    alive, and theta (T, P); score (P, N) what selection ranked (C, mean confidence or reward)."""
+    all_tokens (P, N, T) (-1 where a pruned candidate generated nothing); entropy (P, N, T)
+    (0 where not generated); terminated_at (P, N) (-1: survived); traj: name -> (T, P, N)
+    per-step C, I, D, R, scale (0 once pruned), alive, and theta (T, P); score (P, N) what
+    selection ranked (final C, -inf for pruned candidates; mean confidence; or reward)."""
 
     tokens: jax.Array
     winner: jax.Array
@@ -84,9 +106,12 @@ class LoopSpec:
     sampling: SamplingConfig
     scaling: ScalingARConfig
     policy: str  # "none" (fixed CFG) or "scalingar"
-    num_candidates: int  # N0, original candidates per prompt
+    num_candidates: int  # N0, original candidate slots per prompt (per candidate shard when sharded)
     compaction: bool = False
     stop_at: int = -1  # >= 0: leave the loop when k reaches it (importance-sampling checkpoints)
+    num_real: int = -1  # >= 0: global candidate ids >= num_real are padding, dead from the start
+    prompt_axis: str | None = None  # mesh axis the prompt axis is split over (inside shard_map)
+    cand_axis: str | None = None  # mesh axis the candidate axis is split over (inside shard_map)
 
     @property
     def T(self) -> int:
@@ -127,20 +152,24 @@ def _step(params, spec: LoopSpec, s: LoopState) -> LoopState:
         lg = None
         if sc.entropy_source == "guided":
             lg = decode.sampling_logits(sampling, lc, lu, s.scale, k, use_cfg)
-        conf = update_profile(sc, s.conf, lc, lu, k, None, cfg.grid_size, lg=lg)
-        conf = update_termination(sc, conf, k, T)
+        conf = update_profile(sc, s.conf, lc, lu, k, None, cfg.grid_size, lg=lg, axis_name=spec.cand_axis)
+        conf = update_termination(sc, conf, k, T, axis_name=spec.cand_axis)
         scale = guidance_scale(sc, conf, sampling.cfg_scale) if sc.use_scheduler else s.scale
     else:
         conf = s.conf.replace(tokens_used=s.conf.tokens_used + alive.astype(jnp.int32))
         scale = s.scale
     traj = dict(s.traj)
+    # Per-step records only for candidates alive at the start of the step (the others keep 0),
+    # so results do not depend on whether a dead candidate still occupies a slot (compaction,
+    # sharding).
+    live = jnp.where(alive, s.cand, s.tokens.shape[1])
     for name in ("C", "I", "D", "R"):
-        traj[name] = _scatter(traj[name], s.cand, getattr(conf, name), k)
-    traj["scale"] = _scatter(traj["scale"], s.cand, s.scale, k)
+        traj[name] = _scatter(traj[name], live, getattr(conf, name), k)
+    traj["scale"] = _scatter(traj["scale"], live, s.scale, k)
     traj["alive"] = _scatter(traj["alive"], s.cand, conf.alive, k)
     traj["theta"] = traj["theta"].at[k].set(conf.theta)
     tokens = s.tokens.at[:, :, k].set(_scatter(s.tokens[:, :, k], s.cand, tok))
-    entropy = s.entropy.at[:, :, k].set(_scatter(s.entropy[:, :, k], s.cand, hn))
+    entropy = s.entropy.at[:, :, k].set(_scatter(s.entropy[:, :, k], live, hn))
 
     fed = jnp.maximum(tok, 0).reshape(P * N)
     fed = jnp.concatenate([fed, fed])
@@ -153,26 +182,74 @@ def _step(params, spec: LoopSpec, s: LoopState) -> LoopState:
                      entropy=entropy, traj=traj)
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
-def run_loop(params, s: LoopState, *, spec: LoopSpec) -> LoopState:
-    """Runs token steps until k == T, or (compaction) until the alive rows fit half the slots,
-    or (stop_at >= 0) until k == stop_at. Compiles once per (spec, slot count)."""
+def _axes(spec: LoopSpec) -> tuple[str, ...]:
+    return tuple(a for a in (spec.prompt_axis, spec.cand_axis) if a is not None)
+
+
+def cand_offset(spec: LoopSpec):
+    """Global id of this shard's first candidate slot: axis_index(cand_axis) * N0 (0 unsharded)."""
+    if spec.cand_axis is None:
+        return jnp.int32(0)
+    return (jax.lax.axis_index(spec.cand_axis) * spec.num_candidates).astype(jnp.int32)
+
+
+def max_local_alive(alive, spec: LoopSpec):
+    """int32 scalar: max over prompts of the alive count in this shard's slots, pmax'd over every
+    sharded axis, so all shards agree (the compaction exit test and bucket size)."""
+    m = jnp.max(jnp.sum(alive, axis=1)).astype(jnp.int32)
+    axes = _axes(spec)
+    return jax.lax.pmax(m, axes) if axes else m
+
+
+def loop(params, s: LoopState, spec: LoopSpec, stop=None) -> LoopState:
+    """The token loop (not jitted; `run_loop` jits it, `sharding` runs it inside shard_map).
+    Runs token steps until k == T, or (compaction) until every shard's alive rows fit half its
+    slots, or until k == stop (int32 scalar, may be traced: checkpoints share one compile) or
+    k == spec.stop_at (static, if >= 0)."""
     N = s.cand.shape[1]
 
     def keep_going(s):
         go = s.k < spec.T
         if spec.stop_at >= 0:
             go &= s.k < spec.stop_at
+        if stop is not None:
+            go &= s.k < stop
         if spec.compaction and N > 1:
-            go &= jnp.max(jnp.sum(s.conf.alive, axis=1)) > N // 2
+            go &= max_local_alive(s.conf.alive, spec) > N // 2
         return go
 
     return jax.lax.while_loop(keep_going, lambda s: _step(params, spec, s), s)
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
-def start_loop(params, cond, cond_mask, key, prompt_ids, *, spec: LoopSpec) -> LoopState:
-    """Prefill for P prompts x N0 candidates (CFG rows) and a fresh loop state."""
+def run_loop(params, s: LoopState, *, spec: LoopSpec, stop=None) -> LoopState:
+    """Jitted `loop` (unsharded). Compiles once per (spec, slot count, stop given or not)."""
+    return loop(params, s, spec, stop)
+
+
+def loop_key(spec: LoopSpec) -> LoopSpec:
+    """The spec the token loop is compiled for: stop_at dropped (passed as a traced `stop`) and,
+    for the fixed-CFG policy, only the ScalingAR fields it reads kept (block_size for the state's
+    shape, aH/aM for the confidence-only score), so plain / confidence-only / best-of-N / IS
+    share one compiled loop."""
+    spec = dataclasses.replace(spec, stop_at=-1)
+    if spec.policy == "none":
+        sc = spec.scaling
+        spec = dataclasses.replace(spec, compaction=False,
+                                   scaling=ScalingARConfig(block_size=sc.block_size, aH=sc.aH, aM=sc.aM))
+    return spec
+
+
+def shape_key(spec: LoopSpec) -> LoopSpec:
+    """The spec of the shape-only pieces (start, compaction, selection, resampling): what
+    determines the state's shapes, keys and padding, nothing of the policy."""
+    return dataclasses.replace(spec, policy="none", compaction=False, stop_at=-1,
+                               scaling=ScalingARConfig(block_size=spec.scaling.block_size))
+
+
+def init_loop(params, cond, cond_mask, key, prompt_ids, spec: LoopSpec) -> LoopState:
+    """Prefill for P prompts x N0 candidate slots (CFG rows) and a fresh loop state (not jitted).
+    Keys come from (prompt id, global candidate id); padding slots (`spec.num_real`) start dead."""
     cfg, N0, T = spec.cfg, spec.num_candidates, spec.T
     P = cond.shape[0]
     rep = lambda x: None if x is None else jnp.repeat(x, N0, axis=0)  # noqa: E731
@@ -180,20 +257,30 @@ def start_loop(params, cond, cond_mask, key, prompt_ids, *, spec: LoopSpec) -> L
     f32 = jnp.zeros((T, P, N0), jnp.float32)
     traj = {"C": f32, "I": f32, "D": f32, "R": f32, "scale": f32, "alive": jnp.zeros((T, P, N0), bool),
             "theta": jnp.zeros((T, P), jnp.float32)}
+    gid = cand_offset(spec) + jnp.arange(N0, dtype=jnp.int32)
+    conf = init_state(spec.scaling, P, N0, cfg.grid_size)
+    if spec.num_real >= 0:
+        conf = conf.replace(alive=jnp.broadcast_to(gid < spec.num_real, (P, N0)))
     return LoopState(
         logits=logits, cache=cache, k=jnp.int32(0),
-        keys=candidate_keys(key, prompt_ids, jnp.arange(N0)),
+        keys=candidate_keys(key, prompt_ids, gid),
         cand=jnp.broadcast_to(jnp.arange(N0, dtype=jnp.int32), (P, N0)),
         scale=jnp.full((P, N0), spec.sampling.cfg_scale, jnp.float32),
-        conf=init_state(spec.scaling, P, N0, cfg.grid_size),
+        conf=conf,
         conf_sum=jnp.zeros((P, N0), jnp.float32), tokens_dropped=jnp.zeros((P,), jnp.int32),
         tokens=jnp.full((P, N0, T), -1, jnp.int32), entropy=jnp.zeros((P, N0, T), jnp.float32), traj=traj)
 
 
-@functools.partial(jax.jit, static_argnames=("slots",))
-def compact(s: LoopState, *, slots: int) -> LoopState:
+@functools.partial(jax.jit, static_argnames=("spec",))
+def start_loop(params, cond, cond_mask, key, prompt_ids, *, spec: LoopSpec) -> LoopState:
+    """Jitted `init_loop` (unsharded)."""
+    return init_loop(params, cond, cond_mask, key, prompt_ids, spec)
+
+
+def compact_local(s: LoopState, slots: int) -> LoopState:
     """Gathers each prompt's alive slots (in candidate-id order) into `slots` slots; the rest are
-    dead padding (cand = N0, alive False, nothing counted)."""
+    dead padding (cand = N0, alive False, nothing counted). Local: under sharding each shard
+    compacts its own slots (not jitted; `compact` jits it)."""
     P, N = s.cand.shape
     alive = s.conf.alive
     order = jnp.argsort(jnp.where(alive, 0, 1) * (N + 1) + jnp.arange(N)[None], axis=1)[:, :slots]  # (P, slots)
@@ -215,6 +302,12 @@ def compact(s: LoopState, *, slots: int) -> LoopState:
         conf_sum=take(s.conf_sum), tokens_dropped=s.tokens_dropped + dropped)
 
 
+@functools.partial(jax.jit, static_argnames=("slots",))
+def compact(s: LoopState, *, slots: int) -> LoopState:
+    """Jitted `compact_local` (unsharded)."""
+    return compact_local(s, slots)
+
+
 def bucket(n: int) -> int:
     """Smallest power of two >= n."""
     return 1 << max(0, int(n) - 1).bit_length()
@@ -223,8 +316,9 @@ def bucket(n: int) -> int:
 def drive(params, s: LoopState, spec: LoopSpec, on_progress: Callable[[int], None] | None = None) -> LoopState:
     """Runs the loop to k == T (or spec.stop_at), compacting at bucket boundaries if enabled."""
     end = spec.T if spec.stop_at < 0 else spec.stop_at
+    key, stop = loop_key(spec), jnp.int32(end)
     while True:
-        s = run_loop(params, s, spec=spec)
+        s = run_loop(params, s, spec=key, stop=stop)
         k = int(s.k)
         if on_progress is not None:
             on_progress(k)
@@ -271,43 +365,66 @@ def _result(s: LoopState, winner, score, tokens_used) -> StrategyResult:
                           entropy=s.entropy, terminated_at=term, score=score, traj=s.traj)
 
 
-def run_token_strategy(params, cfg: GPTConfig, cond, cond_mask=None, *, key, strategy: str = "scalingar",
-                       num_candidates: int = 8, sampling: SamplingConfig = SamplingConfig(),
-                       scaling: ScalingARConfig = ScalingARConfig(), compaction: bool = True, prompt_ids=None,
-                       on_progress=None) -> StrategyResult:
-    """Strategies that need no reward: "plain", "confidence_only", "scalingar".
+def finish_local(s: LoopState, strategy: str, spec: LoopSpec | None = None):
+    """Selection and accounting on local arrays (not jitted). Returns (winner (P,) int32 global
+    candidate id, score (P, N0) in this shard's original candidate layout, tokens_used (P,) int32
+    summed over all candidate shards). Padding candidates (`spec.num_real`) score -inf."""
+    cand_axis = None if spec is None else spec.cand_axis
+    P, N0 = s.tokens.shape[:2]
+    p = jnp.broadcast_to(jnp.arange(P)[:, None], s.cand.shape)
+    offset = jnp.int32(0) if spec is None else cand_offset(spec)
+    used = s.tokens_dropped + jnp.sum(s.conf.tokens_used, axis=1)
+    tokens_used = used if cand_axis is None else jax.lax.psum(used, cand_axis)
+    real = jnp.ones((N0,), bool)
+    if spec is not None and spec.num_real >= 0:
+        real = offset + jnp.arange(N0) < spec.num_real
 
-    cond: (P,) labels or (P, cls, caption_dim) features; cond_mask (P, cls). CFG rows always run
-    (ScalingAR's scale may go to s_min = 1). Returns a `StrategyResult` with candidate ids.
-    """
-    if strategy not in ("plain", "confidence_only", "scalingar"):
-        raise ValueError(f"run_token_strategy handles plain/confidence_only/scalingar, got {strategy!r}")
-    cond, cond_mask, prompt_ids = _prepare(cfg, sampling, scaling, cond, cond_mask, num_candidates, prompt_ids)
-    policy = "scalingar" if strategy == "scalingar" else "none"
-    spec = LoopSpec(cfg, sampling, scaling, policy, int(num_candidates),
-                    compaction=bool(compaction and policy == "scalingar" and scaling.use_termination))
-    s = start_loop(params, cond, cond_mask, key, prompt_ids, spec=spec)
-    s = drive(params, s, spec, on_progress)
-    return finish(s, strategy)
+    def gather(x):
+        return x if cand_axis is None else jax.lax.all_gather(x, cand_axis, axis=1, tiled=True)
+
+    if strategy == "scalingar":
+        slot = select_winner(s.conf, cand_axis)  # index into the gathered slots
+        gid = gather(jnp.where(s.cand < N0, offset + s.cand, jnp.iinfo(jnp.int32).max))
+        winner = gid[jnp.arange(P), slot]
+        score = jnp.full((P, N0), -jnp.inf).at[p, s.cand].set(jnp.where(s.conf.alive, s.conf.C, -jnp.inf),
+                                                               mode="drop")
+    elif strategy == "confidence_only":
+        score = jnp.full((P, N0), -jnp.inf).at[p, s.cand].set(s.conf_sum / s.tokens.shape[2], mode="drop")
+        score = jnp.where(real[None], score, -jnp.inf)
+        winner = jnp.argmax(gather(score), axis=1).astype(jnp.int32)  # gathered = global id layout
+    else:
+        score = jnp.zeros((P, N0))
+        winner = jnp.zeros((P,), jnp.int32)
+    return winner.astype(jnp.int32), score, tokens_used.astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("strategy",))
 def finish(s: LoopState, strategy: str) -> StrategyResult:
-    """Selection and accounting at the end of a token loop (any bucket size)."""
-    P, N0 = s.tokens.shape[:2]
-    p = jnp.broadcast_to(jnp.arange(P)[:, None], s.cand.shape)
-    tokens_used = s.tokens_dropped + jnp.sum(s.conf.tokens_used, axis=1)
-    if strategy == "scalingar":
-        slot = select_winner(s.conf)
-        winner = s.cand[jnp.arange(P), slot]
-        score = jnp.full((P, N0), -jnp.inf).at[p, s.cand].set(s.conf.C, mode="drop")
-    elif strategy == "confidence_only":
-        score = jnp.full((P, N0), -jnp.inf).at[p, s.cand].set(s.conf_sum / s.tokens.shape[2], mode="drop")
-        winner = jnp.argmax(score, axis=1).astype(jnp.int32)
-    else:
-        score = jnp.zeros((P, N0))
-        winner = jnp.zeros((P,), jnp.int32)
-    return _result(s, winner, score, tokens_used)
+    """Selection and accounting at the end of a token loop (any bucket size, unsharded)."""
+    return _result(s, *finish_local(s, strategy))
+
+
+# ------------------------------------------------------------------------------ view layout
+def to_view(s: LoopState) -> LoopState:
+    """Flat CFG rows -> explicit (2, P, N, ...) rows: logits (2, P, N, V), cache k/v
+    (L, 2, P, N, S, Hkv, hd), cache valid (2, P, N, S); tokens_dropped (P,) -> (P, 1). Local
+    reshapes only (the row order cond-then-uncond, prompt-major, is unchanged)."""
+    P, N = s.cand.shape
+    L = s.cache.k.shape[0]
+    rows = lambda x: x.reshape(2, P, N, *x.shape[1:])  # noqa: E731
+    kv = lambda x: x.reshape(L, 2, P, N, *x.shape[2:])  # noqa: E731
+    return s.replace(logits=rows(s.logits), cache=KVCache(kv(s.cache.k), kv(s.cache.v), rows(s.cache.valid)),
+                     tokens_dropped=s.tokens_dropped[:, None])
+
+
+def from_view(s: LoopState) -> LoopState:
+    """Inverse of `to_view` (on local arrays: (2, P_l, N_l, ...) -> 2*P_l*N_l flat rows)."""
+    P, N = s.cand.shape
+    L = s.cache.k.shape[0]
+    rows = lambda x: x.reshape(2 * P * N, *x.shape[3:])  # noqa: E731
+    kv = lambda x: x.reshape(L, 2 * P * N, *x.shape[4:])  # noqa: E731
+    return s.replace(logits=rows(s.logits), cache=KVCache(kv(s.cache.k), kv(s.cache.v), rows(s.cache.valid)),
+                     tokens_dropped=jnp.sum(s.tokens_dropped, axis=1))
 
 
 def _check_reward(scores, n: int) -> np.ndarray:
@@ -326,18 +443,98 @@ def _rewards(tokens: np.ndarray, prompts: Sequence[str], decode_fn: DecodeFn, re
     return _check_reward(reward_fn(images, [p for p in prompts for _ in range(N)]), P * N).reshape(P, N)
 
 
+class LocalExecutor:
+    """Runs the loop pieces on one device (the default device). `scalingar_jax.sharding` has a
+    drop-in executor that runs them under `shard_map`; the strategy logic on the host (drive,
+    checkpoints, rewards, resampling draws) is shared, so both give the same decisions.
+
+    Every method takes the *unsharded* `LoopSpec` (all P prompts, all N candidates)."""
+
+    def __init__(self, params, cond, cond_mask, key, prompt_ids):
+        self.params, self.cond, self.cond_mask, self.key, self.prompt_ids = params, cond, cond_mask, key, prompt_ids
+
+    def start(self, spec: LoopSpec) -> LoopState:
+        return start_loop(self.params, self.cond, self.cond_mask, self.key, self.prompt_ids, spec=shape_key(spec))
+
+    def drive(self, s: LoopState, spec: LoopSpec, on_progress=None) -> LoopState:
+        return drive(self.params, s, spec, on_progress)
+
+    def tokens(self, s: LoopState) -> np.ndarray:
+        """(P, N, T) int32 on the host, -1 where not generated."""
+        return np.asarray(s.tokens)
+
+    def resample(self, s: LoopState, idx: np.ndarray, spec: LoopSpec) -> LoopState:
+        """idx: (P, N) source candidate of every slot (see `_resample`)."""
+        return _resample(s, jnp.asarray(idx, jnp.int32))
+
+    def finish(self, s: LoopState, strategy: str, spec: LoopSpec) -> StrategyResult:
+        return finish(s, strategy)
+
+
+def token_spec(cfg: GPTConfig, sampling: SamplingConfig, scaling: ScalingARConfig, strategy: str, num_candidates,
+               compaction: bool) -> LoopSpec:
+    """The unsharded `LoopSpec` of a reward-free strategy."""
+    policy = "scalingar" if strategy == "scalingar" else "none"
+    return LoopSpec(cfg, sampling, scaling, policy, int(num_candidates),
+                    compaction=bool(compaction and policy == "scalingar" and scaling.use_termination))
+
+
+def _check_token_strategy(strategy: str) -> None:
+    if strategy not in ("plain", "confidence_only", "scalingar"):
+        raise ValueError(f"run_token_strategy handles plain/confidence_only/scalingar, got {strategy!r}")
+
+
+def run_token_strategy(params, cfg: GPTConfig, cond, cond_mask=None, *, key, strategy: str = "scalingar",
+                       num_candidates: int = 8, sampling: SamplingConfig = SamplingConfig(),
+                       scaling: ScalingARConfig = ScalingARConfig(), compaction: bool = True, prompt_ids=None,
+                       on_progress=None) -> StrategyResult:
+    """Strategies that need no reward: "plain", "confidence_only", "scalingar".
+
+    cond: (P,) labels or (P, cls, caption_dim) features; cond_mask (P, cls). CFG rows always run
+    (ScalingAR's scale may go to s_min = 1). Returns a `StrategyResult` with candidate ids.
+    """
+    _check_token_strategy(strategy)
+    cond, cond_mask, prompt_ids = _prepare(cfg, sampling, scaling, cond, cond_mask, num_candidates, prompt_ids)
+    ex = LocalExecutor(params, cond, cond_mask, key, prompt_ids)
+    return token_strategy_with(ex, token_spec(cfg, sampling, scaling, strategy, num_candidates, compaction),
+                               strategy, on_progress)
+
+
+def token_strategy_with(ex, spec: LoopSpec, strategy: str, on_progress=None) -> StrategyResult:
+    """A reward-free strategy on an executor (`LocalExecutor` or `sharding.ShardedExecutor`)."""
+    s = ex.start(spec)
+    s = ex.drive(s, spec, on_progress)
+    return ex.finish(s, strategy, spec)
+
+
+def _pick_by_reward(res: StrategyResult, scores: np.ndarray) -> StrategyResult:
+    winner = jnp.asarray(np.argmax(scores, axis=1), jnp.int32)
+    P = scores.shape[0]
+    return res.replace(tokens=res.all_tokens[jnp.arange(P), winner], winner=winner, score=jnp.asarray(scores))
+
+
+def best_of_n_with(ex, spec: LoopSpec, prompts, decode_fn, reward_fn, on_progress=None) -> StrategyResult:
+    """Best-of-N on an executor: a plain run, then the highest reward wins."""
+    res = token_strategy_with(ex, spec, "plain", on_progress)
+    scores = _rewards(np.asarray(res.all_tokens), prompts, decode_fn, reward_fn)
+    return _pick_by_reward(res, scores)
+
+
 def run_best_of_n(params, cfg: GPTConfig, cond, cond_mask=None, *, prompts: Sequence[str], key,
                   reward_fn: RewardFn, decode_fn: DecodeFn, num_candidates: int = 8,
                   sampling: SamplingConfig = SamplingConfig(), prompt_ids=None, on_progress=None) -> StrategyResult:
     """Best-of-N: N full trajectories at the default CFG, the highest reward wins. Tokens: N*T."""
-    res = run_token_strategy(params, cfg, cond, cond_mask, key=key, strategy="plain", num_candidates=num_candidates,
-                             sampling=sampling, prompt_ids=prompt_ids, on_progress=on_progress)
-    if len(prompts) != res.all_tokens.shape[0]:
-        raise ValueError(f"got {len(prompts)} prompts for {res.all_tokens.shape[0]} conditions")
-    scores = _rewards(np.asarray(res.all_tokens), prompts, decode_fn, reward_fn)
-    winner = jnp.asarray(np.argmax(scores, axis=1), jnp.int32)
-    P = scores.shape[0]
-    return res.replace(tokens=res.all_tokens[jnp.arange(P), winner], winner=winner, score=jnp.asarray(scores))
+    cond, cond_mask, prompt_ids = _prepare(cfg, sampling, ScalingARConfig(), cond, cond_mask, num_candidates,
+                                           prompt_ids)
+    _check_prompts(prompts, cond.shape[0])
+    ex = LocalExecutor(params, cond, cond_mask, key, prompt_ids)
+    spec = token_spec(cfg, sampling, ScalingARConfig(), "plain", num_candidates, False)
+    return best_of_n_with(ex, spec, prompts, decode_fn, reward_fn, on_progress)
+
+
+def _check_prompts(prompts, P: int) -> None:
+    if len(prompts) != P:
+        raise ValueError(f"got {len(prompts)} prompts for {P} conditions")
 
 
 @functools.partial(jax.jit, static_argnames=())
@@ -357,6 +554,46 @@ def _resample(s: LoopState, idx) -> LoopState:
                      conf=conf, conf_sum=take(s.conf_sum), tokens=tokens, entropy=entropy)
 
 
+def is_checkpoints(cfg: GPTConfig, checkpoints, tau: float, fill_code: int) -> list[int]:
+    """Validates the importance-sampling knobs; returns the checkpoint steps (sorted, unique)."""
+    if not (tau > 0 and np.isfinite(tau)):
+        raise ValueError(f"tau must be > 0, got {tau}")
+    if not 0 <= fill_code < cfg.vocab_size:
+        raise ValueError(f"fill_code must be in [0, {cfg.vocab_size}), got {fill_code}")
+    cps = sorted({int(round(c * cfg.block_size)) for c in checkpoints})
+    if any(c <= 0 or c >= cfg.block_size for c in cps):
+        raise ValueError(f"checkpoints must be fractions in (0, 1) of T, got {checkpoints}")
+    return cps
+
+
+def resample_indices(key, j: int, prompt_ids, r: np.ndarray, tau: float) -> np.ndarray:
+    """Checkpoint j's draw: (P, N) int32 source candidate per slot, ~ exp(reward / tau) per prompt,
+    keyed by (key, checkpoint, global prompt id). r: (P, N) rewards."""
+    N = r.shape[1]
+    rkey = jax.vmap(lambda p: jax.random.fold_in(jax.random.fold_in(key, 1_000_003 + j), p))(jnp.asarray(prompt_ids))
+    logp = jnp.asarray((r - r.max(axis=1, keepdims=True)) / tau, jnp.float32)
+    idx = jax.vmap(lambda k, lp: jax.random.categorical(k, lp, shape=(N,)))(rkey, logp)
+    return np.asarray(idx, np.int32)
+
+
+def importance_sampling_with(ex, spec: LoopSpec, prompts, decode_fn, reward_fn, *, key, prompt_ids, cps,
+                             tau: float, fill_code: int, on_progress=None) -> StrategyResult:
+    """Importance sampling on an executor (see `run_importance_sampling`)."""
+    s = ex.start(spec)
+    for j, c in enumerate(cps):
+        s = ex.drive(s, dataclasses.replace(spec, stop_at=c))
+        if on_progress is not None:
+            on_progress(c)
+        tokens = ex.tokens(s)
+        r = _rewards(np.where(tokens < 0, fill_code, tokens), prompts, decode_fn, reward_fn)
+        s = ex.resample(s, resample_indices(key, j, prompt_ids, r, tau), spec)
+    s = ex.drive(s, spec)
+    if on_progress is not None:
+        on_progress(spec.T)
+    res = ex.finish(s, "plain", spec)
+    return _pick_by_reward(res, _rewards(np.asarray(res.all_tokens), prompts, decode_fn, reward_fn))
+
+
 def run_importance_sampling(params, cfg: GPTConfig, cond, cond_mask=None, *, prompts: Sequence[str], key,
                             reward_fn: RewardFn, decode_fn: DecodeFn, num_candidates: int = 8,
                             sampling: SamplingConfig = SamplingConfig(), checkpoints=(0.25, 0.5, 0.75),
@@ -368,35 +605,11 @@ def run_importance_sampling(params, cfg: GPTConfig, cond, cond_mask=None, *, pro
     and scored; slots are resampled with probability ~ exp(reward / tau) (per prompt, keyed by
     prompt id and checkpoint). At the end the highest final reward wins.
     """
-    if not (tau > 0 and np.isfinite(tau)):
-        raise ValueError(f"tau must be > 0, got {tau}")
-    if not 0 <= fill_code < cfg.vocab_size:
-        raise ValueError(f"fill_code must be in [0, {cfg.vocab_size}), got {fill_code}")
-    cps = sorted({int(round(c * cfg.block_size)) for c in checkpoints})
-    if any(c <= 0 or c >= cfg.block_size for c in cps):
-        raise ValueError(f"checkpoints must be fractions in (0, 1) of T, got {checkpoints}")
+    cps = is_checkpoints(cfg, checkpoints, tau, fill_code)
     cond, cond_mask, prompt_ids = _prepare(cfg, sampling, ScalingARConfig(), cond, cond_mask, num_candidates,
                                            prompt_ids)
-    if len(prompts) != cond.shape[0]:
-        raise ValueError(f"got {len(prompts)} prompts for {cond.shape[0]} conditions")
-    N = int(num_candidates)
-    base = LoopSpec(cfg, sampling, ScalingARConfig(), "none", N)
-    s = start_loop(params, cond, cond_mask, key, prompt_ids, spec=base)
-    for j, c in enumerate(cps):
-        s = run_loop(params, s, spec=dataclasses.replace(base, stop_at=c))
-        if on_progress is not None:
-            on_progress(c)
-        partial = np.where(np.asarray(s.tokens) < 0, fill_code, np.asarray(s.tokens))
-        r = _rewards(partial, prompts, decode_fn, reward_fn)
-        rkey = jax.vmap(lambda p: jax.random.fold_in(jax.random.fold_in(key, 1_000_003 + j), p))(prompt_ids)
-        logp = jnp.asarray((r - r.max(axis=1, keepdims=True)) / tau, jnp.float32)
-        idx = jax.vmap(lambda k, lp: jax.random.categorical(k, lp, shape=(N,)))(rkey, logp).astype(jnp.int32)
-        s = _resample(s, idx)
-    s = run_loop(params, s, spec=base)
-    if on_progress is not None:
-        on_progress(cfg.block_size)
-    scores = _rewards(np.asarray(s.tokens), prompts, decode_fn, reward_fn)
-    winner = jnp.asarray(np.argmax(scores, axis=1), jnp.int32)
-    res = finish(s, "plain")
-    P = scores.shape[0]
-    return res.replace(tokens=res.all_tokens[jnp.arange(P), winner], winner=winner, score=jnp.asarray(scores))
+    _check_prompts(prompts, cond.shape[0])
+    ex = LocalExecutor(params, cond, cond_mask, key, prompt_ids)
+    spec = token_spec(cfg, sampling, ScalingARConfig(), "plain", num_candidates, False)
+    return importance_sampling_with(ex, spec, prompts, decode_fn, reward_fn, key=key, prompt_ids=prompt_ids,
+                                    cps=cps, tau=tau, fill_code=fill_code, on_progress=on_progress)
