@@ -6,6 +6,14 @@ Layout of a model directory:
 
 `save_model` writes into a temporary sibling directory and renames it into place only when
 complete, so a crash or a bad input never leaves a half-written checkpoint behind.
+
+Memory: orbax's `StandardCheckpointer.save` deep-copies every host (numpy) array before
+writing (a guard for asynchronous saves) and zstd-compresses whole chunks in memory, about
+two extra copies of the parameters at peak (GPT-XL: ~3.0x the checkpoint size end to end).
+`save_model` writes synchronously through `PyTreeCheckpointHandler` with a numpy handler that
+does not copy, and without compression by default (float weights shrink by only a few
+percent), so saving adds almost nothing on top of the arrays. The directory layout is the
+same, and `load_model` reads checkpoints written either way.
 """
 from __future__ import annotations
 
@@ -68,8 +76,29 @@ def config_from_dict(kind: str, fields: dict[str, Any]):
     return config.validate() if hasattr(config, "validate") else config
 
 
-def save_model(path, params, config, *, kind: str, meta: dict | None = None, overwrite: bool = False) -> Path:
-    """Saves `params` (pytree of arrays) and `config` under `path`, atomically. Returns the path."""
+def _params_handler(compress: bool):
+    """A PyTreeCheckpointHandler whose numpy arrays are written in place (no defensive deep
+    copy: `save_model` is synchronous, so nothing can modify them mid-write). A private
+    registry, so orbax's global handlers stay untouched."""
+    import orbax.checkpoint as ocp
+
+    th = ocp.type_handlers
+    registry = th.create_type_handler_registry(
+        (np.ndarray, th.NumpyHandler(deepcopy_host_arrays=False)),
+        (jax.Array, th.ArrayHandler()),  # unused (leaves are numpy); orbax warns without it
+    )
+    return ocp.PyTreeCheckpointHandler(use_compression=compress, type_handler_registry=registry)
+
+
+def save_model(path, params, config, *, kind: str, meta: dict | None = None, overwrite: bool = False,
+               compress: bool = False) -> Path:
+    """Saves `params` (pytree of arrays) and `config` under `path`, atomically. Returns the path.
+
+    params are written as numpy arrays (jax arrays are viewed on the host first). Peak memory
+    is the arrays plus a few MB (see the module docstring); `compress=True` zstd-compresses
+    the tensors (smaller files by a few percent for float weights, ~1x the arrays in extra
+    memory while saving).
+    """
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
@@ -83,10 +112,10 @@ def save_model(path, params, config, *, kind: str, meta: dict | None = None, ove
     try:
         record = {"kind": kind, "config": config_to_dict(config), "meta": meta or {}}
         (tmp / CONFIG_FILE).write_text(json.dumps(record, indent=2))
-        params = jax.tree.map(np.asarray, params)
-        ckptr = ocp.StandardCheckpointer()
-        ckptr.save(tmp / PARAMS_DIR, params)
-        ckptr.wait_until_finished()
+        params = jax.tree.map(np.asarray, params)  # every leaf an ndarray (the only registered type)
+        with ocp.Checkpointer(_params_handler(compress)) as ckptr:
+            ckptr.save(tmp / PARAMS_DIR, args=ocp.args.PyTreeSave(params))
+        del params
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent))
             os.replace(path, old / "x")

@@ -65,6 +65,20 @@ def _sampling_scaling(args, pipe):
     return sampling, scaling
 
 
+def _mesh(args):
+    if not getattr(args, "mesh", None):
+        return None
+    from scalingar_jax.sharding import make_mesh, parse_mesh
+
+    try:
+        shape = parse_mesh(args.mesh)
+        if len(shape) != 2:
+            raise ValueError("the CLI takes PxC (prompts x candidates); model sharding is a library option")
+        return make_mesh(*shape)
+    except ValueError as e:
+        raise UserError(f"--mesh {args.mesh}: {e}") from None
+
+
 def cmd_generate(args) -> int:
     import numpy as np
 
@@ -98,7 +112,7 @@ def cmd_generate(args) -> int:
     with bar:
         res = generate(pipe, [prompt], strategy=args.strategy, num_candidates=args.n, seed=args.seed,
                        sampling=sampling, scaling=scaling, compaction=not args.no_compaction,
-                       decode_candidates=True, on_progress=update)
+                       decode_candidates=True, on_progress=update, mesh=_mesh(args))
     r = res.result
     winner = int(r.winner[0])
     term = np.asarray(r.terminated_at[0])
@@ -165,7 +179,8 @@ def _generate_prompt_file(args, pipe, sampling, scaling, out) -> int:
             chunk = records[start : start + args.batch]
             res = generate(pipe, [r["prompt"] for r in chunk], strategy=args.strategy, num_candidates=args.n,
                            seed=args.seed, sampling=sampling, scaling=scaling, prompt_ids=list(
-                               range(start, start + len(chunk))), compaction=not args.no_compaction)
+                               range(start, start + len(chunk))), compaction=not args.no_compaction,
+                           mesh=_mesh(args))
             for i, rec in enumerate(chunk):
                 write_prompt_folder(out, start + i, rec, [res.images[i]], overwrite=True)
             update(start + len(chunk))
@@ -247,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ScalingAR ablation switch set (paper Tables 2 and 4)")
     g.add_argument("--no-compaction", action="store_true",
                    help="keep pruned rows in the batch (masking only) instead of compacting alive rows")
+    g.add_argument("--mesh", default=None, metavar="PxC",
+                   help="shard prompts x candidates over local devices with shard_map, e.g. 2x4 (default: one "
+                        "device); simulate CPU devices with XLA_FLAGS=--xla_force_host_platform_device_count=8")
     g.add_argument("--out", default="out", help="output folder (created; default ./out)")
     g.add_argument("--checkpoint", default=None,
                    help="model folder (default: the embedded checkpoints/shapes, or $SCALINGAR_CHECKPOINT)")
@@ -262,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None, help="also write per-image verdicts and the summary to this JSON file")
     e.set_defaults(fn=cmd_evaluate)
 
-    c = sub.add_parser("convert", help="convert a PyTorch LlamaGen checkpoint to orbax (see `scalingar convert "
-                                       "-- --help`)", add_help=False)
+    c = sub.add_parser("convert", help="convert a PyTorch LlamaGen checkpoint to orbax, or back with --export "
+                                       "(see `scalingar convert --help`)", add_help=False)
     c.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the converter")
     c.set_defaults(fn=cmd_convert)
 
@@ -284,6 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["convert"]:
+        # argparse's REMAINDER does not take a leading option (`convert --export ...`, `convert
+        # --help`): hand everything after the subcommand to the converter's own parser.
+        from scalingar_jax.convert.run import main as convert_main
+
+        rest = argv[1:]
+        return convert_main(rest[1:] if rest[:1] == ["--"] else rest)
     args = build_parser().parse_args(argv)
     if getattr(args, "rest", None) and args.rest[:1] == ["--"]:
         args.rest = args.rest[1:]

@@ -50,5 +50,15 @@ def load_checkpoint(path, *, key: str | None = None) -> tuple[dict[str, LazyTens
     if key is not None:
         raise ValueError("key= only applies to torch checkpoints; a safetensors file is a flat state dict")
     tensors, metadata = st.load_file(path)
+    hint = None
+    if "scalingar_config" in metadata:  # written by `scalingar convert --export`
+        import json
+
+        try:
+            hint = json.loads(metadata["scalingar_config"])
+        except ValueError:
+            raise ValueError(f"{path}: the metadata entry 'scalingar_config' is not valid JSON") from None
+        if not isinstance(hint, dict):
+            raise ValueError(f"{path}: the metadata entry 'scalingar_config' is not a JSON object")
     return tensors, {"path": path, "format": "safetensors", "metadata": metadata, "wrapper": None,
-                     "other_keys": {}, "args": None, "steps": None, "stripped_prefix": ""}
+                     "other_keys": {}, "args": None, "steps": None, "stripped_prefix": "", "scalingar_config": hint}

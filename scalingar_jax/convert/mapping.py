@@ -482,7 +482,8 @@ def infer_gpt_config(
     if n_head is None:
         if preset is None:
             raise MappingError(
-                f"cannot infer n_head: (n_layer={n_layer}, dim={dim}) matches no LlamaGen preset; pass n_head="
+                f"cannot infer n_head: (n_layer={n_layer}, dim={dim}) matches no LlamaGen preset; pass n_head= "
+                "(scalingar convert: --set n_head=N)"
             )
         n_head = preset[1]
     cfg["n_head"] = n_head

@@ -568,7 +568,8 @@ def _describe(v) -> str:
 
 def unwrap_state_dict(obj, *, key: str | None = None, path: str = "<checkpoint>") -> tuple[dict, dict]:
     """Finds the weights in a loaded checkpoint object. See `load_state_dict`."""
-    meta: dict[str, Any] = {"wrapper": None, "other_keys": {}, "args": None, "steps": None, "stripped_prefix": ""}
+    meta: dict[str, Any] = {"wrapper": None, "other_keys": {}, "args": None, "steps": None, "stripped_prefix": "",
+                            "scalingar_config": None}
     if key is not None:
         if not isinstance(obj, dict) or key not in obj:
             have = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
@@ -593,6 +594,9 @@ def unwrap_state_dict(obj, *, key: str | None = None, path: str = "<checkpoint>"
                 meta["other_keys"][str(k)] = _describe(v)
         meta["args"] = obj.get("args") if isinstance(obj.get("args"), dict) else None
         meta["steps"] = obj.get("steps") if isinstance(obj.get("steps"), int) else None
+        # written by `scalingar convert --export`: the config fields the weights do not hold
+        hint = obj.get("scalingar_config")
+        meta["scalingar_config"] = hint if isinstance(hint, dict) else None
     if not isinstance(sd, dict):
         raise CheckpointFormatError(f"{path}: {meta['wrapper']!r} holds a {type(sd).__name__}, not a state dict")
     bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, LazyTensor)]
@@ -619,7 +623,8 @@ def load_state_dict(path, *, key: str | None = None) -> tuple[dict[str, LazyTens
     "path", "format" ("torch-zip"), "byteorder", "version", "wrapper" (the key used or None),
     "other_keys" ({name: short description} of the other top-level entries, e.g. optimizer,
     steps, args, ema), "args" (the argparse.Namespace as a dict, or None), "steps" (int or
-    None) and "stripped_prefix".
+    None), "stripped_prefix" and "scalingar_config" (the dict a `scalingar convert --export`
+    stores beside the weights, or None).
     """
     obj, archive = _load(path)
     sd, meta = unwrap_state_dict(obj, key=key, path=archive.path)
