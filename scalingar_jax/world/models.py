@@ -1,0 +1,86 @@
+"""The trained shapes-world models as one bundle, loaded from `checkpoints/shapes`.
+
+Layout of a world directory (each entry a `checkpoint.save_model` directory):
+  vq/      the LlamaGen-architecture VQ tokenizer (48x48 images <-> 12x12 codes)
+  gpt/     the t2i GPT (conditions on text-encoder features)
+  text/    the text encoder trained jointly with the GPT (stands in for flan-t5)
+  reward/  the learned reward model (stands in for ImageReward)
+
+The default directory is `<repo>/checkpoints/shapes`, resolved from this file's location;
+the environment variable `SCALINGAR_CHECKPOINT` overrides it. Retrain with
+`python -m scalingar_jax.world.train all --out checkpoints/shapes --seed 0`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+PARTS: tuple[str, ...] = ("vq", "gpt", "text", "reward")
+ENV_VAR = "SCALINGAR_CHECKPOINT"
+TRAIN_COMMAND = "python -m scalingar_jax.world.train all --out checkpoints/shapes --seed 0"
+
+
+def default_world_path() -> Path:
+    """$SCALINGAR_CHECKPOINT if set, else <repo>/checkpoints/shapes."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[2] / "checkpoints" / "shapes"
+
+
+class WorldModel(NamedTuple):
+    """Parameters (pytrees of arrays) and frozen configs of the shapes-world models.
+
+    A part not requested from `load_world` holds None for both its params and config.
+    """
+
+    vq_params: Any
+    vq_cfg: Any
+    gpt_params: Any
+    gpt_cfg: Any
+    text_params: Any
+    text_cfg: Any
+    reward_params: Any
+    reward_cfg: Any
+    path: Path
+
+
+def load_world(path=None, parts=PARTS) -> WorldModel:
+    """Loads the shapes-world models from `path` (default: `default_world_path()`).
+
+    parts: which of ("vq", "gpt", "text", "reward") to load; the rest are None.
+    Raises:
+      FileNotFoundError: the directory or a requested part is missing (the message names
+        the path and the command that trains it).
+      ValueError: an unknown part, or a part holding a different kind of model.
+    """
+    from scalingar_jax.checkpoint import CONFIG_FILE, load_model
+
+    parts = tuple(parts)
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown world parts {unknown}; expected a subset of {list(PARTS)}")
+    root = Path(path).expanduser() if path is not None else default_world_path()
+    how = (f"train them with `{TRAIN_COMMAND}` (from the repository root; use --out to choose "
+           f"another directory and point {ENV_VAR} or load_world(path) at it)")
+    if not root.is_dir():
+        raise FileNotFoundError(f"no shapes-world checkpoint directory at {root}; {how}")
+    missing = [p for p in parts if not (root / p / CONFIG_FILE).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"shapes-world checkpoint {root} lacks {', '.join(f'{m}/' for m in missing)}; {how}"
+        )
+    loaded = {}
+    for p in PARTS:
+        loaded[p] = load_model(root / p, expect_kind=p) if p in parts else (None, None)
+    gpt_cfg, text_cfg = loaded["gpt"][1], loaded["text"][1]
+    if gpt_cfg is not None and text_cfg is not None:
+        if gpt_cfg.cls_token_num != text_cfg.max_len or gpt_cfg.caption_dim != text_cfg.out_dim:
+            raise ValueError(
+                f"gpt (cls_token_num={gpt_cfg.cls_token_num}, caption_dim={gpt_cfg.caption_dim}) does not fit "
+                f"the text encoder (max_len={text_cfg.max_len}, out_dim={text_cfg.out_dim}) in {root}"
+            )
+    if gpt_cfg is not None and loaded["vq"][1] is not None and gpt_cfg.vocab_size != loaded["vq"][1].codebook_size:
+        raise ValueError(f"gpt vocab_size={gpt_cfg.vocab_size} != vq codebook_size={loaded['vq'][1].codebook_size} in {root}")
+    return WorldModel(*loaded["vq"], *loaded["gpt"], *loaded["text"], *loaded["reward"], path=root)

@@ -1,0 +1,151 @@
+"""A learned image-prompt reward model for the shapes world, standing in for ImageReward.
+
+A small CNN encodes the image into a 6x6 grid of features (plus learned 2D position
+embeddings); a small text encoder (`text_encoder.TextEncoder`, its own weights) encodes the
+prompt; the prompt's tokens cross-attend to the image grid, are mean-pooled over valid
+tokens and an MLP produces one scalar: the logit that the image matches the prompt.
+
+It is trained (see `world/train.py`) on renders of a record (positives) against renders with
+a perturbed prompt (hard negatives: wrong colour, count, shape, relation). It is imperfect
+by construction; its agreement with the exact judge is measured and recorded in
+`experiments/results/training/reward.json`.
+
+Shapes: images (B, H, W, 3) uint8 in [0, 255] or float in [-1, 1]; prompts: B strings;
+scores (B,) float32 (higher = better match; > 0 means "predicted match").
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scalingar_jax.world.text_encoder import TextEncoder, TextEncoderConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+    """Static shape of the reward model. `channels`: CNN widths, one stride-2 stage each."""
+
+    image_size: int = 48
+    channels: tuple[int, ...] = (32, 64, 128)
+    dim: int = 128
+    n_head: int = 4
+    vocab_size: int = 29
+    max_len: int = 16
+    text_dim: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+
+    @property
+    def text_config(self) -> TextEncoderConfig:
+        return TextEncoderConfig(vocab_size=self.vocab_size, max_len=self.max_len, dim=self.text_dim,
+                                 n_layer=self.text_layers, n_head=self.text_heads, out_dim=self.dim)
+
+    @property
+    def grid(self) -> int:
+        g = self.image_size
+        for _ in self.channels:
+            g = (g + 1) // 2
+        return g
+
+    def validate(self) -> "RewardConfig":
+        for name in ("image_size", "dim", "n_head", "vocab_size", "max_len", "text_dim", "text_layers", "text_heads"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"RewardConfig.{name} must be a positive int, got {v!r}")
+        if not self.channels or any((not isinstance(c, (int, np.integer))) or c < 1 for c in self.channels):
+            raise ValueError(f"RewardConfig.channels must be a non-empty tuple of positive ints, got {self.channels!r}")
+        if self.dim % self.n_head:
+            raise ValueError(f"RewardConfig.dim={self.dim} is not divisible by n_head={self.n_head}")
+        self.text_config.validate()
+        return self
+
+
+def default_reward_config(**overrides) -> RewardConfig:
+    from scalingar_jax.world.vocab import MAX_PROMPT_LEN, VOCAB_SIZE
+
+    base = dict(vocab_size=VOCAB_SIZE, max_len=MAX_PROMPT_LEN)
+    base.update(overrides)
+    return RewardConfig(**base).validate()
+
+
+class RewardModel(nn.Module):
+    cfg: RewardConfig
+
+    @nn.compact
+    def __call__(self, images, ids, mask):
+        """images (B, H, W, 3) float in [-1, 1]; ids/mask (B, L) -> logits (B,) float32."""
+        cfg = self.cfg
+        x = images.astype(jnp.float32)
+        for i, ch in enumerate(cfg.channels):
+            x = nn.Conv(ch, (3, 3), name=f"conv{i}a")(x)
+            x = nn.GroupNorm(num_groups=min(8, ch), name=f"norm{i}")(x)
+            x = nn.silu(x)
+            x = nn.Conv(ch, (3, 3), strides=(2, 2), name=f"conv{i}b")(x)
+            x = nn.silu(x)
+        B, gh, gw, C = x.shape
+        x = nn.Dense(cfg.dim, name="img_proj")(x.reshape(B, gh * gw, C))
+        pos = self.param("img_pos", nn.initializers.normal(0.02), (gh * gw, cfg.dim))
+        img = nn.LayerNorm(name="img_ln")(x + pos[None])
+
+        txt = TextEncoder(cfg.text_config, name="text")(ids, mask)  # (B, L, dim), padded rows 0
+        q = nn.LayerNorm(name="txt_ln")(txt)
+        h = nn.MultiHeadDotProductAttention(num_heads=cfg.n_head, qkv_features=cfg.dim, out_features=cfg.dim,
+                                            deterministic=True, name="xattn")(q, img)
+        h = txt + h
+        h = h + nn.Dense(cfg.dim, name="mlp_out")(nn.gelu(nn.Dense(2 * cfg.dim, name="mlp_in")(nn.LayerNorm(name="mlp_ln")(h))))
+        m = mask[..., None].astype(jnp.float32)
+        pooled = (h * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+        pooled = nn.gelu(nn.Dense(cfg.dim, name="head_in")(pooled))
+        return nn.Dense(1, name="head_out")(pooled)[:, 0].astype(jnp.float32)
+
+
+def init_reward_params(cfg: RewardConfig, key: jax.Array):
+    cfg.validate()
+    s = cfg.image_size
+    return RewardModel(cfg).init(key, jnp.zeros((1, s, s, 3)), jnp.ones((1, cfg.max_len), jnp.int32),
+                                 jnp.ones((1, cfg.max_len), bool))["params"]
+
+
+def reward_logits(params, cfg: RewardConfig, images, ids, mask) -> jax.Array:
+    """Traceable core: images (B, H, W, 3) float in [-1, 1], ids/mask (B, L) -> (B,) float32."""
+    return RewardModel(cfg).apply({"params": params}, images, ids, mask)
+
+
+_reward_jit = jax.jit(reward_logits, static_argnums=1)
+
+
+def to_unit_range(images) -> np.ndarray:
+    """uint8 [0, 255] -> float32 [-1, 1]; float input is taken as already in [-1, 1]."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 127.5 - 1.0
+    if not np.issubdtype(images.dtype, np.floating):
+        raise TypeError(f"images must be uint8 in [0,255] or float in [-1,1], got dtype {images.dtype}")
+    return images.astype(np.float32)
+
+
+def reward_scores(params, cfg: RewardConfig, images, prompts: list[str]) -> jax.Array:
+    """Scores image-prompt match.
+
+    Args:
+      images: (B, H, W, 3) uint8 in [0, 255] or float in [-1, 1], H = W = cfg.image_size.
+      prompts: B prompt strings of the shapes world.
+    Returns:
+      (B,) float32 logits; > 0 means the model predicts the image matches the prompt.
+    """
+    from scalingar_jax.world.vocab import tokenize
+
+    cfg.validate()
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, got a single str")
+    x = to_unit_range(images)
+    if x.ndim != 4 or x.shape[1:] != (cfg.image_size, cfg.image_size, 3):
+        raise ValueError(f"images must have shape (B, {cfg.image_size}, {cfg.image_size}, 3), got {x.shape}")
+    if len(prompts) != x.shape[0]:
+        raise ValueError(f"got {x.shape[0]} images but {len(prompts)} prompts")
+    ids, mask = tokenize(list(prompts), cfg.max_len)
+    return _reward_jit(params, cfg, jnp.asarray(x), jnp.asarray(ids), jnp.asarray(mask))

@@ -1,0 +1,666 @@
+"""Trains the shapes-world models: the VQ tokenizer, the t2i GPT (jointly with its text
+encoder) and the reward model, with optax (AdamW, linear warmup + cosine decay, global-norm
+gradient clipping), seeded, and saves them with orbax under `--out` (default
+`checkpoints/shapes`): `{vq,gpt,text,reward}/`, each a `checkpoint.save_model` directory.
+
+Each run writes `experiments/results/training/<model>.json` (config, loss curve, wall time,
+evaluation numbers and the exact command) and `<model>.log`.
+
+  python -m scalingar_jax.world.train {vq,gpt,reward,all} --out checkpoints/shapes --seed 0
+
+Training data comes only from `render.render_random_scene`, i.e. the training prompt sampler
+(all six tags, never an evaluation prompt verbatim).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "experiments" / "results" / "training"
+
+# --------------------------------------------------------------------------------------------
+# Chosen configurations
+# --------------------------------------------------------------------------------------------
+
+
+def default_vq_config():
+    from scalingar_jax.vq import VQConfig
+
+    # 48x48 -> 12x12 tokens (downsample 4), L2-normalised 512 x 8 codebook.
+    return VQConfig(codebook_size=512, codebook_embed_dim=8, codebook_l2_norm=True, ch=16, ch_mult=(1, 2, 4),
+                    z_channels=64, num_res_blocks=1, norm_groups=8).validate()
+
+
+def default_text_config():
+    from scalingar_jax.world.text_encoder import default_text_config as d
+
+    return d(dim=128, n_layer=2, n_head=4, out_dim=128)
+
+
+def default_gpt_config(vq_cfg, text_cfg, dim: int = 192, n_layer: int = 6):
+    from scalingar_jax.config import GPTConfig
+
+    return GPTConfig(model_type="t2i", n_layer=n_layer, n_head=dim // 32, dim=dim, multiple_of=64, vocab_size=vq_cfg.codebook_size,
+                     cls_token_num=text_cfg.max_len, caption_dim=text_cfg.out_dim, grid_size=12).validate()
+
+
+def default_reward_config():
+    from scalingar_jax.world.reward import default_reward_config as d
+
+    return d(channels=(32, 64, 128), dim=128, text_dim=96, text_layers=2, text_heads=4)
+
+
+# --------------------------------------------------------------------------------------------
+# Utilities
+# --------------------------------------------------------------------------------------------
+
+
+def make_optimizer(lr: float, steps: int, warmup: int, weight_decay: float = 0.01, clip: float = 1.0):
+    """AdamW with linear warmup then cosine decay to lr/10, after global-norm clipping."""
+    sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, warmup), max(steps, warmup + 1), lr * 0.1)
+    return optax.chain(optax.clip_by_global_norm(clip), optax.adamw(sched, b1=0.9, b2=0.95, weight_decay=weight_decay))
+
+
+def render_data(n: int, seed: int, image_size: int = 48):
+    """n training examples: (records list, uint8 images (n, S, S, 3))."""
+    from scalingar_jax.world.render import render_random_scene
+
+    rng = np.random.default_rng(seed)
+    recs, imgs = [], []
+    for _ in range(n):
+        r, im = render_random_scene(rng, image_size)
+        recs.append(r)
+        imgs.append(im)
+    return recs, np.stack(imgs)
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+    return images.astype(np.float32) / 127.5 - 1.0
+
+
+def to_uint8(images) -> np.ndarray:
+    x = np.asarray(images, np.float32)
+    return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def param_count(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def dir_size_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20
+
+
+class Run:
+    """Progress bar + log file + JSON record for one training run."""
+
+    def __init__(self, name: str, args, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        self.name, self.t0 = name, time.time()
+        self.log_path = RESULTS / f"{name}.log"
+        self.log_f = open(self.log_path, "w")
+        self.record = {"model": name, "command": "python -m scalingar_jax.world.train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                       "seed": args.seed, "losses": [], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.progress = Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), refresh_per_second=1)
+        self.task = self.progress.add_task(name, total=total, info="")
+        self.progress.start()
+
+    def log(self, msg: str):
+        line = f"[{time.time() - self.t0:8.1f}s] {msg}"
+        self.log_f.write(line + "\n")
+        self.log_f.flush()
+
+    def step(self, step: int, metrics: dict, every: int):
+        self.progress.update(self.task, completed=step + 1,
+                             info=" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if step % every == 0:
+            m = {k: float(v) for k, v in metrics.items()}
+            self.record["losses"].append({"step": step, "time_s": round(time.time() - self.t0, 1), **m})
+            self.log(f"step {step} " + " ".join(f"{k}={v:.5f}" for k, v in m.items()))
+
+    def finish(self, **extra):
+        self.progress.stop()
+        self.record.update(extra)
+        self.record["wall_time_s"] = round(time.time() - self.t0, 1)
+        out = RESULTS / f"{self.name}.json"
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.record, indent=2, default=str))
+        os.replace(tmp, out)
+        self.log(f"done; wall time {self.record['wall_time_s']} s; wrote {out}")
+        self.log_f.close()
+
+
+def _cfg_dict(cfg) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def timed_out(t0: float, max_minutes: float) -> bool:
+    return max_minutes > 0 and time.time() - t0 > 60 * max_minutes
+
+
+# --------------------------------------------------------------------------------------------
+# VQ
+# --------------------------------------------------------------------------------------------
+
+
+def vq_judge_agreement(vq_params, vq_cfg, n: int, seed: int, batch: int = 50) -> dict:
+    """Judge accuracy on n fresh ground-truth renders and on their VQ reconstructions."""
+    from scalingar_jax.vq import reconstruct
+    from scalingar_jax.world.judge import judge_image
+
+    recs, imgs = render_data(n, seed)
+    gt_ok, rec_ok, fails = 0, 0, []
+    for s in range(0, n, batch):
+        rec = to_uint8(reconstruct(vq_params, vq_cfg, jnp.asarray(to_float(imgs[s:s + batch]))))
+        for i in range(rec.shape[0]):
+            gt_ok += judge_image(imgs[s + i], recs[s + i]).correct
+            v = judge_image(rec[i], recs[s + i])
+            rec_ok += v.correct
+            if not v.correct and len(fails) < 10:
+                fails.append({"prompt": recs[s + i]["prompt"], "reason": v.reason})
+    return {"n": n, "judge_on_renders": gt_ok / n, "judge_on_reconstructions": rec_ok / n, "example_failures": fails}
+
+
+def train_vq(args):
+    from scalingar_jax.checkpoint import save_model
+    from scalingar_jax.vq import init_vq_params, vq_losses
+
+    cfg = default_vq_config()
+    steps, B = args.vq_steps, args.vq_batch
+    run = Run("vq", args, steps)
+    run.log(f"config {cfg}")
+    _, data = render_data(args.vq_data, args.seed)
+    data = to_float(data)
+    run.log(f"rendered {len(data)} training images")
+    key = jax.random.key(args.seed)
+    params = init_vq_params(cfg, key)
+    if args.vq_init:
+        from scalingar_jax.checkpoint import load_model
+
+        params, cfg0 = load_model(args.vq_init, expect_kind="vq")
+        if cfg0 != cfg:
+            raise ValueError(f"--vq-init {args.vq_init} holds {cfg0}, expected {cfg}")
+        run.log(f"continuing from {args.vq_init}")
+    opt = make_optimizer(args.vq_lr, steps, args.warmup, weight_decay=0.0)
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step_fn(params, opt_state, x):
+        def loss_fn(p):
+            d = vq_losses(p, cfg, x)
+            return d["total"], d
+
+        (_, d), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        upd, opt_state = opt.update(g, opt_state, params)
+        return optax.apply_updates(params, upd), opt_state, d
+
+    rng = np.random.default_rng(args.seed + 1)
+    t0, done = time.time(), 0
+    for step in range(steps):
+        idx = rng.integers(0, len(data), B)
+        x = data[idx]
+        if rng.random() < 0.5:  # flips keep the scene distribution (position labels are not used here)
+            x = x[:, :, ::-1]
+        params, opt_state, d = step_fn(params, opt_state, jnp.asarray(x))
+        done = step + 1
+        run.step(step, {k: d[k] for k in ("recon", "vq", "commit")}, args.log_every)
+        if timed_out(t0, args.max_minutes):
+            run.log(f"time cap of {args.max_minutes} min reached at step {done}")
+            break
+    train_time = time.time() - t0
+    run.log("evaluating judge agreement on reconstructions")
+    ev = vq_judge_agreement(params, cfg, args.eval_n, args.seed + 1000)
+    run.log(f"eval {ev}")
+    out = Path(args.out) / "vq"
+    save_model(out, params, cfg, kind="vq", meta={"steps": done, "seed": args.seed}, overwrite=True)
+    run.finish(config=_cfg_dict(cfg), steps=done, batch=B, lr=args.vq_lr, train_time_s=round(train_time, 1),
+               params=param_count(params), checkpoint=str(out), checkpoint_mb=round(dir_size_mb(out), 2), eval=ev)
+    return params, cfg
+
+
+# --------------------------------------------------------------------------------------------
+# t2i GPT + text encoder (trained jointly)
+# --------------------------------------------------------------------------------------------
+
+
+def encode_images(vq_params, vq_cfg, images_u8: np.ndarray, batch: int = 100) -> np.ndarray:
+    """uint8 (N, S, S, 3) -> VQ codes (N, h*w) int32 (raster order)."""
+    from scalingar_jax.vq import encode
+
+    out = []
+    for s in range(0, len(images_u8), batch):
+        codes, _ = encode(vq_params, vq_cfg, jnp.asarray(to_float(images_u8[s:s + batch])))
+        out.append(np.asarray(codes).reshape(codes.shape[0], -1))
+    return np.concatenate(out).astype(np.int32)
+
+
+def gpt_loss(params, gpt_cfg, text_cfg, ids, mask, codes, drop):
+    """Mean next-token cross entropy. params = {"gpt", "text"}; ids/mask (B, L); codes (B, T)
+    int32; drop (B,) bool (rows conditioned on the uncond embedding). Returns (loss, acc)."""
+    from scalingar_jax.gpt import forward
+    from scalingar_jax.world.text_encoder import encode_ids
+
+    feats = encode_ids(params["text"], text_cfg, ids, mask)
+    logits = forward(params["gpt"], gpt_cfg, feats, codes, mask, drop)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, codes).mean()
+    acc = (logits.argmax(-1) == codes).mean()
+    return ce, acc
+
+
+def sample_images(world_dir, records, *, num_candidates: int, cfg_scale: float, top_k: int, seed: int,
+                  temperature: float = 1.0, batch: int = 30):
+    """Generates num_candidates images per record with the saved GPT: uint8 (P, N, S, S, 3)."""
+    from scalingar_jax.config import SamplingConfig
+    from scalingar_jax.decode import generate
+    from scalingar_jax.vq import decode_codes
+    from scalingar_jax.world.models import load_world
+    from scalingar_jax.world.text_encoder import encode_prompts
+
+    w = load_world(world_dir, parts=("vq", "gpt", "text"))
+    sampling = SamplingConfig(cfg_scale=cfg_scale, temperature=temperature, top_k=top_k)
+    g = w.gpt_cfg.grid_size
+    out = []
+    for s in range(0, len(records), batch):
+        recs = records[s:s + batch]
+        feats, mask = encode_prompts(w.text_params, w.text_cfg, [r["prompt"] for r in recs])
+        toks = generate(w.gpt_params, w.gpt_cfg, feats, key=jax.random.key(seed), num_candidates=num_candidates,
+                        sampling=sampling, cond_mask=mask, prompt_ids=np.arange(s, s + len(recs)))
+        P, N, _ = toks.shape
+        imgs = decode_codes(w.vq_params, w.vq_cfg, toks.reshape(P * N, g, g))
+        out.append(to_uint8(imgs).reshape(P, N, *imgs.shape[1:]))
+    return np.concatenate(out)
+
+
+def eval_prompts(per_tag: int) -> list[dict]:
+    """The first `per_tag` records of every tag of the default evaluation set."""
+    from scalingar_jax.world.prompts import TAGS, evaluation_set
+
+    recs = evaluation_set()
+    return [r for t in TAGS for r in [x for x in recs if x["tag"] == t][:per_tag]]
+
+
+def save_grid(images: np.ndarray, captions: list[str], path: Path, cols: int = 10):
+    """images uint8 (n, S, S, 3) -> a captioned PNG grid (matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9))
+    for i, ax in enumerate(np.asarray(axes).reshape(-1)):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i], interpolation="nearest")
+            words = captions[i].replace("a photo of ", "").split()
+            mid = (len(words) + 1) // 2
+            ax.set_title(" ".join(words[:mid]) + "\n" + " ".join(words[mid:]), fontsize=6)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def base_model_eval(world_dir, args) -> dict:
+    """Per-tag judge accuracy of the base GPT on `args.sample_prompts` evaluation prompts."""
+    from scalingar_jax.world.judge import judge_image, summarize
+    from scalingar_jax.world.prompts import TAGS
+
+    per_tag = max(1, args.sample_prompts // len(TAGS))
+    recs = eval_prompts(per_tag)
+    imgs = sample_images(world_dir, recs, num_candidates=1, cfg_scale=args.cfg_scale, top_k=args.top_k,
+                         seed=args.seed + 7)[:, 0]
+    verdicts = [judge_image(im, r) for im, r in zip(imgs, recs)]
+    summary = summarize(verdicts, recs)
+    caps = [("OK " if v.correct else "X ") + r["prompt"] for v, r in zip(verdicts, recs)]
+    save_grid(imgs, caps, RESULTS / "samples.png")
+    summary["sampling"] = {"cfg_scale": args.cfg_scale, "top_k": args.top_k, "temperature": 1.0, "candidates": 1}
+    summary["example_failures"] = [{"prompt": r["prompt"], "reason": v.reason}
+                                   for v, r in zip(verdicts, recs) if not v.correct][:15]
+    return summary
+
+
+def train_gpt(args):
+    from scalingar_jax.checkpoint import load_model, save_model
+    from scalingar_jax.gpt import init_params
+    from scalingar_jax.world.text_encoder import init_text_params
+    from scalingar_jax.world.vocab import tokenize
+
+    vq_params, vq_cfg = load_model(Path(args.out) / "vq", expect_kind="vq")
+    text_cfg = default_text_config()
+    cfg = default_gpt_config(vq_cfg, text_cfg, args.gpt_dim, args.gpt_layers)
+    steps, B = args.gpt_steps, args.gpt_batch
+    run = Run("gpt", args, steps)
+    run.log(f"config {cfg}\ntext {text_cfg}")
+    recs, imgs = render_data(args.gpt_data, args.seed + 11)
+    run.log(f"rendered {len(recs)} images")
+    codes = encode_images(vq_params, vq_cfg, imgs)
+    ids, mask = tokenize([r["prompt"] for r in recs], text_cfg.max_len)
+    run.log(f"tokenised: codes {codes.shape}, {len(np.unique(codes))} distinct codes used")
+    k1, k2 = jax.random.split(jax.random.key(args.seed))
+    params = {"gpt": init_params(cfg, k1), "text": init_text_params(text_cfg, k2)}
+    opt = make_optimizer(args.gpt_lr, steps, args.warmup, weight_decay=0.05)
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step_fn(params, opt_state, ids, mask, codes, drop):
+        (loss, acc), g = jax.value_and_grad(gpt_loss, has_aux=True)(params, cfg, text_cfg, ids, mask, codes, drop)
+        upd, opt_state = opt.update(g, opt_state, params)
+        return optax.apply_updates(params, upd), opt_state, loss, acc
+
+    rng = np.random.default_rng(args.seed + 2)
+    t0, done = time.time(), 0
+    for step in range(steps):
+        idx = rng.integers(0, len(codes), B)
+        drop = rng.random(B) < args.caption_dropout
+        params, opt_state, loss, acc = step_fn(params, opt_state, jnp.asarray(ids[idx]), jnp.asarray(mask[idx]),
+                                               jnp.asarray(codes[idx]), jnp.asarray(drop))
+        done = step + 1
+        run.step(step, {"loss": loss, "token_acc": acc}, args.log_every)
+        if timed_out(t0, args.max_minutes):
+            run.log(f"time cap of {args.max_minutes} min reached at step {done}")
+            break
+    train_time = time.time() - t0
+    meta = {"steps": done, "seed": args.seed, "trained_jointly_with": "text"}
+    out_g, out_t = Path(args.out) / "gpt", Path(args.out) / "text"
+    save_model(out_g, params["gpt"], cfg, kind="gpt", meta=meta, overwrite=True)
+    save_model(out_t, params["text"], text_cfg, kind="text", meta={**meta, "trained_jointly_with": "gpt"}, overwrite=True)
+    run.log("sampling the base model on evaluation prompts")
+    ev = base_model_eval(args.out, args)
+    run.log(f"eval {json.dumps(ev)}")
+    run.finish(config=_cfg_dict(cfg), text_config=_cfg_dict(text_cfg), steps=done, batch=B, lr=args.gpt_lr,
+               caption_dropout=args.caption_dropout, train_images=len(codes), train_time_s=round(train_time, 1),
+               params={"gpt": param_count(params["gpt"]), "text": param_count(params["text"])},
+               checkpoint_mb={"gpt": round(dir_size_mb(out_g), 2), "text": round(dir_size_mb(out_t), 2)},
+               base_model_eval=ev)
+    return params
+
+
+# --------------------------------------------------------------------------------------------
+# Reward model
+# --------------------------------------------------------------------------------------------
+
+_NUMBERS = ("two", "three", "four")
+_SWAP_REL = {"left": "right", "right": "left", "above": "below", "below": "above"}
+
+
+def perturb_prompt(prompt: str, rng: np.random.Generator) -> str | None:
+    """A hard negative of a shapes-world prompt: one of a wrong colour, shape, count or
+    relation, or two objects' colours (or the two sides of a relation) swapped. Returns None
+    when no perturbation applies. Never returns the prompt itself."""
+    from scalingar_jax.world.vocab import COLORS, PLURALS, SHAPES
+
+    words = prompt.split()
+    sing = {s: s for s in SHAPES}
+    plur = {p: s for s, p in PLURALS.items()}
+    col_idx = [i for i, w in enumerate(words) if w in COLORS]
+    shp_idx = [i for i, w in enumerate(words) if w in sing or w in plur]
+    num_idx = [i for i, w in enumerate(words) if w in _NUMBERS]
+    rel_idx = [i for i, w in enumerate(words) if w in _SWAP_REL]
+    present = {sing.get(words[i], plur.get(words[i])) for i in shp_idx}
+    ops = []
+    if col_idx:
+        ops.append("color")
+    if len(col_idx) == 2 and words[col_idx[0]] != words[col_idx[1]]:
+        ops += ["swap_colors"] * 2
+    if shp_idx and len(present) < len(SHAPES):
+        ops.append("shape")
+    if num_idx:
+        ops += ["count"] * 2
+    if rel_idx:
+        ops += ["relation"] * 2
+    if not ops:
+        return None
+    op = ops[int(rng.integers(len(ops)))]
+    w = list(words)
+    if op == "color":
+        i = col_idx[int(rng.integers(len(col_idx)))]
+        w[i] = str(rng.choice([c for c in COLORS if c not in {words[j] for j in col_idx}]))
+    elif op == "swap_colors":
+        a, b = col_idx
+        w[a], w[b] = words[b], words[a]
+    elif op == "shape":
+        i = shp_idx[int(rng.integers(len(shp_idx)))]
+        new = str(rng.choice([s for s in SHAPES if s not in present]))
+        w[i] = PLURALS[new] if words[i] in plur else new
+    elif op == "count":
+        i = num_idx[0]
+        w[i] = str(rng.choice([n for n in _NUMBERS if n != words[i]]))
+    else:
+        i = rel_idx[0]
+        w[i] = _SWAP_REL[words[i]]
+    out = " ".join(w)
+    return out if out != prompt else None
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (ties count half); nan if one class is absent."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
+    pos, neg = scores[labels], scores[~labels]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    gt = (pos[:, None] > neg[None, :]).mean()
+    eq = (pos[:, None] == neg[None, :]).mean()
+    return float(gt + 0.5 * eq)
+
+
+def _reward_pairs(recs, imgs, recon, rng, n_pos, pool_records):
+    """A batch of n_pos positives and n_pos negatives: (images float, prompts, labels)."""
+    from scalingar_jax.world.render import render_scene
+
+    idx = rng.integers(0, len(recs), n_pos)
+    images, prompts, labels = [], [], []
+
+    def pick(i):
+        return recon[i] if recon is not None and rng.random() < 0.5 else imgs[i]
+
+    for i in idx:
+        images.append(pick(i))
+        prompts.append(recs[i]["prompt"])
+        labels.append(1.0)
+        u = rng.random()
+        neg = perturb_prompt(recs[i]["prompt"], rng)
+        if u < 0.45 and neg is not None:  # same image, wrong prompt
+            images.append(pick(i))
+            prompts.append(neg)
+        elif u < 0.8 and neg is not None and neg in pool_records:  # wrong image, same prompt
+            img = render_scene(pool_records[neg], rng)
+            images.append(img)
+            prompts.append(recs[i]["prompt"])
+        else:  # an unrelated scene
+            j = int(rng.integers(len(recs)))
+            while recs[j]["prompt"] == recs[i]["prompt"]:
+                j = int(rng.integers(len(recs)))
+            images.append(pick(j))
+            prompts.append(recs[i]["prompt"])
+        labels.append(0.0)
+    return to_float(np.stack(images)), prompts, np.asarray(labels, np.float32)
+
+
+def reward_eval(params, cfg, args, vq=None) -> dict:
+    """Agreement of the reward with the judge: on held-out renders vs hard negatives (and
+    their VQ reconstructions), and on base-GPT samples of evaluation prompts when a GPT
+    checkpoint exists (AUROC of the score against the judge verdict, accuracy of sign)."""
+    from scalingar_jax.world.judge import judge_image
+    from scalingar_jax.world.prompts import TAGS
+    from scalingar_jax.world.reward import reward_scores
+
+    out = {}
+    recs, imgs = render_data(args.eval_n, args.seed + 2000)
+    rng = np.random.default_rng(args.seed + 2001)
+    prompts, images, labels = [], [], []
+    for r, im in zip(recs, imgs):
+        neg = perturb_prompt(r["prompt"], rng)
+        prompts += [r["prompt"]] + ([neg] if neg else [])
+        images += [im] + ([im] if neg else [])
+        labels += [1] + ([0] if neg else [])
+    images = np.stack(images)
+    s = np.concatenate([np.asarray(reward_scores(params, cfg, images[i:i + 100], prompts[i:i + 100]))
+                        for i in range(0, len(prompts), 100)])
+    labels = np.asarray(labels, bool)
+    out["renders_vs_perturbed_prompts"] = {"n": int(len(labels)), "auroc": auroc(s, labels),
+                                           "accuracy": float(((s > 0) == labels).mean())}
+    if vq is not None:
+        from scalingar_jax.vq import reconstruct
+
+        rec = np.concatenate([to_uint8(reconstruct(vq[0], vq[1], jnp.asarray(to_float(images[i:i + 100]))))
+                              for i in range(0, len(images), 100)])
+        s = np.concatenate([np.asarray(reward_scores(params, cfg, rec[i:i + 100], prompts[i:i + 100]))
+                            for i in range(0, len(prompts), 100)])
+        out["reconstructions_vs_perturbed_prompts"] = {"n": int(len(labels)), "auroc": auroc(s, labels),
+                                                       "accuracy": float(((s > 0) == labels).mean())}
+    gpt_dir = Path(args.out)
+    if all((gpt_dir / p / "config.json").is_file() for p in ("vq", "gpt", "text")):
+        per_tag = max(1, args.sample_prompts // len(TAGS))
+        erecs = eval_prompts(per_tag)
+        n_cand = 2
+        gimgs = sample_images(gpt_dir, erecs, num_candidates=n_cand, cfg_scale=args.cfg_scale, top_k=args.top_k,
+                              seed=args.seed + 99)
+        flat = gimgs.reshape(-1, *gimgs.shape[2:])
+        frecs = [r for r in erecs for _ in range(n_cand)]
+        verdict = np.asarray([judge_image(im, r).correct for im, r in zip(flat, frecs)], bool)
+        s = np.concatenate([np.asarray(reward_scores(params, cfg, flat[i:i + 100], [r["prompt"] for r in frecs[i:i + 100]]))
+                            for i in range(0, len(frecs), 100)])
+        # Best-of-2 by reward vs the first candidate, as judged.
+        s2, v2 = s.reshape(-1, n_cand), verdict.reshape(-1, n_cand)
+        best = v2[np.arange(len(v2)), s2.argmax(1)]
+        out["gpt_samples"] = {
+            "n": int(len(verdict)), "judge_accuracy": float(verdict.mean()), "auroc": auroc(s, verdict),
+            "accuracy_of_sign": float(((s > 0) == verdict).mean()),
+            "first_candidate_accuracy": float(v2[:, 0].mean()), "best_of_2_by_reward_accuracy": float(best.mean()),
+            "oracle_best_of_2_accuracy": float(v2.any(1).mean()),
+            "sampling": {"cfg_scale": args.cfg_scale, "top_k": args.top_k, "prompts": len(erecs)},
+        }
+    return out
+
+
+def train_reward(args):
+    from scalingar_jax.checkpoint import load_model, save_model
+    from scalingar_jax.world.render import _default_sampler
+    from scalingar_jax.world.reward import init_reward_params, reward_logits
+    from scalingar_jax.world.vocab import tokenize
+
+    cfg = default_reward_config()
+    steps, B = args.reward_steps, args.reward_batch
+    run = Run("reward", args, steps)
+    run.log(f"config {cfg}")
+    recs, imgs = render_data(args.reward_data, args.seed + 21)
+    vq = None
+    recon = None
+    if (Path(args.out) / "vq" / "config.json").is_file():
+        from scalingar_jax.vq import reconstruct
+
+        vq = load_model(Path(args.out) / "vq", expect_kind="vq")
+        recon = np.concatenate([to_uint8(reconstruct(vq[0], vq[1], jnp.asarray(to_float(imgs[i:i + 100]))))
+                                for i in range(0, len(imgs), 100)])
+        run.log("VQ reconstructions of the training images are used as augmentation")
+    pool = {r["prompt"]: r for g in _default_sampler().pools for grp in g for r in grp}
+    run.log(f"rendered {len(recs)} images; {len(pool)} training prompts for hard image negatives")
+    params = init_reward_params(cfg, jax.random.key(args.seed + 3))
+    opt = make_optimizer(args.reward_lr, steps, args.warmup, weight_decay=0.01)
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step_fn(params, opt_state, x, ids, mask, y):
+        def loss_fn(p):
+            logit = reward_logits(p, cfg, x, ids, mask)
+            return optax.sigmoid_binary_cross_entropy(logit, y).mean(), ((logit > 0) == (y > 0.5)).mean()
+
+        (loss, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        upd, opt_state = opt.update(g, opt_state, params)
+        return optax.apply_updates(params, upd), opt_state, loss, acc
+
+    rng = np.random.default_rng(args.seed + 4)
+    t0, done = time.time(), 0
+    for step in range(steps):
+        x, prompts, y = _reward_pairs(recs, imgs, recon, rng, B, pool)
+        ids, mask = tokenize(prompts, cfg.max_len)
+        params, opt_state, loss, acc = step_fn(params, opt_state, jnp.asarray(x), jnp.asarray(ids), jnp.asarray(mask),
+                                               jnp.asarray(y))
+        done = step + 1
+        run.step(step, {"loss": loss, "acc": acc}, args.log_every)
+        if timed_out(t0, args.max_minutes):
+            run.log(f"time cap of {args.max_minutes} min reached at step {done}")
+            break
+    train_time = time.time() - t0
+    out = Path(args.out) / "reward"
+    save_model(out, params, cfg, kind="reward", meta={"steps": done, "seed": args.seed}, overwrite=True)
+    run.log("evaluating agreement with the judge")
+    ev = reward_eval(params, cfg, args, vq)
+    run.log(f"eval {json.dumps(ev)}")
+    run.finish(config=_cfg_dict(cfg), steps=done, batch=2 * B, lr=args.reward_lr, train_time_s=round(train_time, 1),
+               params=param_count(params), checkpoint=str(out), checkpoint_mb=round(dir_size_mb(out), 2),
+               judge_agreement=ev)
+    return params
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m scalingar_jax.world.train",
+                                description="Train the shapes-world VQ, t2i GPT (+ text encoder) and reward model.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", choices=["vq", "gpt", "reward", "all"], help="which model(s) to train")
+    p.add_argument("--out", default=str(REPO / "checkpoints" / "shapes"), help="checkpoint root directory")
+    p.add_argument("--seed", type=int, default=0, help="seed for data, init and batches")
+    p.add_argument("--warmup", type=int, default=30, help="linear warmup steps")
+    p.add_argument("--log-every", type=int, default=10, help="log the losses every N steps")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop a run after this many minutes (0: no cap)")
+    p.add_argument("--eval-n", type=int, default=300, help="renders / prompts used by the post-training evaluations")
+    g = p.add_argument_group("vq")
+    g.add_argument("--vq-steps", type=int, default=600)
+    g.add_argument("--vq-batch", type=int, default=32)
+    g.add_argument("--vq-lr", type=float, default=2e-3)
+    g.add_argument("--vq-data", type=int, default=8000, help="pre-rendered training images")
+    g.add_argument("--vq-init", default=None, help="continue training from this saved VQ directory")
+    g = p.add_argument_group("gpt")
+    g.add_argument("--gpt-steps", type=int, default=600)
+    g.add_argument("--gpt-dim", type=int, default=192, help="GPT width (head_dim 32)")
+    g.add_argument("--gpt-layers", type=int, default=6, help="GPT depth")
+    g.add_argument("--gpt-batch", type=int, default=32)
+    g.add_argument("--gpt-lr", type=float, default=1e-3)
+    g.add_argument("--gpt-data", type=int, default=16000, help="pre-rendered, pre-tokenised training images")
+    g.add_argument("--caption-dropout", type=float, default=0.1, help="fraction of captions replaced by the uncond embedding")
+    g.add_argument("--sample-prompts", type=int, default=60, help="evaluation prompts sampled after training")
+    g.add_argument("--cfg-scale", type=float, default=3.0, help="CFG scale of the post-training samples")
+    g.add_argument("--top-k", type=int, default=16, help="top-k of the post-training samples")
+    g = p.add_argument_group("reward")
+    g.add_argument("--reward-steps", type=int, default=400)
+    g.add_argument("--reward-batch", type=int, default=32, help="positives per step (as many negatives)")
+    g.add_argument("--reward-lr", type=float, default=1e-3)
+    g.add_argument("--reward-data", type=int, default=6000, help="pre-rendered training images")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.model in ("vq", "all"):
+        train_vq(args)
+    if args.model in ("gpt", "all"):
+        train_gpt(args)
+    if args.model in ("reward", "all"):
+        train_reward(args)
+
+
+if __name__ == "__main__":
+    main()

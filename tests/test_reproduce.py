@@ -1,0 +1,141 @@
+"""experiments/reproduce.py: every subcommand with --smoke on a tiny random world (no checkpoint)."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "experiments" / "reproduce.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+R = _load()
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return R.tiny_world_pipeline(0)
+
+
+@pytest.fixture(scope="module")
+def smoke(pipe, tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    assert R.main(["all", "--smoke", "--out", str(out)], pipe=pipe) == 0
+    return out
+
+
+PNGS = {"main": ["main_accuracy.png", "main_cost.png"], "ablations": ["ablations.png"],
+        "width": ["width_accuracy.png", "width_tokens.png"], "robustness": ["robustness.png"],
+        "efficiency": ["efficiency.png"], "sensitivity": ["sensitivity_p.png", "sensitivity_delta_rec.png"]}
+
+
+@pytest.mark.parametrize("name", R.EXPERIMENTS)
+def test_every_experiment_writes_json_md_png(smoke, name):
+    d = json.loads((smoke / f"{name}.json").read_text())
+    for key in ("experiment", "stamp", "settings", "paper", "files"):
+        assert key in d, key
+    for key in ("command", "seeds", "git_rev", "machine"):
+        assert key in d["stamp"], key
+    md = (smoke / f"{name}.md").read_text()
+    assert md.startswith(f"# {name}") and "|---" in md
+    for png in PNGS[name]:
+        assert (smoke / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+
+
+def test_main_contents(smoke):
+    d = json.loads((smoke / "main.json").read_text())
+    st = d["strategies"]
+    assert set(st) >= {"plain", "best_of_n", "oracle_bon", "importance", "confidence", "scalingar"}
+    assert "oracle" in st["oracle_bon"]["label"] and "upper bound" in st["oracle_bon"]["label"]
+    T, N = d["settings"]["T"], d["settings"]["N"]
+    assert st["plain"]["tokens_per_image"] == T and st["best_of_n"]["tokens_per_image"] == N * T
+    assert st["scalingar"]["tokens_per_image"] <= N * T
+    for s in st.values():
+        lo, hi = s["overall_ci"]
+        assert lo <= s["overall"] + 1e-9 and s["overall"] <= hi + 1e-9
+        assert set(s["per_group"]) == set(d["groups"]) and s["s_per_image"] >= 0
+        # oracle >= learned-reward BoN on every record (same candidates)
+    assert all(o >= b for o, b in zip(st["oracle_bon"]["per_record_correct"][0], st["best_of_n"]["per_record_correct"][0]))
+    assert {"relative_gain_vs_plain", "token_fraction_of_bon", "speedup_vs_bon"} <= set(d["headline"])
+    assert all("diff_ci" in c and "within_noise" in c for c in d["comparisons"])
+    assert "within noise" in (smoke / "main.md").read_text() or "significant" in (smoke / "main.md").read_text()
+
+
+def test_other_contents(smoke):
+    ab = json.loads((smoke / "ablations.json").read_text())
+    assert set(ab["strategies"]) >= {"full", "no_conditional", "no_worst_block", "no_token_level", "termination_only",
+                                     "scheduler_only"}
+    w = json.loads((smoke / "width.json").read_text())
+    assert set(w["curves"]) == {"best_of_n", "importance", "scalingar"}
+    assert all(len(c["accuracy"]) == len(w["settings"]["widths"]) for c in w["curves"].values())
+    rb = json.loads((smoke / "robustness.json").read_text())
+    assert set(rb["drops"]) >= {"plain", "best_of_n", "importance", "scalingar"} and "mitigation_vs" in rb
+    ef = json.loads((smoke / "efficiency.json").read_text())
+    for k in ("base", "best_of_n", "scalingar"):
+        s = ef["strategies"][k]
+        assert s["peak_mb"] > 0 and s["s_per_step"] > 0 and s["tokens_per_image"] > 0
+    assert ef["strategies"]["best_of_n"]["peak_mb"] > ef["strategies"]["base"]["peak_mb"]
+    se = json.loads((smoke / "sensitivity.json").read_text())
+    assert set(se["curves"]) == {"p", "delta_rec"}
+    res = (smoke / "RESULTS.md").read_text()
+    assert "## Targets" in res and "0.32" in res and "46.5" in res and "26%" in res
+
+
+def test_tune_then_tuned_and_report(pipe, smoke):
+    assert R.main(["tune", "--smoke", "--out", str(smoke)], pipe=pipe) == 0
+    t = json.loads((smoke / "tune.json").read_text())
+    assert t["settings"]["split"] == "dev" and set(t["chosen"]) == {"Delta_rec", "p"}
+    argv = ["sensitivity", "--smoke", "--tuned", "--p-values", str(t["chosen"]["p"]), "--delta-values", "0.05"]
+    assert R.main(argv + ["--out", str(smoke)], pipe=pipe) == 0
+    assert json.loads((smoke / "sensitivity.json").read_text())["settings"]["tuned"] == t["chosen"]
+    assert R.main(["report", "--out", str(smoke)]) == 0
+    assert "## tune" in (smoke / "RESULTS.md").read_text()
+
+
+def test_shared_candidate_set_is_best_of_n(pipe):
+    """The shared N-candidate loop + reward selection equals generate(strategy="best_of_n")."""
+    from scalingar_jax.pipeline import generate
+    from scalingar_jax.world.prompts import evaluation_set
+
+    recs = evaluation_set(per_tag=1)[:1]  # one prompt, N = 2: the shapes the smoke run compiled
+    prompts = [r["prompt"] for r in recs]
+    ref = generate(pipe, prompts, strategy="best_of_n", num_candidates=2, seed=5, prompt_ids=[0])
+    run = R.Runner(pipe, batch=1).candidates(recs, "eval", 2, 5)["best_of_n"]
+    imgs = ref.images
+    from scalingar_jax.world.judge import judge_image
+    assert run.correct.tolist() == [judge_image(im, r).correct for im, r in zip(imgs, recs)]
+    conf = generate(pipe, prompts, strategy="confidence_only", num_candidates=2, seed=5, prompt_ids=[0])
+    np.testing.assert_array_equal(np.asarray(conf.result.all_tokens), np.asarray(ref.result.all_tokens))
+
+
+def test_bucket_schedule_and_batches():
+    alive = np.ones((6, 1, 8), bool)
+    alive[2:, 0, 4:] = False  # 4 alive after step 2
+    alive[4:, 0, 1:] = False  # 1 alive after step 4
+    assert R.bucket_schedule(alive, 8, True) == [8, 8, 8, 4, 4, 1]
+    assert R.bucket_schedule(alive, 8, False) == [8] * 6
+    assert list(R._batches(5, 2)) == [([0, 1], [0, 1]), ([2, 3], [2, 3]), ([4], [4, 5])]
+
+
+def test_bad_options(capsys):
+    with pytest.raises(SystemExit):
+        R.main(["main", "--batch", "0", "--checkpoint", "random"])
+    with pytest.raises(SystemExit):
+        R.main(["nope"])
+    with pytest.raises(SystemExit) as e:
+        R.main(["--help"])
+    assert e.value.code == 0
+    help_text = capsys.readouterr().out
+    for opt in ("--checkpoint", "--prompts-per-tag", "--seeds", "--num-candidates", "--batch", "--split", "--out",
+                "--smoke", "--tuned"):
+        assert opt in help_text
