@@ -145,6 +145,10 @@ def cmd_generate(args) -> int:
         traj["winner"] = winner
         traj["guidance"] = traj.pop("scale")
         traj["threshold"] = traj.pop("theta")
+        steps = np.arange(T)[:, None]
+        gone = (term[None, :] >= 0) & (steps > term[None, :])  # nothing is recorded after pruning
+        for name in ("C", "guidance"):
+            traj[name] = np.where(gone, np.nan, traj[name])
         files["confidence"] = viz.plot_confidence_trajectories(
             out / "confidence.png", traj, title=f"{args.strategy}: {prompt}")
         g = pipe.gpt_cfg.grid_size
