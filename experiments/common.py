@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from scalingar_jax.atomic import atomic_write_text
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -22,7 +24,8 @@ def stamp(seed: int | None = None) -> dict:
     except OSError:
         rev = "unknown"
     return {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join(([f"XLA_FLAGS={os.environ['XLA_FLAGS']!r}"] if os.environ.get("XLA_FLAGS") else [])
+                            + [Path(sys.executable).name, *sys.argv]),
         "seed": seed,
         "git_rev": rev or "unknown",
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
@@ -36,9 +39,7 @@ def write_json(name: str, payload: dict) -> Path:
     """Writes experiments/results/<name>.json atomically and returns the path."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, default=float))
     return path
 
 

@@ -49,12 +49,11 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +62,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, stamp  # noqa: E402
 
-from scalingar_jax.config import SamplingConfig  # noqa: E402
+from scalingar_jax.atomic import atomic_write_text  # noqa: E402
 from scalingar_jax.pipeline import WORLD_SAMPLING, WORLD_SCALING, Pipeline, generate  # noqa: E402
 from scalingar_jax.scaling import strategies as S  # noqa: E402
 from scalingar_jax.scaling.config import ABLATIONS, ScalingARConfig  # noqa: E402
@@ -478,9 +477,7 @@ def compare_text(c: dict) -> str:
 # ----------------------------------------------------------------------------------------- output
 def _atomic_write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return path
 
 
@@ -1068,7 +1065,7 @@ def exp_sensitivity(ctx: Ctx) -> dict:
     return payload
 
 
-TUNE_GRID = {"Delta_rec": [3, 5, 8], "p": [0.2, 0.3]}
+TUNE_GRID = {"Delta_rec": [2, 3, 5, 8], "p": [0.2, 0.3, 0.5]}
 
 
 def exp_tune(ctx: Ctx) -> dict:

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+
+from scalingar_jax.atomic import atomic_dir
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -102,30 +101,14 @@ def save_model(path, params, config, *, kind: str, meta: dict | None = None, ove
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
-    parent = path.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"cannot write to {parent}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
-    try:
+    with atomic_dir(path, overwrite=overwrite) as tmp:
+        tmp = Path(tmp)
         record = {"kind": kind, "config": config_to_dict(config), "meta": meta or {}}
         (tmp / CONFIG_FILE).write_text(json.dumps(record, indent=2))
         params = jax.tree.map(np.asarray, params)  # every leaf an ndarray (the only registered type)
         with ocp.Checkpointer(_params_handler(compress)) as ckptr:
             ckptr.save(tmp / PARAMS_DIR, args=ocp.args.PyTreeSave(params))
         del params
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent))
-            os.replace(path, old / "x")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -144,7 +144,9 @@ def cmd_generate(args) -> int:
         traj["warmup_steps"] = scaling.warmup_steps(T)
         traj["winner"] = winner
         traj["guidance"] = traj.pop("scale")
-        traj["threshold"] = traj.pop("theta")
+        # theta is undefined (stored as 0) before the end of warm-up, and for fixed-CFG strategies
+        traj["threshold"] = np.where((np.arange(T) >= traj["warmup_steps"]) & (args.strategy == "scalingar"),
+                                     traj.pop("theta"), np.nan)
         steps = np.arange(T)[:, None]
         gone = (term[None, :] >= 0) & (steps > term[None, :])  # nothing is recorded after pruning
         for name in ("C", "guidance"):

@@ -22,11 +22,12 @@ from __future__ import annotations
 import math
 import os
 import struct
-import tempfile
 import zlib
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from scalingar_jax.atomic import atomic_write_bytes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -104,40 +105,6 @@ def _positive_int(v, name: str, minimum: int = 1) -> int:
     return int(v)
 
 
-# ----------------------------------------------------------------------------- atomic writes
-def atomic_write_bytes(path, data: bytes) -> str:
-    """Writes `data` to `path` via a temp file in the same folder and `os.replace`; returns `str(path)`.
-
-    Never leaves a half-written file at `path`. Raises `TypeError` for a non-path,
-    `FileNotFoundError` if the folder does not exist, `IsADirectoryError` if `path` is a folder,
-    `PermissionError` if the folder is not writable.
-    """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    path = os.fsdecode(os.fspath(path))
-    if not path:
-        raise ValueError("path must not be empty")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"cannot write {path!r}: it is a folder")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot write {path!r}: folder {folder!r} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    except PermissionError as e:
-        raise PermissionError(f"cannot write {path!r}: folder {folder!r} is not writable") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
 
 
 # ----------------------------------------------------------------------------- PNG encode

@@ -68,7 +68,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from typing import Sequence
 
 import jax
@@ -77,6 +76,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from scalingar_jax.atomic import atomic_dir
 from scalingar_jax.config import GPTConfig, SamplingConfig
 from scalingar_jax.gpt import KVCache
 from scalingar_jax.scaling import strategies as S
@@ -502,25 +502,9 @@ def merge_geneval_folders(parts: Sequence[str | os.PathLike], out: str | os.Path
             if n in seen:
                 raise ValueError(f"prompt folder {n} is in two parts: {seen[n]} and {part}")
             seen[n] = folder
-    if os.path.exists(out) and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".merge-", dir=parent)
-    try:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         for n, folder in sorted(seen.items()):
             shutil.copytree(folder, os.path.join(tmp, n))
-        os.chmod(tmp, 0o755)
-        if os.path.exists(out):
-            old = tempfile.mkdtemp(prefix=".old-", dir=parent)
-            os.replace(out, os.path.join(old, "old"))
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -1,6 +1,5 @@
 """Strategies: compaction == masking, token accounting, compile-once per bucket, bad input."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

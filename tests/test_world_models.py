@@ -12,7 +12,6 @@ from scalingar_jax.checkpoint import load_model, save_model
 from scalingar_jax.world.reward import RewardConfig, init_reward_params, reward_logits, reward_scores
 from scalingar_jax.world.text_encoder import (
     TextEncoderConfig,
-    encode_ids,
     encode_prompts,
     init_text_params,
 )
@@ -190,3 +189,33 @@ def test_perturb_prompt_changes_meaning():
             else:
                 assert q is not None and q != p
                 tokenize([q])  # stays in the vocabulary
+
+
+def test_reward_pair_logits_match_per_pair_scoring():
+    from scalingar_jax.world.reward import reward_pair_logits
+
+    params = init_reward_params(REWARD, jax.random.key(6))
+    x = jnp.asarray(np.random.default_rng(4).uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32))
+    ids, mask = tokenize(["a red circle", "two crosses"], MAX_PROMPT_LEN)
+    pairs = jnp.asarray([[0, 0], [2, 1], [1, 0], [2, 0]], jnp.int32)
+    got = reward_pair_logits(params, REWARD, x, ids, mask, pairs)
+    want = reward_logits(params, REWARD, x[pairs[:, 0]], ids[np.asarray(pairs[:, 1])], mask[np.asarray(pairs[:, 1])])
+    chex.assert_shape(got, (4,))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_reward_batch_labels_are_exact_string_matches():
+    from scalingar_jax.world.render import _default_sampler
+    from scalingar_jax.world.train import _reward_batch, render_data
+
+    recs, imgs = render_data(12, seed=5, image_size=48)
+    pool = {r["prompt"]: r for g in _default_sampler().pools for grp in g for r in grp}
+    x, prompts, pairs, y = _reward_batch(recs, imgs, None, np.random.default_rng(0), 6, pool, n_random=3)
+    chex.assert_shape(x, (12, 48, 48, 3))
+    chex.assert_shape(pairs, (12 * 5, 2))
+    assert len(prompts) == 12
+    np.testing.assert_array_equal(y, [prompts[i] == prompts[t] for i, t in pairs])
+    # every image's first candidate is its own prompt (a positive), its second the partner's
+    np.testing.assert_array_equal(pairs.reshape(12, 5, 2)[:, 0, 1], np.arange(12))
+    np.testing.assert_array_equal(pairs.reshape(12, 5, 2)[:, 1, 1], (np.arange(12) + 6) % 12)
+    assert y.reshape(12, 5)[:, 0].all()

@@ -16,14 +16,19 @@ import json
 import math
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import ml_dtypes
 import numpy as np
 
-from scalingar_jax.convert.torch_pickle import CheckpointFormatError, LazyTensor, _Region, _Storage
+from scalingar_jax.atomic import atomic_file
+from scalingar_jax.convert.torch_pickle import (
+    CheckpointFormatError,
+    LazyTensor,
+    _Region,
+    _Storage,
+)
 
 __all__ = ["DTYPES", "read_header", "load_file", "load_arrays", "save_file"]
 
@@ -179,24 +184,15 @@ def save_file(path, tensors: Mapping[str, Any], metadata: Mapping[str, str] | No
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * ((-len(raw)) % 8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for name, code, shape, nbytes in specs:
-                v = tensors[name]
-                arr = v.numpy() if isinstance(v, LazyTensor) else np.asarray(v)
-                if arr.shape != shape:
-                    raise ValueError(f"tensor {name!r} changed shape while writing")
-                arr = np.ascontiguousarray(arr, dtype=DTYPES[code])
-                f.write(memoryview(arr.reshape(-1).view(np.uint8)))
-                del arr
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_file(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name, code, shape, nbytes in specs:
+            v = tensors[name]
+            arr = v.numpy() if isinstance(v, LazyTensor) else np.asarray(v)
+            if arr.shape != shape:
+                raise ValueError(f"tensor {name!r} changed shape while writing")
+            arr = np.ascontiguousarray(arr, dtype=DTYPES[code])
+            f.write(memoryview(arr.reshape(-1).view(np.uint8)))
+            del arr
     return path

@@ -30,7 +30,6 @@ import os
 import pickle
 import re
 import struct
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -38,6 +37,8 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import ml_dtypes
 import numpy as np
+
+from scalingar_jax.atomic import atomic_file
 
 __all__ = [
     "CheckpointFormatError",
@@ -804,34 +805,25 @@ def save_torch_state_dict(
     items: Iterator = iter(tensors.items()) if isinstance(tensors, Mapping) else iter(tensors)
     archive = "archive"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-            sd: collections.OrderedDict = collections.OrderedDict()
-            # Storages first (one tensor in memory at a time), the pickle last: torch takes the
-            # archive name from the directory of the records, not from their order.
-            _write_member(zf, f"{archive}/byteorder", b"little", align=False)
-            for i, (name, value) in enumerate(items):
-                if not isinstance(name, str):
-                    raise TypeError(f"state dict keys must be str, got {type(name).__name__}")
-                if name in sd:
-                    raise ValueError(f"duplicate tensor name {name!r}")
-                arr = _as_array(value)
-                sd[name] = _TensorRecord(str(i), _DTYPE_TO_STORAGE[np.dtype(arr.dtype.newbyteorder("="))], arr.shape)
-                _write_member(zf, f"{archive}/data/{i}", arr, align=True)
-                del arr, value
-            top: Any = sd
-            if wrapper is not None:
-                top = {wrapper: sd, **(dict(extra) if extra else {})}
-            pw = _PickleWriter()
-            pw.value(top)
-            _write_member(zf, f"{archive}/data.pkl", pw.getvalue(), align=False)
-            _write_member(zf, f"{archive}/version", b"3\n", align=False)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_file(path, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        sd: collections.OrderedDict = collections.OrderedDict()
+        # Storages first (one tensor in memory at a time), the pickle last: torch takes the
+        # archive name from the directory of the records, not from their order.
+        _write_member(zf, f"{archive}/byteorder", b"little", align=False)
+        for i, (name, value) in enumerate(items):
+            if not isinstance(name, str):
+                raise TypeError(f"state dict keys must be str, got {type(name).__name__}")
+            if name in sd:
+                raise ValueError(f"duplicate tensor name {name!r}")
+            arr = _as_array(value)
+            sd[name] = _TensorRecord(str(i), _DTYPE_TO_STORAGE[np.dtype(arr.dtype.newbyteorder("="))], arr.shape)
+            _write_member(zf, f"{archive}/data/{i}", arr, align=True)
+            del arr, value
+        top: Any = sd
+        if wrapper is not None:
+            top = {wrapper: sd, **(dict(extra) if extra else {})}
+        pw = _PickleWriter()
+        pw.value(top)
+        _write_member(zf, f"{archive}/data.pkl", pw.getvalue(), align=False)
+        _write_member(zf, f"{archive}/version", b"3\n", align=False)
     return path

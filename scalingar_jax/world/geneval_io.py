@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from typing import Sequence
 
 import numpy as np
 
+from scalingar_jax.atomic import atomic_dir
 from scalingar_jax.images import read_png, write_png
 from scalingar_jax.world.judge import JudgeConfig, judge_image, summarize
 from scalingar_jax.world.prompts import validate_record
@@ -62,27 +61,12 @@ def write_prompt_folder(
         im = np.asarray(im)
         if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
             raise ValueError(f"images[{i}] must be uint8 (H, W, 3), got {im.dtype} {im.shape}")
-    if os.path.exists(target) and not overwrite:
-        raise FileExistsError(f"{target} exists; pass overwrite=True to replace it")
-    os.makedirs(os.fspath(out_dir), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{int(index):05d}-", dir=os.fspath(out_dir))
-    try:
+    with atomic_dir(target, overwrite=overwrite) as tmp:
         with open(os.path.join(tmp, "metadata.jsonl"), "w", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         os.makedirs(os.path.join(tmp, "samples"))
         for i, im in enumerate(images):
             write_png(os.path.join(tmp, "samples", f"{i:04d}.png"), np.asarray(im))
-        os.chmod(tmp, 0o755)
-        if os.path.exists(target):
-            trash = tempfile.mkdtemp(prefix=f".old-{int(index):05d}-", dir=os.fspath(out_dir))
-            os.replace(target, os.path.join(trash, "old"))
-            os.replace(tmp, target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

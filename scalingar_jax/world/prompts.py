@@ -54,11 +54,11 @@ import dataclasses
 import functools
 import json
 import os
-import tempfile
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
+from scalingar_jax.atomic import atomic_write_text
 from scalingar_jax.world.vocab import (
     COLORS,
     MAX_PROMPT_LEN,
@@ -561,15 +561,5 @@ def save_prompt_file(path: str | os.PathLike, records: Iterable[dict], *, world:
     for i, r in enumerate(records):
         validate_record(r, world=world, where=f"records[{i}]")
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))

@@ -75,32 +75,56 @@ def default_reward_config(**overrides) -> RewardConfig:
 class RewardModel(nn.Module):
     cfg: RewardConfig
 
-    @nn.compact
-    def __call__(self, images, ids, mask):
-        """images (B, H, W, 3) float in [-1, 1]; ids/mask (B, L) -> logits (B,) float32."""
+    def setup(self):
         cfg = self.cfg
-        x = images.astype(jnp.float32)
-        for i, ch in enumerate(cfg.channels):
-            x = nn.Conv(ch, (3, 3), name=f"conv{i}a")(x)
-            x = nn.GroupNorm(num_groups=min(8, ch), name=f"norm{i}")(x)
-            x = nn.silu(x)
-            x = nn.Conv(ch, (3, 3), strides=(2, 2), name=f"conv{i}b")(x)
-            x = nn.silu(x)
-        B, gh, gw, C = x.shape
-        x = nn.Dense(cfg.dim, name="img_proj")(x.reshape(B, gh * gw, C))
-        pos = self.param("img_pos", nn.initializers.normal(0.02), (gh * gw, cfg.dim))
-        img = nn.LayerNorm(name="img_ln")(x + pos[None])
+        self.convs = [(nn.Conv(ch, (3, 3), name=f"conv{i}a"), nn.GroupNorm(num_groups=min(8, ch), name=f"norm{i}"),
+                       nn.Conv(ch, (3, 3), strides=(2, 2), name=f"conv{i}b")) for i, ch in enumerate(cfg.channels)]
+        self.img_proj = nn.Dense(cfg.dim, name="img_proj")
+        self.img_pos = self.param("img_pos", nn.initializers.normal(0.02), (cfg.grid * cfg.grid, cfg.dim))
+        self.img_ln = nn.LayerNorm(name="img_ln")
+        self.text = TextEncoder(cfg.text_config, name="text")
+        self.txt_ln = nn.LayerNorm(name="txt_ln")
+        self.xattn = nn.MultiHeadDotProductAttention(num_heads=cfg.n_head, qkv_features=cfg.dim, out_features=cfg.dim,
+                                                     deterministic=True, name="xattn")
+        self.mlp_ln = nn.LayerNorm(name="mlp_ln")
+        self.mlp_in, self.mlp_out = nn.Dense(2 * cfg.dim, name="mlp_in"), nn.Dense(cfg.dim, name="mlp_out")
+        self.head_in, self.head_out = nn.Dense(cfg.dim, name="head_in"), nn.Dense(1, name="head_out")
 
-        txt = TextEncoder(cfg.text_config, name="text")(ids, mask)  # (B, L, dim), padded rows 0
-        q = nn.LayerNorm(name="txt_ln")(txt)
-        h = nn.MultiHeadDotProductAttention(num_heads=cfg.n_head, qkv_features=cfg.dim, out_features=cfg.dim,
-                                            deterministic=True, name="xattn")(q, img)
-        h = txt + h
-        h = h + nn.Dense(cfg.dim, name="mlp_out")(nn.gelu(nn.Dense(2 * cfg.dim, name="mlp_in")(nn.LayerNorm(name="mlp_ln")(h))))
+    def encode_image(self, images):
+        """images (B, H, W, 3) float in [-1, 1] -> (B, grid*grid, dim) image tokens."""
+        x = images.astype(jnp.float32)
+        for conv_a, norm, conv_b in self.convs:
+            x = nn.silu(conv_b(nn.silu(norm(conv_a(x)))))
+        B, gh, gw, C = x.shape
+        return self.img_ln(self.img_proj(x.reshape(B, gh * gw, C)) + self.img_pos[None])
+
+    def encode_text(self, ids, mask):
+        """ids/mask (B, L) -> (B, L, dim) contextual prompt tokens (padded rows 0)."""
+        return self.text(ids, mask)
+
+    def score(self, img, txt, mask):
+        """img (B, G, dim), txt (B, L, dim), mask (B, L) -> (B,) float32 match logits.
+
+        The prompt's tokens cross-attend to the image tokens, are mean-pooled over valid
+        tokens, and an MLP head gives one logit."""
+        h = txt + self.xattn(self.txt_ln(txt), img)
+        h = h + self.mlp_out(nn.gelu(self.mlp_in(self.mlp_ln(h))))
         m = mask[..., None].astype(jnp.float32)
         pooled = (h * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
-        pooled = nn.gelu(nn.Dense(cfg.dim, name="head_in")(pooled))
-        return nn.Dense(1, name="head_out")(pooled)[:, 0].astype(jnp.float32)
+        return self.head_out(nn.gelu(self.head_in(pooled)))[:, 0].astype(jnp.float32)
+
+    def __call__(self, images, ids, mask):
+        """images (B, H, W, 3) float in [-1, 1]; ids/mask (B, L) -> logits (B,) float32."""
+        return self.score(self.encode_image(images), self.encode_text(ids, mask), mask)
+
+    def pairs(self, images, ids, mask, pair_index):
+        """Scores many (image, prompt) pairs while encoding each image and prompt once.
+
+        images (Bi, H, W, 3); ids/mask (Bt, L); pair_index (P, 2) int32 of (image, prompt)
+        rows -> (P,) float32 logits."""
+        img, txt = self.encode_image(images), self.encode_text(ids, mask)
+        i, t = pair_index[:, 0], pair_index[:, 1]
+        return self.score(img[i], txt[t], mask[t])
 
 
 def init_reward_params(cfg: RewardConfig, key: jax.Array):
@@ -113,6 +137,12 @@ def init_reward_params(cfg: RewardConfig, key: jax.Array):
 def reward_logits(params, cfg: RewardConfig, images, ids, mask) -> jax.Array:
     """Traceable core: images (B, H, W, 3) float in [-1, 1], ids/mask (B, L) -> (B,) float32."""
     return RewardModel(cfg).apply({"params": params}, images, ids, mask)
+
+
+def reward_pair_logits(params, cfg: RewardConfig, images, ids, mask, pair_index) -> jax.Array:
+    """Traceable: images (Bi, H, W, 3) float in [-1, 1]; ids/mask (Bt, L); pair_index (P, 2)
+    int32 rows (image, prompt) -> (P,) float32 logits. Each image and prompt is encoded once."""
+    return RewardModel(cfg).apply({"params": params}, images, ids, mask, pair_index, method=RewardModel.pairs)
 
 
 _reward_jit = jax.jit(reward_logits, static_argnums=1)

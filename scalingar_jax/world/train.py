@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shlex
 import sys
 import time
@@ -26,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from scalingar_jax.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "results" / "training"
@@ -138,9 +139,7 @@ class Run:
         self.record.update(extra)
         self.record["wall_time_s"] = round(time.time() - self.t0, 1)
         out = RESULTS / f"{self.name}.json"
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.record, indent=2, default=str))
-        os.replace(tmp, out)
+        atomic_write_text(out, json.dumps(self.record, indent=2, default=str))
         self.log(f"done; wall time {self.record['wall_time_s']} s; wrote {out}")
         self.log_f.close()
 
@@ -336,6 +335,20 @@ def base_model_eval(world_dir, args) -> dict:
     return summary
 
 
+def load_gpt_init(path, cfg, text_cfg):
+    """Loads a saved world (`path`/gpt and `path`/text) to continue training: (params, steps so far).
+
+    Raises ValueError if the saved configs differ from the ones this run would train."""
+    from scalingar_jax.checkpoint import load_model, read_config
+
+    g, g_cfg = load_model(Path(path) / "gpt", expect_kind="gpt")
+    t, t_cfg = load_model(Path(path) / "text", expect_kind="text")
+    if g_cfg != cfg or t_cfg != text_cfg:
+        raise ValueError(f"--gpt-init {path} holds {g_cfg} / {t_cfg}, expected {cfg} / {text_cfg}")
+    meta = read_config(Path(path) / "gpt")[2] or {}
+    return {"gpt": g, "text": t}, int(meta.get("steps", 0))
+
+
 def train_gpt(args):
     from scalingar_jax.checkpoint import load_model, save_model
     from scalingar_jax.gpt import init_params
@@ -355,6 +368,14 @@ def train_gpt(args):
     run.log(f"tokenised: codes {codes.shape}, {len(np.unique(codes))} distinct codes used")
     k1, k2 = jax.random.split(jax.random.key(args.seed))
     params = {"gpt": init_params(cfg, k1), "text": init_text_params(text_cfg, k2)}
+    prior_steps, previous_runs = 0, []
+    if args.gpt_init:
+        params, prior_steps = load_gpt_init(args.gpt_init, cfg, text_cfg)
+        prev = RESULTS / "gpt.json"
+        if prev.exists():  # keep the earlier run's record: the history of one checkpoint
+            rec = json.loads(prev.read_text())
+            previous_runs = rec.pop("previous_runs", []) + [rec]
+        run.log(f"continuing from {args.gpt_init} after {prior_steps} steps")
     opt = make_optimizer(args.gpt_lr, steps, args.warmup, weight_decay=0.05)
     opt_state = opt.init(params)
 
@@ -377,7 +398,7 @@ def train_gpt(args):
             run.log(f"time cap of {args.max_minutes} min reached at step {done}")
             break
     train_time = time.time() - t0
-    meta = {"steps": done, "seed": args.seed, "trained_jointly_with": "text"}
+    meta = {"steps": prior_steps + done, "seed": args.seed, "trained_jointly_with": "text"}
     out_g, out_t = Path(args.out) / "gpt", Path(args.out) / "text"
     save_model(out_g, params["gpt"], cfg, kind="gpt", meta=meta, overwrite=True)
     save_model(out_t, params["text"], text_cfg, kind="text", meta={**meta, "trained_jointly_with": "gpt"}, overwrite=True)
@@ -386,6 +407,7 @@ def train_gpt(args):
     run.log(f"eval {json.dumps(ev)}")
     run.finish(config=_cfg_dict(cfg), text_config=_cfg_dict(text_cfg), steps=done, batch=B, lr=args.gpt_lr,
                caption_dropout=args.caption_dropout, train_images=len(codes), train_time_s=round(train_time, 1),
+               total_steps=prior_steps + done, continued_from_steps=prior_steps, previous_runs=previous_runs,
                params={"gpt": param_count(params["gpt"]), "text": param_count(params["text"])},
                checkpoint_mb={"gpt": round(dir_size_mb(out_g), 2), "text": round(dir_size_mb(out_t), 2)},
                base_model_eval=ev)
@@ -460,37 +482,39 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(gt + 0.5 * eq)
 
 
-def _reward_pairs(recs, imgs, recon, rng, n_pos, pool_records):
-    """A batch of n_pos positives and n_pos negatives: (images float, prompts, labels)."""
+def _reward_batch(recs, imgs, recon, rng, n, pool_records, n_random: int = 6):
+    """One contrastive batch for the reward model.
+
+    2n images: n training images (half of them VQ reconstructions) and, for each, a hard
+    negative image: the render of a perturbed prompt (wrong colour, count, shape or relation)
+    when that prompt is a training prompt, else another training image. Each image's own
+    prompt is a positive; the partner's prompt (a hard negative), and `n_random` other
+    prompts of the batch are negatives unless they are the same string.
+
+    Returns images float (2n, S, S, 3), prompts (2n,), pair_index (2n * (2 + n_random), 2)
+    int32 of (image, prompt) rows, labels float32 and a same-string mask of the pairs."""
     from scalingar_jax.world.render import render_scene
 
-    idx = rng.integers(0, len(recs), n_pos)
-    images, prompts, labels = [], [], []
-
-    def pick(i):
-        return recon[i] if recon is not None and rng.random() < 0.5 else imgs[i]
-
+    idx = rng.integers(0, len(recs), n)
+    images, prompts = [], []
     for i in idx:
-        images.append(pick(i))
+        images.append(recon[i] if recon is not None and rng.random() < 0.5 else imgs[i])
         prompts.append(recs[i]["prompt"])
-        labels.append(1.0)
-        u = rng.random()
+    for i in idx:
         neg = perturb_prompt(recs[i]["prompt"], rng)
-        if u < 0.45 and neg is not None:  # same image, wrong prompt
-            images.append(pick(i))
+        if neg is not None and neg in pool_records:
+            images.append(render_scene(pool_records[neg], rng))
             prompts.append(neg)
-        elif u < 0.8 and neg is not None and neg in pool_records:  # wrong image, same prompt
-            img = render_scene(pool_records[neg], rng)
-            images.append(img)
-            prompts.append(recs[i]["prompt"])
-        else:  # an unrelated scene
+        else:
             j = int(rng.integers(len(recs)))
-            while recs[j]["prompt"] == recs[i]["prompt"]:
-                j = int(rng.integers(len(recs)))
-            images.append(pick(j))
-            prompts.append(recs[i]["prompt"])
-        labels.append(0.0)
-    return to_float(np.stack(images)), prompts, np.asarray(labels, np.float32)
+            images.append(imgs[j])
+            prompts.append(recs[j]["prompt"])
+    m = 2 * n
+    img_i = np.repeat(np.arange(m), 2 + n_random)
+    txt_i = np.concatenate([np.stack([np.arange(m), (np.arange(m) + n) % m], 1),
+                            rng.integers(0, m, (m, n_random))], 1).reshape(-1)
+    same = np.asarray([prompts[a] == prompts[b] for a, b in zip(img_i, txt_i)])
+    return to_float(np.stack(images)), prompts, np.stack([img_i, txt_i], 1).astype(np.int32), same.astype(np.float32)
 
 
 def reward_eval(params, cfg, args, vq=None) -> dict:
@@ -551,9 +575,9 @@ def reward_eval(params, cfg, args, vq=None) -> dict:
 
 
 def train_reward(args):
-    from scalingar_jax.checkpoint import load_model, save_model
+    from scalingar_jax.checkpoint import load_model, read_config, save_model
     from scalingar_jax.world.render import _default_sampler
-    from scalingar_jax.world.reward import init_reward_params, reward_logits
+    from scalingar_jax.world.reward import init_reward_params, reward_pair_logits
     from scalingar_jax.world.vocab import tokenize
 
     cfg = default_reward_config()
@@ -573,14 +597,34 @@ def train_reward(args):
     pool = {r["prompt"]: r for g in _default_sampler().pools for grp in g for r in grp}
     run.log(f"rendered {len(recs)} images; {len(pool)} training prompts for hard image negatives")
     params = init_reward_params(cfg, jax.random.key(args.seed + 3))
+    prior_steps, previous_runs = 0, []
+    if args.reward_init:  # continue training (or, with --reward-steps 0, only re-evaluate)
+        params, cfg0 = load_model(args.reward_init, expect_kind="reward")
+        if cfg0 != cfg:
+            raise ValueError(f"--reward-init {args.reward_init} holds {cfg0}, expected {cfg}")
+        prior_steps = int((read_config(args.reward_init)[2] or {}).get("steps", 0))
+        prev = RESULTS / "reward.json"
+        if prev.exists():
+            rec = json.loads(prev.read_text())
+            previous_runs = rec.pop("previous_runs", []) + [rec]
+        run.log(f"continuing from {args.reward_init} after {prior_steps} steps")
     opt = make_optimizer(args.reward_lr, steps, args.warmup, weight_decay=0.01)
     opt_state = opt.init(params)
 
+    n_random = 6
+
     @jax.jit
-    def step_fn(params, opt_state, x, ids, mask, y):
+    def step_fn(params, opt_state, x, ids, mask, pairs, y):
         def loss_fn(p):
-            logit = reward_logits(p, cfg, x, ids, mask)
-            return optax.sigmoid_binary_cross_entropy(logit, y).mean(), ((logit > 0) == (y > 0.5)).mean()
+            logit = reward_pair_logits(p, cfg, x, ids, mask, pairs)
+            bce = optax.sigmoid_binary_cross_entropy(logit, y)
+            # Balanced BCE (positives are 1 in 2 + n_random) plus an InfoNCE term per image
+            # over its candidate prompts (the own prompt first; same-string duplicates masked).
+            pos = (bce * y).sum() / jnp.maximum(y.sum(), 1.0) + (bce * (1 - y)).sum() / jnp.maximum((1 - y).sum(), 1.0)
+            cand = logit.reshape(-1, 2 + n_random)
+            dup = y.reshape(-1, 2 + n_random).at[:, 0].set(0.0) > 0
+            nce = -jax.nn.log_softmax(jnp.where(dup, -jnp.inf, cand), axis=-1)[:, 0].mean()
+            return pos + nce, ((logit > 0) == (y > 0.5)).mean()
 
         (loss, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
         upd, opt_state = opt.update(g, opt_state, params)
@@ -589,10 +633,10 @@ def train_reward(args):
     rng = np.random.default_rng(args.seed + 4)
     t0, done = time.time(), 0
     for step in range(steps):
-        x, prompts, y = _reward_pairs(recs, imgs, recon, rng, B, pool)
+        x, prompts, pairs, y = _reward_batch(recs, imgs, recon, rng, B, pool, n_random)
         ids, mask = tokenize(prompts, cfg.max_len)
         params, opt_state, loss, acc = step_fn(params, opt_state, jnp.asarray(x), jnp.asarray(ids), jnp.asarray(mask),
-                                               jnp.asarray(y))
+                                               jnp.asarray(pairs), jnp.asarray(y))
         done = step + 1
         run.step(step, {"loss": loss, "acc": acc}, args.log_every)
         if timed_out(t0, args.max_minutes):
@@ -600,11 +644,13 @@ def train_reward(args):
             break
     train_time = time.time() - t0
     out = Path(args.out) / "reward"
-    save_model(out, params, cfg, kind="reward", meta={"steps": done, "seed": args.seed}, overwrite=True)
+    if done or not args.reward_init:
+        save_model(out, params, cfg, kind="reward", meta={"steps": prior_steps + done, "seed": args.seed}, overwrite=True)
     run.log("evaluating agreement with the judge")
     ev = reward_eval(params, cfg, args, vq)
     run.log(f"eval {json.dumps(ev)}")
-    run.finish(config=_cfg_dict(cfg), steps=done, batch=2 * B, lr=args.reward_lr, train_time_s=round(train_time, 1),
+    run.finish(config=_cfg_dict(cfg), steps=done, total_steps=prior_steps + done, previous_runs=previous_runs,
+               batch=2 * B, pairs_per_step=2 * B * (2 + n_random), lr=args.reward_lr, train_time_s=round(train_time, 1),
                params=param_count(params), checkpoint=str(out), checkpoint_mb=round(dir_size_mb(out), 2),
                judge_agreement=ev)
     return params
@@ -639,6 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpt-batch", type=int, default=32)
     g.add_argument("--gpt-lr", type=float, default=1e-3)
     g.add_argument("--gpt-data", type=int, default=16000, help="pre-rendered, pre-tokenised training images")
+    g.add_argument("--gpt-init", default=None, help="continue training from the gpt/ and text/ models saved under this directory")
     g.add_argument("--caption-dropout", type=float, default=0.1, help="fraction of captions replaced by the uncond embedding")
     g.add_argument("--sample-prompts", type=int, default=60, help="evaluation prompts sampled after training")
     g.add_argument("--cfg-scale", type=float, default=3.0, help="CFG scale of the post-training samples")
@@ -647,6 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reward-steps", type=int, default=400)
     g.add_argument("--reward-batch", type=int, default=32, help="positives per step (as many negatives)")
     g.add_argument("--reward-lr", type=float, default=1e-3)
+    g.add_argument("--reward-init", default=None,
+                   help="continue from this saved reward model (with --reward-steps 0: only re-evaluate it)")
     g.add_argument("--reward-data", type=int, default=6000, help="pre-rendered training images")
     return p
 
