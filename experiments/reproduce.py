@@ -1065,39 +1065,52 @@ def exp_sensitivity(ctx: Ctx) -> dict:
     return payload
 
 
-TUNE_GRID = {"Delta_rec": [2, 3, 5, 8], "p": [0.2, 0.3, 0.5]}
+TUNE_GRID = {"Delta_rec": [2, 3, 5], "p": [0.2, 0.3, 0.5]}
+TUNE_CFG = [3.0, 5.0, 7.5]
+TUNE_TIE = 0.02  # dev accuracy within this of the best counts as a tie (60 prompts: SE ~0.05)  # the base model's CFG scale (LlamaGen t2i default 7.5), chosen first, with plain N = 1
 
 
 def exp_tune(ctx: Ctx) -> dict:
     """Tunes ScalingAR's gate on the DEVELOPMENT set only: maximizes overall accuracy; ties (within
-    0.005) go to fewer tokens. Writes tune.json; other experiments use it with --tuned."""
+    TUNE_TIE) go to fewer tokens. Stage 1 first picks the base CFG scale with plain sampling. Writes
+    tune.json; other experiments use both with --tuned."""
     per_tag, seeds, N = ctx.size("tune", "per_tag"), ctx.size("tune", "seeds"), ctx.N
     records = prompt_set("dev", per_tag)
     grid = [{"Delta_rec": d, "p": p} for d in TUNE_GRID["Delta_rec"] for p in TUNE_GRID["p"]]
     if ctx.args.smoke:
         grid = [{"Delta_rec": ctx.scaling.Delta_rec, "p": ctx.scaling.p}, {"Delta_rec": 3, "p": ctx.scaling.p}]
-    log(f"tune: {len(records)} development prompts, grid {grid}, seeds {seeds}")
+    cfgs = TUNE_CFG[:2] if ctx.args.smoke else TUNE_CFG
+    log(f"tune: {len(records)} development prompts, base CFG {cfgs}, then gate grid {grid}, seeds {seeds}")
     R = ctx.runner
-    runs: dict[str, list[Run]] = {"plain": []}
+    # Stage 1: the base model's CFG scale (plain sampling, N = 1); it becomes s_base for every strategy.
+    runs: dict[str, list[Run]] = {}
+    for c in cfgs:
+        sc = dataclasses.replace(ctx.pipe.sampling, cfg_scale=c)
+        runs[f"plain,cfg={c}"] = [R.token(records, "dev", "plain", 1, seed, sampling=sc) for seed in seeds]
+        log(f"tune plain cfg={c}: {np.mean([r.correct.mean() for r in runs[f'plain,cfg={c}']]):.3f}")
+    stats1, _ = summarize(runs, records, "dev", ctx.B)
+    best_cfg = max(cfgs, key=lambda c: (round(stats1[f"plain,cfg={c}"]["overall"], 6), -c))
+    sampling = dataclasses.replace(ctx.pipe.sampling, cfg_scale=best_cfg)
+    # Stage 2: the termination gate at that CFG.
     for seed in seeds:
-        runs["plain"].append(R.token(records, "dev", "plain", 1, seed))
         for g in grid:
             name = ",".join(f"{k}={v}" for k, v in g.items())
-            runs.setdefault(name, []).append(R.token(records, "dev", "scalingar", N, seed,
+            runs.setdefault(name, []).append(R.token(records, "dev", "scalingar", N, seed, sampling=sampling,
                                                      scaling=dataclasses.replace(ctx.scaling, **g)))
             log(f"tune {name}: {np.mean(runs[name][-1].correct):.3f} tokens {np.mean(runs[name][-1].tokens):.0f}")
     stats, _ = summarize(runs, records, "dev", ctx.B)
     cands = [(stats[",".join(f"{k}={v}" for k, v in g.items())], g) for g in grid]
     best = max(s["overall"] for s, _ in cands)
-    chosen = min([(s["tokens_per_image"], g) for s, g in cands if s["overall"] >= best - 0.005],
+    chosen = min([(s["tokens_per_image"], g) for s, g in cands if s["overall"] >= best - TUNE_TIE],
                  key=lambda x: x[0])[1]
-    payload = {**ctx.header("tune", seeds, {"split": "dev", "prompts": len(records), "grid": grid}),
-               "strategies": stats, "chosen": chosen}
+    payload = {**ctx.header("tune", seeds, {"split": "dev", "prompts": len(records), "grid": grid, "cfg_grid": cfgs}),
+               "strategies": stats, "chosen": chosen, "chosen_cfg_scale": best_cfg}
     rows = [{"setting": k, "overall [95% CI]": fmt_ci(s["overall"], s["overall_ci"]),
              "tokens/image": f"{s['tokens_per_image']:.0f}"} for k, s in stats.items()]
-    md = ["Tuning on the development set (disjoint from the evaluation prompts).\n",
-          markdown_table(rows, list(rows[0])), "", f"Chosen: {chosen} (max dev accuracy; ties within 0.005 "
-          "go to fewer tokens)."]
+    md = ["Tuning on the development set (disjoint from the evaluation prompts). Stage 1 picks the base "
+          "CFG scale with plain sampling (N = 1); stage 2 picks ScalingAR's gate at that scale.\n",
+          markdown_table(rows, list(rows[0])), "", f"Chosen: cfg_scale={best_cfg} (max dev accuracy of plain "
+          f"sampling), gate {chosen} (max dev accuracy; ties within {TUNE_TIE} go to fewer tokens)."]
     ctx.write("tune", payload, "\n".join(md))
     return payload
 
@@ -1255,8 +1268,12 @@ def main(argv=None, pipe: Pipeline | None = None) -> int:
         t = _load(out, "tune")
         if t is None:
             raise SystemExit(f"reproduce.py: error: --tuned needs {out / 'tune.json'} (run `reproduce.py tune`)")
-        tuned = t["chosen"]
+        tuned = dict(t["chosen"])
         scaling = dataclasses.replace(scaling, **tuned)
+        if "chosen_cfg_scale" in t:  # the base CFG chosen on dev applies to every strategy
+            pipe = dataclasses.replace(pipe, sampling=dataclasses.replace(pipe.sampling,
+                                                                          cfg_scale=float(t["chosen_cfg_scale"])))
+            tuned["cfg_scale"] = float(t["chosen_cfg_scale"])
     batch = args.batch or (SMOKE["batch"] if args.smoke else 20)
     is_kwargs = {} if args.is_tau is None else {"tau": args.is_tau}
     if args.smoke:

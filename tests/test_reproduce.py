@@ -97,7 +97,11 @@ def test_tune_then_tuned_and_report(pipe, smoke):
     assert t["settings"]["split"] == "dev" and set(t["chosen"]) == {"Delta_rec", "p"}
     argv = ["sensitivity", "--smoke", "--tuned", "--p-values", str(t["chosen"]["p"]), "--delta-values", "0.05"]
     assert R.main(argv + ["--out", str(smoke)], pipe=pipe) == 0
-    assert json.loads((smoke / "sensitivity.json").read_text())["settings"]["tuned"] == t["chosen"]
+    settings = json.loads((smoke / "sensitivity.json").read_text())["settings"]
+    assert t["chosen_cfg_scale"] in t["settings"]["cfg_grid"]
+    assert settings["tuned"] == {**t["chosen"], "cfg_scale": t["chosen_cfg_scale"]}
+    assert settings["sampling"]["cfg_scale"] == t["chosen_cfg_scale"]  # the dev-chosen base CFG applies to all
+    assert "plain,cfg=" + str(t["chosen_cfg_scale"]) in t["strategies"]
     assert R.main(["report", "--out", str(smoke)]) == 0
     assert "## tune" in (smoke / "RESULTS.md").read_text()
 

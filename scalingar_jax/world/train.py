@@ -218,6 +218,9 @@ def train_vq(args):
         params, opt_state, d = step_fn(params, opt_state, jnp.asarray(x))
         done = step + 1
         run.step(step, {k: d[k] for k in ("recon", "vq", "commit")}, args.log_every)
+        if args.stop_after and done >= args.stop_after:
+            run.log(f"--stop-after {args.stop_after} reached")
+            break
         if timed_out(t0, args.max_minutes):
             run.log(f"time cap of {args.max_minutes} min reached at step {done}")
             break
@@ -394,6 +397,9 @@ def train_gpt(args):
                                                jnp.asarray(codes[idx]), jnp.asarray(drop))
         done = step + 1
         run.step(step, {"loss": loss, "token_acc": acc}, args.log_every)
+        if args.stop_after and done >= args.stop_after:
+            run.log(f"--stop-after {args.stop_after} reached")
+            break
         if timed_out(t0, args.max_minutes):
             run.log(f"time cap of {args.max_minutes} min reached at step {done}")
             break
@@ -639,6 +645,9 @@ def train_reward(args):
                                                jnp.asarray(pairs), jnp.asarray(y))
         done = step + 1
         run.step(step, {"loss": loss, "acc": acc}, args.log_every)
+        if args.stop_after and done >= args.stop_after:
+            run.log(f"--stop-after {args.stop_after} reached")
+            break
         if timed_out(t0, args.max_minutes):
             run.log(f"time cap of {args.max_minutes} min reached at step {done}")
             break
@@ -671,6 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=30, help="linear warmup steps")
     p.add_argument("--log-every", type=int, default=10, help="log the losses every N steps")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop a run after this many minutes (0: no cap)")
+    p.add_argument("--stop-after", type=int, default=0,
+                   help="stop after this many steps while the learning-rate schedule still spans --*-steps (0: off); "
+                        "replays a run that a --max-minutes cap stopped (its JSON records the step)")
     p.add_argument("--eval-n", type=int, default=300, help="renders / prompts used by the post-training evaluations")
     g = p.add_argument_group("vq")
     g.add_argument("--vq-steps", type=int, default=600)
