@@ -121,6 +121,15 @@ class Run:
         self.task = self.progress.add_task(name, total=total, info="")
         self.progress.start()
 
+    def previous_runs(self) -> list[dict]:
+        """The records of the earlier runs this one continues: the JSON this run will replace
+        (and the runs it kept), oldest first."""
+        prev = RESULTS / f"{self.name}.json"
+        if not prev.exists():
+            return []
+        rec = json.loads(prev.read_text())
+        return rec.pop("previous_runs", []) + [rec]
+
     def log(self, msg: str):
         line = f"[{time.time() - self.t0:8.1f}s] {msg}"
         self.log_f.write(line + "\n")
@@ -148,8 +157,21 @@ def _cfg_dict(cfg) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def timed_out(t0: float, max_minutes: float) -> bool:
-    return max_minutes > 0 and time.time() - t0 > 60 * max_minutes
+def stop_reason(t0: float, args, done: int) -> str | None:
+    """Why a training loop that started at `t0` stops early after `done` steps (--stop-after or
+    the --max-minutes cap), or None to go on."""
+    if args.stop_after and done >= args.stop_after:
+        return f"--stop-after {args.stop_after} reached"
+    if args.max_minutes > 0 and time.time() - t0 > 60 * args.max_minutes:
+        return f"time cap of {args.max_minutes} min reached at step {done}"
+    return None
+
+
+def saved_steps(path) -> int:
+    """Training steps recorded in a saved model's meta (0 if none)."""
+    from scalingar_jax.checkpoint import read_config
+
+    return int((read_config(path)[2] or {}).get("steps", 0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,11 +240,8 @@ def train_vq(args):
         params, opt_state, d = step_fn(params, opt_state, jnp.asarray(x))
         done = step + 1
         run.step(step, {k: d[k] for k in ("recon", "vq", "commit")}, args.log_every)
-        if args.stop_after and done >= args.stop_after:
-            run.log(f"--stop-after {args.stop_after} reached")
-            break
-        if timed_out(t0, args.max_minutes):
-            run.log(f"time cap of {args.max_minutes} min reached at step {done}")
+        if why := stop_reason(t0, args, done):
+            run.log(why)
             break
     train_time = time.time() - t0
     run.log("evaluating judge agreement on reconstructions")
@@ -342,14 +361,13 @@ def load_gpt_init(path, cfg, text_cfg):
     """Loads a saved world (`path`/gpt and `path`/text) to continue training: (params, steps so far).
 
     Raises ValueError if the saved configs differ from the ones this run would train."""
-    from scalingar_jax.checkpoint import load_model, read_config
+    from scalingar_jax.checkpoint import load_model
 
     g, g_cfg = load_model(Path(path) / "gpt", expect_kind="gpt")
     t, t_cfg = load_model(Path(path) / "text", expect_kind="text")
     if g_cfg != cfg or t_cfg != text_cfg:
         raise ValueError(f"--gpt-init {path} holds {g_cfg} / {t_cfg}, expected {cfg} / {text_cfg}")
-    meta = read_config(Path(path) / "gpt")[2] or {}
-    return {"gpt": g, "text": t}, int(meta.get("steps", 0))
+    return {"gpt": g, "text": t}, saved_steps(Path(path) / "gpt")
 
 
 def train_gpt(args):
@@ -374,10 +392,7 @@ def train_gpt(args):
     prior_steps, previous_runs = 0, []
     if args.gpt_init:
         params, prior_steps = load_gpt_init(args.gpt_init, cfg, text_cfg)
-        prev = RESULTS / "gpt.json"
-        if prev.exists():  # keep the earlier run's record: the history of one checkpoint
-            rec = json.loads(prev.read_text())
-            previous_runs = rec.pop("previous_runs", []) + [rec]
+        previous_runs = run.previous_runs()  # the history of one checkpoint
         run.log(f"continuing from {args.gpt_init} after {prior_steps} steps")
     opt = make_optimizer(args.gpt_lr, steps, args.warmup, weight_decay=0.05)
     opt_state = opt.init(params)
@@ -397,11 +412,8 @@ def train_gpt(args):
                                                jnp.asarray(codes[idx]), jnp.asarray(drop))
         done = step + 1
         run.step(step, {"loss": loss, "token_acc": acc}, args.log_every)
-        if args.stop_after and done >= args.stop_after:
-            run.log(f"--stop-after {args.stop_after} reached")
-            break
-        if timed_out(t0, args.max_minutes):
-            run.log(f"time cap of {args.max_minutes} min reached at step {done}")
+        if why := stop_reason(t0, args, done):
+            run.log(why)
             break
     train_time = time.time() - t0
     meta = {"steps": prior_steps + done, "seed": args.seed, "trained_jointly_with": "text"}
@@ -581,7 +593,7 @@ def reward_eval(params, cfg, args, vq=None) -> dict:
 
 
 def train_reward(args):
-    from scalingar_jax.checkpoint import load_model, read_config, save_model
+    from scalingar_jax.checkpoint import load_model, save_model
     from scalingar_jax.world.render import _default_sampler
     from scalingar_jax.world.reward import init_reward_params, reward_pair_logits
     from scalingar_jax.world.vocab import tokenize
@@ -608,11 +620,7 @@ def train_reward(args):
         params, cfg0 = load_model(args.reward_init, expect_kind="reward")
         if cfg0 != cfg:
             raise ValueError(f"--reward-init {args.reward_init} holds {cfg0}, expected {cfg}")
-        prior_steps = int((read_config(args.reward_init)[2] or {}).get("steps", 0))
-        prev = RESULTS / "reward.json"
-        if prev.exists():
-            rec = json.loads(prev.read_text())
-            previous_runs = rec.pop("previous_runs", []) + [rec]
+        prior_steps, previous_runs = saved_steps(args.reward_init), run.previous_runs()
         run.log(f"continuing from {args.reward_init} after {prior_steps} steps")
     opt = make_optimizer(args.reward_lr, steps, args.warmup, weight_decay=0.01)
     opt_state = opt.init(params)
@@ -645,11 +653,8 @@ def train_reward(args):
                                                jnp.asarray(pairs), jnp.asarray(y))
         done = step + 1
         run.step(step, {"loss": loss, "acc": acc}, args.log_every)
-        if args.stop_after and done >= args.stop_after:
-            run.log(f"--stop-after {args.stop_after} reached")
-            break
-        if timed_out(t0, args.max_minutes):
-            run.log(f"time cap of {args.max_minutes} min reached at step {done}")
+        if why := stop_reason(t0, args, done):
+            run.log(why)
             break
     train_time = time.time() - t0
     out = Path(args.out) / "reward"
