@@ -3,10 +3,15 @@
 1. Per-step time of the ScalingAR step (profile + policies + per-row CFG) vs the plain CFG step,
    both inside the same jitted while-loop over the same rows (steps before any pruning).
 2. Whole-loop wall clock: ScalingAR with compaction vs Best-of-N's N full trajectories (token
-   loops only: BoN's reward and image decoding are NOT included, which favours BoN), and the
-   tokens each spent.
+   loops only: BoN's reward and image decoding are NOT included, which favours BoN), the tokens
+   each spent, and the pool row-steps each ran (model rows per CFG half, summed over steps:
+   compaction pads the alive candidates of all P prompts to a power-of-two pool). Time saved
+   follows row-steps only as far as the step cost is linear in the rows (it is not at small
+   batches on a CPU: the weights are read once per step however few rows there are).
 
   python experiments/bench_scaling.py --preset GPT-B --grid 16 -n 8
+  python experiments/bench_scaling.py --preset GPT-B --grid 16 -n 8 --prompts 8 --rounds 3 --skip-masked \
+      --out bench_scaling_p8
 """
 from __future__ import annotations
 
@@ -61,6 +66,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="GPT-B", help="LlamaGen preset (random weights, c2i)")
     ap.add_argument("--grid", type=int, default=16, help="token grid side; T = grid^2")
+    ap.add_argument("--layers", type=int, default=None,
+                    help="override the preset's layer count (smoke runs; the results name it)")
     ap.add_argument("-n", "--num-candidates", type=int, default=8, help="candidates per prompt N")
     ap.add_argument("--prompts", type=int, default=1, help="prompts per batch P (rows = 2 P N)")
     ap.add_argument("--steps", type=int, default=16, help="steps timed for the per-step comparison")
@@ -74,11 +81,14 @@ def main(argv=None):
                          "comparison besides the spec's default, to show how pruned tokens turn into saved time "
                          "at other pruning rates (random weights have no 'right' gate)")
     ap.add_argument("--skip-loop", action="store_true", help="only the per-step comparison")
+    ap.add_argument("--skip-masked", action="store_true",
+                    help="leave out the masking-only ScalingAR loop (as slow as Best-of-N; saves time at large P)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench_scaling", help="results name under experiments/results/")
     args = ap.parse_args(argv)
 
-    cfg = gpt_config(args.preset, "c2i", grid_size=args.grid, param_dtype=args.dtype, dtype=args.dtype)
+    overrides = {} if args.layers is None else {"n_layer": args.layers}
+    cfg = gpt_config(args.preset, "c2i", grid_size=args.grid, param_dtype=args.dtype, dtype=args.dtype, **overrides)
     T = cfg.block_size
     params = jax.jit(functools.partial(gpt.init_params, cfg))(jax.random.key(args.seed))
     cond = jnp.arange(args.prompts, dtype=jnp.int32)
@@ -107,7 +117,8 @@ def main(argv=None):
     rows.append({"what": "per-step ScalingAR", "ms": s_ms, "compile_s": s_c,
                  "ratio": ratio, "overhead_pct": 100 * (ratio - 1)})
     out = {"stamp": stamp(args.seed), "config": {"preset": args.preset, "grid": args.grid, "T": T, "N": N,
-                                                 "P": args.prompts, "dtype": args.dtype, "Delta_rec": delta},
+                                                 "P": args.prompts, "dtype": args.dtype, "Delta_rec": delta,
+                                                 "n_layer": cfg.n_layer},
            "per_step": {"plain_ms": p_ms, "scalingar_ms": s_ms, "overhead_pct": 100 * (ratio - 1),
                         "rounds": {"plain_ms": p_all, "scalingar_ms": s_all}}}
     if not args.skip_loop:
@@ -122,26 +133,32 @@ def main(argv=None):
             (f"scalingar + compaction (spec gate Delta_rec={delta} p={scaling.p})",
              lambda: S.run_token_strategy(params, cfg, cond, key=key, num_candidates=N, sampling=sampling,
                                           scaling=scaling)),
+        ] + ([] if args.skip_masked else [
             ("scalingar, masking only (spec gate)",
              lambda: S.run_token_strategy(params, cfg, cond, key=key, num_candidates=N, sampling=sampling,
                                           scaling=scaling, compaction=False)),
-        ] + [(name, functools.partial(S.run_token_strategy, params, cfg, cond, key=key, num_candidates=N,
+        ]) + [(name, functools.partial(S.run_token_strategy, params, cfg, cond, key=key, num_candidates=N,
                                       sampling=sampling, scaling=sc)) for name, sc in gates]
         for name, fn in variants:
             jax.block_until_ready(fn().tokens)  # compile every bucket first
             t = time.perf_counter()
             res = fn()
             jax.block_until_ready(res.tokens)
-            runs[name] = (time.perf_counter() - t, int(np.sum(res.tokens_used)) / args.prompts)
+            sec = time.perf_counter() - t
+            compacting = "compaction" in name
+            pools = S.pool_schedule(res.traj["alive"], compaction=compacting)
+            runs[name] = (sec, int(np.sum(res.tokens_used)) / args.prompts, sum(pools), sorted(set(pools)))
         bon_s = runs["best_of_n (token loop)"][0]
-        for name, (sec, tok) in runs.items():
-            rows.append({"what": name, "s_per_prompt": sec / args.prompts, "tokens_per_image": tok,
-                         "tokens_pct_of_bon": 100 * tok / (N * T), "speedup_vs_bon": bon_s / sec})
-        out["loop"] = {k: {"seconds": v[0], "tokens_per_image": v[1], "tokens_pct_of_bon": 100 * v[1] / (N * T),
-                           "speedup_vs_bon": bon_s / v[0]}
-                       for k, v in runs.items()}
+        full = N * T * args.prompts  # Best-of-N's row-steps
+        out["loop"] = {k: {"seconds": sec, "tokens_per_image": tok, "tokens_pct_of_bon": 100 * tok / (N * T),
+                           "pool_row_steps_pct_of_bon": 100 * rs / full, "pool_sizes": sizes,
+                           "speedup_vs_bon": bon_s / sec}
+                       for k, (sec, tok, rs, sizes) in runs.items()}
+        for name, d in out["loop"].items():
+            rows.append({"what": name, "s_per_prompt": d["seconds"] / args.prompts, **d})
     table = markdown_table(rows, ["what", "ms", "ratio", "overhead_pct", "s_per_prompt", "tokens_per_image",
-                                  "tokens_pct_of_bon", "speedup_vs_bon", "compile_s"])
+                                  "tokens_pct_of_bon", "pool_row_steps_pct_of_bon", "speedup_vs_bon",
+                                  "compile_s"])
     print(table)
     out["table"] = table
     print(f"wrote {write_json(args.out, out)}")

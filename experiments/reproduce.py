@@ -848,37 +848,23 @@ def exp_robustness(ctx: Ctx) -> dict:
     return payload
 
 
-def _loop_memory(pipe: Pipeline, spec: S.LoopSpec, P: int, slots: int) -> float:
+def _loop_memory(pipe: Pipeline, spec: S.LoopSpec, P: int, rows: int) -> float:
     """Compiled peak bytes of the jitted token loop (arguments + outputs + temporaries - aliased) for P
-    prompts in a bucket of `slots` candidate slots, lowered on abstract inputs (nothing allocated)."""
+    prompts with a pool of `rows` model rows (P * N: uncompacted), lowered on abstract inputs
+    (nothing allocated)."""
     cfg = pipe.gpt_cfg
     cond = jax.ShapeDtypeStruct((P, cfg.cls_token_num, cfg.caption_dim), jnp.float32)
     mask = jax.ShapeDtypeStruct((P, cfg.cls_token_num), jnp.bool_)
     ids = jax.ShapeDtypeStruct((P,), jnp.int32)
     state = jax.eval_shape(functools.partial(S.start_loop, spec=spec), pipe.gpt_params, cond, mask,
                            jax.random.key(0), ids)
-    if slots != spec.num_candidates:
-        state = jax.eval_shape(functools.partial(S.compact, slots=slots), state)
+    if rows != P * spec.num_candidates:
+        state = jax.eval_shape(functools.partial(S.compact, rows=rows), state)
     ma = S.run_loop.lower(pipe.gpt_params, state, spec=spec).compile().memory_analysis()
     if ma is None:
         return float("nan")
     return float(ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
                  - ma.alias_size_in_bytes)
-
-
-def bucket_schedule(alive: np.ndarray, N: int, compaction: bool) -> list[int]:
-    """Candidate slots the loop runs with at each step, replaying `strategies.drive`'s rule from the
-    alive trajectory (T, P, N): leave when every prompt's alive count fits half the slots, compact
-    into the smallest power of two holding them."""
-    T, P, _ = alive.shape
-    slots, prev, out = N, np.ones((P, N), bool), []
-    for k in range(T):
-        m = int(prev.sum(1).max())
-        if compaction and N > 1 and m <= slots // 2:
-            slots = S.bucket(m)
-        out.append(slots)
-        prev = alive[k]
-    return out
 
 
 def exp_efficiency(ctx: Ctx) -> dict:
@@ -903,9 +889,11 @@ def exp_efficiency(ctx: Ctx) -> dict:
     buckets = sorted(set(buckets), reverse=True)
     memory = {}
     for P in ([1] if ctx.args.smoke else sorted({1, ctx.runner.batch})):
-        memory[P] = {"base": {1: _loop_memory(pipe, specs["base"], P, 1)},
-                     "best_of_n": {N: _loop_memory(pipe, specs["best_of_n"], P, N)},
-                     "scalingar": {b: _loop_memory(pipe, specs["scalingar"], P, b) for b in buckets}}
+        # P = 1: every pool size ScalingAR can run with; P > 1: the full width (the peak) only
+        memory[P] = {"base": {P: _loop_memory(pipe, specs["base"], P, P)},
+                     "best_of_n": {P * N: _loop_memory(pipe, specs["best_of_n"], P, P * N)},
+                     "scalingar": {P * b: _loop_memory(pipe, specs["scalingar"], P, P * b)
+                                   for b in (buckets if P == 1 else [N])}}
     log(f"efficiency: memory {memory}")
 
     # 2. per-step time at full width before any pruning (first W0 steps), P = 1
@@ -954,7 +942,7 @@ def exp_efficiency(ctx: Ctx) -> dict:
             per["scalingar"]["loop_seconds"].append(c.seconds)
             per["scalingar"]["tokens"].append(int(np.asarray(out.result.tokens_used)[0]))
             per["scalingar"]["correct"].append(bool(_judge(out.images, recs)[0]))
-            sched = bucket_schedule(np.asarray(out.result.traj["alive"]), N, True)
+            sched = S.pool_schedule(out.result.traj["alive"])
             per["scalingar"]["mean_mb"].append(float(np.mean([memory[1]["scalingar"][s] for s in sched])) / 2**20)
     rows, res = [], {}
     for k, lab in (("base", "base (N=1)"), ("best_of_n", f"Best-of-N (N={N})"), ("scalingar", f"ScalingAR (N={N})")):

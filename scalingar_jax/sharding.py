@@ -19,25 +19,26 @@ Every input is put on a `NamedSharding` of the mesh before the jitted `shard_map
 
 Loop-state layout (`loop_state_specs`)
 --------------------------------------
-The single-device loop keeps CFG rows flat (cond rows of every (prompt, candidate), then the
-uncond rows). Flat rows cannot be split so that a device holds its candidates' cond *and*
+The single-device loop keeps the model's rows in a flat pool (M cond rows, then M uncond rows;
+see `strategies`). Flat rows cannot be split so that a device holds its candidates' cond *and*
 uncond rows, so outside `shard_map` the state is held in the *view* layout of
-`strategies.to_view`: rows as an explicit (2, P, N) axis (logits (2, P, N, V), cache k/v
-(L, 2, P, N, S, Hkv, hd), cache valid (2, P, N, S)), and every per-candidate array (P, N, ...)
-with P over ``prompts`` and N over ``cands``. Inside `shard_map`, `from_view` turns the local
-(2, P_l, N_l) block back into flat rows and the unchanged single-device loop code runs on it.
+`strategies.to_view`: every shard's pool as an explicit (2, 1, M) block, side by side in global
+arrays (logits (2, prompt shards, cand shards * M, V), cache k/v (L, 2, ...), cache valid
+(2, ..., S), `owner` (prompt shards, cand shards * M)), and every per-candidate array
+(P, N, ...) with P over ``prompts`` and N over ``cands``. Inside `shard_map`, `from_view` turns
+the local block back into flat pool rows and the unchanged single-device loop code runs on it.
 
 Equivalence with the single-device run (tested bit for bit)
 ----------------------------------------------------------
 * keys come from (global prompt id, *global* candidate id = axis_index(cands) * N_l + slot);
 * pooled statistics / quantiles / termination / winner gather the candidate axis (tiled) and
   decide on the full (P, N) arrays;
-* compaction is per shard: each shard gathers its own alive slots (a candidate never moves
-  between devices); the exit test and bucket size use `max_local_alive` = pmax over both axes
-  of the per-shard alive count, so all shards leave the while loop at the same step and
-  compact into the same power-of-two bucket (shards shrink unevenly; the bucket fits the
-  fullest shard). Compaction never changes results, so the compaction schedule may differ from
-  the single-device run;
+* compaction is per shard: each shard gathers its own alive candidates' pool rows (a candidate
+  never moves between devices); the exit test and pool size use `pool_alive` = pmax over both
+  axes of the per-shard alive count, so all shards leave the while loop at the same step and
+  compact into the same power-of-two pool (shards shrink unevenly; the pool fits the fullest
+  shard). Compaction never changes results, so the compaction schedule may differ from the
+  single-device run;
 * padding: N not a multiple of the ``cands`` size is padded with candidates (global ids >= N)
   that are dead from the start (never sampled into results, never counted, never selected); P
   not a multiple of the ``prompts`` size is padded with copies of prompt 0, dropped from the
@@ -150,9 +151,9 @@ def loop_state_specs(spec: S.LoopSpec) -> S.LoopState:
     traj["theta"] = P(None, PROMPTS)
     rows = P(None, PROMPTS, CANDS)
     kv = P(None, None, PROMPTS, CANDS)
-    return S.LoopState(logits=rows, cache=KVCache(kv, kv, rows), k=P(), keys=pn, cand=pn, scale=pn,
-                       conf=conf_specs(spec.scaling, spec.cfg.grid_size), conf_sum=pn, tokens_dropped=pn,
-                       tokens=pn, entropy=pn, traj=traj)
+    return S.LoopState(logits=rows, cache=KVCache(kv, kv, rows), k=P(), keys=pn, row=pn, owner=pn, scale=pn,
+                       conf=conf_specs(spec.scaling, spec.cfg.grid_size), conf_sum=pn, tokens=pn, entropy=pn,
+                       traj=traj)
 
 
 def loop_state_shardings(mesh: Mesh, spec: S.LoopSpec) -> S.LoopState:
@@ -250,21 +251,21 @@ def _start(params, cond, cond_mask, key_data, prompt_ids, *, spec, mesh, impl):
 def sharded_run_loop(params, s: S.LoopState, stop, *, spec: S.LoopSpec, mesh: Mesh):
     """The token loop under shard_map. s: view-layout state on the mesh (local spec: per-shard
     `num_candidates`, axes set; see `ShardedExecutor.local_spec`); stop: int32 scalar, leave when
-    k reaches it. Returns (state, max_local_alive int32 scalar, equal on every shard). Compiles
-    once per (spec, mesh, bucket)."""
+    k reaches it. Returns (state, pool_alive int32 scalar, equal on every shard). Compiles
+    once per (spec, mesh, pool size)."""
     def f(prm, st, stp):
         st = S.loop(prm, S.from_view(st), spec, stp)
-        return S.to_view(st), S.max_local_alive(st.conf.alive, spec)
+        return S.to_view(st), S.pool_alive(st.conf.alive, spec)
 
     state = loop_state_specs(spec)
     return _smap(mesh, f, (P(), state, P()), (state, P()))(params, s, stop)
 
 
-@functools.partial(jax.jit, static_argnames=("slots", "spec", "mesh"))
-def sharded_compact(s: S.LoopState, *, slots: int, spec: S.LoopSpec, mesh: Mesh) -> S.LoopState:
-    """Per-shard compaction into `slots` slots per shard (every shard the same bucket)."""
+@functools.partial(jax.jit, static_argnames=("rows", "spec", "mesh"))
+def sharded_compact(s: S.LoopState, *, rows: int, spec: S.LoopSpec, mesh: Mesh) -> S.LoopState:
+    """Per-shard compaction into a pool of `rows` rows per shard (every shard the same size)."""
     state = loop_state_specs(spec)
-    return _smap(mesh, lambda st: S.to_view(S.compact_local(S.from_view(st), slots)), (state,), state)(s)
+    return _smap(mesh, lambda st: S.to_view(S.compact_local(S.from_view(st), rows)), (state,), state)(s)
 
 
 def _unpad(res: S.StrategyResult, P_: int, N: int) -> S.StrategyResult:
@@ -295,17 +296,34 @@ def resample_view(s: S.LoopState, idx, *, spec: S.LoopSpec, mesh: Mesh) -> S.Loo
     """Importance-sampling copy on the *global* view arrays (jit level, outside shard_map): every
     candidate slot (p, n) takes the state of slot idx[p, n] of the same prompt, wherever it lives;
     keys stay with the slot. idx: (P, N) int32 global candidate ids. The output is constrained to
-    the loop-state shardings; the compiler inserts the cross-device copies."""
+    the loop-state shardings; the compiler inserts the cross-device copies. The pools must be
+    uncompacted (importance sampling never compacts): shard (a, b)'s pool row p_l * N_l + n_l
+    holds candidate (a * P_l + p_l, b * N_l + n_l)."""
     Pn, N = idx.shape
+    Sp, Sc = _axis_size(mesh, PROMPTS), _axis_size(mesh, CANDS)
+    Pl, Nl = Pn // Sp, N // Sc
+    if s.owner.shape != (Sp, Sc * Pl * Nl):
+        raise ValueError(f"resample_view needs uncompacted pools of {Pl * Nl} rows per shard, "
+                         f"got owner {s.owner.shape}")
 
     def take(x, axis):
         shape = [1] * x.ndim
         shape[axis - 1], shape[axis] = Pn, N
         return jnp.take_along_axis(x, idx.reshape(shape), axis=axis)
 
+    def take_pool(x, axis):
+        """x: pool view with (shard p, Sc * Pl * Nl) at axes (axis - 1, axis) -> candidates taken."""
+        head, tail = x.shape[:axis - 1], x.shape[axis + 1:]
+        h = len(head)
+        y = x.reshape(*head, Sp, Sc, Pl, Nl, *tail)
+        y = jnp.swapaxes(y, h + 1, h + 2).reshape(*head, Pn, N, *tail)  # (.., P, N, ..)
+        y = take(y, axis)
+        y = jnp.swapaxes(y.reshape(*head, Sp, Pl, Sc, Nl, *tail), h + 1, h + 2)
+        return y.reshape(x.shape)
+
     conf = jax.tree.map(lambda x: take(x, 1) if x.ndim >= 2 and x.shape[:2] == (Pn, N) else x, s.conf)
-    out = s.replace(logits=take(s.logits, 2),
-                    cache=KVCache(take(s.cache.k, 3), take(s.cache.v, 3), take(s.cache.valid, 2)),
+    out = s.replace(logits=take_pool(s.logits, 2),
+                    cache=KVCache(take_pool(s.cache.k, 3), take_pool(s.cache.v, 3), take_pool(s.cache.valid, 2)),
                     conf=conf, conf_sum=take(s.conf_sum, 1), tokens=take(s.tokens, 1), entropy=take(s.entropy, 1))
     return jax.lax.with_sharding_constraint(out, loop_state_shardings(mesh, spec))
 
@@ -364,13 +382,13 @@ class ShardedExecutor:
         end = spec.T if spec.stop_at < 0 else spec.stop_at
         stop = put(np.int32(end), self.mesh, P())
         while True:
-            s, max_alive = sharded_run_loop(self.params, s, stop, spec=lspec, mesh=self.mesh)
+            s, alive = sharded_run_loop(self.params, s, stop, spec=lspec, mesh=self.mesh)
             k = int(s.k)
             if on_progress is not None:
                 on_progress(k)
             if k >= end:
                 return s
-            s = sharded_compact(s, slots=S.bucket(int(max_alive)), spec=S.shape_key(lspec), mesh=self.mesh)
+            s = sharded_compact(s, rows=S.bucket(int(alive)), spec=S.shape_key(lspec), mesh=self.mesh)
 
     def tokens(self, s: S.LoopState) -> np.ndarray:
         return np.asarray(_replicate(s.tokens, mesh=self.mesh))[: self.P, : self.N]

@@ -122,12 +122,7 @@ def test_shared_candidate_set_is_best_of_n(pipe):
     np.testing.assert_array_equal(np.asarray(conf.result.all_tokens), np.asarray(ref.result.all_tokens))
 
 
-def test_bucket_schedule_and_batches():
-    alive = np.ones((6, 1, 8), bool)
-    alive[2:, 0, 4:] = False  # 4 alive after step 2
-    alive[4:, 0, 1:] = False  # 1 alive after step 4
-    assert R.bucket_schedule(alive, 8, True) == [8, 8, 8, 4, 4, 1]
-    assert R.bucket_schedule(alive, 8, False) == [8] * 6
+def test_batches():
     assert list(R._batches(5, 2)) == [([0, 1], [0, 1]), ([2, 3], [2, 3]), ([4], [4, 5])]
 
 

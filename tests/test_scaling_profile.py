@@ -410,7 +410,6 @@ def _merge(tree):
 
 def test_axis_name_profile_equals_unsharded():
     cfg, g, P, N, S, V = ScalingARConfig(), 4, 2, 6, 3, 16
-    keys = 4, 6
     dead = jnp.zeros((P, N), bool).at[0, 2].set(True).at[1, 5].set(True)
     ref = init_state(cfg, P, N, g).replace(alive=~dead)
     sh = ref

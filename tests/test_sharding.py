@@ -149,12 +149,13 @@ def test_specs_match_the_view_layout_and_param_rules():
     specs = SH.loop_state_specs(spec)
     is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
     assert jax.tree.structure(view) == jax.tree.structure(specs, is_leaf=is_spec)
-    # every sharded dimension of the view is the prompt or candidate axis (tokens_dropped has one
-    # column per candidate shard: partial counts, summed at the end)
-    for x, p in zip(jax.tree.leaves(view.replace(tokens_dropped=jnp.zeros((2, 3)))),
-                    jax.tree.leaves(specs, is_leaf=is_spec)):
+    # every sharded dimension of the view is the prompt or candidate axis, or for the pool
+    # (logits, cache, owner) one block of M = P * N rows per shard (one shard here)
+    pool = jax.tree.leaves((view.logits, view.cache, view.owner))
+    for x, p in zip(jax.tree.leaves(view), jax.tree.leaves(specs, is_leaf=is_spec)):
+        sizes = {"prompts": 1, "cands": 6} if any(x is y for y in pool) else {"prompts": 2, "cands": 3}
         for dim, name in enumerate(p):
-            assert name is None or x.shape[dim] == {"prompts": 2, "cands": 3}[name]
+            assert name is None or x.shape[dim] == sizes[name], (x.shape, p)
     back = S.from_view(view)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                  s.replace(keys=None), back.replace(keys=None))

@@ -1,5 +1,8 @@
 """Strategies: compaction == masking, token accounting, compile-once per bucket, bad input."""
+import dataclasses
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -44,6 +47,40 @@ def test_compacted_run_equals_masked_run(params):
     np.testing.assert_array_equal(masked.tokens_used, compact.tokens_used)
     np.testing.assert_array_equal(masked.terminated_at, compact.terminated_at)
     np.testing.assert_array_equal(masked.all_tokens, compact.all_tokens)
+    for name in masked.traj:
+        np.testing.assert_array_equal(masked.traj[name], compact.traj[name], err_msg=name)
+    np.testing.assert_array_equal(masked.score, compact.score)
+
+
+def test_pool_compaction_moves_exactly_the_alive_rows(params):
+    # 3 prompts x 4 candidates = a pool of 12 rows; 5 alive spread unevenly over the prompts
+    # (4, 1, 0 is impossible with min_survivors, but compaction itself does not care).
+    spec = S.shape_key(S.token_spec(CFG, SAMPLING, AGGRESSIVE, "scalingar", 4, True))
+    s = S.start_loop(params, _cond(P=3), None, jax.random.key(0), np.arange(3), spec=spec)
+    s = S.run_loop(params, s, spec=dataclasses.replace(spec, stop_at=3))  # a few tokens in the cache
+    alive = np.array([[1, 1, 1, 1], [0, 1, 0, 0], [0, 0, 0, 0]], bool)
+    s = s.replace(conf=s.conf.replace(alive=jnp.asarray(alive)))
+    c = S.compact(s, rows=8)
+    assert c.owner.shape == (8,) and c.logits.shape == (16, CFG.vocab_size)
+    ids = np.flatnonzero(alive)  # flat candidate ids p * N + n, in order
+    np.testing.assert_array_equal(np.asarray(c.owner), np.r_[ids, [12, 12, 12]])
+    np.testing.assert_array_equal(np.asarray(c.row).reshape(-1)[ids], np.arange(5))
+    # every alive candidate reads the same logits and cache rows (cond and uncond) as before
+    for before, after in zip(S.candidate_logits(s.logits, s.row), S.candidate_logits(c.logits, c.row)):
+        np.testing.assert_array_equal(np.asarray(before)[alive], np.asarray(after)[alive])
+    old_rows, new_rows = np.asarray(s.row)[alive], np.asarray(c.row)[alive]
+    for half in (0, 1):
+        np.testing.assert_array_equal(np.asarray(s.cache.k[:, old_rows + half * 12]),
+                                      np.asarray(c.cache.k[:, new_rows + half * 8]))
+        np.testing.assert_array_equal(np.asarray(s.cache.valid[old_rows + half * 12]),
+                                      np.asarray(c.cache.valid[new_rows + half * 8]))
+    # the per-candidate state is untouched: it always keeps the (P, N) layout
+    np.testing.assert_array_equal(np.asarray(s.conf.C), np.asarray(c.conf.C))
+    # a second compaction of a compacted pool composes
+    c2 = S.compact(c.replace(conf=c.conf.replace(alive=jnp.asarray(alive & (np.arange(4) < 2)))), rows=2)
+    np.testing.assert_array_equal(np.asarray(c2.owner), [0, 1])
+    np.testing.assert_array_equal(np.asarray(c2.logits[:2]), np.asarray(s.logits[:2]))
+    np.testing.assert_array_equal(np.asarray(c2.logits[2:]), np.asarray(s.logits[12:14]))
 
 
 def test_token_accounting_is_exact(params):
@@ -108,3 +145,16 @@ def test_bad_inputs(params):
                         reward_fn=lambda im, pr: np.zeros(3), decode_fn=_fake_decode)
     with pytest.raises(ValueError, match="strategy"):
         S.run_token_strategy(params, CFG, _cond(), key=jax.random.key(0), strategy="best_of_n")
+
+
+def test_pool_schedule_hand_case():
+    alive = np.ones((6, 1, 8), bool)
+    alive[2:, 0, 4:] = False  # 4 alive after step 2
+    alive[4:, 0, 1:] = False  # 1 alive after step 4
+    assert S.pool_schedule(alive) == [8, 8, 8, 4, 4, 1]
+    assert S.pool_schedule(alive, compaction=False) == [8] * 6
+    # two prompts share one pool: 3 + 1 alive fit 4 rows, where per-prompt slots would need 2 x 4
+    alive = np.ones((4, 2, 4), bool)
+    alive[1:, 0, 3:] = False
+    alive[1:, 1, 1:] = False
+    assert S.pool_schedule(alive) == [8, 8, 4, 4]

@@ -9,16 +9,22 @@
                      partial grid (ungenerated positions filled with `fill_code`), resample
                      candidates with probability ~ exp(reward / tau), copying their cache rows.
 
-Termination is by masking inside a `lax.while_loop`; with `compaction=True` the loop leaves
-early when every prompt's alive count fits half the candidate slots, alive rows (state, keys,
-cache rows, cond and uncond) are gathered into a power-of-two bucket, and the loop continues.
-Each bucket size compiles once; the loop is compiled for `loop_key(spec)`, so plain,
-confidence-only, Best-of-N and importance sampling share one compiled loop and IS checkpoints
-pass their stop step as a traced value. A candidate's randomness comes from (prompt id,
-candidate id, step), so compacted and masked runs sample the same tokens. Buffers that are
-returned (tokens, entropies, trajectories) always keep the original (P, N) candidate layout
-and hold values only for steps where the candidate was alive, so they too do not depend on
-compaction. The host-side strategy logic (`token_strategy_with`, `best_of_n_with`,
+Two layouts. Everything per candidate (keys, guidance scale, confidence state, tokens,
+trajectories) always keeps the original (P, N) layout: it is small, and the policies pool over
+a prompt's candidates. The model's rows (logits and KV cache, cond and uncond) live in a flat
+*pool* of M rows shared by all prompts: `row` (P, N) maps a candidate to its pool row and
+`owner` (M,) a pool row to its flat candidate id p*N + n (P*N for a free row). Each step
+gathers the candidates' logits from the pool and feeds the sampled tokens back to it.
+
+Termination is by masking inside a `lax.while_loop`. With `compaction=True` the loop leaves
+early when the alive candidates of *all* prompts fit half the pool; their rows are gathered into
+a pool of the next power of two, and the loop continues. The pool starts at P*N rows, each
+power-of-two size compiles once, and no prompt is padded to the fullest prompt's width (a
+prompt with 1 survivor costs 2 rows however many another prompt keeps). The loop is compiled
+for `loop_key(spec)`, so plain, confidence-only, Best-of-N and importance sampling share one
+compiled loop and IS checkpoints pass their stop step as a traced value. A candidate's
+randomness comes from (prompt id, candidate id, step), so compacted and masked runs sample the
+same tokens; buffers hold values only for steps where the candidate was alive. The host-side strategy logic (`token_strategy_with`, `best_of_n_with`,
 `importance_sampling_with`) drives an *executor*: `LocalExecutor` here, or
 `sharding.ShardedExecutor` for a mesh.
 
@@ -30,12 +36,12 @@ per-shard slot count N0 and a slot's global candidate id is `axis_index(cand_axi
 (keys come from global ids, so a sharded run samples the same tokens); the profile/termination
 /winner calls pool over the candidate axis with collectives; the compaction exit test is the
 maximum over prompts *and shards* of the local alive count (`max_local_alive`, a pmax), so
-every shard leaves the while loop at the same step and compacts into the same bucket (shards
+every shard leaves the while loop at the same step and compacts into the same pool size (shards
 keep their own alive candidates: a candidate never moves between devices). `num_real` marks
 padding candidates (global id >= num_real) dead from the start. Outside shard_map the loop state
 is held in its *view* layout (`to_view`): CFG rows as an explicit (2, P, N) axis, so that the
-prompt and candidate axes can be sharded and every device holds its candidates' cond and uncond
-rows.
+prompt and candidate axes can be sharded, and the pool as (2, 1, M) per shard, so that every
+device holds its own pool (its candidates' cond and uncond rows).
 """
 from __future__ import annotations
 
@@ -63,18 +69,18 @@ DecodeFn = Callable[[np.ndarray], np.ndarray]  # tokens (B, T) int32 -> images (
 
 @struct.dataclass
 class LoopState:
-    """Everything the token loop carries. Rows: P*N' cond rows then P*N' uncond rows; N' = the
-    current bucket (slots); `cand` maps slots to original candidate ids (N0 = padding)."""
+    """Everything the token loop carries. Model rows: a pool of M cond rows then M uncond rows
+    (M = P*N before any compaction); every other field is in the (P, N) candidate layout."""
 
-    logits: jax.Array  # (R, V) logits for token k
-    cache: KVCache
+    logits: jax.Array  # (2M, V) logits for token k of every pool row
+    cache: KVCache  # 2M rows
     k: jax.Array  # int32, the next token index to sample
-    keys: jax.Array  # (P, N') candidate keys
-    cand: jax.Array  # (P, N') int32 original candidate id, N0 for padding slots
-    scale: jax.Array  # (P, N') guidance scale for token k
-    conf: ConfidenceState  # (P, N') ScalingAR state (alive mask used by every strategy)
-    conf_sum: jax.Array  # (P, N') sum of token confidence 1 - u (confidence-only baseline)
-    tokens_dropped: jax.Array  # (P,) int32 tokens of candidates compacted away (still counted)
+    keys: jax.Array  # (P, N) candidate keys
+    row: jax.Array  # (P, N) int32 pool row of each candidate (meaningful while it is alive)
+    owner: jax.Array  # (M,) int32 flat candidate id p*N + n of each pool row, P*N for a free row
+    scale: jax.Array  # (P, N) guidance scale for token k
+    conf: ConfidenceState  # (P, N) ScalingAR state (alive mask used by every strategy)
+    conf_sum: jax.Array  # (P, N) sum of token confidence 1 - u (confidence-only baseline)
     tokens: jax.Array  # (P, N0, T) int32, -1 where not generated
     entropy: jax.Array  # (P, N0, T) float32 normalized entropy of each sampled token
     traj: dict  # name -> (T, P, N0) float32 / bool, and "theta" (T, P)
@@ -119,29 +125,20 @@ class LoopSpec:
 
 
 # ------------------------------------------------------------------------------ loop pieces
-def _rows(x, P, N):
-    """(R, ...) -> cond (P, N, ...), uncond (P, N, ...) (uncond = cond without CFG)."""
-    half = P * N
-    c = x[:half].reshape(P, N, *x.shape[1:])
-    u = x[half:].reshape(P, N, *x.shape[1:]) if x.shape[0] > half else c
-    return c, u
-
-
-def _scatter(buf, cand, values, index=None):
-    """Writes values (P, N', ...) into buf (P, N0, ...) [at time `index` if given] by candidate id."""
-    P = cand.shape[0]
-    p = jnp.broadcast_to(jnp.arange(P)[:, None], cand.shape)
-    if index is None:
-        return buf.at[p, cand].set(values, mode="drop")
-    return buf.at[index, p, cand].set(values, mode="drop")
+def candidate_logits(logits, row):
+    """Pool logits (2M, V) -> cond, uncond (P, N, V) of the candidates (row: (P, N) pool rows;
+    a dead candidate reads some row, its values are masked by the caller)."""
+    M = logits.shape[0] // 2
+    r = jnp.clip(row, 0, M - 1)
+    return logits[:M][r], logits[M:][r]
 
 
 def _step(params, spec: LoopSpec, s: LoopState) -> LoopState:
     cfg, sampling, sc = spec.cfg, spec.sampling, spec.scaling
-    P, N = s.cand.shape
+    P, N = s.row.shape
     use_cfg = True
     k = s.k
-    lc, lu = _rows(s.logits, P, N)
+    lc, lu = candidate_logits(s.logits, s.row)
     alive = s.conf.alive
     tok = decode.next_tokens(sampling, lc, lu, s.scale, s.keys, k, use_cfg)
     tok = jnp.where(alive, tok, -1)
@@ -159,19 +156,17 @@ def _step(params, spec: LoopSpec, s: LoopState) -> LoopState:
         conf = s.conf.replace(tokens_used=s.conf.tokens_used + alive.astype(jnp.int32))
         scale = s.scale
     traj = dict(s.traj)
-    # Per-step records only for candidates alive at the start of the step (the others keep 0),
-    # so results do not depend on whether a dead candidate still occupies a slot (compaction,
-    # sharding).
-    live = jnp.where(alive, s.cand, s.tokens.shape[1])
+    # Per-step records only for candidates alive at the start of the step (the others keep 0).
     for name in ("C", "I", "D", "R"):
-        traj[name] = _scatter(traj[name], live, getattr(conf, name), k)
-    traj["scale"] = _scatter(traj["scale"], live, s.scale, k)
-    traj["alive"] = _scatter(traj["alive"], s.cand, conf.alive, k)
+        traj[name] = traj[name].at[k].set(jnp.where(alive, getattr(conf, name), 0.0))
+    traj["scale"] = traj["scale"].at[k].set(jnp.where(alive, s.scale, 0.0))
+    traj["alive"] = traj["alive"].at[k].set(conf.alive)
     traj["theta"] = traj["theta"].at[k].set(conf.theta)
-    tokens = s.tokens.at[:, :, k].set(_scatter(s.tokens[:, :, k], s.cand, tok))
-    entropy = s.entropy.at[:, :, k].set(_scatter(s.entropy[:, :, k], live, hn))
+    tokens = s.tokens.at[:, :, k].set(tok)
+    entropy = s.entropy.at[:, :, k].set(jnp.where(alive, hn, 0.0))
 
-    fed = jnp.maximum(tok, 0).reshape(P * N)
+    # each pool row is fed its owner's token (free rows: code 0, never read)
+    fed = jnp.concatenate([jnp.maximum(tok, 0).reshape(P * N), jnp.zeros((1,), tok.dtype)])[s.owner]
     fed = jnp.concatenate([fed, fed])
 
     def advance(_):
@@ -193,20 +188,20 @@ def cand_offset(spec: LoopSpec):
     return (jax.lax.axis_index(spec.cand_axis) * spec.num_candidates).astype(jnp.int32)
 
 
-def max_local_alive(alive, spec: LoopSpec):
-    """int32 scalar: max over prompts of the alive count in this shard's slots, pmax'd over every
-    sharded axis, so all shards agree (the compaction exit test and bucket size)."""
-    m = jnp.max(jnp.sum(alive, axis=1)).astype(jnp.int32)
+def pool_alive(alive, spec: LoopSpec):
+    """int32 scalar: the number of alive candidates in this shard (all its prompts), pmax'd over
+    every sharded axis, so all shards agree (the compaction exit test and pool size)."""
+    m = jnp.sum(alive).astype(jnp.int32)
     axes = _axes(spec)
     return jax.lax.pmax(m, axes) if axes else m
 
 
 def loop(params, s: LoopState, spec: LoopSpec, stop=None) -> LoopState:
     """The token loop (not jitted; `run_loop` jits it, `sharding` runs it inside shard_map).
-    Runs token steps until k == T, or (compaction) until every shard's alive rows fit half its
-    slots, or until k == stop (int32 scalar, may be traced: checkpoints share one compile) or
+    Runs token steps until k == T, or (compaction) until every shard's alive candidates fit half
+    its pool, or until k == stop (int32 scalar, may be traced: checkpoints share one compile) or
     k == spec.stop_at (static, if >= 0)."""
-    N = s.cand.shape[1]
+    M = s.owner.shape[0]
 
     def keep_going(s):
         go = s.k < spec.T
@@ -214,8 +209,8 @@ def loop(params, s: LoopState, spec: LoopSpec, stop=None) -> LoopState:
             go &= s.k < spec.stop_at
         if stop is not None:
             go &= s.k < stop
-        if spec.compaction and N > 1:
-            go &= max_local_alive(s.conf.alive, spec) > N // 2
+        if spec.compaction and M > 1:
+            go &= pool_alive(s.conf.alive, spec) > M // 2
         return go
 
     return jax.lax.while_loop(keep_going, lambda s: _step(params, spec, s), s)
@@ -223,7 +218,7 @@ def loop(params, s: LoopState, spec: LoopSpec, stop=None) -> LoopState:
 
 @functools.partial(jax.jit, static_argnames=("spec",))
 def run_loop(params, s: LoopState, *, spec: LoopSpec, stop=None) -> LoopState:
-    """Jitted `loop` (unsharded). Compiles once per (spec, slot count, stop given or not)."""
+    """Jitted `loop` (unsharded). Compiles once per (spec, pool size, stop given or not)."""
     return loop(params, s, spec, stop)
 
 
@@ -264,10 +259,10 @@ def init_loop(params, cond, cond_mask, key, prompt_ids, spec: LoopSpec) -> LoopS
     return LoopState(
         logits=logits, cache=cache, k=jnp.int32(0),
         keys=candidate_keys(key, prompt_ids, gid),
-        cand=jnp.broadcast_to(jnp.arange(N0, dtype=jnp.int32), (P, N0)),
+        row=jnp.arange(P * N0, dtype=jnp.int32).reshape(P, N0), owner=jnp.arange(P * N0, dtype=jnp.int32),
         scale=jnp.full((P, N0), spec.sampling.cfg_scale, jnp.float32),
         conf=conf,
-        conf_sum=jnp.zeros((P, N0), jnp.float32), tokens_dropped=jnp.zeros((P,), jnp.int32),
+        conf_sum=jnp.zeros((P, N0), jnp.float32),
         tokens=jnp.full((P, N0, T), -1, jnp.int32), entropy=jnp.zeros((P, N0, T), jnp.float32), traj=traj)
 
 
@@ -277,40 +272,48 @@ def start_loop(params, cond, cond_mask, key, prompt_ids, *, spec: LoopSpec) -> L
     return init_loop(params, cond, cond_mask, key, prompt_ids, spec)
 
 
-def compact_local(s: LoopState, slots: int) -> LoopState:
-    """Gathers each prompt's alive slots (in candidate-id order) into `slots` slots; the rest are
-    dead padding (cand = N0, alive False, nothing counted). Local: under sharding each shard
-    compacts its own slots (not jitted; `compact` jits it)."""
-    P, N = s.cand.shape
-    alive = s.conf.alive
-    order = jnp.argsort(jnp.where(alive, 0, 1) * (N + 1) + jnp.arange(N)[None], axis=1)[:, :slots]  # (P, slots)
-    valid = jnp.take_along_axis(alive, order, axis=1)
-    take = lambda x: jnp.take_along_axis(x, order.reshape(P, slots, *([1] * (x.ndim - 2))), axis=1)  # noqa: E731
-
-    def gather_conf(x):
-        return take(x) if x.ndim >= 2 and x.shape[:2] == (P, N) else x
-
-    conf = jax.tree.map(gather_conf, s.conf)
-    conf = conf.replace(alive=valid, tokens_used=jnp.where(valid, conf.tokens_used, 0))
-    dropped = jnp.sum(s.conf.tokens_used, axis=1) - jnp.sum(conf.tokens_used, axis=1)
-    rows = (jnp.arange(P)[:, None] * N + order).reshape(-1)
-    rows = jnp.concatenate([rows, rows + P * N])
-    n0 = s.tokens.shape[1]
-    return s.replace(
-        logits=s.logits[rows], cache=KVCache(s.cache.k[:, rows], s.cache.v[:, rows], s.cache.valid[rows]),
-        keys=take(s.keys), cand=jnp.where(valid, take(s.cand), n0), scale=take(s.scale), conf=conf,
-        conf_sum=take(s.conf_sum), tokens_dropped=s.tokens_dropped + dropped)
+def compact_local(s: LoopState, rows: int) -> LoopState:
+    """Gathers the pool rows of the alive candidates (in flat candidate order p*N + n) into a pool
+    of `rows` rows (>= the alive count); the rest are free. Local: under sharding each shard
+    compacts its own pool (not jitted; `compact` jits it)."""
+    P, N = s.row.shape
+    M = s.owner.shape[0]
+    alive = s.conf.alive.reshape(P * N)
+    order = jnp.argsort(~alive, stable=True)[:rows].astype(jnp.int32)  # alive candidates first, by id
+    valid = alive[order]
+    owner = jnp.where(valid, order, P * N)
+    src = s.row.reshape(P * N)[order]  # the old pool row of each new row
+    src = jnp.concatenate([src, src + M])
+    row = jnp.zeros((P * N,), jnp.int32).at[owner].set(jnp.arange(rows, dtype=jnp.int32), mode="drop")
+    return s.replace(logits=s.logits[src], cache=KVCache(s.cache.k[:, src], s.cache.v[:, src], s.cache.valid[src]),
+                     row=row.reshape(P, N), owner=owner)
 
 
-@functools.partial(jax.jit, static_argnames=("slots",))
-def compact(s: LoopState, *, slots: int) -> LoopState:
+@functools.partial(jax.jit, static_argnames=("rows",))
+def compact(s: LoopState, *, rows: int) -> LoopState:
     """Jitted `compact_local` (unsharded)."""
-    return compact_local(s, slots)
+    return compact_local(s, rows)
 
 
 def bucket(n: int) -> int:
     """Smallest power of two >= n."""
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+def pool_schedule(alive, compaction: bool = True) -> list[int]:
+    """Pool rows (per CFG half) the unsharded loop runs each step with, replaying `drive`'s rule
+    from an alive trajectory (T, P, N) (`StrategyResult.traj["alive"]`): the pool starts at P*N;
+    when all alive candidates fit half the pool it shrinks to the next power of two."""
+    alive = np.asarray(alive)
+    T, P, N = alive.shape
+    rows, prev, out = P * N, np.ones((P, N), bool), []
+    for k in range(T):
+        m = int(prev.sum())
+        if compaction and rows > 1 and m <= rows // 2:
+            rows = bucket(m)
+        out.append(rows)
+        prev = alive[k]
+    return out
 
 
 def drive(params, s: LoopState, spec: LoopSpec, on_progress: Callable[[int], None] | None = None) -> LoopState:
@@ -324,8 +327,7 @@ def drive(params, s: LoopState, spec: LoopSpec, on_progress: Callable[[int], Non
             on_progress(k)
         if k >= end:
             return s
-        max_alive = int(jnp.max(jnp.sum(s.conf.alive, axis=1)))
-        s = compact(s, slots=bucket(max_alive))
+        s = compact(s, rows=bucket(int(jnp.sum(s.conf.alive))))
 
 
 # ------------------------------------------------------------------------------ public API
@@ -354,10 +356,9 @@ def _prepare(cfg: GPTConfig, sampling: SamplingConfig, scaling: ScalingARConfig,
 def _result(s: LoopState, winner, score, tokens_used) -> StrategyResult:
     P = s.tokens.shape[0]
     tokens = s.tokens[jnp.arange(P), winner]
-    # terminated_at in original candidate layout (padding slots dropped)
+    # terminated_at: first step at which a candidate is no longer alive, -1 if it never died
     term = jnp.full(s.tokens.shape[:2], -1, jnp.int32)
-    alive_traj = s.traj["alive"]  # (T, P, N0)
-    T = alive_traj.shape[0]
+    alive_traj = s.traj["alive"]  # (T, P, N)
     died = ~alive_traj[-1]
     first_dead = jnp.argmax(~alive_traj, axis=0).astype(jnp.int32)
     term = jnp.where(died, first_dead, term)
@@ -371,9 +372,8 @@ def finish_local(s: LoopState, strategy: str, spec: LoopSpec | None = None):
     summed over all candidate shards). Padding candidates (`spec.num_real`) score -inf."""
     cand_axis = None if spec is None else spec.cand_axis
     P, N0 = s.tokens.shape[:2]
-    p = jnp.broadcast_to(jnp.arange(P)[:, None], s.cand.shape)
     offset = jnp.int32(0) if spec is None else cand_offset(spec)
-    used = s.tokens_dropped + jnp.sum(s.conf.tokens_used, axis=1)
+    used = jnp.sum(s.conf.tokens_used, axis=1)
     tokens_used = used if cand_axis is None else jax.lax.psum(used, cand_axis)
     real = jnp.ones((N0,), bool)
     if spec is not None and spec.num_real >= 0:
@@ -383,14 +383,10 @@ def finish_local(s: LoopState, strategy: str, spec: LoopSpec | None = None):
         return x if cand_axis is None else jax.lax.all_gather(x, cand_axis, axis=1, tiled=True)
 
     if strategy == "scalingar":
-        slot = select_winner(s.conf, cand_axis)  # index into the gathered slots
-        gid = gather(jnp.where(s.cand < N0, offset + s.cand, jnp.iinfo(jnp.int32).max))
-        winner = gid[jnp.arange(P), slot]
-        score = jnp.full((P, N0), -jnp.inf).at[p, s.cand].set(jnp.where(s.conf.alive, s.conf.C, -jnp.inf),
-                                                               mode="drop")
+        winner = select_winner(s.conf, cand_axis)  # gathered candidate axis = global ids
+        score = jnp.where(s.conf.alive, s.conf.C, -jnp.inf)
     elif strategy == "confidence_only":
-        score = jnp.full((P, N0), -jnp.inf).at[p, s.cand].set(s.conf_sum / s.tokens.shape[2], mode="drop")
-        score = jnp.where(real[None], score, -jnp.inf)
+        score = jnp.where(real[None], s.conf_sum / s.tokens.shape[2], -jnp.inf)
         winner = jnp.argmax(gather(score), axis=1).astype(jnp.int32)  # gathered = global id layout
     else:
         score = jnp.zeros((P, N0))
@@ -406,25 +402,25 @@ def finish(s: LoopState, strategy: str) -> StrategyResult:
 
 # ------------------------------------------------------------------------------ view layout
 def to_view(s: LoopState) -> LoopState:
-    """Flat CFG rows -> explicit (2, P, N, ...) rows: logits (2, P, N, V), cache k/v
-    (L, 2, P, N, S, Hkv, hd), cache valid (2, P, N, S); tokens_dropped (P,) -> (P, 1). Local
-    reshapes only (the row order cond-then-uncond, prompt-major, is unchanged)."""
-    P, N = s.cand.shape
+    """Flat pool rows -> an explicit (2, 1, M) row axis per shard: logits (2, 1, M, V), cache k/v
+    (L, 2, 1, M, ...), cache valid (2, 1, M, S); owner (M,) -> (1, M). Local reshapes only: the
+    global view arrays are the shards' pools side by side, (2, prompt shards, cand shards * M)."""
+    M = s.owner.shape[0]
     L = s.cache.k.shape[0]
-    rows = lambda x: x.reshape(2, P, N, *x.shape[1:])  # noqa: E731
-    kv = lambda x: x.reshape(L, 2, P, N, *x.shape[2:])  # noqa: E731
+    rows = lambda x: x.reshape(2, 1, M, *x.shape[1:])  # noqa: E731
+    kv = lambda x: x.reshape(L, 2, 1, M, *x.shape[2:])  # noqa: E731
     return s.replace(logits=rows(s.logits), cache=KVCache(kv(s.cache.k), kv(s.cache.v), rows(s.cache.valid)),
-                     tokens_dropped=s.tokens_dropped[:, None])
+                     owner=s.owner[None])
 
 
 def from_view(s: LoopState) -> LoopState:
-    """Inverse of `to_view` (on local arrays: (2, P_l, N_l, ...) -> 2*P_l*N_l flat rows)."""
-    P, N = s.cand.shape
+    """Inverse of `to_view` (on local arrays: (2, 1, M, ...) -> 2M flat rows)."""
+    M = s.owner.shape[1]
     L = s.cache.k.shape[0]
-    rows = lambda x: x.reshape(2 * P * N, *x.shape[3:])  # noqa: E731
-    kv = lambda x: x.reshape(L, 2 * P * N, *x.shape[4:])  # noqa: E731
+    rows = lambda x: x.reshape(2 * M, *x.shape[3:])  # noqa: E731
+    kv = lambda x: x.reshape(L, 2 * M, *x.shape[4:])  # noqa: E731
     return s.replace(logits=rows(s.logits), cache=KVCache(kv(s.cache.k), kv(s.cache.v), rows(s.cache.valid)),
-                     tokens_dropped=jnp.sum(s.tokens_dropped, axis=1))
+                     owner=s.owner[0])
 
 
 def _check_reward(scores, n: int) -> np.ndarray:
@@ -539,12 +535,14 @@ def _check_prompts(prompts, P: int) -> None:
 
 @functools.partial(jax.jit, static_argnames=())
 def _resample(s: LoopState, idx) -> LoopState:
-    """Replaces every candidate slot by the slot idx (P, N) of the same prompt (cache rows copied).
+    """Replaces every candidate slot by the slot idx (P, N) of the same prompt (pool rows copied).
     Keys stay with the slot (fresh continuations), so copies diverge."""
     P, N = idx.shape
+    M = s.owner.shape[0]
     take = lambda x: jnp.take_along_axis(x, idx.reshape(P, N, *([1] * (x.ndim - 2))), axis=1)  # noqa: E731
-    rows = (jnp.arange(P)[:, None] * N + idx).reshape(-1)
-    rows = jnp.concatenate([rows, rows + P * N])
+    # pool row row[p, n] takes the content of row[p, idx[p, n]]; free rows keep their own
+    rows = jnp.arange(M, dtype=jnp.int32).at[s.row.reshape(-1)].set(take(s.row).reshape(-1))
+    rows = jnp.concatenate([rows, rows + M])
     conf = jax.tree.map(lambda x: take(x) if x.ndim >= 2 and x.shape[:2] == (P, N) else x, s.conf)
     p = jnp.arange(P)[:, None]
     tokens = s.tokens.at[p, jnp.arange(N)[None]].set(s.tokens[p, idx])

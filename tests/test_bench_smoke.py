@@ -1,0 +1,32 @@
+"""Smoke runs of the benchmark scripts on tiny configs: they run, write JSON, and their
+accounting is consistent (no timings are asserted: speed is for the benchmarks themselves)."""
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import bench_scaling  # noqa: E402
+
+
+def test_bench_scaling_smoke(tmp_path, capsys):
+    out = tmp_path / "bench"
+    bench_scaling.main(["--grid", "4", "--layers", "1", "--prompts", "2", "--steps", "2", "--rounds", "1",
+                        "--gates", "1:0.9", "--out", str(out)])
+    d = json.loads(out.with_suffix(".json").read_text())
+    assert d["config"]["T"] == 16 and d["config"]["P"] == 2 and d["config"]["n_layer"] == 1
+    assert d["per_step"]["plain_ms"] > 0 and d["per_step"]["scalingar_ms"] > 0
+    loop = d["loop"]
+    bon = loop["best_of_n (token loop)"]
+    assert bon["tokens_per_image"] == 8 * 16 and bon["pool_row_steps_pct_of_bon"] == 100.0
+    assert bon["pool_sizes"] == [16]
+    gate = loop["scalingar + compaction, gate Delta_rec=1 p=0.9"]
+    # the aggressive gate prunes; the pool shrinks in powers of two below P*N = 16 and never
+    # holds fewer rows than the alive candidates (row-steps >= tokens)
+    assert gate["tokens_per_image"] < bon["tokens_per_image"]
+    assert gate["pool_sizes"][0] < 16 and all(s & (s - 1) == 0 for s in gate["pool_sizes"][:-1])
+    assert gate["pool_row_steps_pct_of_bon"] >= gate["tokens_pct_of_bon"]
+    masked = loop["scalingar, masking only (spec gate)"]
+    assert masked["pool_row_steps_pct_of_bon"] == 100.0
+    assert "| what |" in capsys.readouterr().out
