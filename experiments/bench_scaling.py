@@ -5,7 +5,8 @@
 2. Whole-loop wall clock: ScalingAR with compaction vs Best-of-N's N full trajectories (token
    loops only: BoN's reward and image decoding are NOT included, which favours BoN), the tokens
    each spent, and the pool row-steps each ran (model rows per CFG half, summed over steps:
-   compaction pads the alive candidates of all P prompts to a power-of-two pool). Time saved
+   compaction pads the alive candidates of all P prompts to a power-of-two pool, or with
+   "fine" buckets to the next of 1, 2, 3, 4, 6, 8, 12, ...). Time saved
    follows row-steps only as far as the step cost is linear in the rows (it is not at small
    batches on a CPU: the weights are read once per step however few rows there are).
 
@@ -80,6 +81,9 @@ def main(argv=None):
                     help="extra termination gates (probation length Delta_rec : quantile p) timed in the whole-loop "
                          "comparison besides the spec's default, to show how pruned tokens turn into saved time "
                          "at other pruning rates (random weights have no 'right' gate)")
+    ap.add_argument("--buckets", nargs="+", default=["pow2", "fine"], choices=list(S.BUCKETS),
+                    help="compaction pool sizes timed for every ScalingAR gate: pow2 (1, 2, 4, ...) and/or fine "
+                         "(adds 3, 6, 12, ...); default both")
     ap.add_argument("--skip-loop", action="store_true", help="only the per-step comparison")
     ap.add_argument("--skip-masked", action="store_true",
                     help="leave out the masking-only ScalingAR loop (as slow as Best-of-N; saves time at large P)")
@@ -123,30 +127,26 @@ def main(argv=None):
                         "rounds": {"plain_ms": p_all, "scalingar_ms": s_all}}}
     if not args.skip_loop:
         runs = {}
-        gates = []
+        gates = [(f"scalingar + compaction (spec gate Delta_rec={delta} p={scaling.p})", scaling)]
         for d, p in args.gates:
             gates.append((f"scalingar + compaction, gate Delta_rec={d} p={p}",
                           dataclasses.replace(scaling, Delta_rec=d, p=p)))
-        variants = [
-            ("best_of_n (token loop)", lambda: S.run_token_strategy(params, cfg, cond, key=key, strategy="plain",
-                                                                    num_candidates=N, sampling=sampling)),
-            (f"scalingar + compaction (spec gate Delta_rec={delta} p={scaling.p})",
-             lambda: S.run_token_strategy(params, cfg, cond, key=key, num_candidates=N, sampling=sampling,
-                                          scaling=scaling)),
-        ] + ([] if args.skip_masked else [
-            ("scalingar, masking only (spec gate)",
-             lambda: S.run_token_strategy(params, cfg, cond, key=key, num_candidates=N, sampling=sampling,
-                                          scaling=scaling, compaction=False)),
-        ]) + [(name, functools.partial(S.run_token_strategy, params, cfg, cond, key=key, num_candidates=N,
-                                      sampling=sampling, scaling=sc)) for name, sc in gates]
-        for name, fn in variants:
+        tok = functools.partial(S.run_token_strategy, params, cfg, cond, key=key, num_candidates=N, sampling=sampling)
+        variants = [("best_of_n (token loop)", functools.partial(tok, strategy="plain"), False)]
+        if not args.skip_masked:
+            variants.append(("scalingar, masking only (spec gate)",
+                             functools.partial(tok, scaling=scaling, compaction=False), False))
+        for name, sc in gates:
+            for b in args.buckets:
+                variants.append((name + ("" if b == "pow2" else f" [{b} buckets]"),
+                                 functools.partial(tok, scaling=sc, compaction=b), b))
+        for name, fn, buckets in variants:
             jax.block_until_ready(fn().tokens)  # compile every bucket first
             t = time.perf_counter()
             res = fn()
             jax.block_until_ready(res.tokens)
             sec = time.perf_counter() - t
-            compacting = "compaction" in name
-            pools = S.pool_schedule(res.traj["alive"], compaction=compacting)
+            pools = S.pool_schedule(res.traj["alive"], compaction=bool(buckets), buckets=buckets or "pow2")
             runs[name] = (sec, int(np.sum(res.tokens_used)) / args.prompts, sum(pools), sorted(set(pools)))
         bon_s = runs["best_of_n (token loop)"][0]
         full = N * T * args.prompts  # Best-of-N's row-steps

@@ -65,6 +65,10 @@ def _sampling_scaling(args, pipe):
     return sampling, scaling
 
 
+def _compaction(args):
+    return False if args.no_compaction else args.buckets
+
+
 def _mesh(args):
     if not getattr(args, "mesh", None):
         return None
@@ -111,7 +115,7 @@ def cmd_generate(args) -> int:
     bar, update = _progress(T, f"{args.strategy} N={args.n}")
     with bar:
         res = generate(pipe, [prompt], strategy=args.strategy, num_candidates=args.n, seed=args.seed,
-                       sampling=sampling, scaling=scaling, compaction=not args.no_compaction,
+                       sampling=sampling, scaling=scaling, compaction=_compaction(args),
                        decode_candidates=True, on_progress=update, mesh=_mesh(args))
     r = res.result
     winner = int(r.winner[0])
@@ -185,7 +189,7 @@ def _generate_prompt_file(args, pipe, sampling, scaling, out) -> int:
             chunk = records[start : start + args.batch]
             res = generate(pipe, [r["prompt"] for r in chunk], strategy=args.strategy, num_candidates=args.n,
                            seed=args.seed, sampling=sampling, scaling=scaling, prompt_ids=list(
-                               range(start, start + len(chunk))), compaction=not args.no_compaction,
+                               range(start, start + len(chunk))), compaction=_compaction(args),
                            mesh=_mesh(args))
             for i, rec in enumerate(chunk):
                 write_prompt_folder(out, start + i, rec, [res.images[i]], overwrite=True)
@@ -268,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ScalingAR ablation switch set (paper Tables 2 and 4)")
     g.add_argument("--no-compaction", action="store_true",
                    help="keep pruned rows in the batch (masking only) instead of compacting alive rows")
+    g.add_argument("--buckets", default="pow2", choices=["pow2", "fine"],
+                   help="pool sizes compaction shrinks to: pow2 = 1, 2, 4, 8, ... (default); fine adds 3, 6, "
+                        "12, ... (less padding, twice the compiled sizes). Results are identical either way")
     g.add_argument("--mesh", default=None, metavar="PxC",
                    help="shard prompts x candidates over local devices with shard_map, e.g. 2x4 (default: one "
                         "device); simulate CPU devices with XLA_FLAGS=--xla_force_host_platform_device_count=8")

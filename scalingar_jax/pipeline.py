@@ -71,7 +71,7 @@ class GenerationOutput:
 
 def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scalingar", num_candidates: int = 8,
              seed: int = 0, sampling: SamplingConfig | None = None, scaling: ScalingARConfig | None = None,
-             compaction: bool = True, prompt_ids=None, decode_candidates: bool = False,
+             compaction: bool | str = True, prompt_ids=None, decode_candidates: bool = False,
              on_progress: Callable[[int], None] | None = None, mesh=None, **strategy_kwargs) -> GenerationOutput:
     """Runs `strategy` for every prompt (see `scalingar_jax.scaling.strategies.STRATEGIES`).
 
@@ -79,6 +79,7 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
     derived from (seed, prompt id, candidate id)); sampling/scaling default to the pipeline's.
     mesh: optional `scalingar_jax.sharding.make_mesh(prompt_shards, cand_shards)`: prompts and
     candidates are sharded over it with `shard_map` (same results as one device).
+    compaction: False, True / "pow2" or "fine" (ScalingAR's pool buckets; results are the same).
     Extra keyword arguments go to importance sampling (checkpoints, tau, fill_code).
     """
     import time

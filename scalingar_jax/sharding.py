@@ -388,7 +388,7 @@ class ShardedExecutor:
                 on_progress(k)
             if k >= end:
                 return s
-            s = sharded_compact(s, rows=S.bucket(int(alive)), spec=S.shape_key(lspec), mesh=self.mesh)
+            s = sharded_compact(s, rows=S.bucket(int(alive), lspec.buckets), spec=S.shape_key(lspec), mesh=self.mesh)
 
     def tokens(self, s: S.LoopState) -> np.ndarray:
         return np.asarray(_replicate(s.tokens, mesh=self.mesh))[: self.P, : self.N]
@@ -415,7 +415,7 @@ def _executor(params, cfg, sampling, scaling, cond, cond_mask, key, prompt_ids, 
 def sharded_token_strategy(params, cfg: GPTConfig, cond, cond_mask=None, *, mesh: Mesh, key,
                            strategy: str = "scalingar", num_candidates: int = 8,
                            sampling: SamplingConfig = SamplingConfig(), scaling: ScalingARConfig = ScalingARConfig(),
-                           compaction: bool = True, prompt_ids=None, on_progress=None) -> S.StrategyResult:
+                           compaction: bool | str = True, prompt_ids=None, on_progress=None) -> S.StrategyResult:
     """`strategies.run_token_strategy` on a mesh: same arguments plus `mesh` (from `make_mesh`),
     same `StrategyResult` (bit-identical tokens, winners, token counts; arrays on the default
     device of every process). P and N need not divide the mesh axes (padding)."""

@@ -169,6 +169,12 @@ def main():
     SH.sharded_token_strategy(params, CFG, cond_of(2, seed=5), mesh=mesh, key=jax.random.key(3), num_candidates=8,
                               sampling=SAMPLING, scaling=AGGRESSIVE)
     report["compiles_second_run"] = list(COMPILES.names)
+    # "fine" buckets (3 * 2**k pools too) on the padded setup: same results, more loop calls
+    seen = []
+    res = SH.sharded_token_strategy(params, CFG, cond_of(3), mesh=mesh, key=jax.random.key(3), num_candidates=6,
+                                    sampling=SAMPLING, scaling=AGGRESSIVE, compaction="fine", on_progress=seen.append)
+    report["fine_buckets"] = dict(compare(refs[("scalingar", 3, 6)], res), loop_calls=len(seen),
+                                  pow2_loop_calls=report["cases"]["scalingar/2x4/P3N6"]["loop_calls"])
     t = time.time()
     report["model_axis"] = model_axis_check(params, refs[("scalingar", 2, 8)])
     report["timing"]["model_axis"] = round(time.time() - t, 2)

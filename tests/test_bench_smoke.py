@@ -27,6 +27,10 @@ def test_bench_scaling_smoke(tmp_path, capsys):
     assert gate["tokens_per_image"] < bon["tokens_per_image"]
     assert gate["pool_sizes"][0] < 16 and all(s & (s - 1) == 0 for s in gate["pool_sizes"][:-1])
     assert gate["pool_row_steps_pct_of_bon"] >= gate["tokens_pct_of_bon"]
+    fine = loop["scalingar + compaction, gate Delta_rec=1 p=0.9 [fine buckets]"]
+    assert fine["tokens_per_image"] == gate["tokens_per_image"]  # same run, other pool sizes
+    assert all(s in (1, 2, 3, 4, 6, 8, 12, 16) for s in fine["pool_sizes"])
+    assert fine["pool_row_steps_pct_of_bon"] <= gate["pool_row_steps_pct_of_bon"]
     masked = loop["scalingar, masking only (spec gate)"]
     assert masked["pool_row_steps_pct_of_bon"] == 100.0
     assert "| what |" in capsys.readouterr().out

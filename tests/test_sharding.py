@@ -65,6 +65,13 @@ def test_the_gate_really_prunes_and_compacts(report):
         assert report["cases"][f"scalingar/{setup}"]["loop_calls"] > 1
 
 
+def test_fine_buckets_sharded_equal_single_device(report):
+    case = report["fine_buckets"]
+    for field in ("tokens", "winner", "tokens_used", "all_tokens", "terminated_at"):
+        assert case[field], f"{field} differs from the single-device run"
+    assert case["loop_calls"] >= case["pow2_loop_calls"] > 1
+
+
 def test_loop_compiles_once_per_bucket(report):
     for setup in SETUPS:
         sar = report["cases"][f"scalingar/{setup}"]

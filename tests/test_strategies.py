@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from scalingar_jax import gpt
 from scalingar_jax.config import GPTConfig, SamplingConfig
@@ -36,12 +38,18 @@ def _fake_reward(images, prompts):
     return images.reshape(len(images), -1).mean(1).astype(np.float32)
 
 
-def test_compacted_run_equals_masked_run(params):
+@pytest.mark.parametrize("buckets", [True, "fine"])
+def test_compacted_run_equals_masked_run(params, buckets):
     kw = dict(key=jax.random.key(3), num_candidates=8, sampling=SAMPLING, scaling=AGGRESSIVE)
     masked = S.run_token_strategy(params, CFG, _cond(), compaction=False, **kw)
     seen = []
-    compact = S.run_token_strategy(params, CFG, _cond(), compaction=True, on_progress=seen.append, **kw)
+    compact = S.run_token_strategy(params, CFG, _cond(), compaction=buckets, on_progress=seen.append, **kw)
     assert len(seen) > 1, "the aggressive gate should have triggered at least one compaction"
+    name = "pow2" if buckets is True else buckets
+    # the loop left at exactly the steps the host-side replay of the rule says the pool shrank
+    sched = S.pool_schedule(masked.traj["alive"], buckets=name)
+    shrinks = [k for k in range(1, len(sched)) if sched[k] < sched[k - 1]]
+    assert seen == shrinks + [CFG.block_size]
     np.testing.assert_array_equal(masked.tokens, compact.tokens)
     np.testing.assert_array_equal(masked.winner, compact.winner)
     np.testing.assert_array_equal(masked.tokens_used, compact.tokens_used)
@@ -147,12 +155,37 @@ def test_bad_inputs(params):
         S.run_token_strategy(params, CFG, _cond(), key=jax.random.key(0), strategy="best_of_n")
 
 
+@given(st.integers(1, 5000))
+def test_bucket_bounds(n):
+    for name, slack in (("pow2", 2.0), ("fine", 1.5)):
+        b, f = S.bucket(n, name), S.floor_bucket(n, name)
+        assert n <= b < slack * n + 1 and f <= n < slack * f + 1
+        assert S.bucket(b, name) == b == S.floor_bucket(b, name)  # sizes are fixed points
+        assert S.floor_bucket(n, name) == max(x for x in (S.bucket(m, name) for m in range(1, n + 1)) if x <= n) \
+            if n <= 64 else True
+    assert S.bucket(n, "fine") <= S.bucket(n, "pow2")
+
+
+def test_fine_buckets_hand_values():
+    assert [S.bucket(n, "fine") for n in range(1, 14)] == [1, 2, 3, 4, 6, 6, 8, 8, 12, 12, 12, 12, 16]
+    assert [S.floor_bucket(n, "fine") for n in range(1, 14)] == [1, 2, 3, 4, 4, 6, 6, 8, 8, 8, 8, 12, 12]
+    with pytest.raises(ValueError, match="unknown compaction buckets 'pow3'"):
+        S.bucket(5, "pow3")
+    with pytest.raises(ValueError, match="unknown compaction buckets"):
+        S.run_token_strategy(gpt.init_params(CFG, jax.random.key(0)), CFG, _cond(), key=jax.random.key(0),
+                             compaction="pow3")
+
+
 def test_pool_schedule_hand_case():
     alive = np.ones((6, 1, 8), bool)
     alive[2:, 0, 4:] = False  # 4 alive after step 2
     alive[4:, 0, 1:] = False  # 1 alive after step 4
     assert S.pool_schedule(alive) == [8, 8, 8, 4, 4, 1]
     assert S.pool_schedule(alive, compaction=False) == [8] * 6
+    assert S.pool_schedule(alive, buckets="fine") == [8, 8, 8, 4, 4, 1]
+    alive[2:, 0, 6:] = True  # 6 alive after step 2 (fine: 8 -> 6, pow2 keeps 8), 3 after step 4
+    assert S.pool_schedule(alive) == [8, 8, 8, 8, 8, 4]
+    assert S.pool_schedule(alive, buckets="fine") == [8, 8, 8, 6, 6, 3]
     # two prompts share one pool: 3 + 1 alive fit 4 rows, where per-prompt slots would need 2 x 4
     alive = np.ones((4, 2, 4), bool)
     alive[1:, 0, 3:] = False

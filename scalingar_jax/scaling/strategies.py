@@ -17,9 +17,10 @@ a prompt's candidates. The model's rows (logits and KV cache, cond and uncond) l
 gathers the candidates' logits from the pool and feeds the sampled tokens back to it.
 
 Termination is by masking inside a `lax.while_loop`. With `compaction=True` the loop leaves
-early when the alive candidates of *all* prompts fit half the pool; their rows are gathered into
-a pool of the next power of two, and the loop continues. The pool starts at P*N rows, each
-power-of-two size compiles once, and no prompt is padded to the fullest prompt's width (a
+early when the alive candidates of *all* prompts fit a smaller bucket than the pool (powers of
+two; `compaction="fine"` adds 3 * 2**k); their rows are gathered into a pool of that bucket's
+size, and the loop continues. The pool starts at P*N rows, each bucket size compiles once, and
+no prompt is padded to the fullest prompt's width (a
 prompt with 1 survivor costs 2 rows however many another prompt keeps). The loop is compiled
 for `loop_key(spec)`, so plain, confidence-only, Best-of-N and importance sampling share one
 compiled loop and IS checkpoints pass their stop step as a traced value. A candidate's
@@ -114,6 +115,7 @@ class LoopSpec:
     policy: str  # "none" (fixed CFG) or "scalingar"
     num_candidates: int  # N0, original candidate slots per prompt (per candidate shard when sharded)
     compaction: bool = False
+    buckets: str = "pow2"  # pool sizes compaction may shrink to: see `bucket`
     stop_at: int = -1  # >= 0: leave the loop when k reaches it (importance-sampling checkpoints)
     num_real: int = -1  # >= 0: global candidate ids >= num_real are padding, dead from the start
     prompt_axis: str | None = None  # mesh axis the prompt axis is split over (inside shard_map)
@@ -198,8 +200,8 @@ def pool_alive(alive, spec: LoopSpec):
 
 def loop(params, s: LoopState, spec: LoopSpec, stop=None) -> LoopState:
     """The token loop (not jitted; `run_loop` jits it, `sharding` runs it inside shard_map).
-    Runs token steps until k == T, or (compaction) until every shard's alive candidates fit half
-    its pool, or until k == stop (int32 scalar, may be traced: checkpoints share one compile) or
+    Runs token steps until k == T, or (compaction) until every shard's alive candidates fit a
+    smaller bucket than its pool, or until k == stop (int32 scalar, may be traced: checkpoints share one compile) or
     k == spec.stop_at (static, if >= 0)."""
     M = s.owner.shape[0]
 
@@ -210,7 +212,7 @@ def loop(params, s: LoopState, spec: LoopSpec, stop=None) -> LoopState:
         if stop is not None:
             go &= s.k < stop
         if spec.compaction and M > 1:
-            go &= pool_alive(s.conf.alive, spec) > M // 2
+            go &= pool_alive(s.conf.alive, spec) > floor_bucket(M - 1, spec.buckets)
         return go
 
     return jax.lax.while_loop(keep_going, lambda s: _step(params, spec, s), s)
@@ -295,22 +297,43 @@ def compact(s: LoopState, *, rows: int) -> LoopState:
     return compact_local(s, rows)
 
 
-def bucket(n: int) -> int:
-    """Smallest power of two >= n."""
-    return 1 << max(0, int(n) - 1).bit_length()
+BUCKETS = ("pow2", "fine")
 
 
-def pool_schedule(alive, compaction: bool = True) -> list[int]:
+def check_buckets(buckets: str) -> str:
+    if buckets not in BUCKETS:
+        raise ValueError(f"unknown compaction buckets {buckets!r}; expected one of {BUCKETS}")
+    return buckets
+
+
+def bucket(n: int, buckets: str = "pow2") -> int:
+    """Smallest pool size >= n. "pow2": 1, 2, 4, 8, ...; "fine" adds 3 * 2**k (1, 2, 3, 4, 6, 8, 12,
+    16, ...): under 1.5x the alive rows instead of 2x, for twice the compiled pool sizes."""
+    p = 1 << max(0, int(n) - 1).bit_length()
+    if check_buckets(buckets) == "fine" and p >= 4 and int(n) <= 3 * p // 4:
+        return 3 * p // 4
+    return p
+
+
+def floor_bucket(n: int, buckets: str = "pow2") -> int:
+    """Largest pool size <= n (n >= 1): the loop compacts once the alive count fits it."""
+    q = 1 << (max(1, int(n)).bit_length() - 1)
+    if check_buckets(buckets) == "fine" and q >= 2 and 3 * q // 2 <= int(n):
+        return 3 * q // 2
+    return q
+
+
+def pool_schedule(alive, compaction: bool = True, buckets: str = "pow2") -> list[int]:
     """Pool rows (per CFG half) the unsharded loop runs each step with, replaying `drive`'s rule
     from an alive trajectory (T, P, N) (`StrategyResult.traj["alive"]`): the pool starts at P*N;
-    when all alive candidates fit half the pool it shrinks to the next power of two."""
+    when all alive candidates fit a smaller bucket it shrinks to the alive count's bucket."""
     alive = np.asarray(alive)
     T, P, N = alive.shape
     rows, prev, out = P * N, np.ones((P, N), bool), []
     for k in range(T):
         m = int(prev.sum())
-        if compaction and rows > 1 and m <= rows // 2:
-            rows = bucket(m)
+        if compaction and rows > 1 and m <= floor_bucket(rows - 1, buckets):
+            rows = bucket(m, buckets)
         out.append(rows)
         prev = alive[k]
     return out
@@ -327,7 +350,7 @@ def drive(params, s: LoopState, spec: LoopSpec, on_progress: Callable[[int], Non
             on_progress(k)
         if k >= end:
             return s
-        s = compact(s, rows=bucket(int(jnp.sum(s.conf.alive))))
+        s = compact(s, rows=bucket(int(jnp.sum(s.conf.alive)), spec.buckets))
 
 
 # ------------------------------------------------------------------------------ public API
@@ -468,11 +491,14 @@ class LocalExecutor:
 
 
 def token_spec(cfg: GPTConfig, sampling: SamplingConfig, scaling: ScalingARConfig, strategy: str, num_candidates,
-               compaction: bool) -> LoopSpec:
-    """The unsharded `LoopSpec` of a reward-free strategy."""
+               compaction: bool | str) -> LoopSpec:
+    """The unsharded `LoopSpec` of a reward-free strategy. compaction: False (masking only), True
+    (= "pow2") or a bucket set name (`bucket`)."""
     policy = "scalingar" if strategy == "scalingar" else "none"
+    buckets = check_buckets("pow2" if isinstance(compaction, bool) else str(compaction))
     return LoopSpec(cfg, sampling, scaling, policy, int(num_candidates),
-                    compaction=bool(compaction and policy == "scalingar" and scaling.use_termination))
+                    compaction=bool(compaction) and policy == "scalingar" and scaling.use_termination,
+                    buckets=buckets)
 
 
 def _check_token_strategy(strategy: str) -> None:
@@ -482,12 +508,13 @@ def _check_token_strategy(strategy: str) -> None:
 
 def run_token_strategy(params, cfg: GPTConfig, cond, cond_mask=None, *, key, strategy: str = "scalingar",
                        num_candidates: int = 8, sampling: SamplingConfig = SamplingConfig(),
-                       scaling: ScalingARConfig = ScalingARConfig(), compaction: bool = True, prompt_ids=None,
+                       scaling: ScalingARConfig = ScalingARConfig(), compaction: bool | str = True, prompt_ids=None,
                        on_progress=None) -> StrategyResult:
     """Strategies that need no reward: "plain", "confidence_only", "scalingar".
 
     cond: (P,) labels or (P, cls, caption_dim) features; cond_mask (P, cls). CFG rows always run
-    (ScalingAR's scale may go to s_min = 1). Returns a `StrategyResult` with candidate ids.
+    (ScalingAR's scale may go to s_min = 1). compaction: False (masking only), True / "pow2"
+    (power-of-two pools) or "fine" (also 3 * 2**k). Returns a `StrategyResult` with candidate ids.
     """
     _check_token_strategy(strategy)
     cond, cond_mask, prompt_ids = _prepare(cfg, sampling, scaling, cond, cond_mask, num_candidates, prompt_ids)
