@@ -247,8 +247,7 @@ def _start(params, cond, cond_mask, key_data, prompt_ids, *, spec, mesh, impl):
         params, cond, cond_mask, key_data, prompt_ids)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "mesh"))
-def sharded_run_loop(params, s: S.LoopState, stop, *, spec: S.LoopSpec, mesh: Mesh):
+def _sharded_loop(params, s: S.LoopState, stop, *, spec: S.LoopSpec, mesh: Mesh):
     """The token loop under shard_map. s: view-layout state on the mesh (local spec: per-shard
     `num_candidates`, axes set; see `ShardedExecutor.local_spec`); stop: int32 scalar, leave when
     k reaches it. Returns (state, pool_alive int32 scalar, equal on every shard). Compiles
@@ -259,6 +258,12 @@ def sharded_run_loop(params, s: S.LoopState, stop, *, spec: S.LoopSpec, mesh: Me
 
     state = loop_state_specs(spec)
     return _smap(mesh, f, (P(), state, P()), (state, P()))(params, s, stop)
+
+
+sharded_run_loop = jax.jit(_sharded_loop, static_argnames=("spec", "mesh"))
+sharded_run_loop.__doc__ = _sharded_loop.__doc__
+sharded_advance_loop = jax.jit(_sharded_loop, static_argnames=("spec", "mesh"), donate_argnames=("s",))
+sharded_advance_loop.__doc__ = "`sharded_run_loop` that donates `s` (the state is updated in place; `s` is invalid after)."
 
 
 @functools.partial(jax.jit, static_argnames=("rows", "spec", "mesh"))
@@ -382,7 +387,7 @@ class ShardedExecutor:
         end = spec.T if spec.stop_at < 0 else spec.stop_at
         stop = put(np.int32(end), self.mesh, P())
         while True:
-            s, alive = sharded_run_loop(self.params, s, stop, spec=lspec, mesh=self.mesh)
+            s, alive = sharded_advance_loop(self.params, s, stop, spec=lspec, mesh=self.mesh)
             k = int(s.k)
             if on_progress is not None:
                 on_progress(k)

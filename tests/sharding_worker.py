@@ -159,7 +159,7 @@ def main():
             res = run(strategy, params, cond_of(P), N, mesh=mesh, on_progress=seen.append)
             case = compare(refs[key], res)
             case["loop_calls"] = len(seen)
-            case["loop_compiles"] = COMPILES.names.count("sharded_run_loop")
+            case["loop_compiles"] = COMPILES.names.count("_sharded_loop")
             case["pruned"] = int(np.sum(np.asarray(refs[key].terminated_at) >= 0))
             report["cases"][f"{strategy}/{shape[0]}x{shape[1]}/P{P}N{N}"] = case
             report["timing"][f"{strategy}/{shape[0]}x{shape[1]}/P{P}N{N}"] = round(time.time() - t, 2)

@@ -113,9 +113,21 @@ def test_token_accounting_is_exact(params):
 def test_loop_compiles_once_per_bucket(params):
     kw = dict(key=jax.random.key(3), num_candidates=8, sampling=SAMPLING, scaling=AGGRESSIVE)
     S.run_token_strategy(params, CFG, _cond(), **kw)
-    before = S.run_loop._cache_size()
+    before = S.advance_loop._cache_size()
     S.run_token_strategy(params, CFG, _cond(seed=5), **kw)
-    assert S.run_loop._cache_size() == before  # same shapes and buckets: nothing new compiled
+    assert S.advance_loop._cache_size() == before  # same shapes and buckets: nothing new compiled
+
+
+def test_drive_updates_the_state_in_place(params):
+    # drive donates the loop state to the jitted loop: the KV cache is written in place, so the
+    # input buffers are consumed (and no second copy of the cache is allocated per loop call)
+    spec = S.token_spec(CFG, SAMPLING, AGGRESSIVE, "scalingar", 4, False)
+    s0 = S.start_loop(params, _cond(), None, jax.random.key(0), np.arange(2), spec=S.shape_key(spec))
+    ref = S.run_loop(params, s0, spec=S.loop_key(spec))  # the non-donating loop leaves s0 valid
+    assert not s0.cache.k.is_deleted()
+    out = S.drive(params, s0, spec)
+    assert s0.cache.k.is_deleted() and s0.tokens.is_deleted()
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
 
 
 def test_confidence_only_picks_highest_mean_confidence(params):

@@ -218,10 +218,16 @@ def loop(params, s: LoopState, spec: LoopSpec, stop=None) -> LoopState:
     return jax.lax.while_loop(keep_going, lambda s: _step(params, spec, s), s)
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
-def run_loop(params, s: LoopState, *, spec: LoopSpec, stop=None) -> LoopState:
-    """Jitted `loop` (unsharded). Compiles once per (spec, pool size, stop given or not)."""
+def _run_loop(params, s: LoopState, *, spec: LoopSpec, stop=None) -> LoopState:
     return loop(params, s, spec, stop)
+
+
+run_loop = jax.jit(_run_loop, static_argnames=("spec",))
+run_loop.__doc__ = """Jitted `loop` (unsharded); `s` stays valid. Compiles once per (spec, pool size, stop given
+or not)."""
+advance_loop = jax.jit(_run_loop, static_argnames=("spec",), donate_argnames=("s",))
+advance_loop.__doc__ = """`run_loop` that *donates* `s`: the loop writes its state (KV cache included) in place
+instead of into fresh buffers. `s` is invalid afterwards. `drive` uses it."""
 
 
 def loop_key(spec: LoopSpec) -> LoopSpec:
@@ -344,7 +350,7 @@ def drive(params, s: LoopState, spec: LoopSpec, on_progress: Callable[[int], Non
     end = spec.T if spec.stop_at < 0 else spec.stop_at
     key, stop = loop_key(spec), jnp.int32(end)
     while True:
-        s = run_loop(params, s, spec=key, stop=stop)
+        s = advance_loop(params, s, spec=key, stop=stop)  # donates s: no fresh state buffers per call
         k = int(s.k)
         if on_progress is not None:
             on_progress(k)
