@@ -34,3 +34,16 @@ def test_bench_scaling_smoke(tmp_path, capsys):
     masked = loop["scalingar, masking only (spec gate)"]
     assert masked["pool_row_steps_pct_of_bon"] == 100.0
     assert "| what |" in capsys.readouterr().out
+
+
+def test_bench_attention_layout_smoke(tmp_path):
+    import bench_attention_layout
+
+    out = tmp_path / "attn"
+    bench_attention_layout.main(["--rows", "4", "--layers", "2", "--heads", "2", "--positions", "9", "--head-dim", "8",
+                                 "--steps", "4", "--rounds", "1", "--out", str(out)])
+    d = json.loads(out.with_suffix(".json").read_text())
+    rows = {r["layout"]: r for r in d["rows"]}
+    assert set(rows) == {"scan-carry", "static-slices", "per-layer"}
+    for r in rows.values():  # same math in every layout
+        assert r["max_abs_diff_vs_scan_carry"] < 1e-5 and r["ms_per_step"] > 0
