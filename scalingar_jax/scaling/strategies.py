@@ -23,7 +23,9 @@ size, and the loop continues. The pool starts at P*N rows, each bucket size comp
 no prompt is padded to the fullest prompt's width (a
 prompt with 1 survivor costs 2 rows however many another prompt keeps). The loop is compiled
 for `loop_key(spec)`, so plain, confidence-only, Best-of-N and importance sampling share one
-compiled loop and IS checkpoints pass their stop step as a traced value. A candidate's
+compiled loop and IS checkpoints pass their stop step as a traced value. `drive` runs the loop
+through `advance_loop`, which donates the state so the KV cache is updated in place; `run_loop` is
+the same loop without donation (the state stays valid), for researchers' own code and benchmarks. A candidate's
 randomness comes from (prompt id, candidate id, step), so compacted and masked runs sample the
 same tokens; buffers hold values only for steps where the candidate was alive. The host-side strategy logic (`token_strategy_with`, `best_of_n_with`,
 `importance_sampling_with`) drives an *executor*: `LocalExecutor` here, or
