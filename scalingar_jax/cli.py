@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ScalingAR ablation switch set (paper Tables 2 and 4)")
     g.add_argument("--no-compaction", action="store_true",
                    help="keep pruned rows in the batch (masking only) instead of compacting alive rows")
-    g.add_argument("--buckets", default="pow2", choices=["pow2", "fine"],
+    g.add_argument("--buckets", default="pow2", choices=["pow2", "fine"],  # strategies.BUCKETS (no jax import here)
                    help="pool sizes compaction shrinks to: pow2 = 1, 2, 4, 8, ... (default); fine adds 3, 6, "
                         "12, ... (less padding, twice the compiled sizes). Results are identical either way")
     g.add_argument("--mesh", default=None, metavar="PxC",

@@ -20,14 +20,14 @@ Termination is by masking inside a `lax.while_loop`. With `compaction=True` the 
 early when the alive candidates of *all* prompts fit a smaller bucket than the pool (powers of
 two; `compaction="fine"` adds 3 * 2**k); their rows are gathered into a pool of that bucket's
 size, and the loop continues. The pool starts at P*N rows, each bucket size compiles once, and
-no prompt is padded to the fullest prompt's width (a
-prompt with 1 survivor costs 2 rows however many another prompt keeps). The loop is compiled
-for `loop_key(spec)`, so plain, confidence-only, Best-of-N and importance sampling share one
-compiled loop and IS checkpoints pass their stop step as a traced value. `drive` runs the loop
-through `advance_loop`, which donates the state so the KV cache is updated in place; `run_loop` is
-the same loop without donation (the state stays valid), for researchers' own code and benchmarks. A candidate's
-randomness comes from (prompt id, candidate id, step), so compacted and masked runs sample the
-same tokens; buffers hold values only for steps where the candidate was alive. The host-side strategy logic (`token_strategy_with`, `best_of_n_with`,
+no prompt is padded to the fullest prompt's width (a prompt with 1 survivor costs 2 rows however
+many another prompt keeps). The loop is compiled for `loop_key(spec)`, so plain, confidence-only,
+Best-of-N and importance sampling share one compiled loop and IS checkpoints pass their stop step
+as a traced value. `drive` runs the loop through `advance_loop`, which donates the state so the
+KV cache is updated in place; `run_loop` is the same loop without donation (the state stays
+valid), for researchers' own code and benchmarks. A candidate's randomness comes from (prompt id,
+candidate id, step), so compacted and masked runs sample the same tokens; buffers hold values
+only for steps where the candidate was alive. The host-side strategy logic (`token_strategy_with`, `best_of_n_with`,
 `importance_sampling_with`) drives an *executor*: `LocalExecutor` here, or
 `sharding.ShardedExecutor` for a mesh.
 
@@ -203,8 +203,8 @@ def pool_alive(alive, spec: LoopSpec):
 def loop(params, s: LoopState, spec: LoopSpec, stop=None) -> LoopState:
     """The token loop (not jitted; `run_loop` jits it, `sharding` runs it inside shard_map).
     Runs token steps until k == T, or (compaction) until every shard's alive candidates fit a
-    smaller bucket than its pool, or until k == stop (int32 scalar, may be traced: checkpoints share one compile) or
-    k == spec.stop_at (static, if >= 0)."""
+    smaller bucket than its pool (`compaction_limit`), or until k == stop (int32 scalar, may be
+    traced: checkpoints share one compile) or k == spec.stop_at (static, if >= 0)."""
     M = s.owner.shape[0]
 
     def keep_going(s):
@@ -214,7 +214,7 @@ def loop(params, s: LoopState, spec: LoopSpec, stop=None) -> LoopState:
         if stop is not None:
             go &= s.k < stop
         if spec.compaction and M > 1:
-            go &= pool_alive(s.conf.alive, spec) > floor_bucket(M - 1, spec.buckets)
+            go &= pool_alive(s.conf.alive, spec) > compaction_limit(M, spec.buckets)
         return go
 
     return jax.lax.while_loop(keep_going, lambda s: _step(params, spec, s), s)
@@ -331,6 +331,12 @@ def floor_bucket(n: int, buckets: str = "pow2") -> int:
     return q
 
 
+def compaction_limit(rows: int, buckets: str = "pow2") -> int:
+    """A pool of `rows` (> 1) rows is compacted once the alive count is <= this: the largest
+    smaller bucket (`loop`'s exit test and `pool_schedule`'s replay share it)."""
+    return floor_bucket(rows - 1, buckets)
+
+
 def pool_schedule(alive, compaction: bool = True, buckets: str = "pow2") -> list[int]:
     """Pool rows (per CFG half) the unsharded loop runs each step with, replaying `drive`'s rule
     from an alive trajectory (T, P, N) (`StrategyResult.traj["alive"]`): the pool starts at P*N;
@@ -340,7 +346,7 @@ def pool_schedule(alive, compaction: bool = True, buckets: str = "pow2") -> list
     rows, prev, out = P * N, np.ones((P, N), bool), []
     for k in range(T):
         m = int(prev.sum())
-        if compaction and rows > 1 and m <= floor_bucket(rows - 1, buckets):
+        if compaction and rows > 1 and m <= compaction_limit(rows, buckets):
             rows = bucket(m, buckets)
         out.append(rows)
         prev = alive[k]
