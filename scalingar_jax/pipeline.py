@@ -71,7 +71,7 @@ class GenerationOutput:
 
 def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scalingar", num_candidates: int = 8,
              seed: int = 0, sampling: SamplingConfig | None = None, scaling: ScalingARConfig | None = None,
-             compaction: bool | str = True, prompt_ids=None, decode_candidates: bool = False,
+             compaction: bool | str = True, prompt_ids=None, first_candidate: int = 0, decode_candidates: bool = False,
              on_progress: Callable[[int], None] | None = None, mesh=None, **strategy_kwargs) -> GenerationOutput:
     """Runs `strategy` for every prompt (see `scalingar_jax.scaling.strategies.STRATEGIES`).
 
@@ -80,6 +80,8 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
     mesh: optional `scalingar_jax.sharding.make_mesh(prompt_shards, cand_shards)`: prompts and
     candidates are sharded over it with `shard_map` (same results as one device).
     compaction: False, True / "pow2" or "fine" (ScalingAR's pool buckets; results are the same).
+    first_candidate: global id of the first candidate (reward-free strategies): with N = 1 and
+    first_candidate = c, plain sampling decodes exactly candidate c of an N-candidate run.
     Extra keyword arguments go to importance sampling (checkpoints, tau, fill_code).
     """
     import time
@@ -109,6 +111,8 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
     if strategy in ("best_of_n", "importance_sampling"):
         if pipe.reward is None:
             raise ValueError(f"strategy {strategy!r} needs a reward function and this pipeline has none")
+        if first_candidate != 0:
+            raise ValueError(f"first_candidate applies to plain, confidence_only and scalingar, not {strategy!r}")
         fn = run_bon if strategy == "best_of_n" else run_is
         res = fn(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, prompts=prompts, reward_fn=pipe.reward,
                  decode_fn=pipe.decode_images, **common, **strategy_kwargs)
@@ -116,7 +120,7 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
         if strategy_kwargs:
             raise TypeError(f"unexpected arguments for {strategy!r}: {sorted(strategy_kwargs)}")
         res = run_tok(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, strategy=strategy,
-                      scaling=scaling, compaction=compaction, **common)
+                      scaling=scaling, compaction=compaction, first_candidate=first_candidate, **common)
     jax.block_until_ready(res.tokens)
     seconds = time.perf_counter() - t0
     images = pipe.decode_images(np.asarray(res.tokens))

@@ -237,14 +237,15 @@ def _key(key_data, impl):
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "mesh", "impl"))
-def _start(params, cond, cond_mask, key_data, prompt_ids, *, spec, mesh, impl):
+def _start(params, cond, cond_mask, key_data, prompt_ids, first, *, spec, mesh, impl):
     state = loop_state_specs(spec)
     if cond_mask is None:
-        f = lambda prm, c, kd, pid: S.to_view(S.init_loop(prm, c, None, _key(kd, impl), pid, spec))  # noqa: E731
-        return _smap(mesh, f, (P(), P(PROMPTS), P(), P(PROMPTS)), state)(params, cond, key_data, prompt_ids)
-    f = lambda prm, c, m, kd, pid: S.to_view(S.init_loop(prm, c, m, _key(kd, impl), pid, spec))  # noqa: E731
-    return _smap(mesh, f, (P(), P(PROMPTS), P(PROMPTS), P(), P(PROMPTS)), state)(
-        params, cond, cond_mask, key_data, prompt_ids)
+        f = lambda prm, c, kd, pid, fc: S.to_view(S.init_loop(prm, c, None, _key(kd, impl), pid, spec, fc))  # noqa: E731
+        return _smap(mesh, f, (P(), P(PROMPTS), P(), P(PROMPTS), P()), state)(params, cond, key_data, prompt_ids,
+                                                                              first)
+    f = lambda prm, c, m, kd, pid, fc: S.to_view(S.init_loop(prm, c, m, _key(kd, impl), pid, spec, fc))  # noqa: E731
+    return _smap(mesh, f, (P(), P(PROMPTS), P(PROMPTS), P(), P(PROMPTS), P()), state)(
+        params, cond, cond_mask, key_data, prompt_ids, first)
 
 
 def _sharded_loop(params, s: S.LoopState, stop, *, spec: S.LoopSpec, mesh: Mesh):
@@ -348,7 +349,8 @@ class ShardedExecutor:
     process. params: a tree of host/device arrays (replicated onto the mesh) or the output of
     `shard_params(params, mesh, ...)` (used as placed)."""
 
-    def __init__(self, params, cond, cond_mask, key, prompt_ids, *, mesh: Mesh, num_candidates: int):
+    def __init__(self, params, cond, cond_mask, key, prompt_ids, *, mesh: Mesh, num_candidates: int,
+                 first_candidate: int = 0):
         _check_mesh(mesh)
         self.mesh = mesh
         pa, ca = _axis_size(mesh, PROMPTS), _axis_size(mesh, CANDS)
@@ -370,6 +372,7 @@ class ShardedExecutor:
         else:
             self.impl, data = None, key
         self.key_data = put(np.asarray(data), mesh, P())
+        self.first_candidate = put(np.int32(S.check_first_candidate(first_candidate)), mesh, P())  # id of slot 0
 
     def local_spec(self, spec: S.LoopSpec) -> S.LoopSpec:
         """The per-shard spec: N0 per candidate shard, padding marked, axes named."""
@@ -379,7 +382,7 @@ class ShardedExecutor:
                                    prompt_axis=PROMPTS, cand_axis=CANDS)
 
     def start(self, spec: S.LoopSpec) -> S.LoopState:
-        return _start(self.params, self.cond, self.cond_mask, self.key_data, self.prompt_ids,
+        return _start(self.params, self.cond, self.cond_mask, self.key_data, self.prompt_ids, self.first_candidate,
                       spec=S.shape_key(self.local_spec(spec)), mesh=self.mesh, impl=self.impl)
 
     def drive(self, s: S.LoopState, spec: S.LoopSpec, on_progress=None) -> S.LoopState:
@@ -410,22 +413,26 @@ class ShardedExecutor:
         return _local(res)
 
 
-def _executor(params, cfg, sampling, scaling, cond, cond_mask, key, prompt_ids, mesh, num_candidates):
+def _executor(params, cfg, sampling, scaling, cond, cond_mask, key, prompt_ids, mesh, num_candidates,
+              first_candidate=0):
     _check_mesh(mesh)
     cond, cond_mask, prompt_ids = S._prepare(cfg, sampling, scaling, cond, cond_mask, num_candidates, prompt_ids)
-    ex = ShardedExecutor(params, cond, cond_mask, key, prompt_ids, mesh=mesh, num_candidates=num_candidates)
+    ex = ShardedExecutor(params, cond, cond_mask, key, prompt_ids, mesh=mesh, num_candidates=num_candidates,
+                         first_candidate=first_candidate)
     return ex, prompt_ids
 
 
 def sharded_token_strategy(params, cfg: GPTConfig, cond, cond_mask=None, *, mesh: Mesh, key,
                            strategy: str = "scalingar", num_candidates: int = 8,
                            sampling: SamplingConfig = SamplingConfig(), scaling: ScalingARConfig = ScalingARConfig(),
-                           compaction: bool | str = True, prompt_ids=None, on_progress=None) -> S.StrategyResult:
+                           compaction: bool | str = True, prompt_ids=None, first_candidate: int = 0,
+                           on_progress=None) -> S.StrategyResult:
     """`strategies.run_token_strategy` on a mesh: same arguments plus `mesh` (from `make_mesh`),
     same `StrategyResult` (bit-identical tokens, winners, token counts; arrays on the default
     device of every process). P and N need not divide the mesh axes (padding)."""
     S._check_token_strategy(strategy)
-    ex, _ = _executor(params, cfg, sampling, scaling, cond, cond_mask, key, prompt_ids, mesh, num_candidates)
+    ex, _ = _executor(params, cfg, sampling, scaling, cond, cond_mask, key, prompt_ids, mesh, num_candidates,
+                      first_candidate)
     spec = S.token_spec(cfg, sampling, scaling, strategy, num_candidates, compaction)
     return S.token_strategy_with(ex, spec, strategy, on_progress)
 

@@ -175,6 +175,11 @@ def main():
                                     sampling=SAMPLING, scaling=AGGRESSIVE, compaction="fine", on_progress=seen.append)
     report["fine_buckets"] = dict(compare(refs[("scalingar", 3, 6)], res), loop_calls=len(seen),
                                   pow2_loop_calls=report["cases"]["scalingar/2x4/P3N6"]["loop_calls"])
+    # first_candidate: candidates 4..7 of the 8 on a padded mesh (3 on 2 candidate shards + padding)
+    part = SH.sharded_token_strategy(params, CFG, cond_of(2), mesh=SH.make_mesh(1, 2), key=jax.random.key(3),
+                                     num_candidates=3, sampling=SAMPLING, strategy="plain", first_candidate=4)
+    report["first_candidate"] = bool(np.array_equal(np.asarray(part.all_tokens),
+                                                    np.asarray(refs[("plain", 2, 8)].all_tokens)[:, 4:7]))
     t = time.time()
     report["model_axis"] = model_axis_check(params, refs[("scalingar", 2, 8)])
     report["timing"]["model_axis"] = round(time.time() - t, 2)

@@ -77,6 +77,12 @@ def test_library_generate_every_strategy(world):
         generate(pipe, [PROMPT], strategy="beam")
     with pytest.raises(ValueError, match="num_candidates"):
         generate(pipe, [PROMPT], num_candidates=0)
+    with pytest.raises(ValueError, match="first_candidate applies to"):
+        generate(pipe, [PROMPT], strategy="best_of_n", first_candidate=2)
+    # candidate 1 of a 2-candidate run, decoded alone, is the same image
+    both = generate(pipe, [PROMPT], strategy="plain", num_candidates=2, seed=0, decode_candidates=True)
+    one = generate(pipe, [PROMPT], strategy="plain", num_candidates=1, seed=0, first_candidate=1)
+    np.testing.assert_array_equal(one.images[0], both.candidates[0, 1])
 
 
 def test_bad_mesh(world, tmp_path, capsys):

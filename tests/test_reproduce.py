@@ -36,7 +36,8 @@ def smoke(pipe, tmp_path_factory):
 
 PNGS = {"main": ["main_accuracy.png", "main_cost.png"], "ablations": ["ablations.png"],
         "width": ["width_accuracy.png", "width_tokens.png"], "robustness": ["robustness.png"],
-        "efficiency": ["efficiency.png"], "sensitivity": ["sensitivity_p.png", "sensitivity_delta_rec.png"]}
+        "efficiency": ["efficiency.png"], "sensitivity": ["sensitivity_p.png", "sensitivity_delta_rec.png"],
+        "signals": ["signals_auroc.png"]}
 
 
 @pytest.mark.parametrize("name", R.EXPERIMENTS)
@@ -85,10 +86,37 @@ def test_other_contents(smoke):
         s = ef["strategies"][k]
         assert s["peak_mb"] > 0 and s["s_per_step"] > 0 and s["tokens_per_image"] > 0
     assert ef["strategies"]["best_of_n"]["peak_mb"] > ef["strategies"]["base"]["peak_mb"]
+    # the paper's protocol: the same candidates decoded one at a time
+    assert ef["headline"]["sequential_bon_same_candidates"] == 1.0
+    assert ef["strategies"]["best_of_n_seq"]["tokens_per_image"] == ef["strategies"]["best_of_n"]["tokens_per_image"]
     se = json.loads((smoke / "sensitivity.json").read_text())
     assert set(se["curves"]) == {"p", "delta_rec"}
     res = (smoke / "RESULTS.md").read_text()
     assert "## Targets" in res and "0.32" in res and "46.5" in res and "26%" in res
+
+
+def test_signals_contents(smoke):
+    sg = json.loads((smoke / "signals.json").read_text())
+    main = json.loads((smoke / "main.json").read_text())["strategies"]
+    t = sg["signals"]
+    assert set(t) >= {"C_final", "C_warmup", "D_final", "mean_confidence", "reward"}
+    for v in t.values():
+        assert 0.0 <= v["within_prompt_auroc"] <= 1.0 and 0.0 <= v["pick_accuracy"] <= 1.0
+    # the same candidate set as main's (same seeds, same keys): picking by the reward IS main's Best-of-N,
+    # by mean token confidence main's confidence-only, the oracle main's oracle Best-of-N
+    assert t["reward"]["pick_accuracy"] == pytest.approx(main["best_of_n"]["overall"])
+    assert t["mean_confidence"]["pick_accuracy"] == pytest.approx(main["confidence"]["overall"])
+    assert sg["references"]["oracle"]["pick_accuracy"] == pytest.approx(main["oracle_bon"]["overall"])
+    assert len(sg["curves"]["C"]) == len(sg["curve_steps"])
+
+
+def test_pair_stats_hand_case():
+    # candidates 0 and 2 correct, 1 and 3 wrong: pairs (0,1) (0,3) (2,1) (2,3); scores rank 0 > 1, 3 > 0,
+    # 2 > 1, 2 == 3 (a tie counts one half)
+    wins, pairs = R._pair_stats(np.array([[0.5, 0.1, 0.9, 0.9]]), np.array([[1, 0, 1, 0]]))
+    assert pairs.tolist() == [4] and wins.tolist() == [2.5]
+    wins, pairs = R._pair_stats(np.array([[0.3, 0.2]]), np.array([[1, 1]]))  # no wrong candidate: no pair
+    assert pairs.tolist() == [0] and wins.tolist() == [0]
 
 
 def test_tune_then_tuned_and_report(pipe, smoke):

@@ -72,6 +72,11 @@ def test_fine_buckets_sharded_equal_single_device(report):
     assert case["loop_calls"] >= case["pow2_loop_calls"] > 1
 
 
+def test_first_candidate_offset_sharded(report):
+    """Candidates 4..6 of an 8-candidate run, decoded on their own on a padded 1x2 mesh, are the same tokens."""
+    assert report["first_candidate"]
+
+
 def test_loop_compiles_once_per_bucket(report):
     for setup in SETUPS:
         sar = report["cases"][f"scalingar/{setup}"]

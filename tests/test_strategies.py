@@ -137,6 +137,24 @@ def test_confidence_only_picks_highest_mean_confidence(params):
     assert np.all(np.asarray(res.terminated_at) == -1)
 
 
+@pytest.mark.parametrize("strategy", ["plain", "confidence_only"])
+def test_candidates_split_over_calls_are_the_same_tokens(params, strategy):
+    """first_candidate: N = 4 candidates in one call == two calls of 2 == four calls of 1."""
+    kw = dict(key=jax.random.key(4), sampling=SAMPLING, strategy=strategy, prompt_ids=np.array([7, 3]))
+    whole = S.run_token_strategy(params, CFG, _cond(), num_candidates=4, **kw)
+    halves = [S.run_token_strategy(params, CFG, _cond(), num_candidates=2, first_candidate=c, **kw) for c in (0, 2)]
+    before = S.start_loop._cache_size()
+    ones = [S.run_token_strategy(params, CFG, _cond(), num_candidates=1, first_candidate=c, **kw) for c in range(4)]
+    assert S.start_loop._cache_size() - before <= 1  # the offset is traced: one compile for every offset
+    for parts in (halves, ones):
+        np.testing.assert_array_equal(np.concatenate([np.asarray(r.all_tokens) for r in parts], 1), whole.all_tokens)
+        np.testing.assert_array_equal(np.concatenate([np.asarray(r.score) for r in parts], 1), whole.score)
+    # winner indexes the call's own candidates
+    assert np.all((np.asarray(halves[1].winner) >= 0) & (np.asarray(halves[1].winner) < 2))
+    with pytest.raises(ValueError, match="first_candidate must be an integer >= 0"):
+        S.run_token_strategy(params, CFG, _cond(), num_candidates=1, first_candidate=-1, **kw)
+
+
 def test_best_of_n_picks_highest_reward(params):
     res = S.run_best_of_n(params, CFG, _cond(), prompts=["a", "b"], key=jax.random.key(2), num_candidates=4,
                           reward_fn=_fake_reward, decode_fn=_fake_decode, sampling=SAMPLING)

@@ -41,7 +41,7 @@ per-shard slot count N0 and a slot's global candidate id is `axis_index(cand_axi
 maximum over prompts *and shards* of the local alive count (`max_local_alive`, a pmax), so
 every shard leaves the while loop at the same step and compacts into the same pool size (shards
 keep their own alive candidates: a candidate never moves between devices). `num_real` marks
-padding candidates (global id >= num_real) dead from the start. Outside shard_map the loop state
+padding candidate slots (slot >= num_real) dead from the start. Outside shard_map the loop state
 is held in its *view* layout (`to_view`): CFG rows as an explicit (2, P, N) axis, so that the
 prompt and candidate axes can be sharded, and the pool as (2, 1, M) per shard, so that every
 device holds its own pool (its candidates' cond and uncond rows).
@@ -119,7 +119,7 @@ class LoopSpec:
     compaction: bool = False
     buckets: str = "pow2"  # pool sizes compaction may shrink to: see `bucket`
     stop_at: int = -1  # >= 0: leave the loop when k reaches it (importance-sampling checkpoints)
-    num_real: int = -1  # >= 0: global candidate ids >= num_real are padding, dead from the start
+    num_real: int = -1  # >= 0: candidate slots >= num_real (over all shards) are padding, dead from the start
     prompt_axis: str | None = None  # mesh axis the prompt axis is split over (inside shard_map)
     cand_axis: str | None = None  # mesh axis the candidate axis is split over (inside shard_map)
 
@@ -186,7 +186,8 @@ def _axes(spec: LoopSpec) -> tuple[str, ...]:
 
 
 def cand_offset(spec: LoopSpec):
-    """Global id of this shard's first candidate slot: axis_index(cand_axis) * N0 (0 unsharded)."""
+    """Index of this shard's first candidate slot among all shards': axis_index(cand_axis) * N0
+    (0 unsharded). A slot's candidate id (its key) is first_candidate + this + local slot."""
     if spec.cand_axis is None:
         return jnp.int32(0)
     return (jax.lax.axis_index(spec.cand_axis) * spec.num_candidates).astype(jnp.int32)
@@ -252,9 +253,10 @@ def shape_key(spec: LoopSpec) -> LoopSpec:
                                scaling=ScalingARConfig(block_size=spec.scaling.block_size))
 
 
-def init_loop(params, cond, cond_mask, key, prompt_ids, spec: LoopSpec) -> LoopState:
+def init_loop(params, cond, cond_mask, key, prompt_ids, spec: LoopSpec, first_candidate=0) -> LoopState:
     """Prefill for P prompts x N0 candidate slots (CFG rows) and a fresh loop state (not jitted).
-    Keys come from (prompt id, global candidate id); padding slots (`spec.num_real`) start dead."""
+    Keys come from (prompt id, candidate id = first_candidate (int32 scalar, may be traced) + slot
+    over all shards); padding slots (`spec.num_real`) start dead."""
     cfg, N0, T = spec.cfg, spec.num_candidates, spec.T
     P = cond.shape[0]
     rep = lambda x: None if x is None else jnp.repeat(x, N0, axis=0)  # noqa: E731
@@ -262,13 +264,13 @@ def init_loop(params, cond, cond_mask, key, prompt_ids, spec: LoopSpec) -> LoopS
     f32 = jnp.zeros((T, P, N0), jnp.float32)
     traj = {"C": f32, "I": f32, "D": f32, "R": f32, "scale": f32, "alive": jnp.zeros((T, P, N0), bool),
             "theta": jnp.zeros((T, P), jnp.float32)}
-    gid = cand_offset(spec) + jnp.arange(N0, dtype=jnp.int32)
+    slot = cand_offset(spec) + jnp.arange(N0, dtype=jnp.int32)
     conf = init_state(spec.scaling, P, N0, cfg.grid_size)
     if spec.num_real >= 0:
-        conf = conf.replace(alive=jnp.broadcast_to(gid < spec.num_real, (P, N0)))
+        conf = conf.replace(alive=jnp.broadcast_to(slot < spec.num_real, (P, N0)))
     return LoopState(
         logits=logits, cache=cache, k=jnp.int32(0),
-        keys=candidate_keys(key, prompt_ids, gid),
+        keys=candidate_keys(key, prompt_ids, jnp.asarray(first_candidate, jnp.int32) + slot),
         row=jnp.arange(P * N0, dtype=jnp.int32).reshape(P, N0), owner=jnp.arange(P * N0, dtype=jnp.int32),
         scale=jnp.full((P, N0), spec.sampling.cfg_scale, jnp.float32),
         conf=conf,
@@ -277,9 +279,9 @@ def init_loop(params, cond, cond_mask, key, prompt_ids, spec: LoopSpec) -> LoopS
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
-def start_loop(params, cond, cond_mask, key, prompt_ids, *, spec: LoopSpec) -> LoopState:
-    """Jitted `init_loop` (unsharded)."""
-    return init_loop(params, cond, cond_mask, key, prompt_ids, spec)
+def start_loop(params, cond, cond_mask, key, prompt_ids, first_candidate=0, *, spec: LoopSpec) -> LoopState:
+    """Jitted `init_loop` (unsharded; first_candidate is traced: one compile for every offset)."""
+    return init_loop(params, cond, cond_mask, key, prompt_ids, spec, first_candidate)
 
 
 def compact_local(s: LoopState, rows: int) -> LoopState:
@@ -404,8 +406,8 @@ def _result(s: LoopState, winner, score, tokens_used) -> StrategyResult:
 
 
 def finish_local(s: LoopState, strategy: str, spec: LoopSpec | None = None):
-    """Selection and accounting on local arrays (not jitted). Returns (winner (P,) int32 global
-    candidate id, score (P, N0) in this shard's original candidate layout, tokens_used (P,) int32
+    """Selection and accounting on local arrays (not jitted). Returns (winner (P,) int32 index over
+    all shards' candidate slots, score (P, N0) in this shard's original candidate layout, tokens_used (P,) int32
     summed over all candidate shards). Padding candidates (`spec.num_real`) score -inf."""
     cand_axis = None if spec is None else spec.cand_axis
     P, N0 = s.tokens.shape[:2]
@@ -483,11 +485,13 @@ class LocalExecutor:
 
     Every method takes the *unsharded* `LoopSpec` (all P prompts, all N candidates)."""
 
-    def __init__(self, params, cond, cond_mask, key, prompt_ids):
+    def __init__(self, params, cond, cond_mask, key, prompt_ids, first_candidate: int = 0):
         self.params, self.cond, self.cond_mask, self.key, self.prompt_ids = params, cond, cond_mask, key, prompt_ids
+        self.first_candidate = jnp.int32(check_first_candidate(first_candidate))
 
     def start(self, spec: LoopSpec) -> LoopState:
-        return start_loop(self.params, self.cond, self.cond_mask, self.key, self.prompt_ids, spec=shape_key(spec))
+        return start_loop(self.params, self.cond, self.cond_mask, self.key, self.prompt_ids, self.first_candidate,
+                          spec=shape_key(spec))
 
     def drive(self, s: LoopState, spec: LoopSpec, on_progress=None) -> LoopState:
         return drive(self.params, s, spec, on_progress)
@@ -515,6 +519,13 @@ def token_spec(cfg: GPTConfig, sampling: SamplingConfig, scaling: ScalingARConfi
                     buckets=buckets)
 
 
+def check_first_candidate(first_candidate) -> int:
+    """Validates a global candidate-id offset: an integer >= 0."""
+    if isinstance(first_candidate, bool) or not isinstance(first_candidate, (int, np.integer)) or first_candidate < 0:
+        raise ValueError(f"first_candidate must be an integer >= 0, got {first_candidate!r}")
+    return int(first_candidate)
+
+
 def _check_token_strategy(strategy: str) -> None:
     if strategy not in ("plain", "confidence_only", "scalingar"):
         raise ValueError(f"run_token_strategy handles plain/confidence_only/scalingar, got {strategy!r}")
@@ -523,18 +534,22 @@ def _check_token_strategy(strategy: str) -> None:
 def run_token_strategy(params, cfg: GPTConfig, cond, cond_mask=None, *, key, strategy: str = "scalingar",
                        num_candidates: int = 8, sampling: SamplingConfig = SamplingConfig(),
                        scaling: ScalingARConfig = ScalingARConfig(), compaction: bool | str = True, prompt_ids=None,
-                       on_progress=None) -> StrategyResult:
+                       first_candidate: int = 0, on_progress=None) -> StrategyResult:
     """Strategies that need no reward: "plain", "confidence_only", "scalingar".
 
     cond: (P,) labels or (P, cls, caption_dim) features; cond_mask (P, cls). CFG rows always run
     (ScalingAR's scale may go to s_min = 1). compaction: False (masking only), True / "pow2"
-    (power-of-two pools) or "fine" (also 3 * 2**k). Returns a `StrategyResult` with candidate ids.
+    (power-of-two pools) or "fine" (also 3 * 2**k). first_candidate: global id of the first of the
+    N candidates (keys come from ids first_candidate .. first_candidate + N - 1), so the N of
+    Best-of-N can be split over calls or hosts: plain/confidence_only candidates are the same
+    tokens whatever the split (ScalingAR's pooled statistics depend on which candidates share a
+    call). Returns a `StrategyResult`; `winner` indexes this call's candidates.
     """
     _check_token_strategy(strategy)
     cond, cond_mask, prompt_ids = _prepare(cfg, sampling, scaling, cond, cond_mask, num_candidates, prompt_ids)
-    ex = LocalExecutor(params, cond, cond_mask, key, prompt_ids)
-    return token_strategy_with(ex, token_spec(cfg, sampling, scaling, strategy, num_candidates, compaction),
-                               strategy, on_progress)
+    ex = LocalExecutor(params, cond, cond_mask, key, prompt_ids, first_candidate)
+    spec = token_spec(cfg, sampling, scaling, strategy, num_candidates, compaction)
+    return token_strategy_with(ex, spec, strategy, on_progress)
 
 
 def token_strategy_with(ex, spec: LoopSpec, strategy: str, on_progress=None) -> StrategyResult:
