@@ -930,7 +930,8 @@ def exp_efficiency(ctx: Ctx) -> dict:
     def sequential_bon(rec, seed):
         """Best-of-N as the paper timed it (Table 5: its BoN took 218.44 s, 8.8x its base run, i.e. the N
         candidates one after another): N plain N = 1 runs of candidates 0..N-1 (first_candidate = c: the
-        same tokens as the batched set, prompt id 0 as in `Runner`), then the learned reward on the N images."""
+        batched set's keys, prompt id 0 as in `Runner`; tokens equal up to batch-size rounding), then the
+        learned reward on the N images."""
         with Clock() as c:
             outs = [generate(pipe, [rec["prompt"]], strategy="plain", num_candidates=1, seed=seed, prompt_ids=[0],
                              first_candidate=j) for j in range(N)]

@@ -81,7 +81,8 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
     candidates are sharded over it with `shard_map` (same results as one device).
     compaction: False, True / "pow2" or "fine" (ScalingAR's pool buckets; results are the same).
     first_candidate: global id of the first candidate (reward-free strategies): with N = 1 and
-    first_candidate = c, plain sampling decodes exactly candidate c of an N-candidate run.
+    first_candidate = c, plain sampling decodes candidate c of an N-candidate run (same key; the
+    tokens can differ where a different batch size rounds differently).
     Extra keyword arguments go to importance sampling (checkpoints, tau, fill_code).
     """
     import time

@@ -86,7 +86,8 @@ def test_other_contents(smoke):
         s = ef["strategies"][k]
         assert s["peak_mb"] > 0 and s["s_per_step"] > 0 and s["tokens_per_image"] > 0
     assert ef["strategies"]["best_of_n"]["peak_mb"] > ef["strategies"]["base"]["peak_mb"]
-    # the paper's protocol: the same candidates decoded one at a time
+    # the paper's protocol: the same candidates decoded one at a time (same keys; at this tiny size the
+    # 2-row and 4-row matmuls round alike, so the tokens match too)
     assert ef["headline"]["sequential_bon_same_candidates"] == 1.0
     assert ef["strategies"]["best_of_n_seq"]["tokens_per_image"] == ef["strategies"]["best_of_n"]["tokens_per_image"]
     se = json.loads((smoke / "sensitivity.json").read_text())

@@ -541,9 +541,11 @@ def run_token_strategy(params, cfg: GPTConfig, cond, cond_mask=None, *, key, str
     (ScalingAR's scale may go to s_min = 1). compaction: False (masking only), True / "pow2"
     (power-of-two pools) or "fine" (also 3 * 2**k). first_candidate: global id of the first of the
     N candidates (keys come from ids first_candidate .. first_candidate + N - 1), so the N of
-    Best-of-N can be split over calls or hosts: plain/confidence_only candidates are the same
-    tokens whatever the split (ScalingAR's pooled statistics depend on which candidates share a
-    call). Returns a `StrategyResult`; `winner` indexes this call's candidates.
+    Best-of-N can be split over calls or hosts with the same keys: plain/confidence_only
+    candidates then differ only by floating point (a matmul over 2 rows may round differently
+    from one over 16; `reproduce.py efficiency` counts the prompts whose tokens still matched).
+    ScalingAR's pooled statistics depend on which candidates share a call. Returns a
+    `StrategyResult`; `winner` indexes this call's candidates.
     """
     _check_token_strategy(strategy)
     cond, cond_mask, prompt_ids = _prepare(cfg, sampling, scaling, cond, cond_mask, num_candidates, prompt_ids)
