@@ -26,7 +26,8 @@ from scalingar_jax.config import gpt_config, to_dtype  # noqa: E402
 
 
 def _abstract_params(cfg):
-    return gpt.param_shapes(cfg)
+    """Abstract parameters in the decode-time layout (per-layer trees, `gpt.unstack_layers`)."""
+    return jax.eval_shape(gpt.unstack_layers, gpt.param_shapes(cfg))
 
 
 def step_fn(cfg, n_steps):
@@ -91,6 +92,7 @@ def flops_per_step(cfg, rows, ctx):
 
 def bench_jax(cfg, batch, n_steps=32):
     params = jax.jit(functools.partial(gpt.init_params, cfg))(jax.random.key(0))
+    params = jax.block_until_ready(gpt.unstack_layers(params))  # the decode-time layout, as the pipeline loads
     P = batch // 2
     cond = jnp.zeros((P,), jnp.int32) if cfg.model_type == "c2i" else jnp.zeros(
         (P, cfg.cls_token_num, cfg.caption_dim), to_dtype(cfg.dtype))

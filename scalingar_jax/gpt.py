@@ -6,10 +6,16 @@ condition positions get zero rotary (cos = sin = 0), image token k the 2D rotary
 (k // g, k % g): the first hd/4 adjacent pairs rotate with the row, the last hd/4 with the
 column.
 
-Layers are an `nn.scan`, so per-layer parameters are stacked on a leading `n_layer` axis. The
-KV cache is an explicit pytree `KVCache(k, v, valid)` with fixed shapes; a call writes its new
-keys/values at `start` in place (`dynamic_update_slice` on the loop carry) and attends over
-the whole preallocated cache under a mask, so every decode step has the same shapes.
+Per-layer parameters are stored stacked on a leading `n_layer` axis (one tree, as `nn.scan`
+lays them out: checkpoints, conversion and training use this); the layers run unrolled. For
+decoding, `unstack_layers` turns `layers` into a tuple of per-layer trees once, so the token
+loop reads each layer's weights in place: slicing a stacked weight inside the loop copies it
+every step on XLA:CPU. The decode loops unstack on entry (a no-op for unstacked params). The KV cache is an explicit
+pytree `KVCache(k, v, valid)` with fixed shapes and ONE BUFFER PER LAYER: a call writes its
+new keys/values at `start` in place (`dynamic_update_slice`) and attends over the layer's whole
+preallocated buffer under a mask, so every decode step has the same shapes. (A stacked
+(n_layer, ...) cache read with a dynamic layer index is copied every step on XLA:CPU:
+`experiments/bench_attention_layout.py`.)
 
 Parameter tree (PyTorch `a.b` names map to `a/b`, Linear `(out,in)` to kernel `(in,out)`):
   tok_embeddings/embedding (V, dim)
@@ -32,12 +38,18 @@ from scalingar_jax.config import GPTConfig, to_dtype
 
 
 class KVCache(NamedTuple):
-    """k, v: (n_layer, B, n_kv_head, S, head_dim); valid: (B, S) bool, key positions that may
-    be attended to (False for left-padding of the caption). Causality comes from positions."""
+    """k, v: tuples of n_layer arrays (B, n_kv_head, S, head_dim), one buffer per layer; valid:
+    (B, S) bool, key positions that may be attended to (False for left-padding of the caption).
+    Causality comes from positions. Every array has the batch (row) axis first."""
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple
+    v: tuple
     valid: jax.Array
+
+    def map_rows(self, fn) -> KVCache:
+        """Applies fn to every array of the cache (each with the row axis first), e.g. a gather
+        of rows `lambda x: x[rows]` or a reshape of the row axis."""
+        return KVCache(tuple(fn(x) for x in self.k), tuple(fn(x) for x in self.v), fn(self.valid))
 
 
 def init_cache(cfg: GPTConfig, batch: int, max_len: int | None = None, cond_mask=None) -> KVCache:
@@ -48,12 +60,13 @@ def init_cache(cfg: GPTConfig, batch: int, max_len: int | None = None, cond_mask
     max_len = cfg.max_seq_len - 1 if max_len is None else max_len
     # Heads before positions: attention then reads each head's keys contiguously (on CPU the
     # (S, H) order costs ~4x in the decode step's attention).
-    shape = (cfg.n_layer, batch, cfg.kv_heads, max_len, cfg.head_dim)
+    shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
     dt = to_dtype(cfg.dtype)
     valid = jnp.ones((batch, max_len), bool)
     if cond_mask is not None:
         valid = valid.at[:, : cfg.cls_token_num].set(jnp.asarray(cond_mask, bool))
-    return KVCache(jnp.zeros(shape, dt), jnp.zeros(shape, dt), valid)
+    zeros = lambda: tuple(jnp.zeros(shape, dt) for _ in range(cfg.n_layer))  # noqa: E731
+    return KVCache(zeros(), zeros(), valid)
 
 
 def rope_2d(cfg: GPTConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -100,7 +113,8 @@ class Attention(nn.Module):
     cfg: GPTConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, cache_k, cache_v, mask, layer, start):
+    def __call__(self, x, cos, sin, cache_k, cache_v, mask, start):
+        """x (B, S, dim) at positions start..; cache_k/v: this layer's (B, Hkv, T, hd) buffers."""
         cfg = self.cfg
         B, S, _ = x.shape
         H, Hkv, hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
@@ -109,12 +123,10 @@ class Attention(nn.Module):
         k = qkv[..., H * hd : (H + Hkv) * hd].reshape(B, S, Hkv, hd)
         v = qkv[..., (H + Hkv) * hd :].reshape(B, S, Hkv, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        # Write the new keys/values of this layer in place, then read the layer's whole cache.
-        k, v = k.transpose(0, 2, 1, 3)[None], v.transpose(0, 2, 1, 3)[None]  # (1, B, Hkv, S, hd)
-        cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (layer, 0, 0, start, 0))
-        cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (layer, 0, 0, start, 0))
-        keys = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)  # (B, Hkv, T, hd)
-        values = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
+        # Write the new keys/values into this layer's buffer in place, then read the whole buffer.
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, Hkv, S, hd)
+        keys = cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, 0, start, 0))
+        values = cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, 0, start, 0))
         # Query head h uses kv head h // (H // Hkv), as PyTorch's repeat_interleave does.
         qg = q.reshape(B, S, Hkv, H // Hkv, hd)
         scores = jnp.einsum("bsgrd,bgtd->bgrst", qg, keys.astype(q.dtype), preferred_element_type=jnp.float32)
@@ -137,20 +149,55 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-norm transformer block; scanned over layers with the whole cache in the carry."""
+    """One pre-norm transformer block on its own layer's cache buffers."""
 
     cfg: GPTConfig
 
     @nn.compact
-    def __call__(self, carry, cos, sin, mask, start):
-        x, cache_k, cache_v, layer = carry
+    def __call__(self, x, cos, sin, cache_k, cache_v, mask, start):
         pdt = to_dtype(self.cfg.param_dtype)
         h, cache_k, cache_v = Attention(self.cfg, name="attention")(
-            RMSNorm(self.cfg.norm_eps, pdt, name="attention_norm")(x), cos, sin, cache_k, cache_v, mask, layer, start
+            RMSNorm(self.cfg.norm_eps, pdt, name="attention_norm")(x), cos, sin, cache_k, cache_v, mask, start
         )
         x = x + h
         x = x + FeedForward(self.cfg, name="feed_forward")(RMSNorm(self.cfg.norm_eps, pdt, name="ffn_norm")(x))
-        return (x, cache_k, cache_v, layer + 1), None
+        return x, cache_k, cache_v
+
+
+def _init_layers(cfg: GPTConfig, key: jax.Array):
+    """Stacked parameters of the n_layer blocks (each from its own split of `key`), leading axis n_layer."""
+    x = jnp.zeros((1, 1, cfg.dim), to_dtype(cfg.dtype))
+    cs = jnp.zeros((1, cfg.head_dim // 2), jnp.float32)
+    kv = jnp.zeros((1, cfg.kv_heads, 1, cfg.head_dim), to_dtype(cfg.dtype))
+    mask = jnp.ones((1, 1, 1), bool)
+    init = lambda k: Block(cfg, parent=None).init(k, x, cs, cs, kv, kv, mask, 0)["params"]  # noqa: E731
+    return jax.vmap(init)(jax.random.split(key, cfg.n_layer))
+
+
+def layer_params(layers, i: int):
+    """Layer i's parameter tree: from the stacked tree (leading n_layer axis; a static slice) or
+    from a tuple of per-layer trees (`unstack_layers`)."""
+    if isinstance(layers, (tuple, list)):
+        return layers[i]
+    return jax.tree.map(lambda p: p[i], layers)
+
+
+def unstack_layers(params):
+    """params with `layers` as a tuple of n_layer per-layer trees (decode-time layout: no slicing
+    of stacked weights inside the token loop). Inverse: `stack_layers`."""
+    layers = params["layers"]
+    if isinstance(layers, (tuple, list)):
+        return params
+    n = jax.tree.leaves(layers)[0].shape[0]
+    return {**params, "layers": tuple(layer_params(layers, i) for i in range(n))}
+
+
+def stack_layers(params):
+    """Inverse of `unstack_layers`: `layers` as one tree stacked on a leading n_layer axis."""
+    layers = params["layers"]
+    if not isinstance(layers, (tuple, list)):
+        return params
+    return {**params, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
 
 
 class LabelEmbedder(nn.Module):
@@ -203,8 +250,9 @@ class Transformer(nn.Module):
                                        param_dtype=to_dtype(cfg.param_dtype),
                                        embedding_init=nn.initializers.normal(0.02))
         self.cls_embedding = LabelEmbedder(cfg) if cfg.model_type == "c2i" else CaptionEmbedder(cfg)
-        self.layers = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True},
-                              in_axes=(nn.broadcast,) * 4, length=cfg.n_layer)(cfg)
+        # stacked (n_layer, ...) or, after `unstack_layers`, a tuple of per-layer trees: read as stored
+        self.layers = (self.get_variable("params", "layers") if self.has_variable("params", "layers")
+                       else self.param("layers", lambda key: _init_layers(cfg, key)))
         self.norm = RMSNorm(cfg.norm_eps, to_dtype(cfg.param_dtype))
         self.output = _dense(cfg.vocab_size, cfg, "output")
 
@@ -224,10 +272,14 @@ class Transformer(nn.Module):
         key_pos = jnp.arange(cache.valid.shape[1])
         causal = key_pos[None, :] <= positions[:, None]  # (S, T)
         mask = (causal[None] & cache.valid[:, None, :]) | (key_pos[None, None, :] == positions[None, :, None])
-        carry = (h, cache.k, cache.v, jnp.int32(0))
-        (h, k, v, _), _ = self.layers(carry, cos, sin, mask, start)
+        ks, vs = [], []
+        for i in range(self.cfg.n_layer):  # unrolled: each layer reads and writes its own cache buffers
+            h, k, v = Block(self.cfg, parent=None).apply({"params": layer_params(self.layers, i)}, h, cos, sin, cache.k[i],
+                                            cache.v[i], mask, start)
+            ks.append(k)
+            vs.append(v)
         logits = self.output(self.norm(h)).astype(jnp.float32)
-        return logits, KVCache(k, v, cache.valid)
+        return logits, KVCache(tuple(ks), tuple(vs), cache.valid)
 
     def init_all(self, cond, tokens, cache):
         h = jnp.concatenate([self.embed_condition(cond, jnp.zeros(tokens.shape[0], bool)), self.embed_tokens(tokens)], 1)

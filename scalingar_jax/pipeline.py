@@ -20,6 +20,7 @@ import numpy as np
 
 from scalingar_jax import vq
 from scalingar_jax.config import GPTConfig, SamplingConfig
+from scalingar_jax.gpt import unstack_layers
 from scalingar_jax.scaling.config import ScalingARConfig
 from scalingar_jax.scaling import strategies as S
 
@@ -28,7 +29,9 @@ Conditioner = Callable[[Sequence[str]], tuple[Any, Any]]  # prompts -> (cond, co
 
 @dataclasses.dataclass(frozen=True)
 class Pipeline:
-    """A generator: GPT + VQ + conditioner (+ reward for Best-of-N / importance sampling)."""
+    """A generator: GPT + VQ + conditioner (+ reward for Best-of-N / importance sampling).
+    gpt_params: stacked or per-layer (`gpt.unstack_layers`, what `world_pipeline` loads: the
+    decode loops then never copy weights)."""
 
     gpt_params: Any
     gpt_cfg: GPTConfig
@@ -170,7 +173,7 @@ def world_pipeline(path=None, *, sampling: SamplingConfig | None = None,
         def reward(images, prompts):
             return np.asarray(reward_scores(w.reward_params, w.reward_cfg, images, list(prompts)))
 
-    return Pipeline(gpt_params=w.gpt_params, gpt_cfg=w.gpt_cfg, vq_params=w.vq_params, vq_cfg=w.vq_cfg,
+    return Pipeline(gpt_params=unstack_layers(w.gpt_params), gpt_cfg=w.gpt_cfg, vq_params=w.vq_params, vq_cfg=w.vq_cfg,
                     condition=condition, reward=reward, sampling=sampling, scaling=scaling,
                     name=f"shapes-world ({w.path})")
 

@@ -23,8 +23,8 @@ The single-device loop keeps the model's rows in a flat pool (M cond rows, then 
 see `strategies`). Flat rows cannot be split so that a device holds its candidates' cond *and*
 uncond rows, so outside `shard_map` the state is held in the *view* layout of
 `strategies.to_view`: every shard's pool as an explicit (2, 1, M) block, side by side in global
-arrays (logits (2, prompt shards, cand shards * M, V), cache k/v (L, 2, ...), cache valid
-(2, ..., S), `owner` (prompt shards, cand shards * M)), and every per-candidate array
+arrays (logits (2, prompt shards, cand shards * M, V), every per-layer cache buffer and cache valid
+(2, prompt shards, cand shards * M, ...), `owner` (prompt shards, cand shards * M)), and every per-candidate array
 (P, N, ...) with P over ``prompts`` and N over ``cands``. Inside `shard_map`, `from_view` turns
 the local block back into flat pool rows and the unchanged single-device loop code runs on it.
 
@@ -79,7 +79,7 @@ from jax.sharding import PartitionSpec as P
 
 from scalingar_jax.atomic import atomic_dir
 from scalingar_jax.config import GPTConfig, SamplingConfig
-from scalingar_jax.gpt import KVCache
+from scalingar_jax.gpt import KVCache, unstack_layers
 from scalingar_jax.scaling import strategies as S
 from scalingar_jax.scaling.config import ScalingARConfig
 from scalingar_jax.scaling.profile import ConfidenceState, init_state
@@ -150,7 +150,7 @@ def loop_state_specs(spec: S.LoopSpec) -> S.LoopState:
     traj = {name: P(None, PROMPTS, CANDS) for name in ("C", "I", "D", "R", "scale", "alive")}
     traj["theta"] = P(None, PROMPTS)
     rows = P(None, PROMPTS, CANDS)
-    kv = P(None, None, PROMPTS, CANDS)
+    kv = (rows,) * spec.cfg.n_layer  # one buffer per layer, rows like the logits
     return S.LoopState(logits=rows, cache=KVCache(kv, kv, rows), k=P(), keys=pn, row=pn, owner=pn, scale=pn,
                        conf=conf_specs(spec.scaling, spec.cfg.grid_size), conf_sum=pn, tokens=pn, entropy=pn,
                        traj=traj)
@@ -164,10 +164,11 @@ def loop_state_shardings(mesh: Mesh, spec: S.LoopSpec) -> S.LoopState:
 # name pattern -> which dimension is split over "model" (column-parallel: the output features;
 # row-parallel: the input features; embeddings and the output head: the vocabulary).
 MODEL_RULES: tuple[tuple[str, int], ...] = (
-    (r"layers/attention/wqkv/kernel$", -1),  # (L, dim, (H + 2 Hkv) hd): column parallel
-    (r"layers/attention/wo/kernel$", -2),  # (L, H hd, dim): row parallel
-    (r"layers/feed_forward/w[13]/kernel$", -1),  # (L, dim, hidden): column parallel
-    (r"layers/feed_forward/w2/kernel$", -2),  # (L, hidden, dim): row parallel
+    # "layers/" stacked (L, ...) or "layers/<i>/" per layer (`gpt.unstack_layers`)
+    (r"layers/(\d+/)?attention/wqkv/kernel$", -1),  # (L, dim, (H + 2 Hkv) hd): column parallel
+    (r"layers/(\d+/)?attention/wo/kernel$", -2),  # (L, H hd, dim): row parallel
+    (r"layers/(\d+/)?feed_forward/w[13]/kernel$", -1),  # (L, dim, hidden): column parallel
+    (r"layers/(\d+/)?feed_forward/w2/kernel$", -2),  # (L, hidden, dim): row parallel
     (r"tok_embeddings/embedding$", 0),  # (V, dim): over the vocabulary
     (r"output/kernel$", -1),  # (dim, V): over the vocabulary
     (r"cls_embedding/embedding_table/embedding$", 0),  # (classes + 1, dim) [c2i]
@@ -329,7 +330,7 @@ def resample_view(s: S.LoopState, idx, *, spec: S.LoopSpec, mesh: Mesh) -> S.Loo
 
     conf = jax.tree.map(lambda x: take(x, 1) if x.ndim >= 2 and x.shape[:2] == (Pn, N) else x, s.conf)
     out = s.replace(logits=take_pool(s.logits, 2),
-                    cache=KVCache(take_pool(s.cache.k, 3), take_pool(s.cache.v, 3), take_pool(s.cache.valid, 2)),
+                    cache=s.cache.map_rows(lambda x: take_pool(x, 2)),
                     conf=conf, conf_sum=take(s.conf_sum, 1), tokens=take(s.tokens, 1), entropy=take(s.entropy, 1))
     return jax.lax.with_sharding_constraint(out, loop_state_shardings(mesh, spec))
 
@@ -362,7 +363,7 @@ class ShardedExecutor:
             x = np.asarray(x)
             return np.concatenate([x, np.repeat(x[:1], self.P_pad - self.P, axis=0)]) if self.P_pad > self.P else x
 
-        self.params = _on_mesh(params, mesh)
+        self.params = _on_mesh(unstack_layers(params), mesh)  # decode-time layout (see gpt.unstack_layers)
         self.cond = put(pad(cond), mesh, P(PROMPTS))
         self.cond_mask = None if cond_mask is None else put(pad(cond_mask), mesh, P(PROMPTS))
         self.prompt_ids = put(pad(prompt_ids), mesh, P(PROMPTS))

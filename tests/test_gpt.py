@@ -123,6 +123,26 @@ def test_flax_matches_numpy_reference_and_cache(cfg):
     assert _rel(_cached_logits(p, cfg, cond, mask, tokens), full) <= 1e-5
 
 
+def test_per_layer_params_and_cache_layout():
+    """unstack_layers/stack_layers round-trip; the cache is one (B, Hkv, S, hd) buffer per layer;
+    stacked and per-layer parameters give bit-identical logits and caches."""
+    cfg = GQA
+    p = gpt.init_params(cfg, jax.random.key(1))
+    u = gpt.unstack_layers(p)
+    assert isinstance(u["layers"], tuple) and len(u["layers"]) == cfg.n_layer
+    assert gpt.unstack_layers(u) is u  # already per-layer: no copy
+    chex.assert_trees_all_equal(gpt.stack_layers(u), p)
+    chex.assert_trees_all_equal(u["layers"][1], jax.tree.map(lambda x: x[1], p["layers"]))
+    cond, mask, tokens = _inputs(cfg)
+    (la, ca), (lb, cb) = (decode.prefill(q, cfg, cond, mask, use_cfg=False) for q in (p, u))
+    assert isinstance(ca.k, tuple) and len(ca.k) == len(ca.v) == cfg.n_layer
+    for x in (*ca.k, *ca.v):
+        chex.assert_shape(x, (cond.shape[0], cfg.kv_heads, cfg.max_seq_len - 1, cfg.head_dim))
+    chex.assert_trees_all_equal((la, ca), (lb, cb))
+    step = [decode.decode_step(q, cfg, ca, tokens[:, 0], jnp.int32(0)) for q in (p, u)]
+    chex.assert_trees_all_equal(step[0], step[1])
+
+
 def test_condition_positions_have_zero_rotary():
     cos, sin = gpt.rope_2d(T2I, jnp.arange(T2I.max_seq_len))
     assert np.all(np.asarray(cos[: T2I.cls_token_num]) == 0) and np.all(np.asarray(sin[: T2I.cls_token_num]) == 0)

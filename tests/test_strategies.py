@@ -78,8 +78,9 @@ def test_pool_compaction_moves_exactly_the_alive_rows(params):
         np.testing.assert_array_equal(np.asarray(before)[alive], np.asarray(after)[alive])
     old_rows, new_rows = np.asarray(s.row)[alive], np.asarray(c.row)[alive]
     for half in (0, 1):
-        np.testing.assert_array_equal(np.asarray(s.cache.k[:, old_rows + half * 12]),
-                                      np.asarray(c.cache.k[:, new_rows + half * 8]))
+        for layer in range(CFG.n_layer):
+            np.testing.assert_array_equal(np.asarray(s.cache.k[layer][old_rows + half * 12]),
+                                          np.asarray(c.cache.k[layer][new_rows + half * 8]))
         np.testing.assert_array_equal(np.asarray(s.cache.valid[old_rows + half * 12]),
                                       np.asarray(c.cache.valid[new_rows + half * 8]))
     # the per-candidate state is untouched: it always keeps the (P, N) layout
@@ -124,9 +125,9 @@ def test_drive_updates_the_state_in_place(params):
     spec = S.token_spec(CFG, SAMPLING, AGGRESSIVE, "scalingar", 4, False)
     s0 = S.start_loop(params, _cond(), None, jax.random.key(0), np.arange(2), spec=S.shape_key(spec))
     ref = S.run_loop(params, s0, spec=S.loop_key(spec))  # the non-donating loop leaves s0 valid
-    assert not s0.cache.k.is_deleted()
+    assert not s0.cache.k[0].is_deleted()
     out = S.drive(params, s0, spec)
-    assert s0.cache.k.is_deleted() and s0.tokens.is_deleted()
+    assert s0.cache.k[0].is_deleted() and s0.tokens.is_deleted()
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
 
 

@@ -1,7 +1,7 @@
 """Strict PyTorch <-> Flax mapping of LlamaGen GPT and VQ weights, and config inference.
 
 GPT (Flax tree = `scalingar_jax.gpt.init_params(cfg, key)`; per-layer weights stacked on a
-leading `n_layer` axis because the layers are an `nn.scan`):
+leading `n_layer` axis; the model slices layer i statically):
 
   PyTorch key (shape)                                   Flax path (shape)
   tok_embeddings.weight (V, dim)                        tok_embeddings/embedding (V, dim)

@@ -59,7 +59,7 @@ from flax import struct
 
 from scalingar_jax import decode
 from scalingar_jax.config import GPTConfig, SamplingConfig, to_dtype
-from scalingar_jax.gpt import KVCache, validate_condition
+from scalingar_jax.gpt import KVCache, unstack_layers, validate_condition
 from scalingar_jax.sampling import candidate_keys
 from scalingar_jax.scaling.config import ScalingARConfig
 from scalingar_jax.scaling.policy import guidance_scale, select_winner, update_termination
@@ -218,6 +218,7 @@ def loop(params, s: LoopState, spec: LoopSpec, stop=None) -> LoopState:
             go &= pool_alive(s.conf.alive, spec) > compaction_limit(M, spec.buckets)
         return go
 
+    params = unstack_layers(params)  # per-layer weights sliced once per call, not every step (no-op if done)
     return jax.lax.while_loop(keep_going, lambda s: _step(params, spec, s), s)
 
 
@@ -297,8 +298,8 @@ def compact_local(s: LoopState, rows: int) -> LoopState:
     src = s.row.reshape(P * N)[order]  # the old pool row of each new row
     src = jnp.concatenate([src, src + M])
     row = jnp.zeros((P * N,), jnp.int32).at[owner].set(jnp.arange(rows, dtype=jnp.int32), mode="drop")
-    return s.replace(logits=s.logits[src], cache=KVCache(s.cache.k[:, src], s.cache.v[:, src], s.cache.valid[src]),
-                     row=row.reshape(P, N), owner=owner)
+    return s.replace(logits=s.logits[src], cache=s.cache.map_rows(lambda x: x[src]), row=row.reshape(P, N),
+                     owner=owner)
 
 
 @functools.partial(jax.jit, static_argnames=("rows",))
@@ -441,25 +442,19 @@ def finish(s: LoopState, strategy: str) -> StrategyResult:
 
 # ------------------------------------------------------------------------------ view layout
 def to_view(s: LoopState) -> LoopState:
-    """Flat pool rows -> an explicit (2, 1, M) row axis per shard: logits (2, 1, M, V), cache k/v
-    (L, 2, 1, M, ...), cache valid (2, 1, M, S); owner (M,) -> (1, M). Local reshapes only: the
-    global view arrays are the shards' pools side by side, (2, prompt shards, cand shards * M)."""
+    """Flat pool rows -> an explicit (2, 1, M) row axis per shard: logits (2, 1, M, V), every cache
+    buffer (2, 1, M, ...); owner (M,) -> (1, M). Local reshapes only: the global view arrays are
+    the shards' pools side by side, (2, prompt shards, cand shards * M)."""
     M = s.owner.shape[0]
-    L = s.cache.k.shape[0]
     rows = lambda x: x.reshape(2, 1, M, *x.shape[1:])  # noqa: E731
-    kv = lambda x: x.reshape(L, 2, 1, M, *x.shape[2:])  # noqa: E731
-    return s.replace(logits=rows(s.logits), cache=KVCache(kv(s.cache.k), kv(s.cache.v), rows(s.cache.valid)),
-                     owner=s.owner[None])
+    return s.replace(logits=rows(s.logits), cache=s.cache.map_rows(rows), owner=s.owner[None])
 
 
 def from_view(s: LoopState) -> LoopState:
     """Inverse of `to_view` (on local arrays: (2, 1, M, ...) -> 2M flat rows)."""
     M = s.owner.shape[1]
-    L = s.cache.k.shape[0]
     rows = lambda x: x.reshape(2 * M, *x.shape[3:])  # noqa: E731
-    kv = lambda x: x.reshape(L, 2 * M, *x.shape[4:])  # noqa: E731
-    return s.replace(logits=rows(s.logits), cache=KVCache(kv(s.cache.k), kv(s.cache.v), rows(s.cache.valid)),
-                     owner=s.owner[0])
+    return s.replace(logits=rows(s.logits), cache=s.cache.map_rows(rows), owner=s.owner[0])
 
 
 def _check_reward(scores, n: int) -> np.ndarray:
@@ -486,7 +481,8 @@ class LocalExecutor:
     Every method takes the *unsharded* `LoopSpec` (all P prompts, all N candidates)."""
 
     def __init__(self, params, cond, cond_mask, key, prompt_ids, first_candidate: int = 0):
-        self.params, self.cond, self.cond_mask, self.key, self.prompt_ids = params, cond, cond_mask, key, prompt_ids
+        self.params = unstack_layers(params)  # the decode-time layout (no copy if already unstacked)
+        self.cond, self.cond_mask, self.key, self.prompt_ids = cond, cond_mask, key, prompt_ids
         self.first_candidate = jnp.int32(check_first_candidate(first_candidate))
 
     def start(self, spec: LoopSpec) -> LoopState:
@@ -605,9 +601,7 @@ def _resample(s: LoopState, idx) -> LoopState:
     p = jnp.arange(P)[:, None]
     tokens = s.tokens.at[p, jnp.arange(N)[None]].set(s.tokens[p, idx])
     entropy = s.entropy.at[p, jnp.arange(N)[None]].set(s.entropy[p, idx])
-    return s.replace(logits=s.logits[rows], cache=KVCache(s.cache.k[:, rows], s.cache.v[:, rows],
-                                                          s.cache.valid[rows]),
-                     conf=conf, conf_sum=take(s.conf_sum), tokens=tokens, entropy=entropy)
+    return s.replace(logits=s.logits[rows], cache=s.cache.map_rows(lambda x: x[rows]), conf=conf, conf_sum=take(s.conf_sum), tokens=tokens, entropy=entropy)
 
 
 def is_checkpoints(cfg: GPTConfig, checkpoints, tau: float, fill_code: int) -> list[int]:
