@@ -274,8 +274,8 @@ class Transformer(nn.Module):
         mask = (causal[None] & cache.valid[:, None, :]) | (key_pos[None, None, :] == positions[None, :, None])
         ks, vs = [], []
         for i in range(self.cfg.n_layer):  # unrolled: each layer reads and writes its own cache buffers
-            h, k, v = Block(self.cfg, parent=None).apply({"params": layer_params(self.layers, i)}, h, cos, sin, cache.k[i],
-                                            cache.v[i], mask, start)
+            h, k, v = Block(self.cfg, parent=None).apply({"params": layer_params(self.layers, i)}, h, cos, sin,
+                                                         cache.k[i], cache.v[i], mask, start)
             ks.append(k)
             vs.append(v)
         logits = self.output(self.norm(h)).astype(jnp.float32)
