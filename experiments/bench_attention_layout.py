@@ -1,14 +1,15 @@
-"""Decode-step attention over a KV cache, three cache layouts side by side (a lead, not the model).
+"""Decode-step attention over a KV cache, three cache layouts side by side (why the model keeps a
+buffer per layer).
 
-The model (`scalingar_jax/gpt.py`) keeps the cache stacked, (n_layer, B, H, S, hd), in the carry
-of its layer scan and reads layer l with a dynamic index. On XLA:CPU that index is materialized:
-every step copies the whole cache once for K and once for V before attention reads it. This
-benchmark times, inside one jitted token loop of `--steps` steps (cache donated, same attention
+A cache stacked as (n_layer, B, H, S, hd) in the carry of a layer scan (what `scalingar_jax/gpt.py`
+did until it switched to per-layer buffers) is read with a dynamic layer index. On XLA:CPU that
+index is materialized: every step copies the whole cache once for K and once for V before
+attention reads it. This benchmark times, inside one jitted token loop of `--steps` steps (cache donated, same attention
 math, same results), the attention part of a decode step for:
 
-* scan-carry:     stacked cache in the layer-scan carry, dynamic layer index (what gpt.py does)
+* scan-carry:     stacked cache in the layer-scan carry, dynamic layer index (gpt.py before)
 * static-slices:  stacked cache, layers unrolled in Python, static slices
-* per-layer:      one cache buffer per layer (a tuple), layers unrolled
+* per-layer:      one cache buffer per layer (a tuple), layers unrolled (gpt.py now)
 
 Only attention (cache write + scores + softmax + weighted sum) runs; no projections or MLP, so
 the numbers isolate the cache traffic. The outputs of all three are compared (max difference).
