@@ -1376,8 +1376,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name", choices=[*EXPERIMENTS, "all", "tune", "report"],
                     help="experiment to run: main (Table 1), ablations (Tables 2/4), width (Fig. 5 right), "
-                         "robustness (hard prompts), efficiency (Table 5), sensitivity (Fig. 10), signals (does confidence rank a prompt's candidates?), tune (on the "
-                         "development set only), all (the seven experiments in one process, then report), report "
+                         "robustness (hard prompts), efficiency (Table 5), sensitivity (Fig. 10), signals (does "
+                         "confidence rank a prompt's candidates?), tune (on the development set only), all (the "
+                         "seven experiments in one process, then report), report "
                          "(assemble RESULTS.md from existing JSON files)")
     ap.add_argument("--checkpoint", default=None,
                     help="shapes-world checkpoint folder (default checkpoints/shapes or $SCALINGAR_CHECKPOINT); "

@@ -10,12 +10,13 @@ Per-layer parameters are stored stacked on a leading `n_layer` axis (one tree, a
 lays them out: checkpoints, conversion and training use this); the layers run unrolled. For
 decoding, `unstack_layers` turns `layers` into a tuple of per-layer trees once, so the token
 loop reads each layer's weights in place: slicing a stacked weight inside the loop copies it
-every step on XLA:CPU. The decode loops unstack on entry (a no-op for unstacked params). The KV cache is an explicit
-pytree `KVCache(k, v, valid)` with fixed shapes and ONE BUFFER PER LAYER: a call writes its
-new keys/values at `start` in place (`dynamic_update_slice`) and attends over the layer's whole
-preallocated buffer under a mask, so every decode step has the same shapes. (A stacked
-(n_layer, ...) cache read with a dynamic layer index is copied every step on XLA:CPU:
-`experiments/bench_attention_layout.py`.)
+every step on XLA:CPU. The decode loops unstack on entry (a no-op for unstacked params).
+
+The KV cache is an explicit pytree `KVCache(k, v, valid)` with fixed shapes and one buffer per
+layer: a call writes its new keys/values at `start` in place (`dynamic_update_slice`) and
+attends over the layer's whole preallocated buffer under a mask, so every decode step has the
+same shapes. (A stacked (n_layer, ...) cache read with a dynamic layer index is copied every
+step on XLA:CPU: `experiments/bench_attention_layout.py`.)
 
 Parameter tree (PyTorch `a.b` names map to `a/b`, Linear `(out,in)` to kernel `(in,out)`):
   tok_embeddings/embedding (V, dim)
@@ -272,10 +273,10 @@ class Transformer(nn.Module):
         key_pos = jnp.arange(cache.valid.shape[1])
         causal = key_pos[None, :] <= positions[:, None]  # (S, T)
         mask = (causal[None] & cache.valid[:, None, :]) | (key_pos[None, None, :] == positions[None, :, None])
-        ks, vs = [], []
+        block, ks, vs = Block(self.cfg, parent=None), [], []
         for i in range(self.cfg.n_layer):  # unrolled: each layer reads and writes its own cache buffers
-            h, k, v = Block(self.cfg, parent=None).apply({"params": layer_params(self.layers, i)}, h, cos, sin,
-                                                         cache.k[i], cache.v[i], mask, start)
+            h, k, v = block.apply({"params": layer_params(self.layers, i)}, h, cos, sin, cache.k[i], cache.v[i],
+                                  mask, start)
             ks.append(k)
             vs.append(v)
         logits = self.output(self.norm(h)).astype(jnp.float32)

@@ -23,10 +23,11 @@ The single-device loop keeps the model's rows in a flat pool (M cond rows, then 
 see `strategies`). Flat rows cannot be split so that a device holds its candidates' cond *and*
 uncond rows, so outside `shard_map` the state is held in the *view* layout of
 `strategies.to_view`: every shard's pool as an explicit (2, 1, M) block, side by side in global
-arrays (logits (2, prompt shards, cand shards * M, V), every per-layer cache buffer and cache valid
-(2, prompt shards, cand shards * M, ...), `owner` (prompt shards, cand shards * M)), and every per-candidate array
-(P, N, ...) with P over ``prompts`` and N over ``cands``. Inside `shard_map`, `from_view` turns
-the local block back into flat pool rows and the unchanged single-device loop code runs on it.
+arrays (logits (2, prompt shards, cand shards * M, V), every per-layer cache buffer and cache
+valid (2, prompt shards, cand shards * M, ...), `owner` (prompt shards, cand shards * M)), and
+every per-candidate array (P, N, ...) with P over ``prompts`` and N over ``cands``. Inside
+`shard_map`, `from_view` turns the local block back into flat pool rows and the unchanged
+single-device loop code runs on it.
 
 Equivalence with the single-device run (tested bit for bit)
 ----------------------------------------------------------
@@ -240,13 +241,14 @@ def _key(key_data, impl):
 @functools.partial(jax.jit, static_argnames=("spec", "mesh", "impl"))
 def _start(params, cond, cond_mask, key_data, prompt_ids, first, *, spec, mesh, impl):
     state = loop_state_specs(spec)
-    if cond_mask is None:
-        f = lambda prm, c, kd, pid, fc: S.to_view(S.init_loop(prm, c, None, _key(kd, impl), pid, spec, fc))  # noqa: E731
-        return _smap(mesh, f, (P(), P(PROMPTS), P(), P(PROMPTS), P()), state)(params, cond, key_data, prompt_ids,
-                                                                              first)
-    f = lambda prm, c, m, kd, pid, fc: S.to_view(S.init_loop(prm, c, m, _key(kd, impl), pid, spec, fc))  # noqa: E731
-    return _smap(mesh, f, (P(), P(PROMPTS), P(PROMPTS), P(), P(PROMPTS), P()), state)(
-        params, cond, cond_mask, key_data, prompt_ids, first)
+
+    def f(prm, c, kd, pid, fc, m=None):
+        return S.to_view(S.init_loop(prm, c, m, _key(kd, impl), pid, spec, fc))
+
+    args, specs = (params, cond, key_data, prompt_ids, first), (P(), P(PROMPTS), P(), P(PROMPTS), P())
+    if cond_mask is not None:
+        args, specs = (*args, cond_mask), (*specs, P(PROMPTS))
+    return _smap(mesh, f, specs, state)(*args)
 
 
 def _sharded_loop(params, s: S.LoopState, stop, *, spec: S.LoopSpec, mesh: Mesh):

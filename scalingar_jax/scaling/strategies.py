@@ -119,7 +119,7 @@ class LoopSpec:
     compaction: bool = False
     buckets: str = "pow2"  # pool sizes compaction may shrink to: see `bucket`
     stop_at: int = -1  # >= 0: leave the loop when k reaches it (importance-sampling checkpoints)
-    num_real: int = -1  # >= 0: candidate slots >= num_real (over all shards) are padding, dead from the start
+    num_real: int = -1  # >= 0: candidate slots >= num_real (over all shards) are padding, dead from start
     prompt_axis: str | None = None  # mesh axis the prompt axis is split over (inside shard_map)
     cand_axis: str | None = None  # mesh axis the candidate axis is split over (inside shard_map)
 
@@ -408,8 +408,9 @@ def _result(s: LoopState, winner, score, tokens_used) -> StrategyResult:
 
 def finish_local(s: LoopState, strategy: str, spec: LoopSpec | None = None):
     """Selection and accounting on local arrays (not jitted). Returns (winner (P,) int32 index over
-    all shards' candidate slots, score (P, N0) in this shard's original candidate layout, tokens_used (P,) int32
-    summed over all candidate shards). Padding candidates (`spec.num_real`) score -inf."""
+    all shards' candidate slots, score (P, N0) in this shard's original candidate layout,
+    tokens_used (P,) int32 summed over all candidate shards). Padding candidates (`spec.num_real`)
+    score -inf."""
     cand_axis = None if spec is None else spec.cand_axis
     P, N0 = s.tokens.shape[:2]
     offset = jnp.int32(0) if spec is None else cand_offset(spec)
@@ -601,7 +602,8 @@ def _resample(s: LoopState, idx) -> LoopState:
     p = jnp.arange(P)[:, None]
     tokens = s.tokens.at[p, jnp.arange(N)[None]].set(s.tokens[p, idx])
     entropy = s.entropy.at[p, jnp.arange(N)[None]].set(s.entropy[p, idx])
-    return s.replace(logits=s.logits[rows], cache=s.cache.map_rows(lambda x: x[rows]), conf=conf, conf_sum=take(s.conf_sum), tokens=tokens, entropy=entropy)
+    return s.replace(logits=s.logits[rows], cache=s.cache.map_rows(lambda x: x[rows]),
+                     conf=conf, conf_sum=take(s.conf_sum), tokens=tokens, entropy=entropy)
 
 
 def is_checkpoints(cfg: GPTConfig, checkpoints, tau: float, fill_code: int) -> list[int]:
