@@ -71,14 +71,14 @@ from scalingar_jax.scaling.config import ABLATIONS, ScalingARConfig  # noqa: E40
 EXPERIMENTS = ("main", "ablations", "width", "robustness", "efficiency", "sensitivity", "signals")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
-# Full-size defaults per experiment (sized for ~10 min each on a 2-core CPU; see RESULTS.md).
+# Full-size defaults per experiment (each a few to ~15 min on a 2-core CPU; the stamps in results/ say when).
 DEFAULTS = {
     "main": dict(per_tag=20, seeds=[0, 1, 2]),
-    "ablations": dict(per_tag=20, seeds=[0]),
-    "width": dict(per_tag=10, seeds=[0]),
-    "robustness": dict(per_tag=20, seeds=[0], per_kind=20),
+    "ablations": dict(per_tag=20, seeds=[0, 1, 2]),
+    "width": dict(per_tag=10, seeds=[0, 1, 2]),
+    "robustness": dict(per_tag=20, seeds=[0, 1, 2], per_kind=20),
     "efficiency": dict(per_tag=2, seeds=[0]),
-    "sensitivity": dict(per_tag=10, seeds=[0]),
+    "sensitivity": dict(per_tag=10, seeds=[0, 1, 2]),
     "tune": dict(per_tag=10, seeds=[0]),
     "signals": dict(per_tag=20, seeds=[0, 1, 2]),
 }
@@ -1389,7 +1389,7 @@ def build_parser() -> argparse.ArgumentParser:
                          + "; robustness compares main's evaluation set with 20 hard prompts per kind")
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
                     help="sampling seeds (a candidate's key is derived from seed, prompt id, candidate id). "
-                         "Default: main 0 1 2, the others 0")
+                         "Default: " + ", ".join(f"{k} {' '.join(map(str, v['seeds']))}" for k, v in DEFAULTS.items()))
     ap.add_argument("--num-candidates", "-n", type=int, default=None,
                     help="candidates per prompt N for every experiment but width (default 8)")
     ap.add_argument("--batch", type=int, default=None,
@@ -1413,6 +1413,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="importance sampling temperature tau (default: the library's 0.1)")
     ap.add_argument("--tuned", action="store_true",
                     help="apply the gate chosen by `tune` (<out>/tune.json, development set) to ScalingAR")
+    ap.add_argument("--cfg-scale", type=float, default=None,
+                    help="base CFG scale of every strategy (ScalingAR's s_base), overriding the checkpoint's "
+                         "default and the one --tuned would apply; recorded in each JSON's settings")
     return ap
 
 
@@ -1431,6 +1434,8 @@ def main(argv=None, pipe: Pipeline | None = None) -> int:
         raise SystemExit("reproduce.py: error: --widths must be >= 1")
     if args.is_tau is not None and not args.is_tau > 0:
         raise SystemExit("reproduce.py: error: --is-tau must be > 0")
+    if args.cfg_scale is not None and not args.cfg_scale > 0:
+        raise SystemExit(f"reproduce.py: error: --cfg-scale must be > 0, got {args.cfg_scale}")
     if pipe is None:
         pipe = load_pipe(args.checkpoint)
     scaling, tuned = pipe.scaling, None
@@ -1444,6 +1449,9 @@ def main(argv=None, pipe: Pipeline | None = None) -> int:
             pipe = dataclasses.replace(pipe, sampling=dataclasses.replace(pipe.sampling,
                                                                           cfg_scale=float(t["chosen_cfg_scale"])))
             tuned["cfg_scale"] = float(t["chosen_cfg_scale"])
+    if args.cfg_scale is not None:
+        pipe = dataclasses.replace(pipe, sampling=dataclasses.replace(pipe.sampling, cfg_scale=args.cfg_scale))
+        tuned = {**(tuned or {}), "cfg_scale": args.cfg_scale, "cfg_scale_from": "--cfg-scale"}
     batch = args.batch or (SMOKE["batch"] if args.smoke else 20)
     is_kwargs = {} if args.is_tau is None else {"tau": args.is_tau}
     if args.smoke:

@@ -131,6 +131,14 @@ def test_tune_then_tuned_and_report(pipe, smoke):
     assert settings["tuned"] == {**t["chosen"], "cfg_scale": t["chosen_cfg_scale"]}
     assert settings["sampling"]["cfg_scale"] == t["chosen_cfg_scale"]  # the dev-chosen base CFG applies to all
     assert "plain,cfg=" + str(t["chosen_cfg_scale"]) in t["strategies"]
+    # --cfg-scale overrides the tuned base CFG for every strategy and says so in the settings
+    assert R.main(argv + ["--cfg-scale", "2.5", "--out", str(smoke)], pipe=pipe) == 0
+    settings = json.loads((smoke / "sensitivity.json").read_text())["settings"]
+    assert settings["sampling"]["cfg_scale"] == 2.5
+    assert settings["tuned"] == {**t["chosen"], "cfg_scale": 2.5, "cfg_scale_from": "--cfg-scale"}
+    with pytest.raises(SystemExit, match="--cfg-scale must be > 0"):
+        R.main(argv + ["--cfg-scale", "0", "--out", str(smoke)], pipe=pipe)
+    assert R.main(argv + ["--out", str(smoke)], pipe=pipe) == 0  # back to the tuned run for the report
     assert R.main(["report", "--out", str(smoke)]) == 0
     assert "## tune" in (smoke / "RESULTS.md").read_text()
 
