@@ -1248,13 +1248,25 @@ def exp_tune(ctx: Ctx) -> dict:
     R = ctx.runner
     # Stage 1: the base model's CFG scale; it becomes s_base for every strategy. Plain sampling's accuracy
     # is the mean over the N candidates of the shared candidate set (a lower-variance estimate than N = 1).
+    # The same candidate sets also give, at no extra cost, Best-of-N (learned reward), confidence-only and
+    # the oracle at every scale, and how well the reward ranks a prompt's candidates (reported, not used).
     runs: dict[str, list[Run]] = {}
+    sweep_runs: dict[str, list[Run]] = {}
+    reward_rank = {}
     for c in cfgs:
         sc = dataclasses.replace(ctx.pipe.sampling, cfg_scale=c)
-        runs[f"plain,cfg={c}"] = [R.candidates(records, "dev", N, seed, sampling=sc)["plain_mean"] for seed in seeds]
+        sets = [R.candidates(records, "dev", N, seed, sampling=sc) for seed in seeds]
+        runs[f"plain,cfg={c}"] = [cs["plain_mean"] for cs in sets]
+        for k in ("best_of_n", "confidence", "oracle_bon"):
+            sweep_runs[f"{k},cfg={c}"] = [cs[k] for cs in sets]
+        pcs = [cs["best_of_n"].per_candidate for cs in sets]
+        wins, pairs = zip(*(_pair_stats(pc["reward"], pc["correct"]) for pc in pcs))
+        reward_rank[c] = float(np.sum(wins) / max(np.sum(pairs), 1))
         log(f"tune plain cfg={c} (mean of {N} candidates): "
-            f"{np.mean([r.correct.mean() for r in runs[f'plain,cfg={c}']]):.3f}")
+            f"{np.mean([r.correct.mean() for r in runs[f'plain,cfg={c}']]):.3f}; reward within-prompt AUROC "
+            f"{reward_rank[c]:.3f}")
     stats1, _ = summarize(runs, records, "dev", ctx.B)
+    sweep, _ = summarize(sweep_runs, records, "dev", ctx.B)
     best_cfg = max(cfgs, key=lambda c: (round(stats1[f"plain,cfg={c}"]["overall"], 6), -c))
     sampling = dataclasses.replace(ctx.pipe.sampling, cfg_scale=best_cfg)
     # Stage 2: the termination gate at that CFG.
@@ -1270,14 +1282,25 @@ def exp_tune(ctx: Ctx) -> dict:
     chosen = min([(s["tokens_per_image"], g) for s, g in cands if s["overall"] >= best - TUNE_TIE],
                  key=lambda x: x[0])[1]
     payload = {**ctx.header("tune", seeds, {"split": "dev", "prompts": len(records), "grid": grid, "cfg_grid": cfgs}),
-               "strategies": stats, "chosen": chosen, "chosen_cfg_scale": best_cfg}
+               "strategies": stats, "chosen": chosen, "chosen_cfg_scale": best_cfg,
+               "cfg_sweep": {"strategies": sweep, "reward_within_prompt_auroc": reward_rank}}
     rows = [{"setting": k, "overall [95% CI]": fmt_ci(s["overall"], s["overall_ci"]),
              "tokens/image": f"{s['tokens_per_image']:.0f}"} for k, s in stats.items()]
+    sweep_rows = [{"base CFG": c, "plain (mean of N)": fmt_ci(stats[f"plain,cfg={c}"]["overall"],
+                                                               stats[f"plain,cfg={c}"]["overall_ci"]),
+                   **{LABELS[k]: fmt_ci(sweep[f"{k},cfg={c}"]["overall"], sweep[f"{k},cfg={c}"]["overall_ci"])
+                      for k in ("best_of_n", "confidence", "oracle_bon")},
+                   "reward within-prompt AUROC": f"{reward_rank[c]:.3f}"} for c in cfgs]
     md = ["Tuning on the development set (disjoint from the evaluation prompts). Stage 1 picks the base "
           f"CFG scale by plain sampling's accuracy, estimated over the N = {N} candidates of every prompt (rows "
           "`plain,cfg=...`); stage 2 picks ScalingAR's gate at that scale.\n",
           markdown_table(rows, list(rows[0])), "", f"Chosen: cfg_scale={best_cfg} (max dev accuracy of plain "
-          f"sampling), gate {chosen} (max dev accuracy; ties within {TUNE_TIE} go to fewer tokens)."]
+          f"sampling), gate {chosen} (max dev accuracy; ties within {TUNE_TIE} go to fewer tokens).\n",
+          "### The candidate sets of stage 1, at every base CFG (reported, not used for any choice)\n",
+          "The same N candidates per prompt, picked by the learned reward, by mean token confidence and by the "
+          "judge (upper bound); last column: within-prompt AUROC of the learned reward against the judge "
+          "(0.5 = chance; as in `signals`).\n",
+          markdown_table(sweep_rows, list(sweep_rows[0]))]
     ctx.write("tune", payload, "\n".join(md))
     return payload
 

@@ -124,6 +124,11 @@ def test_tune_then_tuned_and_report(pipe, smoke):
     assert R.main(["tune", "--smoke", "--out", str(smoke)], pipe=pipe) == 0
     t = json.loads((smoke / "tune.json").read_text())
     assert t["settings"]["split"] == "dev" and set(t["chosen"]) == {"Delta_rec", "p"}
+    sweep = t["cfg_sweep"]  # every scale's candidate set, reported: Best-of-N, confidence-only, oracle
+    assert sorted(map(float, sweep["reward_within_prompt_auroc"])) == sorted(t["settings"]["cfg_grid"])
+    for c in t["settings"]["cfg_grid"]:
+        bon, orc = sweep["strategies"][f"best_of_n,cfg={c}"], sweep["strategies"][f"oracle_bon,cfg={c}"]
+        assert bon["overall"] <= orc["overall"] + 1e-9  # the oracle picks a correct candidate when there is one
     argv = ["sensitivity", "--smoke", "--tuned", "--p-values", str(t["chosen"]["p"]), "--delta-values", "0.05"]
     assert R.main(argv + ["--out", str(smoke)], pipe=pipe) == 0
     settings = json.loads((smoke / "sensitivity.json").read_text())["settings"]
