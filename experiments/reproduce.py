@@ -265,9 +265,16 @@ def _batches(n: int, P: int):
 
 
 def _judge(images: np.ndarray, records: Sequence[dict]) -> np.ndarray:
+    return _judge_detail(images, records)[0]
+
+
+def _judge_detail(images: np.ndarray, records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """The judge's verdicts (n,) bool and the drawn area (n,) int: pixels of all detected objects."""
     from scalingar_jax.world.judge import judge_image
 
-    return np.array([bool(judge_image(im, r).correct) for im, r in zip(images, records)])
+    verdicts = [judge_image(im, r) for im, r in zip(images, records)]
+    return (np.array([bool(v.correct) for v in verdicts]),
+            np.array([sum(d.area for d in v.detected) for v in verdicts], np.int64))
 
 
 class Runner:
@@ -331,7 +338,7 @@ class Runner:
         pipe = self.pipe
         n, T = len(records), pipe.gpt_cfg.block_size
         win = {k: np.zeros(n, bool) for k in ("confidence", "best_of_n", "oracle_bon")}
-        cand_correct = np.zeros((n, N), bool)
+        cand_correct, cand_area = np.zeros((n, N), bool), np.zeros((n, N), np.int64)
         reward, mean_conf = np.zeros((n, N)), np.zeros((n, N))
         cand_tokens = np.zeros((n, N, T), np.int32)
         sec = {k: 0.0 for k in ("loop", "decode", "reward", "judge")}
@@ -355,10 +362,10 @@ class Runner:
             compile_s += c.compile
             images = images.reshape(P, N, *images.shape[1:])
             with Clock() as c:  # the oracle reward: the exact judge on every candidate
-                cc = np.stack([_judge(images[j], [records[i]] * N) for j, i in enumerate(idx)])
+                cc, area = map(np.stack, zip(*(_judge_detail(images[j], [records[i]] * N) for j, i in enumerate(idx))))
             sec["judge"] += c.seconds * P / m
             slots += P
-            cand_correct[idx] = cc
+            cand_correct[idx], cand_area[idx] = cc, area
             reward[idx] = r[:m]
             mean_conf[idx] = np.asarray(out.result.score)[:m]
             cand_tokens[idx] = all_tokens[:m]
@@ -380,7 +387,7 @@ class Runner:
                                    "candidate_accuracy": float(cand_correct.mean()),
                                    "any_correct": float(cand_correct.any(1).mean())}
         runs["best_of_n"].per_candidate = {"all_tokens": cand_tokens, "correct": cand_correct, "reward": reward,
-                                           "mean_confidence": mean_conf}
+                                           "mean_confidence": mean_conf, "area": cand_area}
         return runs
 
 
@@ -1106,6 +1113,23 @@ TUNE_CFG = [2.0, 3.0, 5.0, 7.5]
 TUNE_TIE = 0.02  # dev accuracy within this of the best counts as a tie (gate stage)
 
 
+def _within_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman correlation over the last axis: x, y (..., N) -> (...,); NaN where x or y is constant.
+    Ties get their mean rank."""
+    def ranks(a):
+        order = np.argsort(a, axis=-1, kind="mergesort")
+        r = np.empty_like(a, dtype=float)
+        np.put_along_axis(r, order, np.broadcast_to(np.arange(a.shape[-1], dtype=float), a.shape), -1)
+        eq = a[..., :, None] == a[..., None, :]  # mean rank over ties
+        return (eq * r[..., None, :]).sum(-1) / eq.sum(-1)
+
+    rx, ry = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
+    rx, ry = rx - rx.mean(-1, keepdims=True), ry - ry.mean(-1, keepdims=True)
+    den = np.sqrt((rx ** 2).sum(-1) * (ry ** 2).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (rx * ry).sum(-1) / np.where(den > 0, den, 1.0), np.nan)
+
+
 def _pair_stats(scores: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Within-prompt pairs: scores, correct (..., N) -> (wins, pairs) (...,): over the ordered pairs
     (i correct, j not) of the same prompt, wins counts s_i > s_j (+ 0.5 for a tie)."""
@@ -1142,12 +1166,13 @@ def exp_signals(ctx: Ctx) -> dict:
     profile = dataclasses.replace(ctx.scaling, use_termination=False, use_scheduler=False)
     log(f"signals: {n} prompts ({split}), N={N}, seeds {seeds}")
     sig = {k: np.zeros((len(seeds), n, N)) for k in SIGNALS}
-    correct = np.zeros((len(seeds), n, N), bool)
+    correct, area = np.zeros((len(seeds), n, N), bool), np.zeros((len(seeds), n, N))
     curves = {c: np.zeros((len(seeds), T, n, N), np.float32) for c in "CID"}
     same = []
     for si, seed in enumerate(seeds):
         pc = R.candidates(records, split, N, seed)["best_of_n"].per_candidate
         correct[si], sig["reward"][si], sig["mean_confidence"][si] = pc["correct"], pc["reward"], pc["mean_confidence"]
+        area[si] = pc["area"]
         for idx, ids in _batches(n, R.batch):
             m = len(idx)
             prompts = [records[i]["prompt"] for i in idx] + [records[idx[0]]["prompt"]] * (len(ids) - m)
@@ -1177,16 +1202,28 @@ def exp_signals(ctx: Ctx) -> dict:
         x = np.take_along_axis(correct, scores.argmax(-1)[..., None], -1)[..., 0].mean(0).astype(float)
         return bs.point(x), ci(bs.overall(x))
 
+    def with_area(scores):  # within-prompt Spearman correlation with the drawn area, mean over prompt-seed units
+        rho = _within_spearman(scores, area)  # (seeds, n), NaN where either is constant
+        ok = np.isfinite(rho)
+        tot, cnt = np.where(ok, rho, 0.0).sum(0), ok.sum(0)  # per record, all seeds of a record together
+        if cnt.sum() == 0:
+            return None, None
+        boot = tot[draws].sum(1) / np.maximum(cnt[draws].sum(1), 1)
+        return float(tot.sum() / cnt.sum()), ci(boot)
+
     table, rows = {}, []
     for k, (lab, what) in SIGNALS.items():
         a, a_ci, pairs = within(sig[k])
         acc, acc_ci = pick(sig[k])
         across = _auroc(sig[k].ravel(), correct.ravel())
+        rho, rho_ci = with_area(sig[k])
         table[k] = {"label": lab, "what": what, "within_prompt_auroc": a, "within_prompt_auroc_ci": a_ci,
-                    "pairs": pairs, "pick_accuracy": acc, "pick_accuracy_ci": acc_ci, "across_prompt_auroc": across}
+                    "pairs": pairs, "pick_accuracy": acc, "pick_accuracy_ci": acc_ci, "across_prompt_auroc": across,
+                    "area_spearman": rho, "area_spearman_ci": rho_ci}
         rows.append({"signal": lab, "within-prompt AUROC [95% CI]": fmt_ci(a, a_ci),
                      "Best-of-N by it: accuracy [95% CI]": fmt_ci(acc, acc_ci),
-                     "across-prompt AUROC": "n/a" if across is None else f"{across:.3f}"})
+                     "across-prompt AUROC": "n/a" if across is None else f"{across:.3f}",
+                     "vs drawn area: within-prompt Spearman [95% CI]": "n/a" if rho is None else fmt_ci(rho, rho_ci)})
     x_mean = correct.mean((0, 2)).astype(float)
     x_any = correct.any(-1).mean(0).astype(float)
     refs = {"random": {"label": "random pick (a single sample)", "pick_accuracy": bs.point(x_mean),
@@ -1196,7 +1233,8 @@ def exp_signals(ctx: Ctx) -> dict:
     for r in refs.values():
         rows.append({"signal": r["label"], "within-prompt AUROC [95% CI]": f"{r['within_prompt_auroc']:.3f}",
                      "Best-of-N by it: accuracy [95% CI]": fmt_ci(r["pick_accuracy"], r["pick_accuracy_ci"]),
-                     "across-prompt AUROC": ""})
+                     "across-prompt AUROC": "", "vs drawn area: within-prompt Spearman [95% CI]": ""})
+    area_vs_correct = within(area)  # do correct candidates draw more? (AUROC of the area itself)
     # within-prompt AUROC of C, I, D step by step: when does the profile know?
     steps = list(range(4, T + 1, 4))
     curve = {}
@@ -1207,7 +1245,8 @@ def exp_signals(ctx: Ctx) -> dict:
     payload = {**ctx.header("signals", seeds, {"split": split, "prompts": n, "per_tag": per_tag, "warmup_steps": W0,
                                               "profile": "ScalingAR's profile, no termination, fixed CFG"}),
                "signals": table, "references": refs, "curve_steps": steps, "curves": curve,
-               "prompts_with_mixed_candidates": mixed, "prompt_seed_units": int(correct.shape[0] * n)}
+               "prompts_with_mixed_candidates": mixed, "prompt_seed_units": int(correct.shape[0] * n),
+               "area_within_prompt_auroc": {"value": area_vs_correct[0], "ci": area_vs_correct[1]}}
     payload["files"] = {"auroc": _plot(
         viz.plot_lines, ctx.out / "signals_auroc.png", steps,
         {**{f"{c} (within-prompt AUROC)": curve[c] for c in "CID"},
@@ -1223,9 +1262,14 @@ def exp_signals(ctx: Ctx) -> dict:
           "it**: the judge's accuracy of the candidate the signal ranks first (GenEval overall = mean over tags); "
           "the reward row is main's Best-of-N, mean token confidence is main's confidence-only row, final C_T "
           "is ScalingAR's selection rule without its termination and scheduler. **Across-prompt AUROC**: the same "
-          "over all candidates of all prompts (mixes up 'which prompt is easy' with 'which candidate is good').\n",
+          "over all candidates of all prompts (mixes up 'which prompt is easy' with 'which candidate is good'). "
+          "**vs drawn area**: the within-prompt Spearman correlation of the signal with the pixels of all objects "
+          "the judge detects in the candidate's image (negative = the less a candidate draws, the higher the "
+          "signal), averaged over prompts.\n",
           f"{n} prompts ({split} set), N = {N}, T = {T}, warm-up W0 = {W0} steps, seeds {seeds}.\n",
           markdown_table(rows, list(rows[0])), "",
+          f"The drawn area itself ranks a prompt's correct candidate above a wrong one with within-prompt AUROC "
+          f"{fmt_ci(area_vs_correct[0], area_vs_correct[1])}.\n",
           "95% CI: bootstrap over prompts (all seeds of a prompt kept together; accuracy stratified by tag), "
           f"{ctx.B} resamples."]
     ctx.write("signals", payload, "\n".join(md))

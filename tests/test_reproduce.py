@@ -109,6 +109,18 @@ def test_signals_contents(smoke):
     assert t["mean_confidence"]["pick_accuracy"] == pytest.approx(main["confidence"]["overall"])
     assert sg["references"]["oracle"]["pick_accuracy"] == pytest.approx(main["oracle_bon"]["overall"])
     assert len(sg["curves"]["C"]) == len(sg["curve_steps"])
+    for v in t.values():  # correlation with the drawn area: None when every candidate drew the same
+        assert v["area_spearman"] is None or -1.0 <= v["area_spearman"] <= 1.0
+    assert "vs drawn area" in (smoke / "signals.md").read_text()
+
+
+def test_within_spearman_hand_case():
+    x = np.array([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0], [1.0, 1.0, 2.0, 2.0], [5.0, 5.0, 5.0, 5.0]])
+    y = np.array([[10.0, 20.0, 30.0, 40.0]] * 4)
+    rho = R._within_spearman(x, y)
+    assert rho[0] == pytest.approx(1.0) and rho[1] == pytest.approx(-1.0)
+    # ties take their mean rank: ranks (1.5, 1.5, 3.5, 3.5) against (1, 2, 3, 4) -> 4 / sqrt(4 * 5)
+    assert rho[2] == pytest.approx(4 / np.sqrt(20)) and np.isnan(rho[3])  # a constant signal has no correlation
 
 
 def test_pair_stats_hand_case():
