@@ -854,7 +854,9 @@ def exp_robustness(ctx: Ctx) -> dict:
              "relative drop": "" if drops[k]["relative_drop"] is None else f"{100 * drops[k]['relative_drop']:.1f}%"}
             for k in names]
     mrows = [f"- vs {LABELS[b]}: ScalingAR's relative drop is "
-             + ("n/a" if m["mitigation"] is None else f"{100 * m['mitigation']:.0f}% smaller")
+             + ("n/a" if m["mitigation"] is None else f"{abs(100 * m['mitigation']):.0f}% "
+                + ("smaller" if m["mitigation"] >= 0 else "larger") + " (mitigation "
+                + f"{100 * m['mitigation']:+.0f}%)")
              + ("" if m["ci"] is None else f" (95% CI [{100 * m['ci'][0]:.0f}%, {100 * m['ci'][1]:.0f}%]"
                 + ("; within noise" if m["ci"][0] <= 0 <= m["ci"][1] else "") + ")") for b, m in mitig.items()]
     md = [f"Paper: {PAPER['robustness']}\n",
