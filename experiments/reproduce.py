@@ -1194,11 +1194,14 @@ def exp_signals(ctx: Ctx) -> dict:
     bs = Bootstrap(groups, ctx.B)
     draws = np.random.default_rng(7).integers(0, n, (ctx.B, n))  # records resampled, all seeds of a record kept
 
+    def ratio(num, den):  # (seeds, n) each -> sum(num) / sum(den) and its CI, records resampled with all seeds
+        num, den = num.sum(0), den.sum(0)
+        boot = num[draws].sum(1) / np.maximum(den[draws].sum(1), 1)
+        return float(num.sum() / max(den.sum(), 1)), ci(boot)
+
     def within(scores):
         wins, pairs = _pair_stats(scores, correct)  # (seeds, n)
-        w, p = wins.sum(0), pairs.sum(0)
-        boot = w[draws].sum(1) / np.maximum(p[draws].sum(1), 1)
-        return float(w.sum() / max(p.sum(), 1)), ci(boot), int(p.sum())
+        return (*ratio(wins, pairs), int(pairs.sum()))
 
     def pick(scores):  # Best-of-N by this score: judge accuracy of the argmax, averaged over seeds
         x = np.take_along_axis(correct, scores.argmax(-1)[..., None], -1)[..., 0].mean(0).astype(float)
@@ -1207,11 +1210,7 @@ def exp_signals(ctx: Ctx) -> dict:
     def with_area(scores):  # within-prompt Spearman correlation with the drawn area, mean over prompt-seed units
         rho = _within_spearman(scores, area)  # (seeds, n), NaN where either is constant
         ok = np.isfinite(rho)
-        tot, cnt = np.where(ok, rho, 0.0).sum(0), ok.sum(0)  # per record, all seeds of a record together
-        if cnt.sum() == 0:
-            return None, None
-        boot = tot[draws].sum(1) / np.maximum(cnt[draws].sum(1), 1)
-        return float(tot.sum() / cnt.sum()), ci(boot)
+        return ratio(np.where(ok, rho, 0.0), ok) if ok.any() else (None, None)
 
     table, rows = {}, []
     for k, (lab, what) in SIGNALS.items():
