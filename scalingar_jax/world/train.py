@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from scalingar_jax.atomic import atomic_write_text
+from scalingar_jax.stats import auroc
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "results" / "training"
@@ -487,17 +488,6 @@ def perturb_prompt(prompt: str, rng: np.random.Generator) -> str | None:
         w[i] = _SWAP_REL[words[i]]
     out = " ".join(w)
     return out if out != prompt else None
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (ties count half); nan if one class is absent."""
-    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, bool)
-    pos, neg = scores[labels], scores[~labels]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    gt = (pos[:, None] > neg[None, :]).mean()
-    eq = (pos[:, None] == neg[None, :]).mean()
-    return float(gt + 0.5 * eq)
 
 
 def _reward_batch(recs, imgs, recon, rng, n, pool_records, n_random: int = 6):
