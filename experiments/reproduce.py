@@ -47,26 +47,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, stamp  # noqa: E402
+from runner import (Clock, Run, Runner, compare, group_of, judge, load_pipe, loop_memory,  # noqa: E402
+                    loop_step_ms, mean_correct, prompt_set, sequential_best_of_n, summarize)
 
 from scalingar_jax.atomic import atomic_write_text  # noqa: E402
-from scalingar_jax.pipeline import WORLD_SAMPLING, WORLD_SCALING, Pipeline, generate  # noqa: E402
+from scalingar_jax.pipeline import Pipeline, generate  # noqa: E402
 from scalingar_jax.scaling import strategies as S  # noqa: E402
 from scalingar_jax.scaling.config import ABLATIONS, ScalingARConfig  # noqa: E402
+from scalingar_jax.stats import (StratifiedBootstrap, auroc, bootstrap_means, finite_ci, percentile_ci,  # noqa: E402
+                                 pooled_ratio_ci, relative_to, resample_indices, spearman_rows,
+                                 within_prompt_auroc, within_prompt_pairs)
 
 EXPERIMENTS = ("main", "ablations", "width", "robustness", "efficiency", "sensitivity", "signals")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -119,381 +120,21 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-# ----------------------------------------------------------------------------------------- pipelines
-def random_params(init_fn: Callable, cfg, seed: int):
-    """Random parameters with the tree of `init_fn(cfg, key)`, filled on the host with NumPy (norm
-    scales 1, biases 0, kernels normal / sqrt(fan_in), anything else normal(0.02)). `jax.eval_shape`
-    gives the tree without running Flax's initializers op by op (which costs ~30 s of tiny compiles)."""
-    shapes = jax.eval_shape(functools.partial(init_fn, cfg), jax.random.key(0))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = str(getattr(path[-1], "key", path[-1]))
-        shape = tuple(leaf.shape)
-        if name in ("scale", "weight"):
-            x = np.ones(shape)
-        elif name == "bias":
-            x = np.zeros(shape)
-        elif name == "kernel":
-            x = rng.standard_normal(shape) / math.sqrt(max(1, int(np.prod(shape[:-1]))))
-        else:
-            x = 0.02 * rng.standard_normal(shape)
-        return jnp.asarray(x, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
-def tiny_world_pipeline(seed: int = 0, grid_size: int = 4) -> Pipeline:
-    """A TINY RANDOM shapes-world pipeline built in memory (no checkpoint): 16x16 images, a 4x4
-    token grid (T = 16), a 1-layer GPT, random text encoder and reward. Its images are noise;
-    it exercises every code path of the experiments in seconds (tests, --smoke)."""
-    from scalingar_jax import gpt, vq
-    from scalingar_jax.world.random_world import random_world_configs
-    from scalingar_jax.world.reward import init_reward_params, reward_scores
-    from scalingar_jax.world.text_encoder import encode_prompts, init_text_params
-
-    cfgs = random_world_configs(grid_size)
-    vq_params = random_params(vq.init_vq_params, cfgs["vq"], 4 * seed)
-    gpt_params = random_params(gpt.init_params, cfgs["gpt"], 4 * seed + 1)
-    text_params = random_params(init_text_params, cfgs["text"], 4 * seed + 2)
-    reward_params = random_params(init_reward_params, cfgs["reward"], 4 * seed + 3)
-    text_cfg, reward_cfg = cfgs["text"], cfgs["reward"]
-
-    def condition(prompts):
-        return encode_prompts(text_params, text_cfg, list(prompts))
-
-    def reward(images, prompts):
-        return np.asarray(reward_scores(reward_params, reward_cfg, images, list(prompts)))
-
-    return Pipeline(gpt_params=gpt_params, gpt_cfg=cfgs["gpt"], vq_params=vq_params, vq_cfg=cfgs["vq"],
-                    condition=condition, reward=reward, sampling=WORLD_SAMPLING, scaling=WORLD_SCALING,
-                    name=f"tiny random world (seed {seed}, untrained)")
-
-
-def load_pipe(checkpoint: str | None) -> Pipeline:
-    """`random` / `random:SEED`: the tiny random world; else the trained world at `checkpoint`
-    (default checkpoints/shapes or $SCALINGAR_CHECKPOINT)."""
-    if checkpoint is not None and checkpoint.startswith("random"):
-        m = re.fullmatch(r"random(?::(\d+))?", checkpoint)
-        if not m:
-            raise ValueError(f"--checkpoint {checkpoint!r}: use 'random' or 'random:SEED' for the tiny random world")
-        return tiny_world_pipeline(int(m.group(1) or 0))
-    from scalingar_jax.pipeline import world_pipeline
-
-    return world_pipeline(checkpoint)
-
-
-# ----------------------------------------------------------------------------------------- timing
-_COMPILE = [0.0]
-_LISTENING = [False]
-
-
-def _listen() -> None:
-    if not _LISTENING[0]:
-        def on_event(name, secs, **_):
-            if name.startswith("/jax/core/compile/"):
-                _COMPILE[0] += secs
-
-        jax.monitoring.register_event_duration_secs_listener(on_event)
-        _LISTENING[0] = True
-
-
-class Clock:
-    """Wall clock of a block minus the JAX compile time spent inside it."""
-
-    def __enter__(self):
-        _listen()
-        self.c0, self.t0 = _COMPILE[0], time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.compile = _COMPILE[0] - self.c0
-        self.wall = time.perf_counter() - self.t0
-        self.seconds = max(0.0, self.wall - self.compile)
-        return False
-
-
-# ----------------------------------------------------------------------------------------- prompts
-def prompt_set(split: str, per_tag: int, per_kind: int | None = None) -> list[dict]:
-    from scalingar_jax.world import prompts as W
-
-    if split == "eval":
-        return W.evaluation_set(seed=0, per_tag=per_tag)
-    if split == "dev":
-        return W.development_set(seed=1, per_tag=per_tag)
-    if split == "hard":
-        return W.hard_set(seed=2, per_kind=per_kind or per_tag)
-    raise ValueError(f"unknown split {split!r}; use eval, dev or hard")
-
-
-def group_of(record: dict, split: str) -> str:
-    """Tag for eval/dev records; the hard kind for hard-set records."""
-    if split == "hard":
-        from scalingar_jax.world.prompts import hard_kind
-
-        return hard_kind(record) or record["tag"]
-    return record["tag"]
-
-
-# ----------------------------------------------------------------------------------------- runs
-@dataclasses.dataclass
-class Run:
-    """One strategy on one prompt set for one seed. correct (n,) bool, tokens (n,) int per record;
-    seconds: generation wall clock (compile excluded) over `slots` prompt slots. per_candidate:
-    arrays (n, N, ...) of the shared N-candidate set (not written to JSON): all_tokens, correct
-    (the judge), reward (learned), mean_confidence (confidence-only's score)."""
-
-    correct: np.ndarray
-    tokens: np.ndarray
-    seconds: float
-    slots: int
-    compile_s: float
-    extra: dict = dataclasses.field(default_factory=dict)
-    per_candidate: dict | None = None
-
-    @property
-    def s_per_image(self) -> float:
-        return self.seconds / max(1, self.slots)
-
-
-def _batches(n: int, P: int):
-    """Yields (real record indices, prompt ids of the P slots): the last batch padded with ids >= n."""
-    P = max(1, min(P, n))
-    for start in range(0, n, P):
-        idx = list(range(start, min(start + P, n)))
-        yield idx, idx + [n + j for j in range(P - len(idx))]
-
-
-def _judge(images: np.ndarray, records: Sequence[dict]) -> np.ndarray:
-    return _judge_detail(images, records)[0]
-
-
-def _judge_detail(images: np.ndarray, records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """The judge's verdicts (n,) bool and the drawn area (n,) int: pixels of all detected objects."""
-    from scalingar_jax.world.judge import judge_image
-
-    verdicts = [judge_image(im, r) for im, r in zip(images, records)]
-    return (np.array([bool(v.correct) for v in verdicts]),
-            np.array([sum(d.area for d in v.detected) for v in verdicts], np.int64))
-
-
-class Runner:
-    """Runs strategies on prompt sets, memoizing every (split, sizes, strategy, config, seed) run
-    within this process, so experiments sharing a run (e.g. `all`) compute it once."""
-
-    def __init__(self, pipe: Pipeline, batch: int, is_kwargs: dict | None = None):
-        self.pipe, self.batch, self.is_kwargs = pipe, batch, dict(is_kwargs or {})
-        self.memo: dict = {}
-
-    def _key(self, *parts):
-        return json.dumps([str(p) for p in parts])
-
-    # -- reward-free strategies and importance sampling, through `generate`
-    def token(self, records, split, strategy, N, seed, scaling=None, sampling=None) -> Run:
-        scaling = scaling or self.pipe.scaling
-        sampling = sampling or self.pipe.sampling
-        key = self._key("token", split, len(records), records[0]["prompt"], strategy, N, seed, self.batch,
-                        scaling if strategy == "scalingar" else None, sampling, self.is_kwargs)
-        if key not in self.memo:
-            self.memo[key] = self._token(records, strategy, N, seed, scaling, sampling)
-        return self.memo[key]
-
-    def _token(self, records, strategy, N, seed, scaling, sampling) -> Run:
-        n = len(records)
-        correct, tokens = np.zeros(n, bool), np.zeros(n, np.int64)
-        seconds = compile_s = 0.0
-        slots = 0
-        term, pruned = [], []
-        kw = self.is_kwargs if strategy == "importance_sampling" else {}
-        for idx, ids in _batches(n, self.batch):
-            prompts = [records[i]["prompt"] for i in idx] + [records[idx[0]]["prompt"]] * (len(ids) - len(idx))
-            with Clock() as c:
-                out = generate(self.pipe, prompts, strategy=strategy, num_candidates=N, seed=seed, sampling=sampling,
-                               scaling=scaling, prompt_ids=ids, **kw)
-            seconds += c.seconds
-            compile_s += c.compile
-            slots += len(ids)
-            m = len(idx)
-            correct[idx] = _judge(out.images[:m], [records[i] for i in idx])
-            tokens[idx] = np.asarray(out.result.tokens_used)[:m]
-            if strategy == "scalingar":
-                t = np.asarray(out.result.terminated_at)[:m]
-                pruned.append((t >= 0).mean(1))
-                term.extend(t[t >= 0].tolist())
-        extra = {}
-        if strategy == "scalingar":
-            extra = {"pruned_fraction": float(np.mean(np.concatenate(pruned))),
-                     "mean_termination_step": float(np.mean(term)) if term else None}
-        return Run(correct, tokens, seconds, slots, compile_s, extra)
-
-    # -- the shared N-candidate set: confidence-only, Best-of-N (learned), Best-of-N (oracle)
-    def candidates(self, records, split, N, seed, sampling=None) -> dict[str, Run]:
-        sampling = sampling or self.pipe.sampling
-        key = self._key("cands", split, len(records), records[0]["prompt"], N, seed, self.batch, sampling)
-        if key not in self.memo:
-            self.memo[key] = self._candidates(records, N, seed, sampling)
-        return self.memo[key]
-
-    def _candidates(self, records, N, seed, sampling) -> dict[str, Run]:
-        pipe = self.pipe
-        n, T = len(records), pipe.gpt_cfg.block_size
-        win = {k: np.zeros(n, bool) for k in ("confidence", "best_of_n", "oracle_bon")}
-        cand_correct, cand_area = np.zeros((n, N), bool), np.zeros((n, N), np.int64)
-        reward, mean_conf = np.zeros((n, N)), np.zeros((n, N))
-        cand_tokens = np.zeros((n, N, T), np.int32)
-        sec = {k: 0.0 for k in ("loop", "decode", "reward", "judge")}
-        compile_s, slots = 0.0, 0
-        for idx, ids in _batches(n, self.batch):
-            P, m = len(ids), len(idx)
-            prompts = [records[i]["prompt"] for i in idx] + [records[idx[0]]["prompt"]] * (P - m)
-            with Clock() as c:
-                out = generate(pipe, prompts, strategy="confidence_only", num_candidates=N, seed=seed,
-                               sampling=sampling, prompt_ids=ids)
-            sec["loop"] += c.seconds
-            compile_s += c.compile
-            all_tokens = np.asarray(out.result.all_tokens)
-            with Clock() as c:
-                images = pipe.decode_images(all_tokens.reshape(P * N, T))
-            sec["decode"] += c.seconds
-            compile_s += c.compile
-            with Clock() as c:
-                r = S._check_reward(pipe.reward(images, [p for p in prompts for _ in range(N)]), P * N).reshape(P, N)
-            sec["reward"] += c.seconds
-            compile_s += c.compile
-            images = images.reshape(P, N, *images.shape[1:])
-            with Clock() as c:  # the oracle reward: the exact judge on every candidate
-                cc, area = map(np.stack, zip(*(_judge_detail(images[j], [records[i]] * N) for j, i in enumerate(idx))))
-            sec["judge"] += c.seconds * P / m
-            slots += P
-            cand_correct[idx], cand_area[idx] = cc, area
-            reward[idx] = r[:m]
-            mean_conf[idx] = np.asarray(out.result.score)[:m]
-            cand_tokens[idx] = all_tokens[:m]
-            rows = np.arange(m)
-            win["confidence"][idx] = cc[rows, np.asarray(out.result.winner)[:m]]
-            win["best_of_n"][idx] = cc[rows, np.argmax(r[:m], axis=1)]
-            win["oracle_bon"][idx] = cc[rows, np.argmax(cc, axis=1)]
-        tokens = np.full(n, N * T)
-        loop = sec["loop"]  # includes conditioning and decoding the selected image
-        runs = {
-            "confidence": Run(win["confidence"], tokens, loop, slots, compile_s),
-            "best_of_n": Run(win["best_of_n"], tokens, loop + sec["decode"] + sec["reward"], slots, compile_s),
-            "oracle_bon": Run(win["oracle_bon"], tokens, loop + sec["decode"] + sec["judge"], slots, compile_s),
-            "plain_mean": Run(cand_correct.mean(1), np.full(n, T), loop / N, slots, compile_s),
-        }
-        # how well the learned reward agrees with the judge on this model's own samples
-        runs["best_of_n"].extra = {"reward_judge_auroc": _auroc(reward.ravel(), cand_correct.ravel()),
-                                   "seconds_split": dict(sec),
-                                   "candidate_accuracy": float(cand_correct.mean()),
-                                   "any_correct": float(cand_correct.any(1).mean())}
-        runs["best_of_n"].per_candidate = {"all_tokens": cand_tokens, "correct": cand_correct, "reward": reward,
-                                           "mean_confidence": mean_conf, "area": cand_area}
-        return runs
-
-
-def _auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    labels = labels.astype(bool)
-    pos, neg = scores[labels], scores[~labels]
-    if len(pos) == 0 or len(neg) == 0:
-        return None
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(len(order))
-    ranks[order] = np.arange(1, len(order) + 1)
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
-# ----------------------------------------------------------------------------------------- statistics
-class Bootstrap:
-    """Stratified (by group) bootstrap over records, the same resamples for every strategy (paired)."""
-
-    def __init__(self, groups: Sequence[str], B: int = 2000, seed: int = 12345):
-        rng = np.random.default_rng(seed)
-        self.names = list(dict.fromkeys(groups))
-        self.index = {g: np.array([i for i, x in enumerate(groups) if x == g]) for g in self.names}
-        self.draws = {g: ix[rng.integers(0, len(ix), (B, len(ix)))] for g, ix in self.index.items()}
-
-    def group(self, x: np.ndarray, g: str) -> np.ndarray:
-        return x[self.draws[g]].mean(1)
-
-    def overall(self, x: np.ndarray) -> np.ndarray:
-        return np.mean([self.group(x, g) for g in self.names], axis=0)
-
-    def point(self, x: np.ndarray) -> float:
-        return float(np.mean([x[self.index[g]].mean() for g in self.names]))
-
-
-def ci(samples: np.ndarray) -> list[float]:
-    return [float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))]
-
-
-def t_interval(values: Sequence[float]) -> list[float] | None:
-    v = np.asarray(values, float)
-    if len(v) < 2:
-        return None
-    from statistics import NormalDist
-
-    tq = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}.get(
-        len(v), NormalDist().inv_cdf(0.975))
-    h = tq * v.std(ddof=1) / math.sqrt(len(v))
-    return [float(v.mean() - h), float(v.mean() + h)]
-
-
-def summarize(runs: dict[str, list[Run]], records: Sequence[dict], split: str, B: int) -> tuple[dict, Bootstrap]:
-    """Per strategy: overall (+ bootstrap CI, per-seed values, t-interval), per group accuracy (+ CI),
-    tokens/image (+ CI), seconds/image (mean over seeds, range)."""
-    groups = [group_of(r, split) for r in records]
-    bs = Bootstrap(groups, B)
-    out = {}
-    for name, rs in runs.items():
-        x = np.mean([r.correct.astype(float) for r in rs], axis=0)
-        tok = np.mean([r.tokens for r in rs], axis=0).astype(float)
-        seed_overall = [bs.point(r.correct.astype(float)) for r in rs]
-        secs = [r.s_per_image for r in rs]
-        out[name] = {
-            "label": LABELS.get(name, name),
-            "overall": bs.point(x), "overall_ci": ci(bs.overall(x)),
-            "overall_per_seed": seed_overall, "overall_t_interval": t_interval(seed_overall),
-            "per_group": {g: {"accuracy": float(x[bs.index[g]].mean()), "ci": ci(bs.group(x, g)),
-                              "n": int(len(bs.index[g]))} for g in bs.names},
-            "tokens_per_image": float(tok.mean()), "tokens_ci": ci(tok[np.random.default_rng(0).integers(
-                0, len(tok), (B, len(tok)))].mean(1)),
-            "s_per_image": float(np.mean(secs)), "s_per_image_range": [float(min(secs)), float(max(secs))],
-            "compile_s": float(sum(r.compile_s for r in rs)),
-            "per_record_correct": [r.correct.astype(float).round(3).tolist() for r in rs],
-            "extra": [r.extra for r in rs if r.extra],
-        }
-    return out, bs
-
-
-def compare(runs: dict[str, list[Run]], bs: Bootstrap, a: str, b: str) -> dict:
-    """Paired difference a - b of the overall score, its bootstrap CI, and the relative change."""
-    xa = np.mean([r.correct.astype(float) for r in runs[a]], axis=0)
-    xb = np.mean([r.correct.astype(float) for r in runs[b]], axis=0)
-    da, db = bs.overall(xa), bs.overall(xb)
-    diff = da - db
-    pa, pb = bs.point(xa), bs.point(xb)
-    lo, hi = ci(diff)
-    rel = (da - db) / np.where(db > 0, db, np.nan)
-    return {"a": a, "b": b, "diff": pa - pb, "diff_ci": [lo, hi], "within_noise": bool(lo <= 0 <= hi),
-            "relative": (pa - pb) / pb if pb > 0 else None,
-            "relative_ci": ci(rel[np.isfinite(rel)]) if np.isfinite(rel).any() else None}
-
-
+# ----------------------------------------------------------------------------------------- output
 def fmt_ci(v: float, c: Sequence[float] | None, digits: int = 3) -> str:
     if c is None:
         return f"{v:.{digits}f}"
     return f"{v:.{digits}f} [{c[0]:.{digits}f}, {c[1]:.{digits}f}]"
 
 
-def compare_text(c: dict) -> str:
-    name = lambda k: LABELS.get(k, k)  # noqa: E731
+def compare_text(c: dict, labels: dict[str, str] = LABELS) -> str:
+    name = lambda k: labels.get(k, k)  # noqa: E731
     verdict = "within noise" if c["within_noise"] else ("significant" if c["diff"] else "")
     rel = "" if c["relative"] is None else f" ({100 * c['relative']:+.1f}% relative)"
     return (f"{name(c['a'])} - {name(c['b'])}: {c['diff']:+.3f} [{c['diff_ci'][0]:+.3f}, {c['diff_ci'][1]:+.3f}]"
             f"{rel}: {verdict}")
 
 
-# ----------------------------------------------------------------------------------------- output
 def _atomic_write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)
@@ -617,7 +258,7 @@ def exp_main(ctx: Ctx) -> dict:
         runs["scalingar"].append(R.token(records, split, "scalingar", N, seed, scaling=ctx.scaling))
         log(f"main seed {seed} done in {time.time() - t:.0f} s: " + ", ".join(
             f"{k} {np.mean(v[-1].correct):.3f}" for k, v in runs.items()))
-    stats, bs = summarize(runs, records, split, ctx.B)
+    stats, bs = summarize(runs, records, split, ctx.B, LABELS)
     comps = [compare(runs, bs, "scalingar", b) for b in ("plain", "best_of_n", "importance", "confidence")]
     comps.append(compare(runs, bs, "best_of_n", "plain"))
     sar, bon, base = stats["scalingar"], stats["best_of_n"], stats["plain"]
@@ -629,7 +270,7 @@ def exp_main(ctx: Ctx) -> dict:
                                     for b, s in zip(runs["best_of_n"], runs["scalingar"])],
         "plain_s_per_image": base["s_per_image"],
     }
-    groups = bs.names
+    groups = list(bs.names)
     names = ["plain", "best_of_n", "oracle_bon", "importance", "confidence", "scalingar"]
     payload = {**ctx.header("main", seeds, {"split": split, "prompts": len(records), "per_tag": per_tag}),
                "strategies": stats, "comparisons": comps, "headline": headline, "groups": groups}
@@ -698,9 +339,7 @@ def exp_ablations(ctx: Ctx) -> dict:
             runs[a].append(R.token(records, split, "scalingar", N, seed, scaling=ablation_scaling(ctx.scaling, a)))
             log(f"ablation {a} seed {seed}: {np.mean(runs[a][-1].correct):.3f} "
                 f"tokens {np.mean(runs[a][-1].tokens):.0f} ({time.time() - t:.0f} s)")
-    for a in ABLATIONS:
-        LABELS.setdefault(a, ABLATION_LABELS[a])
-    stats, bs = summarize(runs, records, split, ctx.B)
+    stats, bs = summarize(runs, records, split, ctx.B, LABELS)
     for a in ABLATIONS:
         stats[a]["label"] = ABLATION_LABELS[a]
     comps = [compare(runs, bs, "full", a) for a in ABLATIONS if a != "full"]
@@ -730,7 +369,7 @@ def exp_ablations(ctx: Ctx) -> dict:
           f"{len(records)} prompts ({split} set), N = {N}, seeds {seeds}; plain N=1 = "
           f"{fmt_ci(stats['plain']['overall'], stats['plain']['overall_ci'])}.\n", table, "",
           "Per-tag accuracies:\n", strategy_table(stats, names, bs.names), "",
-          "## Paired comparisons\n", *[f"- {compare_text(c)}" for c in comps], "", CI_METHOD]
+          "## Paired comparisons\n", *[f"- {compare_text(c, LABELS | ABLATION_LABELS)}" for c in comps], "", CI_METHOD]
     ctx.write("ablations", payload, "\n".join(md))
     return payload
 
@@ -759,7 +398,7 @@ def exp_width(ctx: Ctx) -> dict:
                 R.token(records, split, "scalingar", N, seed, scaling=ctx.scaling))
             log(f"width N={N} seed {seed} ({time.time() - t:.0f} s): " + ", ".join(
                 f"{k} {np.mean(v[-1].correct):.3f}" for k, v in runs.items() if k.endswith(f"@{N}")))
-    stats, bs = summarize(runs, records, split, ctx.B)
+    stats, bs = summarize(runs, records, split, ctx.B, LABELS)
     fams = {"best_of_n": "Best-of-N (learned reward)", "importance": "importance sampling", "scalingar": "ScalingAR"}
     curves = {f: {"accuracy": [stats[f"{f}@{N}"]["overall"] for N in widths],
                   "accuracy_ci": [stats[f"{f}@{N}"]["overall_ci"] for N in widths],
@@ -817,26 +456,24 @@ def exp_robustness(ctx: Ctx) -> dict:
     stats = {}
     boots = {}
     for split, records in sets.items():
-        stats[split], boots[split] = summarize(runs[split], records, split, ctx.B)
+        stats[split], boots[split] = summarize(runs[split], records, split, ctx.B, LABELS)
     drops = {}
     for k in names:
-        xe = np.mean([r.correct.astype(float) for r in runs["eval"][k]], axis=0)
-        xh = np.mean([r.correct.astype(float) for r in runs["hard"][k]], axis=0)
-        be, bh = boots["eval"].overall(xe), boots["hard"].overall(xh)  # independent sets: independent resamples
+        be = boots["eval"].overall(mean_correct(runs["eval"][k]))  # independent sets: independent resamples
+        bh = boots["hard"].overall(mean_correct(runs["hard"][k]))
         pe, ph = stats["eval"][k]["overall"], stats["hard"][k]["overall"]
-        rel = (be - bh) / np.where(be > 0, be, np.nan)
-        drops[k] = {"eval": pe, "hard": ph, "drop": pe - ph, "drop_ci": ci(be - bh),
-                    "relative_drop": (pe - ph) / pe if pe > 0 else None,
-                    "relative_drop_ci": ci(rel[np.isfinite(rel)]) if np.isfinite(rel).any() else None,
+        rel = relative_to(be - bh, be)
+        drops[k] = {"eval": pe, "hard": ph, "drop": pe - ph, "drop_ci": percentile_ci(be - bh),
+                    "relative_drop": (pe - ph) / pe if pe > 0 else None, "relative_drop_ci": finite_ci(rel),
                     "_boot_rel": rel}
     mitig = {}
     for b in ("plain", "best_of_n", "importance"):
         rb, rs = drops[b]["_boot_rel"], drops["scalingar"]["_boot_rel"]
-        m = 1 - rs / rb
-        ok = np.isfinite(m)
         pb, ps = drops[b]["relative_drop"], drops["scalingar"]["relative_drop"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            m_boot = 1 - rs / rb
         mitig[b] = {"mitigation": (1 - ps / pb) if (pb and ps is not None and pb != 0) else None,
-                    "ci": ci(m[ok]) if ok.any() else None}
+                    "ci": finite_ci(m_boot)}
     for d in drops.values():
         d.pop("_boot_rel")
     payload = {**ctx.header("robustness", seeds, {"prompts": {s: len(r) for s, r in sets.items()},
@@ -869,25 +506,6 @@ def exp_robustness(ctx: Ctx) -> dict:
     return payload
 
 
-def _loop_memory(pipe: Pipeline, spec: S.LoopSpec, P: int, rows: int) -> float:
-    """Compiled peak bytes of the jitted token loop (arguments + outputs + temporaries - aliased) for P
-    prompts with a pool of `rows` model rows (P * N: uncompacted), lowered on abstract inputs
-    (nothing allocated)."""
-    cfg = pipe.gpt_cfg
-    cond = jax.ShapeDtypeStruct((P, cfg.cls_token_num, cfg.caption_dim), jnp.float32)
-    mask = jax.ShapeDtypeStruct((P, cfg.cls_token_num), jnp.bool_)
-    ids = jax.ShapeDtypeStruct((P,), jnp.int32)
-    state = jax.eval_shape(functools.partial(S.start_loop, spec=spec), pipe.gpt_params, cond, mask,
-                           jax.random.key(0), ids)
-    if rows != P * spec.num_candidates:
-        state = jax.eval_shape(functools.partial(S.compact, rows=rows), state)
-    ma = S.run_loop.lower(pipe.gpt_params, state, spec=spec).compile().memory_analysis()
-    if ma is None:
-        return float("nan")
-    return float(ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
-                 - ma.alias_size_in_bytes)
-
-
 def exp_efficiency(ctx: Ctx) -> dict:
     from scalingar_jax import viz
 
@@ -911,47 +529,22 @@ def exp_efficiency(ctx: Ctx) -> dict:
     memory = {}
     for P in ([1] if ctx.args.smoke else sorted({1, ctx.runner.batch})):
         # P = 1: every pool size ScalingAR can run with; P > 1: the full width (the peak) only
-        memory[P] = {"base": {P: _loop_memory(pipe, specs["base"], P, P)},
-                     "best_of_n": {P * N: _loop_memory(pipe, specs["best_of_n"], P, P * N)},
-                     "scalingar": {P * b: _loop_memory(pipe, specs["scalingar"], P, P * b)
+        memory[P] = {"base": {P: loop_memory(pipe, specs["base"], P, P)},
+                     "best_of_n": {P * N: loop_memory(pipe, specs["best_of_n"], P, P * N)},
+                     "scalingar": {P * b: loop_memory(pipe, specs["scalingar"], P, P * b)
                                    for b in (buckets if P == 1 else [N])}}
     log(f"efficiency: memory {memory}")
 
     # 2. per-step time at full width before any pruning (first W0 steps), P = 1
-    def step_ms(spec):
-        s0 = S.start_loop(pipe.gpt_params, *pipe.condition([records[0]["prompt"]]), jax.random.key(0),
-                          jnp.zeros((1,), jnp.int32), spec=spec)
-        sp = dataclasses.replace(spec, stop_at=W0)
-        jax.block_until_ready(S.run_loop(pipe.gpt_params, s0, spec=sp))  # compile
-        ts = []
-        for _ in range(3):
-            t = time.perf_counter()
-            jax.block_until_ready(S.run_loop(pipe.gpt_params, s0, spec=sp))
-            ts.append(time.perf_counter() - t)
-        return 1e3 * min(ts) / W0
-
     # (skipped in --smoke runs: three more compiles)
-    full_width = {k: (None if ctx.args.smoke else step_ms(s)) for k, s in specs.items()}
+    full_width = {k: (None if ctx.args.smoke else loop_step_ms(pipe, s, records, W0)) for k, s in specs.items()}
 
     # 3. whole generation per image (P = 1), strategies interleaved per prompt
     R1 = Runner(pipe, 1, ctx.runner.is_kwargs)
 
-    def sequential_bon(rec, seed):
-        """Best-of-N as the paper timed it (Table 5: its BoN took 218.44 s, 8.8x its base run, i.e. the N
-        candidates one after another): N plain N = 1 runs of candidates 0..N-1 (first_candidate = c: the
-        batched set's keys, prompt id 0 as in `Runner`; tokens equal up to batch-size rounding), then the
-        learned reward on the N images."""
-        with Clock() as c:
-            outs = [generate(pipe, [rec["prompt"]], strategy="plain", num_candidates=1, seed=seed, prompt_ids=[0],
-                             first_candidate=j) for j in range(N)]
-            images = np.concatenate([o.images for o in outs])
-            r = S._check_reward(pipe.reward(images, [rec["prompt"]] * N), N)
-        tokens = np.stack([np.asarray(o.result.all_tokens)[0, 0] for o in outs])
-        return c.seconds, sum(o.seconds for o in outs), bool(_judge(images[[int(np.argmax(r))]], [rec])[0]), tokens
-
     for name, fn in (("base", lambda r, s: R1.token(r, "eval", "plain", 1, s)),
                      ("best_of_n", lambda r, s: R1.candidates(r, "eval", N, s)),
-                     ("best_of_n_seq", lambda r, s: sequential_bon(r[0], s)),
+                     ("best_of_n_seq", lambda r, s: sequential_best_of_n(pipe, r[0], N, s)),
                      ("scalingar", lambda r, s: R1.token(r, "eval", "scalingar", N, s, scaling=scaling))):
         fn([records[0]], 10_000)  # warm-up: compile every shape (not timed)
     per = {k: {"seconds": [], "loop_seconds": [], "tokens": [], "correct": [], "mean_mb": []}
@@ -971,7 +564,7 @@ def exp_efficiency(ctx: Ctx) -> dict:
             per["best_of_n"]["loop_seconds"].append(b.extra["seconds_split"]["loop"])
             per["best_of_n"]["tokens"].append(int(b.tokens[0]))
             per["best_of_n"]["correct"].append(bool(b.correct[0]))
-            sec, loop_sec, ok, seq_tokens = sequential_bon(rec, seed)
+            sec, loop_sec, ok, seq_tokens = sequential_best_of_n(pipe, rec, N, seed)
             per["best_of_n_seq"]["seconds"].append(sec)
             per["best_of_n_seq"]["loop_seconds"].append(loop_sec)
             per["best_of_n_seq"]["tokens"].append(N * T)
@@ -984,7 +577,7 @@ def exp_efficiency(ctx: Ctx) -> dict:
             per["scalingar"]["seconds"].append(c.seconds)
             per["scalingar"]["loop_seconds"].append(c.seconds)
             per["scalingar"]["tokens"].append(int(np.asarray(out.result.tokens_used)[0]))
-            per["scalingar"]["correct"].append(bool(_judge(out.images, recs)[0]))
+            per["scalingar"]["correct"].append(bool(judge(out.images, recs)[0]))
             sched = S.pool_schedule(out.result.traj["alive"])
             per["scalingar"]["mean_mb"].append(float(np.mean([memory[1]["scalingar"][s] for s in sched])) / 2**20)
     rows, res = [], {}
@@ -997,7 +590,7 @@ def exp_efficiency(ctx: Ctx) -> dict:
         peak = max(memory[1][k].values()) / 2**20
         mean_mb = float(np.mean(d["mean_mb"])) if d["mean_mb"] else peak
         res[k] = {"label": lab, "s_per_image": float(np.mean(d["seconds"])),
-                  "s_per_image_ci": ci(np.random.default_rng(0).choice(d["seconds"], (2000, len(d["seconds"]))).mean(1)),
+                  "s_per_image_ci": percentile_ci(bootstrap_means(d["seconds"], 2000, 0)),
                   "s_per_step": float(np.mean(d["loop_seconds"])) / T, "full_width_step_ms": full_width[k],
                   "tokens_per_image": float(np.mean(d["tokens"])), "peak_mb": peak, "time_avg_mb": mean_mb,
                   "peak_mb_batch": max(memory.get(ctx.runner.batch, memory[1])[k].values()) / 2**20,
@@ -1070,7 +663,7 @@ def exp_sensitivity(ctx: Ctx) -> dict:
             runs.setdefault(name, []).append(R.token(records, split, "scalingar", N, seed, scaling=sc))
             log(f"sensitivity {name} seed {seed}: {np.mean(runs[name][-1].correct):.3f} "
                 f"tokens {np.mean(runs[name][-1].tokens):.0f} ({time.time() - t:.0f} s)")
-    stats, bs = summarize(runs, records, split, ctx.B)
+    stats, bs = summarize(runs, records, split, ctx.B, LABELS)
     for name in configs:
         stats[name]["label"] = f"ScalingAR {name}"
     full = N * ctx.pipe.gpt_cfg.block_size
@@ -1115,32 +708,6 @@ TUNE_CFG = [2.0, 3.0, 5.0, 7.5]
 TUNE_TIE = 0.02  # dev accuracy within this of the best counts as a tie (gate stage)
 
 
-def _within_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman correlation over the last axis: x, y (..., N) -> (...,); NaN where x or y is constant.
-    Ties get their mean rank."""
-    def ranks(a):
-        order = np.argsort(a, axis=-1, kind="mergesort")
-        r = np.empty_like(a, dtype=float)
-        np.put_along_axis(r, order, np.broadcast_to(np.arange(a.shape[-1], dtype=float), a.shape), -1)
-        eq = a[..., :, None] == a[..., None, :]  # mean rank over ties
-        return (eq * r[..., None, :]).sum(-1) / eq.sum(-1)
-
-    rx, ry = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
-    rx, ry = rx - rx.mean(-1, keepdims=True), ry - ry.mean(-1, keepdims=True)
-    den = np.sqrt((rx ** 2).sum(-1) * (ry ** 2).sum(-1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (rx * ry).sum(-1) / np.where(den > 0, den, 1.0), np.nan)
-
-
-def _pair_stats(scores: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Within-prompt pairs: scores, correct (..., N) -> (wins, pairs) (...,): over the ordered pairs
-    (i correct, j not) of the same prompt, wins counts s_i > s_j (+ 0.5 for a tie)."""
-    c = correct.astype(bool)
-    pair = c[..., :, None] & ~c[..., None, :]
-    gt = (scores[..., :, None] > scores[..., None, :]) + 0.5 * (scores[..., :, None] == scores[..., None, :])
-    return (gt * pair).sum((-1, -2)), pair.sum((-1, -2))
-
-
 SIGNALS = {  # name -> (label, what it is)
     "C_final": ("final C_T (ScalingAR's selection score)", "unified confidence after the last token"),
     "C_mean": ("mean C over the steps", "unified confidence averaged over the T steps"),
@@ -1175,62 +742,52 @@ def exp_signals(ctx: Ctx) -> dict:
         pc = R.candidates(records, split, N, seed)["best_of_n"].per_candidate
         correct[si], sig["reward"][si], sig["mean_confidence"][si] = pc["correct"], pc["reward"], pc["mean_confidence"]
         area[si] = pc["area"]
-        for idx, ids in _batches(n, R.batch):
-            m = len(idx)
-            prompts = [records[i]["prompt"] for i in idx] + [records[idx[0]]["prompt"]] * (len(ids) - m)
-            res = generate(ctx.pipe, prompts, strategy="scalingar", num_candidates=N, seed=seed, scaling=profile,
-                           prompt_ids=ids).result
-            same.append(bool(np.array_equal(np.asarray(res.all_tokens)[:m], pc["all_tokens"][idx])))
-            for c in "CID":
-                curves[c][si][:, idx] = np.asarray(res.traj[c])[:, :m]
+        tokens, traj = R.profiles(records, N, seed, profile)
+        same += [bool(np.array_equal(tokens[i], pc["all_tokens"][i])) for i in range(n)]
+        for c in "CID":
+            curves[c][si] = traj[c]
         sig["C_final"][si], sig["C_mean"][si] = curves["C"][si][-1], curves["C"][si].mean(0)
         sig["C_warmup"][si], sig["C_half"][si] = curves["C"][si][W0 - 1], curves["C"][si][T // 2 - 1]
         sig["I_final"][si], sig["D_final"][si] = curves["I"][si][-1], curves["D"][si][-1]
         sig["D_mean"][si] = curves["D"][si].mean(0)
     if not all(same):  # the profile run must see the very candidates that were judged
         raise RuntimeError(f"signals: the profile run's candidates differ from the Best-of-N set on "
-                           f"{same.count(False)} of {len(same)} batches")
-    groups = [group_of(r, split) for r in records]
-    bs = Bootstrap(groups, ctx.B)
-    draws = np.random.default_rng(7).integers(0, n, (ctx.B, n))  # records resampled, all seeds of a record kept
+                           f"{same.count(False)} of {len(same)} prompt-seed units")
+    bs = StratifiedBootstrap.from_groups([group_of(r, split) for r in records], ctx.B)
+    draws = resample_indices(n, ctx.B, 7)  # records resampled, all seeds of a record kept
 
-    def ratio(num, den):  # (seeds, n) each -> sum(num) / sum(den) and its CI, records resampled with all seeds
-        num, den = num.sum(0), den.sum(0)
-        boot = num[draws].sum(1) / np.maximum(den[draws].sum(1), 1)
-        return float(num.sum() / max(den.sum(), 1)), ci(boot)
-
-    def within(scores):
-        wins, pairs = _pair_stats(scores, correct)  # (seeds, n)
-        return (*ratio(wins, pairs), int(pairs.sum()))
+    def within(scores):  # (seeds, n, N) -> pooled within-prompt AUROC, its CI, the number of pairs
+        wins, pairs = within_prompt_pairs(scores, correct)  # (seeds, n)
+        return (*pooled_ratio_ci(wins, pairs, draws), int(pairs.sum()))
 
     def pick(scores):  # Best-of-N by this score: judge accuracy of the argmax, averaged over seeds
         x = np.take_along_axis(correct, scores.argmax(-1)[..., None], -1)[..., 0].mean(0).astype(float)
-        return bs.point(x), ci(bs.overall(x))
+        return bs.point(x), percentile_ci(bs.overall(x))
 
     def with_area(scores):  # within-prompt Spearman correlation with the drawn area, mean over prompt-seed units
-        rho = _within_spearman(scores, area)  # (seeds, n), NaN where either is constant
+        rho = spearman_rows(scores, area)  # (seeds, n), NaN where either is constant
         ok = np.isfinite(rho)
-        return ratio(np.where(ok, rho, 0.0), ok) if ok.any() else (None, None)
+        return pooled_ratio_ci(np.where(ok, rho, 0.0), ok, draws) if ok.any() else (None, None)
 
     table, rows = {}, []
     for k, (lab, what) in SIGNALS.items():
         a, a_ci, pairs = within(sig[k])
         acc, acc_ci = pick(sig[k])
-        across = _auroc(sig[k].ravel(), correct.ravel())
+        across = auroc(sig[k], correct)
         rho, rho_ci = with_area(sig[k])
         table[k] = {"label": lab, "what": what, "within_prompt_auroc": a, "within_prompt_auroc_ci": a_ci,
                     "pairs": pairs, "pick_accuracy": acc, "pick_accuracy_ci": acc_ci, "across_prompt_auroc": across,
                     "area_spearman": rho, "area_spearman_ci": rho_ci}
         rows.append({"signal": lab, "within-prompt AUROC [95% CI]": fmt_ci(a, a_ci),
                      "Best-of-N by it: accuracy [95% CI]": fmt_ci(acc, acc_ci),
-                     "across-prompt AUROC": "n/a" if across is None else f"{across:.3f}",
+                     "across-prompt AUROC": "n/a" if np.isnan(across) else f"{across:.3f}",
                      "vs drawn area: within-prompt Spearman [95% CI]": "n/a" if rho is None else fmt_ci(rho, rho_ci)})
     x_mean = correct.mean((0, 2)).astype(float)
     x_any = correct.any(-1).mean(0).astype(float)
     refs = {"random": {"label": "random pick (a single sample)", "pick_accuracy": bs.point(x_mean),
-                       "pick_accuracy_ci": ci(bs.overall(x_mean)), "within_prompt_auroc": 0.5},
+                       "pick_accuracy_ci": percentile_ci(bs.overall(x_mean)), "within_prompt_auroc": 0.5},
             "oracle": {"label": "oracle (the judge itself; upper bound)", "pick_accuracy": bs.point(x_any),
-                       "pick_accuracy_ci": ci(bs.overall(x_any)), "within_prompt_auroc": 1.0}}
+                       "pick_accuracy_ci": percentile_ci(bs.overall(x_any)), "within_prompt_auroc": 1.0}}
     for r in refs.values():
         rows.append({"signal": r["label"], "within-prompt AUROC [95% CI]": f"{r['within_prompt_auroc']:.3f}",
                      "Best-of-N by it: accuracy [95% CI]": fmt_ci(r["pick_accuracy"], r["pick_accuracy_ci"]),
@@ -1240,8 +797,7 @@ def exp_signals(ctx: Ctx) -> dict:
     steps = list(range(4, T + 1, 4))
     curve = {}
     for c in "CID":
-        wp = [_pair_stats(curves[c][:, k - 1], correct) for k in steps]
-        curve[c] = [float(w.sum() / max(p.sum(), 1)) for w, p in wp]
+        curve[c] = [within_prompt_auroc(curves[c][:, k - 1], correct) for k in steps]
     mixed = int((correct.any(-1) & ~correct.all(-1)).sum())
     payload = {**ctx.header("signals", seeds, {"split": split, "prompts": n, "per_tag": per_tag, "warmup_steps": W0,
                                               "profile": "ScalingAR's profile, no termination, fixed CFG"}),
@@ -1305,13 +861,13 @@ def exp_tune(ctx: Ctx) -> dict:
         for k in ("best_of_n", "confidence", "oracle_bon"):
             sweep_runs[f"{k},cfg={c}"] = [cs[k] for cs in sets]
         pcs = [cs["best_of_n"].per_candidate for cs in sets]
-        wins, pairs = zip(*(_pair_stats(pc["reward"], pc["correct"]) for pc in pcs))
-        reward_rank[c] = float(np.sum(wins) / max(np.sum(pairs), 1))
+        reward_rank[c] = within_prompt_auroc(np.stack([pc["reward"] for pc in pcs]),
+                                             np.stack([pc["correct"] for pc in pcs]))
         log(f"tune plain cfg={c} (mean of {N} candidates): "
             f"{np.mean([r.correct.mean() for r in runs[f'plain,cfg={c}']]):.3f}; reward within-prompt AUROC "
             f"{reward_rank[c]:.3f}")
-    stats1, _ = summarize(runs, records, "dev", ctx.B)
-    sweep, _ = summarize(sweep_runs, records, "dev", ctx.B)
+    stats1, _ = summarize(runs, records, "dev", ctx.B, LABELS)
+    sweep, _ = summarize(sweep_runs, records, "dev", ctx.B, LABELS)
     best_cfg = max(cfgs, key=lambda c: (round(stats1[f"plain,cfg={c}"]["overall"], 6), -c))
     sampling = dataclasses.replace(ctx.pipe.sampling, cfg_scale=best_cfg)
     # Stage 2: the termination gate at that CFG.
@@ -1321,7 +877,7 @@ def exp_tune(ctx: Ctx) -> dict:
             runs.setdefault(name, []).append(R.token(records, "dev", "scalingar", N, seed, sampling=sampling,
                                                      scaling=dataclasses.replace(ctx.scaling, **g)))
             log(f"tune {name}: {np.mean(runs[name][-1].correct):.3f} tokens {np.mean(runs[name][-1].tokens):.0f}")
-    stats, _ = summarize(runs, records, "dev", ctx.B)
+    stats, _ = summarize(runs, records, "dev", ctx.B, LABELS)
     cands = [(stats[",".join(f"{k}={v}" for k, v in g.items())], g) for g in grid]
     best = max(s["overall"] for s, _ in cands)
     chosen = min([(s["tokens_per_image"], g) for s, g in cands if s["overall"] >= best - TUNE_TIE],

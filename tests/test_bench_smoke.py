@@ -1,13 +1,9 @@
 """Smoke runs of the benchmark scripts on tiny configs: they run, write JSON, and their
-accounting is consistent (no timings are asserted: speed is for the benchmarks themselves)."""
+accounting is consistent (no timings are asserted: speed is for the benchmarks themselves).
+pyproject puts experiments/ on pytest's sys.path."""
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-
-import bench_scaling  # noqa: E402
+import bench_scaling
 
 
 def test_bench_scaling_smoke(tmp_path, capsys):

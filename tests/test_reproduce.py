@@ -1,30 +1,18 @@
-"""experiments/reproduce.py: every subcommand with --smoke on a tiny random world (no checkpoint)."""
-import importlib.util
+"""experiments/reproduce.py and experiments/runner.py: every subcommand with --smoke on a tiny random
+world (no checkpoint). pyproject puts experiments/ on pytest's sys.path."""
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib")
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "experiments" / "reproduce.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-R = _load()
+import reproduce as R  # noqa: E402
+import runner  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    return R.tiny_world_pipeline(0)
+    return runner.tiny_world_pipeline(0)
 
 
 @pytest.fixture(scope="module")
@@ -114,24 +102,6 @@ def test_signals_contents(smoke):
     assert "vs drawn area" in (smoke / "signals.md").read_text()
 
 
-def test_within_spearman_hand_case():
-    x = np.array([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0], [1.0, 1.0, 2.0, 2.0], [5.0, 5.0, 5.0, 5.0]])
-    y = np.array([[10.0, 20.0, 30.0, 40.0]] * 4)
-    rho = R._within_spearman(x, y)
-    assert rho[0] == pytest.approx(1.0) and rho[1] == pytest.approx(-1.0)
-    # ties take their mean rank: ranks (1.5, 1.5, 3.5, 3.5) against (1, 2, 3, 4) -> 4 / sqrt(4 * 5)
-    assert rho[2] == pytest.approx(4 / np.sqrt(20)) and np.isnan(rho[3])  # a constant signal has no correlation
-
-
-def test_pair_stats_hand_case():
-    # candidates 0 and 2 correct, 1 and 3 wrong: pairs (0,1) (0,3) (2,1) (2,3); scores rank 0 > 1, 3 > 0,
-    # 2 > 1, 2 == 3 (a tie counts one half)
-    wins, pairs = R._pair_stats(np.array([[0.5, 0.1, 0.9, 0.9]]), np.array([[1, 0, 1, 0]]))
-    assert pairs.tolist() == [4] and wins.tolist() == [2.5]
-    wins, pairs = R._pair_stats(np.array([[0.3, 0.2]]), np.array([[1, 1]]))  # no wrong candidate: no pair
-    assert pairs.tolist() == [0] and wins.tolist() == [0]
-
-
 def test_tune_then_tuned_and_report(pipe, smoke):
     assert R.main(["tune", "--smoke", "--out", str(smoke)], pipe=pipe) == 0
     t = json.loads((smoke / "tune.json").read_text())
@@ -168,7 +138,7 @@ def test_shared_candidate_set_is_best_of_n(pipe):
     recs = evaluation_set(per_tag=1)[:1]  # one prompt, N = 2: the shapes the smoke run compiled
     prompts = [r["prompt"] for r in recs]
     ref = generate(pipe, prompts, strategy="best_of_n", num_candidates=2, seed=5, prompt_ids=[0])
-    run = R.Runner(pipe, batch=1).candidates(recs, "eval", 2, 5)["best_of_n"]
+    run = runner.Runner(pipe, batch=1).candidates(recs, "eval", 2, 5)["best_of_n"]
     imgs = ref.images
     from scalingar_jax.world.judge import judge_image
     assert run.correct.tolist() == [judge_image(im, r).correct for im, r in zip(imgs, recs)]
@@ -177,7 +147,7 @@ def test_shared_candidate_set_is_best_of_n(pipe):
 
 
 def test_batches():
-    assert list(R._batches(5, 2)) == [([0, 1], [0, 1]), ([2, 3], [2, 3]), ([4], [4, 5])]
+    assert list(runner.batches(5, 2)) == [([0, 1], [0, 1]), ([2, 3], [2, 3]), ([4], [4, 5])]
 
 
 def test_bad_options(capsys):
@@ -192,3 +162,17 @@ def test_bad_options(capsys):
     for opt in ("--checkpoint", "--prompts-per-tag", "--seeds", "--num-candidates", "--batch", "--split", "--out",
                 "--smoke", "--tuned"):
         assert opt in help_text
+
+
+def test_clock_counts_the_compiles_inside_its_block_only():
+    import jax
+    import jax.numpy as jnp
+
+    with runner.Clock() as outer:
+        with runner.Clock() as inner:
+            jax.block_until_ready(jax.jit(lambda x: x * 3 + 1)(jnp.ones(5)))  # a fresh function: one compile
+    assert inner.compile > 0 and outer.compile >= inner.compile
+    assert 0 <= inner.seconds <= inner.wall and inner.seconds == max(0.0, inner.wall - inner.compile)
+    before = inner.compile
+    jax.block_until_ready(jax.jit(lambda x: x * 5 - 2)(jnp.ones(5)))  # after the block: not counted
+    assert inner.compile == before

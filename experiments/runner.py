@@ -1,0 +1,419 @@
+"""The experiments' runner: builds the pipeline, runs strategies over prompt records through
+`pipeline.generate`, times them (compile time excluded) and judges their images with the exact
+judge, then summarizes the runs (accuracy with stratified bootstrap CIs, paired comparisons;
+the statistics themselves are `scalingar_jax.stats`).
+
+Every timing is carried by the value that measured it (`Clock`, `Run`): no module-level state.
+`reproduce.py` holds the experiments, their output and the CLI.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import re
+import time
+from typing import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scalingar_jax import stats
+from scalingar_jax.pipeline import WORLD_SAMPLING, WORLD_SCALING, Pipeline, generate
+from scalingar_jax.scaling import strategies as S
+
+
+# ----------------------------------------------------------------------------------------- pipelines
+def random_params(init_fn: Callable, cfg, seed: int):
+    """Random parameters with the tree of `init_fn(cfg, key)`, filled on the host with NumPy (norm
+    scales 1, biases 0, kernels normal / sqrt(fan_in), anything else normal(0.02)). `jax.eval_shape`
+    gives the tree without running Flax's initializers op by op (which costs ~30 s of tiny compiles)."""
+    shapes = jax.eval_shape(functools.partial(init_fn, cfg), jax.random.key(0))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = str(getattr(path[-1], "key", path[-1]))
+        shape = tuple(leaf.shape)
+        if name in ("scale", "weight"):
+            x = np.ones(shape)
+        elif name == "bias":
+            x = np.zeros(shape)
+        elif name == "kernel":
+            x = rng.standard_normal(shape) / math.sqrt(max(1, int(np.prod(shape[:-1]))))
+        else:
+            x = 0.02 * rng.standard_normal(shape)
+        return jnp.asarray(x, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def tiny_world_pipeline(seed: int = 0, grid_size: int = 4) -> Pipeline:
+    """A TINY RANDOM shapes-world pipeline built in memory (no checkpoint): 16x16 images, a 4x4
+    token grid (T = 16), a 1-layer GPT, random text encoder and reward. Its images are noise;
+    it exercises every code path of the experiments in seconds (tests, --smoke)."""
+    from scalingar_jax import gpt, vq
+    from scalingar_jax.world.random_world import random_world_configs
+    from scalingar_jax.world.reward import init_reward_params, reward_scores
+    from scalingar_jax.world.text_encoder import encode_prompts, init_text_params
+
+    cfgs = random_world_configs(grid_size)
+    vq_params = random_params(vq.init_vq_params, cfgs["vq"], 4 * seed)
+    gpt_params = random_params(gpt.init_params, cfgs["gpt"], 4 * seed + 1)
+    text_params = random_params(init_text_params, cfgs["text"], 4 * seed + 2)
+    reward_params = random_params(init_reward_params, cfgs["reward"], 4 * seed + 3)
+    text_cfg, reward_cfg = cfgs["text"], cfgs["reward"]
+
+    def condition(prompts):
+        return encode_prompts(text_params, text_cfg, list(prompts))
+
+    def reward(images, prompts):
+        return np.asarray(reward_scores(reward_params, reward_cfg, images, list(prompts)))
+
+    return Pipeline(gpt_params=gpt_params, gpt_cfg=cfgs["gpt"], vq_params=vq_params, vq_cfg=cfgs["vq"],
+                    condition=condition, reward=reward, sampling=WORLD_SAMPLING, scaling=WORLD_SCALING,
+                    name=f"tiny random world (seed {seed}, untrained)")
+
+
+def load_pipe(checkpoint: str | None) -> Pipeline:
+    """`random` / `random:SEED`: the tiny random world; else the trained world at `checkpoint`
+    (default checkpoints/shapes or $SCALINGAR_CHECKPOINT)."""
+    if checkpoint is not None and checkpoint.startswith("random"):
+        m = re.fullmatch(r"random(?::(\d+))?", checkpoint)
+        if not m:
+            raise ValueError(f"--checkpoint {checkpoint!r}: use 'random' or 'random:SEED' for the tiny random world")
+        return tiny_world_pipeline(int(m.group(1) or 0))
+    from scalingar_jax.pipeline import world_pipeline
+
+    return world_pipeline(checkpoint)
+
+
+
+# ----------------------------------------------------------------------------------------- timing
+class Clock:
+    """Context manager: the wall clock of a block minus the JAX compile time spent inside it. While
+    the block runs, a listener of its own (registered on entry, removed on exit) adds up JAX's compile
+    events. After the block: `wall`, `compile` and `seconds` = max(0, wall - compile), in seconds."""
+
+    def __enter__(self):
+        self.compile = 0.0
+
+        def on_event(name, secs, **_):
+            if name.startswith("/jax/core/compile/"):
+                self.compile += secs
+
+        self._listener = on_event
+        jax.monitoring.register_event_duration_secs_listener(on_event)
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.t0
+        jax.monitoring.unregister_event_duration_listener(self._listener)
+        self.seconds = max(0.0, self.wall - self.compile)
+        return False
+
+
+
+# ----------------------------------------------------------------------------------------- prompts
+def prompt_set(split: str, per_tag: int, per_kind: int | None = None) -> list[dict]:
+    """The prompt records of a split: eval (evaluation set, per_tag per tag), dev (development set) or
+    hard (hard set, per_kind per kind, default per_tag)."""
+    from scalingar_jax.world import prompts as W
+
+    if split == "eval":
+        return W.evaluation_set(seed=0, per_tag=per_tag)
+    if split == "dev":
+        return W.development_set(seed=1, per_tag=per_tag)
+    if split == "hard":
+        return W.hard_set(seed=2, per_kind=per_kind or per_tag)
+    raise ValueError(f"unknown split {split!r}; use eval, dev or hard")
+
+
+def group_of(record: dict, split: str) -> str:
+    """Tag for eval/dev records; the hard kind for hard-set records."""
+    if split == "hard":
+        from scalingar_jax.world.prompts import hard_kind
+
+        return hard_kind(record) or record["tag"]
+    return record["tag"]
+
+
+# ----------------------------------------------------------------------------------------- runs
+@dataclasses.dataclass
+class Run:
+    """One strategy on one prompt set for one seed. correct (n,) bool, tokens (n,) int per record;
+    seconds: generation wall clock (compile excluded) over `slots` prompt slots. per_candidate:
+    arrays (n, N, ...) of the shared N-candidate set (not written to JSON): all_tokens, correct
+    (the judge), reward (learned), mean_confidence (confidence-only's score)."""
+
+    correct: np.ndarray
+    tokens: np.ndarray
+    seconds: float
+    slots: int
+    compile_s: float
+    extra: dict = dataclasses.field(default_factory=dict)
+    per_candidate: dict | None = None
+
+    @property
+    def s_per_image(self) -> float:
+        return self.seconds / max(1, self.slots)
+
+
+def batches(n: int, P: int):
+    """Yields (real record indices, prompt ids of the P slots): the last batch padded with ids >= n."""
+    P = max(1, min(P, n))
+    for start in range(0, n, P):
+        idx = list(range(start, min(start + P, n)))
+        yield idx, idx + [n + j for j in range(P - len(idx))]
+
+
+def slot_prompts(records: Sequence[dict], idx: Sequence[int], ids: Sequence[int]) -> list[str]:
+    """The prompts of a batch's slots (`batches`): records idx, then the first one repeated as padding."""
+    return [records[i]["prompt"] for i in idx] + [records[idx[0]]["prompt"]] * (len(ids) - len(idx))
+
+
+def judge(images: np.ndarray, records: Sequence[dict]) -> np.ndarray:
+    """The judge's verdicts: images (n, H, W, 3) uint8 and their n records -> (n,) bool."""
+    return judge_detail(images, records)[0]
+
+
+def judge_detail(images: np.ndarray, records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """images (n, H, W, 3) uint8, n records -> the judge's verdicts (n,) bool and the drawn area (n,)
+    int: pixels of all detected objects."""
+    from scalingar_jax.world.judge import judge_image
+
+    verdicts = [judge_image(im, r) for im, r in zip(images, records)]
+    return (np.array([bool(v.correct) for v in verdicts]),
+            np.array([sum(d.area for d in v.detected) for v in verdicts], np.int64))
+
+
+class Runner:
+    """Runs strategies on prompt sets, memoizing every (split, sizes, strategy, config, seed) run
+    within this process, so experiments sharing a run (e.g. `all`) compute it once."""
+
+    def __init__(self, pipe: Pipeline, batch: int, is_kwargs: dict | None = None):
+        self.pipe, self.batch, self.is_kwargs = pipe, batch, dict(is_kwargs or {})
+        self.memo: dict = {}
+
+    def _key(self, *parts):
+        return json.dumps([str(p) for p in parts])
+
+    # -- reward-free strategies and importance sampling, through `generate`
+    def token(self, records, split, strategy, N, seed, scaling=None, sampling=None) -> Run:
+        """`strategy` with N candidates on the n records (named `split` for the memo): a Run with the
+        judge's verdict on each record's image and its tokens, (n,) each."""
+        scaling = scaling or self.pipe.scaling
+        sampling = sampling or self.pipe.sampling
+        key = self._key("token", split, len(records), records[0]["prompt"], strategy, N, seed, self.batch,
+                        scaling if strategy == "scalingar" else None, sampling, self.is_kwargs)
+        if key not in self.memo:
+            self.memo[key] = self._token(records, strategy, N, seed, scaling, sampling)
+        return self.memo[key]
+
+    def _token(self, records, strategy, N, seed, scaling, sampling) -> Run:
+        n = len(records)
+        correct, tokens = np.zeros(n, bool), np.zeros(n, np.int64)
+        seconds = compile_s = 0.0
+        slots = 0
+        term, pruned = [], []
+        kw = self.is_kwargs if strategy == "importance_sampling" else {}
+        for idx, ids in batches(n, self.batch):
+            prompts = slot_prompts(records, idx, ids)
+            with Clock() as c:
+                out = generate(self.pipe, prompts, strategy=strategy, num_candidates=N, seed=seed, sampling=sampling,
+                               scaling=scaling, prompt_ids=ids, **kw)
+            seconds += c.seconds
+            compile_s += c.compile
+            slots += len(ids)
+            m = len(idx)
+            correct[idx] = judge(out.images[:m], [records[i] for i in idx])
+            tokens[idx] = np.asarray(out.result.tokens_used)[:m]
+            if strategy == "scalingar":
+                t = np.asarray(out.result.terminated_at)[:m]
+                pruned.append((t >= 0).mean(1))
+                term.extend(t[t >= 0].tolist())
+        extra = {}
+        if strategy == "scalingar":
+            extra = {"pruned_fraction": float(np.mean(np.concatenate(pruned))),
+                     "mean_termination_step": float(np.mean(term)) if term else None}
+        return Run(correct, tokens, seconds, slots, compile_s, extra)
+
+    # -- the shared N-candidate set: confidence-only, Best-of-N (learned), Best-of-N (oracle)
+    def candidates(self, records, split, N, seed, sampling=None) -> dict[str, Run]:
+        """The shared N-candidate set on the n records, judged and scored: Runs of confidence-only,
+        best_of_n (learned reward; its per_candidate holds the (n, N, ...) arrays), oracle_bon and
+        plain_mean (each record's mean correctness over its N candidates)."""
+        sampling = sampling or self.pipe.sampling
+        key = self._key("cands", split, len(records), records[0]["prompt"], N, seed, self.batch, sampling)
+        if key not in self.memo:
+            self.memo[key] = self._candidates(records, N, seed, sampling)
+        return self.memo[key]
+
+    def _candidates(self, records, N, seed, sampling) -> dict[str, Run]:
+        pipe = self.pipe
+        n, T = len(records), pipe.gpt_cfg.block_size
+        win = {k: np.zeros(n, bool) for k in ("confidence", "best_of_n", "oracle_bon")}
+        cand_correct, cand_area = np.zeros((n, N), bool), np.zeros((n, N), np.int64)
+        reward, mean_conf = np.zeros((n, N)), np.zeros((n, N))
+        cand_tokens = np.zeros((n, N, T), np.int32)
+        sec = {k: 0.0 for k in ("loop", "decode", "reward", "judge")}
+        compile_s, slots = 0.0, 0
+        for idx, ids in batches(n, self.batch):
+            P, m = len(ids), len(idx)
+            prompts = slot_prompts(records, idx, ids)
+            with Clock() as c:
+                out = generate(pipe, prompts, strategy="confidence_only", num_candidates=N, seed=seed,
+                               sampling=sampling, prompt_ids=ids)
+            sec["loop"] += c.seconds
+            compile_s += c.compile
+            all_tokens = np.asarray(out.result.all_tokens)
+            with Clock() as c:
+                images = pipe.decode_images(all_tokens.reshape(P * N, T))
+            sec["decode"] += c.seconds
+            compile_s += c.compile
+            with Clock() as c:
+                r = S._check_reward(pipe.reward(images, [p for p in prompts for _ in range(N)]), P * N).reshape(P, N)
+            sec["reward"] += c.seconds
+            compile_s += c.compile
+            images = images.reshape(P, N, *images.shape[1:])
+            with Clock() as c:  # the oracle reward: the exact judge on every candidate
+                cc, area = map(np.stack, zip(*(judge_detail(images[j], [records[i]] * N) for j, i in enumerate(idx))))
+            sec["judge"] += c.seconds * P / m
+            slots += P
+            cand_correct[idx], cand_area[idx] = cc, area
+            reward[idx] = r[:m]
+            mean_conf[idx] = np.asarray(out.result.score)[:m]
+            cand_tokens[idx] = all_tokens[:m]
+            rows = np.arange(m)
+            win["confidence"][idx] = cc[rows, np.asarray(out.result.winner)[:m]]
+            win["best_of_n"][idx] = cc[rows, np.argmax(r[:m], axis=1)]
+            win["oracle_bon"][idx] = cc[rows, np.argmax(cc, axis=1)]
+        tokens = np.full(n, N * T)
+        loop = sec["loop"]  # includes conditioning and decoding the selected image
+        runs = {
+            "confidence": Run(win["confidence"], tokens, loop, slots, compile_s),
+            "best_of_n": Run(win["best_of_n"], tokens, loop + sec["decode"] + sec["reward"], slots, compile_s),
+            "oracle_bon": Run(win["oracle_bon"], tokens, loop + sec["decode"] + sec["judge"], slots, compile_s),
+            "plain_mean": Run(cand_correct.mean(1), np.full(n, T), loop / N, slots, compile_s),
+        }
+        # how well the learned reward agrees with the judge on this model's own samples
+        runs["best_of_n"].extra = {"reward_judge_auroc": stats.auroc(reward, cand_correct),
+                                   "seconds_split": dict(sec),
+                                   "candidate_accuracy": float(cand_correct.mean()),
+                                   "any_correct": float(cand_correct.any(1).mean())}
+        runs["best_of_n"].per_candidate = {"all_tokens": cand_tokens, "correct": cand_correct, "reward": reward,
+                                           "mean_confidence": mean_conf, "area": cand_area}
+        return runs
+
+
+
+    # -- ScalingAR's confidence profile of every candidate (no memo: one experiment uses it)
+    def profiles(self, records, N, seed, scaling) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """`generate(strategy="scalingar")` with `scaling` over the records in batches: the candidates'
+        tokens (n, N, T) int32 and the profile traj[c] (T, n, N) float32 for c in C, I, D."""
+        n, T = len(records), self.pipe.gpt_cfg.block_size
+        tokens = np.zeros((n, N, T), np.int32)
+        curves = {c: np.zeros((T, n, N), np.float32) for c in "CID"}
+        for idx, ids in batches(n, self.batch):
+            m = len(idx)
+            prompts = slot_prompts(records, idx, ids)
+            res = generate(self.pipe, prompts, strategy="scalingar", num_candidates=N, seed=seed, scaling=scaling,
+                           prompt_ids=ids).result
+            tokens[idx] = np.asarray(res.all_tokens)[:m]
+            for c in "CID":
+                curves[c][:, idx] = np.asarray(res.traj[c])[:, :m]
+        return tokens, curves
+
+
+# ----------------------------------------------------------------------------------------- token-loop cost
+def loop_memory(pipe: Pipeline, spec: S.LoopSpec, P: int, rows: int) -> float:
+    """Compiled peak bytes of the jitted token loop (arguments + outputs + temporaries - aliased) for P
+    prompts with a pool of `rows` model rows (P * N: uncompacted), lowered on abstract inputs
+    (nothing allocated)."""
+    cfg = pipe.gpt_cfg
+    cond = jax.ShapeDtypeStruct((P, cfg.cls_token_num, cfg.caption_dim), jnp.float32)
+    mask = jax.ShapeDtypeStruct((P, cfg.cls_token_num), jnp.bool_)
+    ids = jax.ShapeDtypeStruct((P,), jnp.int32)
+    state = jax.eval_shape(functools.partial(S.start_loop, spec=spec), pipe.gpt_params, cond, mask,
+                           jax.random.key(0), ids)
+    if rows != P * spec.num_candidates:
+        state = jax.eval_shape(functools.partial(S.compact, rows=rows), state)
+    ma = S.run_loop.lower(pipe.gpt_params, state, spec=spec).compile().memory_analysis()
+    if ma is None:
+        return float("nan")
+    return float(ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
+                 - ma.alias_size_in_bytes)
+
+
+def loop_step_ms(pipe: Pipeline, spec: S.LoopSpec, records: Sequence[dict], W0: int) -> float:
+    """Milliseconds per step of the jitted token loop on records[0] (P = 1) over its first W0 steps
+    (before any pruning): the best of 3 timed runs after one compiling run."""
+    s0 = S.start_loop(pipe.gpt_params, *pipe.condition([records[0]["prompt"]]), jax.random.key(0),
+                      jnp.zeros((1,), jnp.int32), spec=spec)
+    sp = dataclasses.replace(spec, stop_at=W0)
+    jax.block_until_ready(S.run_loop(pipe.gpt_params, s0, spec=sp))  # compile
+    ts = []
+    for _ in range(3):
+        t = time.perf_counter()
+        jax.block_until_ready(S.run_loop(pipe.gpt_params, s0, spec=sp))
+        ts.append(time.perf_counter() - t)
+    return 1e3 * min(ts) / W0
+
+
+def sequential_best_of_n(pipe: Pipeline, rec: dict, N: int, seed: int) -> tuple[float, float, bool, np.ndarray]:
+    """Best-of-N as the paper timed it (Table 5: its BoN took 218.44 s, 8.8x its base run, i.e. the N
+    candidates one after another): N plain N = 1 runs of candidates 0..N-1 (first_candidate = c: the
+    batched set's keys, prompt id 0 as in `Runner`; tokens equal up to batch-size rounding), then the
+    learned reward on the N images. Returns (seconds of it all, seconds of the N generate calls, the
+    judge's verdict on the reward's pick, the candidates' tokens (N, T) int)."""
+    with Clock() as c:
+        outs = [generate(pipe, [rec["prompt"]], strategy="plain", num_candidates=1, seed=seed, prompt_ids=[0],
+                         first_candidate=j) for j in range(N)]
+        images = np.concatenate([o.images for o in outs])
+        r = S._check_reward(pipe.reward(images, [rec["prompt"]] * N), N)
+    tokens = np.stack([np.asarray(o.result.all_tokens)[0, 0] for o in outs])
+    return c.seconds, sum(o.seconds for o in outs), bool(judge(images[[int(np.argmax(r))]], [rec])[0]), tokens
+
+
+# ----------------------------------------------------------------------------------------- summaries
+def mean_correct(runs: Sequence[Run]) -> np.ndarray:
+    """Each record's correctness averaged over the runs (seeds): (n,) float."""
+    return np.mean([r.correct.astype(float) for r in runs], axis=0)
+
+
+def summarize(runs: dict[str, list[Run]], records: Sequence[dict], split: str, B: int,
+              labels: Mapping[str, str] | None = None) -> tuple[dict, stats.StratifiedBootstrap]:
+    """Per strategy (runs[name]: one Run per seed on the n records): overall (+ stratified bootstrap
+    CI over records, grouped by `group_of`, per-seed values and their t-interval), per group accuracy
+    (+ CI), tokens/image (+ CI), seconds/image (mean over seeds, range). Returns the summaries and the
+    bootstrap (B resamples), whose draws `compare` reuses for paired differences."""
+    labels = labels or {}
+    bs = stats.StratifiedBootstrap.from_groups([group_of(r, split) for r in records], B)
+    out = {}
+    for name, rs in runs.items():
+        x = mean_correct(rs)
+        tok = np.mean([r.tokens for r in rs], axis=0).astype(float)
+        seed_overall = [bs.point(r.correct.astype(float)) for r in rs]
+        secs = [r.s_per_image for r in rs]
+        out[name] = {
+            "label": labels.get(name, name),
+            "overall": bs.point(x), "overall_ci": stats.percentile_ci(bs.overall(x)),
+            "overall_per_seed": seed_overall, "overall_t_interval": stats.t_interval(seed_overall),
+            "per_group": {g: {"accuracy": bs.group_point(x, g), "ci": stats.percentile_ci(bs.group(x, g)),
+                              "n": int(len(bs.index[g]))} for g in bs.names},
+            "tokens_per_image": float(tok.mean()),
+            "tokens_ci": stats.percentile_ci(stats.bootstrap_means(tok, B, 0)),
+            "s_per_image": float(np.mean(secs)), "s_per_image_range": [float(min(secs)), float(max(secs))],
+            "compile_s": float(sum(r.compile_s for r in rs)),
+            "per_record_correct": [r.correct.astype(float).round(3).tolist() for r in rs],
+            "extra": [r.extra for r in rs if r.extra],
+        }
+    return out, bs
+
+
+def compare(runs: dict[str, list[Run]], bs: stats.StratifiedBootstrap, a: str, b: str) -> dict:
+    """Paired difference a - b of the overall score, its bootstrap CI (the draws of `bs`) and the
+    relative change: {"a", "b", **stats.paired_difference}."""
+    return {"a": a, "b": b, **stats.paired_difference(mean_correct(runs[a]), mean_correct(runs[b]), bs)}
