@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from scalingar_jax.atomic import atomic_write_text
+from scalingar_jax.images import to_uint8
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "results" / "training"
@@ -89,11 +90,6 @@ def render_data(n: int, seed: int, image_size: int = 48):
 
 def to_float(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / 127.5 - 1.0
-
-
-def to_uint8(images) -> np.ndarray:
-    x = np.asarray(images, np.float32)
-    return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def param_count(tree) -> int:
