@@ -64,9 +64,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, stamp  # noqa: E402
 
 from scalingar_jax.atomic import atomic_write_text  # noqa: E402
-from scalingar_jax.pipeline import WORLD_SAMPLING, WORLD_SCALING, Pipeline, generate  # noqa: E402
+from scalingar_jax.pipeline import Pipeline, generate  # noqa: E402
 from scalingar_jax.scaling import strategies as S  # noqa: E402
 from scalingar_jax.scaling.config import ABLATIONS, ScalingARConfig  # noqa: E402
+from scalingar_jax.world.pipeline import WORLD_SAMPLING, WORLD_SCALING, load_world_pipeline  # noqa: E402
 
 EXPERIMENTS = ("main", "ablations", "width", "robustness", "efficiency", "sensitivity", "signals")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -178,9 +179,7 @@ def load_pipe(checkpoint: str | None) -> Pipeline:
         if not m:
             raise ValueError(f"--checkpoint {checkpoint!r}: use 'random' or 'random:SEED' for the tiny random world")
         return tiny_world_pipeline(int(m.group(1) or 0))
-    from scalingar_jax.pipeline import world_pipeline
-
-    return world_pipeline(checkpoint)
+    return load_world_pipeline(checkpoint)
 
 
 # ----------------------------------------------------------------------------------------- timing

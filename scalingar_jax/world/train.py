@@ -722,6 +722,10 @@ def main(argv=None):
         train_gpt(args)
     if args.model in ("reward", "all"):
         train_reward(args)
+    if all((Path(args.out) / part / "config.json").is_file() for part in ("vq", "gpt", "text")):
+        from scalingar_jax.world.pipeline import write_world_manifest
+
+        write_world_manifest(args.out)  # the bundle manifest (keeps an existing one's defaults)
 
 
 if __name__ == "__main__":
