@@ -153,7 +153,9 @@ def read_bundle(path=None) -> Bundle:
     (malformed manifest), each naming the path."""
     root = (Path(path).expanduser() if path is not None else default_bundle_path()).absolute()
     if not root.is_dir():
-        raise FileNotFoundError(f"no model bundle at {root}: no such folder")
+        hint = "" if path is not None else (f" (the default bundle: set ${ENV_VAR} or pass a bundle folder; the "
+                                            "embedded one ships with the repository checkout)")
+        raise FileNotFoundError(f"no model bundle at {root}: no such folder{hint}")
     manifest = root / MANIFEST_FILE
     if not manifest.is_file():
         raise FileNotFoundError(f"{root} is not a model bundle: it has no {MANIFEST_FILE} (the manifest naming "
