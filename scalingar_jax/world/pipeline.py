@@ -84,7 +84,12 @@ def write_world_manifest(path, *, sampling: SamplingConfig | None = None, scalin
     root = Path(path)
     old = {}
     if (root / MANIFEST_FILE).is_file():
-        old = json.loads((root / MANIFEST_FILE).read_text())
+        try:
+            old = json.loads((root / MANIFEST_FILE).read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{root / MANIFEST_FILE}: not valid JSON ({e}); fix or delete it") from None
+        if not isinstance(old, dict) or not isinstance(old.get("sampling"), dict):
+            raise ValueError(f"{root / MANIFEST_FILE}: not a bundle manifest with 'sampling'; fix or delete it")
     present = [p for p in PARTS if (root / p / CONFIG_FILE).is_file()]
     missing = [p for p in ("vq", "gpt", "text") if p not in present]
     if missing:
@@ -92,9 +97,9 @@ def write_world_manifest(path, *, sampling: SamplingConfig | None = None, scalin
     _, gpt_cfg, _ = read_config(root / "gpt")
     _, vq_cfg, _ = read_config(root / "vq")
     if sampling is None:
-        sampling = SamplingConfig(**old["sampling"]) if "sampling" in old else WORLD_SAMPLING
-    if scaling is None:
-        scaling = ScalingARConfig(**old.get("scaling", {})) if "sampling" in old else WORLD_SCALING
+        sampling = SamplingConfig(**old["sampling"]) if old else WORLD_SAMPLING
+    if scaling is None:  # an existing manifest without "scaling" means the paper's defaults
+        scaling = ScalingARConfig(**old.get("scaling", {})) if old else WORLD_SCALING
     return write_manifest(root, kind=KIND, loader=LOADER, image_size=gpt_cfg.grid_size * vq_cfg.downsample,
                           parts={p: p for p in present}, sampling=sampling, scaling=scaling,
                           name=name or old.get("name"), notes=notes or old.get("notes"))
