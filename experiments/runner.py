@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from scalingar_jax import stats
-from scalingar_jax.pipeline import WORLD_SAMPLING, WORLD_SCALING, Pipeline, generate
+from scalingar_jax.pipeline import Pipeline, generate
 from scalingar_jax.scaling import strategies as S
+from scalingar_jax.world.pipeline import WORLD_SAMPLING, WORLD_SCALING, load_world_pipeline
 
 
 # ----------------------------------------------------------------------------------------- pipelines
@@ -84,9 +85,7 @@ def load_pipe(checkpoint: str | None) -> Pipeline:
         if not m:
             raise ValueError(f"--checkpoint {checkpoint!r}: use 'random' or 'random:SEED' for the tiny random world")
         return tiny_world_pipeline(int(m.group(1) or 0))
-    from scalingar_jax.pipeline import world_pipeline
-
-    return world_pipeline(checkpoint)
+    return load_world_pipeline(checkpoint)
 
 
 

@@ -2,11 +2,11 @@
 
 Entry points:
   generate(pipeline, prompts, strategy=..., num_candidates=..., seed=...)  prompts -> images
-  load_pipeline(path=None)                 the embedded shapes-world pipeline
+  load_pipeline(path=None)                 a model bundle's pipeline (default: the embedded shapes world)
   scalingar_jax.decode                     prefill / decode_step / jitted generate (plain LlamaGen)
   scalingar_jax.scaling                    pure profile / policy functions for your own jitted loop
   scalingar_jax.scaling.strategies         plain, confidence-only, ScalingAR, Best-of-N, importance sampling
-  scalingar_jax.checkpoint.load_llamagen   converted LlamaGen checkpoints (see `scalingar convert`)
+  scalingar_jax.checkpoint.load_model      converted LlamaGen checkpoints (see `scalingar convert`)
 """
 from scalingar_jax.config import GPT_PRESETS, GPTConfig, SamplingConfig, gpt_config
 from scalingar_jax.pipeline import GenerationOutput, Pipeline, generate, load_pipeline

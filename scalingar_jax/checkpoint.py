@@ -1,8 +1,14 @@
 """Model checkpoints: an orbax parameter tree plus the model config as JSON, written atomically.
 
 Layout of a model directory:
-  config.json   {"kind": "gpt" | "vq" | ..., "config": {...dataclass fields...}, "meta": {...}}
+  config.json   {"kind": "gpt" | "vq" | ..., "config_class": "module:Class", "config": {...dataclass
+                fields...}, "meta": {...}}
   params/       orbax StandardCheckpointer tree
+
+"config_class" names the config dataclass (resolved by import, inside this package only, see
+`references`), so this module never imports the modules that define other model kinds (the
+shapes world's text encoder and reward model, ...). Files without it (written before it was
+recorded) load for the built-in kinds "gpt" and "vq".
 
 `save_model` writes into a temporary sibling directory and renames it into place only when
 complete, so a crash or a bad input never leaves a half-written checkpoint behind.
@@ -31,24 +37,11 @@ CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 
 
-def _config_classes() -> dict[str, type]:
+def _builtin_config_classes() -> dict[str, type]:
     from scalingar_jax.config import GPTConfig
     from scalingar_jax.vq import VQConfig
 
-    classes = {"gpt": GPTConfig, "vq": VQConfig}
-    try:  # optional kinds registered by the shapes world
-        from scalingar_jax.world.text_encoder import TextEncoderConfig
-
-        classes["text"] = TextEncoderConfig
-    except ImportError:
-        pass
-    try:
-        from scalingar_jax.world.reward import RewardConfig
-
-        classes["reward"] = RewardConfig
-    except ImportError:
-        pass
-    return classes
+    return {"gpt": GPTConfig, "vq": VQConfig}
 
 
 def config_to_dict(config) -> dict[str, Any]:
@@ -56,12 +49,28 @@ def config_to_dict(config) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def config_from_dict(kind: str, fields: dict[str, Any]):
-    """Rebuilds the config dataclass of `kind`; unknown or missing fields are errors."""
-    classes = _config_classes()
-    if kind not in classes:
-        raise ValueError(f"unknown model kind {kind!r}; known kinds: {sorted(classes)}")
-    cls = classes[kind]
+def config_class(kind: str, reference: str | None = None, *, where: str = "config") -> type:
+    """The config dataclass of a saved model: the class `reference` names ("module:Class", in
+    this package; what `save_model` records as "config_class"), else the built-in class of
+    `kind` ("gpt", "vq": checkpoints written before classes were recorded)."""
+    from scalingar_jax.references import resolve
+
+    if reference is not None:
+        cls = resolve(reference, what=f"{where}: config_class")
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise ValueError(f"{where}: config_class {reference!r} is not a dataclass")
+        return cls
+    builtin = _builtin_config_classes()
+    if kind not in builtin:
+        raise ValueError(f"{where}: unknown model kind {kind!r} and no config_class recorded; built-in kinds: "
+                         f"{sorted(builtin)}")
+    return builtin[kind]
+
+
+def config_from_dict(kind: str, fields: dict[str, Any], reference: str | None = None, *, where: str = "config"):
+    """Rebuilds the config dataclass of `kind` (or of the class `reference` names, see
+    `config_class`) from its fields; unknown or missing fields are errors."""
+    cls = config_class(kind, reference, where=where)
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - set(names))
     if unknown:
@@ -100,10 +109,15 @@ def save_model(path, params, config, *, kind: str, meta: dict | None = None, ove
     """
     import orbax.checkpoint as ocp
 
+    from scalingar_jax.references import reference_of
+
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        raise TypeError(f"config must be a config dataclass instance, got {type(config).__name__}")
     path = Path(path).absolute()
     with atomic_dir(path, overwrite=overwrite) as tmp:
         tmp = Path(tmp)
-        record = {"kind": kind, "config": config_to_dict(config), "meta": meta or {}}
+        record = {"kind": kind, "config_class": reference_of(type(config)), "config": config_to_dict(config),
+                  "meta": meta or {}}
         (tmp / CONFIG_FILE).write_text(json.dumps(record, indent=2))
         params = jax.tree.map(np.asarray, params)  # every leaf an ndarray (the only registered type)
         with ocp.Checkpointer(_params_handler(compress)) as ckptr:
@@ -122,7 +136,8 @@ def read_config(path) -> tuple[str, Any, dict]:
     for key in ("kind", "config"):
         if key not in record:
             raise ValueError(f"{cfg_file} is missing the key {key!r}")
-    return record["kind"], config_from_dict(record["kind"], record["config"]), record.get("meta", {})
+    config = config_from_dict(record["kind"], record["config"], record.get("config_class"), where=str(cfg_file))
+    return record["kind"], config, record.get("meta", {})
 
 
 def load_model(path, *, expect_kind: str | None = None):
@@ -137,8 +152,3 @@ def load_model(path, *, expect_kind: str | None = None):
         raise FileNotFoundError(f"{path} has no {PARAMS_DIR}/ directory")
     params = ocp.StandardCheckpointer().restore(path / PARAMS_DIR)
     return params, config
-
-
-def load_llamagen(path):
-    """Loads a converted LlamaGen GPT or VQ: returns (params, config)."""
-    return load_model(path)

@@ -98,7 +98,7 @@ def cmd_generate(args) -> int:
     out = _writable_dir(args.out)
     try:
         pipe = load_pipeline(args.checkpoint)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     sampling, scaling = _sampling_scaling(args, pipe)
     if args.prompts is not None:
@@ -108,7 +108,7 @@ def cmd_generate(args) -> int:
     if not prompt:
         raise UserError("the prompt is empty")
     try:
-        pipe.condition([prompt])  # vocabulary errors before any compile
+        conditioning = pipe.condition([prompt])  # vocabulary errors before any compile; encoded once
     except ValueError as e:
         raise UserError(str(e)) from None
     T = pipe.gpt_cfg.block_size
@@ -116,7 +116,7 @@ def cmd_generate(args) -> int:
     with bar:
         res = generate(pipe, [prompt], strategy=args.strategy, num_candidates=args.n, seed=args.seed,
                        sampling=sampling, scaling=scaling, compaction=_compaction(args),
-                       decode_candidates=True, on_progress=update, mesh=_mesh(args))
+                       decode_candidates=True, on_progress=update, mesh=_mesh(args), conditioning=conditioning)
     r = res.result
     winner = int(r.winner[0])
     term = np.asarray(r.terminated_at[0])
@@ -280,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "device); simulate CPU devices with XLA_FLAGS=--xla_force_host_platform_device_count=8")
     g.add_argument("--out", default="out", help="output folder (created; default ./out)")
     g.add_argument("--checkpoint", default=None,
-                   help="model folder (default: the embedded checkpoints/shapes, or $SCALINGAR_CHECKPOINT)")
+                   help="model bundle folder, with its bundle.json (default: the embedded checkpoints/shapes, "
+                        "or $SCALINGAR_CHECKPOINT)")
     g.add_argument("--scale", type=int, default=4, help="upscaling factor of selected.png (default 4)")
     g.add_argument("--batch", type=int, default=16, help="prompts per batch with --prompts (default 16)")
     g.add_argument("--limit", type=int, default=0, help="with --prompts: only the first LIMIT prompts")

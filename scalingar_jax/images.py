@@ -1,9 +1,10 @@
-"""Images without matplotlib or Pillow: a stdlib-zlib PNG codec, grids, borders, a 5x7 font.
+"""Images on the host: PNG files and text labels through Pillow, grids and borders in NumPy.
 
 Everything here is NumPy on the host (pass `jax.Array`s freely; they are converted with
 `np.asarray`). Images are `uint8` arrays `(H, W, 3)` (RGB) unless a docstring says otherwise;
 functions that take an image also accept float images in `[-1, 1]` (the VQ decoder's output),
-converted with `to_uint8`, and grey `(H, W)` images, repeated to three channels.
+converted with `to_uint8` (the one [-1, 1] -> uint8 conversion of the package), and grey
+`(H, W)` images, repeated to three channels.
 
 Public API:
   * `to_uint8(images)`: float in `[-1, 1]` (any shape) -> `uint8` in `[0, 255]`.
@@ -12,16 +13,18 @@ Public API:
   * `atomic_write_bytes(path, data) -> str`: temp file in the same folder, then `os.replace`.
   * `make_grid`, `mark_border`, `draw_text`, `text_size`, `upscale_nearest`, `labelled_grid`.
 
-The encoder writes 8-bit grey / RGB / RGBA, non-interlaced, filter type 0 on every row.
-The decoder reads any non-interlaced PNG of bit depth 1-16 in every colour type (grey,
-RGB, palette, grey+alpha, RGBA) with all five filter types, so files from Pillow or
-matplotlib read back; alpha is dropped (not composited), 16-bit samples are rounded to 8.
+PNG files are written and read by Pillow. Readers check the size a file declares against
+`MAX_PIXELS` before decoding anything, verify every chunk's CRC, and return RGB: grey is
+repeated, palettes are looked up, alpha is dropped (not composited), 16-bit grey is rounded to
+8 bits. Text is drawn with Pillow's built-in default font (`ImageFont.load_default()`, no font
+file), without anti-aliasing.
 """
 from __future__ import annotations
 
+import functools
+import io
 import math
 import os
-import struct
 import zlib
 from typing import Mapping, Sequence
 
@@ -30,13 +33,14 @@ import numpy as np
 from scalingar_jax.atomic import atomic_write_bytes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Readers refuse larger images before decoding them (a 4096 x 4096 RGB image is 48 MiB decoded).
+MAX_PIXELS = 4096 * 4096
 
 __all__ = [
-    "PNG_SIGNATURE", "COLORS", "FONT_CHARS", "to_uint8", "encode_png", "decode_png", "write_png",
+    "PNG_SIGNATURE", "MAX_PIXELS", "COLORS", "FONT_CHARS", "to_uint8", "encode_png", "decode_png", "write_png",
     "read_png", "atomic_write_bytes", "make_grid", "mark_border", "draw_text", "text_size",
     "upscale_nearest", "labelled_grid",
 ]
-
 # Named colours accepted wherever a `color` is (RGB, 0-255).
 COLORS: Mapping[str, tuple[int, int, int]] = {
     "red": (220, 30, 30), "green": (20, 170, 60), "blue": (30, 80, 220), "yellow": (240, 200, 20),
@@ -105,26 +109,21 @@ def _positive_int(v, name: str, minimum: int = 1) -> int:
     return int(v)
 
 
-
-
-# ----------------------------------------------------------------------------- PNG encode
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
+# ----------------------------------------------------------------------------- PNG (Pillow)
 def encode_png(image, compress_level: int = 6) -> bytes:
     """PNG bytes of `image`: uint8 `(H, W)` / `(H, W, 1)` grey, `(H, W, 3)` RGB, `(H, W, 4)` RGBA,
-    or a float image in `[-1, 1]` of those shapes (via `to_uint8`). 8-bit, filter type 0 per row."""
+    or a float image in `[-1, 1]` of those shapes (via `to_uint8`). 8 bits per sample."""
+    from PIL import Image
+
     x = _as_image(image, "image", channels=(1, 3, 4))
     if isinstance(compress_level, bool) or not isinstance(compress_level, (int, np.integer)) \
             or not 0 <= compress_level <= 9:
         raise ValueError(f"compress_level must be an int in [0, 9], got {compress_level!r}")
-    h, w, c = x.shape
-    color_type = {1: 0, 3: 2, 4: 6}[c]
-    rows = np.concatenate([np.zeros((h, 1), np.uint8), np.ascontiguousarray(x).reshape(h, w * c)], axis=1)
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
-    return (PNG_SIGNATURE + _chunk(b"IHDR", ihdr)
-            + _chunk(b"IDAT", zlib.compress(rows.tobytes(), int(compress_level))) + _chunk(b"IEND", b""))
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[x.shape[2]]
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(x[:, :, 0] if mode == "L" else x), mode).save(
+        buf, format="PNG", compress_level=int(compress_level))
+    return buf.getvalue()
 
 
 def write_png(path, image, compress_level: int = 6) -> str:
@@ -136,147 +135,64 @@ def write_png(path, image, compress_level: int = 6) -> str:
     return atomic_write_bytes(path, encode_png(image, compress_level))
 
 
-# ----------------------------------------------------------------------------- PNG decode
-_VALID_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
-_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+def _check_max_pixels(max_pixels) -> int:
+    return _positive_int(max_pixels, "max_pixels")
 
 
-def _unfilter(raw: bytes, h: int, rowbytes: int, bpp: int) -> np.ndarray:
-    """Reverses the per-row PNG filters (0 None, 1 Sub, 2 Up, 3 Average, 4 Paeth) -> (h, rowbytes) uint8."""
-    src = np.frombuffer(raw, np.uint8).reshape(h, rowbytes + 1)
-    out = np.empty((h, rowbytes), np.uint8)
-    prev = np.zeros(rowbytes, np.uint8)
-    for y in range(h):
-        ftype = int(src[y, 0])
-        f = src[y, 1:]
-        if ftype == 0:
-            cur = f
-        elif ftype == 1:  # Sub: running sum (mod 256) over pixels, per byte of a pixel
-            cur = np.cumsum(f.reshape(-1, bpp), axis=0, dtype=np.uint8).reshape(-1)
-        elif ftype == 2:  # Up
-            cur = f + prev
-        elif ftype in (3, 4):
-            fb, pb = f.tobytes(), prev.tobytes()
-            cb = bytearray(rowbytes)
-            if ftype == 3:  # Average: floor((left + up) / 2)
-                for i in range(bpp):
-                    cb[i] = (fb[i] + (pb[i] >> 1)) & 255
-                for i in range(bpp, rowbytes):
-                    cb[i] = (fb[i] + ((cb[i - bpp] + pb[i]) >> 1)) & 255
-            else:  # Paeth predictor; at the left edge a = c = 0 so the predictor is b
-                for i in range(bpp):
-                    cb[i] = (fb[i] + pb[i]) & 255
-                for i in range(bpp, rowbytes):
-                    a, b, c = cb[i - bpp], pb[i], pb[i - bpp]
-                    pa, pbb = b - c, a - c
-                    pc = abs(pa + pbb)
-                    pa, pbb = abs(pa), abs(pbb)
-                    pred = a if (pa <= pbb and pa <= pc) else (b if pbb <= pc else c)
-                    cb[i] = (fb[i] + pred) & 255
-            cur = np.frombuffer(bytes(cb), np.uint8)
-        else:
-            raise ValueError(f"invalid PNG: unknown filter type {ftype} on row {y}")
-        out[y] = cur
-        prev = out[y]
-    return out
+def _read_png(open_fp, name: str, max_pixels: int) -> np.ndarray:
+    """Decodes the PNG that `open_fp()` opens (a fresh binary file object per call) -> uint8
+    (H, W, 3). The declared size is checked against `max_pixels` before any pixel is decoded,
+    then every chunk's CRC (`verify`), then the image is decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    max_pixels = _check_max_pixels(max_pixels)
+    with open_fp() as f:
+        if f.read(8) != PNG_SIGNATURE:
+            raise ValueError(f"{name} is not a PNG file: bad signature")
+        f.seek(0)
+        try:
+            im = Image.open(f, formats=["PNG"])
+        except Image.DecompressionBombError as e:
+            raise ValueError(f"{name}: declared image size exceeds the limit of {max_pixels} pixels ({e})") from None
+        except UnidentifiedImageError:
+            raise ValueError(f"{name}: invalid PNG: its IHDR header chunk is malformed or fails its CRC") from None
+        w, h = im.size
+        if w * h > max_pixels:
+            raise ValueError(f"{name}: declared size {w}x{h} ({w * h} pixels) exceeds the limit of {max_pixels} "
+                             "pixels; refused before decoding")
+        try:
+            im.verify()  # every chunk's CRC, through IEND; decodes nothing
+        except (OSError, SyntaxError, EOFError, ValueError) as e:
+            raise ValueError(f"{name}: invalid PNG (truncated or corrupt): {e}") from None
+    with open_fp() as f:
+        try:
+            im = Image.open(f, formats=["PNG"])
+            im.load()
+        except (OSError, SyntaxError, EOFError, ValueError, zlib.error) as e:
+            raise ValueError(f"{name}: invalid PNG (corrupt image data): {e}") from None
+        if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: round to 8 bits
+            v = np.asarray(im).astype(np.uint32)
+            return np.repeat(((v * 255 + 32767) // 65535).astype(np.uint8)[:, :, None], 3, axis=2)
+        return np.array(im.convert("RGB"), dtype=np.uint8)
 
 
-def decode_png(data: bytes) -> np.ndarray:
+def decode_png(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decodes PNG bytes -> uint8 `(H, W, 3)` RGB (grey repeated, palette looked up, alpha dropped).
 
-    Checks the signature, every chunk CRC and the data length; raises `ValueError` naming the
-    problem for malformed or unsupported (interlaced) files.
+    Raises `ValueError` naming the problem for a bad signature, a declared size over
+    `max_pixels` (before decoding), a CRC mismatch, truncated or corrupt data.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"decode_png expects bytes, got {type(data).__name__}")
     data = bytes(data)
-    if data[:8] != PNG_SIGNATURE:
-        raise ValueError("not a PNG file: bad signature")
-    pos, ihdr, plte, idat, ended = 8, None, None, [], False
-    while pos < len(data):
-        if pos + 8 > len(data):
-            raise ValueError("invalid PNG: truncated chunk header")
-        (n,) = struct.unpack(">I", data[pos:pos + 4])
-        kind = data[pos + 4:pos + 8]
-        body = data[pos + 8:pos + 8 + n]
-        crc = data[pos + 8 + n:pos + 12 + n]
-        if len(body) != n or len(crc) != 4:
-            raise ValueError(f"invalid PNG: truncated {kind!r} chunk")
-        if struct.unpack(">I", crc)[0] != zlib.crc32(kind + body) & 0xFFFFFFFF:
-            raise ValueError(f"invalid PNG: CRC mismatch in {kind!r} chunk")
-        pos += 12 + n
-        if kind == b"IHDR":
-            if n != 13:
-                raise ValueError("invalid PNG: IHDR must be 13 bytes")
-            ihdr = struct.unpack(">IIBBBBB", body)
-        elif ihdr is None:
-            raise ValueError(f"invalid PNG: {kind!r} chunk before IHDR")
-        elif kind == b"PLTE":
-            if n % 3 or n == 0:
-                raise ValueError("invalid PNG: PLTE length is not a positive multiple of 3")
-            plte = np.frombuffer(body, np.uint8).reshape(-1, 3)
-        elif kind == b"IDAT":
-            idat.append(body)
-        elif kind == b"IEND":
-            ended = True
-            break
-        elif not (kind[0] & 0x20):  # uppercase first letter: critical chunk we do not know
-            raise ValueError(f"unsupported PNG: unknown critical chunk {kind!r}")
-    if ihdr is None:
-        raise ValueError("invalid PNG: no IHDR chunk")
-    if not ended:
-        raise ValueError("invalid PNG: no IEND chunk (truncated file?)")
-    if not idat:
-        raise ValueError("invalid PNG: no IDAT chunk")
-    w, h, depth, ctype, comp, filt, interlace = ihdr
-    if w == 0 or h == 0:
-        raise ValueError(f"invalid PNG: size {w}x{h}")
-    if ctype not in _VALID_DEPTHS or depth not in _VALID_DEPTHS[ctype]:
-        raise ValueError(f"invalid PNG: colour type {ctype} with bit depth {depth}")
-    if comp != 0 or filt != 0:
-        raise ValueError(f"invalid PNG: compression method {comp} / filter method {filt}")
-    if interlace != 0:
-        raise ValueError("unsupported PNG: interlaced (Adam7) images are not supported")
-    if ctype == 3 and plte is None:
-        raise ValueError("invalid PNG: palette image without PLTE chunk")
-    ch = _CHANNELS[ctype]
-    bits = ch * depth
-    rowbytes = (w * bits + 7) // 8
-    bpp = max(1, bits // 8)
-    try:
-        raw = zlib.decompress(b"".join(idat))
-    except zlib.error as e:
-        raise ValueError(f"invalid PNG: corrupt image data ({e})") from e
-    if len(raw) != h * (rowbytes + 1):
-        raise ValueError(f"invalid PNG: image data has {len(raw)} bytes, expected {h * (rowbytes + 1)}")
-    rows = _unfilter(raw, h, rowbytes, bpp)
-    if depth == 8:
-        s = rows.reshape(h, w, ch)
-    elif depth == 16:
-        v = rows.view(">u2").reshape(h, w, ch).astype(np.uint32)
-        s = ((v * 255 + 32767) // 65535).astype(np.uint8)
-    else:
-        unpacked = np.unpackbits(rows, axis=1).reshape(h, -1, depth)
-        weights = (1 << np.arange(depth - 1, -1, -1)).astype(np.uint8)
-        s = (unpacked * weights).sum(-1, dtype=np.uint8)[:, :w].reshape(h, w, 1)
-        if ctype == 0:
-            s = (s.astype(np.uint16) * 255 // ((1 << depth) - 1)).astype(np.uint8)
-    if ctype == 3:
-        idx = s[:, :, 0]
-        if int(idx.max()) >= len(plte):
-            raise ValueError(f"invalid PNG: palette index {int(idx.max())} >= palette size {len(plte)}")
-        return plte[idx]
-    if ctype in (0, 4):
-        return np.repeat(s[:, :, :1], 3, axis=2)
-    return np.ascontiguousarray(s[:, :, :3])
+    return _read_png(lambda: io.BytesIO(data), "PNG bytes", max_pixels)
 
 
-def read_png(path) -> np.ndarray:
-    """Reads a PNG file -> uint8 `(H, W, 3)` RGB. See `decode_png` for what is supported."""
+def read_png(path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Reads a PNG file -> uint8 `(H, W, 3)` RGB. See `decode_png`; errors name the file."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    with open(path, "rb") as f:
-        return decode_png(f.read())
+    return _read_png(lambda: open(path, "rb"), os.fspath(path), max_pixels)
 
 
 # ----------------------------------------------------------------------------- grids & marks
@@ -340,141 +256,56 @@ def upscale_nearest(image, factor: int) -> np.ndarray:
     return np.repeat(np.repeat(x, factor, axis=axes[0]), factor, axis=axes[1])
 
 
-# ----------------------------------------------------------------------------- 5x7 font
-# Each glyph: 7 rows of 5 columns, '#' = ink. Lower case has its own glyphs; descenders are
-# squeezed into the 7 rows. Drawn by hand for this project.
-_GLYPHS: dict[str, tuple[str, ...]] = {
-    " ": (".....",) * 7,
-    "0": (".###.", "#...#", "#..##", "#.#.#", "##..#", "#...#", ".###."),
-    "1": ("..#..", ".##..", "..#..", "..#..", "..#..", "..#..", ".###."),
-    "2": (".###.", "#...#", "....#", "...#.", "..#..", ".#...", "#####"),
-    "3": ("#####", "...#.", "..#..", "...#.", "....#", "#...#", ".###."),
-    "4": ("...#.", "..##.", ".#.#.", "#..#.", "#####", "...#.", "...#."),
-    "5": ("#####", "#....", "####.", "....#", "....#", "#...#", ".###."),
-    "6": ("..##.", ".#...", "#....", "####.", "#...#", "#...#", ".###."),
-    "7": ("#####", "....#", "...#.", "..#..", ".#...", ".#...", ".#..."),
-    "8": (".###.", "#...#", "#...#", ".###.", "#...#", "#...#", ".###."),
-    "9": (".###.", "#...#", "#...#", ".####", "....#", "...#.", ".##.."),
-    "A": (".###.", "#...#", "#...#", "#####", "#...#", "#...#", "#...#"),
-    "B": ("####.", "#...#", "#...#", "####.", "#...#", "#...#", "####."),
-    "C": (".###.", "#...#", "#....", "#....", "#....", "#...#", ".###."),
-    "D": ("###..", "#..#.", "#...#", "#...#", "#...#", "#..#.", "###.."),
-    "E": ("#####", "#....", "#....", "####.", "#....", "#....", "#####"),
-    "F": ("#####", "#....", "#....", "####.", "#....", "#....", "#...."),
-    "G": (".###.", "#...#", "#....", "#.###", "#...#", "#...#", ".####"),
-    "H": ("#...#", "#...#", "#...#", "#####", "#...#", "#...#", "#...#"),
-    "I": (".###.", "..#..", "..#..", "..#..", "..#..", "..#..", ".###."),
-    "J": ("..###", "...#.", "...#.", "...#.", "...#.", "#..#.", ".##.."),
-    "K": ("#...#", "#..#.", "#.#..", "##...", "#.#..", "#..#.", "#...#"),
-    "L": ("#....", "#....", "#....", "#....", "#....", "#....", "#####"),
-    "M": ("#...#", "##.##", "#.#.#", "#.#.#", "#...#", "#...#", "#...#"),
-    "N": ("#...#", "#...#", "##..#", "#.#.#", "#..##", "#...#", "#...#"),
-    "O": (".###.", "#...#", "#...#", "#...#", "#...#", "#...#", ".###."),
-    "P": ("####.", "#...#", "#...#", "####.", "#....", "#....", "#...."),
-    "Q": (".###.", "#...#", "#...#", "#...#", "#.#.#", "#..#.", ".##.#"),
-    "R": ("####.", "#...#", "#...#", "####.", "#.#..", "#..#.", "#...#"),
-    "S": (".####", "#....", "#....", ".###.", "....#", "....#", "####."),
-    "T": ("#####", "..#..", "..#..", "..#..", "..#..", "..#..", "..#.."),
-    "U": ("#...#", "#...#", "#...#", "#...#", "#...#", "#...#", ".###."),
-    "V": ("#...#", "#...#", "#...#", "#...#", "#...#", ".#.#.", "..#.."),
-    "W": ("#...#", "#...#", "#...#", "#.#.#", "#.#.#", "#.#.#", ".#.#."),
-    "X": ("#...#", "#...#", ".#.#.", "..#..", ".#.#.", "#...#", "#...#"),
-    "Y": ("#...#", "#...#", ".#.#.", "..#..", "..#..", "..#..", "..#.."),
-    "Z": ("#####", "....#", "...#.", "..#..", ".#...", "#....", "#####"),
-    "a": (".....", ".....", ".###.", "....#", ".####", "#...#", ".####"),
-    "b": ("#....", "#....", "#.##.", "##..#", "#...#", "#...#", "####."),
-    "c": (".....", ".....", ".###.", "#....", "#....", "#...#", ".###."),
-    "d": ("....#", "....#", ".##.#", "#..##", "#...#", "#...#", ".####"),
-    "e": (".....", ".....", ".###.", "#...#", "#####", "#....", ".###."),
-    "f": ("..##.", ".#..#", ".#...", "###..", ".#...", ".#...", ".#..."),
-    "g": (".....", ".####", "#...#", "#...#", ".####", "....#", ".###."),
-    "h": ("#....", "#....", "#.##.", "##..#", "#...#", "#...#", "#...#"),
-    "i": ("..#..", ".....", ".##..", "..#..", "..#..", "..#..", ".###."),
-    "j": ("...#.", ".....", "..##.", "...#.", "...#.", "#..#.", ".##.."),
-    "k": ("#....", "#....", "#..#.", "#.#..", "##...", "#.#..", "#..#."),
-    "l": (".##..", "..#..", "..#..", "..#..", "..#..", "..#..", ".###."),
-    "m": (".....", ".....", "##.#.", "#.#.#", "#.#.#", "#...#", "#...#"),
-    "n": (".....", ".....", "#.##.", "##..#", "#...#", "#...#", "#...#"),
-    "o": (".....", ".....", ".###.", "#...#", "#...#", "#...#", ".###."),
-    "p": (".....", ".....", "####.", "#...#", "####.", "#....", "#...."),
-    "q": (".....", ".....", ".####", "#...#", ".####", "....#", "....#"),
-    "r": (".....", ".....", "#.##.", "##..#", "#....", "#....", "#...."),
-    "s": (".....", ".....", ".####", "#....", ".###.", "....#", "####."),
-    "t": (".#...", ".#...", "###..", ".#...", ".#...", ".#..#", "..##."),
-    "u": (".....", ".....", "#...#", "#...#", "#...#", "#..##", ".##.#"),
-    "v": (".....", ".....", "#...#", "#...#", "#...#", ".#.#.", "..#.."),
-    "w": (".....", ".....", "#...#", "#...#", "#.#.#", "#.#.#", ".#.#."),
-    "x": (".....", ".....", "#...#", ".#.#.", "..#..", ".#.#.", "#...#"),
-    "y": (".....", "#...#", "#...#", "#...#", ".####", "....#", ".###."),
-    "z": (".....", ".....", "#####", "...#.", "..#..", ".#...", "#####"),
-    ".": (".....", ".....", ".....", ".....", ".....", ".##..", ".##.."),
-    ",": (".....", ".....", ".....", ".....", ".##..", "..#..", ".#..."),
-    ":": (".....", ".##..", ".##..", ".....", ".##..", ".##..", "....."),
-    ";": (".....", ".##..", ".##..", ".....", ".##..", "..#..", ".#..."),
-    "!": ("..#..", "..#..", "..#..", "..#..", "..#..", ".....", "..#.."),
-    "?": (".###.", "#...#", "....#", "...#.", "..#..", ".....", "..#.."),
-    "-": (".....", ".....", ".....", "#####", ".....", ".....", "....."),
-    "+": (".....", "..#..", "..#..", "#####", "..#..", "..#..", "....."),
-    "=": (".....", ".....", "#####", ".....", "#####", ".....", "....."),
-    "_": (".....", ".....", ".....", ".....", ".....", ".....", "#####"),
-    "/": (".....", "....#", "...#.", "..#..", ".#...", "#....", "....."),
-    "\\": (".....", "#....", ".#...", "..#..", "...#.", "....#", "....."),
-    "#": (".#.#.", ".#.#.", "#####", ".#.#.", "#####", ".#.#.", ".#.#."),
-    "@": (".###.", "#...#", "#.###", "#.#.#", "#.###", "#....", ".####"),
-    "%": ("##...", "##..#", "...#.", "..#..", ".#...", "#..##", "...##"),
-    "(": ("...#.", "..#..", ".#...", ".#...", ".#...", "..#..", "...#."),
-    ")": (".#...", "..#..", "...#.", "...#.", "...#.", "..#..", ".#..."),
-    "[": (".###.", ".#...", ".#...", ".#...", ".#...", ".#...", ".###."),
-    "]": (".###.", "...#.", "...#.", "...#.", "...#.", "...#.", ".###."),
-    "<": ("...#.", "..#..", ".#...", "#....", ".#...", "..#..", "...#."),
-    ">": (".#...", "..#..", "...#.", "....#", "...#.", "..#..", ".#..."),
-    "'": ("..#..", "..#..", ".#...", ".....", ".....", ".....", "....."),
-    '"': (".#.#.", ".#.#.", ".#.#.", ".....", ".....", ".....", "....."),
-    "*": (".....", "..#..", "#.#.#", ".###.", "#.#.#", "..#..", "....."),
-    "&": (".##..", "#..#.", "#.#..", ".#...", "#.#.#", "#..#.", ".##.#"),
-    "|": ("..#..",) * 7,
-    "^": ("..#..", ".#.#.", "#...#", ".....", ".....", ".....", "....."),
-    "~": (".....", ".....", ".#...", "#.#.#", "...#.", ".....", "....."),
-}
-FONT_CHARS = frozenset(_GLYPHS)
-GLYPH_W, GLYPH_H = 5, 7
-_ADVANCE_X, _ADVANCE_Y = GLYPH_W + 1, GLYPH_H + 1
+# ----------------------------------------------------------------------------- text (Pillow's default font)
+FONT_CHARS = frozenset(chr(c) for c in range(32, 127))  # printable ASCII
 
 
-def _glyph(ch: str) -> np.ndarray:
-    return np.array([[p == "#" for p in row] for row in _GLYPHS[ch]], dtype=bool)
+@functools.lru_cache(maxsize=1)
+def _font():
+    from PIL import ImageFont
+
+    return ImageFont.load_default()
 
 
-def text_size(text: str, scale: int = 1) -> tuple[int, int]:
-    """`(width, height)` in pixels of `text` drawn by `draw_text` (lines split on '\\n').
+def _text_mask(text: str) -> np.ndarray:
+    """Bool (h, w) ink mask of `text` at scale 1 (lines split on '\\n'); (0, 0) for blank text."""
+    from PIL import Image, ImageDraw
 
-    Each glyph is 5x7 cells of `scale` pixels with one cell between glyphs and between lines.
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
-    scale = _positive_int(scale, "scale")
-    lines = text.split("\n")
-    longest = max(len(line) for line in lines)
-    if longest == 0:
-        return 0, 0
-    return (longest * _ADVANCE_X - 1) * scale, (len(lines) * _ADVANCE_Y - 1) * scale
-
-
-def draw_text(image, text: str, xy=(1, 1), color="white", scale: int = 1, background=None) -> np.ndarray:
-    """A copy of `image` `(H, W, 3)` with `text` drawn in the built-in 5x7 font.
-
-    `xy = (x, y)` is the top-left pixel (column, row) of the text box; `scale` is an integer
-    pixel size; `background` (optional colour) fills the text box plus a `scale`-pixel margin
-    first, for legibility. Supports digits, A-Z, a-z, space and ``.,:;!?-+=_/\\#@%()[]<>'"*&|^~``;
-    other characters raise `ValueError`. Text that falls outside the image is clipped.
-    """
-    out = _as_image(image).copy()
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     bad = sorted(set(text) - FONT_CHARS - {"\n"})
     if bad:
-        raise ValueError(f"draw_text: no glyph for {''.join(bad)!r}; supported: {''.join(sorted(FONT_CHARS))!r}")
+        raise ValueError(f"draw_text: no glyph for {''.join(bad)!r}; supported: printable ASCII and '\\n'")
+    probe = ImageDraw.Draw(Image.new("1", (1, 1)))
+    _, _, right, bottom = probe.multiline_textbbox((0, 0), text, font=_font())
+    if right <= 0 or bottom <= 0:
+        return np.zeros((0, 0), bool)
+    canvas = Image.new("1", (int(right), int(bottom)), 0)
+    draw = ImageDraw.Draw(canvas)
+    draw.fontmode = "1"  # no anti-aliasing: every pixel is ink or not
+    draw.multiline_text((0, 0), text, fill=1, font=_font())
+    return np.array(canvas, dtype=bool)
+
+
+def text_size(text: str, scale: int = 1) -> tuple[int, int]:
+    """`(width, height)` in pixels of the box `draw_text` draws `text` in (lines split on '\\n');
+    `scale` multiplies both. (0, 0) for blank text."""
     scale = _positive_int(scale, "scale")
+    h, w = _text_mask(text).shape
+    return w * scale, h * scale
+
+
+def draw_text(image, text: str, xy=(1, 1), color="white", scale: int = 1, background=None) -> np.ndarray:
+    """A copy of `image` `(H, W, 3)` with `text` drawn in Pillow's default font.
+
+    `xy = (x, y)` is the top-left pixel (column, row) of the text box (`text_size`); `scale` is
+    an integer pixel size (nearest-neighbour); `background` (optional colour) fills the text box
+    plus a `scale`-pixel margin first, for legibility. Printable ASCII only; other characters
+    raise `ValueError`. Text that falls outside the image is clipped.
+    """
+    out = _as_image(image).copy()
+    scale = _positive_int(scale, "scale")
+    mask = upscale_nearest(_text_mask(text), scale)
     try:
         x0, y0 = (int(v) for v in xy)
     except (TypeError, ValueError) as e:
@@ -482,27 +313,20 @@ def draw_text(image, text: str, xy=(1, 1), color="white", scale: int = 1, backgr
     ink = _color(color)
     h, w = out.shape[:2]
 
-    def fill(mask_or_none, top, left, hh, ww, col):
-        ys, xs = max(top, 0), max(left, 0)
-        ye, xe = min(top + hh, h), min(left + ww, w)
+    def fill(region_mask, top, left, hh, ww, col):
+        ys, xs, ye, xe = max(top, 0), max(left, 0), min(top + hh, h), min(left + ww, w)
         if ys >= ye or xs >= xe:
             return
         region = out[ys:ye, xs:xe]
-        if mask_or_none is None:
+        if region_mask is None:
             region[:] = col
         else:
-            region[mask_or_none[ys - top:ye - top, xs - left:xe - left]] = col
+            region[region_mask[ys - top:ye - top, xs - left:xe - left]] = col
 
+    th, tw = mask.shape
     if background is not None:
-        tw, th = text_size(text, scale)
         fill(None, y0 - scale, x0 - scale, th + 2 * scale, tw + 2 * scale, _color(background, "background"))
-    for li, line in enumerate(text.split("\n")):
-        for ci, ch in enumerate(line):
-            if ch == " ":
-                continue
-            mask = upscale_nearest(_glyph(ch), scale)
-            fill(mask, y0 + li * _ADVANCE_Y * scale, x0 + ci * _ADVANCE_X * scale,
-                 GLYPH_H * scale, GLYPH_W * scale, ink)
+    fill(mask, y0, x0, th, tw, ink)
     return out
 
 

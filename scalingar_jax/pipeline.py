@@ -1,8 +1,9 @@
-"""Prompts in, images out: a `Pipeline` bundles a GPT, a VQ decoder, a conditioner and an
-optional reward, and `generate` runs any strategy on it.
+"""Prompts in, images out: a `Pipeline` holds a GPT, a VQ decoder, a conditioner, an optional
+reward and its sampling defaults; `generate` runs any strategy on it; `load_pipeline` loads one
+from a model bundle (a folder with `bundle.json`, see `scalingar_jax.bundle`).
 
     from scalingar_jax import generate, load_pipeline
-    pipe = load_pipeline()                     # the embedded shapes-world checkpoint
+    pipe = load_pipeline()                     # the default bundle: the embedded shapes world
     out = generate(pipe, ["a photo of a red circle left of a blue square"], strategy="scalingar",
                    num_candidates=8, seed=0)
     out.images        # (P, H, W, 3) uint8, the selected image per prompt
@@ -19,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from scalingar_jax import vq
+from scalingar_jax.bundle import read_bundle
 from scalingar_jax.config import GPTConfig, SamplingConfig
-from scalingar_jax.gpt import unstack_layers
+from scalingar_jax.images import to_uint8
 from scalingar_jax.scaling.config import ScalingARConfig
 from scalingar_jax.scaling import strategies as S
 
@@ -30,8 +32,10 @@ Conditioner = Callable[[Sequence[str]], tuple[Any, Any]]  # prompts -> (cond, co
 @dataclasses.dataclass(frozen=True)
 class Pipeline:
     """A generator: GPT + VQ + conditioner (+ reward for Best-of-N / importance sampling).
-    gpt_params: stacked or per-layer (`gpt.unstack_layers`, what `world_pipeline` loads: the
-    decode loops then never copy weights)."""
+    gpt_params: stacked or per-layer (`gpt.unstack_layers`, what bundle loaders give: the
+    decode loops then never copy weights). condition: P prompts -> (cond, cond_mask or None),
+    cond with leading dimension P. reward: uint8 images (B, H, W, 3) and B prompts -> scores
+    (B,). sampling/scaling: the defaults `generate` uses when given none."""
 
     gpt_params: Any
     gpt_cfg: GPTConfig
@@ -43,6 +47,11 @@ class Pipeline:
     scaling: ScalingARConfig = ScalingARConfig()
     name: str = "pipeline"
 
+    @property
+    def image_size(self) -> int:
+        """Pixels per side of a decoded image: grid_size * the VQ's downsampling factor."""
+        return self.gpt_cfg.grid_size * self.vq_cfg.downsample
+
     def decode_images(self, tokens) -> np.ndarray:
         """Image tokens (B, T) -> uint8 images (B, H, W, 3)."""
         tokens = np.asarray(tokens)
@@ -50,7 +59,7 @@ class Pipeline:
             raise ValueError(f"tokens must have shape (B, {self.gpt_cfg.block_size}), got {tokens.shape}")
         g = self.gpt_cfg.grid_size
         images = _decode_jit(self.vq_params, self.vq_cfg, jnp.asarray(tokens.reshape(-1, g, g), jnp.int32))
-        return np.asarray(jnp.round((images + 1.0) * 127.5).clip(0, 255).astype(jnp.uint8))
+        return to_uint8(images)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -75,7 +84,8 @@ class GenerationOutput:
 def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scalingar", num_candidates: int = 8,
              seed: int = 0, sampling: SamplingConfig | None = None, scaling: ScalingARConfig | None = None,
              compaction: bool | str = True, prompt_ids=None, first_candidate: int = 0, decode_candidates: bool = False,
-             on_progress: Callable[[int], None] | None = None, mesh=None, **strategy_kwargs) -> GenerationOutput:
+             on_progress: Callable[[int], None] | None = None, mesh=None, conditioning=None,
+             **strategy_kwargs) -> GenerationOutput:
     """Runs `strategy` for every prompt (see `scalingar_jax.scaling.strategies.STRATEGIES`).
 
     prompts: P strings; num_candidates: N >= 1; seed: the base PRNG seed (a candidate's key is
@@ -86,6 +96,8 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
     first_candidate: global id of the first candidate (reward-free strategies): with N = 1 and
     first_candidate = c, plain sampling decodes candidate c of an N-candidate run (same key; the
     tokens can differ where a different batch size rounds differently).
+    conditioning: `pipe.condition(prompts)` computed already (cond, cond_mask), so the
+    conditioner (e.g. a text encoder) runs once per prompt; None: computed here.
     Extra keyword arguments go to importance sampling (checkpoints, tau, fill_code).
     """
     import time
@@ -97,7 +109,9 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts given")
-    cond, cond_mask = pipe.condition(prompts)
+    cond, cond_mask = pipe.condition(prompts) if conditioning is None else conditioning
+    if np.shape(cond)[0] != len(prompts):
+        raise ValueError(f"conditioning has {np.shape(cond)[0]} rows for {len(prompts)} prompts")
     sampling = pipe.sampling if sampling is None else sampling
     scaling = pipe.scaling if scaling is None else scaling
     key = jax.random.key(seed)
@@ -138,47 +152,32 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
                             strategy=strategy, seconds=seconds)
 
 
-# The shapes world's defaults, chosen on the DEVELOPMENT prompts by `experiments/reproduce.py tune`
-# (experiments/results/tune.md): the base CFG scale 2.0 (plain sampling's dev accuracy 0.237 at 2.0,
-# 0.222 at 3.0, 0.166 at 5.0, 0.156 at LlamaGen's t2i default 7.5) and the termination gate
-# Delta_rec = 2, p = 0.2. The paper's gate scaled to T = 144 would be ScalingARConfig(Delta_rec=5)
-# (32 * 144 / 1024 ~ 5, p = 0.2).
-WORLD_SAMPLING = SamplingConfig(cfg_scale=2.0, temperature=1.0, top_k=16, top_p=1.0)
-WORLD_SCALING = ScalingARConfig(Delta_rec=2, p=0.2)
+def load_pipeline(path=None, *, sampling: SamplingConfig | None = None, scaling: ScalingARConfig | None = None,
+                  **loader_options) -> Pipeline:
+    """The pipeline of the model bundle at `path` (default: `bundle.default_bundle_path()`, the
+    embedded shapes world or $SCALINGAR_CHECKPOINT).
 
+    Reads `bundle.json`, calls the loader it names with `loader_options` (e.g. `with_reward=False`
+    for the shapes world), and checks the result against the manifest (image size, GPT
+    vocabulary = VQ codebook). Sampling/scaling defaults are the bundle's; `sampling`/`scaling`
+    replace them. Raises FileNotFoundError (no bundle, a part missing) or ValueError (a bad
+    manifest, a loader that does not exist, models that do not fit together), naming the path.
+    """
+    from scalingar_jax.references import resolve
 
-def world_pipeline(path=None, *, sampling: SamplingConfig | None = None,
-                   scaling: ScalingARConfig | None = None, with_reward: bool = True) -> Pipeline:
-    """The shapes-world pipeline (VQ + t2i GPT + text encoder [+ learned reward]) from `path`
-    (default `checkpoints/shapes` or $SCALINGAR_CHECKPOINT). Sampling/scaling defaults come from
-    the checkpoint's `gpt/config.json` meta ("sampling", "scaling") when present."""
-    from scalingar_jax.checkpoint import read_config
-    from scalingar_jax.world.models import default_world_path, load_world
-    from scalingar_jax.world.reward import reward_scores
-    from scalingar_jax.world.text_encoder import encode_prompts
-
-    parts = ("vq", "gpt", "text", "reward") if with_reward else ("vq", "gpt", "text")
-    w = load_world(path, parts=parts)
-    root = default_world_path() if path is None else path
-    _, _, meta = read_config(f"{root}/gpt")
-    if sampling is None:
-        sampling = SamplingConfig(**meta["sampling"]) if isinstance(meta.get("sampling"), dict) else WORLD_SAMPLING
-    if scaling is None:
-        scaling = ScalingARConfig(**meta["scaling"]) if isinstance(meta.get("scaling"), dict) else WORLD_SCALING
-
-    def condition(prompts):
-        return encode_prompts(w.text_params, w.text_cfg, list(prompts))
-
-    reward = None
-    if with_reward:
-        def reward(images, prompts):
-            return np.asarray(reward_scores(w.reward_params, w.reward_cfg, images, list(prompts)))
-
-    return Pipeline(gpt_params=unstack_layers(w.gpt_params), gpt_cfg=w.gpt_cfg, vq_params=w.vq_params, vq_cfg=w.vq_cfg,
-                    condition=condition, reward=reward, sampling=sampling, scaling=scaling,
-                    name=f"shapes-world ({w.path})")
-
-
-def load_pipeline(path=None, **overrides) -> Pipeline:
-    """The shapes-world pipeline from `path` (default: the embedded `checkpoints/shapes`)."""
-    return world_pipeline(path, **overrides)
+    bundle = read_bundle(path)
+    loader = resolve(bundle.loader, what=f"{bundle.manifest_path}: 'loader'")
+    if not callable(loader):
+        raise ValueError(f"{bundle.manifest_path}: 'loader' {bundle.loader!r} is not a function")
+    pipe = loader(bundle, **{**dict(bundle.options), **loader_options})
+    if not isinstance(pipe, Pipeline):
+        raise TypeError(f"loader {bundle.loader!r} returned {type(pipe).__name__}, not a Pipeline")
+    if pipe.image_size != bundle.image_size:
+        raise ValueError(f"{bundle.manifest_path}: image_size {bundle.image_size} but the models make "
+                         f"{pipe.image_size}x{pipe.image_size} images (grid {pipe.gpt_cfg.grid_size} x VQ "
+                         f"downsampling {pipe.vq_cfg.downsample})")
+    if pipe.gpt_cfg.vocab_size != pipe.vq_cfg.codebook_size:
+        raise ValueError(f"{bundle.root}: the GPT's vocab_size {pipe.gpt_cfg.vocab_size} != the VQ's codebook_size "
+                         f"{pipe.vq_cfg.codebook_size}")
+    changes = {k: v for k, v in dict(sampling=sampling, scaling=scaling).items() if v is not None}
+    return dataclasses.replace(pipe, **changes) if changes else pipe

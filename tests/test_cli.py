@@ -60,7 +60,7 @@ def test_generate_bad_input(world, tmp_path, capsys, argv, message):
 
 def test_missing_checkpoint_and_unwritable_output(tmp_path, capsys, world):
     assert cli.main(["generate", PROMPT, "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
-    assert "no shapes-world checkpoint" in capsys.readouterr().err
+    assert "no model bundle" in capsys.readouterr().err
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert cli.main(["generate", PROMPT, "--checkpoint", world, "--out", str(blocker / "sub")]) == 2

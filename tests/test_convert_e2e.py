@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from scalingar_jax import cli, gpt, vq
-from scalingar_jax.checkpoint import load_llamagen, load_model, save_model
+from scalingar_jax.checkpoint import load_model, save_model
 from scalingar_jax.convert import load_checkpoint, save_torch_state_dict
 from scalingar_jax.convert import mapping as M
 from scalingar_jax.convert import reference as R
@@ -68,7 +68,7 @@ def converted(tmp_path_factory):
 
 @pytest.mark.parametrize("group", GPT_GROUPS)
 def test_gpt_matches_llamagen_logits(converted, group):
-    params, cfg = load_llamagen(converted[group])
+    params, cfg = load_model(converted[group])
     d = lg(group)
     got = np.asarray(gpt.forward(params, cfg, d["cond"], d["tokens"], d.get("cond_mask"), d["drop"]))
     assert got.shape == d["logits"].shape == d["tokens"].shape + (cfg.vocab_size,)
@@ -83,7 +83,7 @@ def test_gpt_matches_llamagen_logits(converted, group):
 def test_t2i_fixture_exercises_the_caption_mask(converted, group):
     """The stored logits depend on the mask and on the null caption: the same model without
     the mask, or without the null-condition row, is far off."""
-    params, cfg = load_llamagen(converted[group])
+    params, cfg = load_model(converted[group])
     d = lg(group)
     assert (~d["cond_mask"]).any(axis=1).sum() >= 2  # ragged left padding on at least two rows
     unmasked = np.asarray(gpt.forward(params, cfg, d["cond"], d["tokens"], None, d["drop"]))
@@ -93,7 +93,7 @@ def test_t2i_fixture_exercises_the_caption_mask(converted, group):
 
 
 def test_vq_matches_llamagen_pixels(converted):
-    params, cfg = load_llamagen(converted["vq_tiny"])
+    params, cfg = load_model(converted["vq_tiny"])
     d = lg("vq_tiny")
     got = np.asarray(vq.decode_codes(params, cfg, d["codes"], clip=False))
     assert got.shape == d["pixels"].shape

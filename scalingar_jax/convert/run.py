@@ -204,7 +204,7 @@ def convert(src, dst, *, kind: str = "auto", dtype: str = "float32", key: str | 
             overwrite: bool = False, log: Callable[[str], None] = print):
     """Converts the LlamaGen checkpoint `src` (.pt/.pth/.bin torch zip, or .safetensors) into
     the model directory `dst` (`scalingar_jax.checkpoint.save_model` layout, written
-    atomically; load it with `scalingar_jax.checkpoint.load_llamagen`).
+    atomically; load it with `scalingar_jax.checkpoint.load_model`).
 
     kind: "auto" (from the key names), "gpt" or "vq". dtype: parameter dtype of the output
     ("float32", "bfloat16", "float16"). key: top-level entry holding the weights (default
@@ -363,11 +363,11 @@ def verify(model_dir, state_dict, *, llamagen=None, seed: int = 0, n_tokens: int
     `DEFAULT_TOLERANCE`). Returns {"kind", "reference", "max_abs", "max_rel", "ref_max",
     "tol", "passed", "inputs" (a description)}; logs one line.
     """
-    from scalingar_jax.checkpoint import load_llamagen, read_config
+    from scalingar_jax.checkpoint import load_model, read_config
     from scalingar_jax.convert import reference as R
 
     kind, _, _ = read_config(model_dir)
-    params, cfg = load_llamagen(model_dir)
+    params, cfg = load_model(model_dir)
     params = _to_device_one_by_one(params)
     if n_tokens is not None and kind != "gpt":
         raise UsageError("--verify-tokens applies to GPT models only")

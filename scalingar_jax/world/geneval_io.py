@@ -8,7 +8,7 @@ Layout (what GenEval's `evaluation/evaluate_images.py` reads)::
 
 A prompt folder is written whole into a temporary folder next to it and then renamed into
 place, so a crash never leaves a half-written prompt folder behind. PNGs go through
-`scalingar_jax.images` (stdlib zlib codec).
+`scalingar_jax.images` (Pillow).
 """
 from __future__ import annotations
 

@@ -6,27 +6,26 @@ Layout of a world directory (each entry a `checkpoint.save_model` directory):
   text/    the text encoder trained jointly with the GPT (stands in for flan-t5)
   reward/  the learned reward model (stands in for ImageReward)
 
-The default directory is `<repo>/checkpoints/shapes`, resolved from this file's location;
-the environment variable `SCALINGAR_CHECKPOINT` overrides it. Retrain with
+The default directory is the default model bundle (`scalingar_jax.bundle.default_bundle_path`:
+`<repo>/checkpoints/shapes`, or the environment variable `SCALINGAR_CHECKPOINT`). Its
+`bundle.json` (written by `world.pipeline.write_world_manifest`, which training calls) makes it
+loadable by `load_pipeline`. Retrain with
 `python -m scalingar_jax.world.train all --out checkpoints/shapes --seed 0`.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
+
+from scalingar_jax.bundle import ENV_VAR, default_bundle_path
 
 PARTS: tuple[str, ...] = ("vq", "gpt", "text", "reward")
-ENV_VAR = "SCALINGAR_CHECKPOINT"
 TRAIN_COMMAND = "python -m scalingar_jax.world.train all --out checkpoints/shapes --seed 0"
 
 
 def default_world_path() -> Path:
-    """$SCALINGAR_CHECKPOINT if set, else <repo>/checkpoints/shapes."""
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "checkpoints" / "shapes"
+    """$SCALINGAR_CHECKPOINT if set, else <repo>/checkpoints/shapes (`bundle.default_bundle_path`)."""
+    return default_bundle_path()
 
 
 class WorldModel(NamedTuple):
@@ -46,10 +45,11 @@ class WorldModel(NamedTuple):
     path: Path
 
 
-def load_world(path=None, parts=PARTS) -> WorldModel:
+def load_world(path=None, parts=PARTS, *, folders: Mapping[str, str] | None = None) -> WorldModel:
     """Loads the shapes-world models from `path` (default: `default_world_path()`).
 
     parts: which of ("vq", "gpt", "text", "reward") to load; the rest are None.
+    folders: part -> folder inside `path` (a bundle's "parts"); default: the part's name.
     Raises:
       FileNotFoundError: the directory or a requested part is missing (the message names
         the path and the command that trains it).
@@ -66,14 +66,15 @@ def load_world(path=None, parts=PARTS) -> WorldModel:
            f"another directory and point {ENV_VAR} or load_world(path) at it)")
     if not root.is_dir():
         raise FileNotFoundError(f"no shapes-world checkpoint directory at {root}; {how}")
-    missing = [p for p in parts if not (root / p / CONFIG_FILE).is_file()]
+    where = {p: root / (folders or {}).get(p, p) for p in PARTS}
+    missing = [p for p in parts if not (where[p] / CONFIG_FILE).is_file()]
     if missing:
         raise FileNotFoundError(
             f"shapes-world checkpoint {root} lacks {', '.join(f'{m}/' for m in missing)}; {how}"
         )
     loaded = {}
     for p in PARTS:
-        loaded[p] = load_model(root / p, expect_kind=p) if p in parts else (None, None)
+        loaded[p] = load_model(where[p], expect_kind=p) if p in parts else (None, None)
     gpt_cfg, text_cfg = loaded["gpt"][1], loaded["text"][1]
     if gpt_cfg is not None and text_cfg is not None:
         if gpt_cfg.cls_token_num != text_cfg.max_len or gpt_cfg.caption_dim != text_cfg.out_dim:

@@ -31,7 +31,9 @@ def random_world_configs(grid_size: int = 4):
 
 
 def save_random_world(path, seed: int = 0, grid_size: int = 4) -> Path:
-    """Writes vq/, gpt/, text/, reward/ with random parameters under `path`; returns it."""
+    """Writes vq/, gpt/, text/, reward/ with random parameters and a `bundle.json` (the shapes
+    world's default sampling/scaling) under `path`; returns it."""
+    from scalingar_jax.world.pipeline import write_world_manifest
     from scalingar_jax.world.reward import init_reward_params
     from scalingar_jax.world.text_encoder import init_text_params
 
@@ -47,4 +49,5 @@ def save_random_world(path, seed: int = 0, grid_size: int = 4) -> Path:
     meta = {"random": True, "note": "untrained random weights (tests/smoke runs only)"}
     for kind, p in params.items():
         save_model(path / kind, p, cfgs[kind], kind=kind, meta=meta, overwrite=True)
+    write_world_manifest(path, name=f"tiny random shapes world (seed {seed}, untrained)")
     return path

@@ -28,6 +28,7 @@ import optax
 
 from scalingar_jax.atomic import atomic_write_text
 from scalingar_jax.stats import auroc
+from scalingar_jax.images import to_uint8
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "results" / "training"
@@ -90,11 +91,6 @@ def render_data(n: int, seed: int, image_size: int = 48):
 
 def to_float(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / 127.5 - 1.0
-
-
-def to_uint8(images) -> np.ndarray:
-    x = np.asarray(images, np.float32)
-    return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def param_count(tree) -> int:
@@ -716,6 +712,10 @@ def main(argv=None):
         train_gpt(args)
     if args.model in ("reward", "all"):
         train_reward(args)
+    if all((Path(args.out) / part / "config.json").is_file() for part in ("vq", "gpt", "text")):
+        from scalingar_jax.world.pipeline import write_world_manifest
+
+        write_world_manifest(args.out)  # the bundle manifest (keeps an existing one's defaults)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,217 @@
+"""Model bundles: bundle.json parsing, load_pipeline's dispatch and checks, defaults from the bundle,
+config classes named in checkpoints, and the layering (low-level modules never import the world)."""
+import argparse
+import ast
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from scalingar_jax import cli
+from scalingar_jax.bundle import MANIFEST_FILE, read_bundle
+from scalingar_jax.config import SamplingConfig
+from scalingar_jax.pipeline import Pipeline, load_pipeline
+from scalingar_jax.references import resolve
+from scalingar_jax.scaling.config import ScalingARConfig
+from scalingar_jax.world.random_world import save_random_world
+
+PKG = Path(__file__).resolve().parents[1] / "scalingar_jax"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return save_random_world(tmp_path_factory.mktemp("bundle") / "shapes", seed=0)
+
+
+def _copy(world, tmp_path, edit=None):
+    """A copy of the random-world bundle whose manifest record is passed through `edit`."""
+    dst = tmp_path / "b"
+    shutil.copytree(world, dst)
+    if edit is not None:
+        rec = json.loads((dst / MANIFEST_FILE).read_text())
+        out = edit(rec)
+        (dst / MANIFEST_FILE).write_text(out if isinstance(out, str) else json.dumps(rec if out is None else out))
+    return dst
+
+
+def test_manifest_of_a_new_world(world):
+    b = read_bundle(world)
+    assert b.kind == "shapes-world" and b.image_size == 16
+    assert dict(b.parts) == {"vq": "vq", "gpt": "gpt", "text": "text", "reward": "reward"}
+    assert b.sampling == SamplingConfig(cfg_scale=2.0, temperature=1.0, top_k=16, top_p=1.0)
+    assert b.scaling == ScalingARConfig(Delta_rec=2, p=0.2)
+
+
+def test_embedded_bundle_manifest_reads():
+    b = read_bundle(PKG.parent / "checkpoints" / "shapes")
+    assert b.kind == "shapes-world" and b.image_size == 48 and b.has_part("reward")
+    assert b.sampling.cfg_scale == 2.0 and b.scaling.Delta_rec == 2
+
+
+def test_defaults_come_from_the_bundle(world, tmp_path):
+    def edit(rec):
+        rec["sampling"] = {"cfg_scale": 3.5, "temperature": 0.9, "top_k": 7, "top_p": 0.95}
+        rec["scaling"] = {"Delta_rec": 3, "p": 0.3}
+        rec["name"] = "edited"
+    pipe = load_pipeline(_copy(world, tmp_path, edit))
+    assert pipe.sampling == SamplingConfig(cfg_scale=3.5, temperature=0.9, top_k=7, top_p=0.95)
+    assert pipe.scaling == ScalingARConfig(Delta_rec=3, p=0.3) and pipe.name == "edited"
+    assert pipe.image_size == 16 and pipe.reward is not None
+    # keyword arguments and CLI flags override the bundle, field by field for the flags
+    assert load_pipeline(world, sampling=SamplingConfig(cfg_scale=1.5)).sampling == SamplingConfig(cfg_scale=1.5)
+    args = argparse.Namespace(cfg=None, temperature=None, top_k=5, top_p=None, ablation=None)
+    sampling, scaling = cli._sampling_scaling(args, pipe)
+    assert sampling == SamplingConfig(cfg_scale=3.5, temperature=0.9, top_k=5, top_p=0.95)
+    assert scaling == pipe.scaling
+    # loader options (from the call or the manifest) reach the loader
+    assert load_pipeline(world, with_reward=False).reward is None
+    assert load_pipeline(_copy(world, tmp_path / "o", lambda r: r.update(options={"with_reward": False}))).reward is None
+
+
+@pytest.mark.parametrize("edit, exc, match", [
+    (lambda r: "{not json", ValueError, "not valid JSON"),
+    (lambda r: [1, 2], ValueError, "must be a JSON object"),
+    (lambda r: r.pop("loader") and None, ValueError, r"missing keys \['loader'\]"),
+    (lambda r: r.update(colour="red"), ValueError, r"unknown keys \['colour'\]"),
+    (lambda r: r.update(format=2), ValueError, "format 2"),
+    (lambda r: r.update(loader="os:system"), ValueError, "outside the scalingar_jax package"),
+    (lambda r: r.update(loader="scalingar_jax.world.pipeline:nope"), ValueError, "has no 'nope'"),
+    (lambda r: r.update(loader="scalingar_jax.world.pipeline"), ValueError, "is not a 'package.module:name'"),
+    (lambda r: r.update(loader="scalingar_jax.world.pipeline:KIND"), ValueError, "is not a function"),
+    (lambda r: r["sampling"].update(cfg=2.0), ValueError, r"unknown SamplingConfig fields \['cfg'\]"),
+    (lambda r: r["sampling"].update(top_p=0.0), ValueError, "top_p"),
+    (lambda r: r["scaling"].update(p=2.0), ValueError, "scaling"),
+    (lambda r: r.update(image_size=32), ValueError, "image_size 32 but the models make 16x16"),
+    (lambda r: r.update(image_size="16"), ValueError, "positive integer"),
+    (lambda r: r["parts"].update(gpt="../gpt"), ValueError, "not a folder path inside the bundle"),
+    (lambda r: r["parts"].update(gpt="gpt_missing"), FileNotFoundError, "lacks parts gpt"),
+    (lambda r: r["parts"].update(banana="vq"), ValueError, r"unknown shapes-world parts \['banana'\]"),
+    (lambda r: r["parts"].pop("text") and None, ValueError, r"needs the parts vq, gpt, text; missing \['text'\]"),
+])
+def test_bad_manifest_is_one_clear_error(world, tmp_path, edit, exc, match):
+    bundle = _copy(world, tmp_path, edit)
+    with pytest.raises(exc, match=match) as e:
+        load_pipeline(bundle)
+    assert str(bundle) in str(e.value)
+
+
+def test_missing_manifest_and_folder(world, tmp_path, capsys):
+    bare = _copy(world, tmp_path)
+    (bare / MANIFEST_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=f"{bare} is not a model bundle: it has no bundle.json"):
+        load_pipeline(bare)
+    with pytest.raises(FileNotFoundError, match="no model bundle at .*nowhere"):
+        load_pipeline(tmp_path / "nowhere")
+    # the CLI: one line, exit 2, for a missing and for a malformed manifest
+    assert cli.main(["generate", "a circle", "--checkpoint", str(bare), "--out", str(tmp_path / "o")]) == 2
+    assert "has no bundle.json" in capsys.readouterr().err
+    (bare / MANIFEST_FILE).write_text(json.dumps({"format": 1}))
+    assert cli.main(["generate", "a circle", "--checkpoint", str(bare), "--out", str(tmp_path / "o")]) == 2
+    assert "missing keys" in capsys.readouterr().err
+
+
+def test_load_world_pipeline_refuses_other_kinds(world, tmp_path):
+    from scalingar_jax.world.pipeline import load_world_pipeline
+
+    assert isinstance(load_world_pipeline(world, with_reward=False), Pipeline)
+    with pytest.raises(ValueError, match="'llamagen-t2i' bundle, not a 'shapes-world' one"):
+        load_world_pipeline(_copy(world, tmp_path, lambda r: r.update(kind="llamagen-t2i")))
+
+
+def test_write_world_manifest_keeps_defaults(world, tmp_path):
+    from scalingar_jax.world.pipeline import write_world_manifest
+
+    b = _copy(world, tmp_path, lambda r: r["sampling"].update(cfg_scale=4.5))
+    shutil.rmtree(b / "reward")
+    write_world_manifest(b)
+    got = read_bundle(b)
+    assert got.sampling.cfg_scale == 4.5 and not got.has_part("reward")
+    shutil.rmtree(b / "gpt")
+    before = (b / MANIFEST_FILE).read_text()
+    with pytest.raises(FileNotFoundError, match="gpt/"):
+        write_world_manifest(b)
+    assert (b / MANIFEST_FILE).read_text() == before
+
+
+def test_checkpoint_config_class(world, tmp_path):
+    from scalingar_jax.checkpoint import read_config
+    from scalingar_jax.world.text_encoder import TextEncoderConfig
+
+    rec = json.loads((world / "text" / "config.json").read_text())
+    assert rec["config_class"] == "scalingar_jax.world.text_encoder:TextEncoderConfig"
+    assert isinstance(read_config(world / "text")[1], TextEncoderConfig)
+    d = tmp_path / "text"
+    shutil.copytree(world / "text", d)
+    for ref, match in [(None, "unknown model kind 'text' and no config_class"),
+                       ("collections:OrderedDict", "outside the scalingar_jax package"),
+                       ("scalingar_jax.world.pipeline:load_world_pipeline", "is not a dataclass")]:
+        r = dict(rec)
+        r.pop("config_class")
+        if ref is not None:
+            r["config_class"] = ref
+        (d / "config.json").write_text(json.dumps(r))
+        with pytest.raises(ValueError, match=match):
+            read_config(d)
+    # gpt / vq written before classes were recorded still load
+    g = tmp_path / "gpt"
+    shutil.copytree(world / "gpt", g)
+    r = json.loads((g / "config.json").read_text())
+    r.pop("config_class")
+    (g / "config.json").write_text(json.dumps(r))
+    assert read_config(g)[1] == read_config(world / "gpt")[1]
+
+
+def test_resolve_references():
+    assert resolve("scalingar_jax.bundle:read_bundle", what="x") is read_bundle
+    assert resolve("json:dumps", what="x", package=None) is json.dumps
+    with pytest.raises(ValueError, match="cannot import module 'scalingar_jax.nope'"):
+        resolve("scalingar_jax.nope:f", what="x")
+
+
+def test_text_encoder_runs_once_per_prompt(world, tmp_path, monkeypatch):
+    import scalingar_jax.pipeline as P
+
+    calls = []
+
+    def counting(path=None, **kw):
+        pipe = load_pipeline(path, **kw)
+        cond = pipe.condition
+
+        def condition(prompts):
+            calls.append(list(prompts))
+            return cond(prompts)
+        return dataclasses.replace(pipe, condition=condition)
+
+    monkeypatch.setattr(P, "load_pipeline", counting)
+    argv = ["generate", "a photo of a circle", "-n", "1", "--strategy", "plain", "--checkpoint", str(world),
+            "--out", str(tmp_path / "o")]
+    assert cli.main(argv) == 0
+    assert calls == [["a photo of a circle"]]
+
+
+def test_generate_checks_given_conditioning(world):
+    from scalingar_jax.pipeline import generate
+
+    pipe = load_pipeline(world)
+    cond = pipe.condition(["a circle", "a square"])
+    with pytest.raises(ValueError, match="conditioning has 2 rows for 1 prompts"):
+        generate(pipe, ["a circle"], conditioning=cond)
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("module", ["checkpoint", "pipeline", "bundle", "references", "images", "config", "vq",
+                                    "gpt", "decode", "sampling"])
+def test_low_level_modules_do_not_import_the_world(module):
+    bad = sorted(n for n in _imports(PKG / f"{module}.py") if n.startswith(("scalingar_jax.world", "scalingar_jax.cli")))
+    assert not bad, f"{module}.py imports {bad}"
