@@ -113,20 +113,9 @@ class GPTConfig:
 
     def validate(self) -> "GPTConfig":
         """Type- and range-checks every field (sizes bounded by `MAX_SIZE`); returns self."""
-        if not isinstance(self.model_type, str) or self.model_type not in ("c2i", "t2i"):
-            raise ValueError(f"model_type must be 'c2i' or 't2i', got {self.model_type!r:.60}")
-        for name, hi in MAX_SIZE.items():
-            if name != "n_kv_head" or self.n_kv_head is not None:
-                check_int("GPTConfig", name, getattr(self, name), 1, hi)
-        if self.ffn_dim_multiplier is not None:
-            check_float("GPTConfig", "ffn_dim_multiplier", self.ffn_dim_multiplier, 0.0, 64.0, open_lo=True)
-        check_float("GPTConfig", "norm_eps", self.norm_eps, 0.0, 1.0, open_lo=True)
-        check_float("GPTConfig", "rope_base", self.rope_base, 1.0, 1e12, open_lo=True)
+        check_gpt_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         if self.ffn_hidden > 1 << 20:
             raise ValueError(f"GPTConfig: the feed-forward width {self.ffn_hidden} exceeds {1 << 20}")
-        for name in ("param_dtype", "dtype"):
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"GPTConfig.{name} must be a dtype name, got {getattr(self, name)!r:.60}")
         if self.dim % self.n_head:
             raise ValueError(f"dim={self.dim} is not divisible by n_head={self.n_head}")
         if self.head_dim % 4:
@@ -139,6 +128,31 @@ class GPTConfig:
             raise ValueError(f"c2i models use cls_token_num=1, got {self.cls_token_num}")
         to_dtype(self.param_dtype), to_dtype(self.dtype)
         return self
+
+
+def check_gpt_fields(fields: dict) -> dict:
+    """Checks the type and range of each given `GPTConfig` field on its own (no cross-field
+    rules), so overrides from a file or the command line fail with a clear ValueError before
+    any arithmetic uses them. Unknown names are left to the caller. Returns `fields`."""
+    for name, value in fields.items():
+        if name in MAX_SIZE:
+            if name != "n_kv_head" or value is not None:
+                check_int("GPTConfig", name, value, 1, MAX_SIZE[name])
+        elif name == "model_type":
+            if not isinstance(value, str) or value not in ("c2i", "t2i"):
+                raise ValueError(f"model_type must be 'c2i' or 't2i', got {value!r:.60}")
+        elif name == "ffn_dim_multiplier":
+            if value is not None:
+                check_float("GPTConfig", name, value, 0.0, 64.0, open_lo=True)
+        elif name == "norm_eps":
+            check_float("GPTConfig", name, value, 0.0, 1.0, open_lo=True)
+        elif name == "rope_base":
+            check_float("GPTConfig", name, value, 1.0, 1e12, open_lo=True)
+        elif name in ("param_dtype", "dtype"):
+            if not isinstance(value, str):
+                raise ValueError(f"GPTConfig.{name} must be a dtype name, got {value!r:.60}")
+            to_dtype(value)
+    return fields
 
 
 def gpt_config(preset: str, model_type: str = "c2i", **overrides) -> GPTConfig:

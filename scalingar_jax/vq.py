@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scalingar_jax.config import to_dtype
+from scalingar_jax.config import check_float, check_int, to_dtype
 
 # --------------------------------------------------------------------------------------------
 # Config (to move into config.py)
