@@ -53,22 +53,12 @@ def _zip(path: Path, pkl: bytes, records: dict[str, bytes] | None = None, *,
     return path
 
 
-def _tensor_ops(w: tp._PickleWriter, key: str, numel: int, size, stride, offset=0) -> None:
-    """Emits `_rebuild_tensor_v2(storage key, offset, size, stride, False, OrderedDict())`."""
-    w.glob("torch._utils", "_rebuild_tensor_v2")
-    w._w(b"((")
-    w.value("storage")
-    w.glob("torch", "FloatStorage")
-    w.value(key)
-    w.value("cpu")
-    w.value(numel)
-    w._w(b"tQ")
-    w.value(offset)
-    w.value(tuple(size))
-    w.value(tuple(stride))
-    w.value(False)
-    w.glob("collections", "OrderedDict")
-    w._w(b")RtR")
+def _tensor_ops(w: tp._PickleWriter, key: str, numel: int, size, stride) -> None:
+    """Emits `_rebuild_tensor_v2(storage key, 0, size, stride, False, OrderedDict())` (the
+    writer's own tensor record, with the storage size and strides replaced)."""
+    rec = tp._TensorRecord(key, "FloatStorage", size)
+    rec.numel, rec.stride = numel, tuple(stride)
+    w.tensor(rec)
 
 
 def _state_dict_pickle(tensors: list[tuple[str, str, int, tuple, tuple]]) -> bytes:
@@ -469,11 +459,48 @@ def test_generate_refuses_bad_checkpoints_before_generating(world, tmp_path):
         assert rc == 2 and err.count("\n") == 1 and fragment in err, (fragment, err)
         assert not out.exists()
     gpt_cfg.write_text(good)
+    # NaN weights: refused at load, not turned into garbage images
+    from scalingar_jax.checkpoint import load_model, save_model
+
+    params, cfg = load_model(bad / "gpt")
+    params = jax_tree_map_first_leaf_nan(params)
+    save_model(bad / "gpt", params, cfg, kind="gpt", overwrite=True)
+    rc, err = _cli(["generate", "a photo of a circle", "--checkpoint", str(bad), "--out", str(out)])
+    assert rc == 2 and err.count("\n") == 1 and "NaN or inf" in err and not out.exists(), err
     # the VQ folder where the GPT belongs
     shutil.rmtree(bad / "gpt")
     shutil.copytree(bad / "vq", bad / "gpt")
     rc, err = _cli(["generate", "a photo of a circle", "--checkpoint", str(bad), "--out", str(out)])
     assert rc == 2 and err.count("\n") == 1 and "'vq'" in err and not out.exists(), err
+
+
+def jax_tree_map_first_leaf_nan(params):
+    import jax
+
+    leaves, treedef = jax.tree.flatten(params)
+    first = np.array(leaves[0], copy=True)
+    first.reshape(-1)[0] = np.nan
+    return jax.tree.unflatten(treedef, [first, *leaves[1:]])
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RecursionError("maximum recursion depth exceeded"),
+                                   ZeroDivisionError("integer division or modulo by zero"),
+                                   ValueError("name \x1b[31mred\x1b[0m\nsecond line")])
+def test_deep_errors_are_one_line(tmp_path, monkeypatch, error):
+    from scalingar_jax import pipeline
+    from scalingar_jax.convert import run as convert_run
+
+    def boom(*a, **k):
+        raise error
+
+    monkeypatch.setattr(pipeline, "load_pipeline", boom)
+    rc, err = _cli(["generate", "a photo of a circle", "--out", str(tmp_path / "o")])
+    assert rc == 2 and err.count("\n") == 1 and "\x1b" not in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+    monkeypatch.setattr(convert_run, "_convert", boom)
+    rc, err = _convert_cli([str(FIX / "gpt_c2i_model.pt"), str(tmp_path / "c")])
+    assert rc == 2 and err.count("\n") == 1 and "\x1b" not in err, err
+    assert sorted(os.listdir(tmp_path)) == []
 
 
 def test_generate_out_folder_is_replaced_whole_and_guarded(world, tmp_path, monkeypatch):
