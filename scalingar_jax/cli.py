@@ -328,9 +328,15 @@ def _run_experiment_script(name: str, rest: list[str], prefix: str | None) -> in
     return 0
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse with usage errors as one line (exit status 2); subcommand parsers inherit it."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="scalingar", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _OneLineParser(prog="scalingar", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate images for a prompt (or a GenEval prompt file)",

@@ -404,12 +404,16 @@ def _cli(argv) -> tuple[int, str]:
 
     buf = io.StringIO()
     with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(io.StringIO()):
-        rc = cli.main(argv)
+        try:
+            rc = cli.main(argv)
+        except SystemExit as e:  # argparse's own usage errors
+            rc = e.code
     return rc, buf.getvalue()
 
 
 @pytest.mark.parametrize("opts, fragment", [
     (["--seed", str(2**70)], "--seed must be <="),
+    (["--seed", "2**70"], "argument --seed: invalid int value: '2**70'"),
     (["--seed", "-1"], "--seed must be >="),
     (["--batch", "0"], "--batch must be >= 1"),
     (["--scale", "0"], "--scale must be >= 1"),

@@ -13,11 +13,16 @@ Format facts (torch >= 1.6, the "zip" serialization):
   strides count elements of the storage's dtype. Parameters wrap a tensor in
   `torch._utils._rebuild_parameter(tensor, requires_grad, backward_hooks)`.
 
-Safety: unpickling runs whatever callables the pickle names. `SafeUnpickler.find_class` maps
-the few globals a checkpoint legitimately needs to inert local stand-ins (the real torch
-functions are never touched) and refuses every other global with `UnsafePickleError` before
-it can be called. Tensors come back as `LazyTensor` records; their bytes are read from the file
-only when `LazyTensor.numpy()` is called, one tensor at a time.
+Safety: a pickle names callables that `pickle.Unpickler` would run. `SafeUnpickler` is instead
+a small interpreter of its own for the opcodes `torch.save` writes: globals resolve only to the
+inert local stand-ins of `_ALLOWED` (the real torch functions are never touched; any other
+global raises `UnsafePickleError` naming it), BUILD applies only to tensors, OrderedDicts and
+the Namespace stand-in, shared references stay shared, and cycles, deep nesting and other
+opcodes are refused. Memory is bounded by a byte budget (`max_bytes`, default
+`default_max_bytes(file size)`) that covers the pickle's objects and, before any tensor is read,
+every tensor of the state dict as it will be materialised (`check_budget`). Tensors come back as
+`LazyTensor` records; their bytes are read from the file only when `LazyTensor.numpy()` is
+called, one tensor at a time.
 
 Legacy (pre-1.6, non-zip) files are refused with a message explaining how to re-save them.
 """
