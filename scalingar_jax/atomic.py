@@ -47,7 +47,8 @@ def _pid_alive(pid: int) -> bool:
 def _leftovers(folder: str, name: str) -> Iterator[tuple[str, str]]:
     """(kind, path) of the temp entries writes of `name` leave in `folder`: "tmp" (a file or folder
     being written) or "old" (the previous version, moved aside), of writers no longer alive."""
-    pat = re.compile(r"\." + re.escape(name) + r"\.(?:(tmp|old)-)?(?:(\d+)-)?[A-Za-z0-9_]+(?:\.tmp)?\Z")
+    # tempfile's names: 8 characters of [a-z0-9_] after our prefix
+    pat = re.compile(r"\." + re.escape(name) + r"\.(?:(tmp|old)-)?(?:(\d+)-)?[a-z0-9_]{8}(?:\.tmp)?\Z")
     try:
         entries = os.listdir(folder)
     except OSError:

@@ -347,18 +347,23 @@ def test_grid_from_training_args_is_bounded():
 def test_leftovers_of_killed_runs_are_recovered(tmp_path):
     dead = 2**22 + 12345  # above the default pid_max: no such process
     target = tmp_path / "out"
-    (tmp_path / f".out.tmp-{dead}-abc").mkdir()  # a killed writer's half-written folder
-    aside = tmp_path / f".out.old-{dead}-xyz"
+    (tmp_path / f".out.tmp-{dead}-abc_1234").mkdir()  # a killed writer's half-written folder
+    aside = tmp_path / f".out.old-{dead}-xyz_1234"
     (aside / "x").mkdir(parents=True)  # killed between the two renames: the old version aside
     (aside / "x" / "result.json").write_text("old")
-    live = tmp_path / f".out.tmp-{os.getpid()}-live"  # a running writer's folder stays
+    live = tmp_path / f".out.tmp-{os.getpid()}-live1234"  # a running writer's folder stays
     live.mkdir()
-    (tmp_path / f".f.bin.{dead}-q1.tmp").write_text("partial")  # atomic_file leftover
+    (tmp_path / f".f.bin.{dead}-q1234567.tmp").write_text("partial")  # atomic_file leftover
+    legacy = tmp_path / ".out.tmp-oldstyle"  # a pid-less temp folder of an earlier version, 2 h old
+    legacy.mkdir()
+    os.utime(legacy, (legacy.stat().st_atime - 7200, legacy.stat().st_mtime - 7200))
+    (tmp_path / ".out.notes").write_text("a user's file")  # not a temp name: stays
     atomic.recover(target)
     assert (target / "result.json").read_text() == "old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name, f".f.bin.{dead}-q1.tmp"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name, f".f.bin.{dead}-q1234567.tmp",
+                                                                  ".out.notes"])
     atomic.atomic_write_bytes(tmp_path / "f.bin", b"new")  # the next write of f.bin cleans its leftovers
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name, "f.bin"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name, "f.bin", ".out.notes"])
 
 
 def test_overwrite_swaps_and_failures_keep_the_old_folder(tmp_path):
@@ -383,7 +388,7 @@ def test_overwrite_swaps_and_failures_keep_the_old_folder(tmp_path):
 
 def test_convert_removes_leftover_temp_folders(tmp_path):
     dead = 2**22 + 54321
-    stale = tmp_path / f".out.tmp-{dead}-abcd"
+    stale = tmp_path / f".out.tmp-{dead}-abcd1234"
     (stale / "params").mkdir(parents=True)
     rc, err = _convert_cli([str(FIX / "gpt_c2i_model.pt"), str(tmp_path / "out"), "--set", "n_head=2",
                             "--grid-size", "4"])
