@@ -126,29 +126,86 @@ def save_model(path, params, config, *, kind: str, meta: dict | None = None, ove
     return path
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def read_config(path) -> tuple[str, Any, dict]:
-    """(kind, config dataclass, meta) of a saved model directory."""
+    """(kind, config dataclass, meta) of a saved model directory. Raises FileNotFoundError
+    without a config.json, ValueError naming the problem for anything else (not JSON, not an
+    object, missing keys, wrong field types or ranges)."""
     path = Path(path)
     cfg_file = path / CONFIG_FILE
     if not cfg_file.is_file():
-        raise FileNotFoundError(f"{path} is not a scalingar-jax model directory (no {CONFIG_FILE})")
-    record = json.loads(cfg_file.read_text())
+        raise FileNotFoundError(f"{str(path)!r} is not a scalingar-jax model directory (no {CONFIG_FILE})")
+    if cfg_file.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{str(cfg_file)!r} is larger than {MAX_CONFIG_BYTES} bytes; not a model config")
+    try:
+        record = json.loads(cfg_file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{str(cfg_file)!r} is not valid JSON ({type(e).__name__})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{str(cfg_file)!r} holds a JSON {type(record).__name__}, expected an object")
     for key in ("kind", "config"):
         if key not in record:
-            raise ValueError(f"{cfg_file} is missing the key {key!r}")
-    config = config_from_dict(record["kind"], record["config"], record.get("config_class"), where=str(cfg_file))
-    return record["kind"], config, record.get("meta", {})
+            raise ValueError(f"{str(cfg_file)!r} is missing the key {key!r}")
+    if not isinstance(record["kind"], str) or not isinstance(record["config"], dict):
+        raise ValueError(f"{str(cfg_file)!r}: 'kind' must be a string and 'config' an object")
+    meta = record.get("meta", {})
+    try:
+        config = config_from_dict(record["kind"], record["config"], record.get("config_class"), where=str(cfg_file))
+    except TypeError as e:
+        raise ValueError(f"{str(cfg_file)!r}: {e}") from None
+    return record["kind"], config, meta if isinstance(meta, dict) else {}
 
 
-def load_model(path, *, expect_kind: str | None = None):
-    """Loads (params, config) from a directory written by `save_model` (or `scalingar convert`)."""
+def non_finite_leaves(params, chunk: int = 1 << 22) -> list[tuple[str, int]]:
+    """[(leaf path, number of NaN/inf values)] of the floating-point leaves of `params` that
+    hold any, in tree order; read in chunks of `chunk` elements (no full-size temporaries)."""
+    bad = []
+    for keypath, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        a = np.asarray(leaf)
+        if not (np.issubdtype(a.dtype, np.inexact) or a.dtype.kind == "V"):  # V: bfloat16 and friends
+            continue
+        flat = a.reshape(-1)
+        n = sum(int(c.size - np.count_nonzero(np.isfinite(c))) for c in
+                (flat[i : i + chunk] for i in range(0, flat.size, chunk)))
+        if n:
+            bad.append(("/".join(str(getattr(k, "key", k)) for k in keypath), n))
+    return bad
+
+
+def _check_loaded(path: Path, kind: str, params, config, allow_non_finite: bool) -> None:
+    """Parameter shapes against config.json (GPT and VQ) and finiteness, with one clear error."""
+    if kind in ("gpt", "vq"):
+        from scalingar_jax.convert import mapping as M
+
+        expected = M.gpt_flax_shapes(config) if kind == "gpt" else M.vq_flax_shapes(config)
+        try:
+            M._check_flax_tree(params, expected, kind.upper())
+        except ValueError as e:
+            raise ValueError(f"{str(path)!r}: {CONFIG_FILE} does not describe the stored weights: "
+                             f"{str(e).replace(chr(10) + '  ', '; ')}") from None
+    if not allow_non_finite:
+        bad = non_finite_leaves(params)
+        if bad:
+            raise ValueError(f"{str(path)!r}: {len(bad)} parameter(s) hold NaN or inf values "
+                             f"({', '.join(f'{p}: {n}' for p, n in bad[:5])})")
+
+
+def load_model(path, *, expect_kind: str | None = None, allow_non_finite: bool = False):
+    """Loads (params, config) from a directory written by `save_model` (or `scalingar convert`).
+
+    The parameter shapes of a GPT or VQ are checked against its config.json, and NaN/inf
+    weights are refused unless `allow_non_finite`; both raise ValueError naming the problem.
+    """
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
     kind, config, _ = read_config(path)
     if expect_kind is not None and kind != expect_kind:
-        raise ValueError(f"{path} holds a {kind!r} model, expected {expect_kind!r}")
+        raise ValueError(f"{str(path)!r} holds a {kind!r} model, expected {expect_kind!r}")
     if not (path / PARAMS_DIR).is_dir():
-        raise FileNotFoundError(f"{path} has no {PARAMS_DIR}/ directory")
+        raise FileNotFoundError(f"{str(path)!r} has no {PARAMS_DIR}/ directory")
     params = ocp.StandardCheckpointer().restore(path / PARAMS_DIR)
+    _check_loaded(path, kind, params, config, allow_non_finite)
     return params, config

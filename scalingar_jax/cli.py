@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -31,14 +32,59 @@ def _progress(total: int, description: str):
     return bar, lambda k: bar.update(task, completed=min(int(k), total))
 
 
-def _writable_dir(path: str) -> Path:
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
-    if not os.access(out, os.W_OK):
-        raise UserError(f"output folder {out} is not writable")
+# Bounds on generate's numeric options: far above real use, low enough to fail fast.
+LIMITS = {"n": (1, 1024), "seed": (0, 2**32 - 1), "batch": (1, 1024), "scale": (1, 16), "limit": (0, 10**7)}
+GENERATE_FILES = {"selected.png", "candidates.png", "confidence.png", "entropy.png", "result.json"}
+MAX_IMAGE_PIXELS = 4096 * 4096  # images `evaluate` decodes
+
+
+def printable(msg: str, limit: int = 2000) -> str:
+    """`msg` on one line with every control or non-printable character escaped (as `repr`
+    does), so that names from a hostile file cannot drive the terminal; cut at `limit`."""
+    msg = str(msg).replace("\n  ", "; ").replace("\n", " ")
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def _check_generate_args(args) -> None:
+    """Every option of `generate` that needs no checkpoint, before anything is loaded or made."""
+    flags = {"n": "-n/--num-candidates", "seed": "--seed", "batch": "--batch", "scale": "--scale",
+             "limit": "--limit"}
+    for name, (lo, hi) in LIMITS.items():
+        value = getattr(args, name)
+        if not lo <= value <= hi:
+            bound = f"must be >= {lo}" if value < lo else f"must be <= {hi}"
+            raise UserError(f"{flags[name]} {bound}, got {value}")
+    for name in ("cfg", "temperature", "top_p"):
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"--{name.replace('_', '-')} must be finite, got {value}")
+    if args.prompts is None and not args.prompt:
+        raise UserError("give a prompt (scalingar generate \"a photo of a red circle\") or --prompts FILE")
+    if args.prompts is not None and args.prompt:
+        raise UserError("give either a prompt or --prompts FILE, not both")
+
+
+def _check_out(path: str) -> Path:
+    """The --out folder, checked but not created: it is written as a whole at the end (a temp
+    folder renamed into place), so it must be a folder that only holds earlier outputs."""
+    from scalingar_jax.atomic import recover
+
+    out = Path(path).absolute()
+    recover(out)  # a killed earlier run: its temp folder goes, an old version set aside comes back
+    anc = out
+    while not anc.exists():
+        anc = anc.parent
+    if anc != out or not out.is_dir():
+        if not anc.is_dir() or not os.access(anc, os.W_OK | os.X_OK):
+            raise UserError(f"cannot create output folder {str(out)!r}: {str(anc)!r} is not a writable folder")
+        return out
+    foreign = sorted(e for e in os.listdir(out) if e not in GENERATE_FILES and not (len(e) == 5 and e.isdigit()))
+    if foreign:
+        raise UserError(f"output folder {str(out)!r} holds files generate did not write ({', '.join(map(repr, foreign[:5]))}); "
+                        "it is replaced as a whole, so choose a new or empty folder")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {str(out)!r} cannot be replaced: its parent is not writable")
     return out
 
 
@@ -84,18 +130,12 @@ def _mesh(args):
 
 
 def cmd_generate(args) -> int:
-    import numpy as np
-
-    from scalingar_jax.images import labelled_grid, upscale_nearest, write_png
+    from scalingar_jax.atomic import atomic_dir
     from scalingar_jax.pipeline import generate, load_pipeline
 
-    if args.n < 1:
-        raise UserError(f"-n/--num-candidates must be >= 1, got {args.n}")
-    if args.prompts is None and not args.prompt:
-        raise UserError("give a prompt (scalingar generate \"a photo of a red circle\") or --prompts FILE")
-    if args.prompts is not None and args.prompt:
-        raise UserError("give either a prompt or --prompts FILE, not both")
-    out = _writable_dir(args.out)
+    _check_generate_args(args)
+    out = _check_out(args.out)
+    mesh = _mesh(args)
     try:
         pipe = load_pipeline(args.checkpoint)
     except (FileNotFoundError, ValueError) as e:
@@ -116,7 +156,26 @@ def cmd_generate(args) -> int:
     with bar:
         res = generate(pipe, [prompt], strategy=args.strategy, num_candidates=args.n, seed=args.seed,
                        sampling=sampling, scaling=scaling, compaction=_compaction(args),
-                       decode_candidates=True, on_progress=update, mesh=_mesh(args), conditioning=conditioning)
+                       decode_candidates=True, on_progress=update, mesh=mesh, conditioning=conditioning)
+    with atomic_dir(out, overwrite=True) as tmp:  # all files appear together, or none
+        files, summary = _write_generate_outputs(Path(tmp), args, pipe, res, prompt, sampling, scaling)
+    files = {k: str(out / Path(v).name) for k, v in files.items()}
+    print(f"winner #{summary['winner']}; tokens {summary['tokens_used']} of {summary['tokens_full']} "
+          f"({100 * summary['tokens_used'] / summary['tokens_full']:.0f}%); {res.seconds:.1f} s")
+    for k, v in files.items():
+        print(f"  {k:10s} {v}")
+    return 0
+
+
+def _write_generate_outputs(out: Path, args, pipe, res, prompt, sampling, scaling):
+    """Writes selected.png, candidates.png, the plots and result.json into `out` (the temp
+    folder); returns ({name: path}, summary)."""
+    import numpy as np
+
+    from scalingar_jax.images import labelled_grid, upscale_nearest, write_png
+
+    T = pipe.gpt_cfg.block_size
+    final = Path(args.out).absolute()
     r = res.result
     winner = int(r.winner[0])
     term = np.asarray(r.terminated_at[0])
@@ -163,16 +222,13 @@ def cmd_generate(args) -> int:
             title=f"token entropy of the winner (#{winner})")
     except ImportError as e:
         print(f"note: plots skipped ({e})", file=sys.stderr)
-    summary["files"] = {k: str(v) for k, v in files.items()}
+    summary["files"] = {k: str(final / Path(v).name) for k, v in files.items()}
     (out / "result.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"winner #{winner}; tokens {summary['tokens_used']} of {summary['tokens_full']} "
-          f"({100 * summary['tokens_used'] / summary['tokens_full']:.0f}%); {res.seconds:.1f} s")
-    for k, v in files.items():
-        print(f"  {k:10s} {v}")
-    return 0
+    return files, summary
 
 
 def _generate_prompt_file(args, pipe, sampling, scaling, out) -> int:
+    from scalingar_jax.atomic import atomic_dir
     from scalingar_jax.pipeline import generate
     from scalingar_jax.world.geneval_io import write_prompt_folder
     from scalingar_jax.world.prompts import load_prompt_file
@@ -183,24 +239,49 @@ def _generate_prompt_file(args, pipe, sampling, scaling, out) -> int:
         raise UserError(str(e)) from None
     if args.limit:
         records = records[: args.limit]
+    final, mesh = out, _mesh(args)
     bar, update = _progress(len(records), f"{args.strategy} N={args.n}")
-    with bar:
+    with bar, atomic_dir(final, overwrite=True) as tmp:  # the folder appears whole, or not at all
+        out = Path(tmp)
         for start in range(0, len(records), args.batch):
             chunk = records[start : start + args.batch]
             res = generate(pipe, [r["prompt"] for r in chunk], strategy=args.strategy, num_candidates=args.n,
                            seed=args.seed, sampling=sampling, scaling=scaling, prompt_ids=list(
                                range(start, start + len(chunk))), compaction=_compaction(args),
-                           mesh=_mesh(args))
+                           mesh=mesh)
             for i, rec in enumerate(chunk):
                 write_prompt_folder(out, start + i, rec, [res.images[i]], overwrite=True)
             update(start + len(chunk))
-    print(f"wrote {len(records)} prompt folders under {out}; judge them with: scalingar evaluate {out}")
+    print(f"wrote {len(records)} prompt folders under {final}; judge them with: scalingar evaluate {final}")
     return 0
+
+
+def png_size(path) -> tuple[int, int] | None:
+    """(width, height) a PNG file declares in its IHDR chunk (its first 24 bytes), or None
+    if the file does not start like a PNG. Reads nothing else."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def _check_image_sizes(folder: str) -> None:
+    """Refuses a GenEval folder whose PNGs declare more than MAX_IMAGE_PIXELS, before decoding."""
+    for png in sorted(Path(folder).glob("*/samples/*.png")):
+        try:
+            size = png_size(png)
+        except OSError:
+            continue  # the evaluator reports unreadable files itself
+        if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+            raise UserError(f"{str(png)!r} declares {size[0]} x {size[1]} pixels, more than the "
+                            f"{MAX_IMAGE_PIXELS}-pixel limit for images to judge")
 
 
 def cmd_evaluate(args) -> int:
     from scalingar_jax.world.geneval_io import evaluate_folder
 
+    _check_image_sizes(args.folder)
     try:
         results, summary = evaluate_folder(args.folder)
     except ValueError as e:
@@ -212,7 +293,9 @@ def cmd_evaluate(args) -> int:
         print(f"| {tag} | {acc:.3f} | {cnt} |")
     print(f"| **overall** (mean over tags) | {summary['overall']:.3f} | {len(results)} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"summary": summary, "results": results}, indent=2, default=str))
+        from scalingar_jax.atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps({"summary": summary, "results": results}, indent=2, default=str))
     return 0
 
 
@@ -245,9 +328,15 @@ def _run_experiment_script(name: str, rest: list[str], prefix: str | None) -> in
     return 0
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse with usage errors as one line (exit status 2); subcommand parsers inherit it."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="scalingar", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _OneLineParser(prog="scalingar", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate images for a prompt (or a GenEval prompt file)",
@@ -330,8 +419,27 @@ def main(argv=None) -> int:
     try:
         return args.fn(args)
     except UserError as e:
-        print(f"scalingar: error: {e}", file=sys.stderr)
+        print(f"scalingar: error: {printable(e)}", file=sys.stderr)
         return 2
+    except _INPUT_ERRORS as e:  # a bad file or option found deeper down: one line, no traceback
+        print(f"scalingar: error: {printable(_describe_error(e))}", file=sys.stderr)
+        return 2
+
+
+_INPUT_ERRORS = (ValueError, TypeError, KeyError, OSError, MemoryError, RecursionError, ArithmeticError)
+
+
+def _describe_error(e: BaseException) -> str:
+    if isinstance(e, MemoryError):
+        return "out of memory (" + (str(e) or "the input asks for more memory than there is") + ")"
+    if isinstance(e, RecursionError):
+        return "the input nests too deeply"
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    if isinstance(e, OSError) and e.strerror and e.filename and str(e.filename) not in str(msg):
+        msg = f"{e.strerror}: {e.filename!r}"
+    if isinstance(e, ArithmeticError):
+        msg = f"{type(e).__name__}: {msg} (a size or field in the input is out of range)"
+    return str(msg)
 
 
 if __name__ == "__main__":

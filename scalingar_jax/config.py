@@ -11,6 +11,7 @@ import math
 from typing import Literal
 
 import jax.numpy as jnp
+import numpy as np
 
 # name -> (n_layer, n_head, dim); LlamaGen's table.
 GPT_PRESETS: dict[str, tuple[int, int, int]] = {
@@ -32,6 +33,32 @@ def to_dtype(name: str):
     if name not in _DTYPES:
         raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}")
     return _DTYPES[name]
+
+
+# Upper bounds on size fields: far above any LlamaGen model, low enough that arithmetic on them
+# cannot ask for terabytes before a clear error.
+MAX_SIZE = {"n_layer": 512, "n_head": 1024, "n_kv_head": 1024, "dim": 65536, "vocab_size": 1 << 24,
+            "multiple_of": 65536, "num_classes": 1 << 24, "cls_token_num": 4096, "caption_dim": 65536,
+            "grid_size": 256}
+
+
+def check_int(owner: str, name: str, value, lo: int, hi: int) -> int:
+    """`value` as an int in [lo, hi]; else ValueError naming `owner.name` (bools are not ints)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{owner}.{name} must be an integer in [{lo}, {hi}], got {type(value).__name__} {value!r:.60}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{owner}.{name} must be in [{lo}, {hi}], got {value!r:.60}")
+    return int(value)
+
+
+def check_float(owner: str, name: str, value, lo: float, hi: float, *, open_lo: bool = False) -> float:
+    """`value` as a finite float in [lo, hi] (or (lo, hi] with `open_lo`); else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{owner}.{name} must be a number, got {type(value).__name__} {value!r:.60}")
+    v = float(value)
+    if not (math.isfinite(v) and (v > lo if open_lo else v >= lo) and v <= hi):
+        raise ValueError(f"{owner}.{name} must be finite and in {'(' if open_lo else '['}{lo}, {hi}], got {v!r}")
+    return v
 
 
 def _find_multiple(n: int, k: int) -> int:
@@ -85,11 +112,10 @@ class GPTConfig:
         return self.cls_token_num + self.block_size
 
     def validate(self) -> "GPTConfig":
-        if self.model_type not in ("c2i", "t2i"):
-            raise ValueError(f"model_type must be 'c2i' or 't2i', got {self.model_type!r}")
-        for name in ("n_layer", "n_head", "dim", "vocab_size", "cls_token_num", "grid_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        """Type- and range-checks every field (sizes bounded by `MAX_SIZE`); returns self."""
+        check_gpt_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        if self.ffn_hidden > 1 << 20:
+            raise ValueError(f"GPTConfig: the feed-forward width {self.ffn_hidden} exceeds {1 << 20}")
         if self.dim % self.n_head:
             raise ValueError(f"dim={self.dim} is not divisible by n_head={self.n_head}")
         if self.head_dim % 4:
@@ -102,6 +128,31 @@ class GPTConfig:
             raise ValueError(f"c2i models use cls_token_num=1, got {self.cls_token_num}")
         to_dtype(self.param_dtype), to_dtype(self.dtype)
         return self
+
+
+def check_gpt_fields(fields: dict) -> dict:
+    """Checks the type and range of each given `GPTConfig` field on its own (no cross-field
+    rules), so overrides from a file or the command line fail with a clear ValueError before
+    any arithmetic uses them. Unknown names are left to the caller. Returns `fields`."""
+    for name, value in fields.items():
+        if name in MAX_SIZE:
+            if name != "n_kv_head" or value is not None:
+                check_int("GPTConfig", name, value, 1, MAX_SIZE[name])
+        elif name == "model_type":
+            if not isinstance(value, str) or value not in ("c2i", "t2i"):
+                raise ValueError(f"model_type must be 'c2i' or 't2i', got {value!r:.60}")
+        elif name == "ffn_dim_multiplier":
+            if value is not None:
+                check_float("GPTConfig", name, value, 0.0, 64.0, open_lo=True)
+        elif name == "norm_eps":
+            check_float("GPTConfig", name, value, 0.0, 1.0, open_lo=True)
+        elif name == "rope_base":
+            check_float("GPTConfig", name, value, 1.0, 1e12, open_lo=True)
+        elif name in ("param_dtype", "dtype"):
+            if not isinstance(value, str):
+                raise ValueError(f"GPTConfig.{name} must be a dtype name, got {value!r:.60}")
+            to_dtype(value)
+    return fields
 
 
 def gpt_config(preset: str, model_type: str = "c2i", **overrides) -> GPTConfig:
@@ -139,6 +190,11 @@ class SamplingConfig:
         return self.cfg_scale > 1.0
 
     def validate(self, vocab_size: int | None = None) -> "SamplingConfig":
+        """Type- and range-checks every field; returns self."""
+        for name in ("cfg_scale", "temperature", "top_p"):
+            check_float("SamplingConfig", name, getattr(self, name), -math.inf, math.inf)  # type; finite
+        check_int("SamplingConfig", "top_k", self.top_k, 0, MAX_SIZE["vocab_size"])
+        check_int("SamplingConfig", "cfg_interval", self.cfg_interval, -1, 1 << 20)
         if not (math.isfinite(self.cfg_scale) and self.cfg_scale >= 0):
             raise ValueError(f"cfg_scale must be finite and >= 0, got {self.cfg_scale}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scalingar_jax.config import to_dtype
+from scalingar_jax.config import check_float, check_int, to_dtype
 
 # --------------------------------------------------------------------------------------------
 # Config (to move into config.py)
@@ -69,6 +69,8 @@ class VQConfig:
 
     def __post_init__(self):
         # Keep the config hashable (usable as a jit static argument) if given a list.
+        if not isinstance(self.ch_mult, (list, tuple)):
+            raise ValueError(f"VQConfig.ch_mult must be a list of integers, got {self.ch_mult!r:.60}")
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
 
     @property
@@ -77,16 +79,18 @@ class VQConfig:
         return 2 ** (len(self.ch_mult) - 1)
 
     def validate(self) -> "VQConfig":
-        for name in ("codebook_size", "codebook_embed_dim", "ch", "z_channels", "num_res_blocks",
-                     "norm_groups", "in_channels", "out_channels"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"VQConfig.{name} must be an integer >= 1, got {value!r}")
-        if len(self.ch_mult) == 0:
-            raise ValueError("VQConfig.ch_mult must be non-empty")
+        """Type- and range-checks every field (sizes bounded); returns self."""
+        for name, hi in (("codebook_size", 1 << 24), ("codebook_embed_dim", 4096), ("ch", 4096),
+                         ("z_channels", 4096), ("num_res_blocks", 64), ("norm_groups", 4096),
+                         ("in_channels", 64), ("out_channels", 64)):
+            check_int("VQConfig", name, getattr(self, name), 1, hi)
+        if not 1 <= len(self.ch_mult) <= 8:
+            raise ValueError(f"VQConfig.ch_mult must have 1 to 8 entries, got {len(self.ch_mult)}")
         for m in self.ch_mult:
-            if not isinstance(m, (int, np.integer)) or isinstance(m, bool) or m < 1:
-                raise ValueError(f"VQConfig.ch_mult entries must be integers >= 1, got {self.ch_mult}")
+            check_int("VQConfig", "ch_mult entry", m, 1, 64)
+        if not isinstance(self.codebook_l2_norm, bool):
+            raise ValueError(f"VQConfig.codebook_l2_norm must be true or false, got {self.codebook_l2_norm!r:.60}")
+        check_float("VQConfig", "commit_loss_beta", self.commit_loss_beta, 0.0, 1e6)
         if self.ch % self.norm_groups:
             # every GroupNorm sees ch * m channels for some m in (1,) + ch_mult
             raise ValueError(f"VQConfig.ch={self.ch} must be divisible by norm_groups={self.norm_groups}")

@@ -333,9 +333,19 @@ def test_save_model_layout_is_readable_by_standard_checkpointer(tmp_path):
 
     from scalingar_jax.config import GPTConfig
 
-    params = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": {"c": np.ones(4, ml_dtypes.bfloat16)}}
-    save_model(tmp_path / "m", params, GPTConfig(), kind="gpt")
+    from scalingar_jax.convert import mapping as M
+
+    cfg = GPTConfig(n_layer=1, n_head=1, dim=8, vocab_size=8, num_classes=2, grid_size=2)
+    params: dict = {}
+    for i, (path, shape) in enumerate(M.gpt_flax_shapes(cfg).items()):  # float32 and bfloat16 leaves
+        M._set(params, path, np.arange(np.prod(shape), dtype=np.float32).reshape(shape).astype(
+            ml_dtypes.bfloat16 if i % 2 else np.float32))
+    save_model(tmp_path / "m", params, cfg, kind="gpt")
     restored = ocp.StandardCheckpointer().restore((tmp_path / "m" / "params").absolute())
     assert_same_tree(params, restored)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "params"]
     assert jax.tree.structure(load_model(tmp_path / "m")[0]) == jax.tree.structure(params)
+    # load_model compares the stored shapes with config.json
+    save_model(tmp_path / "bad", {"a": np.zeros((2, 3), np.float32)}, cfg, kind="gpt")
+    with pytest.raises(ValueError, match="does not describe the stored weights"):
+        load_model(tmp_path / "bad")

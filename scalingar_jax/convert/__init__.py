@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from scalingar_jax.convert.torch_pickle import (
+    CheckpointBudgetError,
     CheckpointFormatError,
     LazyTensor,
     UnsafePickleError,
@@ -21,6 +22,7 @@ from scalingar_jax.convert.torch_pickle import (
 
 __all__ = [
     "CheckpointFormatError",
+    "CheckpointBudgetError",
     "UnsafePickleError",
     "LazyTensor",
     "load_checkpoint",
@@ -29,27 +31,32 @@ __all__ = [
 ]
 
 
-def load_checkpoint(path, *, key: str | None = None) -> tuple[dict[str, LazyTensor], dict]:
+def load_checkpoint(path, *, key: str | None = None, max_bytes: int | None = None
+                    ) -> tuple[dict[str, LazyTensor], dict]:
     """Opens a `.pt`/`.pth`/`.bin` torch zip file or a `.safetensors` file lazily.
 
     Returns (state_dict, meta) as `torch_pickle.load_state_dict` does; for safetensors, meta
     has "format": "safetensors" and "metadata" (the file's `__metadata__`). The format is
     detected from the file's first bytes, not its name. `key` selects a top-level entry of a
-    torch file (e.g. "ema").
+    torch file (e.g. "ema"). max_bytes: byte budget for reading the file and materialising its
+    state dict (default `torch_pickle.default_max_bytes(file size)`); past it
+    `CheckpointBudgetError`, raised before any tensor data is read.
     """
     from scalingar_jax.convert import safetensors as st
+    from scalingar_jax.convert.torch_pickle import check_budget, default_max_bytes
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+        raise FileNotFoundError(f"checkpoint file {path!r} does not exist")
     with open(path, "rb") as f:
         head = f.read(9)
     is_safetensors = head[8:9] == b"{" or (head[:4] != b"PK\x03\x04" and path.endswith(".safetensors"))
     if not is_safetensors:
-        return load_state_dict(path, key=key)
+        return load_state_dict(path, key=key, max_bytes=max_bytes)
     if key is not None:
         raise ValueError("key= only applies to torch checkpoints; a safetensors file is a flat state dict")
     tensors, metadata = st.load_file(path)
+    check_budget(tensors, default_max_bytes(os.path.getsize(path)) if max_bytes is None else max_bytes, path)
     hint = None
     if "scalingar_config" in metadata:  # written by `scalingar convert --export`
         import json

@@ -445,8 +445,12 @@ def infer_gpt_config(
     shapes match the weights. Raises MappingError when the weights are not a GPT (e.g. a VQ),
     are inconsistent, or need an override that was not given (the message says which).
     """
-    from scalingar_jax.config import GPTConfig
+    from scalingar_jax.config import GPTConfig, check_gpt_fields
 
+    try:
+        check_gpt_fields(overrides)
+    except ValueError as e:
+        raise MappingError(f"bad GPT config override: {e}") from None
     shapes = {k: _shape(v) for k, v in state_dict_or_shapes.items()}
     _expect_kind(shapes, "gpt")
     for k in ("tok_embeddings.weight", "norm.weight", "output.weight"):
@@ -510,8 +514,8 @@ def infer_gpt_config(
     grid = None
     if args:
         img, ds = args.get("image_size"), args.get("downsample_size")
-        if isinstance(img, int) and isinstance(ds, int) and ds > 0:
-            grid = img // ds
+        if isinstance(img, int) and isinstance(ds, int) and not isinstance(img, bool) and ds > 0:
+            grid = img // ds  # checked with the other fields below (a bounded grid_size)
     if grid is None:
         grid = _grid_from_name(file_name)
     if grid is not None:

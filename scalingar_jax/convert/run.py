@@ -83,11 +83,41 @@ def _parse_sets(items: list[str]) -> dict:
         if "=" not in item:
             raise UsageError(f"--set expects FIELD=VALUE, got {item!r}")
         k, v = item.split("=", 1)
+        k = k.strip()
+        if not k.isidentifier() or len(v) > 200:
+            raise UsageError(f"--set expects FIELD=VALUE with a field name and a short value, got {item[:80]!r}")
         try:
-            out[k.strip()] = ast.literal_eval(v)
-        except (ValueError, SyntaxError):
-            out[k.strip()] = v  # a bare string
+            out[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            out[k] = v  # a bare string
     return out
+
+
+_SIZE_SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_bytes(text: str) -> int:
+    """A byte count from `--max-bytes`: an integer with an optional K/M/G/T (binary) suffix."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d{1,15})\s*([kKmMgGtT]?)i?[bB]?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a byte count such as 4G or 500M, got {text[:40]!r}")
+    n = int(m.group(1)) * _SIZE_SUFFIX[m.group(2).lower()]
+    if not 1 <= n <= 1 << 50:
+        raise argparse.ArgumentTypeError(f"a byte count in [1, 1P], got {text[:40]!r}")
+    return n
+
+
+def _check_finite(params, what: str) -> None:
+    """Refuses NaN/inf parameters (`--allow-non-finite` skips this), naming the first leaves."""
+    from scalingar_jax.checkpoint import non_finite_leaves
+
+    bad = non_finite_leaves(params)
+    if bad:
+        listed = ", ".join(f"{p} ({n})" for p, n in bad[:5])
+        raise ValueError(f"{what}: {len(bad)} parameter tensor(s) hold NaN or inf values: {listed}"
+                         f"{' ...' if len(bad) > 5 else ''}; pass --allow-non-finite to convert anyway")
 
 
 def _jsonable(x):
@@ -148,14 +178,15 @@ class _Destination:
 # --------------------------------------------------------------------------------------------
 
 
-def _convert(src, dst, *, kind, dtype, key, grid_size, overrides, strict, overwrite, log, before_save=None):
+def _convert(src, dst, *, kind, dtype, key, grid_size, overrides, strict, overwrite, log, before_save=None,
+             max_bytes=None, allow_non_finite=False):
     from scalingar_jax.checkpoint import save_model
     from scalingar_jax.convert import load_checkpoint
     from scalingar_jax.convert import mapping as M
 
     overrides = dict(overrides or {})
     t0 = time.perf_counter()
-    sd, meta = load_checkpoint(src, key=key)
+    sd, meta = load_checkpoint(src, key=key, max_bytes=max_bytes)
     found = M.detect_model_kind(sd)
     if kind == "auto":
         if found is None:
@@ -188,6 +219,8 @@ def _convert(src, dst, *, kind, dtype, key, grid_size, overrides, strict, overwr
         params = M.torch_to_flax_vq(sd, config, dtype=dtype, strict=strict)
     else:
         raise UsageError(f"unknown kind {kind!r}; expected auto, gpt or vq")
+    if not allow_non_finite:
+        _check_finite(params, str(src))
     t1 = time.perf_counter()
     record = {
         "source": str(Path(src).resolve()), "source_format": meta.get("format"), "wrapper": meta.get("wrapper"),
@@ -201,7 +234,8 @@ def _convert(src, dst, *, kind, dtype, key, grid_size, overrides, strict, overwr
 
 def convert(src, dst, *, kind: str = "auto", dtype: str = "float32", key: str | None = None,
             grid_size: int | None = None, overrides: dict | None = None, strict: bool = True,
-            overwrite: bool = False, log: Callable[[str], None] = print):
+            overwrite: bool = False, max_bytes: int | None = None, allow_non_finite: bool = False,
+            log: Callable[[str], None] = print):
     """Converts the LlamaGen checkpoint `src` (.pt/.pth/.bin torch zip, or .safetensors) into
     the model directory `dst` (`scalingar_jax.checkpoint.save_model` layout, written
     atomically; load it with `scalingar_jax.checkpoint.load_model`).
@@ -210,14 +244,17 @@ def convert(src, dst, *, kind: str = "auto", dtype: str = "float32", key: str | 
     ("float32", "bfloat16", "float16"). key: top-level entry holding the weights (default
     model/module/state_dict). grid_size / overrides: config fields the weights do not hold
     (see `mapping.infer_gpt_config` / `infer_vq_config`); fields stored by `export` in the
-    file are used unless overridden. strict: unknown keys are errors.
+    file are used unless overridden. strict: unknown keys are errors. max_bytes: byte budget for
+    reading `src` (default `torch_pickle.default_max_bytes`: 2x the file size, at least 8 MiB;
+    stride-0 and shared-storage views count in full). allow_non_finite: accept NaN/inf weights.
     Returns (kind, config). Raises ValueError/KeyError/OSError subclasses naming the problem;
     on error nothing is written.
     """
     dest = _Destination(dst, overwrite=overwrite, what="output directory")
     try:
         kind, config, _ = _convert(src, dst, kind=kind, dtype=dtype, key=key, grid_size=grid_size,
-                                   overrides=overrides, strict=strict, overwrite=overwrite, log=log)
+                                   overrides=overrides, strict=strict, overwrite=overwrite, log=log,
+                                   max_bytes=max_bytes, allow_non_finite=allow_non_finite)
     except BaseException:
         dest.cleanup(remove_output=False)  # save_model never leaves a partial directory
         raise
@@ -460,6 +497,12 @@ def build_parser(prog: str = "scalingar convert") -> argparse.ArgumentParser:
                     help="skip unknown keys in the state dict instead of failing (known buffers such as KV caches "
                          "and quantize.codebook_used are always skipped)")
     ap.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    ap.add_argument("--max-bytes", type=parse_bytes, default=None, metavar="N",
+                    help="memory budget for reading SRC, e.g. 20G: the pickle's objects and the tensors as they will "
+                         "be materialised (stride-0 and shared-storage views in full) must fit, checked before any "
+                         "tensor is read (default: 2x the file size, at least 8 MiB)")
+    ap.add_argument("--allow-non-finite", action="store_true",
+                    help="convert weights holding NaN or inf (refused by default)")
     ap.add_argument("--verify", action="store_true",
                     help="after writing, compare the converted model with an independent reference on small random "
                          "inputs and print the largest logit (GPT) / pixel (VQ) difference; exit 1 and remove DST "
@@ -474,19 +517,17 @@ def build_parser(prog: str = "scalingar convert") -> argparse.ArgumentParser:
     ap.add_argument("--verify-tol", type=float, default=None, metavar="TOL",
                     help="largest accepted relative difference (max |diff| / max |reference|); default "
                          + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_TOLERANCE.items()) + " parameters")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the verification inputs (default 0)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the verification inputs (default 0, below 2**32)")
     return ap
 
 
 def _one_line(e: BaseException) -> str:
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    if isinstance(e, OSError) and e.strerror and e.filename and str(e.filename) not in str(msg):
-        msg = f"{e.strerror}: {e.filename}"
-    msg = str(msg).replace("\n  ", "; ").replace("\n", " ")
-    return msg
+    from scalingar_jax.cli import _describe_error, printable
+
+    return printable(_describe_error(e))
 
 
-_USER_ERRORS = (ValueError, KeyError, TypeError, OSError)
+_USER_ERRORS = (ValueError, KeyError, TypeError, OSError, MemoryError, RecursionError, ArithmeticError)
 
 
 def main(argv=None, *, prog: str = "scalingar convert") -> int:
@@ -501,8 +542,15 @@ def main(argv=None, *, prog: str = "scalingar convert") -> int:
     verify_wanted = a.verify or a.llamagen_src is not None
     dest, written = None, False
     try:
-        if a.verify_tol is not None and not a.verify_tol > 0:
-            raise UsageError(f"--verify-tol must be > 0, got {a.verify_tol}")
+        if a.verify_tol is not None and not (a.verify_tol > 0 and np.isfinite(a.verify_tol)):
+            raise UsageError(f"--verify-tol must be finite and > 0, got {a.verify_tol}")
+        if not 0 <= a.seed < 2**32:
+            raise UsageError(f"--seed must be in [0, 2**32), got {a.seed}")
+        if a.grid_size is not None and not 1 <= a.grid_size <= 256:
+            raise UsageError(f"--grid-size must be in [1, 256], got {a.grid_size}")
+        if a.verify_tokens is not None and not 2 <= a.verify_tokens <= 65536:
+            raise UsageError(f"--verify-tokens must be in [2, 65536], got {a.verify_tokens}")
+        overrides = {} if a.export else _parse_sets(a.set)
         if a.verify_tokens is not None and not verify_wanted:
             raise UsageError("--verify-tokens needs --verify")
         llamagen = None
@@ -522,7 +570,8 @@ def main(argv=None, *, prog: str = "scalingar convert") -> int:
 
         if a.export:
             for flag, given in (("--kind", a.kind != "auto"), ("--grid-size", a.grid_size is not None),
-                                ("--set", bool(a.set)), ("--non-strict", a.non_strict)):
+                                ("--set", bool(a.set)), ("--non-strict", a.non_strict),
+                                ("--max-bytes", a.max_bytes is not None), ("--allow-non-finite", a.allow_non_finite)):
                 if given:
                     raise UsageError(f"{flag} applies when converting to orbax, not with --export")
             from scalingar_jax.checkpoint import read_config
@@ -543,9 +592,10 @@ def main(argv=None, *, prog: str = "scalingar convert") -> int:
         else:
             dest = _Destination(a.dst, overwrite=a.overwrite, what="output directory")
             kind, _, sd = _convert(a.src, a.dst, kind=a.kind, dtype=a.dtype or "float32", key=a.key,
-                                   grid_size=a.grid_size, overrides=_parse_sets(a.set), strict=not a.non_strict,
+                                   grid_size=a.grid_size, overrides=overrides, strict=not a.non_strict,
                                    overwrite=a.overwrite, log=log,
-                                   before_save=prepare_reference if verify_wanted else None)
+                                   before_save=prepare_reference if verify_wanted else None,
+                                   max_bytes=a.max_bytes, allow_non_finite=a.allow_non_finite)
             written = True
             if not verify_wanted:
                 return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 from pathlib import Path
 from typing import Any, Mapping
@@ -51,7 +52,17 @@ DTYPES: dict[str, np.dtype] = {
     "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
 }
 _CODES = {v.newbyteorder("="): k for k, v in DTYPES.items()}
-MAX_HEADER_BYTES = 100_000_000
+MAX_HEADER_BYTES = 100_000_000  # as the safetensors library
+MAX_HEADER_DEPTH = 128  # JSON nesting, as the safetensors library (serde_json's recursion limit)
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _json_depth(raw: bytes) -> int:
+    """Deepest `[`/`{` nesting of JSON text `raw` (brackets inside strings do not count), found
+    without recursion so that a hostile header cannot exhaust the stack."""
+    bare = np.frombuffer(_JSON_STRING.sub(b'""', raw), np.uint8)
+    step = np.isin(bare, (ord("["), ord("{"))).astype(np.int64) - np.isin(bare, (ord("]"), ord("}")))
+    return int(np.cumsum(step).max(initial=0))
 
 
 def _err(path, msg) -> CheckpointFormatError:
@@ -70,7 +81,7 @@ def read_header(path) -> tuple[dict[str, tuple[np.dtype, tuple[int, ...], int, i
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"safetensors file {path} does not exist")
+        raise FileNotFoundError(f"safetensors file {path!r} does not exist")
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
@@ -82,10 +93,13 @@ def read_header(path) -> tuple[dict[str, tuple[np.dtype, tuple[int, ...], int, i
         if 8 + n > size:
             raise _err(path, f"header length {n} reaches past the end of the {size}-byte file (truncated?)")
         raw = f.read(n)
+    depth = _json_depth(raw)
+    if depth > MAX_HEADER_DEPTH:
+        raise _err(path, f"header JSON nests {depth} deep (at most {MAX_HEADER_DEPTH})")
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _err(path, f"header is not UTF-8 JSON ({e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise _err(path, f"header is not UTF-8 JSON ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(header, dict):
         raise _err(path, f"header is a JSON {type(header).__name__}, expected an object")
     metadata = header.pop("__metadata__", None)

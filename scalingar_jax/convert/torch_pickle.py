@@ -13,11 +13,16 @@ Format facts (torch >= 1.6, the "zip" serialization):
   strides count elements of the storage's dtype. Parameters wrap a tensor in
   `torch._utils._rebuild_parameter(tensor, requires_grad, backward_hooks)`.
 
-Safety: unpickling runs whatever callables the pickle names. `SafeUnpickler.find_class` maps
-the few globals a checkpoint legitimately needs to inert local stand-ins (the real torch
-functions are never touched) and refuses every other global with `UnsafePickleError` before
-it can be called. Tensors come back as `LazyTensor` records; their bytes are read from the file
-only when `LazyTensor.numpy()` is called, one tensor at a time.
+Safety: a pickle names callables that `pickle.Unpickler` would run. `SafeUnpickler` is instead
+a small interpreter of its own for the opcodes `torch.save` writes: globals resolve only to the
+inert local stand-ins of `_ALLOWED` (the real torch functions are never touched; any other
+global raises `UnsafePickleError` naming it), BUILD applies only to tensors, OrderedDicts and
+the Namespace stand-in, shared references stay shared, and cycles, deep nesting and other
+opcodes are refused. Memory is bounded by a byte budget (`max_bytes`, default
+`default_max_bytes(file size)`) that covers the pickle's objects and, before any tensor is read,
+every tensor of the state dict as it will be materialised (`check_budget`). Tensors come back as
+`LazyTensor` records; their bytes are read from the file only when `LazyTensor.numpy()` is
+called, one tensor at a time.
 
 Legacy (pre-1.6, non-zip) files are refused with a message explaining how to re-save them.
 """
@@ -25,11 +30,13 @@ from __future__ import annotations
 
 import collections
 import io
+import itertools
 import math
 import os
-import pickle
+import pickletools
 import re
 import struct
+import types
 import zipfile
 import zlib
 from pathlib import Path
@@ -43,8 +50,11 @@ from scalingar_jax.atomic import atomic_file
 __all__ = [
     "CheckpointFormatError",
     "UnsafePickleError",
+    "CheckpointBudgetError",
     "LazyTensor",
     "load",
+    "check_budget",
+    "default_max_bytes",
     "load_state_dict",
     "save_torch_state_dict",
     "STORAGE_DTYPES",
@@ -56,7 +66,16 @@ class CheckpointFormatError(ValueError):
 
 
 class UnsafePickleError(CheckpointFormatError):
-    """The pickle references a global outside the allow-list; nothing from it was executed."""
+    """The pickle uses a global or opcode outside the allow-list; nothing from it was executed."""
+
+
+class CheckpointBudgetError(CheckpointFormatError):
+    """Reading the file would take more memory than the byte budget (`max_bytes`) allows."""
+
+
+# Default byte budget: BUDGET_FACTOR x the file size, at least BUDGET_FLOOR (see `default_max_bytes`).
+BUDGET_FACTOR = 2
+BUDGET_FLOOR = 8 << 20
 
 
 # torch storage class name -> numpy dtype of its elements (little-endian on disk by default).
@@ -270,9 +289,10 @@ class LazyTensor:
 class _Archive:
     """Index of a torch zip checkpoint: prefix, records and the byte ranges of stored members."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, max_bytes: int | None = None):
         self.path = path
         size = os.path.getsize(path)
+        max_bytes = default_max_bytes(size) if max_bytes is None else max_bytes
         with open(path, "rb") as f:
             head = f.read(8)
         if head[:4] != _ZIP_MAGIC:
@@ -283,6 +303,7 @@ class _Archive:
                     "torch.save(torch.load(old, map_location='cpu'), new)"
                 )
             raise CheckpointFormatError(f"{path} is not a torch zip checkpoint (does not start with a zip header)")
+        _check_entry_count(path)
         try:
             zf = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
@@ -291,6 +312,7 @@ class _Archive:
             infos = zf.infolist()
             if not infos:
                 raise CheckpointFormatError(f"{path} is an empty zip archive")
+            _check_members(path, infos)
             pkl = [i.filename for i in infos if i.filename.endswith("data.pkl") and i.filename.count("/") == 1]
             if len(pkl) != 1:
                 raise CheckpointFormatError(
@@ -304,6 +326,10 @@ class _Archive:
                     f"{path} is a TorchScript archive (torch.jit.save), not a torch.save checkpoint; save the "
                     "model's state_dict() with torch.save instead"
                 )
+            if self.infos[pkl[0]].file_size > max_bytes:
+                raise CheckpointBudgetError(
+                    f"{path}: {pkl[0]} declares {self.infos[pkl[0]].file_size} bytes, more than the byte budget "
+                    f"of {max_bytes} (raise it with --max-bytes / max_bytes=)")
             try:
                 self.pickle_bytes = zf.read(pkl[0])
                 self.byteorder = self._read_text(zf, "byteorder", "little")
@@ -319,6 +345,8 @@ class _Archive:
         full = self.prefix + name
         if full not in self.infos:
             return default
+        if self.infos[full].file_size > 64:
+            raise CheckpointFormatError(f"{self.path}: the {name} record is {self.infos[full].file_size} bytes long")
         return zf.read(full).decode("ascii", "replace").strip()
 
     def region(self, key: str) -> _Region:
@@ -347,6 +375,32 @@ class _Archive:
         return region
 
 
+def _check_entry_count(path: str) -> None:
+    """Refuses a central directory with more than `MAX_ZIP_ENTRIES` records before `zipfile`
+    builds one object per record."""
+    try:
+        with open(path, "rb") as f:
+            end = zipfile._EndRecData(f)  # the end-of-central-directory record (zip64-aware)
+    except (OSError, struct.error, ValueError, AttributeError):
+        return  # zipfile reports unreadable archives itself
+    if end and end[zipfile._ECD_ENTRIES_TOTAL] > MAX_ZIP_ENTRIES:
+        raise CheckpointFormatError(
+            f"{path}: the zip archive lists {end[zipfile._ECD_ENTRIES_TOTAL]} records (at most {MAX_ZIP_ENTRIES})")
+
+
+def _check_members(path: str, infos) -> None:
+    """Only stored or deflated records (what torch and a re-zip write) and no repeated names."""
+    seen = set()
+    for i in infos:
+        if i.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise CheckpointFormatError(
+                f"{path}: record {i.filename!r:.120} is compressed with zip method {i.compress_type}; only stored "
+                "and deflated records are accepted (torch refuses compressed records)")
+        if i.filename in seen:
+            raise CheckpointFormatError(f"{path}: the zip archive holds the record {i.filename!r:.120} twice")
+        seen.add(i.filename)
+
+
 def _looks_like_tar(path: str) -> bool:
     try:
         with open(path, "rb") as f:
@@ -372,29 +426,25 @@ class _StorageType:
     def __repr__(self):
         return f"torch.{self.name}"
 
-    def __setstate__(self, state):
-        raise UnsafePickleError("BUILD on a storage type is not allowed")
-
 
 class _Namespace(dict):
     """Stand-in for `argparse.Namespace`: its attributes become dict items (then a plain dict)."""
-
-    def __setstate__(self, state):
-        if isinstance(state, tuple) and len(state) == 2:  # (dict state, slot state)
-            state = state[0] or {}
-        if not isinstance(state, dict):
-            raise CheckpointFormatError("argparse.Namespace state is not a dict")
-        self.update(state)
 
 
 class _Device(str):
     """Stand-in for `torch.device(...)`: the device string."""
 
+    __slots__ = ()
+
     def __new__(cls, *args):
+        if not 1 <= len(args) <= 2 or not all(isinstance(a, (str, int)) and not isinstance(a, bool) for a in args):
+            raise CheckpointFormatError("torch.device takes a device type string and an optional index")
         return str.__new__(cls, ":".join(str(a) for a in args))
 
 
 def _size(*args):
+    if len(args) > 1 or (args and not isinstance(args[0], (tuple, list))):
+        raise CheckpointFormatError("torch.Size takes one list or tuple of ints")
     return tuple(*args) if args else ()
 
 
@@ -405,14 +455,22 @@ def _codecs_encode(obj, encoding="utf-8", errors="strict"):
     return obj.encode("latin1")
 
 
+def _ordered_dict(*args):
+    if args:  # torch and pickle write OrderedDict() and fill it with SETITEMS
+        raise CheckpointFormatError("collections.OrderedDict is only accepted without arguments")
+    return collections.OrderedDict()
+
+
 def _make_tensor(storage, storage_offset, size, stride):
     if not isinstance(storage, _Storage):
         raise CheckpointFormatError(f"tensor rebuild got {type(storage).__name__} instead of a storage record")
     for what, v in (("size", size), ("stride", stride)):
         if not isinstance(v, tuple) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
-            raise CheckpointFormatError(f"tensor rebuild got a non-integer {what} {v!r}")
-    if not isinstance(storage_offset, int):
-        raise CheckpointFormatError(f"tensor rebuild got a non-integer storage offset {storage_offset!r}")
+            raise CheckpointFormatError(f"tensor rebuild got a non-integer {what} ({type(v).__name__})")
+        if len(v) > 64:
+            raise CheckpointFormatError(f"tensor rebuild got a {len(v)}-dimensional {what} (at most 64)")
+    if not isinstance(storage_offset, int) or isinstance(storage_offset, bool):
+        raise CheckpointFormatError(f"tensor rebuild got a non-integer storage offset ({type(storage_offset).__name__})")
     return LazyTensor(storage, storage_offset, size, stride)
 
 
@@ -434,51 +492,116 @@ def _rebuild_parameter_with_state(data, requires_grad=False, backward_hooks=None
     return _rebuild_parameter(data)
 
 
-_ALLOWED: dict[tuple[str, str], Any] = {
+_ALLOWED: Mapping[tuple[str, str], Any] = types.MappingProxyType({
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
-    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("collections", "OrderedDict"): _ordered_dict,
     ("torch", "Size"): _size,
     ("torch", "device"): _Device,
     ("argparse", "Namespace"): _Namespace,
     ("_codecs", "encode"): _codecs_encode,
+    **{("torch", name): _StorageType(name, dt) for name, dt in STORAGE_DTYPES.items()},
+})
+# what REDUCE may call (the storage types are only persistent-id markers)
+_CALLABLE = frozenset(id(v) for v in _ALLOWED.values() if not isinstance(v, _StorageType) and v is not _Namespace)
+
+# Opcodes of a protocol-2 pickle as `torch.save` writes it (pickletools names), plus the
+# protocol-3/4 opcodes that encode the same data (`torch.save(..., pickle_protocol=4)`).
+# Everything else (protocol 0/1 text opcodes, INST/OBJ, EXT*, PERSID, POP/DUP, the protocol-5
+# buffers, 8-byte lengths, sets, ...) is refused by name.
+_OPCODES = {
+    b"\x80": "PROTO", b".": "STOP", b"(": "MARK", b"c": "GLOBAL", b"R": "REDUCE", b"\x81": "NEWOBJ",
+    b"b": "BUILD", b"Q": "BINPERSID", b"N": "NONE", b"\x88": "NEWTRUE", b"\x89": "NEWFALSE",
+    b"K": "BININT1", b"M": "BININT2", b"J": "BININT", b"\x8a": "LONG1", b"G": "BINFLOAT",
+    b"X": "BINUNICODE", b"C": "SHORT_BINBYTES", b"B": "BINBYTES", b")": "EMPTY_TUPLE",
+    b"\x85": "TUPLE1", b"\x86": "TUPLE2", b"\x87": "TUPLE3", b"t": "TUPLE", b"]": "EMPTY_LIST",
+    b"a": "APPEND", b"e": "APPENDS", b"}": "EMPTY_DICT", b"s": "SETITEM", b"u": "SETITEMS",
+    b"q": "BINPUT", b"r": "LONG_BINPUT", b"h": "BINGET", b"j": "LONG_BINGET",
+    # protocol 4 (torch.save(..., pickle_protocol=4)): the same data in other encodings
+    b"\x95": "FRAME", b"\x8c": "SHORT_BINUNICODE", b"\x94": "MEMOIZE", b"\x93": "STACK_GLOBAL",
 }
-_ALLOWED.update({("torch", name): _StorageType(name, dt) for name, dt in STORAGE_DTYPES.items()})
+_OTHER_OPCODES = {bytes([op.code.encode("latin1")[0]]): op.name for op in pickletools.opcodes}
+
+# Rough Python-object bytes charged against the budget while unpickling (on the high side).
+_COST_OBJECT, _COST_REF = 96, 16
+MAX_NESTING = 100  # containers inside containers; torch checkpoints nest a handful deep
+MAX_ZIP_ENTRIES = 100_000
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """Unpickler for `data.pkl` that resolves only allow-listed globals, to inert stand-ins.
+class _Mark:
+    __slots__ = ()
 
-    Any other global (os.system, builtins.exec, ...) raises `UnsafePickleError` naming it at the
-    moment the pickle names it, i.e. before anything could call it.
+
+class SafeUnpickler:
+    """A pickle interpreter for `data.pkl` that knows only what `torch.save` writes.
+
+    It executes protocol-2 opcodes itself (no `pickle.Unpickler`): globals resolve only to the
+    inert stand-ins of `_ALLOWED` (any other global raises `UnsafePickleError` naming it, before
+    anything could call it); REDUCE calls only those stand-ins; NEWOBJ builds only the
+    `argparse.Namespace` stand-in; BUILD applies only to tensors (state ignored), OrderedDicts
+    (state ignored, e.g. `_metadata`) and Namespaces (state becomes items), never to a global.
+    The memo is a dict, so it holds at most one entry per PUT; every created object is charged
+    against `max_bytes`. `load()` returns the object with stand-ins turned into plain values,
+    shared references kept shared; cycles and nesting deeper than `MAX_NESTING` are refused.
     """
 
-    def __init__(self, file, archive: _Archive):
-        super().__init__(file, encoding="utf-8")  # as torch.load, for Python-2-era string opcodes
+    def __init__(self, data: bytes, archive: "_Archive", max_bytes: int):
+        self._data, self._pos = memoryview(data), 0
         self._archive = archive
+        self._max_bytes = int(max_bytes)
+        self._cost = 0
         self._storages: dict[tuple[str, np.dtype], _Storage] = {}
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _fail(self, msg: str, cls=CheckpointFormatError):
+        return cls(f"{self._archive.path}: {msg}")
+
+    def _take(self, n: int) -> bytes:
+        end = self._pos + n
+        if n < 0 or end > len(self._data):
+            raise self._fail("the pickle ends in the middle of an opcode (truncated data.pkl?)")
+        b = self._data[self._pos : end].tobytes()
+        self._pos = end
+        return b
+
+    def _line(self) -> str:
+        end = bytes(self._data[self._pos : self._pos + 256]).find(b"\n")
+        if end < 0:
+            raise self._fail("unterminated or too long GLOBAL name in the pickle")
+        s = self._take(end + 1)[:-1]
+        try:
+            return s.decode("ascii")
+        except UnicodeDecodeError:
+            raise self._fail(f"non-ASCII GLOBAL name {s[:60]!r} in the pickle") from None
+
+    def _charge(self, n: int) -> None:
+        self._cost += n
+        if self._cost > self._max_bytes:
+            raise self._fail(
+                f"the pickle builds more than {self._max_bytes} bytes of objects (the byte budget; "
+                "raise it with --max-bytes / max_bytes=)", CheckpointBudgetError)
 
     def find_class(self, module: str, name: str):
         target = _ALLOWED.get((module, name))
         if target is None:
-            raise UnsafePickleError(
-                f"{self._archive.path}: refusing to load global '{module}.{name}': only tensor-rebuild and "
-                "plain-container globals are allowed (the file may be malicious; nothing from it was executed)"
-            )
+            raise self._fail(
+                f"refusing to load global {module + '.' + name!r:.160}: only tensor-rebuild and plain-container "
+                "globals are allowed (the file may be malicious; nothing from it was executed)", UnsafePickleError)
         return target
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise CheckpointFormatError(f"{self._archive.path}: unsupported persistent id {pid!r:.200}")
+            raise self._fail(f"unsupported persistent id ({type(pid).__name__} of length "
+                             f"{len(pid) if isinstance(pid, tuple) else '-'})")
         _, stype, key, _location, numel = pid
         if not isinstance(stype, _StorageType):
-            raise CheckpointFormatError(f"{self._archive.path}: persistent id names {stype!r:.100}, not a storage type")
-        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", key):
-            raise CheckpointFormatError(f"{self._archive.path}: bad storage key {key!r:.100}")
-        if not isinstance(numel, int) or numel < 0:
-            raise CheckpointFormatError(f"{self._archive.path}: bad storage size {numel!r:.100}")
+            raise self._fail(f"persistent id names a {type(stype).__name__}, not a storage type")
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", key):
+            raise self._fail(f"bad storage key {key!r:.80}")
+        if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
+            raise self._fail(f"bad storage size {numel!r:.80}")
         dtype = stype.dtype
         if self._archive.byteorder == "big" and dtype.itemsize > 1:
             dtype = dtype.newbyteorder(">")
@@ -486,60 +609,311 @@ class SafeUnpickler(pickle.Unpickler):
         if storage is None:
             region = self._archive.region(key)
             if numel * dtype.itemsize > region.nbytes:
-                raise CheckpointFormatError(
-                    f"{self._archive.path}: storage {key!r} claims {numel} x {dtype.itemsize} bytes but its record "
-                    f"holds {region.nbytes} bytes (truncated or corrupt)"
-                )
+                raise self._fail(
+                    f"storage {key!r} claims {numel} x {dtype.itemsize} bytes but its record holds "
+                    f"{region.nbytes} bytes (truncated or corrupt)")
             storage = _Storage(key, dtype, numel, region)
             self._storages[(key, dtype)] = storage
+            self._charge(_COST_OBJECT)
         return storage
 
+    def _build(self, obj, state) -> None:
+        if isinstance(state, tuple) and len(state) == 2:  # (dict state, slot state)
+            state = state[0] if state[1] is None or state[1] == {} else None
+        if state is None:
+            state = {}
+        if not isinstance(state, dict):
+            raise self._fail(f"BUILD with a {type(state).__name__} state", UnsafePickleError)
+        if type(obj) is _Namespace:
+            if not all(isinstance(k, str) for k in state):
+                raise self._fail("argparse.Namespace state has non-string names")
+            obj.update(state)
+        elif isinstance(obj, LazyTensor) or type(obj) is collections.OrderedDict:
+            pass  # tensor / state-dict attributes (e.g. `_metadata`): accepted and dropped, as data
+        else:
+            raise self._fail(f"refusing BUILD on a {type(obj).__name__}: only tensors, OrderedDicts and "
+                             "argparse.Namespace accept state", UnsafePickleError)
 
-def _plain(obj):
-    """Namespace stand-ins -> dicts, device stand-ins -> str (recursively through containers)."""
-    if isinstance(obj, _Namespace):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, _Device):
-        return str(obj)
-    if isinstance(obj, collections.OrderedDict):
-        out = collections.OrderedDict((k, _plain(v)) for k, v in obj.items())
-        return out
+    def _pop_mark(self, stack: list, marks: list) -> list:
+        if not marks:
+            raise self._fail("pickle opcode needs a MARK that is not there")
+        k = marks.pop()
+        items = stack[k + 1 :]
+        del stack[k:]
+        if any(type(x) is _Mark for x in items):
+            raise self._fail("malformed pickle (a MARK inside a mark group)")
+        return items
+
+    # -- the interpreter --------------------------------------------------------------------
+    def load(self):
+        stack: list = []
+        marks: list[int] = []
+        memo: dict[int, Any] = {}
+
+        def pop():
+            if not stack or type(stack[-1]) is _Mark:
+                raise self._fail("malformed pickle (stack underflow)")
+            return stack.pop()
+
+        def top():
+            if not stack or type(stack[-1]) is _Mark:
+                raise self._fail("malformed pickle (stack underflow)")
+            return stack[-1]
+
+        def push(x, cost=_COST_OBJECT):
+            self._charge(cost)
+            stack.append(x)
+
+        def setitems(d, items):
+            if type(d) not in (dict, collections.OrderedDict):
+                raise self._fail(f"SETITEM(S) on a {type(d).__name__}", UnsafePickleError)
+            if len(items) % 2:
+                raise self._fail("SETITEMS with an odd number of items")
+            self._charge(_COST_REF * len(items))
+            for i in range(0, len(items), 2):
+                k = items[i]
+                if not isinstance(k, (str, int, bool, float, type(None), bytes, tuple)):
+                    raise self._fail(f"a dict key of type {type(k).__name__}")
+                d[k] = items[i + 1]
+
+        def appends(lst, items):
+            if type(lst) is not list:
+                raise self._fail(f"APPEND(S) on a {type(lst).__name__}", UnsafePickleError)
+            self._charge(_COST_REF * len(items))
+            lst.extend(items)
+
+        while True:
+            op = self._take(1)
+            name = _OPCODES.get(op)
+            if name is None:
+                what = _OTHER_OPCODES.get(op)
+                raise self._fail(
+                    f"refusing pickle opcode {what or op!r} at byte {self._pos - 1} of data.pkl: torch.save does not "
+                    "write it (nothing from the file was executed)", UnsafePickleError)
+            if name == "PROTO":
+                if self._take(1)[0] not in (2, 3, 4):
+                    raise self._fail("refusing pickle protocol: only protocols 2 to 4 are accepted (torch.save writes 2)",
+                                     UnsafePickleError)
+            elif name == "FRAME":  # a length prefix for buffered reading; the data follows as usual
+                if struct.unpack("<Q", self._take(8))[0] > len(self._data) - self._pos:
+                    raise self._fail("a pickle FRAME reaches past the end of data.pkl")
+            elif name == "STOP":
+                break
+            elif name == "MARK":
+                marks.append(len(stack))
+                stack.append(_Mark())
+                self._charge(_COST_REF)
+            elif name == "GLOBAL":
+                module = self._line()
+                push(self.find_class(module, self._line()), _COST_REF)
+            elif name == "STACK_GLOBAL":
+                gname = pop()
+                module = pop()
+                if not (isinstance(module, str) and isinstance(gname, str)):
+                    raise self._fail("STACK_GLOBAL needs two strings")
+                push(self.find_class(module, gname), _COST_REF)
+            elif name == "REDUCE":
+                args = pop()
+                fn = pop()
+                if id(fn) not in _CALLABLE or not isinstance(args, tuple):
+                    raise self._fail(f"refusing REDUCE of a {type(fn).__name__} (only the allow-listed globals "
+                                     "may be called)", UnsafePickleError)
+                push(fn(*args))
+            elif name == "NEWOBJ":
+                args = pop()
+                cls = pop()
+                if cls is not _Namespace or args != ():
+                    raise self._fail(f"refusing NEWOBJ of a {type(cls).__name__} (only argparse.Namespace)",
+                                     UnsafePickleError)
+                push(_Namespace())
+            elif name == "BUILD":
+                state = pop()
+                self._build(top(), state)
+            elif name == "BINPERSID":
+                push(self.persistent_load(pop()))
+            elif name == "NONE":
+                push(None, _COST_REF)
+            elif name in ("NEWTRUE", "NEWFALSE"):
+                push(name == "NEWTRUE", _COST_REF)
+            elif name == "BININT1":
+                push(self._take(1)[0], _COST_REF)
+            elif name == "BININT2":
+                push(struct.unpack("<H", self._take(2))[0], _COST_REF)
+            elif name == "BININT":
+                push(struct.unpack("<i", self._take(4))[0])
+            elif name == "LONG1":
+                n = self._take(1)[0]
+                push(int.from_bytes(self._take(n), "little", signed=True), _COST_OBJECT + n)
+            elif name == "BINFLOAT":
+                push(struct.unpack(">d", self._take(8))[0])
+            elif name in ("BINUNICODE", "SHORT_BINUNICODE", "BINBYTES", "SHORT_BINBYTES"):
+                short = name.startswith("SHORT")
+                n = self._take(1)[0] if short else struct.unpack("<I", self._take(4))[0]
+                raw = self._take(n)
+                if name.endswith("UNICODE"):
+                    try:
+                        raw = raw.decode("utf-8", "surrogatepass")
+                    except UnicodeDecodeError:
+                        raise self._fail("a string in the pickle is not UTF-8") from None
+                push(raw, _COST_OBJECT + 4 * n)
+            elif name == "EMPTY_TUPLE":
+                push((), _COST_REF)
+            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                n = int(name[-1])
+                items = [pop() for _ in range(n)][::-1]
+                push(tuple(items), _COST_OBJECT + _COST_REF * n)
+            elif name == "TUPLE":
+                items = self._pop_mark(stack, marks)
+                push(tuple(items), _COST_OBJECT + _COST_REF * len(items))
+            elif name == "EMPTY_LIST":
+                push([])
+            elif name == "EMPTY_DICT":
+                push({})
+            elif name == "APPEND":
+                v = pop()
+                appends(top(), [v])
+            elif name == "APPENDS":
+                items = self._pop_mark(stack, marks)
+                appends(top(), items)
+            elif name == "SETITEM":
+                v = pop()
+                k = pop()
+                setitems(top(), [k, v])
+            elif name == "SETITEMS":
+                items = self._pop_mark(stack, marks)
+                setitems(top(), items)
+            elif name in ("BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                if name == "MEMOIZE":
+                    idx = len(memo)
+                else:
+                    idx = self._take(1)[0] if name == "BINPUT" else struct.unpack("<I", self._take(4))[0]
+                if idx not in memo:
+                    self._charge(_COST_OBJECT)
+                memo[idx] = top()
+            elif name in ("BINGET", "LONG_BINGET"):
+                idx = self._take(1)[0] if name == "BINGET" else struct.unpack("<I", self._take(4))[0]
+                if idx not in memo:
+                    raise self._fail(f"pickle memo index {idx} was never stored (corrupt data.pkl)")
+                push(memo[idx], _COST_REF)
+        if len(stack) != 1 or marks:
+            raise self._fail("malformed pickle (STOP with an unbalanced stack)")
+        if self._pos != len(self._data):
+            raise self._fail(f"{len(self._data) - self._pos} bytes after the pickle's STOP opcode")
+        return _finish(stack[0], self._archive.path)
+
+
+def _leaf(x):
+    if isinstance(x, _Device):
+        return str(x)
+    if isinstance(x, (_StorageType, _Storage, _Mark)) or callable(x):
+        raise CheckpointFormatError(f"a {type(x).__name__} stand-in is left over in the unpickled object")
+    return x
+
+
+def _children(obj) -> Iterable:
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_plain(v) for v in obj)
+        return itertools.chain.from_iterable(obj.items())
     return obj
 
 
-def _load(path) -> tuple[Any, _Archive]:
+def _finish(root, path: str):
+    """Turns stand-ins into plain values (Namespace -> dict, device -> str) without recursion:
+    an object reached twice is converted once and stays shared; a cycle or nesting deeper than
+    `MAX_NESTING` is an error."""
+    containers = (dict, list, tuple)
+    done: dict[int, Any] = {}
+    height: dict[int, int] = {}
+    on_path: set[int] = set()
+    if not isinstance(root, containers):
+        return _leaf(root)
+    work = [(root, False)]
+    while work:
+        obj, expanded = work.pop()
+        oid = id(obj)
+        if expanded:
+            on_path.discard(oid)
+            kids = [height.get(id(c), 0) for c in _children(obj) if isinstance(c, containers)]
+            height[oid] = 1 + max(kids, default=0)
+            if height[oid] > MAX_NESTING:
+                raise CheckpointFormatError(f"{path}: containers nest more than {MAX_NESTING} deep")
+            conv = lambda c: done[id(c)] if isinstance(c, containers) else _leaf(c)  # noqa: E731
+            if isinstance(obj, dict):
+                cls = dict if type(obj) is _Namespace else type(obj)
+                done[oid] = cls((conv(k), conv(v)) for k, v in obj.items())
+            else:
+                done[oid] = type(obj)(conv(c) for c in obj)
+            continue
+        if oid in done:
+            continue
+        on_path.add(oid)
+        work.append((obj, True))
+        for c in _children(obj):
+            if isinstance(c, containers):
+                if id(c) in on_path:
+                    raise CheckpointFormatError(f"{path}: the pickle holds a reference cycle (a container inside "
+                                                "itself); torch state dicts have none")
+                if id(c) not in done:
+                    work.append((c, False))
+    return done[id(root)]
+
+
+def default_max_bytes(file_size: int) -> int:
+    """The default byte budget of a checkpoint of `file_size` bytes: `BUDGET_FACTOR` times the
+    file size, at least `BUDGET_FLOOR`."""
+    return max(BUDGET_FACTOR * int(file_size), BUDGET_FLOOR)
+
+
+def _load(path, max_bytes: int | None = None) -> tuple[Any, _Archive]:
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file {path} does not exist")
-    archive = _Archive(path)
-    unpickler = SafeUnpickler(io.BytesIO(archive.pickle_bytes), archive)
+        raise FileNotFoundError(f"checkpoint file {path!r} does not exist")
+    if max_bytes is None:
+        max_bytes = default_max_bytes(os.path.getsize(path))
+    archive = _Archive(path, max_bytes)
     try:
-        obj = unpickler.load()
+        obj = SafeUnpickler(archive.pickle_bytes, archive, max_bytes).load()
     except CheckpointFormatError:
         raise
     except RecursionError:
         raise CheckpointFormatError(f"{path}: pickle nests too deeply") from None
-    except Exception as e:  # malformed pickle stream, bad arguments to a stand-in, ...
+    except MemoryError:
+        raise CheckpointBudgetError(f"{path}: out of memory while unpickling data.pkl") from None
+    except Exception as e:  # bad arguments to a stand-in, unhashable keys, ...
         raise CheckpointFormatError(
-            f"{path}: malformed pickle in {archive.prefix}data.pkl ({type(e).__name__}: {e})"
+            f"{path}: malformed pickle in {archive.prefix}data.pkl ({type(e).__name__}: {str(e)[:200]})"
         ) from None
-    return _plain(obj), archive
+    return obj, archive
 
 
-def load(path) -> Any:
+def load(path, *, max_bytes: int | None = None) -> Any:
     """Safely unpickles a `torch.save` zip file. Tensors become `LazyTensor`s (no data read),
     `argparse.Namespace` becomes a dict, `torch.device` a string, `torch.Size` a tuple.
 
-    Raises `UnsafePickleError` for any global outside the allow-list, `CheckpointFormatError`
-    for corrupt/truncated/legacy files, `FileNotFoundError` if `path` does not exist.
+    max_bytes: byte budget for the pickle's objects and the records read (default
+    `default_max_bytes(file size)`). Raises `UnsafePickleError` for any global or opcode outside
+    the allow-list, `CheckpointBudgetError` past the budget, `CheckpointFormatError` for
+    corrupt/truncated/legacy files, `FileNotFoundError` if `path` does not exist.
     """
-    return _load(path)[0]
+    return _load(path, max_bytes)[0]
+
+
+def check_budget(tensors: Mapping[str, LazyTensor], max_bytes: int, path: str = "<checkpoint>") -> int:
+    """Checks, before anything is read, that materialising every tensor of `tensors` (each as
+    `LazyTensor.numpy()` does: `size * itemsize` bytes, so stride-0 and shared-storage views count
+    in full) and the distinct storages they view fit in `max_bytes`. Returns the materialised
+    byte count; raises `CheckpointBudgetError` naming the totals otherwise."""
+    total = sum(t.nbytes for t in tensors.values())
+    storages = {id(t._storage): t._storage for t in tensors.values()}
+    distinct = sum(s.numel * s.dtype.itemsize for s in storages.values())
+    if total > max_bytes or distinct > max_bytes:
+        views = sum(1 for t in tensors.values() if t.nbytes > t._storage.numel * t._storage.dtype.itemsize
+                    or any(st == 0 and sz > 1 for sz, st in zip(t.shape, t.stride)))
+        raise CheckpointBudgetError(
+            f"{path}: the tensors would take {total} bytes in memory ({distinct} bytes of distinct storage; "
+            f"{views} of {len(tensors)} tensors are expanded or repeated views), more than the byte budget of "
+            f"{max_bytes} (by default {BUDGET_FACTOR}x the file size, at least {BUDGET_FLOOR >> 20} MiB; raise it "
+            "with --max-bytes / max_bytes=)")
+    return total
 
 
 # --------------------------------------------------------------------------------------------
@@ -613,7 +987,8 @@ def unwrap_state_dict(obj, *, key: str | None = None, path: str = "<checkpoint>"
     return sd, meta
 
 
-def load_state_dict(path, *, key: str | None = None) -> tuple[dict[str, LazyTensor], dict]:
+def load_state_dict(path, *, key: str | None = None, max_bytes: int | None = None
+                    ) -> tuple[dict[str, LazyTensor], dict]:
     """Loads the weights of a `torch.save` checkpoint as lazy tensors.
 
     The weights are taken from `key` if given, else from the first of "model" (DDP), "module"
@@ -626,9 +1001,16 @@ def load_state_dict(path, *, key: str | None = None) -> tuple[dict[str, LazyTens
     steps, args, ema), "args" (the argparse.Namespace as a dict, or None), "steps" (int or
     None), "stripped_prefix" and "scalingar_config" (the dict a `scalingar convert --export`
     stores beside the weights, or None).
+
+    max_bytes: byte budget (default `default_max_bytes(file size)`) for the pickle's objects and
+    for materialising the state dict (`check_budget`), checked before any tensor is read.
     """
-    obj, archive = _load(path)
+    path = os.fspath(path)
+    if max_bytes is None and os.path.isfile(path):
+        max_bytes = default_max_bytes(os.path.getsize(path))
+    obj, archive = _load(path, max_bytes)
     sd, meta = unwrap_state_dict(obj, key=key, path=archive.path)
+    check_budget(sd, max_bytes, archive.path)
     info = {"path": archive.path, "format": "torch-zip", "byteorder": archive.byteorder, "version": archive.version}
     return sd, {**info, **meta}
 
