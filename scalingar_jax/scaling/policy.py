@@ -68,21 +68,21 @@ def guidance_scale(cfg: ScalingARConfig, state: ConfidenceState, s_base):
 
     s = clip(s_base + alpha*(1 - D) + beta*Var(I) - gamma*R, s_min, s_max), s_max = cfg.s_max
     or 2*s_base. A candidate whose profile has not been updated yet gets clip(s_base, ...).
-    A Python-float s_base with s_max < s_min raises ValueError; a traced one cannot be checked
-    (jnp.clip then returns s_max).
-    With `use_scheduler=False` the fixed `s_base` is returned everywhere (fixed CFG).
+    With `use_scheduler=False` the fixed `s_base` is returned everywhere (fixed CFG, no check).
+    Otherwise a Python-float s_base with s_max < s_min raises ValueError; a traced one cannot be
+    checked (jnp.clip then returns s_max).
     s_base: Python float or float32 scalar (traced is fine).
     """
+    shape = state.C.shape
+    if not cfg.use_scheduler:
+        return jnp.broadcast_to(jnp.asarray(s_base, F32), shape).astype(F32)
     if isinstance(s_base, (int, float)):
         s_max = cfg.resolved_s_max(float(s_base))
         if s_max < cfg.s_min:
             raise ValueError(
                 f"s_max={s_max} (2*s_base when cfg.s_max is None) is below s_min={cfg.s_min}"
             )
-    shape = state.C.shape
     s_base = jnp.asarray(s_base, F32)
-    if not cfg.use_scheduler:
-        return jnp.broadcast_to(s_base, shape).astype(F32)
     s_max = jnp.asarray(cfg.resolved_s_max(s_base), F32)
     s = s_base + cfg.alpha * (1.0 - state.D) + cfg.beta * state.I_var - cfg.gamma * state.R
     s = jnp.where(state.initialized, s, s_base)
