@@ -65,6 +65,7 @@ from common import markdown_table, stamp  # noqa: E402
 
 from scalingar_jax.atomic import atomic_write_text  # noqa: E402
 from scalingar_jax.pipeline import WORLD_SAMPLING, WORLD_SCALING, Pipeline, generate  # noqa: E402
+from scalingar_jax.scaling import loop as L  # noqa: E402
 from scalingar_jax.scaling import strategies as S  # noqa: E402
 from scalingar_jax.scaling.config import ABLATIONS, ScalingARConfig  # noqa: E402
 
@@ -869,7 +870,7 @@ def exp_robustness(ctx: Ctx) -> dict:
     return payload
 
 
-def _loop_memory(pipe: Pipeline, spec: S.LoopSpec, P: int, rows: int) -> float:
+def _loop_memory(pipe: Pipeline, spec: L.LoopSpec, P: int, rows: int) -> float:
     """Compiled peak bytes of the jitted token loop (arguments + outputs + temporaries - aliased) for P
     prompts with a pool of `rows` model rows (P * N: uncompacted), lowered on abstract inputs
     (nothing allocated)."""
@@ -877,11 +878,11 @@ def _loop_memory(pipe: Pipeline, spec: S.LoopSpec, P: int, rows: int) -> float:
     cond = jax.ShapeDtypeStruct((P, cfg.cls_token_num, cfg.caption_dim), jnp.float32)
     mask = jax.ShapeDtypeStruct((P, cfg.cls_token_num), jnp.bool_)
     ids = jax.ShapeDtypeStruct((P,), jnp.int32)
-    state = jax.eval_shape(functools.partial(S.start_loop, spec=spec), pipe.gpt_params, cond, mask,
+    state = jax.eval_shape(functools.partial(L.start_loop, spec=spec), pipe.gpt_params, cond, mask,
                            jax.random.key(0), ids)
     if rows != P * spec.num_candidates:
-        state = jax.eval_shape(functools.partial(S.compact, rows=rows), state)
-    ma = S.run_loop.lower(pipe.gpt_params, state, spec=spec).compile().memory_analysis()
+        state = jax.eval_shape(functools.partial(L.compact, rows=rows), state)
+    ma = L.run_loop.lower(pipe.gpt_params, state, spec=spec).compile().memory_analysis()
     if ma is None:
         return float("nan")
     return float(ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
@@ -919,14 +920,14 @@ def exp_efficiency(ctx: Ctx) -> dict:
 
     # 2. per-step time at full width before any pruning (first W0 steps), P = 1
     def step_ms(spec):
-        s0 = S.start_loop(pipe.gpt_params, *pipe.condition([records[0]["prompt"]]), jax.random.key(0),
+        s0 = L.start_loop(pipe.gpt_params, *pipe.condition([records[0]["prompt"]]), jax.random.key(0),
                           jnp.zeros((1,), jnp.int32), spec=spec)
         sp = dataclasses.replace(spec, stop_at=W0)
-        jax.block_until_ready(S.run_loop(pipe.gpt_params, s0, spec=sp))  # compile
+        jax.block_until_ready(L.run_loop(pipe.gpt_params, s0, spec=sp))  # compile
         ts = []
         for _ in range(3):
             t = time.perf_counter()
-            jax.block_until_ready(S.run_loop(pipe.gpt_params, s0, spec=sp))
+            jax.block_until_ready(L.run_loop(pipe.gpt_params, s0, spec=sp))
             ts.append(time.perf_counter() - t)
         return 1e3 * min(ts) / W0
 
@@ -985,7 +986,7 @@ def exp_efficiency(ctx: Ctx) -> dict:
             per["scalingar"]["loop_seconds"].append(c.seconds)
             per["scalingar"]["tokens"].append(int(np.asarray(out.result.tokens_used)[0]))
             per["scalingar"]["correct"].append(bool(_judge(out.images, recs)[0]))
-            sched = S.pool_schedule(out.result.traj["alive"])
+            sched = L.pool_schedule(out.result.traj["alive"])
             per["scalingar"]["mean_mb"].append(float(np.mean([memory[1]["scalingar"][s] for s in sched])) / 2**20)
     rows, res = [], {}
     memory = {P: {**m, "best_of_n_seq": m["base"]} for P, m in memory.items()}  # N runs of the base loop

@@ -231,12 +231,12 @@ def test_loop_step_is_policy_scalingar_step(params):
     from scalingar_jax import decode
     from scalingar_jax.scaling import scalingar_step
 
-    for scaling in (AGGRESSIVE, AGGRESSIVE.replace(entropy_source="guided"),
-                    AGGRESSIVE.replace(use_scheduler=False)):
+    spec = S.token_spec(CFG, SAMPLING, AGGRESSIVE, "scalingar", 4, False)
+    s = L.start_loop(params, _cond(), None, jax.random.key(5), np.arange(2), spec=L.shape_key(spec))
+    s = L.run_loop(params, s, spec=dataclasses.replace(L.loop_key(spec), stop_at=5))  # a ScalingAR state mid-run
+    s = s.replace(scale=s.scale + jnp.arange(4, dtype=jnp.float32) * 0.25)  # per-candidate scales
+    for scaling in (AGGRESSIVE, AGGRESSIVE.replace(entropy_source="guided", use_scheduler=False)):
         spec = S.token_spec(CFG, SAMPLING, scaling, "scalingar", 4, False)
-        s = L.start_loop(params, _cond(), None, jax.random.key(5), np.arange(2), spec=L.shape_key(spec))
-        s = L.run_loop(params, s, spec=dataclasses.replace(L.loop_key(spec), stop_at=5))  # state mid-run
-        s = s.replace(scale=s.scale + jnp.arange(4, dtype=jnp.float32) * 0.25)  # per-candidate scales
         # op by op, so that no fusion difference between two compiled programs can hide a change
         with jax.disable_jit():
             after = L.step(params, spec, s)

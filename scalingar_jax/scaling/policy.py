@@ -199,7 +199,8 @@ def scalingar_step(
     tokens are charged), (2) `update_termination` (may kill candidates at `step`),
     (3) `guidance_scale` of the updated state: the CFG scale to use for token `step + 1`.
     lc, lu (and lg): (P, N, V). Returns (state, scale (P, N) float32).
-    Static: cfg, total_steps, grid_size, axis_name.
+    Static: cfg, total_steps, grid_size, axis_name. The strategies' token loop (`loop.step`)
+    calls exactly this.
     """
     state = update_profile(cfg, state, lc, lu, step, None, grid_size, lg=lg, axis_name=axis_name)
     state = update_termination(cfg, state, step, total_steps, axis_name=axis_name)
