@@ -100,7 +100,7 @@ def main(argv=None):
     key = jax.random.key(args.seed)
     sampling = SamplingConfig(cfg_scale=4.0, top_k=2000 if cfg.vocab_size > 2000 else 0)
     delta = args.delta_rec or max(2, round(32 * T / 1024))
-    scaling = ScalingARConfig(Delta_rec=delta)
+    scaling = ScalingARConfig(probation_steps=delta)
     N = args.num_candidates
 
     plain = L.LoopSpec(cfg, sampling, scaling, "none", N)
@@ -131,7 +131,7 @@ def main(argv=None):
         gates = [(f"scalingar + compaction (spec gate Delta_rec={delta} p={scaling.p})", scaling)]
         for d, p in args.gates:
             gates.append((f"scalingar + compaction, gate Delta_rec={d} p={p}",
-                          dataclasses.replace(scaling, Delta_rec=d, p=p)))
+                          dataclasses.replace(scaling, probation_steps=d, p=p)))
         tok = functools.partial(S.run_token_strategy, params, cfg, cond, key=key, num_candidates=N, sampling=sampling)
         variants = [("best_of_n (token loop)", functools.partial(tok, strategy="plain"), False)]
         if not args.skip_masked:

@@ -132,10 +132,10 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
 # The shapes world's defaults, chosen on the DEVELOPMENT prompts by `experiments/reproduce.py tune`
 # (experiments/results/tune.md): the base CFG scale 2.0 (plain sampling's dev accuracy 0.237 at 2.0,
 # 0.222 at 3.0, 0.166 at 5.0, 0.156 at LlamaGen's t2i default 7.5) and the termination gate
-# Delta_rec = 2, p = 0.2. The paper's gate scaled to T = 144 would be ScalingARConfig(Delta_rec=5)
+# Delta_rec = 2, p = 0.2. The paper's gate scaled to T = 144 would be ScalingARConfig(probation_steps=5)
 # (32 * 144 / 1024 ~ 5, p = 0.2).
 WORLD_SAMPLING = SamplingConfig(cfg_scale=2.0, temperature=1.0, top_k=16, top_p=1.0)
-WORLD_SCALING = ScalingARConfig(Delta_rec=2, p=0.2)
+WORLD_SCALING = ScalingARConfig(probation_steps=2, p=0.2)
 
 
 def world_pipeline(path=None, *, sampling: SamplingConfig | None = None,

@@ -40,7 +40,7 @@ from scalingar_jax.world.geneval_io import write_prompt_folder  # noqa: E402
 CFG = GPTConfig(model_type="t2i", n_layer=1, n_head=2, dim=16, vocab_size=32, cls_token_num=3, caption_dim=4,
                 grid_size=4, multiple_of=16)
 SAMPLING = SamplingConfig(cfg_scale=3.0)
-AGGRESSIVE = ScalingARConfig(p=0.9, Delta_rec=1, delta_rec=10.0, lam_theta=1.0)
+AGGRESSIVE = ScalingARConfig(p=0.9, probation_steps=1, rebound_threshold=10.0, lam_theta=1.0)
 RECORDS = [{"tag": "single_object", "include": [{"class": c, "count": 1}], "prompt": f"a photo of a {c}"}
            for c in ("bench", "cow", "bicycle", "clock")]
 

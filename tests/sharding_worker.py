@@ -54,7 +54,7 @@ from scalingar_jax.scaling import strategies as S  # noqa: E402
 CFG = GPTConfig(model_type="t2i", n_layer=1, n_head=2, dim=16, vocab_size=32, cls_token_num=3, caption_dim=4,
                 grid_size=4, multiple_of=16)
 SAMPLING = SamplingConfig(cfg_scale=3.0)
-AGGRESSIVE = ScalingARConfig(p=0.9, Delta_rec=1, delta_rec=10.0, lam_theta=1.0)
+AGGRESSIVE = ScalingARConfig(p=0.9, probation_steps=1, rebound_threshold=10.0, lam_theta=1.0)
 EXACT = ("tokens", "winner", "tokens_used", "all_tokens", "terminated_at")
 
 

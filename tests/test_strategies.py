@@ -18,7 +18,7 @@ CFG = GPTConfig(model_type="t2i", n_layer=1, n_head=2, dim=16, vocab_size=32, cl
                 grid_size=4, multiple_of=16)
 SAMPLING = SamplingConfig(cfg_scale=3.0)
 # Aggressive gate so that a 16-token run prunes enough to cross bucket boundaries.
-AGGRESSIVE = ScalingARConfig(p=0.9, Delta_rec=1, delta_rec=10.0, warmup_frac=0.125, lam_theta=1.0)
+AGGRESSIVE = ScalingARConfig(p=0.9, probation_steps=1, rebound_threshold=10.0, warmup_frac=0.125, lam_theta=1.0)
 
 
 @pytest.fixture(scope="module")
