@@ -33,20 +33,21 @@ from common import markdown_table, stamp, write_json  # noqa: E402
 from scalingar_jax import gpt  # noqa: E402
 from scalingar_jax.config import SamplingConfig, gpt_config  # noqa: E402
 from scalingar_jax.scaling import ScalingARConfig  # noqa: E402
+from scalingar_jax.scaling import loop as L  # noqa: E402
 from scalingar_jax.scaling import strategies as S  # noqa: E402
 
 
 def _time_steps(params, spec, cond, key, n_steps, repeat=3):
-    s0 = S.start_loop(params, cond, None, key, jnp.arange(cond.shape[0], dtype=jnp.int32), spec=spec)
+    s0 = L.start_loop(params, cond, None, key, jnp.arange(cond.shape[0], dtype=jnp.int32), spec=spec)
     jax.block_until_ready(s0)
     spec_n = dataclasses.replace(spec, stop_at=n_steps)
     t = time.perf_counter()
-    jax.block_until_ready(S.run_loop(params, s0, spec=spec_n))
+    jax.block_until_ready(L.run_loop(params, s0, spec=spec_n))
     compile_s = time.perf_counter() - t
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
-        jax.block_until_ready(S.run_loop(params, s0, spec=spec_n))
+        jax.block_until_ready(L.run_loop(params, s0, spec=spec_n))
         times.append(time.perf_counter() - t)
     return 1e3 * float(np.median(times)) / n_steps, compile_s
 
@@ -81,7 +82,7 @@ def main(argv=None):
                     help="extra termination gates (probation length Delta_rec : quantile p) timed in the whole-loop "
                          "comparison besides the spec's default, to show how pruned tokens turn into saved time "
                          "at other pruning rates (random weights have no 'right' gate)")
-    ap.add_argument("--buckets", nargs="+", default=["pow2", "fine"], choices=list(S.BUCKETS),
+    ap.add_argument("--buckets", nargs="+", default=["pow2", "fine"], choices=list(L.BUCKETS),
                     help="compaction pool sizes timed for every ScalingAR gate: pow2 (1, 2, 4, ...) and/or fine "
                          "(adds 3, 6, 12, ...); default both")
     ap.add_argument("--skip-loop", action="store_true", help="only the per-step comparison")
@@ -99,11 +100,11 @@ def main(argv=None):
     key = jax.random.key(args.seed)
     sampling = SamplingConfig(cfg_scale=4.0, top_k=2000 if cfg.vocab_size > 2000 else 0)
     delta = args.delta_rec or max(2, round(32 * T / 1024))
-    scaling = ScalingARConfig(Delta_rec=delta)
+    scaling = ScalingARConfig(probation_steps=delta)
     N = args.num_candidates
 
-    plain = S.LoopSpec(cfg, sampling, scaling, "none", N)
-    sar = S.LoopSpec(cfg, sampling, scaling, "scalingar", N)
+    plain = L.LoopSpec(cfg, sampling, scaling, "none", N)
+    sar = L.LoopSpec(cfg, sampling, scaling, "scalingar", N)
     rows = []
     # Interleave the two measurements round by round to share the machine's noise; the overhead
     # is the median over rounds of the per-round ratio.
@@ -130,7 +131,7 @@ def main(argv=None):
         gates = [(f"scalingar + compaction (spec gate Delta_rec={delta} p={scaling.p})", scaling)]
         for d, p in args.gates:
             gates.append((f"scalingar + compaction, gate Delta_rec={d} p={p}",
-                          dataclasses.replace(scaling, Delta_rec=d, p=p)))
+                          dataclasses.replace(scaling, probation_steps=d, p=p)))
         tok = functools.partial(S.run_token_strategy, params, cfg, cond, key=key, num_candidates=N, sampling=sampling)
         variants = [("best_of_n (token loop)", functools.partial(tok, strategy="plain"), False)]
         if not args.skip_masked:
@@ -146,7 +147,7 @@ def main(argv=None):
             res = fn()
             jax.block_until_ready(res.tokens)
             sec = time.perf_counter() - t
-            pools = S.pool_schedule(res.traj["alive"], compaction=bool(buckets), buckets=buckets or "pow2")
+            pools = L.pool_schedule(res.traj["alive"], compaction=bool(buckets), buckets=buckets or "pow2")
             runs[name] = (sec, int(np.sum(res.tokens_used)) / args.prompts, sum(pools), sorted(set(pools)))
         bon_s = runs["best_of_n (token loop)"][0]
         full = N * T * args.prompts  # Best-of-N's row-steps

@@ -6,10 +6,10 @@ ScalingAR token loop (profile, pooled statistics and termination gathered over t
 axis, per-candidate CFG) on a small random t2i model under `shard_map` on a 1 x D mesh
 (candidates split over D devices) and reports:
 
-* compile_s: lowering + XLA compile of `sharding.sharded_run_loop` (one bucket);
+* compile_s: lowering + XLA compile of `sharding.run_loop` (one bucket);
 * step_ms:   median wall time per token step of the whole loop (T steps, no compaction so that
              every step has the same rows), 3 runs after a warm-up;
-* for D = 1 also the unsharded `strategies.run_loop` (the shard_map overhead at one device).
+* for D = 1 also the unsharded `scaling.loop.run_loop` (the shard_map overhead at one device).
 
 THIS MEASURES OVERHEAD, NOT SPEED-UP: the simulated devices of one process share the same CPU
 cores (2 on the development machine, shared with other jobs), so more devices means the same
@@ -46,6 +46,7 @@ def worker(args) -> dict:
     from scalingar_jax import sharding as SH
     from scalingar_jax.config import GPTConfig, SamplingConfig
     from scalingar_jax.scaling import ScalingARConfig
+    from scalingar_jax.scaling import loop as L
     from scalingar_jax.scaling import strategies as S
 
     D = args.worker
@@ -56,15 +57,15 @@ def worker(args) -> dict:
     params = jax.jit(gpt.init_params, static_argnums=0)(cfg, jax.random.key(args.seed))
     P, N = args.prompts, args.num_candidates
     cond = np.asarray(jax.random.normal(jax.random.key(1), (P, cfg.cls_token_num, cfg.caption_dim)))
-    cond_, mask, pid = S._prepare(cfg, sampling, scaling, cond, None, N, None)
-    spec = S.LoopSpec(cfg, sampling, scaling, "scalingar", N)  # no compaction: equal rows every step
+    cond_, mask, pid = S.prepare(cfg, sampling, scaling, cond, None, N, None)
+    spec = L.LoopSpec(cfg, sampling, scaling, "scalingar", N)  # no compaction: equal rows every step
     mesh = SH.make_mesh(1, D)
     ex = SH.ShardedExecutor(params, cond_, mask, jax.random.key(2), pid, mesh=mesh, num_candidates=N)
-    lspec = S.loop_key(ex.local_spec(spec))
+    lspec = L.loop_key(ex.local_spec(spec))
     s0 = jax.block_until_ready(ex.start(spec))
     stop = SH.put(np.int32(cfg.block_size), mesh, jax.sharding.PartitionSpec())
     t = time.perf_counter()
-    compiled = SH.sharded_run_loop.lower(ex.params, s0, stop, spec=lspec, mesh=mesh).compile()
+    compiled = SH.run_loop.lower(ex.params, s0, stop, spec=lspec, mesh=mesh).compile()
     compile_s = time.perf_counter() - t
 
     def timed(fn, repeat=3):
@@ -79,10 +80,10 @@ def worker(args) -> dict:
     row = {"devices": D, "mesh": f"1x{D}", "P": P, "N": N, "T": cfg.block_size, "rows_per_device": 2 * P * N // D,
            "compile_s": round(compile_s, 3), "step_ms": round(timed(lambda: compiled(ex.params, s0, stop)), 3)}
     if D == 1:
-        s1 = S.start_loop(params, cond_, mask, jax.random.key(2), pid, spec=S.shape_key(spec))
-        key = S.loop_key(spec)
+        s1 = L.start_loop(params, cond_, mask, jax.random.key(2), pid, spec=L.shape_key(spec))
+        key = L.loop_key(spec)
         t = time.perf_counter()
-        c1 = S.run_loop.lower(params, s1, spec=key, stop=jnp.int32(cfg.block_size)).compile()
+        c1 = L.run_loop.lower(params, s1, spec=key, stop=jnp.int32(cfg.block_size)).compile()
         row["unsharded_compile_s"] = round(time.perf_counter() - t, 3)
         row["unsharded_step_ms"] = round(timed(lambda: c1(params, s1, stop=jnp.int32(cfg.block_size))), 3)
     return row

@@ -63,6 +63,7 @@ from runner import (Clock, Run, Runner, compare, group_of, judge, load_pipe, loo
 
 from scalingar_jax.atomic import atomic_write_text  # noqa: E402
 from scalingar_jax.pipeline import Pipeline, generate  # noqa: E402
+from scalingar_jax.scaling import loop as L  # noqa: E402
 from scalingar_jax.scaling import strategies as S  # noqa: E402
 from scalingar_jax.scaling.config import ABLATIONS, ScalingARConfig  # noqa: E402
 from scalingar_jax.stats import (StratifiedBootstrap, auroc, bootstrap_means, finite_ci, percentile_ci,  # noqa: E402
@@ -578,7 +579,7 @@ def exp_efficiency(ctx: Ctx) -> dict:
             per["scalingar"]["loop_seconds"].append(c.seconds)
             per["scalingar"]["tokens"].append(int(np.asarray(out.result.tokens_used)[0]))
             per["scalingar"]["correct"].append(bool(judge(out.images, recs)[0]))
-            sched = S.pool_schedule(out.result.traj["alive"])
+            sched = L.pool_schedule(out.result.traj["alive"])
             per["scalingar"]["mean_mb"].append(float(np.mean([memory[1]["scalingar"][s] for s in sched])) / 2**20)
     rows, res = [], {}
     memory = {P: {**m, "best_of_n_seq": m["base"]} for P, m in memory.items()}  # N runs of the base loop
@@ -653,7 +654,7 @@ def exp_sensitivity(ctx: Ctx) -> dict:
     log(f"sensitivity: {len(records)} prompts ({split}), p {p_values}, delta_rec {d_values}, seeds {seeds}")
     R = ctx.runner
     configs = {f"p={p:g}": dataclasses.replace(ctx.scaling, p=float(p)) for p in p_values}
-    configs |= {f"delta_rec={d:g}": dataclasses.replace(ctx.scaling, delta_rec=float(d)) for d in d_values}
+    configs |= {f"delta_rec={d:g}": dataclasses.replace(ctx.scaling, rebound_threshold=float(d)) for d in d_values}
     runs: dict[str, list[Run]] = {"plain": [], "best_of_n": []}
     for seed in seeds:
         runs["plain"].append(R.token(records, split, "plain", 1, seed))
@@ -693,8 +694,8 @@ def exp_sensitivity(ctx: Ctx) -> dict:
     spread = {axis: max(c["accuracy"]) - min(c["accuracy"]) for axis, c in curves.items()}
     md = [f"Paper: {PAPER['sensitivity']}\n",
           f"{len(records)} prompts ({split} set), N = {N}, seeds {seeds}; one knob varied at a time around the "
-          f"run's config (p = {ctx.scaling.p}, delta_rec = {ctx.scaling.delta_rec}, Delta_rec = "
-          f"{ctx.scaling.Delta_rec}). Reported only: no value is chosen from this table.\n",
+          f"run's config (p = {ctx.scaling.p}, delta_rec = {ctx.scaling.rebound_threshold}, Delta_rec = "
+          f"{ctx.scaling.probation_steps}). Reported only: no value is chosen from this table.\n",
           markdown_table(rows, list(rows[0])), "",
           *[f"- accuracy spread over {axis}: {v:.3f} (compare with the CI half-widths above)" for axis, v in
             spread.items()], "", CI_METHOD]
@@ -703,6 +704,12 @@ def exp_sensitivity(ctx: Ctx) -> dict:
 
 
 TUNE_GRID = {"Delta_rec": [2, 3, 5], "p": [0.2, 0.3, 0.5]}
+GATE_FIELDS = {"Delta_rec": "probation_steps", "p": "p"}  # tune.json's gate labels (paper symbols) -> config fields
+
+
+def with_gate(scaling: ScalingARConfig, gate: dict) -> ScalingARConfig:
+    """`scaling` with a tuned gate {"Delta_rec": ..., "p": ...} (labels as in TUNE_GRID / tune.json)."""
+    return dataclasses.replace(scaling, **{GATE_FIELDS[k]: v for k, v in gate.items()})
 # the base model's CFG scale (LlamaGen t2i default 7.5), chosen first, by the mean accuracy of plain samples
 TUNE_CFG = [2.0, 3.0, 5.0, 7.5]
 TUNE_TIE = 0.02  # dev accuracy within this of the best counts as a tie (gate stage)
@@ -843,7 +850,7 @@ def exp_tune(ctx: Ctx) -> dict:
     records = prompt_set("dev", per_tag)
     grid = [{"Delta_rec": d, "p": p} for d in TUNE_GRID["Delta_rec"] for p in TUNE_GRID["p"]]
     if ctx.args.smoke:
-        grid = [{"Delta_rec": ctx.scaling.Delta_rec, "p": ctx.scaling.p}, {"Delta_rec": 3, "p": ctx.scaling.p}]
+        grid = [{"Delta_rec": ctx.scaling.probation_steps, "p": ctx.scaling.p}, {"Delta_rec": 3, "p": ctx.scaling.p}]
     cfgs = TUNE_CFG[:2] if ctx.args.smoke else TUNE_CFG
     log(f"tune: {len(records)} development prompts, base CFG {cfgs}, then gate grid {grid}, seeds {seeds}")
     R = ctx.runner
@@ -875,7 +882,7 @@ def exp_tune(ctx: Ctx) -> dict:
         for g in grid:
             name = ",".join(f"{k}={v}" for k, v in g.items())
             runs.setdefault(name, []).append(R.token(records, "dev", "scalingar", N, seed, sampling=sampling,
-                                                     scaling=dataclasses.replace(ctx.scaling, **g)))
+                                                     scaling=with_gate(ctx.scaling, g)))
             log(f"tune {name}: {np.mean(runs[name][-1].correct):.3f} tokens {np.mean(runs[name][-1].tokens):.0f}")
     stats, _ = summarize(runs, records, "dev", ctx.B, LABELS)
     cands = [(stats[",".join(f"{k}={v}" for k, v in g.items())], g) for g in grid]
@@ -1074,7 +1081,7 @@ def main(argv=None, pipe: Pipeline | None = None) -> int:
         if t is None:
             raise SystemExit(f"reproduce.py: error: --tuned needs {out / 'tune.json'} (run `reproduce.py tune`)")
         tuned = dict(t["chosen"])
-        scaling = dataclasses.replace(scaling, **tuned)
+        scaling = with_gate(scaling, tuned)
         if "chosen_cfg_scale" in t:  # the base CFG chosen on dev applies to every strategy
             pipe = dataclasses.replace(pipe, sampling=dataclasses.replace(pipe.sampling,
                                                                           cfg_scale=float(t["chosen_cfg_scale"])))

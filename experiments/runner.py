@@ -22,6 +22,7 @@ import numpy as np
 
 from scalingar_jax import stats
 from scalingar_jax.pipeline import Pipeline, generate
+from scalingar_jax.scaling import loop as L
 from scalingar_jax.scaling import strategies as S
 from scalingar_jax.world.pipeline import WORLD_SAMPLING, WORLD_SCALING, load_world_pipeline
 
@@ -327,7 +328,7 @@ class Runner:
 
 
 # ----------------------------------------------------------------------------------------- token-loop cost
-def loop_memory(pipe: Pipeline, spec: S.LoopSpec, P: int, rows: int) -> float:
+def loop_memory(pipe: Pipeline, spec: L.LoopSpec, P: int, rows: int) -> float:
     """Compiled peak bytes of the jitted token loop (arguments + outputs + temporaries - aliased) for P
     prompts with a pool of `rows` model rows (P * N: uncompacted), lowered on abstract inputs
     (nothing allocated)."""
@@ -335,28 +336,28 @@ def loop_memory(pipe: Pipeline, spec: S.LoopSpec, P: int, rows: int) -> float:
     cond = jax.ShapeDtypeStruct((P, cfg.cls_token_num, cfg.caption_dim), jnp.float32)
     mask = jax.ShapeDtypeStruct((P, cfg.cls_token_num), jnp.bool_)
     ids = jax.ShapeDtypeStruct((P,), jnp.int32)
-    state = jax.eval_shape(functools.partial(S.start_loop, spec=spec), pipe.gpt_params, cond, mask,
+    state = jax.eval_shape(functools.partial(L.start_loop, spec=spec), pipe.gpt_params, cond, mask,
                            jax.random.key(0), ids)
     if rows != P * spec.num_candidates:
-        state = jax.eval_shape(functools.partial(S.compact, rows=rows), state)
-    ma = S.run_loop.lower(pipe.gpt_params, state, spec=spec).compile().memory_analysis()
+        state = jax.eval_shape(functools.partial(L.compact, rows=rows), state)
+    ma = L.run_loop.lower(pipe.gpt_params, state, spec=spec).compile().memory_analysis()
     if ma is None:
         return float("nan")
     return float(ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
                  - ma.alias_size_in_bytes)
 
 
-def loop_step_ms(pipe: Pipeline, spec: S.LoopSpec, records: Sequence[dict], W0: int) -> float:
+def loop_step_ms(pipe: Pipeline, spec: L.LoopSpec, records: Sequence[dict], W0: int) -> float:
     """Milliseconds per step of the jitted token loop on records[0] (P = 1) over its first W0 steps
     (before any pruning): the best of 3 timed runs after one compiling run."""
-    s0 = S.start_loop(pipe.gpt_params, *pipe.condition([records[0]["prompt"]]), jax.random.key(0),
+    s0 = L.start_loop(pipe.gpt_params, *pipe.condition([records[0]["prompt"]]), jax.random.key(0),
                       jnp.zeros((1,), jnp.int32), spec=spec)
     sp = dataclasses.replace(spec, stop_at=W0)
-    jax.block_until_ready(S.run_loop(pipe.gpt_params, s0, spec=sp))  # compile
+    jax.block_until_ready(L.run_loop(pipe.gpt_params, s0, spec=sp))  # compile
     ts = []
     for _ in range(3):
         t = time.perf_counter()
-        jax.block_until_ready(S.run_loop(pipe.gpt_params, s0, spec=sp))
+        jax.block_until_ready(L.run_loop(pipe.gpt_params, s0, spec=sp))
         ts.append(time.perf_counter() - t)
     return 1e3 * min(ts) / W0
 

@@ -6,6 +6,7 @@ Entry points:
   scalingar_jax.decode                     prefill / decode_step / jitted generate (plain LlamaGen)
   scalingar_jax.scaling                    pure profile / policy functions for your own jitted loop
   scalingar_jax.scaling.strategies         plain, confidence-only, ScalingAR, Best-of-N, importance sampling
+  scalingar_jax.scaling.loop               the jitted token loop, compaction, executors
   scalingar_jax.checkpoint.load_model      converted LlamaGen checkpoints (see `scalingar convert`)
 """
 from scalingar_jax.config import GPT_PRESETS, GPTConfig, SamplingConfig, gpt_config

@@ -104,8 +104,6 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
 
     if strategy not in S.STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; available: {', '.join(S.STRATEGIES)}")
-    if isinstance(num_candidates, bool) or not isinstance(num_candidates, (int, np.integer)) or num_candidates < 1:
-        raise ValueError(f"num_candidates (N) must be an integer >= 1, got {num_candidates!r}")
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts given")
@@ -116,29 +114,22 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
     scaling = pipe.scaling if scaling is None else scaling
     key = jax.random.key(seed)
     t0 = time.perf_counter()
-    common = dict(key=key, num_candidates=int(num_candidates), sampling=sampling, prompt_ids=prompt_ids,
+    # the run_* entries validate every argument and pick one device or `mesh` (`S.make_executor`)
+    common = dict(key=key, num_candidates=num_candidates, sampling=sampling, prompt_ids=prompt_ids, mesh=mesh,
                   on_progress=on_progress)
-    if mesh is not None:
-        from scalingar_jax import sharding
-
-        common["mesh"] = mesh
-        run_bon, run_is, run_tok = (sharding.sharded_best_of_n, sharding.sharded_importance_sampling,
-                                    sharding.sharded_token_strategy)
-    else:
-        run_bon, run_is, run_tok = S.run_best_of_n, S.run_importance_sampling, S.run_token_strategy
     if strategy in ("best_of_n", "importance_sampling"):
         if pipe.reward is None:
             raise ValueError(f"strategy {strategy!r} needs a reward function and this pipeline has none")
         if first_candidate != 0:
             raise ValueError(f"first_candidate applies to plain, confidence_only and scalingar, not {strategy!r}")
-        fn = run_bon if strategy == "best_of_n" else run_is
+        fn = S.run_best_of_n if strategy == "best_of_n" else S.run_importance_sampling
         res = fn(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, prompts=prompts, reward_fn=pipe.reward,
                  decode_fn=pipe.decode_images, **common, **strategy_kwargs)
     else:
         if strategy_kwargs:
             raise TypeError(f"unexpected arguments for {strategy!r}: {sorted(strategy_kwargs)}")
-        res = run_tok(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, strategy=strategy,
-                      scaling=scaling, compaction=compaction, first_candidate=first_candidate, **common)
+        res = S.run_token_strategy(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, strategy=strategy,
+                                   scaling=scaling, compaction=compaction, first_candidate=first_candidate, **common)
     jax.block_until_ready(res.tokens)
     seconds = time.perf_counter() - t0
     images = pipe.decode_images(np.asarray(res.tokens))

@@ -1,4 +1,6 @@
-"""Meshes, PartitionSpecs, `shard_map`'d strategies and multi-host helpers.
+"""Meshes, PartitionSpecs, the sharded executor (`ShardedExecutor`: the token loop's pieces under
+`shard_map`) and multi-host helpers. Strategies run on a mesh through
+`strategies.run_*(..., mesh=mesh)`.
 
 Mesh axes
 ---------
@@ -20,9 +22,9 @@ Every input is put on a `NamedSharding` of the mesh before the jitted `shard_map
 Loop-state layout (`loop_state_specs`)
 --------------------------------------
 The single-device loop keeps the model's rows in a flat pool (M cond rows, then M uncond rows;
-see `strategies`). Flat rows cannot be split so that a device holds its candidates' cond *and*
+see `scaling.loop`). Flat rows cannot be split so that a device holds its candidates' cond *and*
 uncond rows, so outside `shard_map` the state is held in the *view* layout of
-`strategies.to_view`: every shard's pool as an explicit (2, 1, M) block, side by side in global
+`to_view`: every shard's pool as an explicit (2, 1, M) block, side by side in global
 arrays (logits (2, prompt shards, cand shards * M, V), every per-layer cache buffer and cache
 valid (2, prompt shards, cand shards * M, ...), `owner` (prompt shards, cand shards * M)), and
 every per-candidate array (P, N, ...) with P over ``prompts`` and N over ``cands``. Inside
@@ -65,7 +67,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import re
@@ -79,9 +80,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from scalingar_jax.atomic import atomic_dir
-from scalingar_jax.config import GPTConfig, SamplingConfig
 from scalingar_jax.gpt import KVCache, unstack_layers
-from scalingar_jax.scaling import strategies as S
+from scalingar_jax.scaling import loop as L
 from scalingar_jax.scaling.config import ScalingARConfig
 from scalingar_jax.scaling.profile import ConfidenceState, init_state
 
@@ -145,21 +145,37 @@ def conf_specs(scaling: ScalingARConfig, grid_size: int) -> ConfidenceState:
     return jax.tree.map(lambda x: P(PROMPTS, CANDS) if x.shape[:2] == (2, 3) else P(PROMPTS), shapes)
 
 
-def loop_state_specs(spec: S.LoopSpec) -> S.LoopState:
+def loop_state_specs(spec: L.LoopSpec) -> L.LoopState:
     """PartitionSpecs of a `LoopState` in the view layout (see the module docstring)."""
     pn = P(PROMPTS, CANDS)
     traj = {name: P(None, PROMPTS, CANDS) for name in ("C", "I", "D", "R", "scale", "alive")}
     traj["theta"] = P(None, PROMPTS)
     rows = P(None, PROMPTS, CANDS)
-    kv = (rows,) * spec.cfg.n_layer  # one buffer per layer, rows like the logits
-    return S.LoopState(logits=rows, cache=KVCache(kv, kv, rows), k=P(), keys=pn, row=pn, owner=pn, scale=pn,
-                       conf=conf_specs(spec.scaling, spec.cfg.grid_size), conf_sum=pn, tokens=pn, entropy=pn,
+    kv = (rows,) * spec.gpt_cfg.n_layer  # one buffer per layer, rows like the logits
+    return L.LoopState(logits=rows, cache=KVCache(kv, kv, rows), k=P(), keys=pn, row=pn, owner=pn, scale=pn,
+                       conf=conf_specs(spec.scaling, spec.gpt_cfg.grid_size), conf_sum=pn, tokens=pn, entropy=pn,
                        traj=traj)
 
 
-def loop_state_shardings(mesh: Mesh, spec: S.LoopSpec) -> S.LoopState:
+def loop_state_shardings(mesh: Mesh, spec: L.LoopSpec) -> L.LoopState:
     return jax.tree.map(lambda p: NamedSharding(mesh, p), loop_state_specs(spec),
                         is_leaf=lambda x: isinstance(x, P))
+
+
+def to_view(s: L.LoopState) -> L.LoopState:
+    """Flat pool rows -> an explicit (2, 1, M) row axis per shard: logits (2, 1, M, V), every cache
+    buffer (2, 1, M, ...); owner (M,) -> (1, M). Local reshapes only: the global view arrays are
+    the shards' pools side by side, (2, prompt shards, cand shards * M)."""
+    M = s.owner.shape[0]
+    rows = lambda x: x.reshape(2, 1, M, *x.shape[1:])  # noqa: E731
+    return s.replace(logits=rows(s.logits), cache=s.cache.map_rows(rows), owner=s.owner[None])
+
+
+def from_view(s: L.LoopState) -> L.LoopState:
+    """Inverse of `to_view` (on local arrays: (2, 1, M, ...) -> 2M flat rows)."""
+    M = s.owner.shape[1]
+    rows = lambda x: x.reshape(2 * M, *x.shape[3:])  # noqa: E731
+    return s.replace(logits=rows(s.logits), cache=s.cache.map_rows(rows), owner=s.owner[0])
 
 
 # name pattern -> which dimension is split over "model" (column-parallel: the output features;
@@ -243,7 +259,7 @@ def _start(params, cond, cond_mask, key_data, prompt_ids, first, *, spec, mesh, 
     state = loop_state_specs(spec)
 
     def f(prm, c, kd, pid, fc, m=None):
-        return S.to_view(S.init_loop(prm, c, m, _key(kd, impl), pid, spec, fc))
+        return to_view(L.init_loop(prm, c, m, _key(kd, impl), pid, spec, fc))
 
     args, specs = (params, cond, key_data, prompt_ids, first), (P(), P(PROMPTS), P(), P(PROMPTS), P())
     if cond_mask is not None:
@@ -251,47 +267,47 @@ def _start(params, cond, cond_mask, key_data, prompt_ids, first, *, spec, mesh, 
     return _smap(mesh, f, specs, state)(*args)
 
 
-def _sharded_loop(params, s: S.LoopState, stop, *, spec: S.LoopSpec, mesh: Mesh):
+def _sharded_loop(params, s: L.LoopState, stop, *, spec: L.LoopSpec, mesh: Mesh):
     """The token loop under shard_map. s: view-layout state on the mesh (local spec: per-shard
     `num_candidates`, axes set; see `ShardedExecutor.local_spec`); stop: int32 scalar, leave when
     k reaches it. Returns (state, pool_alive int32 scalar, equal on every shard). Compiles
     once per (spec, mesh, pool size)."""
     def f(prm, st, stp):
-        st = S.loop(prm, S.from_view(st), spec, stp)
-        return S.to_view(st), S.pool_alive(st.conf.alive, spec)
+        st = L.token_loop(prm, from_view(st), spec, stp)
+        return to_view(st), L.pool_alive(st.conf.alive, spec)
 
     state = loop_state_specs(spec)
     return _smap(mesh, f, (P(), state, P()), (state, P()))(params, s, stop)
 
 
-sharded_run_loop = jax.jit(_sharded_loop, static_argnames=("spec", "mesh"))
-sharded_run_loop.__doc__ = _sharded_loop.__doc__
-sharded_advance_loop = jax.jit(_sharded_loop, static_argnames=("spec", "mesh"), donate_argnames=("s",))
-sharded_advance_loop.__doc__ = "`sharded_run_loop` that donates `s` (the state is updated in place; `s` is invalid after)."
+run_loop = jax.jit(_sharded_loop, static_argnames=("spec", "mesh"))
+run_loop.__doc__ = _sharded_loop.__doc__ + " `s` stays valid (inspection, benchmarks)."
+run_loop_in_place = jax.jit(_sharded_loop, static_argnames=("spec", "mesh"), donate_argnames=("s",))
+run_loop_in_place.__doc__ = "`run_loop` that donates `s` (the state is updated in place; `s` is invalid after)."
 
 
 @functools.partial(jax.jit, static_argnames=("rows", "spec", "mesh"))
-def sharded_compact(s: S.LoopState, *, rows: int, spec: S.LoopSpec, mesh: Mesh) -> S.LoopState:
+def _compact(s: L.LoopState, *, rows: int, spec: L.LoopSpec, mesh: Mesh) -> L.LoopState:
     """Per-shard compaction into a pool of `rows` rows per shard (every shard the same size)."""
     state = loop_state_specs(spec)
-    return _smap(mesh, lambda st: S.to_view(S.compact_local(S.from_view(st), rows)), (state,), state)(s)
+    return _smap(mesh, lambda st: to_view(L.compact(from_view(st), rows)), (state,), state)(s)
 
 
-def _unpad(res: S.StrategyResult, P_: int, N: int) -> S.StrategyResult:
+def _unpad(res: L.StrategyResult, P_: int, N: int) -> L.StrategyResult:
     traj = {k: (v[:, :P_] if k == "theta" else v[:, :P_, :N]) for k, v in res.traj.items()}
-    return S.StrategyResult(tokens=res.tokens[:P_], winner=res.winner[:P_], tokens_used=res.tokens_used[:P_],
+    return L.StrategyResult(tokens=res.tokens[:P_], winner=res.winner[:P_], tokens_used=res.tokens_used[:P_],
                             all_tokens=res.all_tokens[:P_, :N], entropy=res.entropy[:P_, :N],
                             terminated_at=res.terminated_at[:P_, :N], score=res.score[:P_, :N], traj=traj)
 
 
 @functools.partial(jax.jit, static_argnames=("strategy", "spec", "mesh", "num_prompts", "num_real"))
-def _finish(s: S.LoopState, *, strategy, spec, mesh, num_prompts, num_real):
+def _finish(s: L.LoopState, *, strategy, spec, mesh, num_prompts, num_real):
     state = loop_state_specs(spec)
-    winner, score, used = _smap(mesh, lambda st: S.finish_local(S.from_view(st), strategy, spec), (state,),
+    winner, score, used = _smap(mesh, lambda st: L.select(from_view(st), strategy, spec), (state,),
                                 (P(PROMPTS), P(PROMPTS, CANDS), P(PROMPTS)))(s)
     # replicated (every process reads it), then unpadded: constraining after the slice trips
     # XLA's SPMD partitioner (shape mismatch) when P is padded on the prompts axis.
-    res = jax.lax.with_sharding_constraint(S._result(s, winner, score, used), NamedSharding(mesh, P()))
+    res = jax.lax.with_sharding_constraint(L.result(s, winner, score, used), NamedSharding(mesh, P()))
     return _unpad(res, num_prompts, num_real)
 
 
@@ -301,7 +317,7 @@ def _replicate(x, *, mesh):
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "mesh"))
-def resample_view(s: S.LoopState, idx, *, spec: S.LoopSpec, mesh: Mesh) -> S.LoopState:
+def resample_view(s: L.LoopState, idx, *, spec: L.LoopSpec, mesh: Mesh) -> L.LoopState:
     """Importance-sampling copy on the *global* view arrays (jit level, outside shard_map): every
     candidate slot (p, n) takes the state of slot idx[p, n] of the same prompt, wherever it lives;
     keys stay with the slot. idx: (P, N) int32 global candidate ids. The output is constrained to
@@ -344,13 +360,14 @@ def _local(tree):
 
 # ------------------------------------------------------------------------------ executor
 class ShardedExecutor:
-    """Drop-in replacement of `strategies.LocalExecutor` running the loop under `shard_map` on
-    `mesh`. Pads P and N to multiples of the mesh axes (see the module docstring); every method
-    takes and returns unpadded, unsharded quantities except the loop state itself.
+    """The `loop.Executor` running the loop under `shard_map` on `mesh` (`strategies.make_executor`
+    builds it). Pads P and N to multiples of the mesh axes (see the module docstring); every
+    method takes and returns unpadded, unsharded quantities except the loop state itself.
 
-    cond (P, ...), cond_mask (P, cls) or None, prompt_ids (P,): host arrays, the same on every
-    process. params: a tree of host/device arrays (replicated onto the mesh) or the output of
-    `shard_params(params, mesh, ...)` (used as placed)."""
+    cond (P, ...), cond_mask (P, cls) or None, prompt_ids (P,): as `strategies.prepare` returns
+    them, the same on every process; first_candidate: int >= 0. params: a tree of host/device
+    arrays (replicated onto the mesh) or the output of `shard_params(params, mesh, ...)` (used as
+    placed)."""
 
     def __init__(self, params, cond, cond_mask, key, prompt_ids, *, mesh: Mesh, num_candidates: int,
                  first_candidate: int = 0):
@@ -375,97 +392,40 @@ class ShardedExecutor:
         else:
             self.impl, data = None, key
         self.key_data = put(np.asarray(data), mesh, P())
-        self.first_candidate = put(np.int32(S.check_first_candidate(first_candidate)), mesh, P())  # id of slot 0
+        self.first_candidate = put(np.int32(first_candidate), mesh, P())  # id of slot 0
 
-    def local_spec(self, spec: S.LoopSpec) -> S.LoopSpec:
+    def local_spec(self, spec: L.LoopSpec) -> L.LoopSpec:
         """The per-shard spec: N0 per candidate shard, padding marked, axes named."""
         if spec.num_candidates != self.N:
             raise ValueError(f"spec has {spec.num_candidates} candidates, executor {self.N}")
         return dataclasses.replace(spec, num_candidates=self.N_local, num_real=self.N if self.N_pad > self.N else -1,
                                    prompt_axis=PROMPTS, cand_axis=CANDS)
 
-    def start(self, spec: S.LoopSpec) -> S.LoopState:
+    def start(self, spec: L.LoopSpec) -> L.LoopState:
         return _start(self.params, self.cond, self.cond_mask, self.key_data, self.prompt_ids, self.first_candidate,
-                      spec=S.shape_key(self.local_spec(spec)), mesh=self.mesh, impl=self.impl)
+                      spec=L.shape_key(self.local_spec(spec)), mesh=self.mesh, impl=self.impl)
 
-    def drive(self, s: S.LoopState, spec: S.LoopSpec, on_progress=None) -> S.LoopState:
-        lspec = S.loop_key(self.local_spec(spec))
-        end = spec.T if spec.stop_at < 0 else spec.stop_at
-        stop = put(np.int32(end), self.mesh, P())
-        while True:
-            s, alive = sharded_advance_loop(self.params, s, stop, spec=lspec, mesh=self.mesh)
-            k = int(s.k)
-            if on_progress is not None:
-                on_progress(k)
-            if k >= end:
-                return s
-            s = sharded_compact(s, rows=S.bucket(int(alive), lspec.buckets), spec=S.shape_key(lspec), mesh=self.mesh)
+    def advance(self, s: L.LoopState, spec: L.LoopSpec, stop: int) -> tuple[L.LoopState, int, jax.Array]:
+        s, alive = run_loop_in_place(self.params, s, put(np.int32(stop), self.mesh, P()),
+                                     spec=L.loop_key(self.local_spec(spec)), mesh=self.mesh)
+        return s, int(s.k), alive
 
-    def tokens(self, s: S.LoopState) -> np.ndarray:
+    def compact(self, s: L.LoopState, rows: int, spec: L.LoopSpec) -> L.LoopState:
+        return _compact(s, rows=rows, spec=L.shape_key(self.local_spec(spec)), mesh=self.mesh)
+
+    def tokens(self, s: L.LoopState) -> np.ndarray:
         return np.asarray(_replicate(s.tokens, mesh=self.mesh))[: self.P, : self.N]
 
-    def resample(self, s: S.LoopState, idx: np.ndarray, spec: S.LoopSpec) -> S.LoopState:
+    def resample(self, s: L.LoopState, idx: np.ndarray, spec: L.LoopSpec) -> L.LoopState:
         full = np.broadcast_to(np.arange(self.N_pad, dtype=np.int32), (self.P_pad, self.N_pad)).copy()
         full[: self.P, : self.N] = np.asarray(idx, np.int32)  # padding slots keep themselves (stay dead)
-        return resample_view(s, put(full, self.mesh, P(PROMPTS)), spec=S.shape_key(self.local_spec(spec)),
+        return resample_view(s, put(full, self.mesh, P(PROMPTS)), spec=L.shape_key(self.local_spec(spec)),
                              mesh=self.mesh)
 
-    def finish(self, s: S.LoopState, strategy: str, spec: S.LoopSpec) -> S.StrategyResult:
-        res = _finish(s, strategy=strategy, spec=S.shape_key(self.local_spec(spec)), mesh=self.mesh, num_prompts=self.P,
+    def finish(self, s: L.LoopState, strategy: str, spec: L.LoopSpec) -> L.StrategyResult:
+        res = _finish(s, strategy=strategy, spec=L.shape_key(self.local_spec(spec)), mesh=self.mesh, num_prompts=self.P,
                       num_real=self.N)
         return _local(res)
-
-
-def _executor(params, cfg, sampling, scaling, cond, cond_mask, key, prompt_ids, mesh, num_candidates,
-              first_candidate=0):
-    _check_mesh(mesh)
-    cond, cond_mask, prompt_ids = S._prepare(cfg, sampling, scaling, cond, cond_mask, num_candidates, prompt_ids)
-    ex = ShardedExecutor(params, cond, cond_mask, key, prompt_ids, mesh=mesh, num_candidates=num_candidates,
-                         first_candidate=first_candidate)
-    return ex, prompt_ids
-
-
-def sharded_token_strategy(params, cfg: GPTConfig, cond, cond_mask=None, *, mesh: Mesh, key,
-                           strategy: str = "scalingar", num_candidates: int = 8,
-                           sampling: SamplingConfig = SamplingConfig(), scaling: ScalingARConfig = ScalingARConfig(),
-                           compaction: bool | str = True, prompt_ids=None, first_candidate: int = 0,
-                           on_progress=None) -> S.StrategyResult:
-    """`strategies.run_token_strategy` on a mesh: same arguments plus `mesh` (from `make_mesh`),
-    same `StrategyResult` (bit-identical tokens, winners, token counts; arrays on the default
-    device of every process). P and N need not divide the mesh axes (padding)."""
-    S._check_token_strategy(strategy)
-    ex, _ = _executor(params, cfg, sampling, scaling, cond, cond_mask, key, prompt_ids, mesh, num_candidates,
-                      first_candidate)
-    spec = S.token_spec(cfg, sampling, scaling, strategy, num_candidates, compaction)
-    return S.token_strategy_with(ex, spec, strategy, on_progress)
-
-
-def sharded_best_of_n(params, cfg: GPTConfig, cond, cond_mask=None, *, mesh: Mesh, prompts: Sequence[str], key,
-                      reward_fn, decode_fn, num_candidates: int = 8, sampling: SamplingConfig = SamplingConfig(),
-                      prompt_ids=None, on_progress=None) -> S.StrategyResult:
-    """`strategies.run_best_of_n` on a mesh (the reward runs on the host of every process)."""
-    ex, _ = _executor(params, cfg, sampling, ScalingARConfig(), cond, cond_mask, key, prompt_ids, mesh,
-                      num_candidates)
-    S._check_prompts(prompts, ex.P)
-    spec = S.token_spec(cfg, sampling, ScalingARConfig(), "plain", num_candidates, False)
-    return S.best_of_n_with(ex, spec, prompts, decode_fn, reward_fn, on_progress)
-
-
-def sharded_importance_sampling(params, cfg: GPTConfig, cond, cond_mask=None, *, mesh: Mesh,
-                                prompts: Sequence[str], key, reward_fn, decode_fn, num_candidates: int = 8,
-                                sampling: SamplingConfig = SamplingConfig(), checkpoints=(0.25, 0.5, 0.75),
-                                tau: float = 0.1, fill_code: int = 0, prompt_ids=None,
-                                on_progress=None) -> S.StrategyResult:
-    """`strategies.run_importance_sampling` on a mesh. The resampling copy runs at the jit level
-    on the global arrays (`resample_view`), so a slot may take a source candidate from another
-    device."""
-    cps = S.is_checkpoints(cfg, checkpoints, tau, fill_code)
-    ex, prompt_ids = _executor(params, cfg, sampling, ScalingARConfig(), cond, cond_mask, key, prompt_ids, mesh,
-                               num_candidates)
-    S._check_prompts(prompts, ex.P)
-    spec = S.token_spec(cfg, sampling, ScalingARConfig(), "plain", num_candidates, False)
-    return S.importance_sampling_with(ex, spec, prompts, decode_fn, reward_fn, key=key, prompt_ids=prompt_ids,
-                                      cps=cps, tau=tau, fill_code=fill_code, on_progress=on_progress)
 
 
 # ------------------------------------------------------------------------------ multi-host
@@ -540,8 +500,3 @@ def merge_geneval_folders(parts: Sequence[str | os.PathLike], out: str | os.Path
             shutil.copytree(folder, os.path.join(tmp, n))
     return out
 
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The records of a JSON-lines prompt file (blank lines skipped)."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]

@@ -40,7 +40,7 @@ from scalingar_jax.world.geneval_io import write_prompt_folder  # noqa: E402
 CFG = GPTConfig(model_type="t2i", n_layer=1, n_head=2, dim=16, vocab_size=32, cls_token_num=3, caption_dim=4,
                 grid_size=4, multiple_of=16)
 SAMPLING = SamplingConfig(cfg_scale=3.0)
-AGGRESSIVE = ScalingARConfig(p=0.9, Delta_rec=1, delta_rec=10.0, lam_theta=1.0)
+AGGRESSIVE = ScalingARConfig(p=0.9, probation_steps=1, rebound_threshold=10.0, lam_theta=1.0)
 RECORDS = [{"tag": "single_object", "include": [{"class": c, "count": 1}], "prompt": f"a photo of a {c}"}
            for c in ("bench", "cow", "bicycle", "clock")]
 
@@ -74,13 +74,13 @@ def main():
     # 1. one global mesh over both processes' devices; candidates split across processes.
     mesh = SH.make_mesh(1, 8)
     cond = cond_of(3)
-    res = SH.sharded_token_strategy(params, CFG, cond, mesh=mesh, num_candidates=6, scaling=AGGRESSIVE, **kw)
+    res = S.run_token_strategy(params, CFG, cond, mesh=mesh, num_candidates=6, scaling=AGGRESSIVE, **kw)
     ref = S.run_token_strategy(params, CFG, cond, num_candidates=6, scaling=AGGRESSIVE, **kw)
     report["global_scalingar_equal"] = same(res, ref)
     report["global_scalingar_pruned"] = int(np.sum(np.asarray(ref.terminated_at) >= 0))
     isk = dict(prompts=["a", "b"], reward_fn=fake_reward, decode_fn=fake_decode, num_candidates=8,
                checkpoints=(0.5,), **kw)
-    res = SH.sharded_importance_sampling(params, CFG, cond_of(2), mesh=mesh, **isk)
+    res = S.run_importance_sampling(params, CFG, cond_of(2), mesh=mesh, **isk)
     ref = S.run_importance_sampling(params, CFG, cond_of(2), **isk)
     report["global_is_equal"] = same(res, ref)
 
@@ -88,8 +88,8 @@ def main():
     local_mesh = SH.make_mesh(1, 4, devices=jax.local_devices())
     share = SH.split_prompts(RECORDS, jax.process_index(), jax.process_count())
     idx = [i for i, _ in share]
-    res = SH.sharded_token_strategy(params, CFG, cond_of(len(idx), offset=idx[0]), mesh=local_mesh,
-                                    num_candidates=4, scaling=AGGRESSIVE, prompt_ids=np.asarray(idx), **kw)
+    res = S.run_token_strategy(params, CFG, cond_of(len(idx), offset=idx[0]), mesh=local_mesh,
+                               num_candidates=4, scaling=AGGRESSIVE, prompt_ids=np.asarray(idx), **kw)
     images = fake_decode(np.asarray(res.tokens))
     for j, (i, rec) in enumerate(share):
         write_prompt_folder(os.path.join(out_dir, f"part{pid}"), i, rec, [images[j]], world=False)

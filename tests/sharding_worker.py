@@ -54,7 +54,7 @@ from scalingar_jax.scaling import strategies as S  # noqa: E402
 CFG = GPTConfig(model_type="t2i", n_layer=1, n_head=2, dim=16, vocab_size=32, cls_token_num=3, caption_dim=4,
                 grid_size=4, multiple_of=16)
 SAMPLING = SamplingConfig(cfg_scale=3.0)
-AGGRESSIVE = ScalingARConfig(p=0.9, Delta_rec=1, delta_rec=10.0, lam_theta=1.0)
+AGGRESSIVE = ScalingARConfig(p=0.9, probation_steps=1, rebound_threshold=10.0, lam_theta=1.0)
 EXACT = ("tokens", "winner", "tokens_used", "all_tokens", "terminated_at")
 
 
@@ -72,21 +72,16 @@ def cond_of(P, seed=0):
 
 
 def run(strategy, params, cond, N, mesh=None, **extra):
-    kw = dict(key=jax.random.key(3), num_candidates=N, sampling=SAMPLING, **extra)
-    if mesh is not None:
-        kw["mesh"] = mesh
+    kw = dict(key=jax.random.key(3), num_candidates=N, sampling=SAMPLING, mesh=mesh, **extra)
     prompts = [f"p{i}" for i in range(cond.shape[0])]
     if strategy in ("plain", "confidence_only", "scalingar"):
-        if mesh is None:  # the masked reference (== compacted, tests/test_strategies.py): one loop compile
-            return S.run_token_strategy(params, CFG, cond, strategy=strategy, scaling=AGGRESSIVE, compaction=False,
-                                        **kw)
-        return SH.sharded_token_strategy(params, CFG, cond, strategy=strategy, scaling=AGGRESSIVE, **kw)
+        # the single-device reference is masked (== compacted, tests/test_strategies.py): one loop compile
+        return S.run_token_strategy(params, CFG, cond, strategy=strategy, scaling=AGGRESSIVE,
+                                    compaction=mesh is not None, **kw)
     if strategy == "best_of_n":
-        fn = S.run_best_of_n if mesh is None else SH.sharded_best_of_n
-        return fn(params, CFG, cond, prompts=prompts, reward_fn=fake_reward, decode_fn=fake_decode, **kw)
-    fn = S.run_importance_sampling if mesh is None else SH.sharded_importance_sampling
-    return fn(params, CFG, cond, prompts=prompts, reward_fn=fake_reward, decode_fn=fake_decode,
-              checkpoints=(0.5,), **kw)
+        return S.run_best_of_n(params, CFG, cond, prompts=prompts, reward_fn=fake_reward, decode_fn=fake_decode, **kw)
+    return S.run_importance_sampling(params, CFG, cond, prompts=prompts, reward_fn=fake_reward, decode_fn=fake_decode,
+                                     checkpoints=(0.5,), **kw)
 
 
 def compare(ref, res):
@@ -123,8 +118,8 @@ def model_axis_check(params, ref_loop):
             "hlo_collectives": sorted({op for op in ("all-reduce", "all-gather", "reduce-scatter", "all-to-all")
                                        if op in hlo})}
         if shape == (2, 1, 4):  # the whole ScalingAR loop with model-split weights (manual over prompts/cands)
-            res = SH.sharded_token_strategy(sp, CFG, cond_of(2), mesh=mesh, key=jax.random.key(3), num_candidates=8,
-                                            sampling=SAMPLING, scaling=AGGRESSIVE, compaction=False)
+            res = S.run_token_strategy(sp, CFG, cond_of(2), mesh=mesh, key=jax.random.key(3), num_candidates=8,
+                                       sampling=SAMPLING, scaling=AGGRESSIVE, compaction=False)
             entry["loop_tokens_equal"] = bool(np.array_equal(res.tokens, ref_loop.tokens))
             entry["loop_winner_equal"] = bool(np.array_equal(res.winner, ref_loop.winner))
     return out
@@ -166,18 +161,18 @@ def main():
     # compile once per bucket: a second ScalingAR run with other prompts compiles nothing new
     mesh = SH.make_mesh(2, 4)
     COMPILES.names.clear()
-    SH.sharded_token_strategy(params, CFG, cond_of(2, seed=5), mesh=mesh, key=jax.random.key(3), num_candidates=8,
-                              sampling=SAMPLING, scaling=AGGRESSIVE)
+    S.run_token_strategy(params, CFG, cond_of(2, seed=5), mesh=mesh, key=jax.random.key(3), num_candidates=8,
+                         sampling=SAMPLING, scaling=AGGRESSIVE)
     report["compiles_second_run"] = list(COMPILES.names)
     # "fine" buckets (3 * 2**k pools too) on the padded setup: same results, more loop calls
     seen = []
-    res = SH.sharded_token_strategy(params, CFG, cond_of(3), mesh=mesh, key=jax.random.key(3), num_candidates=6,
-                                    sampling=SAMPLING, scaling=AGGRESSIVE, compaction="fine", on_progress=seen.append)
+    res = S.run_token_strategy(params, CFG, cond_of(3), mesh=mesh, key=jax.random.key(3), num_candidates=6,
+                               sampling=SAMPLING, scaling=AGGRESSIVE, compaction="fine", on_progress=seen.append)
     report["fine_buckets"] = dict(compare(refs[("scalingar", 3, 6)], res), loop_calls=len(seen),
                                   pow2_loop_calls=report["cases"]["scalingar/2x4/P3N6"]["loop_calls"])
     # first_candidate: candidates 4..7 of the 8 on a padded mesh (3 on 2 candidate shards + padding)
-    part = SH.sharded_token_strategy(params, CFG, cond_of(2), mesh=SH.make_mesh(1, 2), key=jax.random.key(3),
-                                     num_candidates=3, sampling=SAMPLING, strategy="plain", first_candidate=4)
+    part = S.run_token_strategy(params, CFG, cond_of(2), mesh=SH.make_mesh(1, 2), key=jax.random.key(3),
+                                num_candidates=3, sampling=SAMPLING, strategy="plain", first_candidate=4)
     report["first_candidate"] = bool(np.array_equal(np.asarray(part.all_tokens),
                                                     np.asarray(refs[("plain", 2, 8)].all_tokens)[:, 4:7]))
     t = time.time()

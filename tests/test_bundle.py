@@ -41,23 +41,23 @@ def test_manifest_of_a_new_world(world):
     assert b.kind == "shapes-world" and b.image_size == 16
     assert dict(b.parts) == {"vq": "vq", "gpt": "gpt", "text": "text", "reward": "reward"}
     assert b.sampling == SamplingConfig(cfg_scale=2.0, temperature=1.0, top_k=16, top_p=1.0)
-    assert b.scaling == ScalingARConfig(Delta_rec=2, p=0.2)
+    assert b.scaling == ScalingARConfig(probation_steps=2, p=0.2)
 
 
 def test_embedded_bundle_manifest_reads():
     b = read_bundle(PKG.parent / "checkpoints" / "shapes")
     assert b.kind == "shapes-world" and b.image_size == 48 and b.has_part("reward")
-    assert b.sampling.cfg_scale == 2.0 and b.scaling.Delta_rec == 2
+    assert b.sampling.cfg_scale == 2.0 and b.scaling.probation_steps == 2
 
 
 def test_defaults_come_from_the_bundle(world, tmp_path):
     def edit(rec):
         rec["sampling"] = {"cfg_scale": 3.5, "temperature": 0.9, "top_k": 7, "top_p": 0.95}
-        rec["scaling"] = {"Delta_rec": 3, "p": 0.3}
+        rec["scaling"] = {"probation_steps": 3, "p": 0.3}
         rec["name"] = "edited"
     pipe = load_pipeline(_copy(world, tmp_path, edit))
     assert pipe.sampling == SamplingConfig(cfg_scale=3.5, temperature=0.9, top_k=7, top_p=0.95)
-    assert pipe.scaling == ScalingARConfig(Delta_rec=3, p=0.3) and pipe.name == "edited"
+    assert pipe.scaling == ScalingARConfig(probation_steps=3, p=0.3) and pipe.name == "edited"
     assert pipe.image_size == 16 and pipe.reward is not None
     # keyword arguments and CLI flags override the bundle, field by field for the flags
     assert load_pipeline(world, sampling=SamplingConfig(cfg_scale=1.5)).sampling == SamplingConfig(cfg_scale=1.5)

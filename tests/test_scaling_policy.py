@@ -29,8 +29,8 @@ T = G * G
 S_BASE = 4.0
 
 _quantile = jax.jit(masked_quantile, static_argnames="p")
-_term = jax.jit(update_termination, static_argnames=("cfg", "total_steps", "axis_name"))
-_step = jax.jit(scalingar_step, static_argnames=("cfg", "total_steps", "grid_size", "axis_name"))
+_term = jax.jit(update_termination, static_argnames=("scaling", "total_steps", "axis_name"))
+_step = jax.jit(scalingar_step, static_argnames=("scaling", "total_steps", "grid_size", "axis_name"))
 
 
 def _logits_at(key, t, scale, ninf, temp, bf16):
@@ -68,12 +68,12 @@ def _rollout(cfg, key, scale, ninf, bf16=False):
 # name -> (cfg, bf16 inputs). Aggressive settings so that pruning and the min-survivor rule are
 # exercised within 16 steps. Each entry is one compile of `_rollout`: keep the list short.
 CFGS = {
-    "default_fast": (ScalingARConfig(Delta_rec=2), False),
-    "aggressive": (ScalingARConfig(Delta_rec=1, p=0.9, delta_rec=10.0, min_survivors=2), False),
+    "default_fast": (ScalingARConfig(probation_steps=2), False),
+    "aggressive": (ScalingARConfig(probation_steps=1, p=0.9, rebound_threshold=10.0, min_survivors=2), False),
     "aggr_no_tok_bf16": (ScalingARConfig.ablation(
-        "no_token_level", Delta_rec=1, p=1.0, delta_rec=1e6, warmup_frac=0.5, min_survivors=3), True),
+        "no_token_level", probation_steps=1, p=1.0, rebound_threshold=1e6, warmup_frac=0.5, min_survivors=3), True),
     "aggr_sched_only": (ScalingARConfig.ablation(
-        "scheduler_only", Delta_rec=1, p=1.0, delta_rec=1e6), False),
+        "scheduler_only", probation_steps=1, p=1.0, rebound_threshold=1e6), False),
 }
 
 
@@ -134,7 +134,7 @@ def _term_state(cfg, C, alive=None, prob=None, R=None, theta=10.0):
 
 
 def test_min_survivors_keeps_highest_C_with_id_tie_break():
-    cfg = ScalingARConfig(Delta_rec=1, min_survivors=2)
+    cfg = ScalingARConfig(probation_steps=1, min_survivors=2)
     step = jnp.int32(10)
     # everyone reaches Delta_rec at once: keep the two highest C; tie at 0.5 -> lowest ids
     out = _term(cfg, _term_state(cfg, [0.5, 0.3, 0.5, 0.5]), step, total_steps=T)
@@ -152,7 +152,7 @@ def test_min_survivors_keeps_highest_C_with_id_tie_break():
 
 
 def test_probation_hysteresis_counts_and_resets():
-    cfg = ScalingARConfig(Delta_rec=3)
+    cfg = ScalingARConfig(probation_steps=3)
     # cand 0: C<theta, R<delta -> probation; cand 1: rebounding (R >= delta) -> resets;
     # cand 2: above theta -> resets; cand 3: on probation, reaches Delta_rec -> terminated
     s = _term_state(cfg, [0.1, 0.1, 0.9, 0.1], R=[0.0, 0.06, 0.0, 0.01], prob=[0, 2, 2, 2],
@@ -164,7 +164,7 @@ def test_probation_hysteresis_counts_and_resets():
 
 
 def test_warmup_timeline_and_theta_init():
-    cfg = ScalingARConfig(Delta_rec=1, delta_rec=10.0)  # W0 = ceil(0.125*16) = 2
+    cfg = ScalingARConfig(probation_steps=1, rebound_threshold=10.0)  # W0 = ceil(0.125*16) = 2
     C = [0.1, 0.2, 0.3, 0.4]
     s = _term_state(cfg, C, theta=0.0).replace(theta_ready=jnp.zeros((1,), bool))
     out0 = _term(cfg, s, jnp.int32(0), total_steps=16)
@@ -203,7 +203,7 @@ def _check_rollout(cfg, state, hist, s_base=S_BASE):
     assert not np.any(alive[1:] & ~alive[:-1]), "a candidate came back to life"
     assert np.all(alive.sum(-1) >= min(cfg.min_survivors, N))
     W0 = cfg.warmup_steps(T)
-    assert alive[: W0 + cfg.Delta_rec - 1].all(), "pruned during warm-up"
+    assert alive[: W0 + cfg.probation_steps - 1].all(), "pruned during warm-up"
     term = np.asarray(state.terminated_at)
     final = alive[-1]
     assert np.all((term >= 0) == ~final)
@@ -285,7 +285,7 @@ def _merge(tree):
 
 
 def test_axis_name_step_equals_unsharded():
-    cfg = ScalingARConfig(Delta_rec=1, p=0.9, delta_rec=10.0, min_survivors=2)
+    cfg = ScalingARConfig(probation_steps=1, p=0.9, rebound_threshold=10.0, min_survivors=2)
     Pn, Nn, S = 2, 6, 3
     ref = init_state(cfg, Pn, Nn, G)
     axes = jax.tree.map(lambda x: 1 if x.ndim >= 2 else None, ref)
@@ -317,7 +317,7 @@ _SHARD_MAP_SCRIPT = textwrap.dedent("""
     from jax.sharding import Mesh, PartitionSpec as PS
     from scalingar_jax.scaling import ScalingARConfig, init_state, scalingar_step
     assert jax.device_count() == 2
-    cfg = ScalingARConfig(Delta_rec=1, p=0.9, delta_rec=10.0, min_survivors=2)
+    cfg = ScalingARConfig(probation_steps=1, p=0.9, rebound_threshold=10.0, min_survivors=2)
     P, N, V, G = 2, 4, 16, 4
     mesh = Mesh(np.array(jax.devices()), ("cand",))
     st0 = init_state(cfg, P, N, G)

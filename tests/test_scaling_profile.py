@@ -25,7 +25,7 @@ from scalingar_jax.scaling import (
 VOCABS = (2, 5, 1000, 16384)  # few shapes: each is one compile
 _token_stats = jax.jit(token_stats)
 _kl = jax.jit(kl_divergence)
-_update = jax.jit(update_profile, static_argnames=("cfg", "grid_size", "axis_name"))
+_update = jax.jit(update_profile, static_argnames=("scaling", "grid_size", "axis_name"))
 
 
 def _logits(seed, shape, scale=1.0, ninf_frac=0.0, dtype=np.float32):
@@ -45,7 +45,7 @@ def test_config_defaults_are_the_spec_numbers():
     assert (c.w_tok, c.w_blk, c.lam_I, c.wI, c.wD) == (0.65, 0.35, 0.2, 0.75, 0.25)
     assert c.entropy_source == "cond"
     assert (c.alpha, c.beta, c.gamma, c.s_min, c.s_max) == (0.3, 0.4, 0.4, 1.0, None)
-    assert (c.warmup_frac, c.p, c.lam_theta, c.delta_rec, c.Delta_rec, c.min_survivors) == (
+    assert (c.warmup_frac, c.p, c.lam_theta, c.rebound_threshold, c.probation_steps, c.min_survivors) == (
         0.125, 0.2, 0.2, 0.05, 32, 1)
     assert c.resolved_s_max(7.5) == 15.0
     assert c.warmup_steps(1024) == 128 and c.warmup_steps(256) == 32
@@ -81,7 +81,7 @@ def test_ablation_presets():
         ({"w_blk": -1.0}, "w_blk"),
         ({"alpha": -0.3}, "alpha"),
         ({"min_survivors": 0}, "min_survivors"),
-        ({"Delta_rec": 0}, "Delta_rec"),
+        ({"probation_steps": 0}, "Delta_rec"),
         ({"block_size": 0}, "block_size"),
         ({"eps": 0.0}, "eps"),
         ({"s_min": 2.0, "s_max": 1.0}, "s_max"),
@@ -97,8 +97,8 @@ def test_config_rejects_bad_values(kwargs, match):
 
 
 def test_config_type_and_grid_checks():
-    with pytest.raises(TypeError, match="Delta_rec"):
-        ScalingARConfig(Delta_rec=3.0)
+    with pytest.raises(TypeError, match="probation_steps"):
+        ScalingARConfig(probation_steps=3.0)
     with pytest.raises(TypeError, match="use_scheduler"):
         ScalingARConfig(use_scheduler=1)
     with pytest.raises(ValueError, match="larger than grid_size"):

@@ -23,6 +23,7 @@ from scalingar_jax import gpt
 from scalingar_jax import sharding as SH
 from scalingar_jax.config import GPTConfig, SamplingConfig
 from scalingar_jax.scaling import ScalingARConfig
+from scalingar_jax.scaling import loop as L
 from scalingar_jax.scaling import strategies as S
 from scalingar_jax.world.geneval_io import write_prompt_folder
 
@@ -156,8 +157,8 @@ def test_specs_match_the_view_layout_and_param_rules():
     params = gpt.init_params(CFG, jax.random.key(0))
     spec = S.token_spec(CFG, SamplingConfig(cfg_scale=3.0), ScalingARConfig(), "scalingar", 3, True)
     cond = jnp.zeros((2, CFG.cls_token_num, CFG.caption_dim))
-    s = S.start_loop(params, cond, None, jax.random.key(0), jnp.arange(2), spec=spec)
-    view = S.to_view(s)
+    s = L.start_loop(params, cond, None, jax.random.key(0), jnp.arange(2), spec=spec)
+    view = SH.to_view(s)
     specs = SH.loop_state_specs(spec)
     is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
     assert jax.tree.structure(view) == jax.tree.structure(specs, is_leaf=is_spec)
@@ -168,7 +169,7 @@ def test_specs_match_the_view_layout_and_param_rules():
         sizes = {"prompts": 1, "cands": 6} if any(x is y for y in pool) else {"prompts": 2, "cands": 3}
         for dim, name in enumerate(p):
             assert name is None or x.shape[dim] == sizes[name], (x.shape, p)
-    back = S.from_view(view)
+    back = SH.from_view(view)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                  s.replace(keys=None), back.replace(keys=None))
     ps = SH.param_specs(params, "model", 8)
@@ -185,10 +186,10 @@ def test_sharded_rejects_bad_input():
     params = gpt.init_params(CFG, jax.random.key(0))
     cond = jnp.zeros((2, CFG.cls_token_num, CFG.caption_dim))
     with pytest.raises(TypeError, match="Mesh"):
-        SH.sharded_token_strategy(params, CFG, cond, mesh="2x4", key=jax.random.key(0))
+        S.run_token_strategy(params, CFG, cond, mesh="2x4", key=jax.random.key(0))
     with pytest.raises(ValueError, match="num_candidates"):
-        SH.sharded_token_strategy(params, CFG, cond, mesh=SH.make_mesh(1, 1), key=jax.random.key(0),
-                                  num_candidates=0)
+        S.run_token_strategy(params, CFG, cond, mesh=SH.make_mesh(1, 1), key=jax.random.key(0),
+                             num_candidates=0)
     with pytest.raises(ValueError, match="strategy"):
-        SH.sharded_token_strategy(params, CFG, cond, mesh=SH.make_mesh(1, 1), key=jax.random.key(0),
-                                  strategy="best_of_n")
+        S.run_token_strategy(params, CFG, cond, mesh=SH.make_mesh(1, 1), key=jax.random.key(0),
+                             strategy="best_of_n")

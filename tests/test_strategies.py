@@ -11,13 +11,14 @@ from hypothesis import strategies as st
 from scalingar_jax import gpt
 from scalingar_jax.config import GPTConfig, SamplingConfig
 from scalingar_jax.scaling import ScalingARConfig
+from scalingar_jax.scaling import loop as L
 from scalingar_jax.scaling import strategies as S
 
 CFG = GPTConfig(model_type="t2i", n_layer=1, n_head=2, dim=16, vocab_size=32, cls_token_num=3, caption_dim=4,
                 grid_size=4, multiple_of=16)
 SAMPLING = SamplingConfig(cfg_scale=3.0)
 # Aggressive gate so that a 16-token run prunes enough to cross bucket boundaries.
-AGGRESSIVE = ScalingARConfig(p=0.9, Delta_rec=1, delta_rec=10.0, warmup_frac=0.125, lam_theta=1.0)
+AGGRESSIVE = ScalingARConfig(p=0.9, probation_steps=1, rebound_threshold=10.0, warmup_frac=0.125, lam_theta=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_compacted_run_equals_masked_run(params, buckets):
     assert len(seen) > 1, "the aggressive gate should have triggered at least one compaction"
     name = "pow2" if buckets is True else buckets
     # the loop left at exactly the steps the host-side replay of the rule says the pool shrank
-    sched = S.pool_schedule(masked.traj["alive"], buckets=name)
+    sched = L.pool_schedule(masked.traj["alive"], buckets=name)
     shrinks = [k for k in range(1, len(sched)) if sched[k] < sched[k - 1]]
     assert seen == shrinks + [CFG.block_size]
     np.testing.assert_array_equal(masked.tokens, compact.tokens)
@@ -63,18 +64,18 @@ def test_compacted_run_equals_masked_run(params, buckets):
 def test_pool_compaction_moves_exactly_the_alive_rows(params):
     # 3 prompts x 4 candidates = a pool of 12 rows; 5 alive spread unevenly over the prompts
     # (4, 1, 0 is impossible with min_survivors, but compaction itself does not care).
-    spec = S.shape_key(S.token_spec(CFG, SAMPLING, AGGRESSIVE, "scalingar", 4, True))
-    s = S.start_loop(params, _cond(P=3), None, jax.random.key(0), np.arange(3), spec=spec)
-    s = S.run_loop(params, s, spec=dataclasses.replace(spec, stop_at=3))  # a few tokens in the cache
+    spec = L.shape_key(S.token_spec(CFG, SAMPLING, AGGRESSIVE, "scalingar", 4, True))
+    s = L.start_loop(params, _cond(P=3), None, jax.random.key(0), np.arange(3), spec=spec)
+    s = L.run_loop(params, s, spec=dataclasses.replace(spec, stop_at=3))  # a few tokens in the cache
     alive = np.array([[1, 1, 1, 1], [0, 1, 0, 0], [0, 0, 0, 0]], bool)
     s = s.replace(conf=s.conf.replace(alive=jnp.asarray(alive)))
-    c = S.compact(s, rows=8)
+    c = L.compact(s, rows=8)
     assert c.owner.shape == (8,) and c.logits.shape == (16, CFG.vocab_size)
     ids = np.flatnonzero(alive)  # flat candidate ids p * N + n, in order
     np.testing.assert_array_equal(np.asarray(c.owner), np.r_[ids, [12, 12, 12]])
     np.testing.assert_array_equal(np.asarray(c.row).reshape(-1)[ids], np.arange(5))
     # every alive candidate reads the same logits and cache rows (cond and uncond) as before
-    for before, after in zip(S.candidate_logits(s.logits, s.row), S.candidate_logits(c.logits, c.row)):
+    for before, after in zip(L.candidate_logits(s.logits, s.row), L.candidate_logits(c.logits, c.row)):
         np.testing.assert_array_equal(np.asarray(before)[alive], np.asarray(after)[alive])
     old_rows, new_rows = np.asarray(s.row)[alive], np.asarray(c.row)[alive]
     for half in (0, 1):
@@ -86,7 +87,7 @@ def test_pool_compaction_moves_exactly_the_alive_rows(params):
     # the per-candidate state is untouched: it always keeps the (P, N) layout
     np.testing.assert_array_equal(np.asarray(s.conf.C), np.asarray(c.conf.C))
     # a second compaction of a compacted pool composes
-    c2 = S.compact(c.replace(conf=c.conf.replace(alive=jnp.asarray(alive & (np.arange(4) < 2)))), rows=2)
+    c2 = L.compact(c.replace(conf=c.conf.replace(alive=jnp.asarray(alive & (np.arange(4) < 2)))), rows=2)
     np.testing.assert_array_equal(np.asarray(c2.owner), [0, 1])
     np.testing.assert_array_equal(np.asarray(c2.logits[:2]), np.asarray(s.logits[:2]))
     np.testing.assert_array_equal(np.asarray(c2.logits[2:]), np.asarray(s.logits[12:14]))
@@ -114,19 +115,19 @@ def test_token_accounting_is_exact(params):
 def test_loop_compiles_once_per_bucket(params):
     kw = dict(key=jax.random.key(3), num_candidates=8, sampling=SAMPLING, scaling=AGGRESSIVE)
     S.run_token_strategy(params, CFG, _cond(), **kw)
-    before = S.advance_loop._cache_size()
+    before = L.run_loop_in_place._cache_size()
     S.run_token_strategy(params, CFG, _cond(seed=5), **kw)
-    assert S.advance_loop._cache_size() == before  # same shapes and buckets: nothing new compiled
+    assert L.run_loop_in_place._cache_size() == before  # same shapes and buckets: nothing new compiled
 
 
 def test_drive_updates_the_state_in_place(params):
     # drive donates the loop state to the jitted loop: the KV cache is written in place, so the
     # input buffers are consumed (and no second copy of the cache is allocated per loop call)
     spec = S.token_spec(CFG, SAMPLING, AGGRESSIVE, "scalingar", 4, False)
-    s0 = S.start_loop(params, _cond(), None, jax.random.key(0), np.arange(2), spec=S.shape_key(spec))
-    ref = S.run_loop(params, s0, spec=S.loop_key(spec))  # the non-donating loop leaves s0 valid
+    s0 = L.start_loop(params, _cond(), None, jax.random.key(0), np.arange(2), spec=L.shape_key(spec))
+    ref = L.run_loop(params, s0, spec=L.loop_key(spec))  # the non-donating loop leaves s0 valid
     assert not s0.cache.k[0].is_deleted()
-    out = S.drive(params, s0, spec)
+    out = L.drive(L.LocalExecutor(params, _cond(), None, jax.random.key(0), np.arange(2)), s0, spec)
     assert s0.cache.k[0].is_deleted() and s0.tokens.is_deleted()
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
 
@@ -144,9 +145,9 @@ def test_candidates_split_over_calls_are_the_same_tokens(params, strategy):
     kw = dict(key=jax.random.key(4), sampling=SAMPLING, strategy=strategy, prompt_ids=np.array([7, 3]))
     whole = S.run_token_strategy(params, CFG, _cond(), num_candidates=4, **kw)
     halves = [S.run_token_strategy(params, CFG, _cond(), num_candidates=2, first_candidate=c, **kw) for c in (0, 2)]
-    before = S.start_loop._cache_size()
+    before = L.start_loop._cache_size()
     ones = [S.run_token_strategy(params, CFG, _cond(), num_candidates=1, first_candidate=c, **kw) for c in range(4)]
-    assert S.start_loop._cache_size() - before <= 1  # the offset is traced: one compile for every offset
+    assert L.start_loop._cache_size() - before <= 1  # the offset is traced: one compile for every offset
     for parts in (halves, ones):
         np.testing.assert_array_equal(np.concatenate([np.asarray(r.all_tokens) for r in parts], 1), whole.all_tokens)
         np.testing.assert_array_equal(np.concatenate([np.asarray(r.score) for r in parts], 1), whole.score)
@@ -189,19 +190,19 @@ def test_bad_inputs(params):
 @given(st.integers(1, 5000))
 def test_bucket_bounds(n):
     for name, slack in (("pow2", 2.0), ("fine", 1.5)):
-        b, f = S.bucket(n, name), S.floor_bucket(n, name)
+        b, f = L.bucket(n, name), L.floor_bucket(n, name)
         assert n <= b < slack * n + 1 and f <= n < slack * f + 1
-        assert S.bucket(b, name) == b == S.floor_bucket(b, name)  # sizes are fixed points
+        assert L.bucket(b, name) == b == L.floor_bucket(b, name)  # sizes are fixed points
         if n <= 64:  # floor_bucket is the largest size <= n
-            assert f == max(x for x in (S.bucket(m, name) for m in range(1, n + 1)) if x <= n)
-    assert S.bucket(n, "fine") <= S.bucket(n, "pow2")
+            assert f == max(x for x in (L.bucket(m, name) for m in range(1, n + 1)) if x <= n)
+    assert L.bucket(n, "fine") <= L.bucket(n, "pow2")
 
 
 def test_fine_buckets_hand_values():
-    assert [S.bucket(n, "fine") for n in range(1, 14)] == [1, 2, 3, 4, 6, 6, 8, 8, 12, 12, 12, 12, 16]
-    assert [S.floor_bucket(n, "fine") for n in range(1, 14)] == [1, 2, 3, 4, 4, 6, 6, 8, 8, 8, 8, 12, 12]
+    assert [L.bucket(n, "fine") for n in range(1, 14)] == [1, 2, 3, 4, 6, 6, 8, 8, 12, 12, 12, 12, 16]
+    assert [L.floor_bucket(n, "fine") for n in range(1, 14)] == [1, 2, 3, 4, 4, 6, 6, 8, 8, 8, 8, 12, 12]
     with pytest.raises(ValueError, match="unknown compaction buckets 'pow3'"):
-        S.bucket(5, "pow3")
+        L.bucket(5, "pow3")
     with pytest.raises(ValueError, match="unknown compaction buckets"):
         S.run_token_strategy(gpt.init_params(CFG, jax.random.key(0)), CFG, _cond(), key=jax.random.key(0),
                              compaction="pow3")
@@ -211,14 +212,60 @@ def test_pool_schedule_hand_case():
     alive = np.ones((6, 1, 8), bool)
     alive[2:, 0, 4:] = False  # 4 alive after step 2
     alive[4:, 0, 1:] = False  # 1 alive after step 4
-    assert S.pool_schedule(alive) == [8, 8, 8, 4, 4, 1]
-    assert S.pool_schedule(alive, compaction=False) == [8] * 6
-    assert S.pool_schedule(alive, buckets="fine") == [8, 8, 8, 4, 4, 1]
+    assert L.pool_schedule(alive) == [8, 8, 8, 4, 4, 1]
+    assert L.pool_schedule(alive, compaction=False) == [8] * 6
+    assert L.pool_schedule(alive, buckets="fine") == [8, 8, 8, 4, 4, 1]
     alive[2:, 0, 6:] = True  # 6 alive after step 2 (fine: 8 -> 6, pow2 keeps 8), 3 after step 4
-    assert S.pool_schedule(alive) == [8, 8, 8, 8, 8, 4]
-    assert S.pool_schedule(alive, buckets="fine") == [8, 8, 8, 6, 6, 3]
+    assert L.pool_schedule(alive) == [8, 8, 8, 8, 8, 4]
+    assert L.pool_schedule(alive, buckets="fine") == [8, 8, 8, 6, 6, 3]
     # two prompts share one pool: 3 + 1 alive fit 4 rows, where per-prompt slots would need 2 x 4
     alive = np.ones((4, 2, 4), bool)
     alive[1:, 0, 3:] = False
     alive[1:, 1, 1:] = False
-    assert S.pool_schedule(alive) == [8, 8, 4, 4]
+    assert L.pool_schedule(alive) == [8, 8, 4, 4]
+
+
+def test_loop_step_is_policy_scalingar_step(params):
+    """The loop's ScalingAR update is `policy.scalingar_step` on the candidates' logits, bit for bit
+    (guided entropy source too, so `lg` is passed the same way)."""
+    from scalingar_jax import decode
+    from scalingar_jax.scaling import scalingar_step
+
+    spec = S.token_spec(CFG, SAMPLING, AGGRESSIVE, "scalingar", 4, False)
+    s = L.start_loop(params, _cond(), None, jax.random.key(5), np.arange(2), spec=L.shape_key(spec))
+    s = L.run_loop(params, s, spec=dataclasses.replace(L.loop_key(spec), stop_at=5))  # a ScalingAR state mid-run
+    s = s.replace(scale=s.scale + jnp.arange(4, dtype=jnp.float32) * 0.25)  # per-candidate scales
+    for scaling in (AGGRESSIVE, AGGRESSIVE.replace(entropy_source="guided", use_scheduler=False)):
+        spec = S.token_spec(CFG, SAMPLING, scaling, "scalingar", 4, False)
+        # op by op, so that no fusion difference between two compiled programs can hide a change
+        with jax.disable_jit():
+            after = L.step(params, spec, s)
+            lc, lu = L.candidate_logits(s.logits, s.row)
+            lg = (decode.sampling_logits(SAMPLING, lc, lu, s.scale, s.k, True)
+                  if scaling.entropy_source == "guided" else None)
+            conf, scale = scalingar_step(scaling, s.conf, lc, lu, s.k, CFG.block_size, CFG.grid_size,
+                                         SAMPLING.cfg_scale, lg=lg)
+        jax.tree.map(np.testing.assert_array_equal, after.conf, conf)
+        np.testing.assert_array_equal(after.scale, scale)
+        assert int(after.k) == int(s.k) + 1
+
+
+@pytest.mark.parametrize("model_type", ["t2i", "c2i"])
+def test_plain_strategy_equals_decode_generate(model_type):
+    """`decode.generate` and the strategy loop's plain sampling draw the same tokens (same keys,
+    prompt ids, CFG, top-k): 3 prompts x 4 candidates."""
+    from scalingar_jax import decode
+
+    cfg = CFG if model_type == "t2i" else GPTConfig(model_type="c2i", n_layer=1, n_head=2, dim=16, vocab_size=32,
+                                                    num_classes=10, grid_size=4, multiple_of=16)
+    params = gpt.init_params(cfg, jax.random.key(1))
+    sampling = SamplingConfig(cfg_scale=2.5, top_k=8)
+    if model_type == "t2i":
+        cond = _cond(P=3, seed=2)
+        mask = jnp.asarray(np.arange(cfg.cls_token_num)[None] >= np.array([[0], [1], [2]]))  # left padding
+    else:
+        cond, mask = jnp.asarray([3, 7, 0], jnp.int32), None
+    kw = dict(key=jax.random.key(9), num_candidates=4, sampling=sampling, prompt_ids=np.array([5, 0, 11]))
+    ref = decode.generate(params, cfg, cond, cond_mask=mask, **kw)
+    res = S.run_token_strategy(params, cfg, cond, mask, strategy="plain", **kw)
+    np.testing.assert_array_equal(np.asarray(res.all_tokens), np.asarray(ref))

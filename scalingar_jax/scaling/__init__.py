@@ -4,7 +4,12 @@
 `profile` -- Level 1: `ConfidenceState`, `init_state`, `token_stats`, `kl_divergence`,
              `update_profile`.
 `policy`  -- Level 2: `guidance_scale`, `update_termination`, `select_winner`,
-             `tokens_per_prompt`, `masked_quantile`, and the convenience `scalingar_step`.
+             `tokens_per_prompt`, `masked_quantile`, and `scalingar_step` (one whole step).
+`loop`    -- the token loop over the KV-cache decoder (imported on demand): `LoopState`,
+             `LoopSpec`, `step` (calls `scalingar_step`), `run_loop`, compaction buckets, the
+             `Executor` interface, `LocalExecutor`, `drive`.
+`strategies` -- plain, confidence-only, ScalingAR, Best-of-N, importance sampling on an
+             executor, and their entries `run_*(..., mesh=None)` (imported on demand).
 """
 from .config import ABLATIONS, ENTROPY_SOURCES, ScalingARConfig
 from .policy import (

@@ -81,8 +81,9 @@ class ScalingARConfig:
     `entropy_source` ("cond": softmax(lc); "guided": the guided logits passed as `lg`),
     `lam_stat` (pooled running-statistics rate), `eps`.
     Level 2 (policies): `alpha, beta, gamma` (scheduler gains), `s_min`, `s_max` (None:
-    2*s_base), `warmup_frac`, `p` (threshold quantile), `lam_theta`, `delta_rec`,
-    `Delta_rec` (probation length in steps), `min_survivors`.
+    2*s_base), `warmup_frac`, `p` (threshold quantile), `lam_theta`, `rebound_threshold` (the paper's
+    delta_rec: a candidate whose rebound R reaches it is not on probation), `probation_steps`
+    (the paper's Delta_rec: consecutive probation steps before termination), `min_survivors`.
     Ablation switches: `use_conditional, use_worst_block, use_token_level, use_termination,
     use_scheduler`, and `renormalize` (see the module docstring).
     """
@@ -110,8 +111,8 @@ class ScalingARConfig:
     warmup_frac: float = 0.125
     p: float = 0.2
     lam_theta: float = 0.2
-    delta_rec: float = 0.05
-    Delta_rec: int = 32
+    rebound_threshold: float = 0.05  # delta_rec
+    probation_steps: int = 32  # Delta_rec
     min_survivors: int = 1
     # ablations
     use_conditional: bool = True
@@ -125,11 +126,11 @@ class ScalingARConfig:
         for name in _BOOLS:
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        for name in ("block_size", "Delta_rec", "min_survivors"):
+        for name in ("block_size", "probation_steps", "min_survivors"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{name} must be an int, got {v!r}")
-        floats = _RATES + _FRACTIONS + _WEIGHTS + ("eps", "s_min", "delta_rec")
+        floats = _RATES + _FRACTIONS + _WEIGHTS + ("eps", "s_min", "rebound_threshold")
         for name in floats + (("s_max",) if self.s_max is not None else ()):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -156,8 +157,8 @@ class ScalingARConfig:
             raise ValueError(f"eps must be > 0, got {self.eps}")
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
-        if self.Delta_rec < 1:
-            raise ValueError(f"Delta_rec must be >= 1, got {self.Delta_rec}")
+        if self.probation_steps < 1:
+            raise ValueError(f"probation_steps (Delta_rec) must be >= 1, got {self.probation_steps}")
         if self.min_survivors < 1:
             raise ValueError(f"min_survivors must be >= 1, got {self.min_survivors}")
         if self.s_min < 0:

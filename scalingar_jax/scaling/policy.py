@@ -8,8 +8,9 @@ k = 0..T-1 and W0 = ceil(warmup_frac*T):
   * k < W0 - 1: nothing (warm-up; theta untouched, probation stays 0).
   * k == W0 - 1 (the last warm-up step; k == 0 when W0 == 0): theta = Q_p(C over alive).
   * k >= W0: theta <- (1 - lam_theta)*theta + lam_theta*Q_p(C over alive), then probation is
-    counted against this theta and candidates whose counter reaches Delta_rec are terminated.
-  So the earliest possible termination is at step W0 + Delta_rec - 1.
+    counted against this theta and candidates whose counter reaches probation_steps (Delta_rec)
+    are terminated.
+  So the earliest possible termination is at step W0 + probation_steps - 1.
   Q_p is taken over the candidates alive *before* this step's terminations. A prompt with no
   alive candidate keeps its theta.
   * `p == 0` disables pruning (static): the 0-quantile is the minimum of the alive set, so no
@@ -17,7 +18,7 @@ k = 0..T-1 and W0 = ceil(warmup_frac*T):
   * `use_termination=False`: theta is tracked, probation stays 0, nothing is pruned.
 
 Minimum survivors: let n = alive count of a prompt and K the candidates whose counter reached
-Delta_rec this step. If n - |K| < min_survivors, the max(0, min_survivors - (n - |K|)) members of
+probation_steps this step. If n - |K| < min_survivors, the max(0, min_survivors - (n - |K|)) members of
 K with the highest C survive (ties: lowest candidate id); their probation counters are kept (so
 they are re-examined next step). If n < min_survivors nothing is pruned.
 
@@ -63,30 +64,30 @@ def masked_quantile(x, mask, p: float):
     return jnp.where(n > 0, qv, 0.0)
 
 
-def guidance_scale(cfg: ScalingARConfig, state: ConfidenceState, s_base):
+def guidance_scale(scaling: ScalingARConfig, state: ConfidenceState, s_base):
     """Per-candidate CFG scale for the next step, (P, N) float32.
 
-    s = clip(s_base + alpha*(1 - D) + beta*Var(I) - gamma*R, s_min, s_max), s_max = cfg.s_max
+    s = clip(s_base + alpha*(1 - D) + beta*Var(I) - gamma*R, s_min, s_max), s_max = scaling.s_max
     or 2*s_base. A candidate whose profile has not been updated yet gets clip(s_base, ...).
-    A Python-float s_base with s_max < s_min raises ValueError; a traced one cannot be checked
-    (jnp.clip then returns s_max).
-    With `use_scheduler=False` the fixed `s_base` is returned everywhere (fixed CFG).
+    With `use_scheduler=False` the fixed `s_base` is returned everywhere (fixed CFG, no check).
+    Otherwise a Python-float s_base with s_max < s_min raises ValueError; a traced one cannot be
+    checked (jnp.clip then returns s_max).
     s_base: Python float or float32 scalar (traced is fine).
     """
-    if isinstance(s_base, (int, float)):
-        s_max = cfg.resolved_s_max(float(s_base))
-        if s_max < cfg.s_min:
-            raise ValueError(
-                f"s_max={s_max} (2*s_base when cfg.s_max is None) is below s_min={cfg.s_min}"
-            )
     shape = state.C.shape
+    if not scaling.use_scheduler:
+        return jnp.broadcast_to(jnp.asarray(s_base, F32), shape).astype(F32)
+    if isinstance(s_base, (int, float)):
+        s_max = scaling.resolved_s_max(float(s_base))
+        if s_max < scaling.s_min:
+            raise ValueError(
+                f"s_max={s_max} (2*s_base when scaling.s_max is None) is below s_min={scaling.s_min}"
+            )
     s_base = jnp.asarray(s_base, F32)
-    if not cfg.use_scheduler:
-        return jnp.broadcast_to(s_base, shape).astype(F32)
-    s_max = jnp.asarray(cfg.resolved_s_max(s_base), F32)
-    s = s_base + cfg.alpha * (1.0 - state.D) + cfg.beta * state.I_var - cfg.gamma * state.R
+    s_max = jnp.asarray(scaling.resolved_s_max(s_base), F32)
+    s = s_base + scaling.alpha * (1.0 - state.D) + scaling.beta * state.I_var - scaling.gamma * state.R
     s = jnp.where(state.initialized, s, s_base)
-    return jnp.clip(s, cfg.s_min, s_max).astype(F32)
+    return jnp.clip(s, scaling.s_min, s_max).astype(F32)
 
 
 def _gather(x, axis_name):
@@ -103,7 +104,7 @@ def _local(x, n_local: int, axis_name):
 
 
 def update_termination(
-    cfg: ScalingARConfig,
+    scaling: ScalingARConfig,
     state: ConfidenceState,
     step,
     total_steps: int,
@@ -117,7 +118,7 @@ def update_termination(
     """
     if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
         raise ValueError(f"total_steps must be a static int >= 1, got {total_steps!r}")
-    W0 = cfg.warmup_steps(total_steps)
+    W0 = scaling.warmup_steps(total_steps)
     n_local = state.C.shape[1]
     step = jnp.asarray(step, jnp.int32)
 
@@ -128,25 +129,25 @@ def update_termination(
     N = C.shape[1]
 
     n_alive = jnp.sum(alive, axis=1)
-    qv = masked_quantile(C, alive, cfg.p)
+    qv = masked_quantile(C, alive, scaling.p)
     do_theta = (step >= W0 - 1) & (n_alive > 0)
     theta_new = jnp.where(
-        state.theta_ready, (1.0 - cfg.lam_theta) * state.theta + cfg.lam_theta * qv, qv
+        state.theta_ready, (1.0 - scaling.lam_theta) * state.theta + scaling.lam_theta * qv, qv
     )
     theta = jnp.where(do_theta, theta_new, state.theta)
     theta_ready = state.theta_ready | do_theta
 
-    if not cfg.use_termination or cfg.p == 0:
+    if not scaling.use_termination or scaling.p == 0:
         return state.replace(theta=theta, theta_ready=theta_ready)
 
     active = step >= W0
-    on = alive & (C < theta[:, None]) & (R < cfg.delta_rec) & active
+    on = alive & (C < theta[:, None]) & (R < scaling.rebound_threshold) & active
     prob = jnp.where(alive, jnp.where(on, prob + 1, 0), prob)
-    want = alive & (prob >= cfg.Delta_rec)
+    want = alive & (prob >= scaling.probation_steps)
 
     # min survivors: rescue the r highest-C members of `want` (ties: lowest id).
     n_kill = jnp.sum(want, axis=1)
-    r = jnp.maximum(cfg.min_survivors - (n_alive - n_kill), 0)
+    r = jnp.maximum(scaling.min_survivors - (n_alive - n_kill), 0)
     ids = jnp.arange(N)
     Ci, Cj = C[:, :, None], C[:, None, :]
     beats = (Cj > Ci) | ((Cj == Ci) & (ids[None, None, :] < ids[None, :, None]))
@@ -182,7 +183,7 @@ def tokens_per_prompt(state: ConfidenceState, axis_name: str | None = None):
 
 
 def scalingar_step(
-    cfg: ScalingARConfig,
+    scaling: ScalingARConfig,
     state: ConfidenceState,
     lc,
     lu,
@@ -199,8 +200,9 @@ def scalingar_step(
     tokens are charged), (2) `update_termination` (may kill candidates at `step`),
     (3) `guidance_scale` of the updated state: the CFG scale to use for token `step + 1`.
     lc, lu (and lg): (P, N, V). Returns (state, scale (P, N) float32).
-    Static: cfg, total_steps, grid_size, axis_name.
+    Static: scaling, total_steps, grid_size, axis_name. The strategies' token loop (`loop.step`)
+    calls exactly this.
     """
-    state = update_profile(cfg, state, lc, lu, step, None, grid_size, lg=lg, axis_name=axis_name)
-    state = update_termination(cfg, state, step, total_steps, axis_name=axis_name)
-    return state, guidance_scale(cfg, state, s_base)
+    state = update_profile(scaling, state, lc, lu, step, None, grid_size, lg=lg, axis_name=axis_name)
+    state = update_termination(scaling, state, step, total_steps, axis_name=axis_name)
+    return state, guidance_scale(scaling, state, s_base)

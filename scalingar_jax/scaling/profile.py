@@ -23,7 +23,7 @@ Pooled running statistics (**decision**, spec "running z-score")
 ---------------------------------------------------------------
 For a per-candidate quantity x (e or K~) and a prompt with alive set A (n = |A| > 0) the
 per-prompt (mu, var) are updated with the batched form of the exponentially weighted
-mean/variance recursion (Finch 2009), rate lam = `cfg.lam_stat`:
+mean/variance recursion (Finch 2009), rate lam = `scaling.lam_stat`:
 
     first update:  mu = mean_A(x),  var = var_A(x)              (population variance)
     afterwards:    d2 = mean_A((x - mu)^2)                       (old mu)
@@ -76,7 +76,7 @@ class ConfidenceState:
       initialized            (P, N)  bool: the candidate's EMAs hold a value
     Level 2:
       alive                  (P, N)  bool; never goes back to True
-      probation              (P, N)  int32 consecutive steps with C < theta and R < delta_rec
+      probation              (P, N)  int32 consecutive steps with C < theta and R < rebound_threshold
       theta                  (P,)    termination threshold; theta_ready (P,) bool
       terminated_at          (P, N)  int32 step at which it was terminated, -1 while alive
       tokens_used            (P, N)  int32 tokens sampled while alive (see `update_profile`)
@@ -133,14 +133,14 @@ def block_index(step, grid_size: int, block_size: int):
 
 
 def init_state(
-    cfg: ScalingARConfig, num_prompts: int, num_candidates: int, grid_size: int
+    scaling: ScalingARConfig, num_prompts: int, num_candidates: int, grid_size: int
 ) -> ConfidenceState:
     """A fresh state: everything 0 (finite), all candidates alive, terminated_at = -1."""
-    cfg.validate(grid_size)
+    scaling.validate(grid_size)
     for name, v in (("num_prompts", num_prompts), ("num_candidates", num_candidates)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    P, N, nb = num_prompts, num_candidates, num_blocks(grid_size, cfg.block_size)
+    P, N, nb = num_prompts, num_candidates, num_blocks(grid_size, scaling.block_size)
     zf = jnp.zeros((P, N), F32)
     zp = jnp.zeros((P,), F32)
     return ConfidenceState(
@@ -260,7 +260,7 @@ def _zsig(x, mu, var, eps):
     return jax.nn.sigmoid((x - mu[:, None]) / (jnp.sqrt(var)[:, None] + eps))
 
 
-def worst_block_entropy(cfg: ScalingARConfig, blk_sum, blk_cnt):
+def worst_block_entropy(scaling: ScalingARConfig, blk_sum, blk_cnt):
     """e = mean of the max(1, ceil(q*#nonempty)) highest block mean entropies.
 
     blk_sum: (..., nb) float32, blk_cnt: (..., nb) int32. Empty blocks are ignored; with no
@@ -270,7 +270,7 @@ def worst_block_entropy(cfg: ScalingARConfig, blk_sum, blk_cnt):
     nonempty = blk_cnt > 0
     E = blk_sum / jnp.maximum(blk_cnt, 1).astype(F32)
     n_ne = jnp.sum(nonempty, axis=-1)
-    table = jnp.asarray([cfg.worst_block_count(n) for n in range(nb + 1)], jnp.int32)
+    table = jnp.asarray([scaling.worst_block_count(n) for n in range(nb + 1)], jnp.int32)
     k = table[n_ne]
     desc = -jnp.sort(jnp.where(nonempty, -E, jnp.inf), axis=-1)  # highest first, empties -inf
     top = jnp.arange(nb) < k[..., None]
@@ -280,7 +280,7 @@ def worst_block_entropy(cfg: ScalingARConfig, blk_sum, blk_cnt):
 
 # ---------------------------------------------------------------------------- the update
 def update_profile(
-    cfg: ScalingARConfig,
+    scaling: ScalingARConfig,
     state: ConfidenceState,
     lc,
     lu,
@@ -292,12 +292,12 @@ def update_profile(
 ) -> ConfidenceState:
     """Consumes the logits of raster token `step` for every candidate; returns the new state.
 
-    cfg: static. state: `ConfidenceState` with (P, N) fields (N = the local candidate count
+    scaling: static. state: `ConfidenceState` with (P, N) fields (N = the local candidate count
     when sharded). lc, lu: (P, N, V) conditional / unconditional logits at temperature 1,
     before top-k/top-p, any float dtype. step: int32 scalar, raster index k of the token just
     sampled (0 <= k < g*g). alive: (P, N) bool or None; the candidates updated are
     `state.alive & alive`. grid_size: static g. lg: (P, N, V) guided logits, required iff
-    `cfg.entropy_source == "guided"` (then Hn and m are read from it instead of lc).
+    `scaling.entropy_source == "guided"` (then Hn and m are read from it instead of lc).
     axis_name: mesh/vmap axis over which the candidate axis is split, or None.
 
     Candidates outside the mask keep every field unchanged and are excluded from the pooled
@@ -307,18 +307,18 @@ def update_profile(
     """
     P, N = state.C.shape
     nb = state.blk_sum.shape[-1]
-    cfg.validate(grid_size)
-    if nb != num_blocks(grid_size, cfg.block_size):
+    scaling.validate(grid_size)
+    if nb != num_blocks(grid_size, scaling.block_size):
         raise ValueError(
-            f"state has {nb} blocks but grid_size={grid_size}, block_size={cfg.block_size} "
-            f"gives {num_blocks(grid_size, cfg.block_size)}"
+            f"state has {nb} blocks but grid_size={grid_size}, block_size={scaling.block_size} "
+            f"gives {num_blocks(grid_size, scaling.block_size)}"
         )
     lc, lu = jnp.asarray(lc), jnp.asarray(lu)
     if lc.ndim != 3 or lc.shape[:2] != (P, N):
         raise ValueError(f"lc must have shape (P={P}, N={N}, V), got {lc.shape}")
     if lu.shape != lc.shape:
         raise ValueError(f"lu shape {lu.shape} differs from lc shape {lc.shape}")
-    if cfg.entropy_source == "guided":
+    if scaling.entropy_source == "guided":
         if lg is None:
             raise ValueError("entropy_source='guided' needs the guided logits lg")
         lg = jnp.asarray(lg)
@@ -337,38 +337,38 @@ def update_profile(
 
     # token level
     Hn, m = token_stats(src)
-    aH, aM = cfg.token_weights
-    s_tok = _ema(state.s_tok, 1.0 - (aH * Hn + aM * (1.0 - m)), cfg.lam_tok, init)
+    aH, aM = scaling.token_weights
+    s_tok = _ema(state.s_tok, 1.0 - (aH * Hn + aM * (1.0 - m)), scaling.lam_tok, init)
 
     # worst block
-    onehot = jnp.arange(nb) == block_index(step, grid_size, cfg.block_size)
+    onehot = jnp.arange(nb) == block_index(step, grid_size, scaling.block_size)
     blk_sum = state.blk_sum + jnp.where(onehot, Hn[..., None], 0.0)
     blk_cnt = state.blk_cnt + onehot.astype(jnp.int32)
-    e = worst_block_entropy(cfg, blk_sum, blk_cnt)
+    e = worst_block_entropy(scaling, blk_sum, blk_cnt)
     e_mu, e_var, _ = _pooled_update(
-        e, a, state.e_mu, state.e_var, state.stats_initialized, cfg.lam_stat, axis_name
+        e, a, state.e_mu, state.e_var, state.stats_initialized, scaling.lam_stat, axis_name
     )
-    B = 1.0 - _zsig(e, e_mu, e_var, cfg.eps)
+    B = 1.0 - _zsig(e, e_mu, e_var, scaling.eps)
 
     # intrinsic score and its volatility
-    w_tok, w_blk = cfg.intrinsic_weights
-    I = _ema(state.I, w_tok * s_tok + w_blk * B, cfg.lam_I, init)
+    w_tok, w_blk = scaling.intrinsic_weights
+    I = _ema(state.I, w_tok * s_tok + w_blk * B, scaling.lam_I, init)
     diff = I - state.I_mean
-    I_mean = jnp.where(init, state.I_mean + cfg.lam_I * diff, I)
-    I_var = jnp.where(init, (1.0 - cfg.lam_I) * (state.I_var + cfg.lam_I * jnp.square(diff)), 0.0)
+    I_mean = jnp.where(init, state.I_mean + scaling.lam_I * diff, I)
+    I_var = jnp.where(init, (1.0 - scaling.lam_I) * (state.I_var + scaling.lam_I * jnp.square(diff)), 0.0)
 
     # conditional channel
-    K = _ema(state.K, kl_divergence(lc, lu), cfg.lam_tok, init)
+    K = _ema(state.K, kl_divergence(lc, lu), scaling.lam_tok, init)
     K_mu, K_var, stats_init = _pooled_update(
-        K, a, state.K_mu, state.K_var, state.stats_initialized, cfg.lam_stat, axis_name
+        K, a, state.K_mu, state.K_var, state.stats_initialized, scaling.lam_stat, axis_name
     )
-    D = _zsig(K, K_mu, K_var, cfg.eps)
+    D = _zsig(K, K_mu, K_var, scaling.eps)
 
     # unified confidence and rebound
-    wI, wD = cfg.unified_weights
+    wI, wD = scaling.unified_weights
     C = wI * I + wD * D
     Cmin = jnp.where(init, jnp.minimum(state.Cmin, C), C)
-    R = (C - Cmin) / (jnp.abs(Cmin) + cfg.eps)
+    R = (C - Cmin) / (jnp.abs(Cmin) + scaling.eps)
 
     def keep(new, old):
         mask = a.reshape(a.shape + (1,) * (new.ndim - a.ndim))

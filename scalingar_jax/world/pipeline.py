@@ -30,7 +30,7 @@ LOADER = "scalingar_jax.world.pipeline:pipeline_from_bundle"
 # Delta_rec = 2, p = 0.2. The paper's gate scaled to T = 144 would be ScalingARConfig(Delta_rec=5)
 # (32 * 144 / 1024 ~ 5, p = 0.2). checkpoints/shapes/bundle.json records the same values.
 WORLD_SAMPLING = SamplingConfig(cfg_scale=2.0, temperature=1.0, top_k=16, top_p=1.0)
-WORLD_SCALING = ScalingARConfig(Delta_rec=2, p=0.2)
+WORLD_SCALING = ScalingARConfig(probation_steps=2, p=0.2)
 
 
 def pipeline_from_bundle(bundle: Bundle, *, with_reward: bool = True) -> Pipeline:
