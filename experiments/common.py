@@ -1,6 +1,7 @@
 """Shared helpers for experiment scripts: result stamping, tables, timing."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -8,6 +9,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from scalingar_jax.atomic import atomic_write_text
 
@@ -41,6 +44,25 @@ def write_json(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     atomic_write_text(path, json.dumps(payload, indent=2, default=float))
     return path
+
+
+def jsonable(x):
+    """`x` with NumPy scalars/arrays, tuples and dataclasses made JSON-ready; NaN/inf -> None."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return None if not np.isfinite(x) else float(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return jsonable(dataclasses.asdict(x))
+    return x
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

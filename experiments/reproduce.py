@@ -57,7 +57,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, stamp  # noqa: E402
+from common import jsonable, markdown_table, stamp  # noqa: E402
 from runner import (Clock, Run, Runner, compare, group_of, judge, load_pipe, loop_memory,  # noqa: E402
                     loop_step_ms, mean_correct, prompt_set, sequential_best_of_n, summarize)
 
@@ -142,24 +142,6 @@ def _atomic_write(path: Path, text: str) -> Path:
     return path
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return None if not np.isfinite(x) else float(x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return _jsonable(dataclasses.asdict(x))
-    return x
-
-
 @dataclasses.dataclass
 class Ctx:
     pipe: Pipeline
@@ -197,7 +179,7 @@ class Ctx:
                 "paper": PAPER.get(name), "ci_method": CI_METHOD}
 
     def write(self, name: str, payload: dict, md: str) -> None:
-        _atomic_write(self.out / f"{name}.json", json.dumps(_jsonable(payload), indent=1))
+        _atomic_write(self.out / f"{name}.json", json.dumps(jsonable(payload), indent=1))
         st = payload["stamp"]
         head = (f"# {name}\n\n`{st['command']}`  \nseeds {st['seeds']}; git {st['git_rev']}; {st['machine']}; "
                 f"jax {st['jax']}; {st['time']}; checkpoint: {payload['checkpoint']}"
