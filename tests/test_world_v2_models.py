@@ -34,16 +34,17 @@ def test_v2_configs_and_gpt_parameter_count():
 
 
 def test_ranking_loss_ranks_within_a_prompt_only():
+    loss_fn = jax.jit(ranking_loss)
     y = jnp.asarray([[1, 0, 0, 1], [0, 1, 0, 0], [1, 1, 1, 1]], jnp.float32)
     good = jnp.asarray([[2., -1, -2, 1], [-1, 3, 0, -2], [0, 0, 0, 0]])
     bad = good.at[:2].multiply(-1)
-    lg, mg = ranking_loss(good, y)
-    lb, mb = ranking_loss(bad, y)
+    lg, mg = loss_fn(good, y)
+    lb, mb = loss_fn(bad, y)
     assert float(mg["pair_acc"]) == 1.0 and float(mb["pair_acc"]) == 0.0
     assert float(mg["listwise"]) < float(mb["listwise"]) and float(mg["pairwise"]) < float(mb["pairwise"])
     # a per-prompt shift changes only the calibration term; the all-positive prompt ranks nothing
     shifted = good + jnp.asarray([[5.], [-4.], [9.]])
-    _, ms = ranking_loss(shifted, y)
+    _, ms = loss_fn(shifted, y)
     np.testing.assert_allclose(ms["listwise"], mg["listwise"], rtol=1e-5)
     np.testing.assert_allclose(ms["pairwise"], mg["pairwise"], rtol=1e-5)
     g = jax.grad(lambda s: ranking_loss(s, y, calibration=0.0)[0])(good)

@@ -34,7 +34,8 @@ Version 2 (`V2_JUDGE`, `judge_config(spec)`; the v1 detection above stays the de
 2. 8-connected components as in v1; each component's holes are filled first (an outline of
    1-2 px reads as the shape it outlines, as a person reads it).
 3. Shape = the best template IoU over circle, square, cross and the triangle in four
-   orientations (apex up, down, left, right), each at a few blur levels; accepted only at
+   orientations (apex up, down, left, right), each at a few blur levels (cut at the 50%
+   contour; `template_levels` adds higher cuts, measured worse on blurred squares); accepted only at
    IoU >= `min_shape_iou` (0.8; correct shapes score >= 0.85) and box aspect <=
    `max_aspect` (1.2), so diamonds, stars, trapezoids, oblongs and blobs are "unknown".
    Out-of-vocabulary decoy templates (a diamond, trapezoids with tops of 30/45/60% of the
@@ -103,6 +104,7 @@ class JudgeConfig:
     templates: str = "moments"  # "moments" (v1) or "best_iou" (v2, triangles in 4 orientations)
     split_touching: bool = False
     max_split_erosions: int = 10
+    template_levels: tuple[float, ...] = (0.5,)  # v2: blurred templates cut at these levels
     decoy_margin: float = 0.03  # a decoy vetoes only when it beats every shape by this much
     split_max_aspect: float = 1.4  # parts of a split share the contact pixels: a looser aspect
 
@@ -258,10 +260,10 @@ def _erode(mask: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4096)
-def _template(cls: str, size: int, sigma: float) -> np.ndarray:
+def _template(cls: str, size: int, sigma: float, level: float = 0.5) -> np.ndarray:
     """bool (16, 16): shape `cls` drawn in a `size` box, Gaussian-blurred with std `sigma`
-    px, cut at 0.5, cropped to its box and resampled: what a blurred shape's 50% contour
-    looks like."""
+    px, cut at `level`, cropped to its box and resampled: what a blurred shape's 50% (or
+    `level`) contour looks like."""
     pad = int(np.ceil(3 * sigma)) + 1
     m = np.zeros((size + 2 * pad, size + 2 * pad), np.float32)
     m[pad:pad + size, pad:pad + size] = _DECOYS[cls](size) if cls in _DECOYS else shape_mask(cls, size)
@@ -271,7 +273,7 @@ def _template(cls: str, size: int, sigma: float) -> np.ndarray:
         k /= k.sum()
         for axis in (0, 1):
             m = np.apply_along_axis(lambda v: np.convolve(v, k, mode="same"), axis, m)
-    b = m >= 0.5
+    b = m >= level
     if not b.any():
         b = m >= m.max() * 0.999
     ys, xs = np.nonzero(b)
@@ -332,9 +334,10 @@ def _classify_best_iou(mask: np.ndarray, config: JudgeConfig, max_aspect: float 
     scores: dict[str, float] = {}
     for cls, how in _ORIENTED:
         for sigma in _SIGMAS:
-            t = _oriented(_template(cls, size, sigma), how)
-            iou = float((norm & t).sum() / max((norm | t).sum(), 1))
-            scores[cls] = max(scores.get(cls, 0.0), iou)
+            for level in config.template_levels if sigma > 0 else (0.5,):
+                t = _oriented(_template(cls, size, sigma, level), how)
+                iou = float((norm & t).sum() / max((norm | t).sum(), 1))
+                scores[cls] = max(scores.get(cls, 0.0), iou)
     best = max((c for c in scores if c not in _DECOYS), key=scores.get)
     score = scores[best]
     decoy = max(scores[c] for c in _DECOYS)
