@@ -29,8 +29,12 @@ Version 2 (`V2_JUDGE`, `judge_config(spec)`; the v1 detection above stays the de
    [1 - `shade_tol`, 1 + `shade_tol`]}: the nearest colour labels the pixel when its
    distance is at most `color_tol` AND at most `color_ratio` times the second nearest (a
    50/50 mix of two palette colours is ambiguous, or too far from both, and stays
-   unlabelled). No background-mixing model: v2 backgrounds are textured, and every colour
-   of their gamut (`backgrounds.in_gamut`) lies farther than `color_tol` from every segment.
+   unlabelled). Every colour of the v2 background gamut (`backgrounds.in_gamut`) lies
+   farther than `color_tol` from every segment. Then (`edge_grow`) blurred edges: a pixel
+   outside the gamut joins an adjacent object (up to 2 px out) when v1's mixing model, with
+   the LOCAL background (mean of the in-gamut pixels within `edge_radius` px), gives it that
+   object's colour at alpha >= 0.5; so under blur an object's mask stays near its 50%
+   contour, as in v1. Only strong pixels seed objects: a colour mix stays unlabelled.
 2. 8-connected components as in v1; each component's holes are filled first (an outline of
    1-2 px reads as the shape it outlines, as a person reads it).
 3. Shape = the best template IoU over circle, square, cross and the triangle in four
@@ -104,6 +108,8 @@ class JudgeConfig:
     templates: str = "moments"  # "moments" (v1) or "best_iou" (v2, triangles in 4 orientations)
     split_touching: bool = False
     max_split_erosions: int = 10
+    edge_grow: int = 0  # v2: grow objects into blurred edge pixels by this many px (0: off)
+    edge_radius: int = 4
     template_levels: tuple[float, ...] = (0.5,)  # v2: blurred templates cut at these levels
     decoy_margin: float = 0.03  # a decoy vetoes only when it beats every shape by this much
     split_max_aspect: float = 1.4  # parts of a split share the contact pixels: a looser aspect
@@ -111,7 +117,7 @@ class JudgeConfig:
 
 V1_JUDGE = JudgeConfig()
 V2_JUDGE = JudgeConfig(color_model="palette", color_tol=45.0, min_shape_iou=0.8, max_aspect=1.2,
-                       fill_holes=True, templates="best_iou", split_touching=True)
+                       fill_holes=True, templates="best_iou", split_touching=True, edge_grow=2)
 
 
 def judge_config(spec) -> JudgeConfig:
@@ -182,6 +188,44 @@ def _label_pixels_palette(image: np.ndarray, config: JudgeConfig) -> np.ndarray:
     order = np.sort(d, -1)
     ok = (order[..., 0] <= config.color_tol) & (order[..., 0] <= config.color_ratio * order[..., 1])
     return np.where(ok, d.argmin(-1), -1)
+
+
+def _box_sum(x: np.ndarray, r: int) -> np.ndarray:
+    """Sum over the (2r+1)^2 window around each pixel (zero outside), for (H, W[, C])."""
+    h, w = x.shape[:2]
+    c = np.pad(x, [(r + 1, r), (r + 1, r)] + [(0, 0)] * (x.ndim - 2)).cumsum(0).cumsum(1)
+    return c[2 * r + 1:, 2 * r + 1:] - c[:h, 2 * r + 1:] - c[2 * r + 1:, :w] + c[:h, :w]
+
+
+def _grow_edges(image: np.ndarray, strong: np.ndarray, config: JudgeConfig) -> np.ndarray:
+    """v2 edge recovery: int (H, W) labels = `strong` plus pixels OUTSIDE the background
+    gamut that v1's mix model (pixel ~ local background + alpha (C - local background),
+    alpha >= `min_alpha`, residual <= `color_tol`) gives the colour of an adjacent strong
+    pixel (within `edge_grow` px). The local background is the mean of the in-gamut
+    pixels within `edge_radius` px. Objects are seeded by strong pixels only, so a colour
+    mix (no strong pixel) stays unlabelled, and no in-gamut pixel is ever labelled."""
+    from scalingar_jax.world.backgrounds import in_gamut
+
+    gam = in_gamut(np.clip(np.round(image), 0, 255).astype(np.uint8))
+    wgt = gam.astype(np.float32)
+    den = _box_sum(wgt, config.edge_radius)
+    bg = _box_sum(image * wgt[..., None], config.edge_radius) / np.maximum(den, 1e-6)[..., None]
+    cand = (strong < 0) & ~gam & (den > 0)
+    if not cand.any():
+        return strong
+    cols = np.asarray([PALETTE[c] for c in COLORS], np.float32)
+    dirs = cols[None, None] - bg[:, :, None, :]  # (H, W, K, 3)
+    x = (image - bg)[:, :, None, :]
+    alpha = np.clip((x * dirs).sum(-1) / np.maximum((dirs ** 2).sum(-1), 1e-6), 0.0, None)
+    resid = np.linalg.norm(x - alpha[..., None] * dirs, axis=-1)
+    resid = np.where(alpha >= config.min_alpha, resid, np.inf)
+    weak = np.where(cand & (resid.min(-1) <= config.color_tol), resid.argmin(-1), -1)
+    out = strong.copy()
+    for _ in range(config.edge_grow):
+        p = np.pad(out, 1, constant_values=-1)
+        for nb in (p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]):
+            out = np.where((out < 0) & (weak >= 0) & (nb == weak), weak, out)
+    return out
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -416,6 +460,8 @@ def _detect_v2(image: np.ndarray, config: JudgeConfig) -> list[Detection]:
     h, w, _ = image.shape
     scale = h * w / (48.0 * 48.0)
     labels = _label_pixels_palette(image, config)
+    if config.edge_grow:
+        labels = _grow_edges(image, labels, config)
     comp = _components(labels)
     detections = []
     for cid in np.unique(comp[comp >= 0]):
