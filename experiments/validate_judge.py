@@ -13,8 +13,13 @@ Two agreements per condition:
 
   python experiments/validate_judge.py                # eval+dev+hard, 2 samples per record
   python experiments/validate_judge.py --samples 1 --sets eval
+  python experiments/validate_judge.py --world 2      # v2: 64x64 photo-like renders, v2 judge
 
-Prints a table and writes experiments/results/validate_judge.json.
+With --world 2 the sets are the v2 scene splits (`world.scenes`), each record rendered for
+its own split, and the judge is `judge.V2_JUDGE`. The degraded conditions are the same in
+pixels (at 64 px, pool2 / pool4 keep a 32x32 / 16x16 image).
+
+Prints a table and writes experiments/results/validate_judge.json (v2: validate_judge_v2.json).
 """
 from __future__ import annotations
 
@@ -27,11 +32,13 @@ import numpy as np
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from common import markdown_table, stamp, write_json  # noqa: E402
 
-from scalingar_jax.world.judge import Detection, apply_rules, judge_image  # noqa: E402
+from scalingar_jax.world.judge import Detection, apply_rules, judge_config, judge_image  # noqa: E402
 from scalingar_jax.world.prompts import (  # noqa: E402
     TAGS, development_set, evaluation_set, hard_set, prompt_space,
 )
 from scalingar_jax.world.render import degrade, layout_scene, render_objects  # noqa: E402
+from scalingar_jax.world.scenes import development_set_v2, evaluation_set_v2  # noqa: E402
+from scalingar_jax.world.spec import world_spec  # noqa: E402
 
 CONDITIONS = {
     "clean": None,
@@ -52,24 +59,33 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2, help="images per record")
     ap.add_argument("--sets", default="eval,dev,hard", help="comma list of eval, dev, hard")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--world", default="1", choices=["1", "2"], help="world version")
     args = ap.parse_args()
+    spec = world_spec(args.world)
+    config = judge_config(spec)
 
-    sets = {"eval": evaluation_set, "dev": development_set, "hard": hard_set}
+    sets = ({"eval": evaluation_set, "dev": development_set, "hard": hard_set} if spec.version == 1
+            else {"eval": evaluation_set_v2, "dev": development_set_v2, "hard": hard_set})
     chosen = [s.strip() for s in args.sets.split(",") if s.strip()]
     bad = [s for s in chosen if s not in sets]
     if bad:
         ap.error(f"unknown set(s) {bad}; choose from {list(sets)}")
     spaces = {t: prompt_space(t) for t in TAGS}
     t0 = time.time()
-    rows, payload = [], {"stamp": stamp(args.seed), "samples": args.samples, "results": {}}
+    rows, payload = [], {"stamp": stamp(args.seed), "samples": args.samples, "world_version": spec.version,
+                         "results": {}}
     for set_name in chosen:
         records = sets[set_name]()
         cases = []  # (record, objects, image, other record)
         for i, rec in enumerate(records):
             for k in range(args.samples):
                 rng = np.random.default_rng([args.seed, i, k])
-                objects = layout_scene(rec, rng)
-                image = render_objects(objects)
+                if spec.version == 1:
+                    objects = layout_scene(rec, rng)
+                    image = render_objects(objects)
+                else:
+                    objects = layout_scene(rec, rng, spec.image_size, spec=spec)
+                    image = render_objects(objects, spec.image_size, rng=rng, spec=spec)
                 space = spaces[rec["tag"]]
                 other = space[int(rng.integers(len(space)))]
                 cases.append((rec, objects, image, other))
@@ -79,13 +95,13 @@ def main() -> None:
             failures = []
             for j, (rec, objects, image, other) in enumerate(cases):
                 img = image if kw is None else degrade(image, np.random.default_rng([args.seed, 99, j]), **kw)
-                v = judge_image(img, rec)
+                v = judge_image(img, rec, config)
                 pos[rec["tag"]][0] += v.correct
                 pos[rec["tag"]][1] += 1
                 if not v.correct and len(failures) < 10:
                     failures.append({"prompt": rec["prompt"], "reason": v.reason})
                 expected, _ = apply_rules(other, true_detections(objects))
-                got = judge_image(img, other).correct
+                got = judge_image(img, other, config).correct
                 neg[rec["tag"]][0] += got == expected
                 neg[rec["tag"]][1] += 1
             per_tag = {t: pos[t][0] / pos[t][1] for t in TAGS if pos[t][1]}
@@ -108,7 +124,8 @@ def main() -> None:
     print(markdown_table(rows, ["set", "condition", "images", "positive_agreement",
                                 "negative_agreement", *TAGS]))
     payload["seconds"] = time.time() - t0
-    print(f"\nwrote {write_json('validate_judge', payload)}")
+    name = "validate_judge" if spec.version == 1 else "validate_judge_v2"
+    print(f"\nwrote {write_json(name, payload)}")
 
 
 if __name__ == "__main__":

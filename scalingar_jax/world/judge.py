@@ -24,6 +24,32 @@ Detection (robust to VQ reconstruction noise):
    or with a box aspect ratio above `max_aspect`, the object is "unknown" and counts for
    no class (a detector does not report what it does not recognise).
 
+Version 2 (`V2_JUDGE`, `judge_config(spec)`; the v1 detection above stays the default):
+1. Pixels are labelled by distance to each palette colour's SHADING SEGMENT {s * C : s in
+   [1 - `shade_tol`, 1 + `shade_tol`]}: the nearest colour labels the pixel when its
+   distance is at most `color_tol` AND at most `color_ratio` times the second nearest (a
+   50/50 mix of two palette colours is ambiguous, or too far from both, and stays
+   unlabelled). Every colour of the v2 background gamut (`backgrounds.in_gamut`) lies
+   farther than `color_tol` from every segment. Then (`edge_grow`) blurred edges: a pixel
+   outside the gamut joins an adjacent object (up to 2 px out) when v1's mixing model, with
+   the LOCAL background (mean of the in-gamut pixels within `edge_radius` px), gives it that
+   object's colour at alpha >= 0.5; so under blur an object's mask stays near its 50%
+   contour, as in v1. Only strong pixels seed objects: a colour mix stays unlabelled.
+2. 8-connected components as in v1; each component's holes are filled first (an outline of
+   1-2 px reads as the shape it outlines, as a person reads it).
+3. Shape = the best template IoU over circle, square, cross and the triangle in four
+   orientations (apex up, down, left, right), each at a few blur levels (cut at the 50%
+   contour; `template_levels` adds higher cuts, measured worse on blurred squares); accepted only at
+   IoU >= `min_shape_iou` (0.8; correct shapes score >= 0.85) and box aspect <=
+   `max_aspect` (1.2), so diamonds, stars, trapezoids, oblongs and blobs are "unknown".
+   Out-of-vocabulary decoy templates (a diamond, trapezoids with tops of 30/45/60% of the
+   base, in four orientations) compete too: a component that matches a decoy better than
+   every shape (by `decoy_margin`) is "unknown", as a detector that knows a wider world would say.
+4. `split_touching`: a component that is not recognised is eroded up to `max_split_erosions`
+   times; when it falls apart into >= 2 cores, each core is grown back inside the component
+   (geodesic dilation) and the parts replace the component if every part is recognised
+   (touching or slightly overlapping objects of one colour are counted apart).
+
 Rules (GenEval's `evaluate`, djghosh13/geneval evaluation/evaluate_images.py):
 - Detections of a class are ordered by confidence (highest first; ties: larger area, then
   raster order of the box), like the detector's scores.
@@ -74,6 +100,29 @@ class JudgeConfig:
     cross_c4: float = 0.10
     soft: bool = True  # moments of the alpha map (True) or of the binary mask (False)
     max_aspect: float = 1.6
+    # v2 fields (module docstring, "Version 2"); the defaults keep v1's behaviour.
+    color_model: str = "mix"  # "mix" (v1) or "palette" (v2)
+    color_ratio: float = 0.5
+    shade_tol: float = 0.12
+    fill_holes: bool = False
+    templates: str = "moments"  # "moments" (v1) or "best_iou" (v2, triangles in 4 orientations)
+    split_touching: bool = False
+    max_split_erosions: int = 10
+    edge_grow: int = 0  # v2: grow objects into blurred edge pixels by this many px (0: off)
+    edge_radius: int = 4
+    template_levels: tuple[float, ...] = (0.5,)  # v2: blurred templates cut at these levels
+    decoy_margin: float = 0.03  # a decoy vetoes only when it beats every shape by this much
+    split_max_aspect: float = 1.4  # parts of a split share the contact pixels: a looser aspect
+
+
+V1_JUDGE = JudgeConfig()
+V2_JUDGE = JudgeConfig(color_model="palette", color_tol=45.0, min_shape_iou=0.8, max_aspect=1.2,
+                       fill_holes=True, templates="best_iou", split_touching=True, edge_grow=2)
+
+
+def judge_config(spec) -> JudgeConfig:
+    """The judge configuration of a `world.spec.WorldSpec` (v1: `JudgeConfig()`, v2: `V2_JUDGE`)."""
+    return V1_JUDGE if spec.version == 1 else V2_JUDGE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,14 +178,99 @@ def _label_pixels(image: np.ndarray, config: JudgeConfig) -> tuple[np.ndarray, n
     return np.where(ok, best, -1), alpha
 
 
-def _components(labels: np.ndarray) -> np.ndarray:
-    """8-connected components of equal non-negative labels: int (H, W) component ids
-    (unique per component, -1 where labels < 0)."""
+def _label_pixels_palette(image: np.ndarray, config: JudgeConfig) -> np.ndarray:
+    """int (H, W) palette index of each object pixel (-1 elsewhere), v2 rule (module
+    docstring): nearest shading segment, within `color_tol`, unambiguous by `color_ratio`."""
+    cols = np.asarray([PALETTE[c] for c in COLORS], np.float32)  # (K, 3)
+    s = np.einsum("hwc,kc->hwk", image, cols) / (cols ** 2).sum(-1)
+    s = np.clip(s, 1 - config.shade_tol, 1 + config.shade_tol)
+    d = np.linalg.norm(image[:, :, None, :] - s[..., None] * cols, axis=-1)  # (H, W, K)
+    order = np.sort(d, -1)
+    ok = (order[..., 0] <= config.color_tol) & (order[..., 0] <= config.color_ratio * order[..., 1])
+    return np.where(ok, d.argmin(-1), -1)
+
+
+def _box_sum(x: np.ndarray, r: int) -> np.ndarray:
+    """Sum over the (2r+1)^2 window around each pixel (zero outside), for (H, W[, C])."""
+    h, w = x.shape[:2]
+    c = np.pad(x, [(r + 1, r), (r + 1, r)] + [(0, 0)] * (x.ndim - 2)).cumsum(0).cumsum(1)
+    return c[2 * r + 1:, 2 * r + 1:] - c[:h, 2 * r + 1:] - c[2 * r + 1:, :w] + c[:h, :w]
+
+
+def _grow_edges(image: np.ndarray, strong: np.ndarray, config: JudgeConfig) -> np.ndarray:
+    """v2 edge recovery: int (H, W) labels = `strong` plus pixels OUTSIDE the background
+    gamut that v1's mix model (pixel ~ local background + alpha (C - local background),
+    alpha >= `min_alpha`, residual <= `color_tol`) gives the colour of an adjacent strong
+    pixel (within `edge_grow` px). The local background is the mean of the in-gamut
+    pixels within `edge_radius` px. Objects are seeded by strong pixels only, so a colour
+    mix (no strong pixel) stays unlabelled, and no in-gamut pixel is ever labelled."""
+    from scalingar_jax.world.backgrounds import in_gamut
+
+    gam = in_gamut(np.clip(np.round(image), 0, 255).astype(np.uint8))
+    wgt = gam.astype(np.float32)
+    den = _box_sum(wgt, config.edge_radius)
+    bg = _box_sum(image * wgt[..., None], config.edge_radius) / np.maximum(den, 1e-6)[..., None]
+    cand = (strong < 0) & ~gam & (den > 0)
+    if not cand.any():
+        return strong
+    cols = np.asarray([PALETTE[c] for c in COLORS], np.float32)
+    dirs = cols[None, None] - bg[:, :, None, :]  # (H, W, K, 3)
+    x = (image - bg)[:, :, None, :]
+    alpha = np.clip((x * dirs).sum(-1) / np.maximum((dirs ** 2).sum(-1), 1e-6), 0.0, None)
+    resid = np.linalg.norm(x - alpha[..., None] * dirs, axis=-1)
+    resid = np.where(alpha >= config.min_alpha, resid, np.inf)
+    weak = np.where(cand & (resid.min(-1) <= config.color_tol), resid.argmin(-1), -1)
+    out = strong.copy()
+    for _ in range(config.edge_grow):
+        p = np.pad(out, 1, constant_values=-1)
+        for nb in (p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]):
+            out = np.where((out < 0) & (weak >= 0) & (nb == weak), weak, out)
+    return out
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """bool (h, w): `mask` with every background region not connected to the border filled."""
+    outside = np.pad(~mask, 1, constant_values=True)
+    comp = _components(np.where(outside, 0, -1), connectivity=4)  # 8-connected outlines close
+    border = np.unique(np.concatenate([comp[0], comp[-1], comp[:, 0], comp[:, -1]]))
+    reach = np.isin(comp, border[border >= 0])
+    return ~reach[1:-1, 1:-1]
+
+
+def _split(mask: np.ndarray, config: JudgeConfig, min_core: float) -> list[np.ndarray]:
+    """Parts of a component that erodes into >= 2 cores of >= `min_core` px, each core grown
+    back inside `mask`; [] when it never splits within `max_split_erosions` erosions."""
+    core = mask
+    for _ in range(config.max_split_erosions):
+        core = _erode(core)
+        comp = _components(np.where(core, 0, -1))
+        ids = [c for c in np.unique(comp[comp >= 0]) if (comp == c).sum() >= min_core]
+        if len(ids) >= 2:
+            grown = np.full(mask.shape, -1)
+            for k, c in enumerate(ids):
+                grown[comp == c] = k
+            while True:  # geodesic growth: each free mask pixel joins a neighbouring part
+                p = np.pad(grown, 1, constant_values=-1)
+                nb = np.max([p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]], axis=0)
+                new = np.where((grown < 0) & mask & (nb >= 0), nb, grown)
+                if np.array_equal(new, grown):
+                    break
+                grown = new
+            return [grown == k for k in range(len(ids))]
+        if len(ids) == 0:
+            return []
+    return []
+
+
+def _components(labels: np.ndarray, connectivity: int = 8) -> np.ndarray:
+    """8- (or 4-) connected components of equal non-negative labels: int (H, W) component
+    ids (unique per component, -1 where labels < 0)."""
     h, w = labels.shape
     big = h * w
     comp = np.where(labels >= 0, np.arange(big).reshape(h, w), big)
     lab_p = np.pad(labels, 1, constant_values=-1)
-    shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+              if (dy, dx) != (0, 0) and (connectivity == 8 or dy == 0 or dx == 0)]
     same = [lab_p[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] == labels for dy, dx in shifts]
     same = [s & (labels >= 0) for s in same]
     while True:
@@ -170,20 +304,20 @@ def _erode(mask: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4096)
-def _template(cls: str, size: int, sigma: float) -> np.ndarray:
+def _template(cls: str, size: int, sigma: float, level: float = 0.5) -> np.ndarray:
     """bool (16, 16): shape `cls` drawn in a `size` box, Gaussian-blurred with std `sigma`
-    px, cut at 0.5, cropped to its box and resampled: what a blurred shape's 50% contour
-    looks like."""
+    px, cut at `level`, cropped to its box and resampled: what a blurred shape's 50% (or
+    `level`) contour looks like."""
     pad = int(np.ceil(3 * sigma)) + 1
     m = np.zeros((size + 2 * pad, size + 2 * pad), np.float32)
-    m[pad:pad + size, pad:pad + size] = shape_mask(cls, size)
+    m[pad:pad + size, pad:pad + size] = _DECOYS[cls](size) if cls in _DECOYS else shape_mask(cls, size)
     if sigma > 0:
         r = int(np.ceil(2.5 * sigma))
         k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
         k /= k.sum()
         for axis in (0, 1):
             m = np.apply_along_axis(lambda v: np.convolve(v, k, mode="same"), axis, m)
-    b = m >= 0.5
+    b = m >= level
     if not b.any():
         b = m >= m.max() * 0.999
     ys, xs = np.nonzero(b)
@@ -211,7 +345,56 @@ def _moments(weights: np.ndarray) -> tuple[float, float]:
     return float(skew), float(c4)
 
 
+def _polygon(vertices, size: int) -> np.ndarray:
+    from scalingar_jax.world.backgrounds import polygon_mask
+
+    return polygon_mask(np.asarray(vertices, np.float64) * size, size, size)
+
+
+# Out-of-vocabulary decoys (v2): a component whose best template is a decoy is "unknown".
+_DECOYS = {
+    "diamond": lambda n: _polygon([(0.5, 0), (1, 0.5), (0.5, 1), (0, 0.5)], n),
+    **{f"trapezoid{int(100 * r)}": (lambda r: lambda n: _polygon(
+        [(0.5 - r / 2, 0), (0.5 + r / 2, 0), (1, 1), (0, 1)], n))(r) for r in (0.3, 0.45, 0.6)},
+}
+_ORIENTS = ("id", "flipud", "T", "T_fliplr")
+# v2 candidates: (class, orientation) with orientation a transform of the apex-up template
+_ORIENTED = (("circle", "id"), ("square", "id"), ("cross", "id"), ("diamond", "id"),
+             *(("triangle", o) for o in _ORIENTS),
+             *((d, o) for d in _DECOYS if d.startswith("trapezoid") for o in _ORIENTS))
+
+
+def _oriented(t: np.ndarray, how: str) -> np.ndarray:
+    return {"id": t, "flipud": t[::-1], "T": t.T, "T_fliplr": t.T[:, ::-1]}[how]
+
+
+def _classify_best_iou(mask: np.ndarray, config: JudgeConfig, max_aspect: float | None = None
+                       ) -> tuple[str | None, float]:
+    """v2: the best template IoU over `_ORIENTED` at every blur level (module docstring)."""
+    max_aspect = config.max_aspect if max_aspect is None else max_aspect
+    h, w = mask.shape
+    norm = _normalize(mask)
+    size = int(max(h, w))
+    scores: dict[str, float] = {}
+    for cls, how in _ORIENTED:
+        for sigma in _SIGMAS:
+            for level in config.template_levels if sigma > 0 else (0.5,):
+                t = _oriented(_template(cls, size, sigma, level), how)
+                iou = float((norm & t).sum() / max((norm | t).sum(), 1))
+                scores[cls] = max(scores.get(cls, 0.0), iou)
+    best = max((c for c in scores if c not in _DECOYS), key=scores.get)
+    score = scores[best]
+    decoy = max(scores[c] for c in _DECOYS)
+    if decoy > score + config.decoy_margin:
+        best = "decoy"
+    if best == "decoy" or max(h, w) > max_aspect * min(h, w) or score < config.min_shape_iou:
+        return None, score
+    return best, score
+
+
 def _classify(mask: np.ndarray, weights: np.ndarray, config: JudgeConfig) -> tuple[str | None, float]:
+    if config.templates == "best_iou":
+        return _classify_best_iou(mask, config)
     h, w = mask.shape
     skew, c4 = _moments(weights)
     if skew < config.triangle_skew:
@@ -237,6 +420,10 @@ def detect(image: np.ndarray, config: JudgeConfig = JudgeConfig()) -> list[Detec
     """Detects the objects of a uint8 (H, W, 3) image (see the module docstring), ordered
     by raster order of their boxes."""
     image = _check_image(image).astype(np.float32)
+    if config.color_model == "palette":
+        return _detect_v2(image, config)
+    if config.color_model != "mix":
+        raise ValueError(f"JudgeConfig.color_model must be 'mix' or 'palette', got {config.color_model!r}")
     h, w, _ = image.shape
     scale = h * w / (48.0 * 48.0)
     labels, alpha = _label_pixels(image, config)
@@ -261,6 +448,55 @@ def detect(image: np.ndarray, config: JudgeConfig = JudgeConfig()) -> list[Detec
         detections.append(Detection(cls, color, (x0, y0, x1, y1), area, score))
     detections.sort(key=lambda d: (d.box[1], d.box[0]))
     return detections
+
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def _detect_v2(image: np.ndarray, config: JudgeConfig) -> list[Detection]:
+    """v2 detection of a float32 (H, W, 3) image (module docstring, "Version 2")."""
+    h, w, _ = image.shape
+    scale = h * w / (48.0 * 48.0)
+    labels = _label_pixels_palette(image, config)
+    if config.edge_grow:
+        labels = _grow_edges(image, labels, config)
+    comp = _components(labels)
+    detections = []
+    for cid in np.unique(comp[comp >= 0]):
+        mask = comp == cid
+        color = COLORS[int(labels[mask][0])]
+        x0, y0, x1, y1 = _box(mask)
+        local = mask[y0:y1, x0:x1]
+        if config.fill_holes:
+            local = _fill_holes(local)
+        if local.sum() < config.min_area * scale or _erode(local).sum() < config.min_core * scale:
+            continue
+        cls, score = _classify(local, local, config)
+        parts = [local]
+        if cls is None and config.split_touching:
+            split = _split(local, config, config.min_core * scale / 4)
+            classified = [_classify_best_iou(m[slice(*_rows(m)), slice(*_cols(m))], config, config.split_max_aspect)
+                          for m in split]
+            if split and all(c is not None for c, _ in classified):
+                parts = split
+        for k, part in enumerate(parts):
+            px0, py0, px1, py1 = _box(part)
+            pc, ps = (cls, score) if part is local else classified[k]
+            detections.append(Detection(pc, color, (x0 + px0, y0 + py0, x0 + px1, y0 + py1), int(part.sum()), ps))
+    detections.sort(key=lambda d: (d.box[1], d.box[0]))
+    return detections
+
+
+def _rows(mask: np.ndarray) -> tuple[int, int]:
+    ys = np.flatnonzero(mask.any(1))
+    return int(ys[0]), int(ys[-1]) + 1
+
+
+def _cols(mask: np.ndarray) -> tuple[int, int]:
+    xs = np.flatnonzero(mask.any(0))
+    return int(xs[0]), int(xs[-1]) + 1
 
 
 def _by_class(detections: Iterable[Detection]) -> dict[str, list[Detection]]:

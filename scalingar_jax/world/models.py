@@ -6,6 +6,9 @@ Layout of a world directory (each entry a `checkpoint.save_model` directory):
   text/    the text encoder trained jointly with the GPT (stands in for flan-t5)
   reward/  the learned reward model (stands in for ImageReward)
 
+Every part's meta records the world version (`world.spec.META_KEY`; absent = 1, the shipped
+checkpoint); `load_world(path, version=2)` refuses a v1 checkpoint with an error naming it.
+
 The default directory is the default model bundle (`scalingar_jax.bundle.default_bundle_path`:
 `<repo>/checkpoints/shapes`, or the environment variable `SCALINGAR_CHECKPOINT`). Its
 `bundle.json` (written by `world.pipeline.write_world_manifest`, which training calls) makes it
@@ -43,17 +46,39 @@ class WorldModel(NamedTuple):
     reward_params: Any
     reward_cfg: Any
     path: Path
+    version: int = 1
 
 
-def load_world(path=None, parts=PARTS, *, folders: Mapping[str, str] | None = None) -> WorldModel:
+def saved_world_version(model_dir) -> int:
+    """The world version recorded in a saved model's meta (1 when absent: v1 checkpoints
+    predate the field)."""
+    from scalingar_jax.checkpoint import read_config
+    from scalingar_jax.world.spec import META_KEY
+
+    return int((read_config(model_dir)[2] or {}).get(META_KEY, 1))
+
+
+def check_world_version(model_dir, version: int) -> None:
+    """Raises ValueError naming `model_dir` when its saved world version is not `version`."""
+    got = saved_world_version(model_dir)
+    if got != version:
+        raise ValueError(f"{model_dir} is a shapes-world v{got} checkpoint, loaded as v{version}; "
+                         f"v{version} needs its own models (python -m scalingar_jax.world.train all --world {version} "
+                         f"--out <dir>)")
+
+
+def load_world(path=None, parts=PARTS, version: int | None = None, *,
+               folders: Mapping[str, str] | None = None) -> WorldModel:
     """Loads the shapes-world models from `path` (default: `default_world_path()`).
 
     parts: which of ("vq", "gpt", "text", "reward") to load; the rest are None.
+    version: the world version every loaded part must record (None: any, but all alike).
     folders: part -> folder inside `path` (a bundle's "parts"); default: the part's name.
     Raises:
       FileNotFoundError: the directory or a requested part is missing (the message names
         the path and the command that trains it).
-      ValueError: an unknown part, or a part holding a different kind of model.
+      ValueError: an unknown part, a part holding a different kind of model, or a part of
+        another world version than `version` (or than the other parts).
     """
     from scalingar_jax.checkpoint import CONFIG_FILE, load_model
 
@@ -72,6 +97,12 @@ def load_world(path=None, parts=PARTS, *, folders: Mapping[str, str] | None = No
         raise FileNotFoundError(
             f"shapes-world checkpoint {root} lacks {', '.join(f'{m}/' for m in missing)}; {how}"
         )
+    versions = {p: saved_world_version(where[p]) for p in parts}
+    if version is not None:
+        for p in parts:
+            check_world_version(where[p], version)
+    elif len(set(versions.values())) > 1:
+        raise ValueError(f"shapes-world checkpoint {root} mixes world versions: {versions}")
     loaded = {}
     for p in PARTS:
         loaded[p] = load_model(where[p], expect_kind=p) if p in parts else (None, None)
@@ -84,4 +115,5 @@ def load_world(path=None, parts=PARTS, *, folders: Mapping[str, str] | None = No
             )
     if gpt_cfg is not None and loaded["vq"][1] is not None and gpt_cfg.vocab_size != loaded["vq"][1].codebook_size:
         raise ValueError(f"gpt vocab_size={gpt_cfg.vocab_size} != vq codebook_size={loaded['vq'][1].codebook_size} in {root}")
-    return WorldModel(*loaded["vq"], *loaded["gpt"], *loaded["text"], *loaded["reward"], path=root)
+    got = next(iter(versions.values()), 1 if version is None else version)
+    return WorldModel(*loaded["vq"], *loaded["gpt"], *loaded["text"], *loaded["reward"], path=root, version=got)

@@ -9,6 +9,13 @@ Objects are square-boxed shapes of 12..18 px at 48x48 (11..13 px when five or si
 must fit; sizes scale with `image_size / 48`), never overlapping, at least `GAP` px apart
 (one 4x4 VQ token at 48x48, so a VQ reconstruction cannot merge two objects), not touching
 the border. No anti-aliasing. Deterministic given the numpy Generator.
+
+Version 2 (`spec=WORLD_V2`, `world.spec`): 64x64 images, boxes from `WORLD_V2.size_range`
+(a single object 18..30 px), photograph-like backgrounds and grey distractors
+(`world.backgrounds`), each object lightly shaded (a linear brightness ramp of at most
++-`spec.shading` in a random direction), and every record checked against the scene split
+first (`purpose`: the split the image is for; a scene of another split raises a ValueError
+naming it, so training code cannot draw an evaluation scene).
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ from scalingar_jax.world.prompts import (
     training_prompt_sampler,
     validate_record,
 )
+from scalingar_jax.world.spec import WORLD_V1, WorldSpec
 from scalingar_jax.world.vocab import BACKGROUND, COLORS, PALETTE, SHAPES
 
 DEFAULT_IMAGE_SIZE = 48
@@ -61,12 +69,14 @@ def _scaled(v: int, image_size: int) -> int:
 
 def _check_record(record: dict) -> None:
     validate_record(record, world=False, where="render record")
-    classes = [e["class"] for e in record["include"]]
     for i, e in enumerate(record["include"]):
         if e["class"] not in SHAPES:
-            raise ValueError(f"include[{i}].class {e['class']!r} is not a shape {list(SHAPES)}")
+            raise ValueError(f"render request outside the vocabulary: include[{i}].class {e['class']!r} "
+                             f"is not a shape {list(SHAPES)}")
         if "color" in e and e["color"] not in PALETTE:
-            raise ValueError(f"include[{i}].color {e['color']!r} is not a palette colour {list(COLORS)}")
+            raise ValueError(f"render request outside the vocabulary: include[{i}].color {e['color']!r} "
+                             f"is not a palette colour {list(COLORS)}")
+    classes = [e["class"] for e in record["include"]]
     if len(set(classes)) != len(classes):
         raise ValueError(f"the renderer needs distinct classes across include entries, got {classes}")
     for i, e in enumerate(record.get("exclude", [])):
@@ -85,11 +95,13 @@ def layout_scene(
     *,
     avoid_pairs: frozenset[tuple[str, str]] = HELDOUT_PAIRS,
     max_tries: int = 400,
+    spec: WorldSpec = WORLD_V1,
 ) -> list[SceneObject]:
     """Places the objects of `record` (see the module docstring for the guarantees).
 
     Returns the objects grouped by include entry, in include order. Raises ValueError for
-    an invalid or unsatisfiable record, RuntimeError if no layout fits `image_size`.
+    an invalid or unsatisfiable record, RuntimeError if no layout fits `image_size`. With
+    a v2 `spec`, box sizes and gaps come from the spec (in px at `image_size`).
     """
     _check_record(record)
     if image_size < 16:
@@ -104,9 +116,13 @@ def layout_scene(
                 color = allowed[int(rng.integers(len(allowed)))]
             specs.append((i, e["class"], color))
     n = len(specs)
-    lo, hi = _SIZE_RANGE.get(n, (10, 11))
-    lo, hi = _scaled(lo, image_size), _scaled(hi, image_size)
-    gap, border = _scaled(GAP, image_size), BORDER
+    if spec.version == 1:
+        lo, hi = _SIZE_RANGE.get(n, (10, 11))
+        lo, hi = _scaled(lo, image_size), _scaled(hi, image_size)
+        gap, border = _scaled(GAP, image_size), BORDER
+    else:
+        lo, hi = spec.sizes(n)
+        gap, border = spec.gap, spec.border
     constraints = [(i, e["position"][0], e["position"][1])
                    for i, e in enumerate(record["include"]) if "position" in e]
     for top in range(hi, lo - 1, -1):  # shrink the objects if nothing fits
@@ -153,10 +169,15 @@ def render_objects(
     *,
     rng: np.random.Generator | None = None,
     background_noise: int = 0,
+    spec: WorldSpec = WORLD_V1,
 ) -> np.ndarray:
     """Draws `objects` on the plain background: uint8 (image_size, image_size, 3).
     `background_noise` > 0 adds uniform integer noise in [-noise, noise] to the background
-    (needs `rng`). Later objects are drawn over earlier ones (layouts never overlap)."""
+    (needs `rng`). Later objects are drawn over earlier ones (layouts never overlap).
+    A v2 `spec` draws a photo-like background with distractors and shades the objects
+    (needs `rng`; see the module docstring)."""
+    if spec.version != 1:
+        return _render_objects_v2(objects, image_size, rng, spec)
     image = np.empty((image_size, image_size, 3), np.int16)
     image[:] = BACKGROUND
     if background_noise:
@@ -164,27 +185,69 @@ def render_objects(
             raise ValueError("background_noise needs an rng")
         image += rng.integers(-background_noise, background_noise + 1, size=image.shape, dtype=np.int16)
     for o in objects:
-        if o.cls not in SHAPES or o.color not in PALETTE:
-            raise ValueError(f"unknown class/colour in {o}")
-        if o.x < 0 or o.y < 0 or o.x + o.size > image_size or o.y + o.size > image_size:
-            raise ValueError(f"{o} does not fit a {image_size}x{image_size} image")
+        _check_object(o, image_size)
         region = image[o.y:o.y + o.size, o.x:o.x + o.size]
         region[shape_mask(o.cls, o.size)] = PALETTE[o.color]
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+def _check_object(o: SceneObject, image_size: int) -> None:
+    if o.cls not in SHAPES or o.color not in PALETTE:
+        raise ValueError(f"render request outside the vocabulary: {o} (shapes {list(SHAPES)}, "
+                         f"colours {list(COLORS)})")
+    if o.x < 0 or o.y < 0 or o.x + o.size > image_size or o.y + o.size > image_size:
+        raise ValueError(f"{o} does not fit a {image_size}x{image_size} image")
+
+
+def _render_objects_v2(objects, image_size: int, rng: np.random.Generator | None, spec: WorldSpec) -> np.ndarray:
+    from scalingar_jax.world.backgrounds import background, draw_distractors
+
+    if rng is None:
+        raise ValueError("rendering a v2 image needs an rng (background, distractors, shading)")
+    for o in objects:
+        _check_object(o, image_size)
+    image = background(image_size, rng)
+    if rng.random() < spec.distractor_prob:
+        boxes = [(o.x, o.y, o.x + o.size, o.y + o.size) for o in objects]
+        image = draw_distractors(image, rng, int(rng.integers(1, 3)), boxes, gap=spec.gap)
+    out = image.astype(np.float32)
+    for o in objects:
+        ang = rng.uniform(0, 2 * np.pi)
+        v, u = (np.mgrid[:o.size, :o.size] + 0.5) / o.size - 0.5
+        shade = 1.0 + spec.shading * 2 * (np.cos(ang) * u + np.sin(ang) * v) / np.sqrt(2)
+        region = out[o.y:o.y + o.size, o.x:o.x + o.size]
+        m = shape_mask(o.cls, o.size)
+        region[m] = (np.asarray(PALETTE[o.color], np.float32) * shade[..., None])[m]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
 def render_scene(
     record: dict,
     rng: np.random.Generator,
-    image_size: int = DEFAULT_IMAGE_SIZE,
+    image_size: int | None = None,
     *,
     background_noise: int = 0,
     avoid_pairs: frozenset[tuple[str, str]] = HELDOUT_PAIRS,
+    spec: WorldSpec = WORLD_V1,
+    purpose: str | None = None,
 ) -> np.ndarray:
     """An image satisfying `record`: uint8 (image_size, image_size, 3). Deterministic given
-    `rng` (a numpy Generator). See the module docstring for what "satisfying" means."""
-    objects = layout_scene(record, rng, image_size, avoid_pairs=avoid_pairs)
-    return render_objects(objects, image_size, rng=rng, background_noise=background_noise)
+    `rng` (a numpy Generator). See the module docstring for what "satisfying" means.
+
+    With a spec that splits by scene (v2), `purpose` ("train", "dev", "eval" or "hard") is
+    required and must be the record's split (`scenes.check_scene`). `image_size`
+    defaults to the spec's (48 for v1, 64 for v2)."""
+    if spec.scene_splits:
+        from scalingar_jax.world.scenes import check_scene
+
+        _check_record(record)
+        if purpose is None:
+            raise ValueError("a v2 render needs purpose= one of 'train', 'dev', 'eval', 'hard' "
+                             "(the split the image is for; checked against the record's scene)")
+        check_scene(record, purpose)
+    image_size = spec.image_size if image_size is None else image_size
+    objects = layout_scene(record, rng, image_size, avoid_pairs=avoid_pairs, spec=spec)
+    return render_objects(objects, image_size, rng=rng, background_noise=background_noise, spec=spec)
 
 
 @functools.lru_cache(maxsize=1)
@@ -198,10 +261,18 @@ def render_random_scene(
     *,
     sampler: TrainingPromptSampler | None = None,
     background_noise: int = 0,
+    spec: WorldSpec = WORLD_V1,
 ) -> tuple[dict, np.ndarray]:
     """A training example: (record, uint8 (image_size, image_size, 3) image). The record is
     drawn from `sampler` (default: `training_prompt_sampler()`, all six tags, never an
-    evaluation prompt); free colours and placements are random."""
+    evaluation prompt; for v2 `scenes.training_prompt_sampler_v2()`, training scenes only,
+    and the render refuses any other scene); free colours and placements are random."""
+    if spec.scene_splits:
+        from scalingar_jax.world.scenes import training_prompt_sampler_v2
+
+        sampler = training_prompt_sampler_v2() if sampler is None else sampler
+        record = sampler(rng)
+        return record, render_scene(record, rng, spec.image_size, spec=spec, purpose="train")
     sampler = _default_sampler() if sampler is None else sampler
     record = sampler(rng)
     return record, render_scene(record, rng, image_size, background_noise=background_noise)

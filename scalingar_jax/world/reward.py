@@ -179,3 +179,40 @@ def reward_scores(params, cfg: RewardConfig, images, prompts: list[str]) -> jax.
         raise ValueError(f"got {x.shape[0]} images but {len(prompts)} prompts")
     ids, mask = tokenize(list(prompts), cfg.max_len)
     return _reward_jit(params, cfg, jnp.asarray(x), jnp.asarray(ids), jnp.asarray(mask))
+
+
+def ranking_loss(scores: jax.Array, labels: jax.Array, calibration: float = 0.5) -> tuple[jax.Array, dict]:
+    """Within-prompt ranking objective of the v2 reward model (traceable).
+
+    scores float (P, K): the logits of K candidate images of each of P prompts; labels
+    (P, K) in {0, 1} (1: the image satisfies its prompt, by GenEval's rules on its true
+    objects). Three terms, each averaged over the prompts where it is defined:
+    - listwise: -log(sum over positives of exp(s) / sum over all K of exp(s)), for prompts
+      with at least one positive and one negative (softmax over one prompt's candidates);
+    - pairwise: softplus(s_neg - s_pos) over the (positive, negative) pairs of one prompt;
+    - `calibration` x class-balanced binary cross-entropy, so that s > 0 still means "match".
+    The first two are invariant to a per-prompt shift of the scores: they rank only within a
+    prompt. Returns (loss scalar, {"listwise", "pairwise", "bce", "pair_acc"}).
+    """
+    s = jnp.asarray(scores, jnp.float32)
+    y = jnp.asarray(labels, jnp.float32)
+    pos, neg = y > 0.5, y < 0.5
+    mixed = (pos.any(-1) & neg.any(-1)).astype(jnp.float32)  # (P,)
+    n_mixed = jnp.maximum(mixed.sum(), 1.0)
+    lse_all = jax.nn.logsumexp(s, axis=-1)
+    lse_pos = jax.nn.logsumexp(jnp.where(pos, s, -jnp.inf), axis=-1)
+    listwise = (jnp.where(mixed > 0, lse_all - lse_pos, 0.0)).sum() / n_mixed
+    pair = pos[:, :, None] & neg[:, None, :]  # (P, K, K): (positive i, negative j)
+    diff = s[:, None, :] - s[:, :, None]  # s_j - s_i
+    n_pair = jnp.maximum(pair.sum(), 1)
+    pairwise = jnp.where(pair, jax.nn.softplus(diff), 0.0).sum() / n_pair
+    pair_acc = jnp.where(pair, diff < 0, False).sum() / n_pair
+    bce = optax_sigmoid_bce(s, y)
+    balanced = (bce * y).sum() / jnp.maximum(y.sum(), 1.0) + (bce * (1 - y)).sum() / jnp.maximum((1 - y).sum(), 1.0)
+    loss = listwise + pairwise + calibration * balanced
+    return loss, {"listwise": listwise, "pairwise": pairwise, "bce": balanced, "pair_acc": pair_acc}
+
+
+def optax_sigmoid_bce(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Elementwise sigmoid binary cross-entropy (same shape as `logits`)."""
+    return jax.nn.softplus(logits) - logits * labels

@@ -10,6 +10,20 @@ evaluation numbers and the exact command) and `<model>.log`.
 
 Training data comes only from `render.render_random_scene`, i.e. the training prompt sampler
 (all six tags, never an evaluation prompt verbatim).
+
+World v2 (`--world 2`, `world.spec.WORLD_V2`): 64x64 images, a 16x16 token grid, a 6.79M
+parameter GPT (dim 256, 8 layers), a reward model trained to RANK the candidates of one
+prompt (`reward.ranking_loss`), training data from training SCENES only (the renderer
+refuses any other scene). Runs go in resumable chunks: with `--resume` a run saves its
+optimiser state and step under `<out>/.train_state/<model>.npz` when `--max-minutes`
+(default 45 with --resume) ends a chunk, and the SAME command continues it (same learning-
+rate schedule, batch i drawn from rng (seed, i) whatever the chunking). Results go to
+`experiments/results/training/<model>_v2.json`. For example, on an accelerator:
+
+  python -m scalingar_jax.world.train vq --world 2 --out checkpoints/shapes_v2 --resume
+  python -m scalingar_jax.world.train gpt --world 2 --out checkpoints/shapes_v2 --resume
+  python -m scalingar_jax.world.train reward --world 2 --out checkpoints/shapes_v2 --resume
+(rerun each until it prints "finished"; every part's meta records world_version 2).
 """
 from __future__ import annotations
 
@@ -26,9 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from scalingar_jax.atomic import atomic_write_text
-from scalingar_jax.stats import auroc
+from scalingar_jax.atomic import atomic_write_bytes, atomic_write_text
 from scalingar_jax.images import to_uint8
+from scalingar_jax.stats import auroc
+from scalingar_jax.world.spec import META_KEY, WORLD_V1, WorldSpec, world_spec
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "experiments" / "results" / "training"
@@ -38,11 +53,13 @@ RESULTS = REPO / "experiments" / "results" / "training"
 # --------------------------------------------------------------------------------------------
 
 
-def default_vq_config():
+def default_vq_config(spec: WorldSpec = WORLD_V1):
     from scalingar_jax.vq import VQConfig
 
-    # 48x48 -> 12x12 tokens (downsample 4), L2-normalised 512 x 8 codebook.
-    return VQConfig(codebook_size=512, codebook_embed_dim=8, codebook_l2_norm=True, ch=16, ch_mult=(1, 2, 4),
+    # v1: 48x48 -> 12x12 tokens (downsample 4), L2-normalised 512 x 8 codebook.
+    # v2: 64x64 -> 16x16 tokens, the same codebook, twice the width (textured backgrounds).
+    ch = 16 if spec.version == 1 else 32
+    return VQConfig(codebook_size=512, codebook_embed_dim=8, codebook_l2_norm=True, ch=ch, ch_mult=(1, 2, 4),
                     z_channels=64, num_res_blocks=1, norm_groups=8).validate()
 
 
@@ -52,17 +69,21 @@ def default_text_config():
     return d(dim=128, n_layer=2, n_head=4, out_dim=128)
 
 
-def default_gpt_config(vq_cfg, text_cfg, dim: int = 192, n_layer: int = 6):
+# v2 GPT size: dim 256, 8 layers, 8 heads -> 6,789,376 parameters (`param_count`, tested).
+V2_GPT_DIM, V2_GPT_LAYERS = 256, 8
+
+
+def default_gpt_config(vq_cfg, text_cfg, dim: int = 192, n_layer: int = 6, grid_size: int = 12):
     from scalingar_jax.config import GPTConfig
 
     return GPTConfig(model_type="t2i", n_layer=n_layer, n_head=dim // 32, dim=dim, multiple_of=64, vocab_size=vq_cfg.codebook_size,
-                     cls_token_num=text_cfg.max_len, caption_dim=text_cfg.out_dim, grid_size=12).validate()
+                     cls_token_num=text_cfg.max_len, caption_dim=text_cfg.out_dim, grid_size=grid_size).validate()
 
 
-def default_reward_config():
+def default_reward_config(spec: WorldSpec = WORLD_V1):
     from scalingar_jax.world.reward import default_reward_config as d
 
-    return d(channels=(32, 64, 128), dim=128, text_dim=96, text_layers=2, text_heads=4)
+    return d(image_size=spec.image_size, channels=(32, 64, 128), dim=128, text_dim=96, text_layers=2, text_heads=4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,14 +97,16 @@ def make_optimizer(lr: float, steps: int, warmup: int, weight_decay: float = 0.0
     return optax.chain(optax.clip_by_global_norm(clip), optax.adamw(sched, b1=0.9, b2=0.95, weight_decay=weight_decay))
 
 
-def render_data(n: int, seed: int, image_size: int = 48):
-    """n training examples: (records list, uint8 images (n, S, S, 3))."""
+def render_data(n: int, seed: int, image_size: int = 48, spec: WorldSpec = WORLD_V1):
+    """n training examples: (records list, uint8 images (n, S, S, 3)); v2: S = 64, training
+    scenes only."""
     from scalingar_jax.world.render import render_random_scene
 
     rng = np.random.default_rng(seed)
     recs, imgs = [], []
     for _ in range(n):
-        r, im = render_random_scene(rng, image_size)
+        r, im = (render_random_scene(rng, image_size) if spec.version == 1
+                 else render_random_scene(rng, spec=spec))
         recs.append(r)
         imgs.append(im)
     return recs, np.stack(imgs)
@@ -107,9 +130,10 @@ class Run:
     def __init__(self, name: str, args, total: int):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        RESULTS.mkdir(parents=True, exist_ok=True)
+        self.results = Path(getattr(args, "results", None) or RESULTS)
+        self.results.mkdir(parents=True, exist_ok=True)
         self.name, self.t0 = name, time.time()
-        self.log_path = RESULTS / f"{name}.log"
+        self.log_path = self.results / f"{name}.log"
         self.log_f = open(self.log_path, "w")
         self.record = {"model": name, "command": "python -m scalingar_jax.world.train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                        "seed": args.seed, "losses": [], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -121,7 +145,7 @@ class Run:
     def previous_runs(self) -> list[dict]:
         """The records of the earlier runs this one continues: the JSON this run will replace
         (and the runs it kept), oldest first."""
-        prev = RESULTS / f"{self.name}.json"
+        prev = self.results / f"{self.name}.json"
         if not prev.exists():
             return []
         rec = json.loads(prev.read_text())
@@ -144,7 +168,7 @@ class Run:
         self.progress.stop()
         self.record.update(extra)
         self.record["wall_time_s"] = round(time.time() - self.t0, 1)
-        out = RESULTS / f"{self.name}.json"
+        out = self.results / f"{self.name}.json"
         atomic_write_text(out, json.dumps(self.record, indent=2, default=str))
         self.log(f"done; wall time {self.record['wall_time_s']} s; wrote {out}")
         self.log_f.close()
@@ -164,6 +188,80 @@ def stop_reason(t0: float, args, done: int) -> str | None:
     return None
 
 
+def _spec(args) -> WorldSpec:
+    return getattr(args, "spec", None) or WORLD_V1
+
+
+def run_name(model: str, spec: WorldSpec) -> str:
+    """The results name of a training run: `model` for v1, `model_v2` for v2."""
+    return model if spec.version == 1 else f"{model}_v{spec.version}"
+
+
+def state_path(args, model: str) -> Path:
+    """Where `--resume` keeps a run's optimiser state: <out>/.train_state/<model>.npz."""
+    return Path(args.out) / ".train_state" / f"{model}.npz"
+
+
+def save_train_state(path, step: int, total: int, params, opt_state) -> None:
+    """Writes the leaves of (params, opt_state) and the step atomically to `path` (.npz)."""
+    import io
+
+    leaves = jax.tree.leaves((params, opt_state))
+    buf = io.BytesIO()
+    np.savez(buf, step=np.int64(step), total=np.int64(total), **{f"l{i}": np.asarray(x) for i, x in enumerate(leaves)})
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_train_state(path, params, opt_state, total: int):
+    """(step, params, opt_state) saved by `save_train_state`, restored into the structure of
+    the given (params, opt_state). ValueError names the file when it does not fit (another
+    model, config or schedule length)."""
+    with np.load(path) as z:
+        leaves, treedef = jax.tree.flatten((params, opt_state))
+        saved = [z[f"l{i}"] for i in range(sum(k.startswith("l") for k in z.files))]
+        if int(z["total"]) != total:
+            raise ValueError(f"{path} is a run of {int(z['total'])} steps, this command asks for {total}; "
+                             "use the same --*-steps to resume, or delete the state to start over")
+        if len(saved) != len(leaves) or any(a.shape != np.shape(b) for a, b in zip(saved, leaves)):
+            raise ValueError(f"{path} holds a training state of another model or config; delete it to start over")
+        step = int(z["step"])
+    restored = jax.tree.unflatten(treedef, [jnp.asarray(a, dtype=np.asarray(b).dtype) for a, b in zip(saved, leaves)])
+    return step, restored[0], restored[1]
+
+
+def train_loop(run, args, model: str, step_fn, params, opt_state, batch, steps: int):
+    """Runs step_fn(params, opt_state, *batch(step)) -> (params, opt_state, metrics dict) for
+    steps [start, steps), where start comes from the `--resume` state (else 0). Stops early
+    at --stop-after / --max-minutes; with --resume saves the state there.
+
+    Returns (params, opt_state, start, done, step_time_s): `done` steps are complete;
+    step_time_s = mean seconds per step after the first of this call (compile excluded;
+    None with fewer than 2 steps)."""
+    start = 0
+    path = state_path(args, model)
+    if getattr(args, "resume", False) and path.is_file():
+        start, params, opt_state = load_train_state(path, params, opt_state, steps)
+        run.log(f"resuming {path} at step {start}/{steps}")
+    t0, done, t_first = time.time(), start, None
+    for step in range(start, steps):
+        params, opt_state, metrics = step_fn(params, opt_state, *batch(step))
+        done = step + 1
+        run.step(step, metrics, args.log_every)
+        if t_first is None:
+            jax.block_until_ready(params)
+            t_first = time.time()
+        if why := stop_reason(t0, args, done):
+            run.log(why)
+            break
+    jax.block_until_ready(params)
+    step_time = (time.time() - t_first) / (done - start - 1) if t_first is not None and done - start > 1 else None
+    if getattr(args, "resume", False):
+        save_train_state(path, done, steps, params, opt_state)
+        run.log(f"saved the training state at step {done}/{steps} to {path}")
+    return params, opt_state, start, done, step_time
+
+
 def saved_steps(path) -> int:
     """Training steps recorded in a saved model's meta (0 if none)."""
     from scalingar_jax.checkpoint import read_config
@@ -176,12 +274,16 @@ def saved_steps(path) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def vq_judge_agreement(vq_params, vq_cfg, n: int, seed: int, batch: int = 50) -> dict:
+def vq_judge_agreement(vq_params, vq_cfg, n: int, seed: int, batch: int = 50, spec: WorldSpec = WORLD_V1) -> dict:
     """Judge accuracy on n fresh ground-truth renders and on their VQ reconstructions."""
-    from scalingar_jax.vq import reconstruct
-    from scalingar_jax.world.judge import judge_image
+    from functools import partial
 
-    recs, imgs = render_data(n, seed)
+    from scalingar_jax.vq import reconstruct
+    from scalingar_jax.world.judge import judge_config
+    from scalingar_jax.world.judge import judge_image as _judge
+
+    judge_image = partial(_judge, config=judge_config(spec))
+    recs, imgs = render_data(n, seed, spec=spec)
     gt_ok, rec_ok, fails = 0, 0, []
     for s in range(0, n, batch):
         rec = to_uint8(reconstruct(vq_params, vq_cfg, jnp.asarray(to_float(imgs[s:s + batch]))))
@@ -198,11 +300,12 @@ def train_vq(args):
     from scalingar_jax.checkpoint import save_model
     from scalingar_jax.vq import init_vq_params, vq_losses
 
-    cfg = default_vq_config()
+    spec = _spec(args)
+    cfg = default_vq_config(spec)
     steps, B = args.vq_steps, args.vq_batch
-    run = Run("vq", args, steps)
+    run = Run(run_name("vq", spec), args, steps)
     run.log(f"config {cfg}")
-    _, data = render_data(args.vq_data, args.seed)
+    _, data = render_data(args.vq_data, args.seed, spec=spec)
     data = to_float(data)
     run.log(f"rendered {len(data)} training images")
     key = jax.random.key(args.seed)
@@ -225,30 +328,46 @@ def train_vq(args):
 
         (_, d), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
         upd, opt_state = opt.update(g, opt_state, params)
-        return optax.apply_updates(params, upd), opt_state, d
+        return optax.apply_updates(params, upd), opt_state, {k: d[k] for k in ("recon", "vq", "commit")}
 
     rng = np.random.default_rng(args.seed + 1)
-    t0, done = time.time(), 0
-    for step in range(steps):
-        idx = rng.integers(0, len(data), B)
+
+    def batch(step):
+        r = rng if spec.version == 1 else np.random.default_rng([args.seed + 1, step])
+        idx = r.integers(0, len(data), B)
         x = data[idx]
-        if rng.random() < 0.5:  # flips keep the scene distribution (position labels are not used here)
+        if r.random() < 0.5:  # flips keep the scene distribution (position labels are not used here)
             x = x[:, :, ::-1]
-        params, opt_state, d = step_fn(params, opt_state, jnp.asarray(x))
-        done = step + 1
-        run.step(step, {k: d[k] for k in ("recon", "vq", "commit")}, args.log_every)
-        if why := stop_reason(t0, args, done):
-            run.log(why)
-            break
+        return (jnp.asarray(x),)
+
+    t0 = time.time()
+    params, opt_state, start, done, step_time = train_loop(run, args, "vq", step_fn, params, opt_state, batch, steps)
     train_time = time.time() - t0
-    run.log("evaluating judge agreement on reconstructions")
-    ev = vq_judge_agreement(params, cfg, args.eval_n, args.seed + 1000)
-    run.log(f"eval {ev}")
     out = Path(args.out) / "vq"
-    save_model(out, params, cfg, kind="vq", meta={"steps": done, "seed": args.seed}, overwrite=True)
+    meta = {"steps": done, "seed": args.seed, META_KEY: spec.version}
+    if not _finished(run, args, done, steps, lambda: save_model(out, params, cfg, kind="vq", meta=meta, overwrite=True),
+                     step_time_s=step_time, params=param_count(params), config=_cfg_dict(cfg)):
+        return params, cfg
+    run.log("evaluating judge agreement on reconstructions")
+    ev = vq_judge_agreement(params, cfg, args.eval_n, args.seed + 1000, spec=spec)
+    run.log(f"eval {ev}")
+    save_model(out, params, cfg, kind="vq", meta=meta, overwrite=True)
     run.finish(config=_cfg_dict(cfg), steps=done, batch=B, lr=args.vq_lr, train_time_s=round(train_time, 1),
+               step_time_s=step_time, resumed_from_step=start,
                params=param_count(params), checkpoint=str(out), checkpoint_mb=round(dir_size_mb(out), 2), eval=ev)
     return params, cfg
+
+
+def _finished(run, args, done: int, steps: int, save, **record) -> bool:
+    """True when the run reached `steps` (or runs without --resume). Otherwise a chunk ended:
+    saves the partial model (`save()`), records the chunk and says how to continue."""
+    if done >= steps or not getattr(args, "resume", False):
+        return True
+    save()
+    run.log(f"chunk ended at step {done}/{steps}; rerun the same command to continue")
+    run.finish(chunk_ended_at_step=done, steps_total=steps, **record)
+    print(f"{run.name}: chunk ended at step {done}/{steps}; rerun the same command to continue", flush=True)
+    return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,15 +400,16 @@ def gpt_loss(params, gpt_cfg, text_cfg, ids, mask, codes, drop):
 
 
 def sample_images(world_dir, records, *, num_candidates: int, cfg_scale: float, top_k: int, seed: int,
-                  temperature: float = 1.0, batch: int = 30):
-    """Generates num_candidates images per record with the saved GPT: uint8 (P, N, S, S, 3)."""
+                  temperature: float = 1.0, batch: int = 30, version: int | None = None):
+    """Generates num_candidates images per record with the saved GPT: uint8 (P, N, S, S, 3).
+    `version`: the world version the checkpoint must hold (None: any)."""
     from scalingar_jax.config import SamplingConfig
     from scalingar_jax.decode import generate
     from scalingar_jax.vq import decode_codes
     from scalingar_jax.world.models import load_world
     from scalingar_jax.world.text_encoder import encode_prompts
 
-    w = load_world(world_dir, parts=("vq", "gpt", "text"))
+    w = load_world(world_dir, parts=("vq", "gpt", "text"), version=version)
     sampling = SamplingConfig(cfg_scale=cfg_scale, temperature=temperature, top_k=top_k)
     g = w.gpt_cfg.grid_size
     out = []
@@ -304,11 +424,13 @@ def sample_images(world_dir, records, *, num_candidates: int, cfg_scale: float, 
     return np.concatenate(out)
 
 
-def eval_prompts(per_tag: int) -> list[dict]:
-    """The first `per_tag` records of every tag of the default evaluation set."""
+def eval_prompts(per_tag: int, spec: WorldSpec = WORLD_V1) -> list[dict]:
+    """The first `per_tag` records of every tag of the default evaluation set (v1) or of the
+    DEVELOPMENT set (v2: post-training reports never look at the evaluation scenes)."""
     from scalingar_jax.world.prompts import TAGS, evaluation_set
+    from scalingar_jax.world.scenes import development_set_v2
 
-    recs = evaluation_set()
+    recs = evaluation_set() if spec.version == 1 else development_set_v2()
     return [r for t in TAGS for r in [x for x in recs if x["tag"] == t][:per_tag]]
 
 
@@ -336,18 +458,20 @@ def save_grid(images: np.ndarray, captions: list[str], path: Path, cols: int = 1
 
 
 def base_model_eval(world_dir, args) -> dict:
-    """Per-tag judge accuracy of the base GPT on `args.sample_prompts` evaluation prompts."""
-    from scalingar_jax.world.judge import judge_image, summarize
+    """Per-tag judge accuracy of the base GPT on `args.sample_prompts` evaluation prompts
+    (v2: development prompts)."""
+    from scalingar_jax.world.judge import judge_config, judge_image, summarize
     from scalingar_jax.world.prompts import TAGS
 
+    spec = _spec(args)
     per_tag = max(1, args.sample_prompts // len(TAGS))
-    recs = eval_prompts(per_tag)
+    recs = eval_prompts(per_tag, spec)
     imgs = sample_images(world_dir, recs, num_candidates=1, cfg_scale=args.cfg_scale, top_k=args.top_k,
-                         seed=args.seed + 7)[:, 0]
-    verdicts = [judge_image(im, r) for im, r in zip(imgs, recs)]
+                         seed=args.seed + 7, version=spec.version)[:, 0]
+    verdicts = [judge_image(im, r, judge_config(spec)) for im, r in zip(imgs, recs)]
     summary = summarize(verdicts, recs)
     caps = [("OK " if v.correct else "X ") + r["prompt"] for v, r in zip(verdicts, recs)]
-    save_grid(imgs, caps, RESULTS / "samples.png")
+    save_grid(imgs, caps, Path(getattr(args, "results", None) or RESULTS) / f"{run_name('samples', spec)}.png")
     summary["sampling"] = {"cfg_scale": args.cfg_scale, "top_k": args.top_k, "temperature": 1.0, "candidates": 1}
     summary["example_failures"] = [{"prompt": r["prompt"], "reason": v.reason}
                                    for v, r in zip(verdicts, recs) if not v.correct][:15]
@@ -373,13 +497,20 @@ def train_gpt(args):
     from scalingar_jax.world.text_encoder import init_text_params
     from scalingar_jax.world.vocab import tokenize
 
+    from scalingar_jax.world.models import check_world_version
+
+    spec = _spec(args)
+    check_world_version(Path(args.out) / "vq", spec.version)
     vq_params, vq_cfg = load_model(Path(args.out) / "vq", expect_kind="vq")
     text_cfg = default_text_config()
-    cfg = default_gpt_config(vq_cfg, text_cfg, args.gpt_dim, args.gpt_layers)
+    v2 = spec.version != 1
+    dim = args.gpt_dim or (V2_GPT_DIM if v2 else 192)
+    layers = args.gpt_layers or (V2_GPT_LAYERS if v2 else 6)
+    cfg = default_gpt_config(vq_cfg, text_cfg, dim, layers, spec.grid_size)
     steps, B = args.gpt_steps, args.gpt_batch
-    run = Run("gpt", args, steps)
+    run = Run(run_name("gpt", spec), args, steps)
     run.log(f"config {cfg}\ntext {text_cfg}")
-    recs, imgs = render_data(args.gpt_data, args.seed + 11)
+    recs, imgs = render_data(args.gpt_data, args.seed + 11, spec=spec)
     run.log(f"rendered {len(recs)} images")
     codes = encode_images(vq_params, vq_cfg, imgs)
     ids, mask = tokenize([r["prompt"] for r in recs], text_cfg.max_len)
@@ -398,32 +529,39 @@ def train_gpt(args):
     def step_fn(params, opt_state, ids, mask, codes, drop):
         (loss, acc), g = jax.value_and_grad(gpt_loss, has_aux=True)(params, cfg, text_cfg, ids, mask, codes, drop)
         upd, opt_state = opt.update(g, opt_state, params)
-        return optax.apply_updates(params, upd), opt_state, loss, acc
+        return optax.apply_updates(params, upd), opt_state, {"loss": loss, "token_acc": acc}
 
     rng = np.random.default_rng(args.seed + 2)
-    t0, done = time.time(), 0
-    for step in range(steps):
-        idx = rng.integers(0, len(codes), B)
-        drop = rng.random(B) < args.caption_dropout
-        params, opt_state, loss, acc = step_fn(params, opt_state, jnp.asarray(ids[idx]), jnp.asarray(mask[idx]),
-                                               jnp.asarray(codes[idx]), jnp.asarray(drop))
-        done = step + 1
-        run.step(step, {"loss": loss, "token_acc": acc}, args.log_every)
-        if why := stop_reason(t0, args, done):
-            run.log(why)
-            break
+
+    def batch(step):
+        r = rng if not v2 else np.random.default_rng([args.seed + 2, step])
+        idx = r.integers(0, len(codes), B)
+        drop = r.random(B) < args.caption_dropout
+        return jnp.asarray(ids[idx]), jnp.asarray(mask[idx]), jnp.asarray(codes[idx]), jnp.asarray(drop)
+
+    t0 = time.time()
+    params, opt_state, start, done, step_time = train_loop(run, args, "gpt", step_fn, params, opt_state, batch, steps)
     train_time = time.time() - t0
-    meta = {"steps": prior_steps + done, "seed": args.seed, "trained_jointly_with": "text"}
+    meta = {"steps": prior_steps + done, "seed": args.seed, "trained_jointly_with": "text", META_KEY: spec.version}
     out_g, out_t = Path(args.out) / "gpt", Path(args.out) / "text"
-    save_model(out_g, params["gpt"], cfg, kind="gpt", meta=meta, overwrite=True)
-    save_model(out_t, params["text"], text_cfg, kind="text", meta={**meta, "trained_jointly_with": "gpt"}, overwrite=True)
+
+    def save():
+        save_model(out_g, params["gpt"], cfg, kind="gpt", meta=meta, overwrite=True)
+        save_model(out_t, params["text"], text_cfg, kind="text", meta={**meta, "trained_jointly_with": "gpt"},
+                   overwrite=True)
+
+    n_params = {"gpt": param_count(params["gpt"]), "text": param_count(params["text"])}
+    if not _finished(run, args, done, steps, save, step_time_s=step_time, params=n_params, config=_cfg_dict(cfg)):
+        return params
+    save()
     run.log("sampling the base model on evaluation prompts")
     ev = base_model_eval(args.out, args)
     run.log(f"eval {json.dumps(ev)}")
     run.finish(config=_cfg_dict(cfg), text_config=_cfg_dict(text_cfg), steps=done, batch=B, lr=args.gpt_lr,
                caption_dropout=args.caption_dropout, train_images=len(codes), train_time_s=round(train_time, 1),
+               step_time_s=step_time, resumed_from_step=start,
                total_steps=prior_steps + done, continued_from_steps=prior_steps, previous_runs=previous_runs,
-               params={"gpt": param_count(params["gpt"]), "text": param_count(params["text"])},
+               params=n_params,
                checkpoint_mb={"gpt": round(dir_size_mb(out_g), 2), "text": round(dir_size_mb(out_t), 2)},
                base_model_eval=ev)
     return params
@@ -521,16 +659,86 @@ def _reward_batch(recs, imgs, recon, rng, n, pool_records, n_random: int = 6):
     return to_float(np.stack(images)), prompts, np.stack([img_i, txt_i], 1).astype(np.int32), same.astype(np.float32)
 
 
+def render_pool(n: int, seed: int, spec: WorldSpec):
+    """n v2 training renders with their true objects: (records, uint8 images (n, S, S, 3),
+    true detections per image) (training scenes only)."""
+    from scalingar_jax.world.render import layout_scene, render_objects
+    from scalingar_jax.world.scenes import check_scene, training_prompt_sampler_v2
+
+    sampler = training_prompt_sampler_v2()
+    rng = np.random.default_rng(seed)
+    recs, imgs, dets = [], [], []
+    for _ in range(n):
+        rec = sampler(rng)
+        im, det = _render_with_truth(rec, rng, spec, check_scene, layout_scene, render_objects)
+        recs.append(rec)
+        imgs.append(im)
+        dets.append(det)
+    return recs, np.stack(imgs), dets
+
+
+def _render_with_truth(rec, rng, spec, check_scene, layout_scene, render_objects):
+    from scalingar_jax.world.judge import Detection
+
+    check_scene(rec, "train")
+    objects = layout_scene(rec, rng, spec.image_size, spec=spec)
+    image = render_objects(objects, spec.image_size, rng=rng, spec=spec)
+    return image, [Detection(o.cls, o.color, o.box, o.size * o.size, 1.0) for o in objects]
+
+
+def reward_batch_v2(recs, imgs, dets, recon, rng, n_prompts: int, n_cand: int, pool_records, spec: WorldSpec):
+    """One within-prompt ranking batch for the v2 reward model.
+
+    For each of `n_prompts` training records: K = `n_cand` candidate images, namely its own
+    render (or its VQ reconstruction, half the time, when `recon` is given), a render of a
+    perturbed training prompt (`perturb_prompt`, a hard negative; another pool image when
+    the perturbed prompt is not a training prompt), and K - 2 pool images of the same tag.
+    Each candidate's label is GenEval's rules applied to its TRUE objects
+    (`judge.apply_rules`), so a candidate that happens to satisfy the prompt is a positive.
+
+    Returns images float (P*K, S, S, 3), prompts (P,), pair_index int32 (P*K, 2) rows
+    (image, prompt), labels float32 (P, K)."""
+    from scalingar_jax.world.judge import apply_rules
+    from scalingar_jax.world.render import layout_scene, render_objects
+    from scalingar_jax.world.scenes import check_scene
+
+    if n_cand < 3:
+        raise ValueError(f"the ranking batch needs at least 3 candidates per prompt, got {n_cand}")
+    by_tag: dict[str, list[int]] = {}
+    for i, r in enumerate(recs):
+        by_tag.setdefault(r["tag"], []).append(i)
+    images, prompts, labels = [], [], []
+    for i in rng.integers(0, len(recs), n_prompts):
+        rec = recs[i]
+        cands = [(recon[i] if recon is not None and rng.random() < 0.5 else imgs[i], dets[i])]
+        neg = perturb_prompt(rec["prompt"], rng)
+        if neg is not None and neg in pool_records:
+            cands.append(_render_with_truth(pool_records[neg], rng, spec, check_scene, layout_scene, render_objects))
+        else:
+            j = int(rng.integers(len(recs)))
+            cands.append((imgs[j], dets[j]))
+        same = by_tag[rec["tag"]]
+        for j in rng.choice(same, n_cand - 2):
+            cands.append((imgs[j], dets[j]))
+        images += [c[0] for c in cands]
+        labels.append([float(apply_rules(rec, c[1])[0]) for c in cands])
+        prompts.append(rec["prompt"])
+    P, K = n_prompts, n_cand
+    pairs = np.stack([np.arange(P * K), np.repeat(np.arange(P), K)], 1).astype(np.int32)
+    return to_float(np.stack(images)), prompts, pairs, np.asarray(labels, np.float32)
+
+
 def reward_eval(params, cfg, args, vq=None) -> dict:
     """Agreement of the reward with the judge: on held-out renders vs hard negatives (and
     their VQ reconstructions), and on base-GPT samples of evaluation prompts when a GPT
     checkpoint exists (AUROC of the score against the judge verdict, accuracy of sign)."""
-    from scalingar_jax.world.judge import judge_image
+    from scalingar_jax.world.judge import judge_config, judge_image
     from scalingar_jax.world.prompts import TAGS
     from scalingar_jax.world.reward import reward_scores
 
+    spec = _spec(args)
     out = {}
-    recs, imgs = render_data(args.eval_n, args.seed + 2000)
+    recs, imgs = render_data(args.eval_n, args.seed + 2000, spec=spec)
     rng = np.random.default_rng(args.seed + 2001)
     prompts, images, labels = [], [], []
     for r, im in zip(recs, imgs):
@@ -556,13 +764,13 @@ def reward_eval(params, cfg, args, vq=None) -> dict:
     gpt_dir = Path(args.out)
     if all((gpt_dir / p / "config.json").is_file() for p in ("vq", "gpt", "text")):
         per_tag = max(1, args.sample_prompts // len(TAGS))
-        erecs = eval_prompts(per_tag)
+        erecs = eval_prompts(per_tag, spec)
         n_cand = 2
         gimgs = sample_images(gpt_dir, erecs, num_candidates=n_cand, cfg_scale=args.cfg_scale, top_k=args.top_k,
-                              seed=args.seed + 99)
+                              seed=args.seed + 99, version=spec.version)
         flat = gimgs.reshape(-1, *gimgs.shape[2:])
         frecs = [r for r in erecs for _ in range(n_cand)]
-        verdict = np.asarray([judge_image(im, r).correct for im, r in zip(flat, frecs)], bool)
+        verdict = np.asarray([judge_image(im, r, judge_config(spec)).correct for im, r in zip(flat, frecs)], bool)
         s = np.concatenate([np.asarray(reward_scores(params, cfg, flat[i:i + 100], [r["prompt"] for r in frecs[i:i + 100]]))
                             for i in range(0, len(frecs), 100)])
         # Best-of-2 by reward vs the first candidate, as judged.
@@ -581,24 +789,37 @@ def reward_eval(params, cfg, args, vq=None) -> dict:
 def train_reward(args):
     from scalingar_jax.checkpoint import load_model, save_model
     from scalingar_jax.world.render import _default_sampler
-    from scalingar_jax.world.reward import init_reward_params, reward_pair_logits
+    from scalingar_jax.world.reward import init_reward_params, ranking_loss, reward_pair_logits
     from scalingar_jax.world.vocab import tokenize
 
-    cfg = default_reward_config()
+    spec = _spec(args)
+    v2 = spec.version != 1
+    cfg = default_reward_config(spec)
     steps, B = args.reward_steps, args.reward_batch
-    run = Run("reward", args, steps)
+    run = Run(run_name("reward", spec), args, steps)
     run.log(f"config {cfg}")
-    recs, imgs = render_data(args.reward_data, args.seed + 21)
+    if v2:
+        recs, imgs, dets = render_pool(args.reward_data, args.seed + 21, spec)
+    else:
+        recs, imgs = render_data(args.reward_data, args.seed + 21)
     vq = None
     recon = None
     if (Path(args.out) / "vq" / "config.json").is_file():
         from scalingar_jax.vq import reconstruct
+        from scalingar_jax.world.models import check_world_version
 
+        check_world_version(Path(args.out) / "vq", spec.version)
         vq = load_model(Path(args.out) / "vq", expect_kind="vq")
         recon = np.concatenate([to_uint8(reconstruct(vq[0], vq[1], jnp.asarray(to_float(imgs[i:i + 100]))))
                                 for i in range(0, len(imgs), 100)])
         run.log("VQ reconstructions of the training images are used as augmentation")
-    pool = {r["prompt"]: r for g in _default_sampler().pools for grp in g for r in grp}
+    if v2:
+        from scalingar_jax.world.scenes import training_prompt_sampler_v2
+
+        pools = training_prompt_sampler_v2().pools
+    else:
+        pools = _default_sampler().pools
+    pool = {r["prompt"]: r for g in pools for grp in g for r in grp}
     run.log(f"rendered {len(recs)} images; {len(pool)} training prompts for hard image negatives")
     params = init_reward_params(cfg, jax.random.key(args.seed + 3))
     prior_steps, previous_runs = 0, []
@@ -612,6 +833,16 @@ def train_reward(args):
     opt_state = opt.init(params)
 
     n_random = 6
+
+    @jax.jit
+    def step_fn_v2(params, opt_state, x, ids, mask, pairs, y):
+        def loss_fn(p):
+            logit = reward_pair_logits(p, cfg, x, ids, mask, pairs).reshape(y.shape)
+            return ranking_loss(logit, y)
+
+        (loss, m), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        upd, opt_state = opt.update(g, opt_state, params)
+        return optax.apply_updates(params, upd), opt_state, {"loss": loss, "pair_acc": m["pair_acc"]}
 
     @jax.jit
     def step_fn(params, opt_state, x, ids, mask, pairs, y):
@@ -628,29 +859,38 @@ def train_reward(args):
 
         (loss, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
         upd, opt_state = opt.update(g, opt_state, params)
-        return optax.apply_updates(params, upd), opt_state, loss, acc
+        return optax.apply_updates(params, upd), opt_state, {"loss": loss, "acc": acc}
 
     rng = np.random.default_rng(args.seed + 4)
-    t0, done = time.time(), 0
-    for step in range(steps):
-        x, prompts, pairs, y = _reward_batch(recs, imgs, recon, rng, B, pool, n_random)
+
+    def batch(step):
+        if v2:
+            x, prompts, pairs, y = reward_batch_v2(recs, imgs, dets, recon, np.random.default_rng([args.seed + 4, step]),
+                                                   B, args.reward_candidates, pool, spec)
+        else:
+            x, prompts, pairs, y = _reward_batch(recs, imgs, recon, rng, B, pool, n_random)
         ids, mask = tokenize(prompts, cfg.max_len)
-        params, opt_state, loss, acc = step_fn(params, opt_state, jnp.asarray(x), jnp.asarray(ids), jnp.asarray(mask),
-                                               jnp.asarray(pairs), jnp.asarray(y))
-        done = step + 1
-        run.step(step, {"loss": loss, "acc": acc}, args.log_every)
-        if why := stop_reason(t0, args, done):
-            run.log(why)
-            break
+        return jnp.asarray(x), jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pairs), jnp.asarray(y)
+
+    t0 = time.time()
+    params, opt_state, start, done, step_time = train_loop(run, args, "reward", step_fn_v2 if v2 else step_fn,
+                                                           params, opt_state, batch, steps)
     train_time = time.time() - t0
     out = Path(args.out) / "reward"
+    meta = {"steps": prior_steps + done, "seed": args.seed, META_KEY: spec.version}
+    if not _finished(run, args, done, steps, lambda: save_model(out, params, cfg, kind="reward", meta=meta, overwrite=True),
+                     step_time_s=step_time, params=param_count(params), config=_cfg_dict(cfg)):
+        return params
     if done or not args.reward_init:
-        save_model(out, params, cfg, kind="reward", meta={"steps": prior_steps + done, "seed": args.seed}, overwrite=True)
+        save_model(out, params, cfg, kind="reward", meta=meta, overwrite=True)
     run.log("evaluating agreement with the judge")
     ev = reward_eval(params, cfg, args, vq)
     run.log(f"eval {json.dumps(ev)}")
     run.finish(config=_cfg_dict(cfg), steps=done, total_steps=prior_steps + done, previous_runs=previous_runs,
-               batch=2 * B, pairs_per_step=2 * B * (2 + n_random), lr=args.reward_lr, train_time_s=round(train_time, 1),
+               batch=B * args.reward_candidates if v2 else 2 * B,
+               pairs_per_step=B * args.reward_candidates if v2 else 2 * B * (2 + n_random),
+               objective="within-prompt ranking (reward.ranking_loss)" if v2 else "balanced BCE + InfoNCE over prompts",
+               lr=args.reward_lr, train_time_s=round(train_time, 1), step_time_s=step_time, resumed_from_step=start,
                params=param_count(params), checkpoint=str(out), checkpoint_mb=round(dir_size_mb(out), 2),
                judge_agreement=ev)
     return params
@@ -666,6 +906,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train the shapes-world VQ, t2i GPT (+ text encoder) and reward model.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", choices=["vq", "gpt", "reward", "all"], help="which model(s) to train")
+    p.add_argument("--world", default="1", choices=["1", "2", "v1", "v2"],
+                   help="world version: 1 (48x48 flat, the shipped checkpoint) or 2 (64x64 photo backgrounds, "
+                        "16x16 tokens, scene splits)")
+    p.add_argument("--resume", action="store_true",
+                   help="resumable chunks: keep the optimiser state in <out>/.train_state/, stop each chunk at "
+                        "--max-minutes (default 45 here) and continue it when the same command runs again")
+    p.add_argument("--results", default=None, help=f"folder of the run records (default {RESULTS})")
     p.add_argument("--out", default=str(REPO / "checkpoints" / "shapes"), help="checkpoint root directory")
     p.add_argument("--seed", type=int, default=0, help="seed for data, init and batches")
     p.add_argument("--warmup", type=int, default=30, help="linear warmup steps")
@@ -683,8 +930,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--vq-init", default=None, help="continue training from this saved VQ directory")
     g = p.add_argument_group("gpt")
     g.add_argument("--gpt-steps", type=int, default=600)
-    g.add_argument("--gpt-dim", type=int, default=192, help="GPT width (head_dim 32)")
-    g.add_argument("--gpt-layers", type=int, default=6, help="GPT depth")
+    g.add_argument("--gpt-dim", type=int, default=0, help="GPT width (head_dim 32; 0: 192 for v1, 256 for v2)")
+    g.add_argument("--gpt-layers", type=int, default=0, help="GPT depth (0: 6 for v1, 8 for v2)")
     g.add_argument("--gpt-batch", type=int, default=32)
     g.add_argument("--gpt-lr", type=float, default=1e-3)
     g.add_argument("--gpt-data", type=int, default=16000, help="pre-rendered, pre-tokenised training images")
@@ -700,11 +947,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reward-init", default=None,
                    help="continue from this saved reward model (with --reward-steps 0: only re-evaluate it)")
     g.add_argument("--reward-data", type=int, default=6000, help="pre-rendered training images")
+    g.add_argument("--reward-candidates", type=int, default=4,
+                   help="v2: candidate images per prompt in the within-prompt ranking batch (--reward-batch prompts)")
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.spec = world_spec(args.world)
+    if args.resume and args.spec.version == 1:
+        parser.error("--resume needs --world 2 (v1 runs continue with --vq-init / --gpt-init / --reward-init)")
+    if args.resume and args.max_minutes <= 0:
+        args.max_minutes = 45.0
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.model in ("vq", "all"):
         train_vq(args)
