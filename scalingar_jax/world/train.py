@@ -3,8 +3,9 @@ encoder) and the reward model, with optax (AdamW, linear warmup + cosine decay, 
 gradient clipping), seeded, and saves them with orbax under `--out` (default
 `checkpoints/shapes`): `{vq,gpt,text,reward}/`, each a `checkpoint.save_model` directory.
 
-Each run writes `experiments/results/training/<model>.json` (config, loss curve, wall time,
-evaluation numbers and the exact command) and `<model>.log`.
+Each run writes `<model>.json` (config, loss curve, wall time, evaluation numbers and the exact
+command) and `<model>.log` under `--results` (default `experiments/results/training`). Both
+defaults are relative to the current directory: run it from the repository root.
 
   python -m scalingar_jax.world.train {vq,gpt,reward,all} --out checkpoints/shapes --seed 0
 
@@ -30,8 +31,6 @@ from scalingar_jax.atomic import atomic_write_text
 from scalingar_jax.stats import auroc
 from scalingar_jax.images import to_uint8
 
-REPO = Path(__file__).resolve().parents[2]
-RESULTS = REPO / "experiments" / "results" / "training"
 
 # --------------------------------------------------------------------------------------------
 # Chosen configurations
@@ -107,9 +106,10 @@ class Run:
     def __init__(self, name: str, args, total: int):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        RESULTS.mkdir(parents=True, exist_ok=True)
+        self.results = Path(args.results)
+        self.results.mkdir(parents=True, exist_ok=True)
         self.name, self.t0 = name, time.time()
-        self.log_path = RESULTS / f"{name}.log"
+        self.log_path = self.results / f"{name}.log"
         self.log_f = open(self.log_path, "w")
         self.record = {"model": name, "command": "python -m scalingar_jax.world.train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                        "seed": args.seed, "losses": [], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -121,7 +121,7 @@ class Run:
     def previous_runs(self) -> list[dict]:
         """The records of the earlier runs this one continues: the JSON this run will replace
         (and the runs it kept), oldest first."""
-        prev = RESULTS / f"{self.name}.json"
+        prev = self.results / f"{self.name}.json"
         if not prev.exists():
             return []
         rec = json.loads(prev.read_text())
@@ -144,7 +144,7 @@ class Run:
         self.progress.stop()
         self.record.update(extra)
         self.record["wall_time_s"] = round(time.time() - self.t0, 1)
-        out = RESULTS / f"{self.name}.json"
+        out = self.results / f"{self.name}.json"
         atomic_write_text(out, json.dumps(self.record, indent=2, default=str))
         self.log(f"done; wall time {self.record['wall_time_s']} s; wrote {out}")
         self.log_f.close()
@@ -347,7 +347,7 @@ def base_model_eval(world_dir, args) -> dict:
     verdicts = [judge_image(im, r) for im, r in zip(imgs, recs)]
     summary = summarize(verdicts, recs)
     caps = [("OK " if v.correct else "X ") + r["prompt"] for v, r in zip(verdicts, recs)]
-    save_grid(imgs, caps, RESULTS / "samples.png")
+    save_grid(imgs, caps, Path(args.results) / "samples.png")
     summary["sampling"] = {"cfg_scale": args.cfg_scale, "top_k": args.top_k, "temperature": 1.0, "candidates": 1}
     summary["example_failures"] = [{"prompt": r["prompt"], "reason": v.reason}
                                    for v, r in zip(verdicts, recs) if not v.correct][:15]
@@ -666,7 +666,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train the shapes-world VQ, t2i GPT (+ text encoder) and reward model.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", choices=["vq", "gpt", "reward", "all"], help="which model(s) to train")
-    p.add_argument("--out", default=str(REPO / "checkpoints" / "shapes"), help="checkpoint root directory")
+    p.add_argument("--out", default="checkpoints/shapes", help="checkpoint root directory (relative: to the current directory)")
+    p.add_argument("--results", default="experiments/results/training",
+                   help="folder of the training records <model>.json/.log and samples.png")
     p.add_argument("--seed", type=int, default=0, help="seed for data, init and batches")
     p.add_argument("--warmup", type=int, default=30, help="linear warmup steps")
     p.add_argument("--log-every", type=int, default=10, help="log the losses every N steps")
