@@ -22,12 +22,14 @@ package (see `references`), called as `loader(bundle, **options) -> Pipeline`: t
 `pipeline` never import the code of a model family (the shapes world registers nothing; its
 bundles name its loader).
 
-The default bundle is `$SCALINGAR_CHECKPOINT` if set, else `checkpoints/shapes` next to the
-package's source folder (a repository checkout or an editable install).
+The default bundle is `$SCALINGAR_CHECKPOINT` if set, else the embedded shapes-world bundle:
+`checkpoints/shapes`, shipped inside the installed package as `scalingar_jax/checkpoints/shapes`
+(a wheel install) and found at the repository's top level in a checkout or an editable install.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import json
 import os
 from pathlib import Path, PurePosixPath
@@ -43,13 +45,20 @@ _REQUIRED = ("format", "kind", "loader", "image_size", "parts", "sampling")
 _OPTIONAL = ("name", "scaling", "options", "notes")
 
 
+EMBEDDED = ("checkpoints", "shapes")  # the embedded bundle, inside the package (wheel) or the checkout
+
+
 def default_bundle_path() -> Path:
-    """$SCALINGAR_CHECKPOINT if set, else `<repository>/checkpoints/shapes` (the embedded
-    shapes-world bundle, found next to the package's source folder)."""
+    """$SCALINGAR_CHECKPOINT if set, else the embedded shapes-world bundle: the package data
+    `scalingar_jax/checkpoints/shapes` of an installed wheel, or `checkpoints/shapes` at the top
+    of the repository (a checkout, or an editable install of one)."""
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[1] / "checkpoints" / "shapes"
+    installed = importlib.resources.files("scalingar_jax").joinpath(*EMBEDDED)
+    if isinstance(installed, Path) and (installed / MANIFEST_FILE).is_file():
+        return installed
+    return Path(__file__).resolve().parents[1].joinpath(*EMBEDDED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +163,7 @@ def read_bundle(path=None) -> Bundle:
     root = (Path(path).expanduser() if path is not None else default_bundle_path()).absolute()
     if not root.is_dir():
         hint = "" if path is not None else (f" (the default bundle: set ${ENV_VAR} or pass a bundle folder; the "
-                                            "embedded one ships with the repository checkout)")
+                                            "embedded one ships with the package and the repository checkout)")
         raise FileNotFoundError(f"no model bundle at {root}: no such folder{hint}")
     manifest = root / MANIFEST_FILE
     if not manifest.is_file():

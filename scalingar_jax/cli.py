@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]  # the repository checkout, if any: only bench/reproduce use it
 
 
 class UserError(Exception):
@@ -313,14 +313,26 @@ def cmd_reproduce(args) -> int:
     return _run_experiment_script("reproduce.py", [args.name, *args.rest], None)
 
 
+def _experiments_dir(checkout: Path) -> Path:
+    """`checkout/experiments`, whose scripts `bench` and `reproduce` run; a UserError when the
+    package runs without its repository checkout (an installed wheel ships no experiments/)."""
+    folder = checkout / "experiments"
+    if not (folder.is_dir() and (checkout / "pyproject.toml").is_file()):
+        raise UserError("`scalingar bench` and `scalingar reproduce` run the scripts in the repository's experiments/ "
+                        "folder, which the installed package does not ship: run them from a checkout of the "
+                        "repository (pip install -e . there)")
+    return folder
+
+
 def _run_experiment_script(name: str, rest: list[str], prefix: str | None) -> int:
     import runpy
 
-    script = REPO / "experiments" / name
+    experiments = _experiments_dir(REPO)
+    script = experiments / name
     if not script.is_file():
         if prefix is None:
-            raise UserError(f"{script} not found: the experiments/ folder ships with the repository checkout")
-        available = sorted(p.stem[len(prefix):] for p in (REPO / "experiments").glob(f"{prefix}*.py"))
+            raise UserError(f"{script} not found in the repository checkout")
+        available = sorted(p.stem[len(prefix):] for p in experiments.glob(f"{prefix}*.py"))
         raise UserError(f"unknown benchmark {name!r}; available: {', '.join(available)}")
     rest = list(rest)
     sys.argv = [str(script), *rest]

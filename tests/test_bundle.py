@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from scalingar_jax import cli
-from scalingar_jax.bundle import MANIFEST_FILE, read_bundle
+from scalingar_jax.bundle import ENV_VAR, MANIFEST_FILE, default_bundle_path, read_bundle
 from scalingar_jax.config import SamplingConfig
 from scalingar_jax.pipeline import Pipeline, load_pipeline
 from scalingar_jax.references import resolve
@@ -48,6 +48,15 @@ def test_embedded_bundle_manifest_reads():
     b = read_bundle(PKG.parent / "checkpoints" / "shapes")
     assert b.kind == "shapes-world" and b.image_size == 48 and b.has_part("reward")
     assert b.sampling.cfg_scale == 2.0 and b.scaling.probation_steps == 2
+
+
+def test_default_bundle_path(monkeypatch, tmp_path):
+    """In a checkout: the top-level checkpoints/shapes; $SCALINGAR_CHECKPOINT overrides it. (An
+    installed wheel's own copy inside the package: tests/test_wheel.py.)"""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert default_bundle_path() == PKG.parent / "checkpoints" / "shapes"
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "mine"))
+    assert default_bundle_path() == tmp_path / "mine"
 
 
 def test_defaults_come_from_the_bundle(world, tmp_path):

@@ -125,7 +125,7 @@ def test_scene_is_wording_independent_and_split_is_deterministic():
 def test_rendering_a_forbidden_scene_names_it():
     ev = S.evaluation_set_v2(per_tag=1)[0]
     rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match=r"scene \{.*evaluation scene.*training"):
+    with pytest.raises(ValueError, match=r"scene \{.*evaluation split.*training"):
         render_scene(ev, rng, spec=WORLD_V2, purpose="train")
     with pytest.raises(ValueError, match="purpose"):
         render_scene(ev, rng, spec=WORLD_V2)

@@ -10,7 +10,8 @@ Every part's meta records the world version (`world.spec.META_KEY`; absent = 1, 
 checkpoint); `load_world(path, version=2)` refuses a v1 checkpoint with an error naming it.
 
 The default directory is the default model bundle (`scalingar_jax.bundle.default_bundle_path`:
-`<repo>/checkpoints/shapes`, or the environment variable `SCALINGAR_CHECKPOINT`). Its
+the embedded `checkpoints/shapes`, shipped inside the package, or the environment variable
+`SCALINGAR_CHECKPOINT`). Its
 `bundle.json` (written by `world.pipeline.write_world_manifest`, which training calls) makes it
 loadable by `load_pipeline`. Retrain with
 `python -m scalingar_jax.world.train all --out checkpoints/shapes --seed 0`.
@@ -27,7 +28,7 @@ TRAIN_COMMAND = "python -m scalingar_jax.world.train all --out checkpoints/shape
 
 
 def default_world_path() -> Path:
-    """$SCALINGAR_CHECKPOINT if set, else <repo>/checkpoints/shapes (`bundle.default_bundle_path`)."""
+    """$SCALINGAR_CHECKPOINT if set, else the embedded checkpoints/shapes (`bundle.default_bundle_path`)."""
     return default_bundle_path()
 
 

@@ -3,8 +3,9 @@ encoder) and the reward model, with optax (AdamW, linear warmup + cosine decay, 
 gradient clipping), seeded, and saves them with orbax under `--out` (default
 `checkpoints/shapes`): `{vq,gpt,text,reward}/`, each a `checkpoint.save_model` directory.
 
-Each run writes `experiments/results/training/<model>.json` (config, loss curve, wall time,
-evaluation numbers and the exact command) and `<model>.log`.
+Each run writes `<model>.json` (config, loss curve, wall time, evaluation numbers and the exact
+command) and `<model>.log` under `--results` (default `experiments/results/training`). Both
+defaults are relative to the current directory: run it from the repository root.
 
   python -m scalingar_jax.world.train {vq,gpt,reward,all} --out checkpoints/shapes --seed 0
 
@@ -45,8 +46,6 @@ from scalingar_jax.images import to_uint8
 from scalingar_jax.stats import auroc
 from scalingar_jax.world.spec import META_KEY, WORLD_V1, WorldSpec, world_spec
 
-REPO = Path(__file__).resolve().parents[2]
-RESULTS = REPO / "experiments" / "results" / "training"
 
 # --------------------------------------------------------------------------------------------
 # Chosen configurations
@@ -130,7 +129,7 @@ class Run:
     def __init__(self, name: str, args, total: int):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.results = Path(getattr(args, "results", None) or RESULTS)
+        self.results = Path(args.results)
         self.results.mkdir(parents=True, exist_ok=True)
         self.name, self.t0 = name, time.time()
         self.log_path = self.results / f"{name}.log"
@@ -471,7 +470,7 @@ def base_model_eval(world_dir, args) -> dict:
     verdicts = [judge_image(im, r, judge_config(spec)) for im, r in zip(imgs, recs)]
     summary = summarize(verdicts, recs)
     caps = [("OK " if v.correct else "X ") + r["prompt"] for v, r in zip(verdicts, recs)]
-    save_grid(imgs, caps, Path(getattr(args, "results", None) or RESULTS) / f"{run_name('samples', spec)}.png")
+    save_grid(imgs, caps, Path(args.results) / f"{run_name('samples', spec)}.png")
     summary["sampling"] = {"cfg_scale": args.cfg_scale, "top_k": args.top_k, "temperature": 1.0, "candidates": 1}
     summary["example_failures"] = [{"prompt": r["prompt"], "reason": v.reason}
                                    for v, r in zip(verdicts, recs) if not v.correct][:15]
@@ -912,8 +911,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="resumable chunks: keep the optimiser state in <out>/.train_state/, stop each chunk at "
                         "--max-minutes (default 45 here) and continue it when the same command runs again")
-    p.add_argument("--results", default=None, help=f"folder of the run records (default {RESULTS})")
-    p.add_argument("--out", default=str(REPO / "checkpoints" / "shapes"), help="checkpoint root directory")
+    p.add_argument("--out", default=None,
+                   help="checkpoint root directory, relative to the current directory (default: checkpoints/shapes "
+                        "for --world 1, checkpoints/shapes_v2 for --world 2, so v2 never overwrites the shipped v1)")
+    p.add_argument("--results", default="experiments/results/training",
+                   help="folder of the training records <model>.json/.log and samples.png")
     p.add_argument("--seed", type=int, default=0, help="seed for data, init and batches")
     p.add_argument("--warmup", type=int, default=30, help="linear warmup steps")
     p.add_argument("--log-every", type=int, default=10, help="log the losses every N steps")
@@ -952,14 +954,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line with its derived settings: `spec` (the WorldSpec), `out` defaulting per
+    world version, and --resume's 45-minute chunks."""
     parser = build_parser()
     args = parser.parse_args(argv)
     args.spec = world_spec(args.world)
+    if args.out is None:
+        args.out = "checkpoints/shapes" if args.spec.version == 1 else "checkpoints/shapes_v2"
     if args.resume and args.spec.version == 1:
         parser.error("--resume needs --world 2 (v1 runs continue with --vq-init / --gpt-init / --reward-init)")
     if args.resume and args.max_minutes <= 0:
         args.max_minutes = 45.0
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.model in ("vq", "all"):
         train_vq(args)
