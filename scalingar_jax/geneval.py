@@ -282,6 +282,8 @@ def merge_runs(parts: Sequence, out, *, overwrite: bool = False) -> str:
     parts = [os.path.abspath(os.fspath(p)) for p in parts]
     if not parts:
         raise ValueError("no parts to merge")
+    if os.path.lexists(out) and not overwrite:
+        raise FileExistsError(f"{os.path.abspath(os.fspath(out))} already exists (pass --overwrite to replace it)")
     manifests = []
     for p in parts:
         m = _read_manifest(p) if os.path.isdir(p) else None
