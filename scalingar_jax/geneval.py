@@ -37,13 +37,14 @@ import numpy as np
 from scalingar_jax.atomic import atomic_dir, atomic_write_text, recover
 
 __all__ = ["RUN_FILE", "DEFAULT_IMAGES_PER_PROMPT", "RunMismatch", "read_prompt_file", "prompt_folder",
-           "write_prompt_folder", "folder_is_complete", "prompt_run_ids", "prepare_run", "run_prompts",
+           "write_prompt_folder", "folder_is_complete", "prompt_run_ids", "check_run_folder", "prepare_run", "run_prompts",
            "merge_runs", "file_sha256"]
 
 RUN_FILE = "scalingar_run.json"
 RUN_FORMAT = 1
 DEFAULT_IMAGES_PER_PROMPT = 4  # GenEval's `--n_samples` default
-MAX_IMAGES_PER_PROMPT = 1000   # keeps prompt ids i * K + k inside int32 for 100000 prompts
+MAX_RECORDS = 100000           # prompt folders 00000 .. 99999
+MAX_IMAGES_PER_PROMPT = 1000   # keeps prompt ids i * K + k inside int32 for MAX_RECORDS prompts
 
 
 class RunMismatch(ValueError):
@@ -62,23 +63,22 @@ def read_prompt_file(path, *, check: Callable[[dict], None] | None = None,
     ValueError; a failing record is an error naming the line, tag and prompt, or with
     `skip_unsupported` it is left out and described in `skipped` (one string per record).
     """
-    from scalingar_jax.world.prompts import validate_record  # GenEval's schema (world=False)
+    from scalingar_jax.world.prompts import load_prompt_file  # GenEval's schema with world=False
 
-    kept, skipped = [], []
+    records = load_prompt_file(path, world=False)
+    if len(records) > MAX_RECORDS:
+        raise ValueError(f"{os.fspath(path)}: {len(records)} records, more than the {MAX_RECORDS} that 5-digit "
+                         "prompt folders can hold")
     with open(path, encoding="utf-8") as f:
-        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
-    for index, (lineno, line) in enumerate(lines):
-        where = f"{os.fspath(path)}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid JSON ({err})") from None
-        validate_record(record, world=False, where=where)
+        linenos = [n for n, line in enumerate(f, 1) if line.strip()]
+    kept, skipped = [], []
+    for index, (lineno, record) in enumerate(zip(linenos, records)):
         if check is not None:
             try:
                 check(record)
             except ValueError as err:
-                what = f"{where} (tag {record['tag']!r}, prompt {record['prompt']!r}) is not supported by this model: {err}"
+                what = (f"{os.fspath(path)}:{lineno} (tag {record['tag']!r}, prompt {record['prompt']!r}) is not "
+                        f"supported by this model: {err}")
                 if not skip_unsupported:
                     raise ValueError(f"{what} (skip such records with skip_unsupported / --skip-unsupported)") from None
                 skipped.append(what)
@@ -233,7 +233,10 @@ def prepare_run(out, settings: dict, share: Sequence[tuple[int, dict]], *, selec
         for e in os.listdir(out):
             if _is_ours(e):
                 path = os.path.join(out, e)
-                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
     os.makedirs(out, exist_ok=True)
     if old is None:
         atomic_write_text(os.path.join(out, RUN_FILE), json.dumps(wanted, indent=1) + "\n")

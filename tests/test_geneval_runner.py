@@ -126,6 +126,15 @@ def test_images_per_prompt_are_keyed_by_prompt_and_image(tmp_path):
     assert len(set(ids.tolist())) == 553 * 4
 
 
+def test_best_of_n_images_are_separate_winners(setup, tmp_path):
+    out = tmp_path / "bon"
+    assert gen(setup, out, "--strategy", "best_of_n", "--images-per-prompt", "2", "--limit", "1") == 0
+    samples = [read_png(out / "00000" / "samples" / f"{k:04d}.png") for k in range(2)]
+    assert samples[0].tobytes() != samples[1].tobytes()
+    settings = json.loads((out / geneval.RUN_FILE).read_text())["settings"]
+    assert (settings["strategy"], settings["num_candidates"], settings["limit"]) == ("best_of_n", 2, 1)
+
+
 # ------------------------------------------------------------------------------ resume
 
 def test_rerun_is_reproducible_and_resume_keeps_finished_folders(setup, tmp_path):
