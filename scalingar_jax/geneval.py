@@ -190,11 +190,17 @@ def _is_ours(name: str) -> bool:
 
 
 def check_run_folder(out) -> None:
-    """Refuses an --out that cannot hold a run: a file, or a folder with entries a run does not
-    write (so a rerun never deletes a user's files). Creates nothing."""
+    """Refuses an --out that cannot hold a run: a file, a path under no writable folder, or a
+    folder with entries a run does not write (so a rerun never deletes a user's files).
+    Creates nothing."""
     out = os.path.abspath(os.fspath(out))
     if os.path.lexists(out) and not os.path.isdir(out):
         raise ValueError(f"output folder {out!r} exists and is not a folder")
+    anc = out
+    while not os.path.lexists(anc):
+        anc = os.path.dirname(anc)
+    if not os.path.isdir(anc) or not os.access(anc, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write output folder {out!r}: {anc!r} is not a writable folder")
     if os.path.isdir(out):
         foreign = sorted(e for e in os.listdir(out) if not _is_ours(e))
         if foreign:

@@ -187,6 +187,9 @@ def test_prompt_file_options_need_prompts(setup, tmp_path, capsys):
     assert "--process-index" in capsys.readouterr().err
     assert gen(setup, tmp_path / "o", "--process-index", "0") == 2
     assert "together" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert gen(setup, tmp_path / "file" / "sub") == 2
+    assert "is not a writable folder" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ multi-host
