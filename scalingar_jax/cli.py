@@ -1,7 +1,8 @@
-"""The `scalingar` command: generate, convert, evaluate, bench, train.
+"""The `scalingar` command: generate, merge, convert, evaluate, bench, train.
 
   scalingar generate "a photo of a red circle left of a blue square"
   scalingar generate --prompts prompts.jsonl --out runs/geneval --strategy scalingar -n 8
+  scalingar merge runs/part0 runs/part1 --out runs/geneval
   scalingar convert c2i_B_256.pt out/c2i_B_256 --verify
   scalingar evaluate runs/geneval
   scalingar bench decode -- --presets GPT-B --batch 16
@@ -134,7 +135,8 @@ def cmd_generate(args) -> int:
     from scalingar_jax.pipeline import generate, load_pipeline
 
     _check_generate_args(args)
-    out = _check_out(args.out)
+    _check_prompt_file_args(args)
+    out = _check_out(args.out) if args.prompts is None else None
     mesh = _mesh(args)
     try:
         pipe = load_pipeline(args.checkpoint)
@@ -142,7 +144,7 @@ def cmd_generate(args) -> int:
         raise UserError(str(e)) from None
     sampling, scaling = _sampling_scaling(args, pipe)
     if args.prompts is not None:
-        return _generate_prompt_file(args, pipe, sampling, scaling, out)
+        return _generate_prompt_file(args, pipe, sampling, scaling, mesh)
 
     prompt = " ".join(args.prompt).strip()
     if not prompt:
@@ -227,32 +229,99 @@ def _write_generate_outputs(out: Path, args, pipe, res, prompt, sampling, scalin
     return files, summary
 
 
-def _generate_prompt_file(args, pipe, sampling, scaling, out) -> int:
-    from scalingar_jax.atomic import atomic_dir
+def _check_prompt_file_args(args) -> None:
+    """The --prompts mode's own options (GenEval runs), before anything is loaded or made."""
+    from scalingar_jax.geneval import DEFAULT_IMAGES_PER_PROMPT, MAX_IMAGES_PER_PROMPT, check_run_folder
+
+    given = [flag for flag, value in (("--images-per-prompt", args.images_per_prompt),
+                                      ("--process-index", args.process_index), ("--process-count", args.process_count))
+             if value is not None] + [flag for flag, on in (("--skip-unsupported", args.skip_unsupported),
+                                                            ("--overwrite", args.overwrite)) if on]
+    if args.prompts is None:
+        if given:
+            raise UserError(f"{given[0]} applies to --prompts FILE runs only")
+        return
+    if args.images_per_prompt is None:
+        args.images_per_prompt = DEFAULT_IMAGES_PER_PROMPT
+    if not 1 <= args.images_per_prompt <= MAX_IMAGES_PER_PROMPT:
+        raise UserError(f"--images-per-prompt must be in [1, {MAX_IMAGES_PER_PROMPT}], got {args.images_per_prompt}")
+    if (args.process_index is None) != (args.process_count is None):
+        raise UserError("give --process-index and --process-count together")
+    if args.process_count is None:
+        args.process_index, args.process_count = 0, 1
+    if not 1 <= args.process_count <= 100000 or not 0 <= args.process_index < args.process_count:
+        raise UserError(f"--process-index must be in [0, --process-count) and --process-count >= 1, "
+                        f"got {args.process_index} and {args.process_count}")
+    try:
+        check_run_folder(args.out)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def _generate_prompt_file(args, pipe, sampling, scaling, mesh) -> int:
+    """GenEval run: this process's share of the prompt file into GenEval's layout, resumable."""
+    import dataclasses
+
+    import numpy as np
+
+    from scalingar_jax import geneval
+    from scalingar_jax.bundle import read_bundle
     from scalingar_jax.pipeline import generate
-    from scalingar_jax.world.geneval_io import write_prompt_folder
-    from scalingar_jax.world.prompts import load_prompt_file
+    from scalingar_jax.sharding import split_prompts
 
     try:
-        records = load_prompt_file(args.prompts)
+        records, skipped = geneval.read_prompt_file(args.prompts, check=pipe.check_record,
+                                                    skip_unsupported=args.skip_unsupported)
+        prompts_sha = geneval.file_sha256(args.prompts)
     except (ValueError, OSError) as e:
         raise UserError(str(e)) from None
+    if skipped:
+        print(f"skipped {len(skipped)} record(s) this model does not support, e.g. {skipped[0]}", file=sys.stderr)
     if args.limit:
         records = records[: args.limit]
-    final, mesh = out, _mesh(args)
-    bar, update = _progress(len(records), f"{args.strategy} N={args.n}")
-    with bar, atomic_dir(final, overwrite=True) as tmp:  # the folder appears whole, or not at all
-        out = Path(tmp)
-        for start in range(0, len(records), args.batch):
-            chunk = records[start : start + args.batch]
-            res = generate(pipe, [r["prompt"] for r in chunk], strategy=args.strategy, num_candidates=args.n,
-                           seed=args.seed, sampling=sampling, scaling=scaling, prompt_ids=list(
-                               range(start, start + len(chunk))), compaction=_compaction(args),
-                           mesh=mesh)
-            for i, rec in enumerate(chunk):
-                write_prompt_folder(out, start + i, rec, [res.images[i]], overwrite=True)
-            update(start + len(chunk))
-    print(f"wrote {len(records)} prompt folders under {final}; judge them with: scalingar evaluate {final}")
+    if not records:
+        raise UserError(f"{args.prompts}: no prompt record to generate")
+    K = args.images_per_prompt
+    n = 1 if args.strategy == "plain" else args.n  # plain keeps candidate 0 only: same key with N = 1
+    settings = {"prompts_sha256": prompts_sha, "checkpoint": str(read_bundle(args.checkpoint).root.resolve()),
+                "strategy": args.strategy, "num_candidates": n, "seed": args.seed, "images_per_prompt": K,
+                "sampling": dataclasses.asdict(sampling), "scaling": dataclasses.asdict(scaling),
+                "limit": args.limit, "skip_unsupported": args.skip_unsupported}
+    share = split_prompts(records, args.process_index, args.process_count)
+    share = [pair for _, pair in share]
+    try:
+        todo = geneval.prepare_run(args.out, settings, share, selected=len(records), images_per_prompt=K,
+                                   process_index=args.process_index, process_count=args.process_count,
+                                   overwrite=args.overwrite)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+    def generate_fn(prompts, prompt_ids):
+        unique = list(dict.fromkeys(prompts))
+        rows = np.asarray([unique.index(p) for p in prompts])
+        cond, mask = pipe.condition(unique)  # the conditioner runs once per distinct prompt
+        conditioning = (np.asarray(cond)[rows], None if mask is None else np.asarray(mask)[rows])
+        return generate(pipe, prompts, strategy=args.strategy, num_candidates=n, seed=args.seed, sampling=sampling,
+                        scaling=scaling, prompt_ids=prompt_ids, compaction=_compaction(args), mesh=mesh,
+                        conditioning=conditioning).images
+
+    out = Path(args.out).absolute()
+    print(f"{len(share) - len(todo)} of {len(share)} prompt folders already done in {out}", file=sys.stderr)
+    bar, update = _progress(len(todo), f"{args.strategy} N={n} K={K}")
+    with bar:
+        geneval.run_prompts(out, todo, generate_fn, images_per_prompt=K, batch=args.batch, on_folder=update)
+    print(f"wrote {len(todo)} prompt folders ({len(share)} in all, {K} images each) under {out}")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from scalingar_jax.geneval import merge_runs
+
+    try:
+        merge_runs(args.parts, args.out, overwrite=args.overwrite)
+    except (ValueError, FileExistsError) as e:
+        raise UserError(str(e)) from None
+    print(f"merged {len(args.parts)} parts into {Path(args.out).absolute()}")
     return 0
 
 
@@ -357,8 +426,22 @@ def build_parser() -> argparse.ArgumentParser:
                                    "green), confidence.png (C per candidate, threshold, guidance scale), "
                                    "entropy.png (token-entropy heat map of the winner) and result.json.")
     g.add_argument("prompt", nargs="*", help="the prompt, e.g. \"a photo of a red circle left of a blue square\"")
-    g.add_argument("--prompts", default=None, help="a GenEval-schema .jsonl prompt file: writes GenEval's folder "
-                                                   "layout (<out>/<00000>/metadata.jsonl, samples/0000.png)")
+    g.add_argument("--prompts", default=None, help="a GenEval-schema .jsonl prompt file (e.g. GenEval's "
+                                                   "evaluation_metadata.jsonl): writes GenEval's folder layout "
+                                                   "(<out>/<00000>/metadata.jsonl, grid.png, samples/0000.png); a "
+                                                   "rerun with the same options resumes")
+    g.add_argument("--images-per-prompt", type=int, default=None, metavar="K",
+                   help="with --prompts: images per prompt, each an independent run of the strategy (default 4, "
+                        "GenEval's)")
+    g.add_argument("--skip-unsupported", action="store_true",
+                   help="with --prompts: skip (and count) records outside the model's vocabulary instead of stopping")
+    g.add_argument("--overwrite", action="store_true",
+                   help="with --prompts: discard an earlier run in --out (by default a run with the same options "
+                        "is resumed and one with other options refused)")
+    g.add_argument("--process-index", type=int, default=None, metavar="I",
+                   help="with --prompts: this host's index in a split run (share I of --process-count contiguous "
+                        "blocks of prompts, into its own --out part); join the parts with `scalingar merge`")
+    g.add_argument("--process-count", type=int, default=None, metavar="K", help="hosts of a split run")
     g.add_argument("--strategy", default="scalingar", choices=["scalingar", "plain", "confidence_only",
                                                                "best_of_n", "importance_sampling"],
                    help="test-time scaling strategy (default: scalingar)")
@@ -384,9 +467,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model bundle folder, with its bundle.json (default: the embedded checkpoints/shapes, "
                         "or $SCALINGAR_CHECKPOINT)")
     g.add_argument("--scale", type=int, default=4, help="upscaling factor of selected.png (default 4)")
-    g.add_argument("--batch", type=int, default=16, help="prompts per batch with --prompts (default 16)")
+    g.add_argument("--batch", type=int, default=16,
+                   help="with --prompts: generation runs per call (prompts x images per prompt, at least one "
+                        "prompt's; default 16)")
     g.add_argument("--limit", type=int, default=0, help="with --prompts: only the first LIMIT prompts")
     g.set_defaults(fn=cmd_generate)
+
+    m = sub.add_parser("merge", help="join the parts of a split GenEval run (--process-index) into one folder",
+                       description="Checks that the parts are the complete shares of one run (same settings, "
+                                   "every process once, no overlap, no gap) and copies them into OUT.")
+    m.add_argument("parts", nargs="+", help="the part folders (each a --out of `generate --prompts --process-index`)")
+    m.add_argument("--out", required=True, help="the merged GenEval folder (created atomically)")
+    m.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    m.set_defaults(fn=cmd_merge)
 
     e = sub.add_parser("evaluate", help="judge a GenEval-layout folder with the shapes-world judge",
                        description="Judges every image of a GenEval-layout folder and prints the per-tag table "

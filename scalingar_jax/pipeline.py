@@ -35,7 +35,9 @@ class Pipeline:
     gpt_params: stacked or per-layer (`gpt.unstack_layers`, what bundle loaders give: the
     decode loops then never copy weights). condition: P prompts -> (cond, cond_mask or None),
     cond with leading dimension P. reward: uint8 images (B, H, W, 3) and B prompts -> scores
-    (B,). sampling/scaling: the defaults `generate` uses when given none."""
+    (B,). sampling/scaling: the defaults `generate` uses when given none. check_record: the
+    model's test of a GenEval prompt record (raises ValueError for one outside its vocabulary,
+    e.g. the shapes world's), or None: any record of GenEval's schema is accepted."""
 
     gpt_params: Any
     gpt_cfg: GPTConfig
@@ -46,6 +48,7 @@ class Pipeline:
     sampling: SamplingConfig = SamplingConfig()
     scaling: ScalingARConfig = ScalingARConfig()
     name: str = "pipeline"
+    check_record: Callable[[dict], None] | None = None
 
     @property
     def image_size(self) -> int:

@@ -42,7 +42,7 @@ def test_generate_prompt_file_then_evaluate(world, tmp_path, capsys):
     out = tmp_path / "gen"
     assert cli.main(["generate", "--prompts", str(prompts), "-n", "2", "--checkpoint", world, "--out", str(out),
                      "--strategy", "plain"]) == 0
-    assert sorted(os.listdir(out)) == ["00000", "00001"]
+    assert sorted(os.listdir(out)) == ["00000", "00001", "scalingar_run.json"]
     assert cli.main(["evaluate", str(out)]) == 0
     assert "overall" in capsys.readouterr().out
 

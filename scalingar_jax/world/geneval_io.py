@@ -1,14 +1,14 @@
 """GenEval's output folder layout, written and read back by this world's judge.
 
-Layout (what GenEval's `evaluation/evaluate_images.py` reads)::
+Layout (what GenEval's `evaluation/evaluate_images.py` reads; written by
+`scalingar_jax.geneval`, which see)::
 
     <out_dir>/<index:05d>/metadata.jsonl    one JSON object: the prompt record
     <out_dir>/<index:05d>/samples/0000.png  one PNG per sample, 4-digit index
     <out_dir>/<index:05d>/samples/0001.png  ...
 
 A prompt folder is written whole into a temporary folder next to it and then renamed into
-place, so a crash never leaves a half-written prompt folder behind. PNGs go through
-`scalingar_jax.images` (Pillow).
+place, so a crash never leaves a half-written prompt folder behind.
 """
 from __future__ import annotations
 
@@ -19,19 +19,13 @@ from typing import Sequence
 
 import numpy as np
 
-from scalingar_jax.atomic import atomic_dir
-from scalingar_jax.images import read_png, write_png
+from scalingar_jax.geneval import prompt_folder
+from scalingar_jax.geneval import write_prompt_folder as _write_folder
+from scalingar_jax.images import read_png
 from scalingar_jax.world.judge import JudgeConfig, judge_image, summarize
 from scalingar_jax.world.prompts import validate_record
 
 _SAMPLE_RE = re.compile(r"^\d+\.png$")
-
-
-def prompt_folder(out_dir: str | os.PathLike, index: int) -> str:
-    """`<out_dir>/<index:05d>`."""
-    if not isinstance(index, (int, np.integer)) or isinstance(index, bool) or not 0 <= index <= 99999:
-        raise ValueError(f"index must be an int in [0, 99999], got {index!r}")
-    return os.path.join(os.fspath(out_dir), f"{int(index):05d}")
 
 
 def write_prompt_folder(
@@ -42,32 +36,17 @@ def write_prompt_folder(
     *,
     overwrite: bool = False,
     world: bool = True,
+    grid: bool = False,
 ) -> str:
-    """Writes one prompt's folder: `metadata.jsonl` (the record) and `samples/%04d.png` for
-    each uint8 (H, W, 3) image. Atomic (temp folder + rename). Returns the folder's path.
+    """Checks `record` (GenEval's schema; with `world=True` also this world's vocabulary), then
+    `scalingar_jax.geneval.write_prompt_folder`: metadata.jsonl and `samples/%04d.png` for each
+    uint8 (H, W, 3) image (and grid.png if `grid`), atomic. Returns the folder's path.
 
-    Raises ValueError for a bad record (schema; with `world=True` also this world's
-    vocabulary), an empty `images`, or an image that is not uint8 (H, W, 3);
-    FileExistsError when the folder exists and `overwrite` is False.
+    Raises ValueError for a bad record, an empty `images`, or an image that is not uint8
+    (H, W, 3); FileExistsError when the folder exists and `overwrite` is False.
     """
-    target = prompt_folder(out_dir, index)
-    validate_record(record, world=world, where=f"record for prompt folder {index:05d}")
-    images = list(images)
-    if not images:
-        raise ValueError("write_prompt_folder needs at least one image")
-    if len(images) > 10000:
-        raise ValueError(f"at most 10000 samples per prompt (4-digit names), got {len(images)}")
-    for i, im in enumerate(images):
-        im = np.asarray(im)
-        if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
-            raise ValueError(f"images[{i}] must be uint8 (H, W, 3), got {im.dtype} {im.shape}")
-    with atomic_dir(target, overwrite=overwrite) as tmp:
-        with open(os.path.join(tmp, "metadata.jsonl"), "w", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        os.makedirs(os.path.join(tmp, "samples"))
-        for i, im in enumerate(images):
-            write_png(os.path.join(tmp, "samples", f"{i:04d}.png"), np.asarray(im))
-    return target
+    validate_record(record, world=world, where=f"record for prompt folder {os.path.basename(prompt_folder(out_dir, index))}")
+    return _write_folder(out_dir, index, record, images, grid=grid, overwrite=overwrite)
 
 
 def read_prompt_folder(folder: str | os.PathLike, *, world: bool = True) -> tuple[dict, list[str]]:

@@ -38,6 +38,7 @@ def pipeline_from_bundle(bundle: Bundle, *, with_reward: bool = True) -> Pipelin
     [+ learned reward] from the bundle's parts, with the bundle's sampling/scaling defaults.
     with_reward: load the reward part if the bundle has one (else the pipeline has no reward,
     and Best-of-N / importance sampling refuse to run)."""
+    from scalingar_jax.world.prompts import validate_record
     from scalingar_jax.world.reward import reward_scores
     from scalingar_jax.world.text_encoder import encode_prompts
 
@@ -53,6 +54,9 @@ def pipeline_from_bundle(bundle: Bundle, *, with_reward: bool = True) -> Pipelin
     def condition(prompts):
         return encode_prompts(w.text_params, w.text_cfg, list(prompts))
 
+    def check_record(record):  # the world's vocabulary and phrasings
+        validate_record(record, world=True, where="the shapes world")
+
     reward = None
     if "reward" in parts:
         def reward(images, prompts):
@@ -60,7 +64,7 @@ def pipeline_from_bundle(bundle: Bundle, *, with_reward: bool = True) -> Pipelin
 
     return Pipeline(gpt_params=unstack_layers(w.gpt_params), gpt_cfg=w.gpt_cfg, vq_params=w.vq_params,
                     vq_cfg=w.vq_cfg, condition=condition, reward=reward, sampling=bundle.sampling,
-                    scaling=bundle.scaling, name=bundle.name)
+                    scaling=bundle.scaling, name=bundle.name, check_record=check_record)
 
 
 def load_world_pipeline(path=None, *, sampling: SamplingConfig | None = None, scaling: ScalingARConfig | None = None,
