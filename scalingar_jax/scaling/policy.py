@@ -9,7 +9,9 @@ k = 0..T-1 and W0 = ceil(warmup_frac*T):
   * k == W0 - 1 (the last warm-up step; k == 0 when W0 == 0): theta = Q_p(C over alive).
   * k >= W0: theta <- (1 - lam_theta)*theta + lam_theta*Q_p(C over alive), then probation is
     counted against this theta and candidates whose counter reaches Delta_rec are terminated.
-  So the earliest possible termination is at step W0 + Delta_rec - 1.
+  So the earliest possible termination is at step W0 + Delta_rec - 1. Nothing is terminated at
+  the last step k = T - 1: the candidate has produced all its tokens, pruning it would only drop
+  a finished image from selection (issue 21; probation is still counted).
   Q_p is taken over the candidates alive *before* this step's terminations. A prompt with no
   alive candidate keeps its theta.
   * `p == 0` disables pruning (static): the 0-quantile is the minimum of the alive set, so no
@@ -67,7 +69,8 @@ def guidance_scale(cfg: ScalingARConfig, state: ConfidenceState, s_base):
     """Per-candidate CFG scale for the next step, (P, N) float32.
 
     s = clip(s_base + alpha*(1 - D) + beta*Var(I) - gamma*R, s_min, s_max), s_max = cfg.s_max
-    or 2*s_base. A candidate whose profile has not been updated yet gets clip(s_base, ...).
+    or 2*s_base. Var(I) is `state.V` (its z-score) when cfg.volatility == "zscore"; alpha is 0
+    when use_conditional=False and conditional_ablation == "everywhere". A candidate whose profile has not been updated yet gets clip(s_base, ...).
     A Python-float s_base with s_max < s_min raises ValueError; a traced one cannot be checked
     (jnp.clip then returns s_max).
     With `use_scheduler=False` the fixed `s_base` is returned everywhere (fixed CFG).
@@ -84,7 +87,10 @@ def guidance_scale(cfg: ScalingARConfig, state: ConfidenceState, s_base):
     if not cfg.use_scheduler:
         return jnp.broadcast_to(s_base, shape).astype(F32)
     s_max = jnp.asarray(cfg.resolved_s_max(s_base), F32)
-    s = s_base + cfg.alpha * (1.0 - state.D) + cfg.beta * state.I_var - cfg.gamma * state.R
+    # conditional_ablation="everywhere": use_conditional=False also drops alpha*(1 - D)
+    alpha = cfg.alpha if cfg.use_conditional or cfg.conditional_ablation == "confidence" else 0.0
+    vol = state.I_var if cfg.volatility == "raw" else state.V
+    s = s_base + alpha * (1.0 - state.D) + cfg.beta * vol - cfg.gamma * state.R
     s = jnp.where(state.initialized, s, s_base)
     return jnp.clip(s, cfg.s_min, s_max).astype(F32)
 
@@ -142,7 +148,8 @@ def update_termination(
     active = step >= W0
     on = alive & (C < theta[:, None]) & (R < cfg.delta_rec) & active
     prob = jnp.where(alive, jnp.where(on, prob + 1, 0), prob)
-    want = alive & (prob >= cfg.Delta_rec)
+    # a candidate that has produced all its tokens (step T-1) is complete: never pruned then
+    want = alive & (prob >= cfg.Delta_rec) & (step < total_steps - 1)
 
     # min survivors: rescue the r highest-C members of `want` (ties: lowest id).
     n_kill = jnp.sum(want, axis=1)
