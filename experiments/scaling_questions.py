@@ -14,7 +14,7 @@ Two settings:
           paper's settings: tokens and pruning only (no accuracy exists for random weights).
 
   nice -n 10 python experiments/scaling_questions.py world --per-tag 7 --seeds 0 1 --N 8
-  nice -n 10 python experiments/scaling_questions.py gptb --prompts 2 --grid 16 --N 8
+  nice -n 10 python experiments/scaling_questions.py gptb --prompts 2 --grid 16 --N 8 --sharpen 5
   python experiments/scaling_questions.py report      # table + RESULTS.md section from the JSONs
 
 Writes experiments/results/scaling_questions_{world,gptb}.json and scaling_questions.md, and
@@ -109,6 +109,8 @@ def run_world(args) -> dict:
     settings = {f"world gate {name}": pipe.scaling.replace(**ov) for name, ov in VARIANTS.items()}
     settings.update({f"paper gate {name}": pipe.scaling.replace(**PAPER_GATE, **VARIANTS[name]) for name in REBOUND})
     rows = {}
+    header = {"split": "dev", "prompts": n, "per_tag": args.per_tag, "N": args.N, "seeds": args.seeds, "T": T,
+              "base_scaling": str(pipe.scaling), "sampling": str(pipe.sampling), "checkpoint": pipe.name}
 
     def judge(images):
         return np.array([bool(judge_image(im, r).correct) for im, r in zip(images, records)])
@@ -129,12 +131,11 @@ def run_world(args) -> dict:
                        "config": {k: v for k, v in cfg.__dict__.items() if v != getattr(type(cfg)(), k)}}
         print(f"{label:40s} acc {rows[label]['correct'].mean():.3f} tokens {rows[label]['tokens'].mean():7.1f} "
               f"pruned {rows[label]['stats']['pruned_fraction']:.3f} ({time.time() - t0:.0f} s)", flush=True)
-    return _summarize(rows, "world", {"split": "dev", "prompts": n, "per_tag": args.per_tag, "N": args.N,
-                                       "seeds": args.seeds, "T": T, "base_scaling": str(pipe.scaling),
-                                       "sampling": str(pipe.sampling), "checkpoint": pipe.name})
+        write_json("scaling_questions_world", _summarize(rows, "world", header, partial=True))
+    return _summarize(rows, "world", header)
 
 
-def _summarize(rows: dict, setting: str, header: dict) -> dict:
+def _summarize(rows: dict, setting: str, header: dict, partial: bool = False) -> dict:
     base = {"world": "world gate spec", "gptb": "spec"}[setting]
     out = {}
     for label, r in rows.items():
@@ -151,7 +152,7 @@ def _summarize(rows: dict, setting: str, header: dict) -> dict:
             diff = r["tokens"] - rows[base]["tokens"]
             d["tokens_minus_spec"], d["tokens_minus_spec_ci"] = float(diff.mean()), bootstrap_ci(diff)
         out[label] = d
-    return {**stamp(), "setting": setting, **header, "rows": out}
+    return {**stamp(), "setting": setting, **header, "partial": partial, "rows": out}
 
 
 # ----------------------------------------------------------------------------------------- GPT-B
@@ -163,7 +164,7 @@ def run_gptb(args) -> dict:
     from scalingar_jax.scaling import ScalingARConfig
     from scalingar_jax.scaling import strategies as S
 
-    cfg = gpt_config("GPT-B", "c2i", grid_size=args.grid, block_size=args.grid**2)
+    cfg = gpt_config("GPT-B", "c2i", grid_size=args.grid)
     factor = {"output": args.sharpen, "cls_embedding": args.sharpen}
     params = jax.tree_util.tree_map_with_path(
         lambda path, x: x * next((factor[k.key] for k in path if getattr(k, "key", None) in factor), 1.0),
@@ -171,7 +172,11 @@ def run_gptb(args) -> dict:
     labels = np.arange(args.prompts, dtype=np.int32) * 97 % cfg.num_classes
     sampling = SamplingConfig(cfg_scale=4.0)  # LlamaGen c2i default
     T, rows = cfg.block_size, {}
+    header = {"model": f"GPT-B c2i, random init, output head and class embedding x {args.sharpen}", "grid": args.grid,
+              "T": T, "N": args.N, "prompts": args.prompts, "seed": args.seed, "sampling": str(sampling)}
     for name, ov in VARIANTS.items():
+        if args.variants and name not in args.variants:
+            continue
         sc = ScalingARConfig(**ov)
         t0 = time.time()
         res = S.run_token_strategy(params, cfg, labels, key=jax.random.key(args.seed), strategy="scalingar",
@@ -182,9 +187,8 @@ def run_gptb(args) -> dict:
                                                         if rows[name]["stats"]["termination_steps"] else None)
         print(f"{name:30s} tokens {rows[name]['tokens'].mean():7.1f} pruned {rows[name]['stats']['pruned_fraction']:.3f}"
               f" Hn {rows[name]['stats']['mean_entropy']:.3f} ({time.time() - t0:.0f} s)", flush=True)
-    return _summarize(rows, "gptb", {"model": "GPT-B c2i, random init, output head and class embedding x "
-                                              f"{args.sharpen}", "grid": args.grid, "T": T, "N": args.N,
-                                     "prompts": args.prompts, "seed": args.seed, "sampling": str(sampling)})
+        write_json("scaling_questions_gptb", _summarize(rows, "gptb", header, partial=True))
+    return _summarize(rows, "gptb", header)
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -225,7 +229,9 @@ def report() -> str:
                          f"N = {d['N']}, seeds {d['seeds']}, T = {d['T']}\n")
             parts.append("\"world gate\": the pipeline's ScalingAR config (Delta_rec = 2, p = 0.2); \"paper gate\": the "
                          "same with the paper's Delta_rec = 32. 95% CIs: bootstrap over prompts, paired with spec.\n")
-        parts.append(f"Command: `{d['command']}` (git {d['git_rev']}, {d['time']})\n")
+        parts.append(f"Command: `{d['command']}` (git {d['git_rev']}, {d['time']})"
+                     + (" PARTIAL: the run was stopped; only these rows were measured." if d.get("partial") else "")
+                     + "\n")
         parts.append(markdown_table(table, cols) + "\n")
     return "\n".join(parts)
 
@@ -254,7 +260,8 @@ def main(argv=None) -> int:
     g.add_argument("--grid", type=int, default=16)
     g.add_argument("--N", type=int, default=8)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--sharpen", type=float, default=10.0, help="factor on the output head and class embedding")
+    g.add_argument("--sharpen", type=float, default=5.0, help="factor on the output head and class embedding")
+    g.add_argument("--variants", nargs="*", default=None, help=f"subset of {list(VARIANTS)}")
     r = sub.add_parser("report", help="table + RESULTS.md section from the JSONs")
     r.add_argument("--conclusions", type=Path, default=None, help="a markdown file appended to the section")
     args = ap.parse_args(argv)
