@@ -16,6 +16,7 @@ Two settings:
   nice -n 10 python experiments/scaling_questions.py world --per-tag 7 --seeds 0 1 --N 8
   nice -n 10 python experiments/scaling_questions.py gptb --prompts 2 --grid 16 --N 8 --sharpen 5
   python experiments/scaling_questions.py report      # table + RESULTS.md section from the JSONs
+                                                      # (+ results/scaling_questions_conclusions.md)
 
 Writes experiments/results/scaling_questions_{world,gptb}.json and scaling_questions.md, and
 replaces the "Issue 21" section of experiments/results/RESULTS.md. Confidence intervals: 95%
@@ -53,6 +54,7 @@ PAPER_GATE = {"Delta_rec": 32}  # the paper's probation length (p = 0.2 is alrea
 REBOUND = ("spec", "rebound=probation", "rebound=trailing16")
 B = 2000
 MARK = "<!-- issue21-scaling-questions -->"
+CONCLUSIONS = RESULTS / "scaling_questions_conclusions.md"  # hand-written reading of the JSONs, appended
 
 
 def bootstrap_ci(x: np.ndarray, rng_seed: int = 0) -> list[float]:
@@ -136,10 +138,16 @@ def run_world(args) -> dict:
 
 
 def _summarize(rows: dict, setting: str, header: dict, partial: bool = False) -> dict:
-    base = {"world": "world gate spec", "gptb": "spec"}[setting]
+    """Per row: means, bootstrap CIs and the paired difference with the spec row of its own gate
+    ("paper gate spec" for the paper-gate rows, else the world-gate / GPT-B spec row)."""
     out = {}
     for label, r in rows.items():
-        d = {"tokens_per_image": float(r["tokens"].mean()), "tokens_ci": bootstrap_ci(r["tokens"]), **r["stats"]}
+        base = "paper gate spec" if label.startswith("paper gate") else {"world": "world gate spec",
+                                                                         "gptb": "spec"}[setting]
+        d = {"tokens_per_image": float(r["tokens"].mean()), "tokens_ci": bootstrap_ci(r["tokens"]), **r["stats"],
+             "compared_with": base, "per_prompt_tokens": r["tokens"].tolist()}
+        if r.get("correct") is not None:
+            d["per_prompt_correct"] = np.asarray(r["correct"], float).tolist()
         if "config" in r:
             d["config_overrides"] = r["config"]
         if r.get("correct") is not None:
@@ -204,6 +212,7 @@ def report() -> str:
             continue
         d = json.loads(path.read_text())
         table = []
+        bases = sorted({r.get("compared_with", "world gate spec") for r in d["rows"].values()})
         for label, r in d["rows"].items():
             row = {"variant": label, "tokens/image": _fmt_ci(r["tokens_per_image"], r["tokens_ci"], 1),
                    "pruned": f"{r.get('pruned_fraction', 0):.3f}" if "pruned_fraction" in r else "",
@@ -233,6 +242,7 @@ def report() -> str:
                      + (" PARTIAL: the run was stopped; only these rows were measured." if d.get("partial") else "")
                      + "\n")
         parts.append(markdown_table(table, cols) + "\n")
+        parts.append(f"\"vs spec\": paired difference (per prompt) with {' / '.join(bases)}.\n")
     return "\n".join(parts)
 
 
@@ -263,7 +273,9 @@ def main(argv=None) -> int:
     g.add_argument("--sharpen", type=float, default=5.0, help="factor on the output head and class embedding")
     g.add_argument("--variants", nargs="*", default=None, help=f"subset of {list(VARIANTS)}")
     r = sub.add_parser("report", help="table + RESULTS.md section from the JSONs")
-    r.add_argument("--conclusions", type=Path, default=None, help="a markdown file appended to the section")
+    r.add_argument("--conclusions", type=Path, default=CONCLUSIONS,
+                   help="a markdown file appended to the section (default: the hand-written reading of the "
+                        "numbers, experiments/results/scaling_questions_conclusions.md, if present)")
     args = ap.parse_args(argv)
     for name, v in (("per_tag", getattr(args, "per_tag", 1)), ("N", getattr(args, "N", 1)),
                     ("prompts", getattr(args, "prompts", 1)), ("grid", getattr(args, "grid", 1))):
@@ -274,10 +286,10 @@ def main(argv=None) -> int:
     elif args.cmd == "gptb":
         path = write_json("scaling_questions_gptb", run_gptb(args))
     else:
-        write_report(args.conclusions.read_text() if args.conclusions else None)
+        write_report(args.conclusions.read_text() if args.conclusions and args.conclusions.exists() else None)
         return 0
     print(f"wrote {path}")
-    write_report()
+    write_report(CONCLUSIONS.read_text() if CONCLUSIONS.exists() else None)
     return 0
 
 
