@@ -19,7 +19,7 @@ P, N, V, G = 3, 6, 50, 6
 T = G * G
 S_BASE = 3.0
 # A gate aggressive enough to prune on 36 steps, scheduler gains large enough that every term moves s.
-GATE = dict(p=0.35, Delta_rec=4, delta_rec=0.2, lam_theta=0.5, alpha=1.0, beta=5.0, gamma=1.0)
+GATE = dict(p=0.35, Delta_rec=4, delta_rec=0.2, lam_theta=0.4, alpha=1.0, beta=5.0, gamma=1.0)
 _step = jax.jit(scalingar_step, static_argnames=("cfg", "total_steps", "grid_size", "axis_name"))
 _term = jax.jit(update_termination, static_argnames=("cfg", "total_steps", "axis_name"))
 
