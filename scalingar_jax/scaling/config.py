@@ -25,8 +25,29 @@ guaranteed. A mixture whose active weights are all 0 is rejected.
 
 `use_conditional=False` only removes D from C (the spec's `wD = 0`); D is still computed and
 the scheduler's `alpha*(1 - D)` term is untouched (set `alpha=0` to drop it as well).
+`conditional_ablation` says what `use_conditional=False` removes: "confidence" (default, the
+spec's `wD = 0`) removes D from C only; "everywhere" also drops the scheduler's
+`alpha*(1 - D)` term (equivalent to also setting `alpha=0`). Issue 21 measured both
+(`experiments/scaling_questions.py`).
+
 `use_termination=False` never prunes (theta is still tracked, for diagnostics);
 `use_scheduler=False` makes `guidance_scale` return the fixed `s_base` (fixed CFG).
+
+Open readings measured in issue 21 (defaults = the spec's literal reading)
+------------------------------------------------------------------------
+`rebound_window` is the window of the running minimum `Cmin` that the rebound
+`R = (C - Cmin) / (|Cmin| + eps)` is measured from:
+  * "all" (default, the spec read literally): every step of the candidate, warm-up included.
+  * "probation": the steps of the current probation run (the minimum restarts at the current C
+    whenever the candidate was not on probation at the previous step, so R = 0 there and a
+    candidate below theta goes on probation at once; it is released only if C rebounds by
+    `delta_rec` relative to its lowest point *during* probation). R is the state's one rebound, so
+    the scheduler's `-gamma*R` then also reads it (0 off probation).
+  * "trailing": the last `rebound_steps` profiled steps of the candidate (current one included).
+`volatility` is the scheduler's `Var(I)` input: "raw" (default, the spec's EW variance of I,
+~1e-4 on real models, so `beta*Var(I)` barely moves the scale) or "zscore" (the variance
+z-scored with pooled per-prompt running statistics and squashed by a sigmoid exactly as D is,
+so the term is in (0, 1) like `1 - D`).
 
 Rates not given by the spec (**decision**)
 -----------------------------------------
@@ -42,6 +63,9 @@ from fractions import Fraction
 from typing import Any, Literal
 
 ENTROPY_SOURCES = ("cond", "guided")
+REBOUND_WINDOWS = ("all", "probation", "trailing")
+VOLATILITIES = ("raw", "zscore")
+CONDITIONAL_ABLATIONS = ("confidence", "everywhere")
 
 # Paper Tables 2 and 4, as field overrides of the full method.
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -86,6 +110,9 @@ class ScalingARConfig:
     (the paper's Delta_rec: consecutive probation steps before termination), `min_survivors`.
     Ablation switches: `use_conditional, use_worst_block, use_token_level, use_termination,
     use_scheduler`, and `renormalize` (see the module docstring).
+    Open readings (module docstring, issue 21): `rebound_window` ("all" | "probation" |
+    "trailing"), `rebound_steps` (trailing window length), `volatility` ("raw" | "zscore"),
+    `conditional_ablation` ("confidence" | "everywhere"); defaults are the spec's reading.
     """
 
     # Level 1
@@ -121,12 +148,17 @@ class ScalingARConfig:
     use_termination: bool = True
     use_scheduler: bool = True
     renormalize: bool = True
+    # open readings (issue 21); defaults: the spec read literally
+    rebound_window: Literal["all", "probation", "trailing"] = "all"
+    rebound_steps: int = 32
+    volatility: Literal["raw", "zscore"] = "raw"
+    conditional_ablation: Literal["confidence", "everywhere"] = "confidence"
 
     def __post_init__(self):
         for name in _BOOLS:
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        for name in ("block_size", "probation_steps", "min_survivors"):
+        for name in ("block_size", "probation_steps", "min_survivors", "rebound_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{name} must be an int, got {v!r}")
@@ -153,6 +185,12 @@ class ScalingARConfig:
             raise ValueError(
                 f"entropy_source must be one of {ENTROPY_SOURCES}, got {self.entropy_source!r}"
             )
+        for name, allowed in (("rebound_window", REBOUND_WINDOWS), ("volatility", VOLATILITIES),
+                              ("conditional_ablation", CONDITIONAL_ABLATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.rebound_steps < 1:
+            raise ValueError(f"rebound_steps must be >= 1, got {self.rebound_steps}")
         if not self.eps > 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
         if self.block_size < 1:
@@ -215,6 +253,12 @@ class ScalingARConfig:
 
     def resolved_s_max(self, s_base):
         return 2.0 * s_base if self.s_max is None else self.s_max
+
+    @property
+    def rebound_history(self) -> int:
+        """Length of the per-candidate C history the state keeps (`rebound_steps` when the
+        rebound window is "trailing", else 1)."""
+        return self.rebound_steps if self.rebound_window == "trailing" else 1
 
     @staticmethod
     def _norm(ws: tuple[float, ...], renormalize: bool) -> tuple[float, ...]:

@@ -237,8 +237,10 @@ def loop_key(spec: LoopSpec) -> LoopSpec:
 def shape_key(spec: LoopSpec) -> LoopSpec:
     """The spec of the shape-only pieces (start, compaction, selection, resampling): what
     determines the state's shapes, keys and padding, nothing of the policy."""
+    sc = spec.scaling  # the state's shape: blocks, and the C history of a trailing rebound window
     return dataclasses.replace(spec, policy="none", compaction=False, stop_at=-1,
-                               scaling=ScalingARConfig(block_size=spec.scaling.block_size))
+                               scaling=ScalingARConfig(block_size=sc.block_size, rebound_window=sc.rebound_window,
+                                                       rebound_steps=sc.rebound_steps))
 
 
 # ------------------------------------------------------------------------------ start, compaction, selection

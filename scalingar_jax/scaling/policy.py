@@ -10,7 +10,9 @@ k = 0..T-1 and W0 = ceil(warmup_frac*T):
   * k >= W0: theta <- (1 - lam_theta)*theta + lam_theta*Q_p(C over alive), then probation is
     counted against this theta and candidates whose counter reaches probation_steps (Delta_rec)
     are terminated.
-  So the earliest possible termination is at step W0 + probation_steps - 1.
+  So the earliest possible termination is at step W0 + probation_steps - 1. Nothing is terminated at
+  the last step k = T - 1: the candidate has produced all its tokens, pruning it would only drop
+  a finished image from selection (issue 21; probation is still counted).
   Q_p is taken over the candidates alive *before* this step's terminations. A prompt with no
   alive candidate keeps its theta.
   * `p == 0` disables pruning (static): the 0-quantile is the minimum of the alive set, so no
@@ -68,7 +70,9 @@ def guidance_scale(scaling: ScalingARConfig, state: ConfidenceState, s_base):
     """Per-candidate CFG scale for the next step, (P, N) float32.
 
     s = clip(s_base + alpha*(1 - D) + beta*Var(I) - gamma*R, s_min, s_max), s_max = scaling.s_max
-    or 2*s_base. A candidate whose profile has not been updated yet gets clip(s_base, ...).
+    or 2*s_base. Var(I) is `state.V` (its z-score) when scaling.volatility == "zscore"; alpha is 0
+    when use_conditional=False and conditional_ablation == "everywhere". A candidate whose profile
+    has not been updated yet gets clip(s_base, ...).
     With `use_scheduler=False` the fixed `s_base` is returned everywhere (fixed CFG, no check).
     Otherwise a Python-float s_base with s_max < s_min raises ValueError; a traced one cannot be
     checked (jnp.clip then returns s_max).
@@ -85,7 +89,10 @@ def guidance_scale(scaling: ScalingARConfig, state: ConfidenceState, s_base):
             )
     s_base = jnp.asarray(s_base, F32)
     s_max = jnp.asarray(scaling.resolved_s_max(s_base), F32)
-    s = s_base + scaling.alpha * (1.0 - state.D) + scaling.beta * state.I_var - scaling.gamma * state.R
+    # conditional_ablation="everywhere": use_conditional=False also drops alpha*(1 - D)
+    alpha = scaling.alpha if scaling.use_conditional or scaling.conditional_ablation == "confidence" else 0.0
+    vol = state.I_var if scaling.volatility == "raw" else state.V
+    s = s_base + alpha * (1.0 - state.D) + scaling.beta * vol - scaling.gamma * state.R
     s = jnp.where(state.initialized, s, s_base)
     return jnp.clip(s, scaling.s_min, s_max).astype(F32)
 
@@ -143,7 +150,8 @@ def update_termination(
     active = step >= W0
     on = alive & (C < theta[:, None]) & (R < scaling.rebound_threshold) & active
     prob = jnp.where(alive, jnp.where(on, prob + 1, 0), prob)
-    want = alive & (prob >= scaling.probation_steps)
+    # a candidate that has produced all its tokens (step T-1) is complete: never pruned then
+    want = alive & (prob >= scaling.probation_steps) & (step < total_steps - 1)
 
     # min survivors: rescue the r highest-C members of `want` (ties: lowest id).
     n_kill = jnp.sum(want, axis=1)

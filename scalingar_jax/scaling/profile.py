@@ -16,6 +16,11 @@ One call of `update_profile` consumes the logits that produced token `k` (raster
     K~      = EMA_{lam_tok}(KL(softmax(lc) || softmax(lu)))
     D       = sigmoid((K~ - mu_K) / (sd_K + eps))           pooled stats over alive, per prompt
     C       = wI*I + wD*D;   Cmin = running min of C;   R = (C - Cmin) / (|Cmin| + eps)
+    V       = Var(I) ("raw") or sigmoid((Var(I) - mu_V) / (sd_V + eps)) ("zscore", pooled stats)
+
+The window of Cmin is `scaling.rebound_window`: "all" (every step), "probation" (restarts at C
+unless the candidate was on probation at the previous step: `state.probation > 0`) or
+"trailing" (the last `rebound_steps` profiled steps, kept in the ring buffer `C_hist`).
 
 Every EMA is initialised to its first value (the candidate's `initialized` flag).
 
@@ -67,8 +72,12 @@ class ConfidenceState:
       C, R, I, D, B          (P, N)  unified confidence, rebound, intrinsic, drift, block score
       s_tok                  (P, N)  EMA of token-level confidence 1 - u
       K                      (P, N)  EMA of KL(pc || pu)  (K~)
-      Cmin                   (P, N)  running min of C
+      Cmin                   (P, N)  running min of C (over `scaling.rebound_window`)
+      C_hist                 (P, N, H) last H values of C, ring buffer at tokens_used % H
+                                     (H = scaling.rebound_history: 1 unless "trailing")
       I_mean, I_var          (P, N)  EW mean / variance of I (Var(I) = I_var)
+      V                      (P, N)  the scheduler's volatility input (I_var, or z-scored)
+      V_mu, V_var            (P,)    pooled running stats of I_var (for "zscore")
       blk_sum                (P, N, nb) sum of Hn per block;  blk_cnt (P, N, nb) int32 counts
       e_mu, e_var            (P,)    pooled running stats of the worst-block entropy e
       K_mu, K_var            (P,)    pooled running stats of K~
@@ -90,8 +99,12 @@ class ConfidenceState:
     s_tok: jax.Array
     K: jax.Array
     Cmin: jax.Array
+    C_hist: jax.Array
     I_mean: jax.Array
     I_var: jax.Array
+    V: jax.Array
+    V_mu: jax.Array
+    V_var: jax.Array
     blk_sum: jax.Array
     blk_cnt: jax.Array
     e_mu: jax.Array
@@ -144,7 +157,9 @@ def init_state(
     zf = jnp.zeros((P, N), F32)
     zp = jnp.zeros((P,), F32)
     return ConfidenceState(
-        C=zf, R=zf, I=zf, D=zf, B=zf, s_tok=zf, K=zf, Cmin=zf, I_mean=zf, I_var=zf,
+        C=zf, R=zf, I=zf, D=zf, B=zf, s_tok=zf, K=zf, Cmin=zf, I_mean=zf, I_var=zf, V=zf,
+        C_hist=jnp.zeros((P, N, scaling.rebound_history), F32),
+        V_mu=zp, V_var=zp,
         blk_sum=jnp.zeros((P, N, nb), F32),
         blk_cnt=jnp.zeros((P, N, nb), jnp.int32),
         e_mu=zp, e_var=zp, K_mu=zp, K_var=zp,
@@ -313,6 +328,11 @@ def update_profile(
             f"state has {nb} blocks but grid_size={grid_size}, block_size={scaling.block_size} "
             f"gives {num_blocks(grid_size, scaling.block_size)}"
         )
+    if state.C_hist.shape[-1] != scaling.rebound_history:
+        raise ValueError(
+            f"state keeps {state.C_hist.shape[-1]} past C values but rebound_window="
+            f"{scaling.rebound_window!r} needs {scaling.rebound_history} (build it with init_state(scaling, ...))"
+        )
     lc, lu = jnp.asarray(lc), jnp.asarray(lu)
     if lc.ndim != 3 or lc.shape[:2] != (P, N):
         raise ValueError(f"lc must have shape (P={P}, N={N}, V), got {lc.shape}")
@@ -356,6 +376,10 @@ def update_profile(
     diff = I - state.I_mean
     I_mean = jnp.where(init, state.I_mean + scaling.lam_I * diff, I)
     I_var = jnp.where(init, (1.0 - scaling.lam_I) * (state.I_var + scaling.lam_I * jnp.square(diff)), 0.0)
+    V_mu, V_var, _ = _pooled_update(
+        I_var, a, state.V_mu, state.V_var, state.stats_initialized, scaling.lam_stat, axis_name
+    )
+    V = I_var if scaling.volatility == "raw" else _zsig(I_var, V_mu, V_var, scaling.eps)
 
     # conditional channel
     K = _ema(state.K, kl_divergence(lc, lu), scaling.lam_tok, init)
@@ -367,7 +391,16 @@ def update_profile(
     # unified confidence and rebound
     wI, wD = scaling.unified_weights
     C = wI * I + wD * D
-    Cmin = jnp.where(init, jnp.minimum(state.Cmin, C), C)
+    C_hist = state.C_hist
+    if scaling.rebound_window == "trailing":
+        H = C_hist.shape[-1]
+        slot = jnp.arange(H)
+        C_hist = jnp.where(slot == (state.tokens_used % H)[..., None], C[..., None], C_hist)
+        filled = slot < jnp.minimum(state.tokens_used + 1, H)[..., None]
+        Cmin = jnp.min(jnp.where(filled, C_hist, jnp.inf), axis=-1)
+    else:
+        cont = init if scaling.rebound_window == "all" else init & (state.probation > 0)
+        Cmin = jnp.where(cont, jnp.minimum(state.Cmin, C), C)
     R = (C - Cmin) / (jnp.abs(Cmin) + scaling.eps)
 
     def keep(new, old):
@@ -383,8 +416,12 @@ def update_profile(
         s_tok=keep(s_tok, state.s_tok),
         K=keep(K, state.K),
         Cmin=keep(Cmin, state.Cmin),
+        C_hist=keep(C_hist, state.C_hist),
         I_mean=keep(I_mean, state.I_mean),
         I_var=keep(I_var, state.I_var),
+        V=keep(V, state.V),
+        V_mu=V_mu,
+        V_var=V_var,
         blk_sum=keep(blk_sum, state.blk_sum),
         blk_cnt=keep(blk_cnt, state.blk_cnt),
         e_mu=e_mu,
