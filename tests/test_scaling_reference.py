@@ -20,8 +20,8 @@ T = G * G
 S_BASE = 3.0
 # A gate aggressive enough to prune on 36 steps, scheduler gains large enough that every term moves s.
 GATE = dict(p=0.35, probation_steps=4, rebound_threshold=0.2, lam_theta=0.4, alpha=1.0, beta=5.0, gamma=1.0)
-_step = jax.jit(scalingar_step, static_argnames=("cfg", "total_steps", "grid_size", "axis_name"))
-_term = jax.jit(update_termination, static_argnames=("cfg", "total_steps", "axis_name"))
+_step = jax.jit(scalingar_step, static_argnames=("scaling", "total_steps", "grid_size", "axis_name"))
+_term = jax.jit(update_termination, static_argnames=("scaling", "total_steps", "axis_name"))
 
 FIELDS = ("C", "R", "I", "D", "B", "s_tok", "K", "Cmin", "I_mean", "I_var", "V", "blk_sum")
 EXACT = ("blk_cnt", "initialized", "alive", "probation", "theta_ready", "terminated_at", "tokens_used")
