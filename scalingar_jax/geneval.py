@@ -30,13 +30,14 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from scalingar_jax.atomic import atomic_dir, atomic_write_text, recover
 
-__all__ = ["RUN_FILE", "DEFAULT_IMAGES_PER_PROMPT", "RunMismatch", "read_prompt_file", "prompt_folder",
+__all__ = ["TAGS", "RELATIONS", "RECORD_KEYS", "INCLUDE_KEYS", "EXCLUDE_KEYS", "validate_record",
+           "read_jsonl_records", "RUN_FILE", "DEFAULT_IMAGES_PER_PROMPT", "RunMismatch", "read_prompt_file", "prompt_folder",
            "write_prompt_folder", "folder_is_complete", "prompt_run_ids", "check_run_folder", "prepare_run", "run_prompts",
            "merge_runs", "file_sha256"]
 
@@ -51,6 +52,107 @@ class RunMismatch(ValueError):
     """An output folder holds a run made with other settings (or not a run of this package)."""
 
 
+# ---------------------------------------------------------------------------- GenEval's schema
+
+TAGS: tuple[str, ...] = (
+    "single_object", "two_object", "counting", "colors", "position", "color_attr",
+)
+RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")  # GenEval's position phrases
+RECORD_KEYS: tuple[str, ...] = ("tag", "include", "exclude", "prompt")
+INCLUDE_KEYS: tuple[str, ...] = ("class", "count", "color", "position")
+EXCLUDE_KEYS: tuple[str, ...] = ("class", "count")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def validate_record(record: Any, *, where: str = "record") -> None:
+    """Checks a record against GenEval's metadata schema; raises ValueError naming `where`
+    and the offending field.
+
+    Schema: keys exactly {"tag", "include", "prompt"} plus optional "exclude"; tag one of
+    `TAGS`; include a non-empty list of {"class": non-empty str, "count": int >= 1,
+    "color"?: str, "position"?: [one of RELATIONS, int index of an EARLIER include entry]};
+    exclude a list of {"class", "count"}; prompt a non-empty str. (A model family adds its
+    own checks on top, e.g. the shapes world's `world.prompts.validate_record`.)
+    """
+    def fail(msg: str) -> None:
+        raise ValueError(f"{where}: {msg}")
+
+    if not isinstance(record, dict):
+        fail(f"expected a JSON object, got {type(record).__name__}")
+    missing = [k for k in ("tag", "include", "prompt") if k not in record]
+    if missing:
+        fail(f"missing key(s) {missing}; a record has keys {list(RECORD_KEYS)}")
+    extra = sorted(set(record) - set(RECORD_KEYS))
+    if extra:
+        fail(f"unexpected key(s) {extra}; a record has keys {list(RECORD_KEYS)}")
+    if record["tag"] not in TAGS:
+        fail(f"tag {record['tag']!r} is not one of {list(TAGS)}")
+    if not isinstance(record["prompt"], str) or not record["prompt"].strip():
+        fail(f"prompt must be a non-empty string, got {record['prompt']!r}")
+    include = record["include"]
+    if not isinstance(include, list) or not include:
+        fail(f"include must be a non-empty list, got {include!r}")
+    for i, e in enumerate(include):
+        _validate_entry(e, INCLUDE_KEYS, f"include[{i}]", fail)
+        if "color" in e and (not isinstance(e["color"], str) or not e["color"]):
+            fail(f"include[{i}].color must be a non-empty string, got {e['color']!r}")
+        if "position" in e:
+            pos = e["position"]
+            if (not isinstance(pos, list) or len(pos) != 2 or pos[0] not in RELATIONS
+                    or not _is_int(pos[1])):
+                fail(f"include[{i}].position must be [relation, index] with relation in "
+                     f"{list(RELATIONS)}, got {pos!r}")
+            if not 0 <= pos[1] < i:
+                fail(f"include[{i}].position index {pos[1]} must point at an earlier include "
+                     f"entry (0..{i - 1})")
+    if "exclude" in record:
+        exclude = record["exclude"]
+        if not isinstance(exclude, list):
+            fail(f"exclude must be a list, got {exclude!r}")
+        for i, e in enumerate(exclude):
+            _validate_entry(e, EXCLUDE_KEYS, f"exclude[{i}]", fail)
+
+
+def _validate_entry(e: Any, keys: tuple[str, ...], name: str, fail) -> None:
+    if not isinstance(e, dict):
+        fail(f"{name} must be an object, got {e!r}")
+    for k in ("class", "count"):
+        if k not in e:
+            fail(f"{name} is missing {k!r}")
+    extra = sorted(set(e) - set(keys))
+    if extra:
+        fail(f"{name} has unexpected key(s) {extra}; allowed {list(keys)}")
+    if not isinstance(e["class"], str) or not e["class"]:
+        fail(f"{name}.class must be a non-empty string, got {e['class']!r}")
+    if not _is_int(e["count"]) or e["count"] < 1:
+        fail(f"{name}.count must be an int >= 1, got {e['count']!r}")
+
+
+def read_jsonl_records(path, *, validate: Callable[..., None] | None = None) -> list[tuple[int, dict]]:
+    """A .jsonl file (one JSON value per non-blank line) -> [(line number, record), ...].
+
+    Every record is checked with `validate(record, where="<path>:<line>")` (default: GenEval's
+    schema, `validate_record`); a line that is not JSON is a ValueError naming file and line.
+    """
+    validate = validate_record if validate is None else validate
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{os.fspath(path)}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not valid JSON ({err})") from None
+            validate(record, where=where)
+            out.append((lineno, record))
+    return out
+
+
 # ---------------------------------------------------------------------------- prompt file
 
 def read_prompt_file(path, *, check: Callable[[dict], None] | None = None,
@@ -63,16 +165,12 @@ def read_prompt_file(path, *, check: Callable[[dict], None] | None = None,
     ValueError; a failing record is an error naming the line, tag and prompt, or with
     `skip_unsupported` it is left out and described in `skipped` (one string per record).
     """
-    from scalingar_jax.world.prompts import load_prompt_file  # GenEval's schema with world=False
-
-    records = load_prompt_file(path, world=False)
+    records = read_jsonl_records(path)
     if len(records) > MAX_RECORDS:
         raise ValueError(f"{os.fspath(path)}: {len(records)} records, more than the {MAX_RECORDS} that 5-digit "
                          "prompt folders can hold")
-    with open(path, encoding="utf-8") as f:
-        linenos = [n for n, line in enumerate(f, 1) if line.strip()]
     kept, skipped = [], []
-    for index, (lineno, record) in enumerate(zip(linenos, records)):
+    for index, (lineno, record) in enumerate(records):
         if check is not None:
             try:
                 check(record)

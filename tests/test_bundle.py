@@ -210,17 +210,35 @@ def test_generate_checks_given_conditioning(world):
 
 
 def _imports(path: Path) -> set[str]:
+    """Every module a top-level package module imports, lazy (function-level) imports included;
+    `from X import y` counts as X and X.y, a relative import is resolved against scalingar_jax."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(p for p in ("scalingar_jax" if node.level else "", node.module or "") if p)
+            names.add(base)
+            names.update(f"{base}.{a.name}" for a in node.names)
     return names
 
 
+def _upward(names: set[str]) -> list[str]:
+    return sorted(n for n in names if n.startswith(("scalingar_jax.world", "scalingar_jax.cli")))
+
+
+def test_layering_check_sees_every_import_form(tmp_path):
+    for src in ["import scalingar_jax.world.prompts", "from scalingar_jax.world.prompts import TAGS",
+                "from scalingar_jax import world", "from .cli import main",
+                "def f():\n    from scalingar_jax.world import vocab\n"]:
+        (tmp_path / "m.py").write_text(src + "\n")
+        assert _upward(_imports(tmp_path / "m.py")), src
+    (tmp_path / "m.py").write_text("from scalingar_jax import atomic\nfrom .geneval import TAGS\n")
+    assert not _upward(_imports(tmp_path / "m.py"))
+
+
 @pytest.mark.parametrize("module", ["checkpoint", "pipeline", "bundle", "references", "images", "config", "vq",
-                                    "gpt", "decode", "sampling"])
+                                    "gpt", "decode", "sampling", "geneval"])
 def test_low_level_modules_do_not_import_the_world(module):
-    bad = sorted(n for n in _imports(PKG / f"{module}.py") if n.startswith(("scalingar_jax.world", "scalingar_jax.cli")))
+    bad = _upward(_imports(PKG / f"{module}.py"))
     assert not bad, f"{module}.py imports {bad}"

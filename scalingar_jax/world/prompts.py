@@ -58,21 +58,19 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
+from scalingar_jax import geneval
 from scalingar_jax.atomic import atomic_write_text
+from scalingar_jax.geneval import RELATIONS, TAGS  # noqa: F401  (GenEval's schema; re-exported)
 from scalingar_jax.world.vocab import (
     COLORS,
     MAX_PROMPT_LEN,
     NUMBER_WORDS,
     PLURALS,
-    RELATIONS,
     SHAPES,
     split_words,
     tokenize,
 )
 
-TAGS: tuple[str, ...] = (
-    "single_object", "two_object", "counting", "colors", "position", "color_attr",
-)
 # Phrasings: GenEval's ("a photo of a red circle"), with "one" for a single object
 # ("a photo of one red circle"), and bare ("a red circle").
 STYLES: tuple[str, ...] = ("geneval", "one", "bare")
@@ -82,10 +80,6 @@ HARD_COUNTS: tuple[int, ...] = (5, 6)
 # free, in training images; they appear only in the hard set.
 HELDOUT_PAIRS: frozenset[tuple[str, str]] = frozenset({("purple", "triangle"), ("yellow", "cross")})
 HARD_KINDS: tuple[str, ...] = ("count_5_6", "three_objects", "bind_3_colors", "heldout_pairs")
-
-_RECORD_KEYS = ("tag", "include", "exclude", "prompt")
-_INCLUDE_KEYS = ("class", "count", "color", "position")
-_EXCLUDE_KEYS = ("class", "count")
 
 # A content is a tuple of entries (class, count, colour | None, relation | None). A relation
 # only ever sits on entry 1 and refers to entry 0 (GenEval's position layout).
@@ -428,78 +422,21 @@ def training_prompt_sampler(
 
 # ----------------------------------------------------------------------------- schema
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
 def validate_record(record: Any, *, world: bool = True, where: str = "record") -> None:
-    """Checks a record against GenEval's metadata schema; raises ValueError naming `where`
-    and the offending field.
-
-    Schema: keys exactly {"tag", "include", "prompt"} plus optional "exclude"; tag one of
-    `TAGS`; include a non-empty list of {"class": non-empty str, "count": int >= 1,
-    "color"?: str, "position"?: [one of RELATIONS, int index of an EARLIER include entry]};
-    exclude a list of {"class", "count"}; prompt a non-empty str.
+    """Checks a record against GenEval's metadata schema (`geneval.validate_record`); raises
+    ValueError naming `where` and the offending field.
 
     With `world=True` (default) the record must also belong to the shapes world: classes,
     colours and counts from the vocabulary, and the whole record equal to the one this
     module builds from its content in one of `STYLES` (so the prompt, tag and exclude
     clause agree with the include entries). Use `world=False` for GenEval's own files.
     """
-    def fail(msg: str) -> None:
-        raise ValueError(f"{where}: {msg}")
-
-    if not isinstance(record, dict):
-        fail(f"expected a JSON object, got {type(record).__name__}")
-    missing = [k for k in ("tag", "include", "prompt") if k not in record]
-    if missing:
-        fail(f"missing key(s) {missing}; a record has keys {list(_RECORD_KEYS)}")
-    extra = sorted(set(record) - set(_RECORD_KEYS))
-    if extra:
-        fail(f"unexpected key(s) {extra}; a record has keys {list(_RECORD_KEYS)}")
-    if record["tag"] not in TAGS:
-        fail(f"tag {record['tag']!r} is not one of {list(TAGS)}")
-    if not isinstance(record["prompt"], str) or not record["prompt"].strip():
-        fail(f"prompt must be a non-empty string, got {record['prompt']!r}")
-    include = record["include"]
-    if not isinstance(include, list) or not include:
-        fail(f"include must be a non-empty list, got {include!r}")
-    for i, e in enumerate(include):
-        _validate_entry(e, _INCLUDE_KEYS, f"include[{i}]", fail)
-        if "color" in e and (not isinstance(e["color"], str) or not e["color"]):
-            fail(f"include[{i}].color must be a non-empty string, got {e['color']!r}")
-        if "position" in e:
-            pos = e["position"]
-            if (not isinstance(pos, list) or len(pos) != 2 or pos[0] not in RELATIONS
-                    or not _is_int(pos[1])):
-                fail(f"include[{i}].position must be [relation, index] with relation in "
-                     f"{list(RELATIONS)}, got {pos!r}")
-            if not 0 <= pos[1] < i:
-                fail(f"include[{i}].position index {pos[1]} must point at an earlier include "
-                     f"entry (0..{i - 1})")
-    if "exclude" in record:
-        exclude = record["exclude"]
-        if not isinstance(exclude, list):
-            fail(f"exclude must be a list, got {exclude!r}")
-        for i, e in enumerate(exclude):
-            _validate_entry(e, _EXCLUDE_KEYS, f"exclude[{i}]", fail)
+    geneval.validate_record(record, where=where)
     if world:
+        def fail(msg: str) -> None:
+            raise ValueError(f"{where}: {msg}")
+
         _validate_world(record, fail)
-
-
-def _validate_entry(e: Any, keys: tuple[str, ...], name: str, fail) -> None:
-    if not isinstance(e, dict):
-        fail(f"{name} must be an object, got {e!r}")
-    for k in ("class", "count"):
-        if k not in e:
-            fail(f"{name} is missing {k!r}")
-    extra = sorted(set(e) - set(keys))
-    if extra:
-        fail(f"{name} has unexpected key(s) {extra}; allowed {list(keys)}")
-    if not isinstance(e["class"], str) or not e["class"]:
-        fail(f"{name}.class must be a non-empty string, got {e['class']!r}")
-    if not _is_int(e["count"]) or e["count"] < 1:
-        fail(f"{name}.count must be an int >= 1, got {e['count']!r}")
 
 
 def _content_of(record: dict) -> Content:
@@ -540,19 +477,8 @@ def load_prompt_file(path: str | os.PathLike, *, world: bool = True) -> list[dic
     """Reads a GenEval .jsonl prompt file (one record per non-blank line) and validates every
     record (`validate_record`, errors name the file and line). `world=False` accepts
     GenEval's own classes and colours."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{os.fspath(path)}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err})") from None
-            validate_record(record, world=world, where=where)
-            records.append(record)
-    return records
+    check = functools.partial(validate_record, world=world)
+    return [record for _, record in geneval.read_jsonl_records(path, validate=check)]
 
 
 def save_prompt_file(path: str | os.PathLike, records: Iterable[dict], *, world: bool = True) -> None:

@@ -12,7 +12,7 @@ the world exactly when it is listed here.
   pixel to its own colour. `BACKGROUND` is the dark plain background.
 - `NUMBER_WORDS`: one..six. GenEval's counting uses two..four; five and six appear only in
   the hard (robustness) prompt set, never in training.
-- `RELATIONS`: GenEval's four position phrases.
+- `RELATIONS`: GenEval's four position phrases (defined in `scalingar_jax.geneval`).
 
 The tokenizer (`tokenize`) is word level and LEFT-padded like LlamaGen's t2i captions: the
 valid tokens sit at the END of the `max_len` slots, id 0 is padding.
@@ -20,6 +20,8 @@ valid tokens sit at the END of the `max_len` slots, id 0 is padding.
 from __future__ import annotations
 
 import numpy as np
+
+from scalingar_jax.geneval import RELATIONS  # noqa: F401  (GenEval's; re-exported)
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 PLURALS: dict[str, str] = {
@@ -44,7 +46,6 @@ BACKGROUND: tuple[int, int, int] = (18, 18, 26)
 
 NUMBER_WORDS: dict[int, str] = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 WORD_NUMBERS: dict[str, int] = {w: n for n, w in NUMBER_WORDS.items()}
-RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 
 _FUNCTION_WORDS = ("a", "photo", "of", "and", "left", "right", "above", "below")
 
