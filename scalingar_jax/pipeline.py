@@ -29,6 +29,9 @@ from scalingar_jax.scaling import strategies as S
 Conditioner = Callable[[Sequence[str]], tuple[Any, Any]]  # prompts -> (cond, cond_mask or None)
 
 
+UNGENERATED_GREY = 128  # candidate pixels whose tokens were never generated (pruned early)
+
+
 @dataclasses.dataclass(frozen=True)
 class Pipeline:
     """A generator: GPT + VQ + conditioner (+ reward for Best-of-N / importance sampling).
@@ -73,7 +76,8 @@ def _decode_jit(params, cfg, codes):
 @dataclasses.dataclass(frozen=True)
 class GenerationOutput:
     """images (P, H, W, 3) uint8 selected per prompt; candidates (P, N, H, W, 3) uint8 (pruned
-    candidates' images decode their partial grids, with ungenerated tokens shown as code 0);
+    candidates' images decode their partial grids; the pixels of tokens they never generated are
+    `UNGENERATED_GREY`);
     result: the strategy's `StrategyResult`; seconds: wall clock of the token loop + selection."""
 
     images: np.ndarray
@@ -142,6 +146,11 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
         P, N, T = all_tokens.shape
         candidates = pipe.decode_images(np.where(all_tokens < 0, 0, all_tokens).reshape(P * N, T))
         candidates = candidates.reshape(P, N, *candidates.shape[1:])
+        # the tokens a pruned candidate never generated (-1) show as grey, not as a decoded filler code
+        g = pipe.gpt_cfg.grid_size
+        f = candidates.shape[2] // g
+        missing = np.repeat(np.repeat((all_tokens < 0).reshape(P, N, g, g), f, axis=2), f, axis=3)
+        candidates = np.where(missing[..., None], np.uint8(UNGENERATED_GREY), candidates)
     return GenerationOutput(images=images, candidates=candidates, result=res, prompts=tuple(prompts),
                             strategy=strategy, seconds=seconds)
 

@@ -85,6 +85,24 @@ def test_library_generate_every_strategy(world):
     np.testing.assert_array_equal(one.images[0], both.candidates[0, 1])
 
 
+def test_pruned_candidates_show_ungenerated_tokens_grey(world):
+    from scalingar_jax.pipeline import UNGENERATED_GREY
+    from scalingar_jax.scaling import ScalingARConfig
+
+    pipe = load_pipeline(world)
+    eager = ScalingARConfig(probation_steps=1, p=0.9, rebound_threshold=1e9, min_survivors=1)  # prunes at once
+    out = generate(pipe, [PROMPT], strategy="scalingar", num_candidates=4, seed=0, scaling=eager,
+                   decode_candidates=True)
+    g, f = pipe.gpt_cfg.grid_size, out.candidates.shape[2] // pipe.gpt_cfg.grid_size
+    term = np.asarray(out.result.terminated_at[0])
+    assert (term >= 0).any() and (term < g * g - 1).any()
+    for n, t in enumerate(term):
+        cells = out.candidates[0, n].reshape(g, f, g, f, 3).transpose(0, 2, 1, 3, 4).reshape(g * g, -1)
+        grey = (cells == UNGENERATED_GREY).all(axis=1)  # token cells painted grey
+        generated = np.arange(g * g) <= t if t >= 0 else np.ones(g * g, bool)
+        assert grey[~generated].all() and not grey[generated].any(), (n, t)
+
+
 def test_bad_mesh(world, tmp_path, capsys):
     assert cli.main(["generate", PROMPT, "--checkpoint", world, "--out", str(tmp_path / "o"), "--mesh", "2y4"]) == 2
     assert "--mesh" in capsys.readouterr().err
