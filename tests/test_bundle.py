@@ -15,14 +15,13 @@ from scalingar_jax.config import SamplingConfig
 from scalingar_jax.pipeline import Pipeline, load_pipeline
 from scalingar_jax.references import resolve
 from scalingar_jax.scaling.config import ScalingARConfig
-from scalingar_jax.world.random_world import save_random_world
 
 PKG = Path(__file__).resolve().parents[1] / "scalingar_jax"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return save_random_world(tmp_path_factory.mktemp("bundle") / "shapes", seed=0)
+def world(random_world):
+    return random_world
 
 
 def _copy(world, tmp_path, edit=None):

@@ -8,14 +8,13 @@ import pytest
 from scalingar_jax import cli
 from scalingar_jax.images import read_png
 from scalingar_jax.pipeline import generate, load_pipeline
-from scalingar_jax.world.random_world import save_random_world
 
 PROMPT = "a photo of a red circle left of a blue square"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return str(save_random_world(tmp_path_factory.mktemp("world") / "shapes", seed=0))
+def world(random_world):
+    return str(random_world)
 
 
 def test_generate_writes_every_output(world, tmp_path, capsys):

@@ -11,7 +11,6 @@ import pytest
 
 from scalingar_jax import cli, geneval
 from scalingar_jax.images import read_png
-from scalingar_jax.world.random_world import save_random_world
 
 # GenEval's own prompt file, in the shared/ folder laid beside the checkout (and CI's clone)
 GENEVAL_FILE = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "geneval" / "evaluation_metadata.jsonl")
@@ -38,9 +37,9 @@ def tree(folder) -> dict:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, random_world):
     base = tmp_path_factory.mktemp("geneval")
-    world = str(save_random_world(base / "world", seed=0))
+    world = str(random_world)
     prompts = base / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     ref = base / "ref"
