@@ -422,8 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate images for a prompt (or a GenEval prompt file)",
                        description="Generate with a test-time scaling strategy. Writes selected.png, candidates.png "
-                                   "(pruned candidates outlined in red with their pruning step, the winner in "
-                                   "green), confidence.png (C per candidate, threshold, guidance scale), "
+                                   "(pruned candidates outlined in red with their pruning step and their "
+                                   "ungenerated tokens grey, the winner in green), confidence.png (C per candidate, threshold, guidance scale), "
                                    "entropy.png (token-entropy heat map of the winner) and result.json.")
     g.add_argument("prompt", nargs="*", help="the prompt, e.g. \"a photo of a red circle left of a blue square\"")
     g.add_argument("--prompts", default=None, help="a GenEval-schema .jsonl prompt file (e.g. GenEval's "
