@@ -417,6 +417,8 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from scalingar_jax.scaling.config import ABLATIONS  # the one list of ablation switch sets
+
     ap = _OneLineParser(prog="scalingar", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -451,8 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: checkpoint's)")
     g.add_argument("--top-k", type=int, default=None, help="top-k filter, 0 = off (default: checkpoint's)")
     g.add_argument("--top-p", type=float, default=None, help="top-p filter, 1 = off (default: checkpoint's)")
-    g.add_argument("--ablation", default=None, choices=["full", "no_conditional", "no_worst_block",
-                                                        "no_token_level", "termination_only", "scheduler_only"],
+    g.add_argument("--ablation", default=None, choices=list(ABLATIONS),
                    help="ScalingAR ablation switch set (paper Tables 2 and 4)")
     g.add_argument("--no-compaction", action="store_true",
                    help="keep pruned rows in the batch (masking only) instead of compacting alive rows")
