@@ -69,7 +69,8 @@ def _check_generate_args(args) -> None:
         raise UserError("give a prompt (scalingar generate \"a photo of a red circle\") or --prompts FILE; for a "
                         "class-conditional bundle --class-ids ID [ID ...] or --class-ids-file F")
     if len(given) > 1:
-        raise UserError(f"give one of a prompt, --prompts FILE, --class-ids, --class-ids-file; got {' and '.join(given)}")
+        raise UserError(f"give one of a prompt, --prompts FILE, --class-ids, --class-ids-file; got "
+                        f"{' and '.join(given)}")
 
 
 def _check_out(path: str) -> Path:
