@@ -17,13 +17,14 @@ on an instance made without ``__init__``. The table records the package versions
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_fixtures import _import_llamagen  # noqa: E402  (same folder, dev-time helper)
 
 HARD_CASES = [
     "A photo of a Cat",
@@ -107,24 +108,13 @@ HARD_CASES = [
 MOJIBAKE = ["it\u00e2\u20ac\u2122s fine", "\u00e2\u20ac\u0153quoted\u00e2\u20ac\x9d"]
 
 
-def _import_from(src: Path, name: str):
-    sys.path.insert(0, str(src))
-    try:
-        mod = importlib.import_module(name)
-    finally:
-        sys.path.remove(str(src))
-    if not Path(mod.__file__).resolve().is_relative_to(src):
-        raise SystemExit(f"{name} was not imported from {src}")
-    return mod
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llamagen-src", required=True, type=Path)
     ap.add_argument("--geneval", type=Path, default=Path("/work/shared/data/geneval/evaluation_metadata.jsonl"))
     ap.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "caption" / "llamagen_captions.json")
     a = ap.parse_args()
-    t5 = _import_from(a.llamagen_src.resolve(), "language.t5")
+    t5 = _import_llamagen(a.llamagen_src.resolve(), "language.t5")
     embedder = object.__new__(t5.T5Embedder)   # no model: only the text methods are used
     embedder.use_text_preprocessing = True
     prompts = [json.loads(line)["prompt"] for line in a.geneval.read_text().splitlines() if line.strip()]
