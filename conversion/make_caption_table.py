@@ -13,6 +13,12 @@ imports (torch, transformers, huggingface_hub, ftfy, beautifulsoup4)::
 LlamaGen's module is imported from the checkout at run time (nothing of it is copied). Its
 ``T5Embedder.__init__`` loads a T5 model; the preprocessing methods need none, so they are called
 on an instance made without ``__init__``. The table records the package versions used.
+
+``--fuzz N`` (no table written): N random markup-heavy strings (tags, entities, URLs, percent
+escapes, Latin-1 / punctuation / CJK / width / control characters, mojibake fragments) through
+LlamaGen's preprocessing and ``scalingar_jax.caption.llamagen_preprocess``; prints how many
+differ, with ftfy as LlamaGen calls it and with ftfy's mojibake repair (``fix_encoding``) off,
+the one part of ftfy that module does not reproduce.
 """
 from __future__ import annotations
 
@@ -108,13 +114,48 @@ HARD_CASES = [
 MOJIBAKE = ["it\u00e2\u20ac\u2122s fine", "\u00e2\u20ac\u0153quoted\u00e2\u20ac\x9d"]
 
 
+FUZZ_PIECES = ["<b>", "</b>", "<br>", "</br>", "<script>", "</script>", "<template>", "</template>", "<rt>", "</rt>",
+               "<pre>", "</pre>", "<!--", "-->", "<![CDATA[", "]]>", "&amp;", "&lt;", "&#65;", "&#x41;", "&quot;",
+               "&nbsp;", "http://", "www.", ".com", ".png", "&EACUTE;", "&#150;", "%20", "+", "\u00e2\u20ac\u2122",
+               "\u00c3\u00a9"]
+FUZZ_CHARS = (list("<>/&;#abcdefxyz ABC 0123456789.,-_!?\"'\n\t@:=%+*~|\\()[]{}")
+              + [chr(c) for c in [*range(0xA0, 0x180), *range(0x2010, 0x2030), 0x3000, 0xFF21, 0xFB01, 0x4E00, 0x1F600,
+                                  0x80, 0x96, 0x2028, 0x200B, 0xFEFF, 0x7, 0x1B]])
+
+
+def fuzz(t5, n: int, seed: int = 0) -> None:
+    import random
+
+    import ftfy
+
+    from scalingar_jax.caption import llamagen_preprocess
+
+    rnd = random.Random(seed)
+    texts = ["".join(rnd.choice(FUZZ_PIECES) if rnd.random() < 0.25
+                     else "".join(rnd.choice(FUZZ_CHARS) for _ in range(rnd.randint(1, 6)))
+                     for _ in range(rnd.randint(1, 14))) for _ in range(n)]
+    ours = [llamagen_preprocess(t) for t in texts]
+    embedder = object.__new__(t5.T5Embedder)
+    embedder.use_text_preprocessing = True
+    for label, fix in (("ftfy as LlamaGen calls it", ftfy.fix_text),
+                       ("ftfy without fix_encoding", lambda s: ftfy.fix_text(s, fix_encoding=False))):
+        t5.ftfy = type("ftfy_as_called", (), {"fix_text": staticmethod(fix)})
+        wrong = [t for t, o in zip(texts, ours) if embedder.text_preprocessing(t) != o]
+        print(f"{label}: {len(wrong)} of {n} differ" + (f"; first {ascii(wrong[0])}" if wrong else ""))
+    t5.ftfy = ftfy
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llamagen-src", required=True, type=Path)
     ap.add_argument("--geneval", type=Path, default=Path("/work/shared/data/geneval/evaluation_metadata.jsonl"))
     ap.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "caption" / "llamagen_captions.json")
+    ap.add_argument("--fuzz", type=int, default=0, metavar="N", help="compare on N random strings instead")
     a = ap.parse_args()
     t5 = _import_llamagen(a.llamagen_src.resolve(), "language.t5")
+    if a.fuzz:
+        sys.path.insert(0, str(ROOT))
+        return fuzz(t5, a.fuzz)
     embedder = object.__new__(t5.T5Embedder)   # no model: only the text methods are used
     embedder.use_text_preprocessing = True
     prompts = [json.loads(line)["prompt"] for line in a.geneval.read_text().splitlines() if line.strip()]

@@ -32,7 +32,10 @@ Where this differs from LlamaGen's (ftfy 6.3, bs4 4.x, same Python ``html.parser
 
 ``tests/fixtures/caption/llamagen_captions.json`` holds LlamaGen's own outputs (GenEval's 553
 prompts and hard cases), generated with ``conversion/make_caption_table.py``; the tests check
-every entry.
+every entry. ``conversion/make_caption_table.py --llamagen-src SRC --fuzz 20000`` compares on
+random markup-heavy strings (mojibake fragments included): 0 of 20000 differ once ftfy's
+``fix_encoding`` is switched off in LlamaGen's copy, 1376 of 20000 with it on (ftfy 6.3.1,
+bs4 4.15.0, Python 3.11.7).
 """
 from __future__ import annotations
 
