@@ -15,6 +15,7 @@ extra: skipped without it), which also checks LlamaGen's caption preprocessing, 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 
 from scalingar_jax import cli, viz, vq
-from scalingar_jax.images import read_png
+from scalingar_jax.images import read_png, to_uint8
 from scalingar_jax.pipeline import load_pipeline
 
 FIX = Path(__file__).parent / "fixtures" / "llamagen_e2e"
@@ -90,6 +91,12 @@ def test_fixture_is_small_and_self_consistent(expected):
     assert expected["c2i_images"].shape == (3, FACTS["image_size"], FACTS["image_size"], 3)
     # the decoded images leave [-1, 1] somewhere, so the clamp of the uint8 step is exercised
     assert expected["c2i_images"].min() < -1 or expected["c2i_images"].max() > 1
+    # save_image's rounding and this package's to_uint8 agree on LlamaGen's own floats (no ties hit)
+    for kind in ("t2i", "c2i"):
+        np.testing.assert_array_equal(to_uint8(expected[f"{kind}_images"]), expected[f"{kind}_uint8"])
+    # the fixture was made from this T5 folder: regenerate it if tests/fixtures/t5_tiny changes
+    for name, digest in FACTS["t5_sha256"].items():
+        assert hashlib.sha256((T5_DIR / name).read_bytes()).hexdigest() == digest, f"t5_tiny/{name} changed"
 
 
 def test_c2i_generate_matches_llamagen_sample_c2i(tmp_path_factory, tmp_path, converted, expected):
