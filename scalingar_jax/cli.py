@@ -556,9 +556,10 @@ def _add_bundle_parser(sub) -> None:
                            "[+ index], spiece.model), converted to the package's Flax T5 encoder; its d_model must "
                            "equal the GPT's caption_dim (2048 for flan-t5-xl)")
     text.add_argument("--t5-features", metavar="FILE",
-                      help="t2i, instead of --t5: precomputed T5 features, a .npz with 'features' (B, L, C) "
-                           "[+ 'mask', 'prompts'] or keyed by prompt ({prompt: (1, n, C)}, as LlamaGen's "
-                           "extract_t5_feature.py arrays), or a .npy; generate then takes the stored prompts only")
+                      help="t2i, instead of --t5: precomputed T5 features of named prompts, a .npz with "
+                           "'features' (B, L, C), 'prompts' (B,) [+ 'mask'], or one entry per prompt keyed by its "
+                           "text ({prompt: (1, n, C)}, the arrays of LlamaGen's extract_t5_feature.py); generate "
+                           "then takes the stored prompts only, as written there")
     a.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="parameter dtype of the converted GPT, VQ and T5 (default float32; bfloat16 halves memory)")
     a.add_argument("--grid-size", type=int, default=None, metavar="G",
