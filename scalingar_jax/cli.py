@@ -556,11 +556,14 @@ def _add_bundle_parser(sub) -> None:
                            "[+ index], spiece.model), converted to the package's Flax T5 encoder; its d_model must "
                            "equal the GPT's caption_dim (2048 for flan-t5-xl)")
     text.add_argument("--t5-features", metavar="FILE",
-                      help="t2i, instead of --t5: precomputed T5 features, a .npz with 'features' (B, L, C) "
-                           "[+ 'mask', 'prompts'] or keyed by prompt ({prompt: (1, n, C)}, as LlamaGen's "
-                           "extract_t5_feature.py arrays), or a .npy; generate then takes the stored prompts only")
+                      help="t2i, instead of --t5: precomputed T5 features of named prompts, a .npz with "
+                           "'features' (B, L, C), 'prompts' (B,) [+ 'mask'], or one entry per prompt keyed by its "
+                           "text ({prompt: (1, n, C)}, the arrays of LlamaGen's extract_t5_feature.py); generate "
+                           "then takes the stored prompts only, as written there")
     a.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="parameter dtype of the converted GPT, VQ and T5 (default float32; bfloat16 halves memory)")
+                   help="parameter dtype of the converted GPT, VQ and T5 (default float32; bfloat16 halves memory; "
+                        "the T5 still computes in float32); model directories given instead of files are copied as "
+                        "they are")
     a.add_argument("--grid-size", type=int, default=None, metavar="G",
                    help="image-token grid of the GPT when the file does not tell (16 for 256 px, 24 for 384, 32 for "
                         "512; by default from the training args in the file or 256/384/512 in its name)")
@@ -592,7 +595,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate with a test-time scaling strategy. Writes selected.png, candidates.png "
                                    "(pruned candidates outlined in red with their pruning step and their "
                                    "ungenerated tokens grey, the winner in green), confidence.png (C per candidate, threshold, guidance scale), "
-                                   "entropy.png (token-entropy heat map of the winner) and result.json.")
+                                   "entropy.png (token-entropy heat map of the winner), tokens.npy (every candidate's "
+                                   "image tokens, int32 (N, T), -1 where a pruned candidate never generated one) and "
+                                   "result.json. A class-conditional (c2i) bundle takes --class-ids instead of a "
+                                   "prompt.")
     g.add_argument("prompt", nargs="*", help="the prompt, e.g. \"a photo of a red circle left of a blue square\"")
     g.add_argument("--prompts", default=None, help="a GenEval-schema .jsonl prompt file (e.g. GenEval's "
                                                    "evaluation_metadata.jsonl): writes GenEval's folder layout "

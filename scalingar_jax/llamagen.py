@@ -11,8 +11,9 @@ A LlamaGen bundle (read by `scalingar_jax.bundle.read_bundle`, loaded by
     text/         t2i, from a Hugging Face flan-t5 folder: the Flax T5 encoder (config.json
                   recording `scalingar_jax.t5:T5Config`, orbax params/) and the tokenizer's
                   spiece.model
-    features/     t2i, instead of text/: precomputed T5 features (`FEATURES_FILE` names the file,
-                  read by `text_features.PrecomputedFeatures`)
+    features/     t2i, instead of text/: precomputed T5 features of named prompts (`FEATURES_FILE`
+                  names the .npz file, read by `text_features.PrecomputedFeatures`); prompts are
+                  looked up by their exact text (no preprocessing)
 
 Conditioning, as LlamaGen's sample scripts: t2i prompts go through the `preprocess` option (a
 "module:function" reference, str -> str), the T5 tokenizer (max_length tokens, `</s>` appended),
@@ -26,11 +27,12 @@ size equals the GPT vocabulary, the T5 hidden size (or the features' dimension) 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -134,16 +136,19 @@ def _check_text(where, gpt_cfg: GPTConfig, text_dim: int, text_what: str) -> Non
 
 
 def _read_json(path: Path, what: str) -> dict:
+    """The JSON object in `path` (read up to MAX_JSON_BYTES); FileNotFoundError or ValueError naming it."""
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} is missing ({what})")
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise ValueError(f"{str(path)!r} is larger than {MAX_JSON_BYTES} bytes; not {what}")
-    try:
-        record = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{str(path)!r} is not valid JSON ({type(e).__name__})") from None
+    with open(path, "rb") as f:
+        data = f.read(MAX_JSON_BYTES + 1)
+    record = None
+    if len(data) <= MAX_JSON_BYTES:
+        try:
+            record = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            pass
     if not isinstance(record, dict):
-        raise ValueError(f"{str(path)!r} must hold a JSON object ({what})")
+        raise ValueError(f"{str(path)!r} is not a JSON object of at most {MAX_JSON_BYTES} bytes ({what})")
     return record
 
 
@@ -151,9 +156,8 @@ def _features_file(folder: Path) -> tuple[Path, dict]:
     """(features file, its features.json record) of a features/ part."""
     record = _read_json(folder / FEATURES_FILE, "the features part's description")
     name = record.get("file")
-    if not isinstance(name, str) or Path(name).name != name or not name.endswith((".npz", ".npy")):
-        raise ValueError(f"{folder / FEATURES_FILE}: 'file' must name a .npz or .npy file inside {folder}, "
-                         f"got {name!r}")
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".npz"):
+        raise ValueError(f"{folder / FEATURES_FILE}: 'file' must name a .npz file inside {folder}, got {name!r}")
     if not (folder / name).is_file():
         raise FileNotFoundError(f"{folder / FEATURES_FILE} names {name!r}, which is missing from {folder}")
     return folder / name, record
@@ -180,8 +184,8 @@ def _text_encoder(folder: Path, gpt_cfg: GPTConfig, where, *, preprocess, max_le
     if not (folder / SPIECE_FILE).is_file():
         raise FileNotFoundError(f"{where}: the text part {folder} lacks the tokenizer {SPIECE_FILE}")
     fn = _resolve_preprocess(preprocess, where)
-    try:
-        import sentencepiece  # noqa: F401  (T5TextEncoder imports it; fail before loading weights)
+    try:  # T5TextEncoder imports it: fail before any weight is read
+        importlib.import_module("sentencepiece")
     except ImportError:
         raise ImportError(f"{where}: this t2i bundle tokenizes prompts with T5's sentencepiece model and needs "
                           "the optional 'sentencepiece' package: pip install 'scalingar-jax[t5]' (or pip install "
@@ -252,7 +256,6 @@ def pipeline_from_bundle(bundle: Bundle, *, preprocess: str | None = None, max_l
         _check_text(where, gpt_cfg, text_dim, text_what)
     _check_vocab(where, gpt_cfg, vq_cfg)
 
-    check_record = None
     if not t2i:
         def condition(prompts):
             return parse_class_ids(list(prompts), gpt_cfg.num_classes), None
@@ -266,10 +269,13 @@ def pipeline_from_bundle(bundle: Bundle, *, preprocess: str | None = None, max_l
             except KeyError as e:
                 raise ValueError(e.args[0]) from None
 
+        stored = set(features.prompts or ())
+
         def check_record(record):  # only prompts whose features are stored
-            if features.prompts is not None and record["prompt"] not in features._index:
+            if record["prompt"] not in stored:
                 raise ValueError(f"no precomputed features for the prompt {record['prompt']!r} in {features.path}")
     else:
+        check_record = None  # a T5 encodes any text: every GenEval record
         encoder = _text_encoder(bundle.part("text"), gpt_cfg, where,
                                 preprocess=DEFAULT_PREPROCESS if preprocess is None else preprocess,
                                 max_length=max_length, batch_size=batch_size)
@@ -373,7 +379,9 @@ def assemble_bundle(out, *, gpt, vq, t5=None, t5_features=None, dtype: str = "fl
     (copied as they are). t2i: exactly one of t5 (a Hugging Face T5 folder: config.json +
     model.safetensors / pytorch_model.bin [+ index] + spiece.model, converted torch-free to the
     Flax encoder and stored in `dtype`; or a T5 model directory of this package with spiece.model)
-    and t5_features (a .npz/.npy file `text_features.PrecomputedFeatures` reads); c2i: neither.
+    and t5_features (a .npz of named prompts `text_features.PrecomputedFeatures` reads: 'features'
+    (B, L, C) [+ 'mask'] + 'prompts' (B,), or one (1, n, C) entry per prompt keyed by its text); c2i:
+    neither.
     grid_size: the GPT's token grid when the file does not tell (see `scalingar convert`).
     preprocess: the t2i prompt preprocessing recorded as the bundle option (a "module:function"
     reference in this package, str -> str; checked here). The manifest records LlamaGen's
@@ -397,8 +405,8 @@ def assemble_bundle(out, *, gpt, vq, t5=None, t5_features=None, dtype: str = "fl
         _resolve_preprocess(preprocess, "--preprocess")
     if t5_features is not None:
         t5_features = Path(t5_features)
-        if t5_features.suffix not in (".npz", ".npy"):
-            raise ValueError(f"--t5-features {t5_features}: expected a .npz or .npy file")
+        if t5_features.suffix != ".npz":
+            raise ValueError(f"--t5-features {t5_features}: expected a .npz file of named prompts")
     out = Path(out).absolute()
     with atomic_dir(out, overwrite=overwrite) as tmp:
         tmp = Path(tmp)
@@ -414,6 +422,9 @@ def assemble_bundle(out, *, gpt, vq, t5=None, t5_features=None, dtype: str = "fl
             text_dim, text_what = t5_width, f"T5 encoder {t5}"
         elif t5_features is not None:
             features = PrecomputedFeatures(t5_features, length=gpt_cfg.cls_token_num)
+            if features.prompts is None:
+                raise ValueError(f"--t5-features {t5_features}: the features must name their prompts (a 'prompts' "
+                                 "array next to 'features', or one entry per prompt keyed by its text)")
             text_dim, text_what = features.dim, f"precomputed T5 features {t5_features}"
         if text_dim is not None:  # before converting the VQ
             _check_text("bundle", gpt_cfg, text_dim, text_what)
@@ -425,10 +436,9 @@ def assemble_bundle(out, *, gpt, vq, t5=None, t5_features=None, dtype: str = "fl
             options = {"preprocess": preprocess, "max_length": gpt_cfg.cls_token_num}
         elif features is not None:
             (tmp / "features").mkdir()
-            fname = "features" + t5_features.suffix
+            fname = "features.npz"
             shutil.copyfile(t5_features, tmp / "features" / fname)
-            record = {"file": fname, "dim": features.dim, "rows": len(features),
-                      "by_prompt": features.prompts is not None, "source": str(t5_features.resolve())}
+            record = {"file": fname, "dim": features.dim, "rows": len(features), "source": str(t5_features.resolve())}
             (tmp / "features" / FEATURES_FILE).write_text(json.dumps(record, indent=2) + "\n")
             parts["features"] = "features"
         sampling = sampling_defaults(gpt_cfg)

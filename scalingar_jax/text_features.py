@@ -17,6 +17,7 @@ features in exactly that layout.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import jax
@@ -271,8 +272,8 @@ class PrecomputedFeatures:
 
 def lowercase_prompt(text: str) -> str:
     """LlamaGen's T5Embedder text preprocessing with ``use_text_preprocessing=False``:
-    ``text.lower().strip()``. (Its default, ``clean_caption``, also lowercases and strips,
-    plus URL/HTML/punctuation clean-ups via ftfy and BeautifulSoup, which are not reproduced.)"""
+    ``text.lower().strip()``. (Its default, ``clean_caption`` twice, is
+    :func:`scalingar_jax.caption.llamagen_preprocess`.)"""
     return text.lower().strip()
 
 
@@ -360,15 +361,23 @@ class T5TextEncoder:
         """-> (input_ids int32 (B, max_length), attention_mask bool (B, max_length)),
         right-padded with ``pad_id``; each row is its pieces (at most ``max_length - 1``)
         followed by ``</s>``, as HF's T5 tokenizer with ``padding="max_length",
-        truncation=True``."""
+        truncation=True``. A longer prompt is truncated with a ``UserWarning`` naming its
+        index and how many pieces were cut."""
         prompts = _check_prompts(prompts)
         ids = np.full((len(prompts), self.max_length), self.pad_id, np.int32)
         mask = np.zeros((len(prompts), self.max_length), bool)
+        keep = self.max_length - 1
         for i, p in enumerate(prompts):
             text = self.preprocess(p) if self.preprocess is not None else p
             if not text.strip():
                 raise ValueError(f"prompt {i} is empty after preprocessing: {p!r}")
-            pieces = [int(t) for t in self._tokenize(text)][: self.max_length - 1]
+            pieces = [int(t) for t in self._tokenize(text)]
+            if len(pieces) > keep:
+                warnings.warn(f"prompt {i} is {len(pieces)} pieces long, more than max_length - 1 = {keep}: "
+                              f"truncated, the last {len(pieces) - keep} piece(s) are cut "
+                              f"({p[:40] + '...' if len(p) > 40 else p!r})",
+                              UserWarning, stacklevel=2)
+                pieces = pieces[:keep]
             row = pieces + [self.eos_id]
             ids[i, : len(row)] = row
             mask[i, : len(row)] = True

@@ -196,6 +196,13 @@ def test_t2i_features_end_to_end_and_geneval_run(made, tmp_path):
     np.testing.assert_array_equal(f[0, -5:], feats[1])
     np.testing.assert_array_equal(f[1, -3:], feats[0, :3])
     assert m[1].tolist() == [False] * 5 + [True] * 3 and not f[1, :5].any()
+    # one (1, n, C) array per prompt, keyed by its text (LlamaGen's extract_t5_feature.py arrays)
+    np.savez(tmp_path / "keyed.npz", **{"a red cat": feats[:1, :3], "two dogs": feats[1:]})
+    keyed = llamagen.assemble_bundle(tmp_path / "keyed", gpt=d / "t2i_f" / "gpt", vq=d / "t2i_f" / "vq",
+                                     t5_features=tmp_path / "keyed.npz", log=_quiet)
+    kf, km = load_pipeline(keyed).condition(["two dogs", "a red cat"])
+    np.testing.assert_array_equal(kf, f)
+    np.testing.assert_array_equal(km, m)
     out = tmp_path / "o"
     assert cli.main(["generate", "--checkpoint", str(d / "t2i_f"), "a red cat", "-n", "2", "--scale", "1",
                      "--out", str(out)]) == 0
@@ -342,6 +349,11 @@ def test_bundle_command_refuses_parts_of_the_wrong_type(made, tmp_path, capsys):
     _refused(capsys, ["bundle", out, "--gpt", d / "gpt_c2i.pt", "--vq", d / "vq.pt", "--t5-features",
                       d / "feats.npz"], "takes no text", absent=out)
     _refused(capsys, ["bundle", out, "--gpt", d / "vq.pt", "--vq", d / "vq.pt"], "not a 'gpt'", absent=out)
+    np.savez(tmp_path / "unnamed.npz", features=np.zeros((1, 3, 32), np.float32))
+    np.save(tmp_path / "unnamed.npy", np.zeros((1, 3, 32), np.float32))
+    for path, needle in (("unnamed.npz", "must name their prompts"), ("unnamed.npy", "expected a .npz")):
+        _refused(capsys, ["bundle", out, "--gpt", d / "gpt_t2i.pt", "--vq", d / "vq.pt", "--t5-features",
+                          tmp_path / path], needle, absent=out)
     _refused(capsys, ["bundle", out, "--gpt", d / "gpt_c2i.pt", "--vq", d / "nope.pt"], "nope.pt", absent=out)
     _refused(capsys, ["bundle", out, "--gpt", d / "gpt_t2i.pt", "--vq", d / "vq.pt", "--t5", T5_DIR,
                       "--preprocess", "scalingar_jax.nothing:here"], "preprocess", absent=out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 
 import chex
 import hypothesis.strategies as st
@@ -231,11 +232,19 @@ def test_t5_text_encoder_tokenize_and_encode(tiny):
                         batch_size=2, params=params, cfg=cfg)
     assert isinstance(enc, TextEncoder) and enc.dim == cfg.d_model and enc.length == 10
     prompts = ["Ab", "a much longer prompt", "xyz"]
-    ids, mask = enc.tokenize(prompts)
+    with pytest.warns(UserWarning, match=r"prompt 1 is 20 pieces long.*last 13 piece\(s\) are cut") as rec:
+        ids, mask = enc.tokenize(prompts)
+    assert len(rec) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # exactly max_length - 1 pieces: no warning
+        enc.tokenize(["a" * 7, "b"])
+    with pytest.warns(UserWarning, match="prompt 0 is 8 pieces.*last 1 piece"):
+        enc.tokenize(["a" * 8])
     np.testing.assert_array_equal(ids[0], _fake_tokenizer("ab") + [1] + [0] * 5)  # lowercased
     np.testing.assert_array_equal(ids[1], _fake_tokenizer("a much longer prompt")[:7] + [1])
     np.testing.assert_array_equal(mask.sum(1), [3, 8, 4])
-    feats, fmask = enc.encode(prompts)
+    with pytest.warns(UserWarning, match="prompt 1"):
+        feats, fmask = enc.encode(prompts)
     chex.assert_shape(feats, (3, 10, cfg.d_model))
     assert feats.dtype == np.float32 and fmask.dtype == bool
     # == Flax encoder on the whole batch, then LlamaGen left padding (chunking is invisible)
@@ -266,7 +275,10 @@ def test_t5_text_encoder_sentencepiece_matches_hf_tokenizer(tiny):
     params, cfg = tiny
     enc = T5TextEncoder(FIXTURE, max_length=ref["max_length"], preprocess=None,
                         params=params, cfg=cfg)
-    ids, mask = enc.tokenize(ref["prompts"])
+    with pytest.warns(UserWarning, match="truncated") as rec:   # HF truncates silently
+        ids, mask = enc.tokenize(ref["prompts"])
+    cut = (np.array(ref["attention_mask"]).sum(1) == ref["max_length"])
+    assert [str(w.message).split()[1] for w in rec] == [str(i) for i in np.flatnonzero(cut)]
     np.testing.assert_array_equal(ids, ref["input_ids"])
     np.testing.assert_array_equal(mask, np.array(ref["attention_mask"], bool))
 
