@@ -561,9 +561,8 @@ def _add_bundle_parser(sub) -> None:
                            "text ({prompt: (1, n, C)}, the arrays of LlamaGen's extract_t5_feature.py); generate "
                            "then takes the stored prompts only, as written there")
     a.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="parameter dtype of the converted GPT, VQ and T5 (default float32; bfloat16 halves memory; "
-                        "the T5 still computes in float32); model directories given instead of files are copied as "
-                        "they are")
+                   help="weights of the converted GPT, VQ and T5 (default float32; bfloat16 halves memory, the T5 "
+                        "still computing in float32; model directories are copied as they are)")
     a.add_argument("--grid-size", type=int, default=None, metavar="G",
                    help="image-token grid of the GPT when the file does not tell (16 for 256 px, 24 for 384, 32 for "
                         "512; by default from the training args in the file or 256/384/512 in its name)")
