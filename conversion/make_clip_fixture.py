@@ -26,7 +26,7 @@ transformers computes from it:
 - ``tokenizer_fuzz.json``: [text, ids] for 200 random strings of odd pieces (case, whitespace of
   every kind, contractions, accents, digits of other scripts, emoji, special-token look-alikes).
 
-The fixture is written into a temporary sibling folder and renamed into place.
+The fixture is written into a temporary sibling folder and renamed into place (`atomic_dir`).
 """
 from __future__ import annotations
 
@@ -34,9 +34,7 @@ import collections
 import json
 import os
 import random
-import shutil
 import sys
-import tempfile
 
 import numpy as np
 import torch
@@ -44,6 +42,7 @@ import transformers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
+from scalingar_jax.atomic import atomic_dir  # noqa: E402
 from scalingar_jax.clip import _BYTE_CHARS  # noqa: E402  (GPT-2's byte table, also what the fixture checks)
 
 OUT = os.path.join(HERE, "..", "tests", "fixtures", "clip_tiny")
@@ -163,70 +162,66 @@ def make_images(seed=3):
     return out
 
 
+def write_fixture(tmp):
+    vocab = write_tokenizer(tmp)
+    tok = transformers.CLIPTokenizer.from_pretrained(tmp)
+    bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
+    assert (tok.bos_token_id, tok.eos_token_id) == (bos, eos)
+    model = make_model(len(vocab), bos, eos)
+    model.save_pretrained(tmp, safe_serialization=True)
+    pre = {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": 40},
+           "resample": 3, "do_center_crop": True, "crop_size": {"height": 32, "width": 32}, "do_rescale": True,
+           "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
+           "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}
+    with open(os.path.join(tmp, "preprocessor_config.json"), "w") as f:
+        json.dump(pre, f, indent=2)
+    proc_args = {k: v for k, v in pre.items() if k != "image_processor_type"}
+    proc = transformers.models.clip.image_processing_pil_clip.CLIPImageProcessorPil(**proc_args)
+
+    images = make_images()
+    np.savez(os.path.join(tmp, "images.npz"), **images)
+    pixel_values = proc([images[k] for k in sorted(images)], return_tensors="np")["pixel_values"]
+    ids = tok(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="np")["input_ids"]
+
+    m64 = model.double()
+    rng = np.random.default_rng(5)
+    raw = rng.integers(0, eos - 1, size=(4, 20))
+    raw[0, 7] = eos
+    raw[1, 3], raw[1, 12] = eos, eos  # two: the first counts
+    raw[2, 0] = bos  # rows 2, 3 have no end-of-text token: position 0, or the largest id (legacy)
+    with torch.no_grad():
+        tids, pv = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(pixel_values).double()
+        res = m64(input_ids=tids, pixel_values=pv)
+        text_embeds = m64.get_text_features(input_ids=tids).pooler_output.numpy()
+        image_embeds = m64.get_image_features(pixel_values=pv).pooler_output.numpy()
+        raw_t = torch.from_numpy(raw)
+        raw_embeds = m64.get_text_features(input_ids=raw_t).pooler_output.numpy()
+        m64.text_model.eos_token_id = 2
+        raw_legacy = m64.get_text_features(input_ids=raw_t).pooler_output.numpy()
+    assert not np.allclose(raw_embeds[2:], raw_legacy[2:])
+    np.savez(os.path.join(tmp, "expected.npz"), input_ids=ids.astype(np.int32),
+             pixel_values=pixel_values.astype(np.float32), text_embeds=text_embeds, image_embeds=image_embeds,
+             logits_per_image=res.logits_per_image.numpy(), raw_ids=raw.astype(np.int32),
+             raw_text_embeds=raw_embeds, raw_text_embeds_legacy=raw_legacy)
+
+    r = random.Random(7)
+    fuzz = []
+    for _ in range(200):
+        text = "".join(r.choice(ALPHABET) for _ in range(r.randint(0, 12)))
+        fuzz.append([text, tok(text, truncation=True, max_length=77)["input_ids"]])
+    with open(os.path.join(tmp, "tokenizer_fuzz.json"), "w") as f:
+        json.dump({"prompts": PROMPTS, "fuzz": fuzz}, f)
+    for name in os.listdir(tmp):
+        if name == "generation_config.json":
+            os.remove(os.path.join(tmp, name))
+        else:
+            os.chmod(os.path.join(tmp, name), 0o644)
+
+
 def main() -> int:
     out = os.path.abspath(OUT)
-    tmp = tempfile.mkdtemp(prefix=".clip_tiny.", dir=os.path.dirname(out))
-    try:
-        vocab = write_tokenizer(tmp)
-        tok = transformers.CLIPTokenizer.from_pretrained(tmp)
-        bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
-        assert (tok.bos_token_id, tok.eos_token_id) == (bos, eos)
-        model = make_model(len(vocab), bos, eos)
-        model.save_pretrained(tmp, safe_serialization=True)
-        pre = {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": 40},
-               "resample": 3, "do_center_crop": True, "crop_size": {"height": 32, "width": 32}, "do_rescale": True,
-               "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
-               "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}
-        with open(os.path.join(tmp, "preprocessor_config.json"), "w") as f:
-            json.dump(pre, f, indent=2)
-        proc_args = {k: v for k, v in pre.items() if k != "image_processor_type"}
-        proc = transformers.models.clip.image_processing_pil_clip.CLIPImageProcessorPil(**proc_args)
-
-        images = make_images()
-        np.savez(os.path.join(tmp, "images.npz"), **images)
-        pixel_values = proc([images[k] for k in sorted(images)], return_tensors="np")["pixel_values"]
-        ids = tok(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="np")["input_ids"]
-
-        m64 = model.double()
-        rng = np.random.default_rng(5)
-        raw = rng.integers(0, eos - 1, size=(4, 20))
-        raw[0, 7] = eos
-        raw[1, 3], raw[1, 12] = eos, eos  # two: the first counts
-        raw[2, 0] = bos  # row 2 has no end-of-text token: position 0 (both rules differ on rows 2, 3)
-        with torch.no_grad():
-            tids, pv = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(pixel_values).double()
-            res = m64(input_ids=tids, pixel_values=pv)
-            text_embeds = m64.get_text_features(input_ids=tids).pooler_output.numpy()
-            image_embeds = m64.get_image_features(pixel_values=pv).pooler_output.numpy()
-            raw_t = torch.from_numpy(raw)
-            raw_embeds = m64.get_text_features(input_ids=raw_t).pooler_output.numpy()
-            m64.text_model.eos_token_id = 2
-            raw_legacy = m64.get_text_features(input_ids=raw_t).pooler_output.numpy()
-        assert not np.allclose(raw_embeds[2:], raw_legacy[2:])
-        np.savez(os.path.join(tmp, "expected.npz"), input_ids=ids.astype(np.int32),
-                 pixel_values=pixel_values.astype(np.float32), text_embeds=text_embeds, image_embeds=image_embeds,
-                 logits_per_image=res.logits_per_image.numpy(), raw_ids=raw.astype(np.int32),
-                 raw_text_embeds=raw_embeds, raw_text_embeds_legacy=raw_legacy)
-
-        r = random.Random(7)
-        fuzz = []
-        for _ in range(200):
-            text = "".join(r.choice(ALPHABET) for _ in range(r.randint(0, 12)))
-            fuzz.append([text, tok(text, truncation=True, max_length=77)["input_ids"]])
-        with open(os.path.join(tmp, "tokenizer_fuzz.json"), "w") as f:
-            json.dump({"prompts": PROMPTS, "fuzz": fuzz}, f)
-        for junk in ("generation_config.json",):
-            if os.path.exists(os.path.join(tmp, junk)):
-                os.remove(os.path.join(tmp, junk))
-        os.chmod(tmp, 0o755)
-        for name in os.listdir(tmp):
-            os.chmod(os.path.join(tmp, name), 0o644)
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_dir(out, overwrite=True) as tmp:
+        write_fixture(tmp)
     size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
     print(f"wrote {out}: {sorted(os.listdir(out))}, {size / 1024:.0f} KB; transformers {transformers.__version__}, "
           f"torch {torch.__version__}")
