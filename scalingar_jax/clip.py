@@ -126,7 +126,8 @@ class CLIPConfig:
             raise TypeError(f"from_hf_config expects a dict, got {type(config).__name__}")
         if config.get("model_type", "clip") != "clip":
             raise ValueError(f"not a CLIP config: model_type={config.get('model_type')!r} (expected 'clip')")
-        text, vision = config.get("text_config") or {}, config.get("vision_config") or {}
+        text = config.get("text_config") or config.get("text_config_dict") or {}
+        vision = config.get("vision_config") or config.get("vision_config_dict") or {}
         if not isinstance(text, Mapping) or not isinstance(vision, Mapping):
             raise ValueError("CLIP config.json: text_config and vision_config must be objects")
 
@@ -641,8 +642,11 @@ def load_tokenizer(directory: str | os.PathLike, *, max_length: int = 77) -> CLI
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{directory}: no merges.txt")
     merges = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     for n, line in enumerate(lines, 1):
         if (n == 1 and line.startswith("#version")) or not line.strip():
             continue

@@ -39,15 +39,16 @@ def _check_batch(images, prompts, what: str) -> tuple[np.ndarray, list[str]]:
     return images, prompts
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "weight"))
-def _clipscore_jit(params, pixels, ids, *, cfg, weight):
-    model = clip.CLIPModel(cfg)
+@functools.partial(jax.jit, static_argnames=("cfg", "weight", "precision"))
+def _clipscore_jit(params, pixels, ids, *, cfg, weight, precision):
+    model = clip.CLIPModel(cfg, precision)
     t = model.apply({"params": params}, ids, method="text_features")
     i = model.apply({"params": params}, pixels, method="image_features")
     return weight * jnp.maximum(clip.cosine_similarity(i, t), 0.0)
 
 
-def clipscore(model_dir: str | os.PathLike, *, weight: float = CLIPSCORE_WEIGHT) -> RewardFn:
+def clipscore(model_dir: str | os.PathLike, *, weight: float = CLIPSCORE_WEIGHT,
+              precision=jax.lax.Precision.HIGHEST) -> RewardFn:
     """CLIPScore with the HF CLIP model in `model_dir` (config.json, weights, vocab.json, merges.txt,
     optional preprocessor_config.json), loaded torch-free into the Flax CLIP of `scalingar_jax.clip`.
 
@@ -55,7 +56,9 @@ def clipscore(model_dir: str | os.PathLike, *, weight: float = CLIPSCORE_WEIGHT)
     `weight * max(cos(image, text), 0)` (Hessel et al. 2021: weight 2.5, range [0, 2.5]). Images are
     preprocessed as CLIPImageProcessor (Pillow, on the host), prompts tokenized as CLIPTokenizer
     (77 ids, longer prompts truncated); the model runs as one jitted function, compiled once per
-    batch size. Raises FileNotFoundError / ValueError for a folder that is not a usable CLIP.
+    batch size. precision: of the matmuls (default HIGHEST: float32 on GPU/TPU too, where the
+    backend default rounds to bfloat16/TF32; None for the backend's default). Raises
+    FileNotFoundError / ValueError for a folder that is not a usable CLIP.
     """
     if not (isinstance(weight, (int, float)) and np.isfinite(weight) and weight > 0):
         raise ValueError(f"clipscore: weight must be a finite number > 0, got {weight!r}")
@@ -72,7 +75,7 @@ def clipscore(model_dir: str | os.PathLike, *, weight: float = CLIPSCORE_WEIGHT)
         images, prompts = _check_batch(images, prompts, "clipscore")
         pixels = clip.preprocess(images, image_cfg)
         scores = _clipscore_jit(params, jnp.asarray(pixels), jnp.asarray(tokenizer(prompts)), cfg=cfg,
-                                weight=float(weight))
+                                weight=float(weight), precision=precision)
         return np.asarray(scores, np.float64)
 
     reward.__name__ = reward.__qualname__ = "clipscore"
@@ -112,8 +115,8 @@ def load_reward(spec: str) -> RewardFn:
       `function(images uint8 (B, H, W, 3), prompts list of B str) -> scores (B,)`, higher = better.
 
     The result checks every batch of scores (`checked_reward`). Raises ValueError (malformed spec,
-    module or function not found, not callable with two arguments) or FileNotFoundError (no CLIP
-    folder), naming the spec.
+    module or function not found, not callable with two arguments, a CLIP folder that does not
+    load) or FileNotFoundError (no CLIP folder or a file of it missing), naming the spec.
     """
     from scalingar_jax.references import resolve
 
@@ -126,8 +129,8 @@ def load_reward(spec: str) -> RewardFn:
         try:
             return checked_reward(clipscore(rest), spec)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-            raise type(e)(f"--reward {spec}: {msg}") from None
+            msg = f"--reward {spec}: {e.args[0] if isinstance(e, KeyError) and e.args else e}"
+            raise (FileNotFoundError(msg) if isinstance(e, FileNotFoundError) else ValueError(msg)) from None
     fn = resolve(spec, what="--reward", package=None)
     if not callable(fn):
         raise ValueError(f"--reward {spec!r} is a {type(fn).__name__}, not a function")

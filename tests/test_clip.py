@@ -87,6 +87,11 @@ def test_tokenizer_bad_files(tmp_path):
         f.write("a b c\n")
     with pytest.raises(ValueError, match=r"merges.txt, line \d+"):
         clip.load_tokenizer(d)
+    d = _copy(tmp_path, "notutf8")
+    with open(d / "merges.txt", "ab") as f:
+        f.write(b"\xff\xfe x\n")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        clip.load_tokenizer(d)
     d = _copy(tmp_path, "unknownmerge")
     with open(d / "merges.txt", "a") as f:
         f.write("q zzz\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -69,6 +70,20 @@ def test_plugin_contract():
 def test_load_reward_errors(spec, error, message):
     with pytest.raises(error, match=message):
         rewards.load_reward(spec)
+
+
+def test_clipscore_folder_errors(tmp_path):
+    d = tmp_path / "clip"
+    shutil.copytree(FIXTURE, d)
+    os.remove(d / "vocab.json")
+    with pytest.raises(FileNotFoundError, match=f"--reward clipscore:{d}: .*no vocab.json"):
+        rewards.load_reward(f"clipscore:{d}")
+    shutil.copy(os.path.join(FIXTURE, "vocab.json"), d / "vocab.json")
+    conf = json.loads((d / "config.json").read_text())
+    conf["vision_config"]["patch_size"] = 16  # 16 px patches: the 8 px patch kernel does not fit
+    (d / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(ValueError, match=r"patch_embedding.weight: expected shape \(24, 3, 16, 16\)"):
+        rewards.load_reward(f"clipscore:{d}")
 
 
 def test_best_of_n_picks_the_plugin_winner(tmp_path, capsys):
