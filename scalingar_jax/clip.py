@@ -234,7 +234,6 @@ class _Block(nn.Module):
         return x + _MLP(self.cfg, self.precision, name="mlp")(_layer_norm(self.cfg, "layer_norm2")(x))
 
 
-
 class _TextEmbeddings(nn.Module):
     cfg: CLIPConfig
 
