@@ -68,6 +68,21 @@ def test_tokenizer_ids_match_transformers(expected):
     assert "\x1c" in "".join(t for t, _ in data["fuzz"])  # not whitespace for CLIP, unlike str.isspace
 
 
+def test_tokenizer_live_fuzz():
+    """Optional (transformers importable; torch not needed): 500 random strings over many Unicode blocks."""
+    tokenization = pytest.importorskip("transformers.models.clip.tokenization_clip")
+    import random
+
+    theirs, ours = tokenization.CLIPTokenizer.from_pretrained(FIXTURE), clip.load_tokenizer(FIXTURE)
+    blocks = [(0, 0x7F), (0x80, 0x36F), (0x370, 0x4FF), (0x590, 0x6FF), (0x900, 0x97F), (0x1680, 0x1680),
+              (0x2000, 0x218F), (0x3000, 0x303F), (0x4E00, 0x4E80), (0xAC00, 0xAC40), (0xFB00, 0xFB06),
+              (0xFF00, 0xFFEF), (0x1D400, 0x1D4FF), (0x1F300, 0x1F64F)]
+    r = random.Random(0)
+    for _ in range(500):
+        text = "".join(chr(r.randint(*r.choice(blocks))) for _ in range(r.randint(0, 15)))
+        assert ours.encode(text) == theirs(text, truncation=True, max_length=77)["input_ids"], repr(text)
+
+
 def test_tokenizer_rules():
     tok = clip.load_tokenizer(FIXTURE)
     assert tok.encode("A  Photo") == tok.encode("a photo") == tok.encode(" a\tphoto\n")
