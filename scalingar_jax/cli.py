@@ -66,7 +66,8 @@ def _check_generate_args(args) -> None:
     if args.prompts is not None and args.prompt:
         raise UserError("give either a prompt or --prompts FILE, not both")
     if args.reward is not None and args.strategy not in REWARD_STRATEGIES:
-        raise UserError(f"--reward applies to {' and '.join(REWARD_STRATEGIES)}; strategy {args.strategy!r} uses no reward")
+        raise UserError(f"--reward applies to {' and '.join(REWARD_STRATEGIES)}; strategy {args.strategy!r} "
+                        "uses no reward")
 
 
 def _check_out(path: str) -> Path:
@@ -136,11 +137,11 @@ def _mesh(args):
 def _with_reward(args, pipe):
     """`pipe` with --reward's function in place of the bundle's reward; a UserError when a strategy
     that needs a reward has none."""
-    import dataclasses
-
-    from scalingar_jax.rewards import load_reward
-
     if args.reward is not None:
+        import dataclasses
+
+        from scalingar_jax.rewards import load_reward
+
         try:
             pipe = dataclasses.replace(pipe, reward=load_reward(args.reward))
         except (OSError, ValueError, KeyError, TypeError) as e:

@@ -86,17 +86,19 @@ def test_clipscore_folder_errors(tmp_path):
         rewards.load_reward(f"clipscore:{d}")
 
 
-def test_best_of_n_picks_the_plugin_winner(tmp_path, capsys):
-    """Embedded shapes-world bundle, N = 3: the winner is the candidate the plug-in scores highest,
-    with two opposite plug-ins (so the choice cannot be an accident of the candidate order)."""
+def test_best_of_n_picks_the_reward_winner(tmp_path, capsys):
+    """Embedded shapes-world bundle, N = 3: the winner is the candidate the reward scores highest,
+    with two opposite plug-ins (so the choice cannot be an accident of the candidate order) and
+    CLIPScore with the tiny CLIP (48 px images resized and cropped to its 32 px)."""
     pipe = load_pipeline()
     prompt = "a photo of a red circle"
     winners = {}
-    for name in ("brightness", "darkness"):
-        p = dataclasses.replace(pipe, reward=rewards.load_reward(f"reward_plugin:{name}"))
+    for name, spec in [("brightness", "reward_plugin:brightness"), ("darkness", "reward_plugin:darkness"),
+                       ("clipscore", f"clipscore:{FIXTURE}")]:
+        p = dataclasses.replace(pipe, reward=rewards.load_reward(spec))
         out = generate(p, [prompt], strategy="best_of_n", num_candidates=3, seed=0, decode_candidates=True)
         scores = p.reward(out.candidates[0], [prompt] * 3)
-        np.testing.assert_allclose(np.asarray(out.result.score[0]), scores)
+        np.testing.assert_allclose(np.asarray(out.result.score[0]), scores, rtol=1e-6)
         winners[name] = int(out.result.winner[0])
         assert winners[name] == int(np.argmax(scores))
         np.testing.assert_array_equal(out.images[0], out.candidates[0, winners[name]])
