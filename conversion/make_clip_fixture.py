@@ -155,7 +155,7 @@ def make_model(vocab_size, bos, eos, seed=0):
 def make_images(seed=3):
     rng = np.random.default_rng(seed)
     out = {}
-    for n, (h, w) in enumerate([(48, 48), (64, 40), (30, 70)]):
+    for n, (h, w) in enumerate([(48, 48), (64, 40), (30, 71)]):  # 30x71 -> 40x94.67: int, not round
         yy, xx = np.mgrid[0:h, 0:w]
         base = np.stack([xx / w, yy / h, (xx + yy) / (h + w)], -1) * 200
         out[f"image{n}"] = np.clip(base + rng.normal(0, 30, (h, w, 3)), 0, 255).astype(np.uint8)
