@@ -528,7 +528,9 @@ class CLIPTokenizer:
     normalised, whitespace runs collapse, it is lower-cased, split into words (letters runs,
     single digits, punctuation runs, English contractions), each word byte-mapped and BPE-merged
     with the end-of-word suffix `</w>`; `<|startoftext|>` ... `<|endoftext|>` around it, at most
-    `max_length` ids in all, padded with the pad token.
+    `max_length` ids in all, padded with the pad token. The word split is a scanner over Unicode
+    general categories (letters L*, numbers N*, White_Space) written for this module: it needs
+    neither the `regex` package nor an approximation of `\\p{L}` / `\\p{N}` with `re`.
 
     vocab: token -> id (vocab.json); merges: ranked pairs (merges.txt); specials: bos_token,
     eos_token, unk_token, pad_token strings (each in `vocab`).
