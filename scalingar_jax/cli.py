@@ -39,6 +39,7 @@ def _progress(total: int, description: str):
 LIMITS = {"n": (1, 1024), "seed": (0, 2**32 - 1), "batch": (1, 1024), "scale": (1, 16), "limit": (0, 10**7)}
 GENERATE_FILES = {"selected.png", "candidates.png", "confidence.png", "entropy.png", "result.json", "tokens.npy"}
 MAX_IMAGE_PIXELS = 4096 * 4096  # images `evaluate` decodes
+REWARD_STRATEGIES = ("best_of_n", "importance_sampling")  # the strategies that use a reward (--reward)
 
 
 def printable(msg: str, limit: int = 2000) -> str:
@@ -71,6 +72,9 @@ def _check_generate_args(args) -> None:
     if len(given) > 1:
         raise UserError(f"give one of a prompt, --prompts FILE, --class-ids, --class-ids-file; got "
                         f"{' and '.join(given)}")
+    if args.reward is not None and args.strategy not in REWARD_STRATEGIES:
+        raise UserError(f"--reward applies to {' and '.join(REWARD_STRATEGIES)}; strategy {args.strategy!r} "
+                        "uses no reward")
 
 
 def _check_out(path: str) -> Path:
@@ -137,6 +141,24 @@ def _mesh(args):
         raise UserError(f"--mesh {args.mesh}: {e}") from None
 
 
+def _with_reward(args, pipe):
+    """`pipe` with --reward's function in place of the bundle's reward; a UserError when a strategy
+    that needs a reward has none."""
+    if args.reward is not None:
+        import dataclasses
+
+        from scalingar_jax.rewards import load_reward
+
+        try:
+            pipe = dataclasses.replace(pipe, reward=load_reward(args.reward))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(_describe_error(e)) from None
+    if args.strategy in REWARD_STRATEGIES and pipe.reward is None:
+        raise UserError(f"strategy {args.strategy!r} needs a reward and this bundle has none: give --reward "
+                        "clipscore:CLIP_DIR or --reward module:function")
+    return pipe
+
+
 def cmd_generate(args) -> int:
     from scalingar_jax.atomic import atomic_dir
     from scalingar_jax.pipeline import generate, load_pipeline
@@ -152,6 +174,7 @@ def cmd_generate(args) -> int:
     except (FileNotFoundError, ValueError, ImportError) as e:
         raise UserError(str(e)) from None
     _check_conditioning(args, pipe.gpt_cfg, class_ids)
+    pipe = _with_reward(args, pipe)
     sampling, scaling = _sampling_scaling(args, pipe)
     if args.prompts is not None:
         return _generate_prompt_file(args, pipe, sampling, scaling, mesh)
@@ -300,7 +323,7 @@ def _write_generate_outputs(out: Path, args, pipe, res, prompt, sampling, scalin
     summary = {
         "prompt": prompt, "strategy": args.strategy, "num_candidates": args.n, "seed": args.seed,
         "winner": winner, "tokens_used": int(r.tokens_used[p]), "tokens_full": args.n * T,
-        "terminated_at": term.tolist(), "seconds": res.seconds, "checkpoint": pipe.name,
+        "terminated_at": term.tolist(), "seconds": res.seconds, "checkpoint": pipe.name, "reward": args.reward,
         "sampling": vars(sampling) if hasattr(sampling, "__dict__") else str(sampling),
     }
     try:
@@ -388,6 +411,8 @@ def _generate_prompt_file(args, pipe, sampling, scaling, mesh) -> int:
                 "strategy": args.strategy, "num_candidates": n, "seed": args.seed, "images_per_prompt": K,
                 "sampling": dataclasses.asdict(sampling), "scaling": dataclasses.asdict(scaling),
                 "limit": args.limit, "skip_unsupported": args.skip_unsupported}
+    if args.reward is not None:
+        settings["reward"] = args.reward
     share = split_prompts(records, args.process_index, args.process_count)
     share = [pair for _, pair in share]
     try:
@@ -644,6 +669,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", default=None,
                    help="model bundle folder, with its bundle.json (default: the embedded checkpoints/shapes, "
                         "or $SCALINGAR_CHECKPOINT)")
+    g.add_argument("--reward", default=None, metavar="SPEC",
+                   help="the reward of best_of_n and importance_sampling, in place of the bundle's: clipscore:DIR "
+                        "(CLIPScore, 2.5 * max(cos, 0), with the Hugging Face CLIP folder DIR) or module:function "
+                        "(any importable fn(images uint8 (B, H, W, 3), prompts) -> scores (B,), higher = better; "
+                        "README, Rewards). Refused with the other strategies, which use no reward")
     g.add_argument("--scale", type=int, default=4, help="upscaling factor of selected.png (default 4)")
     g.add_argument("--batch", type=int, default=16,
                    help="with --prompts: generation runs per call (prompts x images per prompt, at least one "

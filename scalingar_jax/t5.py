@@ -32,7 +32,6 @@ Parameter tree (``params`` as returned by :func:`init_params` / :func:`load_hf_t
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any, Mapping
@@ -41,6 +40,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from scalingar_jax.convert.hf import params_from_state_dict, read_json, read_weights
 
 __all__ = [
     "T5Config",
@@ -398,16 +399,6 @@ def _hf_key_map(cfg: T5Config) -> dict[tuple[str, ...], tuple[str, tuple[int, ..
     return m
 
 
-def _to_numpy_f32(key: str, value) -> np.ndarray:
-    arr = value.numpy() if hasattr(value, "numpy") and not isinstance(value, np.ndarray) \
-        else np.asarray(value)  # LazyTensor.numpy() reads just this tensor
-    if arr.dtype == np.float32:
-        return arr
-    if arr.dtype.kind == "f" or arr.dtype.name == "bfloat16":
-        return arr.astype(np.float32)
-    raise TypeError(f"{key}: expected a floating-point tensor, got dtype {arr.dtype}")
-
-
 def convert_hf_t5_encoder(state_dict: Mapping[str, Any], cfg: T5Config) -> dict:
     """Map a HF T5 / T5EncoderModel state dict to the Flax params of :class:`T5Encoder`.
 
@@ -420,76 +411,15 @@ def convert_hf_t5_encoder(state_dict: Mapping[str, Any], cfg: T5Config) -> dict:
     sd = dict(state_dict)
     if "shared.weight" not in sd and "encoder.embed_tokens.weight" in sd:
         sd["shared.weight"] = sd["encoder.embed_tokens.weight"]
-    params: dict = {}
-    missing = []
-    for path, (key, shape, transpose) in _hf_key_map(cfg).items():
-        if key not in sd:
-            missing.append(key)
-            continue
-        arr = sd[key]
-        got = tuple(np.shape(arr))
-        if got != shape:
-            raise ValueError(f"{key}: expected shape {shape} for {cfg}, checkpoint has {got}")
-        arr = _to_numpy_f32(key, arr)
-        if transpose:
-            arr = np.ascontiguousarray(arr.T)
-        node = params
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = arr
-    if missing:
-        extra = " (token embedding: neither shared.weight nor encoder.embed_tokens.weight)" \
-            if "shared.weight" in missing else ""
-        raise KeyError(f"HF T5 checkpoint is missing {len(missing)} encoder key(s){extra}: "
-                       f"{missing[:8]}{' ...' if len(missing) > 8 else ''}")
-    return params
+    if "shared.weight" not in sd:
+        raise KeyError("HF T5 checkpoint has no token embedding: neither shared.weight nor "
+                       "encoder.embed_tokens.weight")
+    return params_from_state_dict(sd, _hf_key_map(cfg), what="HF T5 checkpoint (encoder)",
+                                  config=str(cfg))
 
 
 def _is_encoder_key(k: str) -> bool:
     return k.startswith("encoder.") or k == "shared.weight"
-
-
-def _read_checkpoint_tensors(directory: str) -> dict[str, Any]:
-    """Encoder tensors (lazy, array-like) of a HF checkpoint dir: ``model.safetensors``,
-    sharded safetensors (``model.safetensors.index.json``), or ``pytorch_model.bin`` (also
-    sharded, ``pytorch_model.bin.index.json``). Torch-free; decoder shards are never opened."""
-    from scalingar_jax.convert import safetensors as st
-    from scalingar_jax.convert import torch_pickle as tp
-
-    def j(name):
-        return os.path.join(directory, name)
-
-    def read_st(path):
-        return st.load_file(path)[0]
-
-    def read_pt(path):
-        return tp.load_state_dict(path)[0]
-
-    def from_index(index_name, reader):
-        with open(j(index_name)) as f:
-            index = json.load(f)
-        weight_map = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(weight_map, dict):
-            raise ValueError(f"{j(index_name)}: no 'weight_map' dict")
-        shards = sorted({v for k, v in weight_map.items() if _is_encoder_key(k)})
-        out: dict[str, Any] = {}
-        for shard in shards:
-            if not isinstance(shard, str) or os.path.basename(shard) != shard:
-                raise ValueError(f"{j(index_name)}: shard name {shard!r} is not a plain file name")
-            if not os.path.isfile(j(shard)):
-                raise FileNotFoundError(f"{j(index_name)} names shard {shard!r}, which is missing")
-            out.update({k: v for k, v in reader(j(shard)).items() if _is_encoder_key(k)})
-        return out
-
-    for single, index_name, reader in (("model.safetensors", "model.safetensors.index.json", read_st),
-                                       ("pytorch_model.bin", "pytorch_model.bin.index.json", read_pt)):
-        if os.path.isfile(j(single)):
-            return {k: v for k, v in reader(j(single)).items() if _is_encoder_key(k)}
-        if os.path.isfile(j(index_name)):
-            return from_index(index_name, reader)
-    raise FileNotFoundError(
-        f"{directory}: no model.safetensors, model.safetensors.index.json, pytorch_model.bin "
-        "or pytorch_model.bin.index.json")
 
 
 def load_hf_t5_encoder(directory: str | os.PathLike) -> tuple[dict, T5Config]:
@@ -504,10 +434,6 @@ def load_hf_t5_encoder(directory: str | os.PathLike) -> tuple[dict, T5Config]:
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"not a directory: {directory}")
-    cfg_path = os.path.join(directory, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"{directory}: no config.json")
-    with open(cfg_path) as f:
-        cfg = T5Config.from_hf_config(json.load(f))
-    params = convert_hf_t5_encoder(_read_checkpoint_tensors(directory), cfg)
+    cfg = T5Config.from_hf_config(read_json(directory, "config.json"))
+    params = convert_hf_t5_encoder(read_weights(directory, _is_encoder_key), cfg)
     return params, cfg

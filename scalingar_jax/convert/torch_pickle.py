@@ -1158,7 +1158,7 @@ def _as_array(v) -> np.ndarray:
                         f"{sorted(str(d) for d in _DTYPE_TO_STORAGE)}")
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(arr)
+    return np.require(arr, requirements="C")  # np.ascontiguousarray would make a 0-d array 1-d
 
 
 def save_torch_state_dict(
