@@ -4,6 +4,8 @@
   scalingar generate --prompts prompts.jsonl --out runs/geneval --strategy scalingar -n 8
   scalingar merge runs/part0 runs/part1 --out runs/geneval
   scalingar convert c2i_B_256.pt out/c2i_B_256 --verify
+  scalingar bundle models/c2i_L_256 --gpt c2i_L_256.pt --vq vq_ds16_c2i.pt
+  scalingar generate --checkpoint models/c2i_L_256 --class-ids 207 360 387
   scalingar evaluate runs/geneval
   scalingar bench decode -- --presets GPT-B --batch 16
 """
@@ -35,7 +37,7 @@ def _progress(total: int, description: str):
 
 # Bounds on generate's numeric options: far above real use, low enough to fail fast.
 LIMITS = {"n": (1, 1024), "seed": (0, 2**32 - 1), "batch": (1, 1024), "scale": (1, 16), "limit": (0, 10**7)}
-GENERATE_FILES = {"selected.png", "candidates.png", "confidence.png", "entropy.png", "result.json"}
+GENERATE_FILES = {"selected.png", "candidates.png", "confidence.png", "entropy.png", "result.json", "tokens.npy"}
 MAX_IMAGE_PIXELS = 4096 * 4096  # images `evaluate` decodes
 
 
@@ -60,10 +62,14 @@ def _check_generate_args(args) -> None:
         value = getattr(args, name)
         if value is not None and not math.isfinite(value):
             raise UserError(f"--{name.replace('_', '-')} must be finite, got {value}")
-    if args.prompts is None and not args.prompt:
-        raise UserError("give a prompt (scalingar generate \"a photo of a red circle\") or --prompts FILE")
-    if args.prompts is not None and args.prompt:
-        raise UserError("give either a prompt or --prompts FILE, not both")
+    given = [name for name, on in (("a prompt", bool(args.prompt)), ("--prompts FILE", args.prompts is not None),
+                                   ("--class-ids", args.class_ids is not None),
+                                   ("--class-ids-file", args.class_ids_file is not None)) if on]
+    if not given:
+        raise UserError("give a prompt (scalingar generate \"a photo of a red circle\") or --prompts FILE; for a "
+                        "class-conditional bundle --class-ids ID [ID ...] or --class-ids-file F")
+    if len(given) > 1:
+        raise UserError(f"give one of a prompt, --prompts FILE, --class-ids, --class-ids-file; got {' and '.join(given)}")
 
 
 def _check_out(path: str) -> Path:
@@ -136,15 +142,20 @@ def cmd_generate(args) -> int:
 
     _check_generate_args(args)
     _check_prompt_file_args(args)
+    class_ids = _class_ids(args)
     out = _check_out(args.out) if args.prompts is None else None
     mesh = _mesh(args)
+    _check_conditioning(args, _bundle_gpt_config(args.checkpoint), class_ids)  # before any weight is read
     try:
         pipe = load_pipeline(args.checkpoint)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ImportError) as e:
         raise UserError(str(e)) from None
+    _check_conditioning(args, pipe.gpt_cfg, class_ids)
     sampling, scaling = _sampling_scaling(args, pipe)
     if args.prompts is not None:
         return _generate_prompt_file(args, pipe, sampling, scaling, mesh)
+    if class_ids is not None:
+        return _generate_class_ids(args, pipe, class_ids, sampling, scaling, mesh, out)
 
     prompt = " ".join(args.prompt).strip()
     if not prompt:
@@ -169,20 +180,109 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _write_generate_outputs(out: Path, args, pipe, res, prompt, sampling, scaling):
-    """Writes selected.png, candidates.png, the plots and result.json into `out` (the temp
-    folder); returns ({name: path}, summary)."""
+def _class_ids(args) -> list[str] | None:
+    """The class ids of --class-ids / --class-ids-file as decimal strings (a c2i bundle's
+    prompts), or None; the file is read up to `llamagen.MAX_CLASS_IDS_BYTES`."""
+    from scalingar_jax.llamagen import read_class_ids_file
+
+    if args.class_ids_file is not None:
+        try:
+            return read_class_ids_file(args.class_ids_file)
+        except (ValueError, OSError) as e:
+            raise UserError(f"--class-ids-file: {e}") from None
+    if args.class_ids is not None and len(args.class_ids) > LIMITS["limit"][1]:
+        raise UserError(f"--class-ids: more than {LIMITS['limit'][1]} ids")
+    return args.class_ids
+
+
+def _bundle_gpt_config(path):
+    """The GPTConfig of a bundle's gpt part read from its config.json alone, or None where the
+    bundle has none that reads (load_pipeline then reports the problem)."""
+    from scalingar_jax.bundle import read_bundle
+    from scalingar_jax.checkpoint import read_config
+
+    try:
+        bundle = read_bundle(path)
+        kind, cfg, _ = read_config(bundle.part("gpt"))
+    except (OSError, ValueError, KeyError):
+        return None
+    return cfg if kind == "gpt" else None
+
+
+def _check_conditioning(args, gpt_cfg, class_ids) -> None:
+    """Class ids go to class-conditional (c2i) models, text to text-to-image (t2i) ones; ids
+    must be in [0, num_classes). Nothing to check without a config (gpt_cfg None)."""
+    if gpt_cfg is None:
+        return
+    where = "the bundle" + (f" {args.checkpoint}" if args.checkpoint else "")
+    if gpt_cfg.model_type == "c2i":
+        if args.prompts is not None:
+            raise UserError(f"--prompts runs text prompts (GenEval) but {where} is class-conditional (c2i); "
+                            "generate from class ids with --class-ids ID [ID ...] or --class-ids-file F")
+        if args.prompt:
+            raise UserError(f"{where} is class-conditional (c2i) and takes class ids, not text: "
+                            "use --class-ids ID [ID ...] or --class-ids-file F")
+        from scalingar_jax.llamagen import parse_class_ids
+
+        try:
+            parse_class_ids(class_ids, gpt_cfg.num_classes, where="--class-ids: class id")
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    elif class_ids is not None:
+        raise UserError(f"--class-ids and --class-ids-file apply to class-conditional (c2i) bundles; {where} is "
+                        "text-to-image (t2i): give a text prompt or --prompts FILE")
+
+
+def _generate_class_ids(args, pipe, class_ids, sampling, scaling, mesh, out: Path) -> int:
+    """c2i: one output folder <out>/<i:05d> per class id (the i-th given), each with what a
+    prompt run writes; ids run --batch at a time, prompt id = i (results do not depend on the
+    batch)."""
+    import numpy as np
+
+    from scalingar_jax.atomic import atomic_dir
+    from scalingar_jax.pipeline import generate
+
+    bar, update = _progress(len(class_ids), f"{args.strategy} N={args.n}, {len(class_ids)} class ids")
+    lines = []
+    with bar, atomic_dir(out, overwrite=True) as tmp:  # all folders appear together, or none
+        for start in range(0, len(class_ids), args.batch):
+            chunk = class_ids[start : start + args.batch]
+            res = generate(pipe, chunk, strategy=args.strategy, num_candidates=args.n, seed=args.seed,
+                           sampling=sampling, scaling=scaling, compaction=_compaction(args),
+                           prompt_ids=np.arange(start, start + len(chunk), dtype=np.int32),
+                           decode_candidates=True, mesh=mesh)
+            for j, class_id in enumerate(chunk):
+                name = f"{start + j:05d}"
+                (Path(tmp) / name).mkdir()
+                _, summary = _write_generate_outputs(Path(tmp) / name, args, pipe, res, class_id, sampling, scaling,
+                                                     index=j, final=out / name)
+                lines.append(f"class {class_id}: winner #{summary['winner']}, tokens {summary['tokens_used']} of "
+                             f"{summary['tokens_full']} -> {out / name}")
+            update(start + len(chunk))
+    print("\n".join(lines))
+    return 0
+
+
+def _write_generate_outputs(out: Path, args, pipe, res, prompt, sampling, scaling, *, index: int = 0,
+                            final: Path | None = None):
+    """Writes selected.png, candidates.png, the plots, tokens.npy (int32 (N, T), -1 where a
+    pruned candidate never generated a token) and result.json of prompt `index` of `res` into
+    `out` (the temp folder; `final`: where it will be, default --out); returns ({name: path},
+    summary)."""
     import numpy as np
 
     from scalingar_jax.images import labelled_grid, upscale_nearest, write_png
 
     T = pipe.gpt_cfg.block_size
-    final = Path(args.out).absolute()
+    final = Path(args.out).absolute() if final is None else final
     r = res.result
-    winner = int(r.winner[0])
-    term = np.asarray(r.terminated_at[0])
+    p = index
+    winner = int(r.winner[p])
+    term = np.asarray(r.terminated_at[p])
     files = {}
-    files["selected"] = write_png(out / "selected.png", upscale_nearest(res.images[0], args.scale))
+    files["selected"] = write_png(out / "selected.png", upscale_nearest(res.images[p], args.scale))
+    files["tokens"] = out / "tokens.npy"
+    np.save(files["tokens"], np.asarray(r.all_tokens[p], np.int32))
     labels, colors = [], []
     for n in range(args.n):
         if n == winner:
@@ -194,18 +294,18 @@ def _write_generate_outputs(out: Path, args, pipe, res, prompt, sampling, scalin
         else:
             labels.append(f"#{n}")
             colors.append(None)
-    files["candidates"] = write_png(out / "candidates.png", labelled_grid(res.candidates[0], labels=labels,
+    files["candidates"] = write_png(out / "candidates.png", labelled_grid(res.candidates[p], labels=labels,
                                                                           border_colors=colors))
     summary = {
         "prompt": prompt, "strategy": args.strategy, "num_candidates": args.n, "seed": args.seed,
-        "winner": winner, "tokens_used": int(r.tokens_used[0]), "tokens_full": args.n * T,
+        "winner": winner, "tokens_used": int(r.tokens_used[p]), "tokens_full": args.n * T,
         "terminated_at": term.tolist(), "seconds": res.seconds, "checkpoint": pipe.name,
         "sampling": vars(sampling) if hasattr(sampling, "__dict__") else str(sampling),
     }
     try:
         from scalingar_jax import viz
 
-        traj = {k: np.asarray(v)[:, 0] for k, v in r.traj.items()}
+        traj = {k: np.asarray(v)[:, p] for k, v in r.traj.items()}
         traj["warmup_steps"] = scaling.warmup_steps(T)
         traj["winner"] = winner
         traj["guidance"] = traj.pop("scale")
@@ -220,7 +320,7 @@ def _write_generate_outputs(out: Path, args, pipe, res, prompt, sampling, scalin
             out / "confidence.png", traj, title=f"{args.strategy}: {prompt}")
         g = pipe.gpt_cfg.grid_size
         files["entropy"] = viz.plot_entropy_heatmap(
-            out / "entropy.png", np.asarray(r.entropy[0, winner]).reshape(g, g), image=res.images[0],
+            out / "entropy.png", np.asarray(r.entropy[p, winner]).reshape(g, g), image=res.images[p],
             title=f"token entropy of the winner (#{winner})")
     except ImportError as e:
         print(f"note: plots skipped ({e})", file=sys.stderr)
@@ -416,6 +516,71 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {printable(message)} (see `{self.prog} --help`)\n")
 
 
+BUNDLE_EPILOG = """\
+examples:
+  # LlamaGen t2i XL (512 px) with flan-t5-xl (a Hugging Face folder: config.json, model weights, spiece.model)
+  scalingar bundle models/t2i_XL_512 --gpt t2i_XL_stage2_512.pt --vq vq_ds16_t2i.pt --t5 flan-t5-xl --dtype bfloat16
+  scalingar generate --checkpoint models/t2i_XL_512 "a photo of a cat on a sofa"
+  # LlamaGen c2i L (256 px): class ids instead of text
+  scalingar bundle models/c2i_L_256 --gpt c2i_L_256.pt --vq vq_ds16_c2i.pt
+  scalingar generate --checkpoint models/c2i_L_256 --class-ids 207 360 387
+
+The folder holds gpt/, vq/ (as `scalingar convert` writes them), text/ (t2i: the Flax T5 encoder,
+converted without torch, and its spiece.model) or features/ (t2i: precomputed features), and
+bundle.json with LlamaGen's sampling defaults (t2i: cfg 7.5, top-k 1000; c2i: cfg 4.0, top-k 2000;
+temperature 1, top-p 1; override with generate's --cfg, --top-k, ...) and the image size. A t2i
+bundle with text/ tokenizes prompts with sentencepiece, an optional extra:
+pip install 'scalingar-jax[t5]'. The parts are checked to fit (VQ codebook = GPT vocabulary, T5
+width = the GPT's caption_dim); on any error nothing is left at OUT.
+"""
+
+
+def _add_bundle_parser(sub) -> None:
+    from scalingar_jax.llamagen import DEFAULT_PREPROCESS
+
+    a = sub.add_parser("bundle", help="assemble a model bundle from LlamaGen's released files (GPT, VQ, T5)",
+                       description="Builds a model bundle folder OUT (what `generate --checkpoint` and "
+                                   "load_pipeline(path) load) from LlamaGen's released checkpoints.",
+                       epilog=BUNDLE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("out", metavar="OUT", help="the bundle folder to create (written atomically)")
+    a.add_argument("--gpt", required=True, metavar="FILE",
+                   help="LlamaGen GPT checkpoint, t2i or c2i (.pt/.pth/.bin/.safetensors; or a model directory "
+                        "`scalingar convert` wrote)")
+    a.add_argument("--vq", required=True, metavar="FILE",
+                   help="LlamaGen VQ tokenizer checkpoint (e.g. vq_ds16_t2i.pt; or a converted model directory); "
+                        "its codebook size must equal the GPT's vocabulary")
+    text = a.add_mutually_exclusive_group()
+    text.add_argument("--t5", metavar="HF_DIR",
+                      help="t2i: a Hugging Face flan-t5 folder (config.json, model.safetensors or pytorch_model.bin "
+                           "[+ index], spiece.model), converted to the package's Flax T5 encoder; its d_model must "
+                           "equal the GPT's caption_dim (2048 for flan-t5-xl)")
+    text.add_argument("--t5-features", metavar="FILE",
+                      help="t2i, instead of --t5: precomputed T5 features, a .npz with 'features' (B, L, C) "
+                           "[+ 'mask', 'prompts'] or keyed by prompt ({prompt: (1, n, C)}, as LlamaGen's "
+                           "extract_t5_feature.py arrays), or a .npy; generate then takes the stored prompts only")
+    a.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="parameter dtype of the converted GPT, VQ and T5 (default float32; bfloat16 halves memory)")
+    a.add_argument("--grid-size", type=int, default=None, metavar="G",
+                   help="image-token grid of the GPT when the file does not tell (16 for 256 px, 24 for 384, 32 for "
+                        "512; by default from the training args in the file or 256/384/512 in its name)")
+    a.add_argument("--name", default=None, help="a name for the bundle (shown in logs and result.json)")
+    a.add_argument("--preprocess", default=DEFAULT_PREPROCESS, metavar="MODULE:FUNCTION",
+                   help="t2i with --t5: the text preprocessing applied to every prompt before tokenisation, a "
+                        f"function in this package (default {DEFAULT_PREPROCESS}, LlamaGen's)")
+    a.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    a.set_defaults(fn=cmd_bundle)
+
+
+def cmd_bundle(args) -> int:
+    from scalingar_jax.llamagen import assemble_bundle
+
+    if args.grid_size is not None and not 1 <= args.grid_size <= 256:
+        raise UserError(f"--grid-size must be in [1, 256], got {args.grid_size}")
+    assemble_bundle(args.out, gpt=args.gpt, vq=args.vq, t5=args.t5, t5_features=args.t5_features, dtype=args.dtype,
+                    grid_size=args.grid_size, name=args.name, overwrite=args.overwrite, preprocess=args.preprocess)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from scalingar_jax.scaling.config import ABLATIONS  # the one list of ablation switch sets
 
@@ -432,6 +597,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "evaluation_metadata.jsonl): writes GenEval's folder layout "
                                                    "(<out>/<00000>/metadata.jsonl, grid.png, samples/0000.png); a "
                                                    "rerun with the same options resumes")
+    g.add_argument("--class-ids", nargs="+", default=None, metavar="ID",
+                   help="class-conditional (c2i) bundles: generate for these class ids (e.g. 207 360 387, ImageNet "
+                        "classes for LlamaGen's c2i models), one output folder <out>/<i:05d> per id, each with what a "
+                        "prompt run writes")
+    g.add_argument("--class-ids-file", default=None, metavar="F",
+                   help="like --class-ids, the ids read from a text file (one per line or whitespace separated)")
     g.add_argument("--images-per-prompt", type=int, default=None, metavar="K",
                    help="with --prompts: images per prompt, each an independent run of the strategy (default 4, "
                         "GenEval's)")
@@ -470,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scale", type=int, default=4, help="upscaling factor of selected.png (default 4)")
     g.add_argument("--batch", type=int, default=16,
                    help="with --prompts: generation runs per call (prompts x images per prompt, at least one "
-                        "prompt's; default 16)")
+                        "prompt's); with --class-ids: ids per call (default 16)")
     g.add_argument("--limit", type=int, default=0, help="with --prompts: only the first LIMIT prompts")
     g.set_defaults(fn=cmd_generate)
 
@@ -488,6 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("folder", help="folder with <5-digit index>/metadata.jsonl and samples/*.png")
     e.add_argument("--json", default=None, help="also write per-image verdicts and the summary to this JSON file")
     e.set_defaults(fn=cmd_evaluate)
+
+    _add_bundle_parser(sub)
 
     c = sub.add_parser("convert", help="convert a PyTorch LlamaGen checkpoint to orbax, or back with --export "
                                        "(see `scalingar convert --help`)", add_help=False)
