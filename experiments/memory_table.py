@@ -53,6 +53,7 @@ TPU_V5E = {"name": "TPU v5e", "peak_flops": 197e12, "hbm_bytes": 16e9, "hbm_bw":
 GENEVAL_PROMPTS, GENEVAL_IMAGES = 553, 4
 HEADROOM = 0.9  # use at most 90% of a device's memory (runtime reserve, fragmentation, the VQ decoder)
 GB = 1e9
+COST_PROGRAMS = ("decode_step", "prefill", "loop_step_scalingar", "loop_step_plain")
 
 
 def parse_args(argv=None):
@@ -471,8 +472,7 @@ def run_roofline(args):
     platform = f"{jax.default_backend()} ({jax.devices()[0].device_kind})"
     print(f"platform: {platform} (costs of the HLO compiled for it)", flush=True)
     costs = [gpt_costs(gpt_cfg, r, args.n) for r in (r0, r1)]
-    models = {name: per_row_model(*costs, name) for name in ("decode_step", "prefill", "loop_step_scalingar",
-                                                              "loop_step_plain")}
+    models = {name: per_row_model(*costs, name) for name in COST_PROGRAMS}
     t5 = None if t5_cfg is None else t5_memory(t5_cfg, args.prompts, args.dtype, gpt_cfg.cls_token_num)
     chip = TPU_V5E
     mem = load_result(args.memory_json)
@@ -515,7 +515,7 @@ def run_roofline(args):
     n_params = sum(int(x.size) for x in jax.tree.leaves(gpt_params(gpt_cfg)))
     cost_rows = [{"program": name, "rows": c["rows"], "GFLOP": c[name]["flops"] / 1e9, "GB": c[name]["bytes"] / GB,
                   "v5e_ms": 1e3 * max(c[name]["flops"] / chip["peak_flops"], c[name]["bytes"] / chip["hbm_bw"])}
-                 for c in costs for name in models]
+                 for c in costs for name in COST_PROGRAMS]
     if t5 is not None:
         cost_rows.append({"program": "t5_encode", "rows": t5["batch"], "GFLOP": t5["flops"] / 1e9,
                           "GB": t5["bytes"] / GB,
