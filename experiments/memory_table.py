@@ -269,17 +269,19 @@ def fit_line(x0, y0, x1, y1):
     return y0 - b * x0, b
 
 
-def fits_table(points: list[dict], t5_param_bytes: int, t5_peak: int | None, budgets, headroom: float):
+def fits_table(points: list[dict], t5_param_bytes: int, t5_peak: int | None, budgets, headroom: float,
+               gpt_param_bytes: int = 0):
     """What fits per device: from two (rows per device, GPT peak per device) points of one mesh,
     peak(rows) = a + b * rows; usable = headroom * budget; with the T5 resident, its parameters
-    are added to every GPT phase (and the T5 encode's own peak plus the GPT parameters must fit
-    too). Returns rows of the table."""
+    are added to every GPT phase, and `t5_encode_fits` says whether the T5 encode's own peak plus
+    the GPT parameters fit. Returns rows of the table."""
     (r0, y0), (r1, y1) = [(p["rows"], p["peak"]) for p in points]
     a, b = fit_line(r0, y0, r1, y1)
     out = []
     for budget in budgets:
         usable = headroom * budget * GB
-        row = {"device_GB": budget, "usable_GB": usable / GB}
+        row = {"device_GB": budget, "usable_GB": usable / GB,
+               "t5_encode_fits": None if t5_peak is None else t5_peak + gpt_param_bytes <= usable}
         for label, extra in (("features", 0), ("t5_resident", t5_param_bytes)):
             rows = math.floor((usable - extra - a) / b) if b > 0 else 0
             rows = max(rows, 0)
@@ -346,7 +348,8 @@ def run_memory(args):
     table = markdown_table(rows, cols)
     fits = None
     if len(fit_points) == 2:
-        fits = fits_table(fit_points, t5_bytes, None if t5 is None else t5["peak"], args.budgets, HEADROOM)
+        fits = fits_table(fit_points, t5_bytes, None if t5 is None else t5["peak"], args.budgets, HEADROOM,
+                          model_bytes["gpt_param_bytes_replicated"])
     payload = {"stamp": stamp(), "platform": platform, "gpt_config": dataclasses.asdict(gpt_cfg),
                "t5_config": None if t5_cfg is None else dataclasses.asdict(t5_cfg), "n": args.n,
                "peak_rule": "per compiled program: argument + output + temp - alias bytes (XLA memory_analysis), "

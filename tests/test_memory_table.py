@@ -39,3 +39,11 @@ def test_fits_table():
     assert row["features_rows"] == math.floor((8e9 - 2e9) / 0.25e9)  # 24 rows: 1 prompt at N = 8
     assert row["t5_resident_rows"] == 20 and row["t5_resident_prompts_N8"] == 1
     assert row["features_images_plain"] == 12
+
+
+def test_fits_table_t5_encode_check():
+    points = [{"rows": 16, "peak": 6e9}, {"rows": 32, "peak": 10e9}]
+    ok, tight = (MT.fits_table(points, 1e9, t5_peak=p, budgets=[10], headroom=1.0, gpt_param_bytes=2e9)["rows"][0]
+                 for p in (8e9, 8.5e9))
+    assert ok["t5_encode_fits"] is True and tight["t5_encode_fits"] is False
+    assert MT.fits_table(points, 0, t5_peak=None, budgets=[10], headroom=1.0)["rows"][0]["t5_encode_fits"] is None
