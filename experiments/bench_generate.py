@@ -26,6 +26,7 @@ random-bundle   Images/s of plain, Best-of-N and ScalingAR side by side in one r
 from __future__ import annotations
 
 import argparse
+import functools
 import subprocess
 import sys
 import tempfile
@@ -89,28 +90,38 @@ def bench_prompts(n: int) -> list[str]:
     return [f"benchmark prompt {i}" for i in range(n)]
 
 
-def make_random_bundle(out: Path, gpt_cfg, vq_cfg, prompts, *, seed: int, log=print) -> Path:
-    """A random LlamaGen t2i bundle at `out` (through `llamagen.assemble_bundle`): random GPT and
-    VQ model directories (`checkpoint.save_model`) and random caption features for `prompts`
-    (an npz with features (P, cls, caption_dim), a left-padded mask of 5..cls valid rows, prompts)."""
+def save_random_models(folder: Path, gpt_cfg, vq_cfg, *, seed: int) -> tuple[Path, Path]:
+    """Random GPT and VQ model directories (`checkpoint.save_model`) under `folder`: (gpt, vq)."""
     import jax
 
-    from scalingar_jax import gpt, llamagen, vq
+    from scalingar_jax import gpt, vq
     from scalingar_jax.checkpoint import save_model
 
     k_gpt, k_vq = jax.random.split(jax.random.key(seed))
+    params = jax.jit(functools.partial(gpt.init_params, gpt_cfg))(k_gpt)  # jitted: eager init is slow
+    save_model(folder / "gpt", params, gpt_cfg, kind="gpt")
+    del params
+    save_model(folder / "vq", vq.init_vq_params(vq_cfg, k_vq), vq_cfg, kind="vq")
+    return folder / "gpt", folder / "vq"
+
+
+def make_random_bundle(out: Path, gpt_dir: Path, vq_dir: Path, prompts, *, seed: int, log=print) -> Path:
+    """A LlamaGen t2i bundle at `out` through `llamagen.assemble_bundle`, from model directories
+    (`save_random_models`) and random caption features for `prompts`: an npz with features
+    (P, cls, caption_dim), a left-padded mask of 5..cls valid rows, and the prompts."""
+    from scalingar_jax import llamagen
+    from scalingar_jax.checkpoint import read_config
+
+    _, gpt_cfg, _ = read_config(gpt_dir)
     rng = np.random.default_rng(seed)
+    L, C = gpt_cfg.cls_token_num, gpt_cfg.caption_dim
+    valid = rng.integers(min(5, L), L + 1, size=len(prompts))
+    mask = np.arange(L)[None] >= (L - valid)[:, None]  # left padding: the valid rows at the end
+    feats = (rng.standard_normal((len(prompts), L, C)) * 0.1).astype(np.float32) * mask[..., None]
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        save_model(tmp / "gpt", gpt.init_params(gpt_cfg, k_gpt), gpt_cfg, kind="gpt")
-        save_model(tmp / "vq", vq.init_vq_params(vq_cfg, k_vq), vq_cfg, kind="vq")
-        L, C = gpt_cfg.cls_token_num, gpt_cfg.caption_dim
-        valid = rng.integers(min(5, L), L + 1, size=len(prompts))
-        mask = np.arange(L)[None] >= (L - valid)[:, None]  # left padding: the valid rows at the end
-        feats = (rng.standard_normal((len(prompts), L, C)) * 0.1).astype(np.float32) * mask[..., None]
-        np.savez(tmp / "features.npz", features=feats, mask=mask, prompts=np.asarray(prompts))
-        return llamagen.assemble_bundle(out, gpt=tmp / "gpt", vq=tmp / "vq", t5_features=tmp / "features.npz",
-                                        name="random-" + ("tiny" if gpt_cfg.n_layer < 12 else "gpt"), log=log)
+        np.savez(Path(tmp) / "features.npz", features=feats, mask=mask, prompts=np.asarray(prompts))
+        return llamagen.assemble_bundle(out, gpt=gpt_dir, vq=vq_dir, t5_features=Path(tmp) / "features.npz",
+                                        name=f"random-{gpt_cfg.n_layer}-layer-t2i", log=log)
 
 
 def parse_runs(runs) -> list[tuple[str, int]]:
@@ -181,7 +192,8 @@ def random_bundle_mode(args):
     prompts = bench_prompts(args.prompts)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        bundle = make_random_bundle(Path(tmp) / "bundle", gpt_cfg, vq_cfg, prompts, seed=args.seed,
+        gpt_dir, vq_dir = save_random_models(Path(tmp), gpt_cfg, vq_cfg, seed=args.seed)
+        bundle = make_random_bundle(Path(tmp) / "bundle", gpt_dir, vq_dir, prompts, seed=args.seed,
                                     log=lambda m: None)
         build_s = time.perf_counter() - t
         pipe = load_pipeline(bundle)
