@@ -31,7 +31,7 @@ roofline  XLA's cost analysis (flops, bytes accessed) of one decode step (`decod
   nice -n 10 python experiments/memory_table.py roofline
   # on a GPU / TPU host (one device: mesh 1x1; 8 chips: the default meshes):
   python experiments/memory_table.py memory --backend gpu --devices 1 --meshes 1x1 --prompts 1 --fit-prompts 2
-  # seconds-long smoke run of both (tiny random config):
+  # smoke run (tiny random config; about a minute, it compiles every piece):
   python experiments/memory_table.py memory --tiny --out memory_table_tiny
 """
 from __future__ import annotations
