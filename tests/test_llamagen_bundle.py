@@ -86,7 +86,8 @@ def _refused(capsys, argv, *needles, absent=None):
         assert needle in line, line
     if absent is not None:
         assert not Path(absent).exists()
-        assert not [p for p in Path(absent).parent.iterdir() if p.name.startswith(f".{Path(absent).name}.")]
+        if Path(absent).parent.exists():
+            assert not [p for p in Path(absent).parent.iterdir() if p.name.startswith(f".{Path(absent).name}.")]
     return line
 
 
@@ -316,9 +317,10 @@ def test_bundle_missing_a_part_refused(made, tmp_path, capsys):
 
 def test_codebook_not_matching_vocabulary_refused_at_assembly_and_load(made, tmp_path, capsys):
     d, _ = made
-    out = tmp_path / "b"
+    out = tmp_path / "models" / "b"  # the folder above is made for the bundle, and removed again on the error
     _refused(capsys, ["bundle", out, "--gpt", d / "misfit_vocab.pt", "--vq", d / "vq.pt"], "VQ codebook has 8 codes",
              "vocabulary has 16", absent=out)
+    assert not out.parent.exists()
     bad = _copy(d / "c2i", tmp_path / "bad")
     _edit_config(bad / "gpt", vocab_size=16)
     _refused(capsys, ["generate", "--checkpoint", bad, "--class-ids", "3", "--out", tmp_path / "o"],
@@ -382,5 +384,10 @@ def test_converted_model_directories_are_accepted(made, tmp_path):
     d, _ = made
     out = llamagen.assemble_bundle(tmp_path / "b", gpt=d / "c2i" / "gpt", vq=d / "c2i" / "vq", log=_quiet)
     a, b = load_pipeline(out), load_pipeline(d / "c2i")
+    logged = []  # the log names the bundle's folder, not the temp folder it is assembled in
+    llamagen.assemble_bundle(tmp_path / "b", gpt=d / "c2i" / "gpt", vq=d / "c2i" / "vq", log=logged.append,
+                             overwrite=True)
+    assert len(logged) == 3 and not [m for m in logged if ".tmp-" in m], logged
+    assert f"-> {tmp_path / 'b' / 'gpt'}" in logged[0] and f"-> {tmp_path / 'b' / 'vq'}" in logged[1]
     assert a.gpt_cfg == b.gpt_cfg and a.vq_cfg == b.vq_cfg and a.sampling == b.sampling
     jax.tree.map(np.testing.assert_array_equal, a.gpt_params, b.gpt_params)
