@@ -212,6 +212,8 @@ def _class_ids(args) -> list[str] | None:
     if args.class_ids_file is not None:
         try:
             return read_class_ids_file(args.class_ids_file)
+        except FileNotFoundError:
+            raise UserError(f"--class-ids-file {args.class_ids_file}: no such file") from None
         except (ValueError, OSError) as e:
             raise UserError(f"--class-ids-file: {e}") from None
     if args.class_ids is not None and len(args.class_ids) > LIMITS["limit"][1]:
@@ -249,7 +251,8 @@ def _check_conditioning(args, gpt_cfg, class_ids) -> None:
         from scalingar_jax.llamagen import parse_class_ids
 
         try:
-            parse_class_ids(class_ids, gpt_cfg.num_classes, where="--class-ids: class id")
+            given = "--class-ids" if args.class_ids_file is None else f"--class-ids-file {args.class_ids_file}"
+            parse_class_ids(class_ids, gpt_cfg.num_classes, where=f"{given}: class id")
         except ValueError as e:
             raise UserError(str(e)) from None
     elif class_ids is not None:
@@ -279,7 +282,7 @@ def _generate_class_ids(args, pipe, class_ids, sampling, scaling, mesh, out: Pat
                 name = f"{start + j:05d}"
                 (Path(tmp) / name).mkdir()
                 _, summary = _write_generate_outputs(Path(tmp) / name, args, pipe, res, class_id, sampling, scaling,
-                                                     index=j, final=out / name)
+                                                     index=j, final=out / name, plot_note=not lines)
                 lines.append(f"class {class_id}: winner #{summary['winner']}, tokens {summary['tokens_used']} of "
                              f"{summary['tokens_full']} -> {out / name}")
             update(start + len(chunk))
@@ -288,7 +291,7 @@ def _generate_class_ids(args, pipe, class_ids, sampling, scaling, mesh, out: Pat
 
 
 def _write_generate_outputs(out: Path, args, pipe, res, prompt, sampling, scaling, *, index: int = 0,
-                            final: Path | None = None):
+                            final: Path | None = None, plot_note: bool = True):
     """Writes selected.png, candidates.png, the plots, tokens.npy (int32 (N, T), -1 where a
     pruned candidate never generated a token) and result.json of prompt `index` of `res` into
     `out` (the temp folder; `final`: where it will be, default --out); returns ({name: path},
@@ -347,7 +350,8 @@ def _write_generate_outputs(out: Path, args, pipe, res, prompt, sampling, scalin
             out / "entropy.png", np.asarray(r.entropy[p, winner]).reshape(g, g), image=res.images[p],
             title=f"token entropy of the winner (#{winner})")
     except ImportError as e:
-        print(f"note: plots skipped ({e})", file=sys.stderr)
+        if plot_note:  # once per command, not once per output folder
+            print(f"note: plots skipped ({e})", file=sys.stderr)
     summary["files"] = {k: str(final / Path(v).name) for k, v in files.items()}
     (out / "result.json").write_text(json.dumps(summary, indent=2, default=str))
     return files, summary

@@ -146,17 +146,23 @@ def test_t5_part_round_trips_the_hf_weights(made):
 
 # ------------------------------------------------------------------------------------ c2i
 
-def test_c2i_class_ids_end_to_end(made, tmp_path):
+def test_c2i_class_ids_end_to_end(made, tmp_path, monkeypatch, capsys):
     """`generate --class-ids-file` (the ids of --class-ids, read from a file): one folder per id with
     what a prompt run writes; tokens.npy holds every candidate's tokens, the winner's decode to selected.png."""
+    from scalingar_jax import viz
     from scalingar_jax.pipeline import generate
 
+    def no_matplotlib(*args, **kwargs):
+        raise ImportError("plotting needs matplotlib")
+
+    monkeypatch.setattr(viz, "plot_confidence_trajectories", no_matplotlib)  # as installed without the viz extra
     d, _ = made
     out, ids = tmp_path / "o", tmp_path / "ids.txt"
     ids.write_text("3\n 7 \n")
     assert cli.main(["generate", "--checkpoint", str(d / "c2i"), "--class-ids-file", str(ids), "-n", "2",
                      "--scale", "1", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["00000", "00001"]
+    assert capsys.readouterr().err.count("note: plots skipped (plotting needs matplotlib)") == 1  # not one per id
     pipe = load_pipeline(d / "c2i")
     labels, mask = pipe.condition(["3", "7"])
     assert labels.dtype == np.int32 and labels.tolist() == [3, 7] and mask is None
@@ -282,8 +288,10 @@ def test_class_ids_out_of_range_or_malformed_refused(made, tmp_path, capsys):
              "class id 10 is out of range", "[0, 10)", absent=o)
     _refused(capsys, ["generate", "--checkpoint", d / "c2i", "--class-ids", "3", "x7", "--out", o], "'x7'", absent=o)
     ids.write_text("1 2\n3 12\n")
-    _refused(capsys, ["generate", "--checkpoint", d / "c2i", "--class-ids-file", ids, "--out", o], "12", "[0, 10)",
-             absent=o)
+    _refused(capsys, ["generate", "--checkpoint", d / "c2i", "--class-ids-file", ids, "--out", o],
+             f"--class-ids-file {ids}: class id 12", "[0, 10)", absent=o)
+    _refused(capsys, ["generate", "--checkpoint", d / "c2i", "--class-ids-file", tmp_path / "nope.txt", "--out", o],
+             f"--class-ids-file {tmp_path / 'nope.txt'}: no such file", absent=o)
     ids.write_text("1\n2 three\n")
     _refused(capsys, ["generate", "--checkpoint", d / "c2i", "--class-ids-file", ids, "--out", o], "line 2", "'three'",
              absent=o)
