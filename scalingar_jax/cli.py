@@ -364,7 +364,8 @@ def _check_prompt_file_args(args) -> None:
     given = [flag for flag, value in (("--images-per-prompt", args.images_per_prompt),
                                       ("--process-index", args.process_index), ("--process-count", args.process_count))
              if value is not None] + [flag for flag, on in (("--skip-unsupported", args.skip_unsupported),
-                                                            ("--overwrite", args.overwrite)) if on]
+                                                            ("--overwrite", args.overwrite), ("--limit", args.limit))
+                                      if on]
     if args.prompts is None:
         if given:
             raise UserError(f"{given[0]} applies to --prompts FILE runs only")
@@ -682,7 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=int, default=16,
                    help="with --prompts: generation runs per call (prompts x images per prompt, at least one "
                         "prompt's); with --class-ids: ids per call (default 16)")
-    g.add_argument("--limit", type=int, default=0, help="with --prompts: only the first LIMIT prompts")
+    g.add_argument("--limit", type=int, default=0, help="with --prompts: only the first LIMIT prompts (0: all)")
     g.set_defaults(fn=cmd_generate)
 
     m = sub.add_parser("merge", help="join the parts of a split GenEval run (--process-index) into one folder",
