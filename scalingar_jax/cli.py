@@ -144,6 +144,9 @@ def _mesh(args):
 def _with_reward(args, pipe):
     """`pipe` with --reward's function in place of the bundle's reward; a UserError when a strategy
     that needs a reward has none."""
+    if args.reward is not None and args.reward.startswith("clipscore:") and pipe.gpt_cfg.model_type == "c2i":
+        raise UserError("--reward clipscore compares images with their prompt's text, and a class-conditional (c2i) "
+                        "model has class ids, not text: use --reward module:function (it gets the ids as strings)")
     if args.reward is not None:
         import dataclasses
 

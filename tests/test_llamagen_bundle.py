@@ -277,6 +277,9 @@ def test_class_ids_to_t2i_and_text_to_c2i_refused(made, tmp_path, capsys):
     (tmp_path / "p.jsonl").write_text(json.dumps(rec) + "\n")
     _refused(capsys, ["generate", "--checkpoint", d / "c2i", "--prompts", tmp_path / "p.jsonl", "--out", o],
              "--prompts", "(c2i)", absent=o)
+    clip = Path(__file__).parent / "fixtures" / "clip_tiny"  # CLIPScore would score the images against "3"
+    _refused(capsys, ["generate", "--checkpoint", d / "c2i", "--class-ids", "3", "--strategy", "best_of_n",
+                      "--reward", f"clipscore:{clip}", "--out", o], "--reward clipscore", "(c2i)", absent=o)
     _refused(capsys, ["generate", "a cat", "--checkpoint", d / "c2i", "--class-ids", "3", "--out", o], "one of",
              absent=o)
 
