@@ -612,6 +612,8 @@ def cmd_bundle(args) -> int:
 
     if args.grid_size is not None and not 1 <= args.grid_size <= 256:
         raise UserError(f"--grid-size must be in [1, 256], got {args.grid_size}")
+    if os.path.lexists(args.out) and not args.overwrite:  # the library's message names overwrite=True
+        raise UserError(f"{os.path.abspath(args.out)} already exists (pass --overwrite to replace it)")
     assemble_bundle(args.out, gpt=args.gpt, vq=args.vq, t5=args.t5, t5_features=args.t5_features, dtype=args.dtype,
                     grid_size=args.grid_size, name=args.name, overwrite=args.overwrite, preprocess=args.preprocess)
     return 0

@@ -382,6 +382,8 @@ def test_failed_overwrite_keeps_the_old_bundle(made, tmp_path, capsys):
     d, _ = made
     out = _copy(d / "c2i", tmp_path / "b")
     before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    _refused(capsys, ["bundle", out, "--gpt", d / "gpt_c2i.pt", "--vq", d / "vq.pt"], "already exists",
+             "pass --overwrite")
     assert cli.main(["bundle", str(out), "--gpt", str(d / "misfit_vocab.pt"), "--vq", str(d / "vq.pt"),
                      "--overwrite"]) == 2
     _error_line(capsys)
