@@ -12,10 +12,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]  # the repository checkout, if any: only bench/reproduce use it
@@ -741,6 +743,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "rest", None) and args.rest[:1] == ["--"]:
         args.rest = args.rest[1:]
+    python_format = warnings.formatwarning
+    warnings.formatwarning = functools.partial(_warning_line, python_format)
     try:
         return args.fn(args)
     except UserError as e:
@@ -749,6 +753,16 @@ def main(argv=None) -> int:
     except _INPUT_ERRORS as e:  # a bad file or option found deeper down: one line, no traceback
         print(f"scalingar: error: {printable(_describe_error(e))}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = python_format
+
+
+def _warning_line(python_format, message, category, filename, lineno, line=None) -> str:
+    """How the command shows a warning: the package's own (e.g. a T5 prompt cut at 119 pieces)
+    as one `scalingar: warning:` line; other libraries' with `python_format` (their source line)."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        return f"scalingar: warning: {printable(str(message))}\n"
+    return python_format(message, category, filename, lineno, line)
 
 
 _INPUT_ERRORS = (ValueError, TypeError, KeyError, OSError, MemoryError, RecursionError, ArithmeticError)

@@ -78,16 +78,20 @@ def sampling_defaults(gpt_cfg: GPTConfig) -> SamplingConfig:
 _DECIMAL = re.compile(r"[0-9]{1,9}")
 
 
-def parse_class_ids(prompts: Sequence[str], num_classes: int, *, where: str = "class id") -> np.ndarray:
-    """P class ids written as decimal strings ("207") -> int32 (P,). ValueError for anything
-    that is not a decimal integer, or an id outside [0, num_classes), naming it and the range."""
+def parse_class_ids(prompts: Sequence[str | int], num_classes: int, *, where: str = "class id") -> np.ndarray:
+    """P class ids written as decimal strings ("207", what the CLI passes) or given as integers
+    (the library: `generate(pipe, [207, 360])`) -> int32 (P,). ValueError for anything else, or
+    an id outside [0, num_classes), naming it and the range."""
     out = []
     for p in prompts:
-        text = p.strip() if isinstance(p, str) else None
-        if text is None or not _DECIMAL.fullmatch(text):
-            raise ValueError(f"{where} {p!r} is not a class id: a class-conditional (c2i) model takes class ids, "
-                             f"integers in [0, {num_classes}), not text")
-        value = int(text)
+        if isinstance(p, (int, np.integer)) and not isinstance(p, bool):
+            value = int(p)
+        else:
+            text = p.strip() if isinstance(p, str) else None
+            if text is None or not _DECIMAL.fullmatch(text):
+                raise ValueError(f"{where} {p!r} is not a class id: a class-conditional (c2i) model takes class "
+                                 f"ids, integers in [0, {num_classes}), not text")
+            value = int(text)
         if not 0 <= value < num_classes:
             raise ValueError(f"{where} {value} is out of range: this c2i model has classes [0, {num_classes})")
         out.append(value)

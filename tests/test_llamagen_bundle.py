@@ -166,7 +166,7 @@ def test_c2i_class_ids_end_to_end(made, tmp_path, monkeypatch, capsys):
     pipe = load_pipeline(d / "c2i")
     labels, mask = pipe.condition(["3", "7"])
     assert labels.dtype == np.int32 and labels.tolist() == [3, 7] and mask is None
-    lib = generate(pipe, ["3", "7"], strategy="scalingar", num_candidates=2, seed=0)  # the same run, as a library
+    lib = generate(pipe, [3, 7], strategy="scalingar", num_candidates=2, seed=0)  # the same run, as a library
     for i, (name, class_id) in enumerate((("00000", "3"), ("00001", "7"))):
         result = json.loads((out / name / "result.json").read_text())
         assert result["prompt"] == class_id and result["winner"] == int(lib.result.winner[i])
@@ -187,8 +187,13 @@ def test_class_ids_parsing(tmp_path):
     assert llamagen.parse_class_ids(["0", " 9 "], 10).tolist() == [0, 9]
     with pytest.raises(ValueError, match=r"10 is out of range.*\[0, 10\)"):
         llamagen.parse_class_ids(["10"], 10)
-    for bad in ("-1", "a cat", "3.0", ""):
+    for bad in ("-1", "a cat", "3.0", "", 3.0, True, None):
         with pytest.raises(ValueError, match="not a class id"):
+            llamagen.parse_class_ids([bad], 10)
+    # the library takes integers too: generate(pipe, [3, 7])
+    assert llamagen.parse_class_ids([3, np.int64(9), "0"], 10).tolist() == [3, 9, 0]
+    for bad in (10, -1):
+        with pytest.raises(ValueError, match=rf"{bad} is out of range"):
             llamagen.parse_class_ids([bad], 10)
 
 
