@@ -168,14 +168,30 @@ def atomic_dir(path, *, overwrite: bool = False) -> Iterator[str]:
     """Yields a temp folder (str) next to `path`; fill it, and on a clean exit it becomes `path`.
 
     Raises FileExistsError if `path` exists and not `overwrite`, PermissionError if the
-    parent folder is not writable. On an exception the temp folder is deleted and `path`
-    is left as it was.
+    parent folder is not writable. On an exception the temp folder is deleted, `path` is left
+    as it was, and the missing parent folders this call created are removed again (if empty).
     """
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
     parent, name = os.path.split(path)
+    created = []  # the missing parents, deepest first
+    folder = parent
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        created.append(folder)
+        folder = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
+    try:
+        yield from _fill_dir(path, parent, name, overwrite)
+    except BaseException:
+        for folder in created:
+            with contextlib.suppress(OSError):  # not empty (someone else wrote there): kept
+                os.rmdir(folder)
+        raise
+
+
+def _fill_dir(path: str, parent: str, name: str, overwrite: bool) -> Iterator[str]:
+    """`atomic_dir`'s body once the parent exists: yields the temp folder, then swaps it in."""
     if not os.access(parent, os.W_OK):
         raise PermissionError(f"cannot write to {parent}")
     recover(path)

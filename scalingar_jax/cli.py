@@ -12,10 +12,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]  # the repository checkout, if any: only bench/reproduce use it
@@ -144,6 +146,9 @@ def _mesh(args):
 def _with_reward(args, pipe):
     """`pipe` with --reward's function in place of the bundle's reward; a UserError when a strategy
     that needs a reward has none."""
+    if args.reward is not None and args.reward.startswith("clipscore:") and pipe.gpt_cfg.model_type == "c2i":
+        raise UserError("--reward clipscore compares images with their prompt's text, and a class-conditional (c2i) "
+                        "model has class ids, not text: use --reward module:function (it gets the ids as strings)")
     if args.reward is not None:
         import dataclasses
 
@@ -212,6 +217,8 @@ def _class_ids(args) -> list[str] | None:
     if args.class_ids_file is not None:
         try:
             return read_class_ids_file(args.class_ids_file)
+        except FileNotFoundError:
+            raise UserError(f"--class-ids-file {args.class_ids_file}: no such file") from None
         except (ValueError, OSError) as e:
             raise UserError(f"--class-ids-file: {e}") from None
     if args.class_ids is not None and len(args.class_ids) > LIMITS["limit"][1]:
@@ -249,7 +256,8 @@ def _check_conditioning(args, gpt_cfg, class_ids) -> None:
         from scalingar_jax.llamagen import parse_class_ids
 
         try:
-            parse_class_ids(class_ids, gpt_cfg.num_classes, where="--class-ids: class id")
+            given = "--class-ids" if args.class_ids_file is None else f"--class-ids-file {args.class_ids_file}"
+            parse_class_ids(class_ids, gpt_cfg.num_classes, where=f"{given}: class id")
         except ValueError as e:
             raise UserError(str(e)) from None
     elif class_ids is not None:
@@ -279,7 +287,7 @@ def _generate_class_ids(args, pipe, class_ids, sampling, scaling, mesh, out: Pat
                 name = f"{start + j:05d}"
                 (Path(tmp) / name).mkdir()
                 _, summary = _write_generate_outputs(Path(tmp) / name, args, pipe, res, class_id, sampling, scaling,
-                                                     index=j, final=out / name)
+                                                     index=j, final=out / name, plot_note=not lines)
                 lines.append(f"class {class_id}: winner #{summary['winner']}, tokens {summary['tokens_used']} of "
                              f"{summary['tokens_full']} -> {out / name}")
             update(start + len(chunk))
@@ -288,7 +296,7 @@ def _generate_class_ids(args, pipe, class_ids, sampling, scaling, mesh, out: Pat
 
 
 def _write_generate_outputs(out: Path, args, pipe, res, prompt, sampling, scaling, *, index: int = 0,
-                            final: Path | None = None):
+                            final: Path | None = None, plot_note: bool = True):
     """Writes selected.png, candidates.png, the plots, tokens.npy (int32 (N, T), -1 where a
     pruned candidate never generated a token) and result.json of prompt `index` of `res` into
     `out` (the temp folder; `final`: where it will be, default --out); returns ({name: path},
@@ -347,7 +355,8 @@ def _write_generate_outputs(out: Path, args, pipe, res, prompt, sampling, scalin
             out / "entropy.png", np.asarray(r.entropy[p, winner]).reshape(g, g), image=res.images[p],
             title=f"token entropy of the winner (#{winner})")
     except ImportError as e:
-        print(f"note: plots skipped ({e})", file=sys.stderr)
+        if plot_note:  # once per command, not once per output folder
+            print(f"note: plots skipped ({e})", file=sys.stderr)
     summary["files"] = {k: str(final / Path(v).name) for k, v in files.items()}
     (out / "result.json").write_text(json.dumps(summary, indent=2, default=str))
     return files, summary
@@ -360,7 +369,8 @@ def _check_prompt_file_args(args) -> None:
     given = [flag for flag, value in (("--images-per-prompt", args.images_per_prompt),
                                       ("--process-index", args.process_index), ("--process-count", args.process_count))
              if value is not None] + [flag for flag, on in (("--skip-unsupported", args.skip_unsupported),
-                                                            ("--overwrite", args.overwrite)) if on]
+                                                            ("--overwrite", args.overwrite), ("--limit", args.limit))
+                                      if on]
     if args.prompts is None:
         if given:
             raise UserError(f"{given[0]} applies to --prompts FILE runs only")
@@ -604,6 +614,8 @@ def cmd_bundle(args) -> int:
 
     if args.grid_size is not None and not 1 <= args.grid_size <= 256:
         raise UserError(f"--grid-size must be in [1, 256], got {args.grid_size}")
+    if os.path.lexists(args.out) and not args.overwrite:  # the library's message names overwrite=True
+        raise UserError(f"{os.path.abspath(args.out)} already exists (pass --overwrite to replace it)")
     assemble_bundle(args.out, gpt=args.gpt, vq=args.vq, t5=args.t5, t5_features=args.t5_features, dtype=args.dtype,
                     grid_size=args.grid_size, name=args.name, overwrite=args.overwrite, preprocess=args.preprocess)
     return 0
@@ -678,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=int, default=16,
                    help="with --prompts: generation runs per call (prompts x images per prompt, at least one "
                         "prompt's); with --class-ids: ids per call (default 16)")
-    g.add_argument("--limit", type=int, default=0, help="with --prompts: only the first LIMIT prompts")
+    g.add_argument("--limit", type=int, default=0, help="with --prompts: only the first LIMIT prompts (0: all)")
     g.set_defaults(fn=cmd_generate)
 
     m = sub.add_parser("merge", help="join the parts of a split GenEval run (--process-index) into one folder",
@@ -731,6 +743,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "rest", None) and args.rest[:1] == ["--"]:
         args.rest = args.rest[1:]
+    python_format = warnings.formatwarning
+    warnings.formatwarning = functools.partial(_warning_line, python_format)
     try:
         return args.fn(args)
     except UserError as e:
@@ -739,6 +753,16 @@ def main(argv=None) -> int:
     except _INPUT_ERRORS as e:  # a bad file or option found deeper down: one line, no traceback
         print(f"scalingar: error: {printable(_describe_error(e))}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = python_format
+
+
+def _warning_line(python_format, message, category, filename, lineno, line=None) -> str:
+    """How the command shows a warning: the package's own (e.g. a T5 prompt cut at 119 pieces)
+    as one `scalingar: warning:` line; other libraries' with `python_format` (their source line)."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        return f"scalingar: warning: {printable(str(message))}\n"
+    return python_format(message, category, filename, lineno, line)
 
 
 _INPUT_ERRORS = (ValueError, TypeError, KeyError, OSError, MemoryError, RecursionError, ArithmeticError)

@@ -27,6 +27,7 @@ size equals the GPT vocabulary, the T5 hidden size (or the features' dimension) 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import re
@@ -77,16 +78,20 @@ def sampling_defaults(gpt_cfg: GPTConfig) -> SamplingConfig:
 _DECIMAL = re.compile(r"[0-9]{1,9}")
 
 
-def parse_class_ids(prompts: Sequence[str], num_classes: int, *, where: str = "class id") -> np.ndarray:
-    """P class ids written as decimal strings ("207") -> int32 (P,). ValueError for anything
-    that is not a decimal integer, or an id outside [0, num_classes), naming it and the range."""
+def parse_class_ids(prompts: Sequence[str | int], num_classes: int, *, where: str = "class id") -> np.ndarray:
+    """P class ids written as decimal strings ("207", what the CLI passes) or given as integers
+    (the library: `generate(pipe, [207, 360])`) -> int32 (P,). ValueError for anything else, or
+    an id outside [0, num_classes), naming it and the range."""
     out = []
     for p in prompts:
-        text = p.strip() if isinstance(p, str) else None
-        if text is None or not _DECIMAL.fullmatch(text):
-            raise ValueError(f"{where} {p!r} is not a class id: a class-conditional (c2i) model takes class ids, "
-                             f"integers in [0, {num_classes}), not text")
-        value = int(text)
+        if isinstance(p, (int, np.integer)) and not isinstance(p, bool):
+            value = int(p)
+        else:
+            text = p.strip() if isinstance(p, str) else None
+            if text is None or not _DECIMAL.fullmatch(text):
+                raise ValueError(f"{where} {p!r} is not a class id: a class-conditional (c2i) model takes class "
+                                 f"ids, integers in [0, {num_classes}), not text")
+            value = int(text)
         if not 0 <= value < num_classes:
             raise ValueError(f"{where} {value} is out of range: this c2i model has classes [0, {num_classes})")
         out.append(value)
@@ -329,6 +334,11 @@ def _model_part(src, dst: Path, want: str, *, dtype, grid_size, log):
     return cfg
 
 
+def _log_as(log, tmp: str, out: str, message: str) -> None:
+    """Logs `message` with the temp folder `tmp` shown as the final folder `out`."""
+    log(message.replace(tmp, out))
+
+
 def _t5_part(src: Path, dst: Path, *, dtype: str, log) -> None:
     """The text/ part from a HF T5 folder (converted torch-free) or a T5 model directory."""
     import jax
@@ -410,7 +420,8 @@ def assemble_bundle(out, *, gpt, vq, t5=None, t5_features=None, dtype: str = "fl
     out = Path(out).absolute()
     with atomic_dir(out, overwrite=overwrite) as tmp:
         tmp = Path(tmp)
-        gpt_cfg = _model_part(gpt, tmp / "gpt", "gpt", dtype=dtype, grid_size=grid_size, log=log)
+        log_parts = functools.partial(_log_as, log, str(tmp), str(out))  # name the bundle, not its temp folder
+        gpt_cfg = _model_part(gpt, tmp / "gpt", "gpt", dtype=dtype, grid_size=grid_size, log=log_parts)
         text_dim, text_what, parts, options = None, "", {"gpt": "gpt", "vq": "vq"}, None
         if gpt_cfg.model_type == "c2i" and (t5 is not None or t5_features is not None):
             raise ValueError(f"--gpt {gpt}: a class-conditional (c2i) GPT takes no text encoder or features "
@@ -428,10 +439,10 @@ def assemble_bundle(out, *, gpt, vq, t5=None, t5_features=None, dtype: str = "fl
             text_dim, text_what = features.dim, f"precomputed T5 features {t5_features}"
         if text_dim is not None:  # before converting the VQ
             _check_text("bundle", gpt_cfg, text_dim, text_what)
-        vq_cfg = _model_part(vq, tmp / "vq", "vq", dtype=dtype, grid_size=None, log=log)
+        vq_cfg = _model_part(vq, tmp / "vq", "vq", dtype=dtype, grid_size=None, log=log_parts)
         _check_vocab("bundle", gpt_cfg, vq_cfg)
         if t5 is not None:
-            _t5_part(t5, tmp / "text", dtype=dtype, log=log)
+            _t5_part(t5, tmp / "text", dtype=dtype, log=log_parts)
             parts["text"] = "text"
             options = {"preprocess": preprocess, "max_length": gpt_cfg.cls_token_num}
         elif features is not None:

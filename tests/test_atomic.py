@@ -50,3 +50,21 @@ def test_atomic_dir_swaps_whole_folders(tmp_path):
         open(os.path.join(d, "two"), "w").close()
     assert sorted(os.listdir(out)) == ["two"]
     assert sorted(os.listdir(tmp_path)) == ["model"]  # no temp or old folders left
+
+
+def test_atomic_dir_removes_the_parents_it_created_on_error(tmp_path):
+    (tmp_path / "keep").mkdir()
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "keep" / "new" / "deeper" / "model") as d:
+            open(os.path.join(d, "one"), "w").close()
+            raise RuntimeError("boom")
+    assert sorted(os.listdir(tmp_path)) == ["keep"] and os.listdir(tmp_path / "keep") == []
+    # a parent someone else wrote into meanwhile stays, with what they wrote
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "a" / "b" / "model"):
+            (tmp_path / "a" / "theirs").write_text("x")
+            raise RuntimeError("boom")
+    assert sorted(os.listdir(tmp_path / "a")) == ["theirs"]
+    with atomic_dir(tmp_path / "c" / "model") as d:  # on success the parents stay, of course
+        open(os.path.join(d, "one"), "w").close()
+    assert os.listdir(tmp_path / "c" / "model") == ["one"]

@@ -105,3 +105,26 @@ def test_pruned_candidates_show_ungenerated_tokens_grey(world):
 def test_bad_mesh(world, tmp_path, capsys):
     assert cli.main(["generate", PROMPT, "--checkpoint", world, "--out", str(tmp_path / "o"), "--mesh", "2y4"]) == 2
     assert "--mesh" in capsys.readouterr().err
+
+
+def test_package_warnings_show_as_one_line_and_python_format_comes_back(monkeypatch, capsys):
+    """A warning of the package (e.g. a T5 prompt cut at 119 pieces) prints as one `scalingar:
+    warning:` line while the command runs; another library's keeps Python's format; afterwards
+    Python's formatting is back."""
+    import warnings
+
+    from scalingar_jax import text_features
+
+    python_format = warnings.formatwarning
+    seen = {}
+
+    def fake_merge(args):
+        seen["ours"] = warnings.formatwarning("prompt 0 is 680 pieces long", UserWarning, text_features.__file__, 411)
+        seen["theirs"] = warnings.formatwarning("deprecated", DeprecationWarning, np.__file__, 7, "x = 1")
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_merge", fake_merge)
+    assert cli.main(["merge", "a", "--out", "b"]) == 0
+    assert seen["ours"] == "scalingar: warning: prompt 0 is 680 pieces long\n"
+    assert seen["theirs"] == python_format("deprecated", DeprecationWarning, np.__file__, 7, "x = 1")
+    assert warnings.formatwarning is python_format

@@ -119,7 +119,7 @@ def test_infer_vq_config():
     sd, _ = load("vq_tiny.pt")
     cfg = M.infer_vq_config(sd, norm_groups=4)
     assert vq_cfg() == vq_cfg(**cfg)
-    with pytest.raises(MappingError, match="norm_groups="):
+    with pytest.raises(MappingError, match="norm_groups=; scalingar convert: --set norm_groups=N"):
         M.infer_vq_config(sd)  # LlamaGen's 32 groups do not divide 4 channels
     from scalingar_jax.vq import VQ_PRESETS, VQConfig
 

@@ -188,6 +188,9 @@ def test_prompt_file_options_need_prompts(setup, tmp_path, capsys):
     assert cli.main(["generate", "a photo of a circle", "--images-per-prompt", "2", "--checkpoint", world,
                      "--out", str(tmp_path / "o")]) == 2
     assert "--images-per-prompt applies to --prompts" in capsys.readouterr().err
+    assert cli.main(["generate", "a photo of a circle", "--limit", "1", "--checkpoint", world,
+                     "--out", str(tmp_path / "o")]) == 2  # was silently ignored (so were --class-ids runs')
+    assert "--limit applies to --prompts" in capsys.readouterr().err
     assert gen(setup, tmp_path / "o", "--process-index", "2", "--process-count", "2") == 2
     assert "--process-index" in capsys.readouterr().err
     assert gen(setup, tmp_path / "o", "--process-index", "0") == 2

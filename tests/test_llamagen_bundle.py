@@ -86,7 +86,8 @@ def _refused(capsys, argv, *needles, absent=None):
         assert needle in line, line
     if absent is not None:
         assert not Path(absent).exists()
-        assert not [p for p in Path(absent).parent.iterdir() if p.name.startswith(f".{Path(absent).name}.")]
+        if Path(absent).parent.exists():
+            assert not [p for p in Path(absent).parent.iterdir() if p.name.startswith(f".{Path(absent).name}.")]
     return line
 
 
@@ -145,21 +146,27 @@ def test_t5_part_round_trips_the_hf_weights(made):
 
 # ------------------------------------------------------------------------------------ c2i
 
-def test_c2i_class_ids_end_to_end(made, tmp_path):
+def test_c2i_class_ids_end_to_end(made, tmp_path, monkeypatch, capsys):
     """`generate --class-ids-file` (the ids of --class-ids, read from a file): one folder per id with
     what a prompt run writes; tokens.npy holds every candidate's tokens, the winner's decode to selected.png."""
+    from scalingar_jax import viz
     from scalingar_jax.pipeline import generate
 
+    def no_matplotlib(*args, **kwargs):
+        raise ImportError("plotting needs matplotlib")
+
+    monkeypatch.setattr(viz, "plot_confidence_trajectories", no_matplotlib)  # as installed without the viz extra
     d, _ = made
     out, ids = tmp_path / "o", tmp_path / "ids.txt"
     ids.write_text("3\n 7 \n")
     assert cli.main(["generate", "--checkpoint", str(d / "c2i"), "--class-ids-file", str(ids), "-n", "2",
                      "--scale", "1", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["00000", "00001"]
+    assert capsys.readouterr().err.count("note: plots skipped (plotting needs matplotlib)") == 1  # not one per id
     pipe = load_pipeline(d / "c2i")
     labels, mask = pipe.condition(["3", "7"])
     assert labels.dtype == np.int32 and labels.tolist() == [3, 7] and mask is None
-    lib = generate(pipe, ["3", "7"], strategy="scalingar", num_candidates=2, seed=0)  # the same run, as a library
+    lib = generate(pipe, [3, 7], strategy="scalingar", num_candidates=2, seed=0)  # the same run, as a library
     for i, (name, class_id) in enumerate((("00000", "3"), ("00001", "7"))):
         result = json.loads((out / name / "result.json").read_text())
         assert result["prompt"] == class_id and result["winner"] == int(lib.result.winner[i])
@@ -180,8 +187,13 @@ def test_class_ids_parsing(tmp_path):
     assert llamagen.parse_class_ids(["0", " 9 "], 10).tolist() == [0, 9]
     with pytest.raises(ValueError, match=r"10 is out of range.*\[0, 10\)"):
         llamagen.parse_class_ids(["10"], 10)
-    for bad in ("-1", "a cat", "3.0", ""):
+    for bad in ("-1", "a cat", "3.0", "", 3.0, True, None):
         with pytest.raises(ValueError, match="not a class id"):
+            llamagen.parse_class_ids([bad], 10)
+    # the library takes integers too: generate(pipe, [3, 7])
+    assert llamagen.parse_class_ids([3, np.int64(9), "0"], 10).tolist() == [3, 9, 0]
+    for bad in (10, -1):
+        with pytest.raises(ValueError, match=rf"{bad} is out of range"):
             llamagen.parse_class_ids([bad], 10)
 
 
@@ -270,6 +282,9 @@ def test_class_ids_to_t2i_and_text_to_c2i_refused(made, tmp_path, capsys):
     (tmp_path / "p.jsonl").write_text(json.dumps(rec) + "\n")
     _refused(capsys, ["generate", "--checkpoint", d / "c2i", "--prompts", tmp_path / "p.jsonl", "--out", o],
              "--prompts", "(c2i)", absent=o)
+    clip = Path(__file__).parent / "fixtures" / "clip_tiny"  # CLIPScore would score the images against "3"
+    _refused(capsys, ["generate", "--checkpoint", d / "c2i", "--class-ids", "3", "--strategy", "best_of_n",
+                      "--reward", f"clipscore:{clip}", "--out", o], "--reward clipscore", "(c2i)", absent=o)
     _refused(capsys, ["generate", "a cat", "--checkpoint", d / "c2i", "--class-ids", "3", "--out", o], "one of",
              absent=o)
 
@@ -281,8 +296,10 @@ def test_class_ids_out_of_range_or_malformed_refused(made, tmp_path, capsys):
              "class id 10 is out of range", "[0, 10)", absent=o)
     _refused(capsys, ["generate", "--checkpoint", d / "c2i", "--class-ids", "3", "x7", "--out", o], "'x7'", absent=o)
     ids.write_text("1 2\n3 12\n")
-    _refused(capsys, ["generate", "--checkpoint", d / "c2i", "--class-ids-file", ids, "--out", o], "12", "[0, 10)",
-             absent=o)
+    _refused(capsys, ["generate", "--checkpoint", d / "c2i", "--class-ids-file", ids, "--out", o],
+             f"--class-ids-file {ids}: class id 12", "[0, 10)", absent=o)
+    _refused(capsys, ["generate", "--checkpoint", d / "c2i", "--class-ids-file", tmp_path / "nope.txt", "--out", o],
+             f"--class-ids-file {tmp_path / 'nope.txt'}: no such file", absent=o)
     ids.write_text("1\n2 three\n")
     _refused(capsys, ["generate", "--checkpoint", d / "c2i", "--class-ids-file", ids, "--out", o], "line 2", "'three'",
              absent=o)
@@ -316,9 +333,10 @@ def test_bundle_missing_a_part_refused(made, tmp_path, capsys):
 
 def test_codebook_not_matching_vocabulary_refused_at_assembly_and_load(made, tmp_path, capsys):
     d, _ = made
-    out = tmp_path / "b"
+    out = tmp_path / "models" / "b"  # the folder above is made for the bundle, and removed again on the error
     _refused(capsys, ["bundle", out, "--gpt", d / "misfit_vocab.pt", "--vq", d / "vq.pt"], "VQ codebook has 8 codes",
              "vocabulary has 16", absent=out)
+    assert not out.parent.exists()
     bad = _copy(d / "c2i", tmp_path / "bad")
     _edit_config(bad / "gpt", vocab_size=16)
     _refused(capsys, ["generate", "--checkpoint", bad, "--class-ids", "3", "--out", tmp_path / "o"],
@@ -369,6 +387,8 @@ def test_failed_overwrite_keeps_the_old_bundle(made, tmp_path, capsys):
     d, _ = made
     out = _copy(d / "c2i", tmp_path / "b")
     before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    _refused(capsys, ["bundle", out, "--gpt", d / "gpt_c2i.pt", "--vq", d / "vq.pt"], "already exists",
+             "pass --overwrite")
     assert cli.main(["bundle", str(out), "--gpt", str(d / "misfit_vocab.pt"), "--vq", str(d / "vq.pt"),
                      "--overwrite"]) == 2
     _error_line(capsys)
@@ -382,5 +402,10 @@ def test_converted_model_directories_are_accepted(made, tmp_path):
     d, _ = made
     out = llamagen.assemble_bundle(tmp_path / "b", gpt=d / "c2i" / "gpt", vq=d / "c2i" / "vq", log=_quiet)
     a, b = load_pipeline(out), load_pipeline(d / "c2i")
+    logged = []  # the log names the bundle's folder, not the temp folder it is assembled in
+    llamagen.assemble_bundle(tmp_path / "b", gpt=d / "c2i" / "gpt", vq=d / "c2i" / "vq", log=logged.append,
+                             overwrite=True)
+    assert len(logged) == 3 and not [m for m in logged if ".tmp-" in m], logged
+    assert f"-> {tmp_path / 'b' / 'gpt'}" in logged[0] and f"-> {tmp_path / 'b' / 'vq'}" in logged[1]
     assert a.gpt_cfg == b.gpt_cfg and a.vq_cfg == b.vq_cfg and a.sampling == b.sampling
     jax.tree.map(np.testing.assert_array_equal, a.gpt_params, b.gpt_params)

@@ -743,7 +743,7 @@ def infer_vq_config(state_dict_or_shapes: Mapping[str, Any], **overrides) -> dic
     try:
         VQConfig(**cfg).validate()
     except ValueError as e:
-        hint = " (GroupNorm groups are not stored in the weights: pass norm_groups=)" if "norm_groups" in str(e) else ""
+        hint = " (GroupNorm groups are not stored in the weights: pass norm_groups=; scalingar convert: --set norm_groups=N)" if "norm_groups" in str(e) else ""
         raise MappingError(f"inferred VQ config is invalid: {e}{hint}") from None
     _check_state_dict(shapes, vq_torch_shapes(cfg), VQ_IGNORED, "VQ", strict=False)
     return cfg
