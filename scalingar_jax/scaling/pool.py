@@ -1,0 +1,270 @@
+"""Continuous batching over a prompt set: a fixed pool of model rows that prompts enter and leave.
+
+The batched loop (`loop.drive`) runs P prompts together from token 0 to T: rows that ScalingAR
+prunes only pay off at the next compaction bucket, and the device runs at the width of the
+slowest prompt. Here a pool of M candidate rows (2M model rows: cond rows 0..M-1, uncond rows
+M..2M-1) runs without pause; a prompt enters when M has room for its N candidates, is prefilled
+into free rows and decodes; the rows of pruned candidates and of finished prompts are reused by
+the next prompt, as LLM servers do with continuous batching.
+
+Every row carries its own position (`gpt.Transformer` with a per-row `start`): a prompt's
+candidates share their prompt's token index k, prompts in the pool are at different k. A
+prompt's candidates stay in lock-step, so the per-prompt ScalingAR state (pooled statistics,
+quantile threshold, termination, winner) is the batched loop's: each prompt lives in a *lane*,
+a P = 1 `LoopState` (without model rows) advanced by `loop.candidate_step` under `vmap`. Keys
+come from (seed, prompt id, candidate id) and token k's draw from the step, so per prompt the
+tokens, winners, token counts and termination steps are those of `strategies.run_token_strategy`
+(up to XLA rounding a matmul over another number of rows differently).
+
+State (`PoolState`, one pytree): the model rows (logits, KV cache), the slot table (`owner`
+(M,): lane candidate q*N + n of every pool row, Q*N for a free row; `row` (Q, N): pool row of
+every lane candidate), the Q lanes stacked on a leading axis (k (Q,), keys (Q, 1, N), conf,
+tokens (Q, 1, N, T), traj name -> (Q, T, 1, N), ...), and counters. A done or free lane has
+k = T and steps with its alive mask cleared, so `candidate_step` leaves it unchanged. The jitted pieces are pure
+functions of it: `pool_loop` (steps until the pool has room for the next prompt or every lane
+is done; compiled once per pool size and lane count), `admit` (prefill one prompt into free rows
+and a free lane), `harvest` (a finished lane's `StrategyResult`). The host (`run_pool`) only
+admits and harvests between calls of `pool_loop`.
+
+On a mesh each device would keep its own pool and lanes (prompts never span devices, so no
+collective is needed in the step): `pool_loop` under `shard_map` over a "pool" axis, `admit`
+with a per-device "admit or not" flag, the host dealing prompts to the device with room. Not
+built yet (`run_pool` raises for a mesh).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections import deque
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from scalingar_jax import decode
+from scalingar_jax.config import GPTConfig, SamplingConfig
+from scalingar_jax.gpt import KVCache, init_cache, unstack_layers
+from scalingar_jax.scaling import strategies as S
+from scalingar_jax.scaling.config import ScalingARConfig
+from scalingar_jax.scaling.loop import (LoopSpec, LoopState, StrategyResult, candidate_logits, candidate_step,
+                                        init_loop, result, select)
+
+
+@struct.dataclass
+class PoolState:
+    """The pool: M candidate rows (2M model rows with CFG), Q prompt lanes of N candidates."""
+
+    logits: jax.Array  # (2M, V) logits of the next token of every model row
+    cache: KVCache  # 2M rows
+    owner: jax.Array  # (M,) int32 lane candidate q*N + n of each pool row, Q*N for a free row
+    row: jax.Array  # (Q, N) int32 pool row of each lane candidate (meaningful while it is alive)
+    lanes: LoopState  # P = 1 loop states stacked on a leading Q axis (logits/cache/row/owner None)
+    steps: jax.Array  # int32 pool steps run
+    busy: jax.Array  # int32 sum over steps of the occupied rows (utilization = busy / (steps * M))
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolStats:
+    """What a pool run cost: pool steps, rows (M per step), the mean fraction of occupied rows."""
+
+    steps: int
+    rows: int
+    utilization: float
+
+
+def check_pool(rows, num_candidates: int, lanes=None) -> tuple[int, int]:
+    """Validates a pool of `rows` candidate rows (2 model rows each: CFG) for N candidates per
+    prompt and `lanes` prompt lanes (None: 2 * (rows // N), at least 1). Returns (rows, lanes)."""
+    if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
+        raise ValueError(f"pool rows must be an integer >= 1, got {rows!r}")
+    if int(num_candidates) > int(rows):
+        raise ValueError(f"the pool holds {rows} candidate rows ({2 * rows} model rows with CFG) but one prompt "
+                         f"needs N = {num_candidates} ({2 * num_candidates} model rows): use a pool of at least "
+                         f"{num_candidates} rows or fewer candidates")
+    if lanes is None:
+        lanes = max(1, 2 * (int(rows) // int(num_candidates)))
+    if isinstance(lanes, bool) or not isinstance(lanes, (int, np.integer)) or lanes < 1:
+        raise ValueError(f"pool lanes must be an integer >= 1, got {lanes!r}")
+    return int(rows), int(lanes)
+
+
+def _lane(s: LoopState) -> LoopState:
+    """A P = 1 loop state without its model rows: what a lane keeps."""
+    return s.replace(logits=None, cache=None, row=None, owner=None)
+
+
+# ------------------------------------------------------------------------------ the jitted pieces
+def empty_pool(params, cond, cond_mask, key, spec: LoopSpec, rows: int, lanes: int) -> PoolState:
+    """A pool of `rows` free candidate rows and `lanes` free lanes (traced). cond (1, ...),
+    cond_mask (1, cls) or None: any condition of the run's shape (only shapes are read)."""
+    shapes = jax.eval_shape(lambda: _lane(init_loop(params, cond, cond_mask, key, jnp.zeros((1,), jnp.int32), spec)))
+    lane = jax.tree.map(lambda x: jnp.zeros((lanes,) + x.shape, x.dtype), shapes)
+    lane = lane.replace(k=jnp.full((lanes,), spec.T, jnp.int32))  # free: done, nothing alive
+    V = spec.gpt_cfg.vocab_size
+    return PoolState(logits=jnp.zeros((2 * rows, V), jnp.float32), cache=init_cache(spec.gpt_cfg, 2 * rows),
+                     owner=jnp.full((rows,), lanes * spec.num_candidates, jnp.int32),
+                     row=jnp.zeros((lanes, spec.num_candidates), jnp.int32), lanes=lane, steps=jnp.int32(0),
+                     busy=jnp.int32(0))
+
+
+def free_rows(s: PoolState):
+    """int32 scalar: the number of free pool rows."""
+    return jnp.sum(s.owner == s.row.size).astype(jnp.int32)
+
+
+def admit(params, s: PoolState, cond, cond_mask, key, prompt_id, first_candidate, lane, spec: LoopSpec) -> PoolState:
+    """Prefills one prompt (cond (1, ...), cond_mask (1, cls) or None, prompt_id int32 scalar)
+    into the first N free pool rows (the caller checked that N are free) and lane `lane` (int32
+    scalar, a free lane; traced). Its candidates' keys come from (prompt id, first_candidate + n)."""
+    M, (Q, N) = s.owner.shape[0], s.row.shape
+    new = init_loop(params, cond, cond_mask, key, jnp.reshape(prompt_id, (1,)), spec, first_candidate)
+    rows = jnp.argsort(s.owner != Q * N, stable=True)[:N].astype(jnp.int32)
+    idx = jnp.concatenate([rows, rows + M])
+    put = lambda dst, src: dst.at[idx].set(src)  # noqa: E731
+    return s.replace(logits=put(s.logits, new.logits), cache=jax.tree.map(put, s.cache, new.cache),
+                     owner=s.owner.at[rows].set(lane * N + jnp.arange(N, dtype=jnp.int32)),
+                     row=s.row.at[lane].set(rows),
+                     lanes=jax.tree.map(lambda dst, src: dst.at[lane].set(src), s.lanes, _lane(new)))
+
+
+def pool_step(params, spec: LoopSpec, s: PoolState) -> PoolState:
+    """One pool step (traced): every running lane samples its token k (`loop.candidate_step`
+    per lane), every row is fed its candidate's token at its own position, and the rows of
+    candidates pruned now or of lanes that just finished (k reaches T) become free."""
+    M, (Q, N), T = s.owner.shape[0], s.row.shape, spec.T
+    lc, lu = candidate_logits(s.logits, s.row)  # (Q, N, V)
+    k = s.lanes.k
+    # a done lane (k == T) steps with no alive candidate: its state stays as it was
+    run = (k < T)[:, None, None]
+    alive = s.lanes.conf.alive
+    lanes = s.lanes.replace(conf=s.lanes.conf.replace(alive=alive & run))
+    lanes, tok = jax.vmap(functools.partial(candidate_step, spec))(lanes, lc[:, None], lu[:, None])
+    lanes = lanes.replace(k=jnp.where(k < T, k + 1, k),
+                          conf=lanes.conf.replace(alive=jnp.where(run, lanes.conf.alive, alive)))
+    # each pool row is fed its owner's token at its lane's token index (free rows: code 0 at 0)
+    fed = jnp.concatenate([jnp.maximum(tok, 0).reshape(Q * N), jnp.zeros((1,), tok.dtype)])[s.owner]
+    # a lane that just sampled its last token has no next position: its rows are freed below
+    pos = jnp.minimum(jnp.concatenate([k, jnp.zeros((1,), k.dtype)])[s.owner // N], T - 2)
+    logits, cache = decode.decode_step(params, spec.gpt_cfg, s.cache, jnp.concatenate([fed, fed]),
+                                       jnp.concatenate([pos, pos]))
+    keep = lanes.conf.alive.reshape(Q, N) & (lanes.k < T)[:, None]
+    keep = jnp.concatenate([keep.reshape(Q * N), jnp.zeros((1,), bool)])[s.owner]
+    return s.replace(logits=logits, cache=cache, owner=jnp.where(keep, s.owner, Q * N), lanes=lanes,
+                     steps=s.steps + 1, busy=s.busy + jnp.sum(s.owner < Q * N).astype(jnp.int32))
+
+
+def pool_loop(params, s: PoolState, need, spec: LoopSpec):
+    """Pool steps until every lane is done, or until the pool has room for the next prompt:
+    `need` (int32 scalar) free rows and a done lane (pass need > M when no prompt waits).
+    Returns (state, free rows int32, lane k (Q,) int32). Traced."""
+    T = spec.T
+    params = unstack_layers(params)
+
+    def go(s):
+        room = (free_rows(s) >= need) & jnp.any(s.lanes.k >= T)
+        return jnp.any(s.lanes.k < T) & ~room
+
+    s = jax.lax.while_loop(go, functools.partial(pool_step, params, spec), s)
+    return s, free_rows(s), s.lanes.k
+
+
+def harvest(s: PoolState, lane, strategy: str) -> StrategyResult:
+    """The `StrategyResult` (P = 1) of lane `lane` (int32 scalar; its prompt is done). Traced."""
+    one = jax.tree.map(lambda x: x[lane], s.lanes)
+    return result(one, *select(one, strategy))
+
+
+_empty = jax.jit(empty_pool, static_argnames=("spec", "rows", "lanes"))
+_admit = jax.jit(admit, static_argnames=("spec",), donate_argnames=("s",))
+run_pool_loop = jax.jit(pool_loop, static_argnames=("spec",), donate_argnames=("s",))
+run_pool_loop.__doc__ = """Jitted `pool_loop` (donates the state). Compiles once per (spec, pool rows, lanes)."""
+_harvest = jax.jit(harvest, static_argnames=("strategy",))
+
+
+# ------------------------------------------------------------------------------ the host driver
+def _stack(parts: list[StrategyResult]) -> StrategyResult:
+    """P = 1 results (numpy) -> one result over all prompts (traj (T, P, ...): prompts on axis 1)."""
+    cat = lambda xs, axis=0: jnp.asarray(np.concatenate(xs, axis=axis))  # noqa: E731
+    traj = {name: cat([p.traj[name] for p in parts], 1) for name in parts[0].traj}
+    fields = {f.name: cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(StrategyResult)
+              if f.name != "traj"}
+    return StrategyResult(**fields, traj=traj)
+
+
+def run_pool(params, spec: LoopSpec, cond, cond_mask, key, prompt_ids, strategy: str, *, rows: int,
+             lanes: int | None = None, first_candidate: int = 0,
+             on_prompt: Callable[[int], None] | None = None) -> tuple[StrategyResult, PoolStats]:
+    """Runs every prompt through a pool of `rows` candidate rows and `lanes` lanes.
+
+    Inputs as `strategies.prepare` returns them: cond (P, ...), cond_mask (P, cls) or None,
+    prompt_ids (P,) int32; spec: the unsharded `LoopSpec` (`strategies.token_spec`, compaction
+    ignored); strategy: "plain", "confidence_only" or "scalingar" (selection). on_prompt(i):
+    called when prompt i is done. Returns (the `StrategyResult` over all P prompts, in input
+    order, as the batched loop returns it; `PoolStats`)."""
+    N, T = spec.num_candidates, spec.T
+    rows, lanes = check_pool(rows, N, lanes)
+    params = unstack_layers(params)
+    P = int(cond.shape[0])
+    one = lambda x, i: None if x is None else x[i:i + 1]  # noqa: E731
+    spec = dataclasses.replace(spec, compaction=False, stop_at=-1)
+    s = _empty(params, one(cond, 0), one(cond_mask, 0), key, spec=spec, rows=rows, lanes=lanes)
+    first = jnp.int32(first_candidate)
+    pending, lane_prompt, done = deque(range(P)), [-1] * lanes, {}
+    free, lane_k = rows, np.full((lanes,), T)
+    while True:
+        for q in range(lanes):  # harvest the lanes that finished
+            if lane_prompt[q] >= 0 and lane_k[q] >= T:
+                done[lane_prompt[q]] = jax.tree.map(np.asarray, _harvest(s, jnp.int32(q), strategy))
+                if on_prompt is not None:
+                    on_prompt(lane_prompt[q])
+                lane_prompt[q] = -1
+        for q in range(lanes):  # admit while there is room
+            if not pending or free < N:
+                break
+            if lane_prompt[q] < 0:
+                i = pending.popleft()
+                s = _admit(params, s, one(cond, i), one(cond_mask, i), key, prompt_ids[i], first, jnp.int32(q),
+                           spec=spec)
+                lane_prompt[q], lane_k[q], free = i, 0, free - N
+        if not pending and all(p < 0 for p in lane_prompt):
+            break
+        s, free, lane_k = run_pool_loop(params, s, jnp.int32(N if pending else rows + 1), spec=spec)
+        free, lane_k = int(free), np.array(lane_k)
+    steps, busy = int(s.steps), int(s.busy)
+    return _stack([done[i] for i in range(P)]), PoolStats(steps, rows, busy / max(1, steps * rows))
+
+
+# ------------------------------------------------------------------------------ entries
+def run_pool_strategy(params, gpt_cfg: GPTConfig, cond, cond_mask=None, *, key, strategy: str = "scalingar",
+                      num_candidates: int = 8, sampling: SamplingConfig = SamplingConfig(),
+                      scaling: ScalingARConfig = ScalingARConfig(), rows: int = 64, lanes: int | None = None,
+                      prompt_ids=None, first_candidate: int = 0,
+                      on_prompt=None) -> tuple[StrategyResult, PoolStats]:
+    """`strategies.run_token_strategy` ("plain", "confidence_only", "scalingar") over a prompt
+    set through a pool of `rows` candidate rows (2 * rows model rows with CFG) and `lanes`
+    prompts in flight (default 2 * (rows // N)). cond: (P,) labels or (P, cls, caption_dim)
+    features; cond_mask (P, cls). Per prompt the same result as `run_token_strategy`; returns
+    (`StrategyResult` over the P prompts, `PoolStats`)."""
+    if strategy not in S.TOKEN_STRATEGIES:
+        raise ValueError(f"run_pool_strategy handles {'/'.join(S.TOKEN_STRATEGIES)}, got strategy {strategy!r}")
+    check_pool(rows, num_candidates, lanes)
+    cond, cond_mask, prompt_ids = S.prepare(gpt_cfg, sampling, scaling, cond, cond_mask, num_candidates, prompt_ids)
+    spec = S.token_spec(gpt_cfg, sampling, scaling, strategy, num_candidates, False)
+    return run_pool(params, spec, cond, cond_mask, key, prompt_ids, strategy, rows=rows, lanes=lanes,
+                    first_candidate=S.check_first_candidate(first_candidate), on_prompt=on_prompt)
+
+
+def run_pool_best_of_n(params, gpt_cfg: GPTConfig, cond, cond_mask=None, *, prompts: Sequence[str], key,
+                       reward_fn: S.RewardFn, decode_fn: S.DecodeFn, num_candidates: int = 8,
+                       sampling: SamplingConfig = SamplingConfig(), rows: int = 64, lanes: int | None = None,
+                       prompt_ids=None, on_prompt=None) -> tuple[StrategyResult, PoolStats]:
+    """`strategies.run_best_of_n` through a pool: the N full trajectories of every prompt decode
+    in the pool (plain), then the highest reward wins (rewards over all prompts at the end)."""
+    check_pool(rows, num_candidates, lanes)
+    res, stats = run_pool_strategy(params, gpt_cfg, cond, cond_mask, key=key, strategy="plain",
+                                   num_candidates=num_candidates, sampling=sampling, rows=rows, lanes=lanes,
+                                   prompt_ids=prompt_ids, on_prompt=on_prompt)
+    S._check_prompts(prompts, res.tokens.shape[0])
+    return S._pick_by_reward(res, S._rewards(np.asarray(res.all_tokens), prompts, decode_fn, reward_fn)), stats
