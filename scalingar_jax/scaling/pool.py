@@ -26,10 +26,9 @@ is done; compiled once per pool size and lane count), `admit` (prefill one promp
 and a free lane), `harvest` (a finished lane's `StrategyResult`). The host (`run_pool`) only
 admits and harvests between calls of `pool_loop`.
 
-On a mesh each device would keep its own pool and lanes (prompts never span devices, so no
-collective is needed in the step): `pool_loop` under `shard_map` over a "pool" axis, `admit`
-with a per-device "admit or not" flag, the host dealing prompts to the device with room. Not
-built yet (`run_pool` raises for a mesh).
+On a mesh (`ShardedPool`) each device keeps its own pool and lanes: a prompt
+never spans devices, so the step needs no collective; `pool_loop` runs under `shard_map` and
+leaves when any pool has room, and the host deals waiting prompts to the pools with room.
 """
 from __future__ import annotations
 
@@ -155,16 +154,21 @@ def pool_step(params, spec: LoopSpec, s: PoolState) -> PoolState:
                      steps=s.steps + 1, busy=s.busy + jnp.sum(s.owner < Q * N).astype(jnp.int32))
 
 
-def pool_loop(params, s: PoolState, need, spec: LoopSpec):
+def pool_loop(params, s: PoolState, need, spec: LoopSpec, axes: tuple[str, ...] = ()):
     """Pool steps until every lane is done, or until the pool has room for the next prompt:
     `need` (int32 scalar) free rows and a done lane (pass need > M when no prompt waits).
-    Returns (state, free rows int32, lane k (Q,) int32). Traced."""
+    Returns (state, free rows int32, lane k (Q,) int32). Traced. axes: the mesh axes of a
+    sharded run (inside shard_map, one pool per device): every pool steps until one of them has
+    room or all are done (the tests are pmax'd, so all leave the loop at the same step)."""
     T = spec.T
     params = unstack_layers(params)
 
+    def any_pool(x):
+        return jax.lax.pmax(x.astype(jnp.int32), axes) > 0 if axes else x
+
     def go(s):
         room = (free_rows(s) >= need) & jnp.any(s.lanes.k >= T)
-        return jnp.any(s.lanes.k < T) & ~room
+        return any_pool(jnp.any(s.lanes.k < T)) & ~any_pool(room)
 
     s = jax.lax.while_loop(go, functools.partial(pool_step, params, spec), s)
     return s, free_rows(s), s.lanes.k
@@ -193,78 +197,220 @@ def _stack(parts: list[StrategyResult]) -> StrategyResult:
     return StrategyResult(**fields, traj=traj)
 
 
+class _Local:
+    """The pool's jitted pieces on the default device (one pool)."""
+
+    pools = 1
+
+    def __init__(self, params, spec, cond, cond_mask, key, prompt_ids, first_candidate, rows, lanes):
+        self.params, self.spec, self.cond, self.cond_mask, self.key = params, spec, cond, cond_mask, key
+        self.prompt_ids, self.first = prompt_ids, jnp.int32(first_candidate)
+        self.rows, self.lanes = rows, lanes
+
+    def _one(self, x, i):
+        return None if x is None else x[i:i + 1]
+
+    def empty(self) -> PoolState:
+        return _empty(self.params, self._one(self.cond, 0), self._one(self.cond_mask, 0), self.key, spec=self.spec,
+                      rows=self.rows, lanes=self.lanes)
+
+    def admit(self, s, todo):
+        """todo: [(pool 0, lane, prompt index)]."""
+        for _, q, i in todo:
+            s = _admit(self.params, s, self._one(self.cond, i), self._one(self.cond_mask, i), self.key,
+                       self.prompt_ids[i], self.first, jnp.int32(q), spec=self.spec)
+        return s
+
+    def loop(self, s, need):
+        s, free, k = run_pool_loop(self.params, s, jnp.int32(need), spec=self.spec)
+        return s, np.array(free).reshape(1), np.array(k).reshape(1, -1)
+
+    def harvest(self, s, d, q, strategy):
+        return _harvest(s, jnp.int32(q), strategy)
+
+    def totals(self, s):
+        return int(s.steps), int(s.busy)
+
+
+class ShardedPool(_Local):
+    """One pool per device of `mesh` (a `sharding.make_mesh` mesh without a "model" axis; its
+    devices, prompts x cands, are the pools in order). The state is the local `PoolState` with a
+    leading pool axis sharded over every mesh axis; `pool_loop` and `admit` run under
+    `shard_map` on each device's own pool, `harvest` reads one lane of one pool at the jit level."""
+
+    def __init__(self, *args, mesh):
+        from scalingar_jax import sharding as SH
+
+        super().__init__(*args)
+        SH._check_mesh(mesh)
+        if SH.MODEL in mesh.axis_names:
+            raise ValueError("the prompt pool keeps whole prompts on one device: use a mesh without a 'model' axis")
+        self.mesh, self.axes = mesh, (SH.PROMPTS, SH.CANDS)
+        self.pools = int(mesh.size)
+        self.params = SH._on_mesh(self.params, mesh)
+        key = jnp.asarray(self.key)
+        typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+        self.impl = str(jax.random.key_impl(key)) if typed else None
+        self.key_data = SH.put(np.asarray(jax.random.key_data(key) if typed else key), mesh, SH.P())
+        self.cond, self.cond_mask = np.asarray(self.cond), None if self.cond_mask is None else np.asarray(self.cond_mask)
+        self.prompt_ids = np.asarray(self.prompt_ids)
+        self.first = SH.put(np.int32(self.first), mesh, SH.P())
+
+    def _split(self, tree):
+        return jax.device_put(tree, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(self.axes)))
+
+    def empty(self) -> PoolState:
+        one = super().empty()
+        return self._split(jax.tree.map(lambda x: jnp.broadcast_to(x, (self.pools,) + x.shape), one))
+
+    def admit(self, s, todo):
+        """todo: [(pool, lane, prompt index)], at most one per pool: one call admits them all."""
+        D = self.pools
+        flag, lane, idx = np.zeros(D, bool), np.zeros(D, np.int32), np.zeros(D, np.int64)
+        for d, q, i in todo:
+            flag[d], lane[d], idx[d] = True, q, i
+        mask = None if self.cond_mask is None else self._split(self.cond_mask[idx][:, None])
+        return _sharded_admit(self.params, s, self._split(self.cond[idx][:, None]), mask, self.key_data,
+                              self._split(self.prompt_ids[idx]), self.first, self._split(lane), self._split(flag),
+                              spec=self.spec, mesh=self.mesh, axes=self.axes, impl=self.impl)
+
+    def loop(self, s, need):
+        s, free, k = _sharded_loop(self.params, s, jnp.int32(need), spec=self.spec, mesh=self.mesh, axes=self.axes)
+        return s, np.array(free), np.array(k)
+
+    def harvest(self, s, d, q, strategy):
+        return _harvest_at(s, jnp.int32(d), jnp.int32(q), strategy)
+
+    def totals(self, s):
+        return int(np.max(s.steps)), int(np.sum(s.busy))
+
+
+@functools.partial(jax.jit, static_argnames=("strategy",))
+def _harvest_at(s: PoolState, d, q, strategy: str) -> StrategyResult:
+    """`harvest` of lane q of pool d (a sharded state with a leading pool axis)."""
+    return harvest(jax.tree.map(lambda x: x[d], s), q, strategy)
+
+
+def _squeeze(tree):
+    return jax.tree.map(lambda x: x[0], tree)
+
+
+def _expand(tree):
+    return jax.tree.map(lambda x: x[None], tree)
+
+
+def _smap(f, mesh, axes, in_specs, out_specs):
+    """shard_map over `axes` (every in/out spec "dev" = split on the leading pool axis, "rep" = replicated)."""
+    ps = {"dev": jax.sharding.PartitionSpec(axes), "rep": jax.sharding.PartitionSpec()}
+    return jax.shard_map(f, mesh=mesh, in_specs=tuple(ps[x] for x in in_specs), out_specs=ps[out_specs],
+                         check_vma=False)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "mesh", "axes"), donate_argnames=("s",))
+def _sharded_loop(params, s: PoolState, need, *, spec: LoopSpec, mesh, axes):
+    """`pool_loop` on every device's own pool (s: leading pool axis over `axes`)."""
+    def f(prm, st, nd):
+        return _expand(pool_loop(prm, _squeeze(st), nd, spec, axes))
+
+    return _smap(f, mesh, axes, ("rep", "dev", "rep"), "dev")(params, s, need)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "mesh", "axes", "impl"), donate_argnames=("s",))
+def _sharded_admit(params, s: PoolState, cond, cond_mask, key_data, prompt_id, first, lane, flag, *, spec: LoopSpec,
+                   mesh, axes, impl):
+    """`admit` on every pool whose flag (D,) is set: cond (D, 1, ...), cond_mask (D, 1, cls) or
+    None, prompt_id / lane (D,) int32; the other pools are left as they are."""
+    from scalingar_jax.sharding import _key
+
+    def f(prm, st, c, kd, pid, fc, ln, fl, m=None):
+        m = None if m is None else m[0]
+        st = jax.lax.cond(fl[0], lambda t: admit(prm, t, c[0], m, _key(kd, impl), pid[0], fc, ln[0], spec),
+                          lambda t: t, _squeeze(st))
+        return _expand(st)
+
+    args, specs = (params, s, cond, key_data, prompt_id, first, lane, flag), ("rep", "dev", "dev", "rep", "dev",
+                                                                              "rep", "dev", "dev")
+    if cond_mask is not None:
+        args, specs = (*args, cond_mask), (*specs, "dev")
+    return _smap(f, mesh, axes, specs, "dev")(*args)
+
+
 def run_pool(params, spec: LoopSpec, cond, cond_mask, key, prompt_ids, strategy: str, *, rows: int,
-             lanes: int | None = None, first_candidate: int = 0,
+             lanes: int | None = None, first_candidate: int = 0, mesh=None,
              on_prompt: Callable[[int], None] | None = None) -> tuple[StrategyResult, PoolStats]:
-    """Runs every prompt through a pool of `rows` candidate rows and `lanes` lanes.
+    """Runs every prompt through a pool of `rows` candidate rows and `lanes` lanes (per device
+    of `mesh`, if given: `ShardedPool`).
 
     Inputs as `strategies.prepare` returns them: cond (P, ...), cond_mask (P, cls) or None,
     prompt_ids (P,) int32; spec: the unsharded `LoopSpec` (`strategies.token_spec`, compaction
     ignored); strategy: "plain", "confidence_only" or "scalingar" (selection). on_prompt(i):
     called when prompt i is done. Returns (the `StrategyResult` over all P prompts, in input
-    order, as the batched loop returns it; `PoolStats`)."""
+    order, as the batched loop returns it; `PoolStats`, rows summed over devices)."""
     N, T = spec.num_candidates, spec.T
     rows, lanes = check_pool(rows, N, lanes)
-    params = unstack_layers(params)
-    P = int(cond.shape[0])
-    one = lambda x, i: None if x is None else x[i:i + 1]  # noqa: E731
     spec = dataclasses.replace(spec, compaction=False, stop_at=-1)
-    s = _empty(params, one(cond, 0), one(cond_mask, 0), key, spec=spec, rows=rows, lanes=lanes)
-    first = jnp.int32(first_candidate)
-    pending, lane_prompt, done = deque(range(P)), [-1] * lanes, {}
-    free, lane_k = rows, np.full((lanes,), T)
+    args = (unstack_layers(params), spec, cond, cond_mask, key, prompt_ids, first_candidate, rows, lanes)
+    if mesh is None:
+        be = _Local(*args)
+    else:
+        be = ShardedPool(*args, mesh=mesh)
+    P, D = int(cond.shape[0]), be.pools
+    s = be.empty()
+    pending, done = deque(range(P)), {}
+    lane_prompt, lane_k, free = np.full((D, lanes), -1), np.full((D, lanes), T), np.full((D,), rows)
     while True:
-        for q in range(lanes):  # harvest the lanes that finished
-            if lane_prompt[q] >= 0 and lane_k[q] >= T:
-                done[lane_prompt[q]] = jax.tree.map(np.asarray, _harvest(s, jnp.int32(q), strategy))
-                if on_prompt is not None:
-                    on_prompt(lane_prompt[q])
-                lane_prompt[q] = -1
-        for q in range(lanes):  # admit while there is room
-            if not pending or free < N:
+        for d, q in zip(*np.nonzero((lane_prompt >= 0) & (lane_k >= T))):  # harvest the lanes that finished
+            done[lane_prompt[d, q]] = jax.tree.map(np.asarray, be.harvest(s, int(d), int(q), strategy))
+            if on_prompt is not None:
+                on_prompt(int(lane_prompt[d, q]))
+            lane_prompt[d, q] = -1
+        while pending:  # admit while a pool has room: at most one prompt per pool and call
+            todo = []
+            for d in range(D):
+                if pending and free[d] >= N and (lane_prompt[d] < 0).any():
+                    q = int(np.argmax(lane_prompt[d] < 0))
+                    todo.append((d, q, pending.popleft()))
+                    lane_prompt[d, q], lane_k[d, q], free[d] = todo[-1][2], 0, free[d] - N
+            if not todo:
                 break
-            if lane_prompt[q] < 0:
-                i = pending.popleft()
-                s = _admit(params, s, one(cond, i), one(cond_mask, i), key, prompt_ids[i], first, jnp.int32(q),
-                           spec=spec)
-                lane_prompt[q], lane_k[q], free = i, 0, free - N
-        if not pending and all(p < 0 for p in lane_prompt):
+            s = be.admit(s, todo)
+        if not pending and (lane_prompt < 0).all():
             break
-        s, free, lane_k = run_pool_loop(params, s, jnp.int32(N if pending else rows + 1), spec=spec)
-        free, lane_k = int(free), np.array(lane_k)
-    steps, busy = int(s.steps), int(s.busy)
-    return _stack([done[i] for i in range(P)]), PoolStats(steps, rows, busy / max(1, steps * rows))
+        s, free, lane_k = be.loop(s, N if pending else rows + 1)
+    steps, busy = be.totals(s)
+    return _stack([done[i] for i in range(P)]), PoolStats(steps, rows * D, busy / max(1, steps * rows * D))
 
 
 # ------------------------------------------------------------------------------ entries
 def run_pool_strategy(params, gpt_cfg: GPTConfig, cond, cond_mask=None, *, key, strategy: str = "scalingar",
                       num_candidates: int = 8, sampling: SamplingConfig = SamplingConfig(),
                       scaling: ScalingARConfig = ScalingARConfig(), rows: int = 64, lanes: int | None = None,
-                      prompt_ids=None, first_candidate: int = 0,
+                      prompt_ids=None, first_candidate: int = 0, mesh=None,
                       on_prompt=None) -> tuple[StrategyResult, PoolStats]:
     """`strategies.run_token_strategy` ("plain", "confidence_only", "scalingar") over a prompt
     set through a pool of `rows` candidate rows (2 * rows model rows with CFG) and `lanes`
     prompts in flight (default 2 * (rows // N)). cond: (P,) labels or (P, cls, caption_dim)
-    features; cond_mask (P, cls). Per prompt the same result as `run_token_strategy`; returns
-    (`StrategyResult` over the P prompts, `PoolStats`)."""
+    features; cond_mask (P, cls). mesh: None (one device) or a `sharding.make_mesh` mesh
+    without a model axis: every device keeps its own pool of `rows` rows. Per prompt the same
+    result as `run_token_strategy`; returns (`StrategyResult` over the P prompts, `PoolStats`)."""
     if strategy not in S.TOKEN_STRATEGIES:
         raise ValueError(f"run_pool_strategy handles {'/'.join(S.TOKEN_STRATEGIES)}, got strategy {strategy!r}")
     check_pool(rows, num_candidates, lanes)
     cond, cond_mask, prompt_ids = S.prepare(gpt_cfg, sampling, scaling, cond, cond_mask, num_candidates, prompt_ids)
     spec = S.token_spec(gpt_cfg, sampling, scaling, strategy, num_candidates, False)
     return run_pool(params, spec, cond, cond_mask, key, prompt_ids, strategy, rows=rows, lanes=lanes,
-                    first_candidate=S.check_first_candidate(first_candidate), on_prompt=on_prompt)
+                    first_candidate=S.check_first_candidate(first_candidate), mesh=mesh, on_prompt=on_prompt)
 
 
 def run_pool_best_of_n(params, gpt_cfg: GPTConfig, cond, cond_mask=None, *, prompts: Sequence[str], key,
                        reward_fn: S.RewardFn, decode_fn: S.DecodeFn, num_candidates: int = 8,
                        sampling: SamplingConfig = SamplingConfig(), rows: int = 64, lanes: int | None = None,
-                       prompt_ids=None, on_prompt=None) -> tuple[StrategyResult, PoolStats]:
+                       prompt_ids=None, mesh=None, on_prompt=None) -> tuple[StrategyResult, PoolStats]:
     """`strategies.run_best_of_n` through a pool: the N full trajectories of every prompt decode
     in the pool (plain), then the highest reward wins (rewards over all prompts at the end)."""
     check_pool(rows, num_candidates, lanes)
+    S._check_prompts(prompts, int(np.shape(cond)[0]))
     res, stats = run_pool_strategy(params, gpt_cfg, cond, cond_mask, key=key, strategy="plain",
                                    num_candidates=num_candidates, sampling=sampling, rows=rows, lanes=lanes,
-                                   prompt_ids=prompt_ids, on_prompt=on_prompt)
-    S._check_prompts(prompts, res.tokens.shape[0])
+                                   prompt_ids=prompt_ids, mesh=mesh, on_prompt=on_prompt)
     return S._pick_by_reward(res, S._rewards(np.asarray(res.all_tokens), prompts, decode_fn, reward_fn)), stats
