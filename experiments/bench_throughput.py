@@ -64,23 +64,26 @@ def gptb_workload(args):
 
 
 def _batched(w, strategy, N, batch, key):
-    """A function of a prompt index list running `strategy` over it in calls of `batch` prompts;
-    returns tokens used (per prompt)."""
+    """A function of a prompt index list running `strategy` over it in calls of `batch` prompts
+    (the last call padded with copies of its first prompt, as experiments/runner.py does, so every
+    call has the compiled shapes); returns (tokens used per prompt, None)."""
     def run(idx):
         used = []
         for i in range(0, len(idx), batch):
-            sl = np.asarray(idx[i:i + batch])
+            real = np.asarray(idx[i:i + batch])
+            sl = np.concatenate([real, np.full(batch - len(real), real[0])])
+            ids = np.concatenate([real, len(w["prompts"]) + np.arange(batch - len(real))])
             cond = w["cond"][sl]
             mask = None if w["mask"] is None else w["mask"][sl]
             if strategy == "best_of_n+reward":
                 res = S.run_best_of_n(w["params"], w["cfg"], cond, mask, prompts=[w["prompts"][j] for j in sl],
                                       key=key, reward_fn=w["reward"], decode_fn=w["decode"], num_candidates=N,
-                                      sampling=w["sampling"], prompt_ids=sl)
+                                      sampling=w["sampling"], prompt_ids=ids)
             else:
                 res = S.run_token_strategy(w["params"], w["cfg"], cond, mask, key=key, strategy=strategy,
                                            num_candidates=N, sampling=w["sampling"], scaling=w["scaling"],
-                                           prompt_ids=sl)
-            used.append(np.asarray(res.tokens_used))
+                                           prompt_ids=ids)
+            used.append(np.asarray(res.tokens_used)[:len(real)])
         return np.concatenate(used), None
     return run
 
@@ -101,18 +104,19 @@ def bench(w, args) -> dict:
     rows = args.pool or batch * N
     key = jax.random.key(args.seed)
     n = len(w["prompts"])
-    variants = [("plain (N=1, batched)", 1, _batched(w, "plain", 1, batch * N, key)),
-                ("best_of_n token loop (batched)", N, _batched(w, "plain", N, batch, key))]
+    # (name, N, run, prompts of the warm-up call: one batch, or a few prompts through the pool)
+    variants = [("plain (N=1, batched)", 1, _batched(w, "plain", 1, batch * N, key), batch * N),
+                ("best_of_n token loop (batched)", N, _batched(w, "plain", N, batch, key), batch)]
     if w["reward"] is not None:
-        variants.append(("best_of_n + decode + reward (batched)", N, _batched(w, "best_of_n+reward", N, batch, key)))
-    variants += [("scalingar (batched, compaction)", N, _batched(w, "scalingar", N, batch, key)),
-                 ("scalingar (pool)", N, _pooled(w, "scalingar", N, rows, args.lanes, key)),
-                 ("best_of_n token loop (pool)", N, _pooled(w, "plain", N, rows, args.lanes, key))]
+        variants.append(("best_of_n + decode + reward (batched)", N, _batched(w, "best_of_n+reward", N, batch, key),
+                         batch))
+    variants += [("scalingar (batched, compaction)", N, _batched(w, "scalingar", N, batch, key), batch),
+                 ("scalingar (pool)", N, _pooled(w, "scalingar", N, rows, args.lanes, key), 2),
+                 ("best_of_n token loop (pool)", N, _pooled(w, "plain", N, rows, args.lanes, key), 2)]
     out = {}
-    warm = list(range(min(n, max(2, batch))))
-    for name, n_cand, fn in variants:
+    for name, n_cand, fn, n_warm in variants:
         with Clock() as c0:
-            fn(warm)  # compiles (the pool: once for its size)
+            fn(list(range(min(n, n_warm))))  # compiles (the pool: once for its size)
         with Clock() as c:
             used, stats = fn(list(range(n)))
         out[name] = {"seconds": c.seconds, "compile_s": c0.compile + c.compile, "images_per_s": n / c.seconds,

@@ -127,7 +127,7 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x, cos, sin, cache_k, cache_v, mask, start):
         """x (B, S, dim) at positions start.. (start: scalar or (B,)); cache_k/v: this layer's
-        (B, Hkv, T, hd) buffers; mask (S, T) or (B, S, T)."""
+        (B, Hkv, T, hd) buffers; mask (B, S, T)."""
         cfg = self.cfg
         B, S, _ = x.shape
         H, Hkv, hd = cfg.n_head, cfg.kv_heads, cfg.head_dim

@@ -11,12 +11,16 @@ import json
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+# 4 devices; XLA's optimization level lowered for compile time (reference and pool alike)
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+                           " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+
+jax.config.update("jax_disable_most_optimizations", True)
 
 from scalingar_jax import sharding as SH  # noqa: E402
 from scalingar_jax.scaling import pool  # noqa: E402
@@ -31,7 +35,7 @@ def main(out):
     cond, mask = TP._cond()
     kw = dict(key=W.KEY, strategy="scalingar", num_candidates=TP.N, sampling=W.SAMPLING, scaling=W.WIRE,
               prompt_ids=TP.PROMPT_IDS)
-    ref = S.run_token_strategy(params, W.CFG, cond, mask, **kw)
+    ref = S.run_token_strategy(params, W.CFG, cond, mask, compaction=False, **kw)
     mesh = SH.make_mesh(2, 2)
     seen = []
     res, stats = pool.run_pool_strategy(params, W.CFG, cond, mask, rows=TP.ROWS, mesh=mesh, on_prompt=seen.append, **kw)
