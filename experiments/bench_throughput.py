@@ -21,9 +21,7 @@ reward (what it costs); the criterion of issue 20 uses the token loop alone:
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -146,7 +144,8 @@ def main(argv=None):
     ap.add_argument("-n", "--num-candidates", type=int, default=8)
     ap.add_argument("--batch", type=int, default=20, help="prompts per batched call")
     ap.add_argument("--pool", type=int, default=None, help="pool candidate rows (default batch * N)")
-    ap.add_argument("--lanes", type=int, default=None, help="pool lanes (default 2 * pool // N)")
+    ap.add_argument("--lanes", type=int, default=None,
+                    help="pool lanes (default pool // N, twice that for pruning ScalingAR)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench_throughput", help="results name under experiments/results/")
     args = ap.parse_args(argv)

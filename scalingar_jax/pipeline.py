@@ -177,8 +177,8 @@ def _generate_pooled(pipe: Pipeline, cond, cond_mask, prompts, strategy, rows, k
                                        reward_fn=pipe.reward, decode_fn=pipe.decode_images, num_candidates=N,
                                        sampling=sampling, rows=rows, prompt_ids=prompt_ids)[0]
     return pool.run_pool_strategy(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, key=key, strategy=strategy,
-                                  num_candidates=N, sampling=sampling, scaling=scaling, rows=rows, prompt_ids=prompt_ids,
-                                  first_candidate=first_candidate)[0]
+                                  num_candidates=N, sampling=sampling, scaling=scaling, rows=rows,
+                                  prompt_ids=prompt_ids, first_candidate=first_candidate)[0]
 
 
 def load_pipeline(path=None, *, sampling: SamplingConfig | None = None, scaling: ScalingARConfig | None = None,

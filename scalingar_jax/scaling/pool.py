@@ -73,9 +73,11 @@ class PoolStats:
     utilization: float
 
 
-def check_pool(rows, num_candidates: int, lanes=None) -> tuple[int, int]:
+def check_pool(rows, num_candidates: int, lanes=None, prunes: bool = True) -> tuple[int, int]:
     """Validates a pool of `rows` candidate rows (2 model rows each: CFG) for N candidates per
-    prompt and `lanes` prompt lanes (None: 2 * (rows // N), at least 1). Returns (rows, lanes)."""
+    prompt and `lanes` prompt lanes. lanes None: rows // N, twice that if candidates are pruned
+    (`prunes`: prompts then hold fewer rows, more of them fit; every lane costs its N
+    candidates' sampling and profile work each step, so lanes are not free). Returns (rows, lanes)."""
     if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
         raise ValueError(f"pool rows must be an integer >= 1, got {rows!r}")
     if int(num_candidates) > int(rows):
@@ -83,7 +85,7 @@ def check_pool(rows, num_candidates: int, lanes=None) -> tuple[int, int]:
                          f"needs N = {num_candidates} ({2 * num_candidates} model rows): use a pool of at least "
                          f"{num_candidates} rows or fewer candidates")
     if lanes is None:
-        lanes = max(1, 2 * (int(rows) // int(num_candidates)))
+        lanes = max(1, (2 if prunes else 1) * (int(rows) // int(num_candidates)))
     if isinstance(lanes, bool) or not isinstance(lanes, (int, np.integer)) or lanes < 1:
         raise ValueError(f"pool lanes must be an integer >= 1, got {lanes!r}")
     return int(rows), int(lanes)
@@ -132,7 +134,7 @@ def pool_step(params, spec: LoopSpec, s: PoolState) -> PoolState:
     """One pool step (traced): every running lane samples its token k (`loop.candidate_step`
     per lane), every row is fed its candidate's token at its own position, and the rows of
     candidates pruned now or of lanes that just finished (k reaches T) become free."""
-    M, (Q, N), T = s.owner.shape[0], s.row.shape, spec.T
+    (Q, N), T = s.row.shape, spec.T
     lc, lu = candidate_logits(s.logits, s.row)  # (Q, N, V)
     k = s.lanes.k
     # a done lane (k == T) steps with no alive candidate: its state stays as it was
@@ -252,7 +254,8 @@ class ShardedPool(_Local):
         typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
         self.impl = str(jax.random.key_impl(key)) if typed else None
         self.key_data = SH.put(np.asarray(jax.random.key_data(key) if typed else key), mesh, SH.P())
-        self.cond, self.cond_mask = np.asarray(self.cond), None if self.cond_mask is None else np.asarray(self.cond_mask)
+        self.cond = np.asarray(self.cond)
+        self.cond_mask = None if self.cond_mask is None else np.asarray(self.cond_mask)
         self.prompt_ids = np.asarray(self.prompt_ids)
         self.first = SH.put(np.int32(self.first), mesh, SH.P())
 
@@ -347,7 +350,7 @@ def run_pool(params, spec: LoopSpec, cond, cond_mask, key, prompt_ids, strategy:
     called when prompt i is done. Returns (the `StrategyResult` over all P prompts, in input
     order, as the batched loop returns it; `PoolStats`, rows summed over devices)."""
     N, T = spec.num_candidates, spec.T
-    rows, lanes = check_pool(rows, N, lanes)
+    rows, lanes = check_pool(rows, N, lanes, spec.policy == "scalingar" and spec.scaling.use_termination)
     spec = dataclasses.replace(spec, compaction=False, stop_at=-1)
     args = (unstack_layers(params), spec, cond, cond_mask, key, prompt_ids, first_candidate, rows, lanes)
     if mesh is None:
@@ -389,7 +392,7 @@ def run_pool_strategy(params, gpt_cfg: GPTConfig, cond, cond_mask=None, *, key, 
                       on_prompt=None) -> tuple[StrategyResult, PoolStats]:
     """`strategies.run_token_strategy` ("plain", "confidence_only", "scalingar") over a prompt
     set through a pool of `rows` candidate rows (2 * rows model rows with CFG) and `lanes`
-    prompts in flight (default 2 * (rows // N)). cond: (P,) labels or (P, cls, caption_dim)
+    prompts in flight (default `check_pool`'s). cond: (P,) labels or (P, cls, caption_dim)
     features; cond_mask (P, cls). mesh: None (one device) or a `sharding.make_mesh` mesh
     without a model axis: every device keeps its own pool of `rows` rows. Per prompt the same
     result as `run_token_strategy`; returns (`StrategyResult` over the P prompts, `PoolStats`)."""
