@@ -145,7 +145,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=20, help="prompts per batched call")
     ap.add_argument("--pool", type=int, default=None, help="pool candidate rows (default batch * N)")
     ap.add_argument("--lanes", type=int, default=None,
-                    help="pool lanes (default pool // N, twice that for pruning ScalingAR)")
+                    help="pool lanes (default pool // N, 4x that for pruning ScalingAR)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench_throughput", help="results name under experiments/results/")
     args = ap.parse_args(argv)

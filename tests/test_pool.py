@@ -84,22 +84,24 @@ def test_scalingar_pool_equals_batched_and_compiles_once_per_pool_size(params):
     ref = S.run_token_strategy(params, CFG, cond, mask, key=KEY, strategy="scalingar", num_candidates=N,
                                sampling=SAMPLING, scaling=WIRE, prompt_ids=PROMPT_IDS, compaction=False)
     seen = []
+    compiled = pool.run_pool_loop._cache_size()
     res, stats = pool.run_pool_strategy(params, CFG, cond, mask, key=KEY, strategy="scalingar", num_candidates=N,
                                         sampling=SAMPLING, scaling=WIRE, prompt_ids=PROMPT_IDS, rows=ROWS,
-                                        on_prompt=seen.append)
+                                        shrink=False, on_prompt=seen.append)
     _assert_same(res, ref)
     term = np.asarray(ref.terminated_at)
     assert len(set(term[term >= 0].tolist())) >= 3, term  # prompts pruned at different steps
     assert sorted(seen) == list(range(P)) and seen != list(range(P)), seen  # they finished out of order
     assert stats.steps < P * T  # freed rows started the next prompt before the previous one finished
-    compiled = pool.run_pool_loop._cache_size()
-    # another prompt set on the same pool: no new compile, and each prompt's result does not depend
-    # on the prompts it shared the pool with
+    # one compile per pool size (the shrinking tail's sizes: test_plain_confidence_only_...)
+    assert stats.sizes == (ROWS,) and pool.run_pool_loop._cache_size() == compiled + 1
+    # another prompt set on the same pool: no new compile, and each prompt's result does not
+    # depend on the prompts it shared the pool with
     idx = np.array([3, 0, 4])
     res2, _ = pool.run_pool_strategy(params, CFG, cond[idx], mask[idx], key=KEY, strategy="scalingar",
                                      num_candidates=N, sampling=SAMPLING, scaling=WIRE, prompt_ids=PROMPT_IDS[idx],
-                                     rows=ROWS)
-    assert pool.run_pool_loop._cache_size() == compiled
+                                     rows=ROWS, shrink=False)
+    assert pool.run_pool_loop._cache_size() == compiled + 1
     _assert_same(res2, ref, idx)
 
 
@@ -110,23 +112,27 @@ def test_scalingar_ablation_in_the_pool(params):
     sc = WIRE.ablation("termination_only")
     kw = dict(key=KEY, strategy="scalingar", num_candidates=N, sampling=SAMPLING, scaling=sc, prompt_ids=PROMPT_IDS)
     ref = S.run_token_strategy(params, CFG, cond, mask, compaction=False, **kw)
-    res, _ = pool.run_pool_strategy(params, CFG, cond, mask, rows=ROWS + 2, **kw)
+    res, _ = pool.run_pool_strategy(params, CFG, cond, mask, rows=ROWS + 2, shrink=False, **kw)
     _assert_same(res, ref)
 
 
 def test_plain_confidence_only_and_best_of_n_in_the_pool(params):
     cond, mask = _cond()
+    compiled = pool.run_pool_loop._cache_size()
     for strategy in ("plain", "confidence_only"):
         kw = dict(key=KEY, strategy=strategy, num_candidates=N, sampling=SAMPLING, prompt_ids=PROMPT_IDS)
         ref = S.run_token_strategy(params, CFG, cond, mask, **kw)
         res, stats = pool.run_pool_strategy(params, CFG, cond, mask, rows=9, lanes=3, **kw)
         _assert_same(res, ref)
-        assert stats.steps == 3 * T  # 2 prompts at a time, nothing pruned: 3 rounds of T steps
+        # 2 prompts at a time, nothing pruned: 3 rounds of T steps, the last one alone on 4 rows
+        assert stats.steps == 3 * T and stats.sizes == (9, 4), stats
+        assert stats.row_steps == 2 * T * 9 + T * 4 and stats.utilization == 5 * N * T / stats.row_steps
     kw = dict(prompts=list("abcde"), key=KEY, reward_fn=_reward, decode_fn=_decode, num_candidates=N,
               sampling=SAMPLING, prompt_ids=PROMPT_IDS)
     ref = S.run_best_of_n(params, CFG, cond, mask, **kw)
     res, _ = pool.run_pool_best_of_n(params, CFG, cond, mask, rows=9, lanes=3, **kw)
     _assert_same(res, ref)
+    assert pool.run_pool_loop._cache_size() == compiled + 2  # one loop per pool size (9, 4), shared by all three
     assert len(set(np.asarray(res.winner).tolist())) > 1
 
 

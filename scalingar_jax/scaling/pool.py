@@ -5,7 +5,8 @@ prunes only pay off at the next compaction bucket, and the device runs at the wi
 slowest prompt. Here a pool of M candidate rows (2M model rows: cond rows 0..M-1, uncond rows
 M..2M-1) runs without pause; a prompt enters when M has room for its N candidates, is prefilled
 into free rows and decodes; the rows of pruned candidates and of finished prompts are reused by
-the next prompt, as LLM servers do with continuous batching.
+the next prompt, as LLM servers do with continuous batching. Once no prompt waits, the
+drained pool shrinks to power-of-two buckets of its occupied rows (as the batched loop compacts).
 
 Every row carries its own position (`gpt.Transformer` with a per-row `start`): a prompt's
 candidates share their prompt's token index k, prompts in the pool are at different k. A
@@ -47,8 +48,8 @@ from scalingar_jax.config import GPTConfig, SamplingConfig
 from scalingar_jax.gpt import KVCache, init_cache, unstack_layers
 from scalingar_jax.scaling import strategies as S
 from scalingar_jax.scaling.config import ScalingARConfig
-from scalingar_jax.scaling.loop import (LoopSpec, LoopState, StrategyResult, candidate_logits, candidate_step,
-                                        init_loop, result, select)
+from scalingar_jax.scaling.loop import (LoopSpec, LoopState, StrategyResult, bucket, candidate_logits,
+                                        candidate_step, compaction_limit, init_loop, result, select)
 
 
 @struct.dataclass
@@ -61,23 +62,29 @@ class PoolState:
     row: jax.Array  # (Q, N) int32 pool row of each lane candidate (meaningful while it is alive)
     lanes: LoopState  # P = 1 loop states stacked on a leading Q axis (logits/cache/row/owner None)
     steps: jax.Array  # int32 pool steps run
-    busy: jax.Array  # int32 sum over steps of the occupied rows (utilization = busy / (steps * M))
+    busy: jax.Array  # int32 sum over steps of the occupied rows
+    row_steps: jax.Array  # int32 sum over steps of the pool rows M (utilization = busy / row_steps)
 
 
 @dataclasses.dataclass(frozen=True)
 class PoolStats:
-    """What a pool run cost: pool steps, rows (M per step), the mean fraction of occupied rows."""
+    """What a pool run cost: pool steps, rows (M at the start, summed over pools), row_steps
+    (candidate rows run, summed over steps: 2x model rows), utilization = occupied / run row
+    steps, sizes: the pool sizes used (the tail shrinks the pool: `run_pool`)."""
 
     steps: int
     rows: int
+    row_steps: int
     utilization: float
+    sizes: tuple[int, ...]
 
 
 def check_pool(rows, num_candidates: int, lanes=None, prunes: bool = True) -> tuple[int, int]:
     """Validates a pool of `rows` candidate rows (2 model rows each: CFG) for N candidates per
-    prompt and `lanes` prompt lanes. lanes None: rows // N, twice that if candidates are pruned
-    (`prunes`: prompts then hold fewer rows, more of them fit; every lane costs its N
-    candidates' sampling and profile work each step, so lanes are not free). Returns (rows, lanes)."""
+    prompt and `lanes` prompt lanes. lanes None: rows // N, four times that if candidates are
+    pruned (`prunes`: a prompt then holds fewer rows, ~0.4 N on average when ScalingAR spends
+    40% of Best-of-N's tokens, so more prompts fit; every lane costs its N candidates' sampling
+    and profile work each step, so lanes are not free). Returns (rows, lanes)."""
     if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
         raise ValueError(f"pool rows must be an integer >= 1, got {rows!r}")
     if int(num_candidates) > int(rows):
@@ -85,7 +92,7 @@ def check_pool(rows, num_candidates: int, lanes=None, prunes: bool = True) -> tu
                          f"needs N = {num_candidates} ({2 * num_candidates} model rows): use a pool of at least "
                          f"{num_candidates} rows or fewer candidates")
     if lanes is None:
-        lanes = max(1, (2 if prunes else 1) * (int(rows) // int(num_candidates)))
+        lanes = max(1, (4 if prunes else 1) * (int(rows) // int(num_candidates)))
     if isinstance(lanes, bool) or not isinstance(lanes, (int, np.integer)) or lanes < 1:
         raise ValueError(f"pool lanes must be an integer >= 1, got {lanes!r}")
     return int(rows), int(lanes)
@@ -107,7 +114,7 @@ def empty_pool(params, cond, cond_mask, key, spec: LoopSpec, rows: int, lanes: i
     return PoolState(logits=jnp.zeros((2 * rows, V), jnp.float32), cache=init_cache(spec.gpt_cfg, 2 * rows),
                      owner=jnp.full((rows,), lanes * spec.num_candidates, jnp.int32),
                      row=jnp.zeros((lanes, spec.num_candidates), jnp.int32), lanes=lane, steps=jnp.int32(0),
-                     busy=jnp.int32(0))
+                     busy=jnp.int32(0), row_steps=jnp.int32(0))
 
 
 def free_rows(s: PoolState):
@@ -153,15 +160,17 @@ def pool_step(params, spec: LoopSpec, s: PoolState) -> PoolState:
     keep = lanes.conf.alive.reshape(Q, N) & (lanes.k < T)[:, None]
     keep = jnp.concatenate([keep.reshape(Q * N), jnp.zeros((1,), bool)])[s.owner]
     return s.replace(logits=logits, cache=cache, owner=jnp.where(keep, s.owner, Q * N), lanes=lanes,
-                     steps=s.steps + 1, busy=s.busy + jnp.sum(s.owner < Q * N).astype(jnp.int32))
+                     steps=s.steps + 1, busy=s.busy + jnp.sum(s.owner < Q * N).astype(jnp.int32),
+                     row_steps=s.row_steps + s.owner.shape[0])
 
 
-def pool_loop(params, s: PoolState, need, spec: LoopSpec, axes: tuple[str, ...] = ()):
+def pool_loop(params, s: PoolState, need, spec: LoopSpec, axes: tuple[str, ...] = (), shrink=-1):
     """Pool steps until every lane is done, or until the pool has room for the next prompt:
-    `need` (int32 scalar) free rows and a done lane (pass need > M when no prompt waits).
-    Returns (state, free rows int32, lane k (Q,) int32). Traced. axes: the mesh axes of a
-    sharded run (inside shard_map, one pool per device): every pool steps until one of them has
-    room or all are done (the tests are pmax'd, so all leave the loop at the same step)."""
+    `need` (int32 scalar) free rows and a done lane (pass need > M when no prompt waits), or
+    until at most `shrink` (int32 scalar; -1: never) rows are occupied. Returns (state, free
+    rows int32, lane k (Q,) int32). Traced. axes: the mesh axes of a sharded run (inside
+    shard_map, one pool per device): every pool steps until one of them has room, the fullest
+    fits `shrink` or all are done (the tests are pmax'd: all leave the loop at the same step)."""
     T = spec.T
     params = unstack_layers(params)
 
@@ -170,10 +179,23 @@ def pool_loop(params, s: PoolState, need, spec: LoopSpec, axes: tuple[str, ...] 
 
     def go(s):
         room = (free_rows(s) >= need) & jnp.any(s.lanes.k >= T)
-        return any_pool(jnp.any(s.lanes.k < T)) & ~any_pool(room)
+        occupied = s.owner.shape[0] - free_rows(s)
+        fullest = jax.lax.pmax(occupied, axes) if axes else occupied
+        return any_pool(jnp.any(s.lanes.k < T)) & ~any_pool(room) & (fullest > shrink)
 
     s = jax.lax.while_loop(go, functools.partial(pool_step, params, spec), s)
     return s, free_rows(s), s.lanes.k
+
+
+def shrink_pool(s: PoolState, rows: int) -> PoolState:
+    """The occupied rows gathered into a pool of `rows` rows (>= the occupied count; traced):
+    the drained tail of a run steps fewer rows (as `loop.compact` does for the batched loop)."""
+    M, free = s.owner.shape[0], s.row.size
+    order = jnp.argsort(s.owner == free, stable=True)[:rows].astype(jnp.int32)  # occupied rows first
+    src = jnp.concatenate([order, order + M])
+    new_row = jnp.zeros((M,), jnp.int32).at[order].set(jnp.arange(rows, dtype=jnp.int32))
+    return s.replace(logits=s.logits[src], cache=s.cache.map_rows(lambda x: x[src]), owner=s.owner[order],
+                     row=new_row[s.row])
 
 
 def harvest(s: PoolState, lane, strategy: str) -> StrategyResult:
@@ -187,6 +209,7 @@ _admit = jax.jit(admit, static_argnames=("spec",), donate_argnames=("s",))
 run_pool_loop = jax.jit(pool_loop, static_argnames=("spec",), donate_argnames=("s",))
 run_pool_loop.__doc__ = """Jitted `pool_loop` (donates the state). Compiles once per (spec, pool rows, lanes)."""
 _harvest = jax.jit(harvest, static_argnames=("strategy",))
+_shrink = jax.jit(shrink_pool, static_argnames=("rows",))
 
 
 # ------------------------------------------------------------------------------ the host driver
@@ -223,15 +246,18 @@ class _Local:
                        self.prompt_ids[i], self.first, jnp.int32(q), spec=self.spec)
         return s
 
-    def loop(self, s, need):
-        s, free, k = run_pool_loop(self.params, s, jnp.int32(need), spec=self.spec)
+    def loop(self, s, need, shrink):
+        s, free, k = run_pool_loop(self.params, s, jnp.int32(need), spec=self.spec, shrink=jnp.int32(shrink))
         return s, np.array(free).reshape(1), np.array(k).reshape(1, -1)
+
+    def shrink(self, s, rows):
+        return _shrink(s, rows=rows)
 
     def harvest(self, s, d, q, strategy):
         return _harvest(s, jnp.int32(q), strategy)
 
     def totals(self, s):
-        return int(s.steps), int(s.busy)
+        return int(s.steps), int(s.busy), int(s.row_steps)
 
 
 class ShardedPool(_Local):
@@ -277,15 +303,19 @@ class ShardedPool(_Local):
                               self._split(self.prompt_ids[idx]), self.first, self._split(lane), self._split(flag),
                               spec=self.spec, mesh=self.mesh, axes=self.axes, impl=self.impl)
 
-    def loop(self, s, need):
-        s, free, k = _sharded_loop(self.params, s, jnp.int32(need), spec=self.spec, mesh=self.mesh, axes=self.axes)
+    def loop(self, s, need, shrink):
+        s, free, k = _sharded_loop(self.params, s, jnp.int32(need), jnp.int32(shrink), spec=self.spec,
+                                   mesh=self.mesh, axes=self.axes)
         return s, np.array(free), np.array(k)
+
+    def shrink(self, s, rows):
+        return _sharded_shrink(s, rows=rows, mesh=self.mesh, axes=self.axes)
 
     def harvest(self, s, d, q, strategy):
         return _harvest_at(s, jnp.int32(d), jnp.int32(q), strategy)
 
     def totals(self, s):
-        return int(np.max(s.steps)), int(np.sum(s.busy))
+        return int(np.max(s.steps)), int(np.sum(s.busy)), int(np.sum(s.row_steps))
 
 
 @functools.partial(jax.jit, static_argnames=("strategy",))
@@ -310,12 +340,18 @@ def _smap(f, mesh, axes, in_specs, out_specs):
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "mesh", "axes"), donate_argnames=("s",))
-def _sharded_loop(params, s: PoolState, need, *, spec: LoopSpec, mesh, axes):
+def _sharded_loop(params, s: PoolState, need, shrink, *, spec: LoopSpec, mesh, axes):
     """`pool_loop` on every device's own pool (s: leading pool axis over `axes`)."""
-    def f(prm, st, nd):
-        return _expand(pool_loop(prm, _squeeze(st), nd, spec, axes))
+    def f(prm, st, nd, sh):
+        return _expand(pool_loop(prm, _squeeze(st), nd, spec, axes, sh))
 
-    return _smap(f, mesh, axes, ("rep", "dev", "rep"), "dev")(params, s, need)
+    return _smap(f, mesh, axes, ("rep", "dev", "rep", "rep"), "dev")(params, s, need, shrink)
+
+
+@functools.partial(jax.jit, static_argnames=("rows", "mesh", "axes"))
+def _sharded_shrink(s: PoolState, *, rows: int, mesh, axes):
+    """`shrink_pool` of every device's pool to `rows` rows."""
+    return _smap(lambda st: _expand(shrink_pool(_squeeze(st), rows)), mesh, axes, ("dev",), "dev")(s)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "mesh", "axes", "impl"), donate_argnames=("s",))
@@ -339,10 +375,12 @@ def _sharded_admit(params, s: PoolState, cond, cond_mask, key_data, prompt_id, f
 
 
 def run_pool(params, spec: LoopSpec, cond, cond_mask, key, prompt_ids, strategy: str, *, rows: int,
-             lanes: int | None = None, first_candidate: int = 0, mesh=None,
+             lanes: int | None = None, first_candidate: int = 0, mesh=None, shrink: bool = True,
              on_prompt: Callable[[int], None] | None = None) -> tuple[StrategyResult, PoolStats]:
     """Runs every prompt through a pool of `rows` candidate rows and `lanes` lanes (per device
-    of `mesh`, if given: `ShardedPool`).
+    of `mesh`, if given: `ShardedPool`). shrink: once no prompt waits, the pool shrinks to the
+    power-of-two bucket of its occupied rows (`loop.bucket`) whenever they fit a smaller one
+    (one compile per pool size, as the batched loop's compaction).
 
     Inputs as `strategies.prepare` returns them: cond (P, ...), cond_mask (P, cls) or None,
     prompt_ids (P,) int32; spec: the unsharded `LoopSpec` (`strategies.token_spec`, compaction
@@ -361,6 +399,7 @@ def run_pool(params, spec: LoopSpec, cond, cond_mask, key, prompt_ids, strategy:
     s = be.empty()
     pending, done = deque(range(P)), {}
     lane_prompt, lane_k, free = np.full((D, lanes), -1), np.full((D, lanes), T), np.full((D,), rows)
+    cur, sizes = rows, [rows]
     while True:
         for d, q in zip(*np.nonzero((lane_prompt >= 0) & (lane_k >= T))):  # harvest the lanes that finished
             done[lane_prompt[d, q]] = jax.tree.map(np.asarray, be.harvest(s, int(d), int(q), strategy))
@@ -379,22 +418,30 @@ def run_pool(params, spec: LoopSpec, cond, cond_mask, key, prompt_ids, strategy:
             s = be.admit(s, todo)
         if not pending and (lane_prompt < 0).all():
             break
-        s, free, lane_k = be.loop(s, N if pending else rows + 1)
-    steps, busy = be.totals(s)
-    return _stack([done[i] for i in range(P)]), PoolStats(steps, rows * D, busy / max(1, steps * rows * D))
+        tail = shrink and not pending and cur > 1
+        s, free, lane_k = be.loop(s, N if pending else cur + 1, compaction_limit(cur) if tail else -1)
+        occupied = int(np.max(cur - free))
+        if tail and (lane_k < T).any() and occupied <= compaction_limit(cur):
+            new = bucket(max(1, occupied))
+            s, free, cur = be.shrink(s, new), free - (cur - new), new
+            sizes.append(new)
+    steps, busy, row_steps = be.totals(s)
+    return _stack([done[i] for i in range(P)]), PoolStats(steps, rows * D, row_steps, busy / max(1, row_steps),
+                                                          tuple(sizes))
 
 
 # ------------------------------------------------------------------------------ entries
 def run_pool_strategy(params, gpt_cfg: GPTConfig, cond, cond_mask=None, *, key, strategy: str = "scalingar",
                       num_candidates: int = 8, sampling: SamplingConfig = SamplingConfig(),
                       scaling: ScalingARConfig = ScalingARConfig(), rows: int = 64, lanes: int | None = None,
-                      prompt_ids=None, first_candidate: int = 0, mesh=None,
+                      prompt_ids=None, first_candidate: int = 0, mesh=None, shrink: bool = True,
                       on_prompt=None) -> tuple[StrategyResult, PoolStats]:
     """`strategies.run_token_strategy` ("plain", "confidence_only", "scalingar") over a prompt
     set through a pool of `rows` candidate rows (2 * rows model rows with CFG) and `lanes`
     prompts in flight (default `check_pool`'s). cond: (P,) labels or (P, cls, caption_dim)
     features; cond_mask (P, cls). mesh: None (one device) or a `sharding.make_mesh` mesh
-    without a model axis: every device keeps its own pool of `rows` rows. Per prompt the same
+    without a model axis: every device keeps its own pool of `rows` rows. shrink: the drained
+    tail runs on smaller pools (`run_pool`). Per prompt the same
     result as `run_token_strategy`; returns (`StrategyResult` over the P prompts, `PoolStats`)."""
     if strategy not in S.TOKEN_STRATEGIES:
         raise ValueError(f"run_pool_strategy handles {'/'.join(S.TOKEN_STRATEGIES)}, got strategy {strategy!r}")
@@ -402,7 +449,8 @@ def run_pool_strategy(params, gpt_cfg: GPTConfig, cond, cond_mask=None, *, key, 
     cond, cond_mask, prompt_ids = S.prepare(gpt_cfg, sampling, scaling, cond, cond_mask, num_candidates, prompt_ids)
     spec = S.token_spec(gpt_cfg, sampling, scaling, strategy, num_candidates, False)
     return run_pool(params, spec, cond, cond_mask, key, prompt_ids, strategy, rows=rows, lanes=lanes,
-                    first_candidate=S.check_first_candidate(first_candidate), mesh=mesh, on_prompt=on_prompt)
+                    first_candidate=S.check_first_candidate(first_candidate), mesh=mesh, shrink=shrink,
+                    on_prompt=on_prompt)
 
 
 def run_pool_best_of_n(params, gpt_cfg: GPTConfig, cond, cond_mask=None, *, prompts: Sequence[str], key,
