@@ -15,21 +15,24 @@ quantile threshold, termination, winner) is the batched loop's: each prompt live
 a P = 1 `LoopState` (without model rows) advanced by `loop.candidate_step` under `vmap`. Keys
 come from (seed, prompt id, candidate id) and token k's draw from the step, so per prompt the
 tokens, winners, token counts and termination steps are those of `strategies.run_token_strategy`
-(up to XLA rounding a matmul over another number of rows differently).
+(floats such as C may differ in the last bits: XLA rounds the (1, N) per-lane math, and a
+matmul over another number of rows, differently; tests/test_pool.py).
 
 State (`PoolState`, one pytree): the model rows (logits, KV cache), the slot table (`owner`
 (M,): lane candidate q*N + n of every pool row, Q*N for a free row; `row` (Q, N): pool row of
 every lane candidate), the Q lanes stacked on a leading axis (k (Q,), keys (Q, 1, N), conf,
 tokens (Q, 1, N, T), traj name -> (Q, T, 1, N), ...), and counters. A done or free lane has
-k = T and steps with its alive mask cleared, so `candidate_step` leaves it unchanged. The jitted pieces are pure
-functions of it: `pool_loop` (steps until the pool has room for the next prompt or every lane
-is done; compiled once per pool size and lane count), `admit` (prefill one prompt into free rows
-and a free lane), `harvest` (a finished lane's `StrategyResult`). The host (`run_pool`) only
-admits and harvests between calls of `pool_loop`.
+k = T and steps with its alive mask cleared, so `candidate_step` leaves it unchanged. The
+jitted pieces are pure functions of it: `pool_loop` (steps until the pool has room for the
+next prompt, can shrink, or every lane is done; compiled once per pool size and lane count),
+`admit` (prefill one prompt into free rows and a free lane), `shrink_pool`, `harvest` (a
+finished lane's `StrategyResult`). The host (`run_pool`) only admits, shrinks and harvests
+between calls of `pool_loop`. Importance sampling is not pooled: its checkpoints would stop the
+pool whenever any prompt reaches one, to decode and score that prompt's partial grid.
 
-On a mesh (`ShardedPool`) each device keeps its own pool and lanes: a prompt
-never spans devices, so the step needs no collective; `pool_loop` runs under `shard_map` and
-leaves when any pool has room, and the host deals waiting prompts to the pools with room.
+On a mesh (`ShardedPool`) each device keeps its own pool and lanes: a prompt never spans
+devices, so the step needs no collective; `pool_loop` runs under `shard_map` and leaves when
+any pool has room (a pmax), and the host deals waiting prompts to the pools with room.
 """
 from __future__ import annotations
 
