@@ -1014,6 +1014,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, default=None,
                     help="prompts per jitted call (P prompts x N candidates x 2 CFG rows); the last batch is "
                          "padded so every call reuses the compiled shapes (default 20)")
+    ap.add_argument("--pool", type=int, default=None, metavar="ROWS",
+                    help="run plain / confidence_only / scalingar through the prompt pool (continuous batching, "
+                         "scaling.pool) of ROWS candidate rows instead of batched calls (same results per prompt)")
     ap.add_argument("--split", choices=["eval", "dev", "hard"], default="eval",
                     help="prompt set of main/ablations/width/sensitivity (default eval; tune always uses dev, "
                          "robustness always compares eval with hard)")
@@ -1046,7 +1049,8 @@ def main(argv=None, pipe: Pipeline | None = None) -> int:
         report(out)
         return 0
     for name, v in (("--prompts-per-tag", args.prompts_per_tag), ("--num-candidates", args.num_candidates),
-                    ("--batch", args.batch), ("--efficiency-prompts", args.efficiency_prompts)):
+                    ("--batch", args.batch), ("--efficiency-prompts", args.efficiency_prompts),
+                    ("--pool", args.pool)):
         if v is not None and v < 1:
             raise SystemExit(f"reproduce.py: error: {name} must be >= 1, got {v}")
     if args.widths is not None and min(args.widths) < 1:
@@ -1075,7 +1079,7 @@ def main(argv=None, pipe: Pipeline | None = None) -> int:
     is_kwargs = {} if args.is_tau is None else {"tau": args.is_tau}
     if args.smoke:
         is_kwargs["checkpoints"] = SMOKE["is_checkpoints"]
-    ctx = Ctx(pipe, Runner(pipe, batch, is_kwargs), args, out, scaling, tuned)
+    ctx = Ctx(pipe, Runner(pipe, batch, is_kwargs, pool=args.pool), args, out, scaling, tuned)
     log(f"{pipe.name}: T={pipe.gpt_cfg.block_size}, sampling {pipe.sampling}, scaling {scaling}")
     names = EXPERIMENTS if args.name == "all" else (args.name,)
     t0 = time.time()

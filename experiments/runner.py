@@ -193,8 +193,10 @@ class Runner:
     """Runs strategies on prompt sets, memoizing every (split, sizes, strategy, config, seed) run
     within this process, so experiments sharing a run (e.g. `all`) compute it once."""
 
-    def __init__(self, pipe: Pipeline, batch: int, is_kwargs: dict | None = None):
-        self.pipe, self.batch, self.is_kwargs = pipe, batch, dict(is_kwargs or {})
+    def __init__(self, pipe: Pipeline, batch: int, is_kwargs: dict | None = None, pool: int | None = None):
+        """pool: None (batched calls of `batch` prompts) or the candidate rows of the prompt pool
+        (`scaling.pool`) that plain / confidence_only / scalingar runs stream every record through."""
+        self.pipe, self.batch, self.is_kwargs, self.pool = pipe, batch, dict(is_kwargs or {}), pool
         self.memo: dict = {}
 
     def _key(self, *parts):
@@ -207,7 +209,7 @@ class Runner:
         scaling = scaling or self.pipe.scaling
         sampling = sampling or self.pipe.sampling
         key = self._key("token", split, len(records), records[0]["prompt"], strategy, N, seed, self.batch,
-                        scaling if strategy == "scalingar" else None, sampling, self.is_kwargs)
+                        scaling if strategy == "scalingar" else None, sampling, self.is_kwargs, self.pool)
         if key not in self.memo:
             self.memo[key] = self._token(records, strategy, N, seed, scaling, sampling)
         return self.memo[key]
@@ -219,7 +221,10 @@ class Runner:
         slots = 0
         term, pruned = [], []
         kw = self.is_kwargs if strategy == "importance_sampling" else {}
-        for idx, ids in batches(n, self.batch):
+        pooled = self.pool is not None and strategy in S.TOKEN_STRATEGIES
+        if pooled:  # every record in one call: the pool admits them as rows free up
+            kw = {"pool": self.pool}
+        for idx, ids in ([(list(range(n)), list(range(n)))] if pooled else batches(n, self.batch)):
             prompts = slot_prompts(records, idx, ids)
             with Clock() as c:
                 out = generate(self.pipe, prompts, strategy=strategy, num_candidates=N, seed=seed, sampling=sampling,

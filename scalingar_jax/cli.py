@@ -371,10 +371,18 @@ def _check_prompt_file_args(args) -> None:
              if value is not None] + [flag for flag, on in (("--skip-unsupported", args.skip_unsupported),
                                                             ("--overwrite", args.overwrite), ("--limit", args.limit))
                                       if on]
+    if args.pool is not None:
+        given.append("--pool")
     if args.prompts is None:
         if given:
             raise UserError(f"{given[0]} applies to --prompts FILE runs only")
         return
+    if args.pool is not None:
+        n = 1 if args.strategy == "plain" else args.n
+        if args.pool < n:
+            raise UserError(f"--pool {args.pool} holds fewer candidate rows than one prompt's N = {n}")
+        if args.mesh is not None or args.strategy == "importance_sampling":
+            raise UserError("--pool runs plain, confidence_only, scalingar and best_of_n on one device (no --mesh)")
     if args.images_per_prompt is None:
         args.images_per_prompt = DEFAULT_IMAGES_PER_PROMPT
     if not 1 <= args.images_per_prompt <= MAX_IMAGES_PER_PROMPT:
@@ -439,7 +447,7 @@ def _generate_prompt_file(args, pipe, sampling, scaling, mesh) -> int:
         conditioning = (np.asarray(cond)[rows], None if mask is None else np.asarray(mask)[rows])
         return generate(pipe, prompts, strategy=args.strategy, num_candidates=n, seed=args.seed, sampling=sampling,
                         scaling=scaling, prompt_ids=prompt_ids, compaction=_compaction(args), mesh=mesh,
-                        conditioning=conditioning).images
+                        conditioning=conditioning, pool=args.pool).images
 
     out = Path(args.out).absolute()
     print(f"{len(share) - len(todo)} of {len(share)} prompt folders already done in {out}", file=sys.stderr)
@@ -691,6 +699,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --prompts: generation runs per call (prompts x images per prompt, at least one "
                         "prompt's); with --class-ids: ids per call (default 16)")
     g.add_argument("--limit", type=int, default=0, help="with --prompts: only the first LIMIT prompts (0: all)")
+    g.add_argument("--pool", type=int, default=None, metavar="ROWS",
+                   help="with --prompts: continuous batching through a pool of ROWS candidate rows (2 x ROWS model "
+                        "rows): each call's prompts enter as pruned or finished rows free up (same images per "
+                        "prompt); give a --batch of many prompts so the pool stays full")
     g.set_defaults(fn=cmd_generate)
 
     m = sub.add_parser("merge", help="join the parts of a split GenEval run (--process-index) into one folder",

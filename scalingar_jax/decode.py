@@ -51,7 +51,8 @@ def prefill(params, cfg: GPTConfig, cond, cond_mask=None, *, use_cfg: bool = Tru
 
 
 def decode_step(params, cfg: GPTConfig, cache: KVCache, tokens: jax.Array, k: jax.Array):
-    """Feeds image token k (tokens (R,) int32) at position cls + k. Returns (logits (R, V) f32, cache)."""
+    """Feeds image token k (tokens (R,) int32) at position cls + k. Returns (logits (R, V) f32, cache).
+    k: int32 scalar (every row) or (R,) (each row its own token index)."""
 
     def run(m):
         logits, new_cache = m(m.embed_tokens(tokens[:, None]), cache, cfg.cls_token_num + k)

@@ -71,24 +71,26 @@ def init_cache(cfg: GPTConfig, batch: int, max_len: int | None = None, cond_mask
 
 
 def rope_2d(cfg: GPTConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """cos, sin of shape (S, head_dim // 2) for absolute sequence positions (S,)."""
+    """cos, sin of shape (..., S, head_dim // 2) for absolute sequence positions (..., S): (S,)
+    shared by all rows or (B, S) per row."""
     quarter = cfg.head_dim // 4
     freqs = 1.0 / (cfg.rope_base ** (jnp.arange(quarter, dtype=jnp.float32) * 2.0 / (cfg.head_dim // 2)))
     k = positions - cfg.cls_token_num
     is_img = k >= 0
     row = jnp.where(is_img, k // cfg.grid_size, 0).astype(jnp.float32)
     col = jnp.where(is_img, k % cfg.grid_size, 0).astype(jnp.float32)
-    angles = jnp.concatenate([row[:, None] * freqs, col[:, None] * freqs], axis=-1)
-    cos = jnp.where(is_img[:, None], jnp.cos(angles), 0.0)
-    sin = jnp.where(is_img[:, None], jnp.sin(angles), 0.0)
+    angles = jnp.concatenate([row[..., None] * freqs, col[..., None] * freqs], axis=-1)
+    cos = jnp.where(is_img[..., None], jnp.cos(angles), 0.0)
+    sin = jnp.where(is_img[..., None], jnp.sin(angles), 0.0)
     return cos, sin
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotates adjacent pairs (x[2j], x[2j+1]) of x: (B, S, H, hd) by angles with cos/sin (S, hd/2)."""
+    """Rotates adjacent pairs (x[2j], x[2j+1]) of x: (B, S, H, hd) by angles with cos/sin (S, hd/2)
+    (shared by all rows) or (B, S, hd/2) (per row)."""
     xf = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
     x0, x1 = xf[..., 0], xf[..., 1]
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    c, s = cos[..., None, :], sin[..., None, :]  # (.., S, 1, hd/2): broadcast over heads (and rows)
     out = jnp.stack([x0 * c - x1 * s, x1 * c + x0 * s], axis=-1)
     return out.reshape(x.shape).astype(x.dtype)
 
@@ -110,12 +112,22 @@ def _dense(features: int, cfg: GPTConfig, name: str) -> nn.Dense:
                     kernel_init=nn.initializers.normal(0.02), name=name)
 
 
+def write_cache(buf: jax.Array, new: jax.Array, start) -> jax.Array:
+    """Writes new (B, Hkv, S, hd) into buf (B, Hkv, T, hd) at positions start.. in place: start an
+    int32 scalar (all rows) or (B,) (each row at its own position)."""
+    new = new.astype(buf.dtype)
+    if jnp.ndim(start) == 0:
+        return jax.lax.dynamic_update_slice(buf, new, (0, 0, start, 0))
+    return jax.vmap(lambda b, x, t: jax.lax.dynamic_update_slice(b, x, (0, t, 0)))(buf, new, start)
+
+
 class Attention(nn.Module):
     cfg: GPTConfig
 
     @nn.compact
     def __call__(self, x, cos, sin, cache_k, cache_v, mask, start):
-        """x (B, S, dim) at positions start..; cache_k/v: this layer's (B, Hkv, T, hd) buffers."""
+        """x (B, S, dim) at positions start.. (start: scalar or (B,)); cache_k/v: this layer's
+        (B, Hkv, T, hd) buffers; mask (B, S, T)."""
         cfg = self.cfg
         B, S, _ = x.shape
         H, Hkv, hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
@@ -126,8 +138,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # Write the new keys/values into this layer's buffer in place, then read the whole buffer.
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, Hkv, S, hd)
-        keys = cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, 0, start, 0))
-        values = cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, 0, start, 0))
+        keys = cache_k = write_cache(cache_k, k, start)
+        values = cache_v = write_cache(cache_v, v, start)
         # Query head h uses kv head h // (H // Hkv), as PyTorch's repeat_interleave does.
         qg = q.reshape(B, S, Hkv, H // Hkv, hd)
         scores = jnp.einsum("bsgrd,bgtd->bgrst", qg, keys.astype(q.dtype), preferred_element_type=jnp.float32)
@@ -266,13 +278,15 @@ class Transformer(nn.Module):
         return self.tok_embeddings(tokens)
 
     def __call__(self, h, cache: KVCache, start):
-        """h (B, S, dim) at positions start..start+S-1 -> (logits (B, S, V) float32, cache)."""
+        """h (B, S, dim) at positions start..start+S-1 -> (logits (B, S, V) float32, cache).
+        start: int32 scalar (every row) or (B,) (each row at its own position: rotary, causal
+        mask and cache writes per row)."""
         S = h.shape[1]
-        positions = start + jnp.arange(S)
+        positions = jnp.asarray(start)[..., None] + jnp.arange(S)  # (S,) or (B, S)
         cos, sin = rope_2d(self.cfg, positions)
         key_pos = jnp.arange(cache.valid.shape[1])
-        causal = key_pos[None, :] <= positions[:, None]  # (S, T)
-        mask = (causal[None] & cache.valid[:, None, :]) | (key_pos[None, None, :] == positions[None, :, None])
+        causal = key_pos <= positions[..., None]  # (S, T) or (B, S, T)
+        mask = (causal & cache.valid[:, None, :]) | (key_pos == positions[..., None])
         block, ks, vs = Block(self.cfg, parent=None), [], []
         for i in range(self.cfg.n_layer):  # unrolled: each layer reads and writes its own cache buffers
             h, k, v = block.apply({"params": layer_params(self.layers, i)}, h, cos, sin, cache.k[i], cache.v[i],

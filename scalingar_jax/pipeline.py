@@ -91,7 +91,7 @@ class GenerationOutput:
 def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scalingar", num_candidates: int = 8,
              seed: int = 0, sampling: SamplingConfig | None = None, scaling: ScalingARConfig | None = None,
              compaction: bool | str = True, prompt_ids=None, first_candidate: int = 0, decode_candidates: bool = False,
-             on_progress: Callable[[int], None] | None = None, mesh=None, conditioning=None,
+             on_progress: Callable[[int], None] | None = None, mesh=None, conditioning=None, pool: int | None = None,
              **strategy_kwargs) -> GenerationOutput:
     """Runs `strategy` for every prompt (see `scalingar_jax.scaling.strategies.STRATEGIES`).
 
@@ -105,6 +105,9 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
     tokens can differ where a different batch size rounds differently).
     conditioning: `pipe.condition(prompts)` computed already (cond, cond_mask), so the
     conditioner (e.g. a text encoder) runs once per prompt; None: computed here.
+    pool: None (batched) or a pool of that many candidate rows (`scaling.pool`, continuous
+    batching: prompts enter as pruned or finished rows free up; plain, confidence_only, scalingar
+    and best_of_n; per prompt the same results; one device, on_progress not called).
     Extra keyword arguments go to importance sampling (checkpoints, tau, fill_code).
     """
     import time
@@ -124,7 +127,10 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
     # the run_* entries validate every argument and pick one device or `mesh` (`S.make_executor`)
     common = dict(key=key, num_candidates=num_candidates, sampling=sampling, prompt_ids=prompt_ids, mesh=mesh,
                   on_progress=on_progress)
-    if strategy in ("best_of_n", "importance_sampling"):
+    if pool is not None:
+        res = _generate_pooled(pipe, cond, cond_mask, prompts, strategy, pool, key, num_candidates, sampling, scaling,
+                               prompt_ids, first_candidate, mesh, strategy_kwargs)
+    elif strategy in ("best_of_n", "importance_sampling"):
         if pipe.reward is None:
             raise ValueError(f"strategy {strategy!r} needs a reward function and this pipeline has none")
         if first_candidate != 0:
@@ -153,6 +159,26 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
         candidates = np.where(missing[..., None], np.uint8(UNGENERATED_GREY), candidates)
     return GenerationOutput(images=images, candidates=candidates, result=res, prompts=tuple(prompts),
                             strategy=strategy, seconds=seconds)
+
+
+def _generate_pooled(pipe: Pipeline, cond, cond_mask, prompts, strategy, rows, key, N, sampling, scaling, prompt_ids,
+                     first_candidate, mesh, strategy_kwargs) -> S.StrategyResult:
+    """`generate`'s strategies through the prompt pool (`scaling.pool`)."""
+    from scalingar_jax.scaling import pool
+
+    if mesh is not None or strategy == "importance_sampling" or strategy_kwargs:
+        what = "a mesh" if mesh is not None else f"strategy {strategy!r}"
+        raise ValueError(f"the prompt pool does not take {what} (it runs plain, confidence_only, scalingar and "
+                         f"best_of_n on one device)")
+    if strategy == "best_of_n":
+        if pipe.reward is None:
+            raise ValueError("strategy 'best_of_n' needs a reward function and this pipeline has none")
+        return pool.run_pool_best_of_n(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, prompts=prompts, key=key,
+                                       reward_fn=pipe.reward, decode_fn=pipe.decode_images, num_candidates=N,
+                                       sampling=sampling, rows=rows, prompt_ids=prompt_ids)[0]
+    return pool.run_pool_strategy(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, key=key, strategy=strategy,
+                                  num_candidates=N, sampling=sampling, scaling=scaling, rows=rows,
+                                  prompt_ids=prompt_ids, first_candidate=first_candidate)[0]
 
 
 def load_pipeline(path=None, *, sampling: SamplingConfig | None = None, scaling: ScalingARConfig | None = None,

@@ -43,3 +43,23 @@ def test_bench_attention_layout_smoke(tmp_path):
     assert set(rows) == {"scan-carry", "static-slices", "per-layer"}
     for r in rows.values():  # same math in every layout
         assert r["max_abs_diff_vs_scan_carry"] < 1e-5 and r["ms_per_step"] > 0
+
+
+def test_bench_throughput_smoke(tmp_path, capsys):
+    import bench_throughput
+
+    out = tmp_path / "throughput"
+    bench_throughput.main(["--workload", "shapes", "--checkpoint", "random", "--per-tag", "1", "-n", "2", "--batch", "2",
+                           "--out", str(out)])
+    d = json.loads(out.with_suffix(".json").read_text())
+    (r,) = d["results"]
+    runs, T = r["runs"], 16
+    assert r["prompts"] == 6 and r["pool_rows"] == 4
+    assert runs["best_of_n token loop (batched)"]["tokens_per_image"] == 2 * T
+    assert runs["plain (N=1, batched)"]["tokens_per_image"] == T
+    # the pool gives ScalingAR's batched results per prompt, hence its token counts
+    assert runs["scalingar (pool)"]["tokens_per_image"] == runs["scalingar (batched, compaction)"]["tokens_per_image"]
+    assert runs["best_of_n token loop (pool)"]["utilization"] <= 1.0
+    c = r["criterion"]
+    assert c["met"] == (c["scalingar_pool_images_per_s"] >= c["required_images_per_s"])
+    assert "criterion" in capsys.readouterr().out

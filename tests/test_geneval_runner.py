@@ -183,6 +183,16 @@ def test_settings_mismatch_refused_unless_overwrite(setup, tmp_path, capsys):
     assert json.loads((out / geneval.RUN_FILE).read_text())["settings"]["images_per_prompt"] == 1
 
 
+def test_pool_gives_the_batched_images(setup, tmp_path, capsys):
+    """--pool: the 12 generation runs of one call stream through a pool of 4 candidate rows (two
+    runs of N = 2 at a time): byte-identical folders to the batched reference."""
+    out = tmp_path / "pool"
+    assert gen(setup, out, "--pool", "4", "--batch", "12") == 0
+    assert tree(out) == tree(setup[2])
+    assert gen(setup, tmp_path / "o", "--pool", "1") == 2
+    assert "--pool 1 holds fewer candidate rows than one prompt's N = 2" in capsys.readouterr().err
+
+
 def test_prompt_file_options_need_prompts(setup, tmp_path, capsys):
     world = setup[0]
     assert cli.main(["generate", "a photo of a circle", "--images-per-prompt", "2", "--checkpoint", world,
@@ -191,6 +201,9 @@ def test_prompt_file_options_need_prompts(setup, tmp_path, capsys):
     assert cli.main(["generate", "a photo of a circle", "--limit", "1", "--checkpoint", world,
                      "--out", str(tmp_path / "o")]) == 2  # was silently ignored (so were --class-ids runs')
     assert "--limit applies to --prompts" in capsys.readouterr().err
+    assert cli.main(["generate", "a photo of a circle", "--pool", "8", "--checkpoint", world,
+                     "--out", str(tmp_path / "o")]) == 2
+    assert "--pool applies to --prompts" in capsys.readouterr().err
     assert gen(setup, tmp_path / "o", "--process-index", "2", "--process-count", "2") == 2
     assert "--process-index" in capsys.readouterr().err
     assert gen(setup, tmp_path / "o", "--process-index", "0") == 2

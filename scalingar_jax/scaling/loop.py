@@ -124,14 +124,16 @@ def candidate_logits(logits, row):
     return logits[:M][r], logits[M:][r]
 
 
-def step(params, spec: LoopSpec, s: LoopState) -> LoopState:
-    """One token step (traced; any pool size M): sample token k for the alive candidates at their
-    scale (P, N), update the ScalingAR state with `policy.scalingar_step` (policy "scalingar") or
-    count the tokens (policy "none"), record trajectories, feed the tokens to the pool rows."""
+def candidate_step(spec: LoopSpec, s: LoopState, lc, lu) -> tuple[LoopState, jax.Array]:
+    """The per-candidate half of a token step (traced): sample token s.k for the alive candidates
+    at their scale from lc, lu (P, N, V), update the ScalingAR state with `policy.scalingar_step`
+    (policy "scalingar") or count the tokens (policy "none"), record trajectories. Reads and
+    returns only the (P, N) candidate fields (keys, scale, conf, conf_sum, tokens, entropy,
+    traj; k is not advanced), so `pool` runs it per prompt lane. Returns (state, tokens (P, N)
+    int32, -1 for dead candidates). With k == T the writes of tokens, entropy and trajectories
+    are dropped (out of bounds), and with no alive candidate conf and conf_sum stay unchanged."""
     gpt_cfg, sampling, scaling = spec.gpt_cfg, spec.sampling, spec.scaling
-    P, N = s.row.shape
     k, T = s.k, spec.T
-    lc, lu = candidate_logits(s.logits, s.row)
     alive = s.conf.alive
     tok = decode.next_tokens(sampling, lc, lu, s.scale, s.keys, k, True)  # CFG rows always run
     tok = jnp.where(alive, tok, -1)
@@ -155,17 +157,26 @@ def step(params, spec: LoopSpec, s: LoopState) -> LoopState:
     traj["theta"] = traj["theta"].at[k].set(conf.theta)
     tokens = s.tokens.at[:, :, k].set(tok)
     entropy = s.entropy.at[:, :, k].set(jnp.where(alive, hn, 0.0))
+    return s.replace(scale=scale, conf=conf, conf_sum=conf_sum, tokens=tokens, entropy=entropy, traj=traj), tok
+
+
+def step(params, spec: LoopSpec, s: LoopState) -> LoopState:
+    """One token step (traced; any pool size M): `candidate_step` on the candidates' logits
+    gathered from the pool, then the sampled tokens fed to the pool rows."""
+    P, N = s.row.shape
+    k, T = s.k, spec.T
+    lc, lu = candidate_logits(s.logits, s.row)
+    s, tok = candidate_step(spec, s, lc, lu)
 
     # each pool row is fed its owner's token (free rows: code 0, never read)
     fed = jnp.concatenate([jnp.maximum(tok, 0).reshape(P * N), jnp.zeros((1,), tok.dtype)])[s.owner]
     fed = jnp.concatenate([fed, fed])
 
     def feed(_):
-        return decode.decode_step(params, gpt_cfg, s.cache, fed, k)
+        return decode.decode_step(params, spec.gpt_cfg, s.cache, fed, k)
 
     logits, cache = jax.lax.cond(k < T - 1, feed, lambda _: (s.logits, s.cache), None)
-    return s.replace(logits=logits, cache=cache, k=k + 1, scale=scale, conf=conf, conf_sum=conf_sum, tokens=tokens,
-                     entropy=entropy, traj=traj)
+    return s.replace(logits=logits, cache=cache, k=k + 1)
 
 
 def _axes(spec: LoopSpec) -> tuple[str, ...]:
