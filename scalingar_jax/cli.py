@@ -454,7 +454,8 @@ def _generate_prompt_file(args, pipe, sampling, scaling, mesh) -> int:
     bar, update = _progress(len(todo), f"{args.strategy} N={n} K={K}")
     with bar:
         geneval.run_prompts(out, todo, generate_fn, images_per_prompt=K, batch=args.batch, on_folder=update)
-    print(f"wrote {len(todo)} prompt folders ({len(share)} in all, {K} images each) under {out}")
+    folders = "prompt folder" if len(todo) == 1 else "prompt folders"
+    print(f"wrote {len(todo)} {folders} ({len(share)} in all, {K} images each) under {out}")
     return 0
 
 
@@ -491,6 +492,28 @@ def _check_image_sizes(folder: str) -> None:
                             f"{MAX_IMAGE_PIXELS}-pixel limit for images to judge")
 
 
+def _outside_the_world(folder) -> bool:
+    """True when some prompt folder of the GenEval-layout `folder` holds a valid GenEval record
+    that the shapes world does not accept (a real-model run, e.g. LlamaGen on GenEval's prompts)."""
+    from scalingar_jax.world.prompts import validate_record
+
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+        meta = os.path.join(folder, name, "metadata.jsonl")
+        if not (name.isdigit() and os.path.isfile(meta)):
+            continue
+        try:
+            with open(meta, encoding="utf-8") as f:
+                record = json.loads(f.read(1 << 20))
+            validate_record(record, world=False)
+        except (OSError, ValueError):
+            continue
+        try:
+            validate_record(record)
+        except ValueError:
+            return True
+    return False
+
+
 def cmd_evaluate(args) -> int:
     from scalingar_jax.world.geneval_io import evaluate_folder
 
@@ -498,6 +521,10 @@ def cmd_evaluate(args) -> int:
     try:
         results, summary = evaluate_folder(args.folder)
     except ValueError as e:
+        if _outside_the_world(args.folder):
+            raise UserError(f"{args.folder} holds GenEval records outside the shapes world's vocabulary: `scalingar "
+                            "evaluate` is the shapes world's judge; score a real model's run with GenEval's own "
+                            "evaluate_images.py and summary_scores.py (README, section 'GenEval layout')") from None
         raise UserError(str(e)) from None
     print("| tag | accuracy | images |\n|---|---|---|")
     for tag, row in summary.get("per_tag", {}).items():
@@ -603,9 +630,9 @@ def _add_bundle_parser(sub) -> None:
                            "'features' (B, L, C), 'prompts' (B,) [+ 'mask'], or one entry per prompt keyed by its "
                            "text ({prompt: (1, n, C)}, the arrays of LlamaGen's extract_t5_feature.py); generate "
                            "then takes the stored prompts only, as written there")
-    a.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                   help="weights of the converted GPT, VQ and T5 (default float32; bfloat16 halves memory, the T5 "
-                        "still computing in float32; model directories are copied as they are)")
+    a.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="weights of the bundle's GPT, VQ and T5 (bfloat16 halves memory; the T5 computes in float32): "
+                        "files are converted to it (default float32), model directories cast (default: kept)")
     a.add_argument("--grid-size", type=int, default=None, metavar="G",
                    help="image-token grid of the GPT when the file does not tell (16 for 256 px, 24 for 384, 32 for "
                         "512; by default from the training args in the file or 256/384/512 in its name)")

@@ -132,12 +132,16 @@ def _check_vocab(where, gpt_cfg: GPTConfig, vq_cfg) -> None:
                      f"{gpt_cfg.vocab_size} tokens: the VQ does not belong to this GPT")
 
 
-def _check_text(where, gpt_cfg: GPTConfig, text_dim: int, text_what: str) -> None:
+def _check_text(where, gpt_cfg: GPTConfig, text_dim: int, text_what: str, *, features: bool = False) -> None:
     """The text part's width (T5 d_model, or the features' dimension) must equal the GPT's
     caption_dim (ValueError naming both)."""
-    if text_dim != gpt_cfg.caption_dim:
-        _fail(where, f"the {text_what} has hidden size {text_dim} but the GPT's caption_dim is "
-                     f"{gpt_cfg.caption_dim}: this text encoder does not belong to this GPT")
+    if text_dim == gpt_cfg.caption_dim:
+        return
+    if features:
+        _fail(where, f"the {text_what} have width {text_dim} but the GPT's caption_dim is {gpt_cfg.caption_dim}: "
+                     "they come from a text encoder that does not belong to this GPT")
+    _fail(where, f"the {text_what} has hidden size {text_dim} but the GPT's caption_dim is "
+                 f"{gpt_cfg.caption_dim}: this text encoder does not belong to this GPT")
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -258,7 +262,7 @@ def pipeline_from_bundle(bundle: Bundle, *, preprocess: str | None = None, max_l
         features = PrecomputedFeatures(ffile, length=gpt_cfg.cls_token_num)
         text_dim, text_what = features.dim, f"precomputed T5 features ({ffile.name})"
     if text_dim is not None:
-        _check_text(where, gpt_cfg, text_dim, text_what)
+        _check_text(where, gpt_cfg, text_dim, text_what, features=features is not None)
     _check_vocab(where, gpt_cfg, vq_cfg)
 
     if not t2i:
@@ -308,29 +312,70 @@ def _is_hf_t5(folder: Path) -> bool:
     return True
 
 
-def _model_part(src, dst: Path, want: str, *, dtype, grid_size, log):
-    """Converts a LlamaGen file (or copies a converted model directory) `src` into `dst`;
-    returns its config. ValueError if it holds another kind of model than `want`."""
+def _part_config(src, want: str, *, grid_size):
+    """The config of --gpt/--vq `src` (a LlamaGen file: from its tensor shapes, nothing converted or
+    materialised; a model directory: its config.json). ValueError if it holds another kind of
+    model than `want` (or, for a converted GPT, another grid than `grid_size`)."""
     from scalingar_jax.checkpoint import read_config
-    from scalingar_jax.convert.run import convert
+    from scalingar_jax.convert.run import peek
 
     flag = f"--{want}"
     src = Path(src)
     if src.is_dir():
         kind, cfg, _ = read_config(src)
-        if kind != want:
-            raise ValueError(f"{flag} {src}: holds a {kind!r} model, not a {want!r} one")
-        if want == "gpt" and grid_size is not None and grid_size != cfg.grid_size:
+        if kind == "gpt" and grid_size is not None and grid_size != cfg.grid_size:
             raise ValueError(f"{flag} {src}: the converted GPT has grid size {cfg.grid_size}, not --grid-size "
                              f"{grid_size}")
-        shutil.copytree(src, dst)
-        log(f"copied {want} {src} -> {dst}")
-        return cfg
-    if not src.is_file():
+    elif src.is_file():
+        kind, cfg = peek(src, grid_size=grid_size if want == "gpt" else None)
+    else:
         raise FileNotFoundError(f"{flag} {src}: no such file or model directory")
-    kind, cfg = convert(src, dst, kind="auto", dtype=dtype, grid_size=grid_size if want == "gpt" else None, log=log)
     if kind != want:
         raise ValueError(f"{flag} {src}: holds a {kind!r} model, not a {want!r} one")
+    return cfg
+
+
+def _copy_model(src: Path, dst: Path, kind: str, *, dtype: str | None, log) -> None:
+    """Copies the model directory `src` to `dst`, its float weights cast to `dtype` (re-saved
+    through `checkpoint.save_model`; a plain copy where dtype is None or already theirs)."""
+    import jax
+    import jax.numpy as jnp
+
+    from scalingar_jax.checkpoint import load_model, read_config, save_model
+    from scalingar_jax.config import to_dtype
+
+    _, cfg, meta = read_config(src)
+    if dtype is not None and getattr(cfg, "param_dtype", None) != dtype:
+        params, cfg = load_model(src, expect_kind=kind)
+        target = to_dtype(dtype)
+        if any(jnp.issubdtype(a.dtype, jnp.floating) and a.dtype != target for a in jax.tree.leaves(params)):
+            params = jax.tree.map(lambda a: np.asarray(a).astype(target) if jnp.issubdtype(a.dtype, jnp.floating)
+                                  else np.asarray(a), params)
+            if hasattr(cfg, "param_dtype"):
+                cfg = dataclasses.replace(cfg, param_dtype=dtype)
+            save_model(dst, params, cfg, kind=kind, meta={**meta, "cast_from": str(src.resolve()),
+                                                          "converted_dtype": dtype})
+            log(f"cast {kind} {src} to {dtype} -> {dst}")
+            return
+        del params
+    shutil.copytree(src, dst)
+    log(f"copied {kind} {src} -> {dst}")
+
+
+def _model_part(src, dst: Path, want: str, *, dtype, grid_size, log):
+    """Converts a LlamaGen file (or copies a converted model directory, cast to `dtype` unless
+    None) `src` into `dst`; returns its config. ValueError if it holds another kind of model than `want`."""
+    from scalingar_jax.checkpoint import read_config
+    from scalingar_jax.convert.run import convert
+
+    src = Path(src)
+    if src.is_dir():
+        _copy_model(src, dst, want, dtype=dtype, log=log)
+        return read_config(dst)[1]
+    kind, cfg = convert(src, dst, kind="auto", dtype=dtype or "float32",
+                        grid_size=grid_size if want == "gpt" else None, log=log)
+    if kind != want:
+        raise ValueError(f"--{want} {src}: holds a {kind!r} model, not a {want!r} one")
     return cfg
 
 
@@ -339,7 +384,7 @@ def _log_as(log, tmp: str, out: str, message: str) -> None:
     log(message.replace(tmp, out))
 
 
-def _t5_part(src: Path, dst: Path, *, dtype: str, log) -> None:
+def _t5_part(src: Path, dst: Path, *, dtype: str | None, log) -> None:
     """The text/ part from a HF T5 folder (converted torch-free) or a T5 model directory."""
     import jax
 
@@ -349,14 +394,14 @@ def _t5_part(src: Path, dst: Path, *, dtype: str, log) -> None:
 
     if _is_hf_t5(src):
         params, cfg = load_hf_t5_encoder(src)
+        dtype = dtype or "float32"
         if dtype != "float32":
             params = jax.tree.map(lambda a: np.asarray(a).astype(to_dtype(dtype)), params)
         save_model(dst, params, cfg, kind="t5", meta={"source": str(src.resolve()), "converted_dtype": dtype})
         del params
         log(f"converted T5 encoder {src} -> {dst}")
     else:
-        shutil.copytree(src, dst)
-        log(f"copied T5 encoder {src} -> {dst}")
+        _copy_model(src, dst, "t5", dtype=dtype, log=log)
     if not (dst / SPIECE_FILE).is_file():
         shutil.copyfile(src / SPIECE_FILE, dst / SPIECE_FILE)
 
@@ -379,16 +424,18 @@ def _t5_width(src: Path) -> int:
     return read_config(src)[1].d_model
 
 
-def assemble_bundle(out, *, gpt, vq, t5=None, t5_features=None, dtype: str = "float32", grid_size: int | None = None,
+def assemble_bundle(out, *, gpt, vq, t5=None, t5_features=None, dtype: str | None = None,
+                    grid_size: int | None = None,
                     name: str | None = None, overwrite: bool = False, preprocess: str = DEFAULT_PREPROCESS,
                     log: Callable[[str], None] = print) -> Path:
     """Builds a LlamaGen bundle folder `out` from LlamaGen's released files; returns its path.
 
     gpt, vq: LlamaGen .pt/.pth/.bin/.safetensors files (converted with
-    `scalingar_jax.convert.run.convert`, to `dtype`) or model directories already converted
-    (copied as they are). t2i: exactly one of t5 (a Hugging Face T5 folder: config.json +
-    model.safetensors / pytorch_model.bin [+ index] + spiece.model, converted torch-free to the
-    Flax encoder and stored in `dtype`; or a T5 model directory of this package with spiece.model)
+    `scalingar_jax.convert.run.convert`, to `dtype`, float32 where None) or model directories
+    already converted (copied; their weights cast to `dtype` unless None). t2i: exactly one of
+    t5 (a Hugging Face T5 folder: config.json + model.safetensors / pytorch_model.bin [+ index] +
+    spiece.model, converted torch-free to the Flax encoder and stored in `dtype`, float32 where
+    None; or a T5 model directory of this package with spiece.model, cast like gpt and vq)
     and t5_features (a .npz of named prompts `text_features.PrecomputedFeatures` reads: 'features'
     (B, L, C) [+ 'mask'] + 'prompts' (B,), or one (1, n, C) entry per prompt keyed by its text); c2i:
     neither.
@@ -399,7 +446,8 @@ def assemble_bundle(out, *, gpt, vq, t5=None, t5_features=None, dtype: str = "fl
 
     Raises ValueError naming the problem (parts that do not fit: VQ codebook != GPT vocabulary,
     T5 width or feature dim != caption_dim, a t2i GPT without text or a c2i GPT with it),
-    FileNotFoundError, FileExistsError (out exists and not overwrite). Atomic: on any error
+    FileNotFoundError, FileExistsError (out exists and not overwrite); every fit is checked from
+    the files' tensor shapes and configs before anything is converted. Atomic: on any error
     nothing is left at `out` (an existing bundle there stays as it was).
     """
     from scalingar_jax.atomic import atomic_dir
@@ -407,7 +455,7 @@ def assemble_bundle(out, *, gpt, vq, t5=None, t5_features=None, dtype: str = "fl
 
     if t5 is not None and t5_features is not None:
         raise ValueError("give either a T5 folder (--t5) or precomputed T5 features (--t5-features), not both")
-    if dtype not in ("float32", "bfloat16", "float16"):
+    if dtype not in (None, "float32", "bfloat16", "float16"):
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
     t5 = None if t5 is None else Path(t5)
     t5_width = _t5_width(t5) if t5 is not None else None  # cheap checks before any conversion
@@ -417,28 +465,29 @@ def assemble_bundle(out, *, gpt, vq, t5=None, t5_features=None, dtype: str = "fl
         t5_features = Path(t5_features)
         if t5_features.suffix != ".npz":
             raise ValueError(f"--t5-features {t5_features}: expected a .npz file of named prompts")
+    # every fit from the shapes / configs alone, before anything is converted
+    gpt_cfg = _part_config(gpt, "gpt", grid_size=grid_size)
+    if gpt_cfg.model_type == "c2i" and (t5 is not None or t5_features is not None):
+        raise ValueError(f"--gpt {gpt}: a class-conditional (c2i) GPT takes no text encoder or features "
+                         "(give neither --t5 nor --t5-features)")
+    if gpt_cfg.model_type == "t2i" and t5 is None and t5_features is None:
+        raise ValueError(f"--gpt {gpt}: a text-to-image (t2i) GPT needs --t5 HF_DIR or --t5-features FILE")
+    features = None
+    if t5 is not None:
+        _check_text("bundle", gpt_cfg, t5_width, f"T5 encoder {t5}")
+    elif t5_features is not None:
+        features = PrecomputedFeatures(t5_features, length=gpt_cfg.cls_token_num)
+        if features.prompts is None:
+            raise ValueError(f"--t5-features {t5_features}: the features must name their prompts (a 'prompts' "
+                             "array next to 'features', or one entry per prompt keyed by its text)")
+        _check_text("bundle", gpt_cfg, features.dim, f"precomputed T5 features {t5_features}", features=True)
+    _check_vocab("bundle", gpt_cfg, _part_config(vq, "vq", grid_size=None))
     out = Path(out).absolute()
+    parts, options = {"gpt": "gpt", "vq": "vq"}, None
     with atomic_dir(out, overwrite=overwrite) as tmp:
         tmp = Path(tmp)
         log_parts = functools.partial(_log_as, log, str(tmp), str(out))  # name the bundle, not its temp folder
         gpt_cfg = _model_part(gpt, tmp / "gpt", "gpt", dtype=dtype, grid_size=grid_size, log=log_parts)
-        text_dim, text_what, parts, options = None, "", {"gpt": "gpt", "vq": "vq"}, None
-        if gpt_cfg.model_type == "c2i" and (t5 is not None or t5_features is not None):
-            raise ValueError(f"--gpt {gpt}: a class-conditional (c2i) GPT takes no text encoder or features "
-                             "(give neither --t5 nor --t5-features)")
-        if gpt_cfg.model_type == "t2i" and t5 is None and t5_features is None:
-            raise ValueError(f"--gpt {gpt}: a text-to-image (t2i) GPT needs --t5 HF_DIR or --t5-features FILE")
-        features = None
-        if t5 is not None:
-            text_dim, text_what = t5_width, f"T5 encoder {t5}"
-        elif t5_features is not None:
-            features = PrecomputedFeatures(t5_features, length=gpt_cfg.cls_token_num)
-            if features.prompts is None:
-                raise ValueError(f"--t5-features {t5_features}: the features must name their prompts (a 'prompts' "
-                                 "array next to 'features', or one entry per prompt keyed by its text)")
-            text_dim, text_what = features.dim, f"precomputed T5 features {t5_features}"
-        if text_dim is not None:  # before converting the VQ
-            _check_text("bundle", gpt_cfg, text_dim, text_what)
         vq_cfg = _model_part(vq, tmp / "vq", "vq", dtype=dtype, grid_size=None, log=log_parts)
         _check_vocab("bundle", gpt_cfg, vq_cfg)
         if t5 is not None:

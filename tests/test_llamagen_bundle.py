@@ -199,7 +199,7 @@ def test_class_ids_parsing(tmp_path):
 
 # ------------------------------------------------------------------------------------ t2i
 
-def test_t2i_features_end_to_end_and_geneval_run(made, tmp_path):
+def test_t2i_features_end_to_end_and_geneval_run(made, tmp_path, capsys):
     d, feats = made
     pipe = load_pipeline(d / "t2i_f")
     f, m = pipe.condition(["two dogs", "a red cat"])
@@ -232,6 +232,15 @@ def test_t2i_features_end_to_end_and_geneval_run(made, tmp_path):
     for i in range(2):
         assert json.loads((run / f"{i:05d}" / "metadata.jsonl").read_text()) == records[i]
         assert read_png(run / f"{i:05d}" / "samples" / "0000.png").shape == (8, 8, 3)
+    assert "wrote 2 prompt folders (2 in all" in capsys.readouterr().out
+    prompts.write_text(json.dumps(records[1]) + "\n")
+    assert cli.main(["generate", "--checkpoint", str(d / "t2i_f"), "--prompts", str(prompts), "--images-per-prompt",
+                     "1", "-n", "2", "--out", str(tmp_path / "run1")]) == 0
+    assert "wrote 1 prompt folder (1 in all" in capsys.readouterr().out
+    # `scalingar evaluate` judges the shapes world only: a real-model GenEval run is pointed at GenEval's scripts
+    line = _refused(capsys, ["evaluate", run], "shapes world's judge", "evaluate_images.py", "summary_scores.py",
+                    "GenEval layout")
+    assert "not a shape of this world" not in line
 
 
 def test_t2i_features_unknown_prompt_refused(made, tmp_path, capsys):
@@ -350,14 +359,14 @@ def test_t5_width_not_matching_caption_dim_refused_at_assembly_and_load(made, tm
                       "--preprocess", LOWER], "hidden size 32", "caption_dim is 4", absent=out)
     np.savez(tmp_path / "f16.npz", features=np.zeros((1, 3, 16), np.float32), prompts=np.array(["a"]))
     _refused(capsys, ["bundle", out, "--gpt", d / "gpt_t2i.pt", "--vq", d / "vq.pt", "--t5-features",
-                      tmp_path / "f16.npz"], "hidden size 16", "caption_dim is 32", absent=out)
+                      tmp_path / "f16.npz"], "features", "have width 16 but the GPT's caption_dim is 32", absent=out)
     bad = _copy(d / "t2i_t5", tmp_path / "bad")
     _edit_config(bad / "text", d_model=16)
     _refused(capsys, ["generate", "--checkpoint", bad, "a cat", "--out", tmp_path / "o"], "hidden size 16",
              "caption_dim is 32", absent=tmp_path / "o")
     bad_f = _copy(d / "t2i_f", tmp_path / "bad_f")
     _edit_config(bad_f / "gpt", caption_dim=48)
-    _refused(capsys, ["generate", "--checkpoint", bad_f, "a red cat", "--out", tmp_path / "o"], "hidden size 32",
+    _refused(capsys, ["generate", "--checkpoint", bad_f, "a red cat", "--out", tmp_path / "o"], "have width 32",
              "caption_dim is 48", absent=tmp_path / "o")
 
 
@@ -409,3 +418,59 @@ def test_converted_model_directories_are_accepted(made, tmp_path):
     assert f"-> {tmp_path / 'b' / 'gpt'}" in logged[0] and f"-> {tmp_path / 'b' / 'vq'}" in logged[1]
     assert a.gpt_cfg == b.gpt_cfg and a.vq_cfg == b.vq_cfg and a.sampling == b.sampling
     jax.tree.map(np.testing.assert_array_equal, a.gpt_params, b.gpt_params)
+
+
+def test_parts_that_do_not_fit_are_refused_before_any_conversion(made, tmp_path, capsys, monkeypatch):
+    """The fit (codebook = vocabulary, features / T5 width = caption_dim) is read from the files' tensor
+    shapes or config.json: a 3 GB GPT is not converted before a wrong VQ is reported."""
+    from scalingar_jax import checkpoint
+    from scalingar_jax.convert import run
+
+    d, _ = made
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("converted or loaded weights before checking the parts fit")
+
+    monkeypatch.setattr(run, "convert", must_not_run)
+    monkeypatch.setattr("scalingar_jax.convert.mapping.torch_to_flax_gpt", must_not_run)
+    monkeypatch.setattr("scalingar_jax.convert.mapping.torch_to_flax_vq", must_not_run)
+    monkeypatch.setattr(checkpoint, "load_model", must_not_run)
+    monkeypatch.setattr(shutil, "copytree", must_not_run)
+    out = tmp_path / "b"
+    _refused(capsys, ["bundle", out, "--gpt", d / "misfit_vocab.pt", "--vq", d / "vq.pt"], "VQ codebook has 8 codes",
+             "vocabulary has 16", absent=out)
+    _refused(capsys, ["bundle", out, "--gpt", d / "misfit_vocab.pt", "--vq", d / "c2i" / "vq"], "vocabulary has 16",
+             absent=out)
+    _refused(capsys, ["bundle", out, "--gpt", d / "c2i" / "gpt", "--vq", d / "misfit_vocab.pt"],
+             "not a 'vq' one", absent=out)
+    _refused(capsys, ["bundle", out, "--gpt", d / "misfit_caption.pt", "--vq", d / "vq.pt", "--t5-features",
+                      d / "feats.npz"], "have width 32 but the GPT's caption_dim is 4", absent=out)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.filterwarnings("ignore:prompt .* pieces long")
+def test_dtype_casts_converted_model_directories(made, tmp_path):
+    """--dtype bfloat16 with model directories: their weights are cast (and the configs say so);
+    without --dtype they are copied as they are."""
+    import jax.numpy as jnp
+
+    from scalingar_jax.checkpoint import load_model, read_config
+
+    d, _ = made
+    kept = llamagen.assemble_bundle(tmp_path / "kept", gpt=d / "t2i_t5" / "gpt", vq=d / "t2i_t5" / "vq",
+                                    t5=d / "t2i_t5" / "text", log=_quiet)
+    cast = llamagen.assemble_bundle(tmp_path / "cast", gpt=d / "t2i_t5" / "gpt", vq=d / "t2i_t5" / "vq",
+                                    t5=d / "t2i_t5" / "text", dtype="bfloat16", log=_quiet)
+    for part in ("gpt", "vq", "text"):
+        src, _ = load_model(d / "t2i_t5" / part)
+        a, _ = load_model(kept / part)
+        b, cfg = load_model(cast / part)
+        assert {x.dtype for x in jax.tree.leaves(a)} == {np.dtype(np.float32)}, part
+        assert {x.dtype for x in jax.tree.leaves(b)} == {np.dtype(jnp.bfloat16)}, part
+        jax.tree.map(np.testing.assert_array_equal, a, src)
+        jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, np.asarray(y).astype(jnp.bfloat16)), b, src)
+        assert getattr(cfg, "param_dtype", "bfloat16") == "bfloat16"
+        assert read_config(cast / part)[2]["converted_dtype"] == "bfloat16"
+    assert (cast / "text" / llamagen.SPIECE_FILE).is_file()
+    f32 = load_pipeline(kept).condition(PROMPTS)[0]
+    np.testing.assert_allclose(load_pipeline(cast).condition(PROMPTS)[0], f32, atol=0.1)

@@ -178,23 +178,17 @@ class _Destination:
 # --------------------------------------------------------------------------------------------
 
 
-def _convert(src, dst, *, kind, dtype, key, grid_size, overrides, strict, overwrite, log, before_save=None,
-             max_bytes=None, allow_non_finite=False):
-    from scalingar_jax.checkpoint import save_model
-    from scalingar_jax.convert import load_checkpoint
+def _infer(src, sd, meta, *, kind, dtype, grid_size, overrides):
+    """(kind, config) of the state dict `sd` read from `src` (`load_checkpoint`), from the
+    weight shapes alone (no tensor is read)."""
     from scalingar_jax.convert import mapping as M
 
     overrides = dict(overrides or {})
-    t0 = time.perf_counter()
-    sd, meta = load_checkpoint(src, key=key, max_bytes=max_bytes)
     found = M.detect_model_kind(sd)
     if kind == "auto":
         if found is None:
             raise ValueError(f"{src}: cannot tell whether this is a GPT or a VQ tokenizer (keys: {sorted(sd)[:8]})")
         kind = found
-    other = {k: v for k, v in (meta.get("other_keys") or {}).items() if k != "scalingar_config"}
-    if other:
-        log(f"weights under {meta['wrapper']!r}; also in the file (ignored): {other}")
     hint = meta.get("scalingar_config")
     if kind == "gpt":
         from scalingar_jax.config import GPTConfig
@@ -203,22 +197,46 @@ def _convert(src, dst, *, kind, dtype, key, grid_size, overrides, strict, overwr
             overrides["grid_size"] = grid_size
         fields = M.infer_gpt_config(sd, file_name=str(src), args=meta.get("args"),
                                     **{**_from_hint(hint, GPTConfig), **overrides})
-        config = GPTConfig(**{**fields, "param_dtype": dtype}).validate()
-        if before_save:
-            before_save(kind, config, sd)
-        params = M.torch_to_flax_gpt(sd, config, dtype=dtype, strict=strict)
-    elif kind == "vq":
+        return kind, GPTConfig(**{**fields, "param_dtype": dtype}).validate()
+    if kind == "vq":
         from scalingar_jax.vq import VQConfig
 
         if grid_size is not None:
             raise UsageError("--grid-size applies to GPT checkpoints only")
         fields = M.infer_vq_config(sd, **{**_from_hint(hint, VQConfig), **overrides})
-        config = VQConfig(**{**fields, "param_dtype": dtype}).validate()
-        if before_save:
-            before_save(kind, config, sd)
-        params = M.torch_to_flax_vq(sd, config, dtype=dtype, strict=strict)
+        return kind, VQConfig(**{**fields, "param_dtype": dtype}).validate()
+    raise UsageError(f"unknown kind {kind!r}; expected auto, gpt or vq")
+
+
+def peek(src, *, kind: str = "auto", dtype: str = "float32", key: str | None = None, grid_size: int | None = None,
+         overrides: dict | None = None, max_bytes: int | None = None):
+    """(kind, config) that `convert` would give for the LlamaGen checkpoint `src`, read from the
+    tensor shapes only (torch-free, no weight materialised; cheap even for a multi-GB file).
+    Same arguments and errors as `convert`'s config inference."""
+    from scalingar_jax.convert import load_checkpoint
+
+    sd, meta = load_checkpoint(src, key=key, max_bytes=max_bytes)
+    return _infer(src, sd, meta, kind=kind, dtype=dtype, grid_size=grid_size, overrides=overrides)
+
+
+def _convert(src, dst, *, kind, dtype, key, grid_size, overrides, strict, overwrite, log, before_save=None,
+             max_bytes=None, allow_non_finite=False):
+    from scalingar_jax.checkpoint import save_model
+    from scalingar_jax.convert import load_checkpoint
+    from scalingar_jax.convert import mapping as M
+
+    t0 = time.perf_counter()
+    sd, meta = load_checkpoint(src, key=key, max_bytes=max_bytes)
+    kind, config = _infer(src, sd, meta, kind=kind, dtype=dtype, grid_size=grid_size, overrides=overrides)
+    other = {k: v for k, v in (meta.get("other_keys") or {}).items() if k != "scalingar_config"}
+    if other:
+        log(f"weights under {meta['wrapper']!r}; also in the file (ignored): {other}")
+    if before_save:
+        before_save(kind, config, sd)
+    if kind == "gpt":
+        params = M.torch_to_flax_gpt(sd, config, dtype=dtype, strict=strict)
     else:
-        raise UsageError(f"unknown kind {kind!r}; expected auto, gpt or vq")
+        params = M.torch_to_flax_vq(sd, config, dtype=dtype, strict=strict)
     if not allow_non_finite:
         _check_finite(params, str(src))
     t1 = time.perf_counter()
