@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
+import re
 import sys
 import time
 
@@ -23,6 +25,41 @@ from common import markdown_table, stamp, timeit, write_json  # noqa: E402
 
 from scalingar_jax import decode, gpt  # noqa: E402
 from scalingar_jax.config import gpt_config, to_dtype  # noqa: E402
+
+
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def cpu_info() -> dict:
+    """Where a figure was measured: CPU model, the vector-ISA flags that matter to XLA:CPU
+    kernels, core counts, L3 size, XLA_FLAGS and jax/jaxlib versions (Linux /proc and /sys)."""
+    import jaxlib
+
+    info = {"model": "unknown", "flags": [], "cpus": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "jax": jax.__version__, "jaxlib": jaxlib.__version__}
+    if hasattr(os, "sched_getaffinity"):
+        info["cpus_usable"] = len(os.sched_getaffinity(0))
+    try:
+        text = open("/proc/cpuinfo").read()
+        model = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
+        flags = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
+        info["model"] = model.group(1).strip() if model else "unknown"
+        have = set(flags.group(1).split()) if flags else set()
+        info["flags"] = [f for f in CPU_FLAGS if f in have]
+    except OSError:
+        pass
+    try:
+        info["l3"] = open("/sys/devices/system/cpu/cpu0/cache/index3/size").read().strip()
+    except OSError:
+        pass
+    return info
+
+
+def cpu_line(info: dict) -> str:
+    """One line for a table header: model, flags, cores, L3, XLA_FLAGS, versions."""
+    return (f"CPU: {info['model']} ({info.get('cpus_usable', info['cpus'])} cores, L3 {info.get('l3', '?')}; "
+            f"{' '.join(info['flags']) or 'no AVX2'}); XLA_FLAGS={info['xla_flags'] or '(none)'}; "
+            f"jax {info['jax']}, jaxlib {info['jaxlib']}")
 
 
 def _abstract_params(cfg):
@@ -177,9 +214,10 @@ def main(argv=None):
             print(row, flush=True)
     cols = ["preset", "type", "batch", "dtype", "grid", "step_ms", "tokens_per_s", "prefill_ms", "compile_s",
             "limit_step_ms", "x_of_limit", "torch_step_ms", "speedup_vs_torch", "loop_peak_gb", "loop_kv_cache_gb", "loop_compile_s"]
-    table = markdown_table(rows, [c for c in cols if any(c in r for r in rows)])
+    cpu = cpu_info()
+    table = cpu_line(cpu) + "\n\n" + markdown_table(rows, [c for c in cols if any(c in r for r in rows)])
     print(table)
-    path = write_json(args.out, {"stamp": stamp(), "rows": rows, "table": table})
+    path = write_json(args.out, {"stamp": stamp(), "cpu": cpu, "rows": rows, "table": table})
     print(f"wrote {path}")
 
 
