@@ -25,6 +25,7 @@ from common import markdown_table, stamp, timeit, write_json  # noqa: E402
 
 from scalingar_jax import decode, gpt  # noqa: E402
 from scalingar_jax.config import gpt_config, to_dtype  # noqa: E402
+from scalingar_jax.sampling import greedy_tokens  # noqa: E402
 
 
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
@@ -75,7 +76,7 @@ def step_fn(cfg, n_steps):
         def body(i, carry):
             cache, tok = carry
             logits, cache = decode.decode_step(params, cfg, cache, tok, i)
-            return cache, jnp.argmax(logits, -1).astype(jnp.int32)
+            return cache, greedy_tokens(logits)
 
         return jax.lax.fori_loop(0, n_steps, body, (cache, tok))
 
@@ -118,6 +119,30 @@ def matmul_limit(rows, dim, dtype, n_out=24576):
     return 2 * rows * dim * n_out / s / 1e9
 
 
+def stream_floor(cfg, params, cache, batch):
+    """Same-run floors of one decode step on this model's own arrays (ms): `weights_ms`, one pass
+    of every weight matmul of the step (wqkv, wo, w1, w3, w2 per layer, output) on `batch` rows,
+    each weight read from memory once as a step reads it; `cache_ms`, one read (a sum) of the
+    whole KV cache, which the step's attention reads in full. Unlike `matmul_limit` (one 75 MB
+    matrix, which a large L3 can hold), these stream the step's working set from memory."""
+    dim = cfg.dim
+
+    @jax.jit
+    def weights_pass(x, params):
+        for p in params["layers"]:
+            a = p["attention"]
+            h = (x @ a["wqkv"]["kernel"])[:, :dim] @ a["wo"]["kernel"]
+            f = p["feed_forward"]
+            x = x + (jax.nn.silu(h @ f["w1"]["kernel"]) * (h @ f["w3"]["kernel"])) @ f["w2"]["kernel"]
+        return x @ params["output"]["kernel"]
+
+    read = jax.jit(lambda c: sum(jnp.sum(k) + jnp.sum(v) for k, v in zip(c.k, c.v)))
+    x = jnp.ones((batch, dim), to_dtype(cfg.dtype))
+    w = timeit(lambda: jax.block_until_ready(weights_pass(x, params)), repeat=5, warmup=1)
+    c = timeit(lambda: jax.block_until_ready(read(cache)), repeat=5, warmup=1)
+    return {"weights_floor_ms": 1e3 * w, "cache_read_ms": 1e3 * c}
+
+
 def flops_per_step(cfg, rows, ctx):
     """Matmul FLOPs of one decode step: weights (2 * params_without_embeddings) + attention."""
     n = gpt.count_params(_abstract_params(cfg))
@@ -145,8 +170,11 @@ def bench_jax(cfg, batch, n_steps=32):
     jax.block_until_ready(run(params, cache, tok))
     compile_s = time.perf_counter() - t
     s = timeit(lambda: jax.block_until_ready(run(params, cache, tok)), repeat=3, warmup=0)
-    return {"step_ms": 1e3 * s / n_steps, "tokens_per_s": batch * n_steps / s, "prefill_ms": 1e3 * prefill_s,
-            "compile_s": compile_s + prefill_compile}
+    out = {"step_ms": 1e3 * s / n_steps, "tokens_per_s": batch * n_steps / s, "prefill_ms": 1e3 * prefill_s,
+           "compile_s": compile_s + prefill_compile}
+    out.update(stream_floor(cfg, params, cache, batch))
+    out["x_of_stream_floor"] = out["step_ms"] / (out["weights_floor_ms"] + out["cache_read_ms"])
+    return out
 
 
 def bench_torch(src, preset, batch, dtype, grid, n_steps=32):
@@ -213,7 +241,8 @@ def main(argv=None):
             rows.append(row)
             print(row, flush=True)
     cols = ["preset", "type", "batch", "dtype", "grid", "step_ms", "tokens_per_s", "prefill_ms", "compile_s",
-            "limit_step_ms", "x_of_limit", "torch_step_ms", "speedup_vs_torch", "loop_peak_gb", "loop_kv_cache_gb", "loop_compile_s"]
+            "limit_step_ms", "x_of_limit", "weights_floor_ms", "cache_read_ms", "x_of_stream_floor", "torch_step_ms",
+            "speedup_vs_torch", "loop_peak_gb", "loop_kv_cache_gb", "loop_compile_s"]
     cpu = cpu_info()
     table = cpu_line(cpu) + "\n\n" + markdown_table(rows, [c for c in cols if any(c in r for r in rows)])
     print(table)

@@ -177,6 +177,58 @@ def profile_token_loop(cfg, params, batch: int, n_steps: int, cache_shape: str, 
     return breakdown(compiled, lambda: jax.block_until_ready(compiled(params, s, stop=stop)), n_steps, cache_shape)
 
 
+def _sort_filter_logits(logits, temperature, top_k, top_p):
+    """Top-k as before commit 5b3f1f3 (lax.top_k: a full sort on XLA:CPU); top_p unused here."""
+    logits = logits.astype(jnp.float32) / max(float(temperature), 1e-5)
+    if 0 < top_k < logits.shape[-1]:
+        logits = jnp.where(logits < jax.lax.top_k(logits, top_k)[0][..., -1:], -jnp.inf, logits)
+    return logits
+
+
+def _categorical_sample_tokens(keys, step, logits):
+    """The draw as before commit 5b3f1f3: jax.random.categorical (fused Gumbel + argmax)."""
+    fk, fl = keys.reshape(-1), logits.reshape(-1, logits.shape[-1])
+    d = jax.vmap(lambda k, l: jax.random.categorical(jax.random.fold_in(k, step), l))(fk, fl)
+    return d.reshape(logits.shape[:-1]).astype(jnp.int32)
+
+
+def compare_sampling(cfg, params, batch: int, n_steps: int, start_k: int, reps: int, policy: str) -> dict:
+    """Wall ms/step of the token loop with the old sampling (sorting top-k, fused categorical)
+    and the current one, alternated `reps` times in this process; the tokens must agree."""
+    from scalingar_jax import decode
+
+    P = batch // 2
+    cond, mask = cond_of(cfg, P)
+    spec = loop.loop_key(loop.LoopSpec(cfg, SamplingConfig(cfg_scale=4.0, top_k=1000), ScalingARConfig(), policy, 1))
+    s0 = loop.start_loop(params, cond, mask, jax.random.key(0), jnp.arange(P, dtype=jnp.int32),
+                         spec=loop.shape_key(spec))
+    if start_k:
+        s0 = loop.run_loop(params, s0, spec=spec, stop=jnp.int32(start_k))
+    stop = jnp.int32(start_k + n_steps)
+    current = (decode.filter_logits, decode.sample_tokens)
+    compiled = {}
+    for name, (fl, st) in (("sort_topk", (_sort_filter_logits, _categorical_sample_tokens)), ("radix_topk", current)):
+        decode.filter_logits, decode.sample_tokens = fl, st
+        try:  # traced while patched: each compiled loop keeps its own sampling
+            compiled[name] = loop.run_loop.trace(params, s0, spec=spec, stop=stop).lower().compile()
+        finally:
+            decode.filter_logits, decode.sample_tokens = current
+    times, tokens = {n: [] for n in compiled}, {}
+    for _ in range(reps):
+        for name, c in compiled.items():
+            t = time.perf_counter()
+            out = jax.block_until_ready(c(params, s0, stop=stop))
+            times[name].append(1e3 * (time.perf_counter() - t) / n_steps)
+            tokens[name] = out.tokens
+    same = bool(jnp.array_equal(tokens["sort_topk"], tokens["radix_topk"]))
+    out = {"policy": policy, "reps": reps, "same_tokens": same}
+    for name, ts in times.items():
+        out[f"{name}_min_ms"], out[f"{name}_median_ms"] = min(ts), sorted(ts)[len(ts) // 2]
+    out["speedup_min"] = out["sort_topk_min_ms"] / out["radix_topk_min_ms"]
+    out["speedup_median"] = out["sort_topk_median_ms"] / out["radix_topk_median_ms"]
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=["GPT-B"], help="LlamaGen presets (random weights)")
@@ -187,10 +239,12 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=16, help="decode steps profiled")
     ap.add_argument("--start", type=int, default=0, help="token loop: first profiled step (cache fill)")
     ap.add_argument("--loops", nargs="+", default=["bench", "token_loop"], choices=["bench", "token_loop"])
+    ap.add_argument("--compare-sampling", type=int, default=0, metavar="REPS",
+                    help="also time the token loop with the old (sorting) top-k vs the current one, REPS alternations")
     ap.add_argument("--out", default="profile_decode_step", help="results name under experiments/results/")
     args = ap.parse_args(argv)
 
-    rows, details = [], []
+    rows, details, sampling_rows = [], [], []
     for preset in args.presets:
         mt = "t2i" if args.t2i else "c2i"
         cfg = gpt_config(preset, mt, grid_size=args.grid, param_dtype=args.dtype, dtype=args.dtype)
@@ -209,15 +263,23 @@ def main(argv=None):
                                      "cache_sized_copies_in_loop")}
             row.update(r["ops_ms"])
             rows.append(row)
+        if args.compare_sampling:
+            for policy in ("none", "scalingar"):
+                r = compare_sampling(cfg, params, args.batch, args.steps, args.start, args.compare_sampling, policy)
+                r = {"preset": preset, "type": mt, **r}
+                print(json.dumps(r), flush=True)
+                sampling_rows.append(r)
     names = [g for g, _ in GROUPS] + [OTHER, "copy / transpose"]
     cols = ["preset", "type", "loop", "wall_step_ms", "ops_sum_ms", "cache_sized_copies_in_loop"]
     cols += [g for g in names if any(g in r for r in rows)]
     # one column per loop run reads better for many groups: transpose the table
     table = markdown_table([{"what": c, **{f"{r['type']} {r['loop']}": r.get(c, "") for r in rows}} for c in cols],
                            ["what"] + [f"{r['type']} {r['loop']}" for r in rows])
+    if sampling_rows:
+        table += "\n\n" + markdown_table(sampling_rows, list(sampling_rows[0]))
     print(table)
-    path = write_json(args.out, {"stamp": stamp(), "cpu": cpu_info(), "xla_flags_note": "see stamp.command",
-                                 "steps": args.steps, "start": args.start, "rows": details, "table": table})
+    path = write_json(args.out, {"stamp": stamp(), "cpu": cpu_info(), "steps": args.steps, "start": args.start,
+                                 "rows": details, "sampling": sampling_rows, "table": table})
     print(f"wrote {path}")
 
 
