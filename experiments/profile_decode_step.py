@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import functools
 import glob
 import gzip
@@ -162,18 +163,29 @@ def profile_bench_loop(cfg, params, batch: int, n_steps: int, cache_shape: str) 
     return breakdown(compiled, lambda: jax.block_until_ready(compiled(params, cache, tok)), n_steps, cache_shape)
 
 
-def profile_token_loop(cfg, params, batch: int, n_steps: int, cache_shape: str, start_k: int = 0) -> dict:
-    """The strategies' loop (plain policy, CFG, batch // 2 prompts x 1 candidate): steps
-    start_k .. start_k + n_steps of `loop.run_loop` (the non-donating twin of the executor's
-    `run_loop_in_place`, so the same state can be rerun)."""
+def loop_state(cfg, params, batch: int, start_k: int, policy: str):
+    """(compiled-loop spec, state at step start_k) of the strategies' loop: top-k 1000, CFG 4,
+    batch // 2 prompts x 1 candidate, policy "none" (plain) or "scalingar"."""
     P = batch // 2
     cond, mask = cond_of(cfg, P)
-    spec = loop.loop_key(loop.LoopSpec(cfg, SamplingConfig(cfg_scale=4.0, top_k=1000), ScalingARConfig(), "none", 1))
-    s = loop.start_loop(params, cond, mask, jax.random.key(0), jnp.arange(P, dtype=jnp.int32), spec=loop.shape_key(spec))
+    spec = loop.loop_key(loop.LoopSpec(cfg, SamplingConfig(cfg_scale=4.0, top_k=1000), ScalingARConfig(), policy, 1))
+    s = loop.start_loop(params, cond, mask, jax.random.key(0), jnp.arange(P, dtype=jnp.int32),
+                        spec=loop.shape_key(spec))
     if start_k:
         s = loop.run_loop(params, s, spec=spec, stop=jnp.int32(start_k))
+    return spec, s
+
+
+def profile_token_loop(cfg, params, batch: int, n_steps: int, cache_shape: str, start_k: int = 0,
+                       old_sampling: bool = False) -> dict:
+    """The strategies' loop (plain policy, top-k 1000, CFG, batch // 2 prompts x 1 candidate):
+    steps start_k .. start_k + n_steps of `loop.run_loop` (the non-donating twin of the
+    executor's `run_loop_in_place`, so the same state can be rerun). old_sampling: with the
+    sampling as before commit 5b3f1f3 (sorting top-k, fused categorical) patched in."""
+    spec, s = loop_state(cfg, params, batch, start_k, "none")
     stop = jnp.int32(start_k + n_steps)
-    compiled = loop.run_loop.lower(params, s, spec=spec, stop=stop).compile()
+    with sampling_as(old_sampling):
+        compiled = loop.run_loop.trace(params, s, spec=spec, stop=stop).lower().compile()
     return breakdown(compiled, lambda: jax.block_until_ready(compiled(params, s, stop=stop)), n_steps, cache_shape)
 
 
@@ -192,40 +204,45 @@ def _categorical_sample_tokens(keys, step, logits):
     return d.reshape(logits.shape[:-1]).astype(jnp.int32)
 
 
+@contextlib.contextmanager
+def sampling_as(old: bool):
+    """While active (old=True), decode's top-k filter and draw are the pre-5b3f1f3 ones."""
+    from scalingar_jax import decode
+
+    current = (decode.filter_logits, decode.sample_tokens)
+    if old:
+        decode.filter_logits, decode.sample_tokens = _sort_filter_logits, _categorical_sample_tokens
+    try:
+        yield
+    finally:
+        decode.filter_logits, decode.sample_tokens = current
+
+
 def compare_sampling(cfg, params, batch: int, n_steps: int, start_k: int, reps: int, policy: str) -> dict:
     """Wall ms/step of the token loop with the old sampling (sorting top-k, fused categorical)
     and the current one, alternated `reps` times in this process; the tokens must agree."""
-    from scalingar_jax import decode
-
-    P = batch // 2
-    cond, mask = cond_of(cfg, P)
-    spec = loop.loop_key(loop.LoopSpec(cfg, SamplingConfig(cfg_scale=4.0, top_k=1000), ScalingARConfig(), policy, 1))
-    s0 = loop.start_loop(params, cond, mask, jax.random.key(0), jnp.arange(P, dtype=jnp.int32),
-                         spec=loop.shape_key(spec))
-    if start_k:
-        s0 = loop.run_loop(params, s0, spec=spec, stop=jnp.int32(start_k))
+    spec, s0 = loop_state(cfg, params, batch, start_k, policy)
     stop = jnp.int32(start_k + n_steps)
-    current = (decode.filter_logits, decode.sample_tokens)
     compiled = {}
-    for name, (fl, st) in (("sort_topk", (_sort_filter_logits, _categorical_sample_tokens)), ("radix_topk", current)):
-        decode.filter_logits, decode.sample_tokens = fl, st
-        try:  # traced while patched: each compiled loop keeps its own sampling
+    for name, old in (("sort_topk", True), ("radix_topk", False)):
+        with sampling_as(old):  # traced while patched: each compiled loop keeps its own sampling
             compiled[name] = loop.run_loop.trace(params, s0, spec=spec, stop=stop).lower().compile()
-        finally:
-            decode.filter_logits, decode.sample_tokens = current
-    times, tokens = {n: [] for n in compiled}, {}
+    times, cpus, tokens = {n: [] for n in compiled}, {n: [] for n in compiled}, {}
     for _ in range(reps):
         for name, c in compiled.items():
-            t = time.perf_counter()
+            p, t = time.process_time(), time.perf_counter()
             out = jax.block_until_ready(c(params, s0, stop=stop))
             times[name].append(1e3 * (time.perf_counter() - t) / n_steps)
+            cpus[name].append(1e3 * (time.process_time() - p) / n_steps)
             tokens[name] = out.tokens
     same = bool(jnp.array_equal(tokens["sort_topk"], tokens["radix_topk"]))
     out = {"policy": policy, "reps": reps, "same_tokens": same}
     for name, ts in times.items():
         out[f"{name}_min_ms"], out[f"{name}_median_ms"] = min(ts), sorted(ts)[len(ts) // 2]
+        out[f"{name}_cpu_min_ms"] = min(cpus[name])  # process CPU time (both threads) per step
     out["speedup_min"] = out["sort_topk_min_ms"] / out["radix_topk_min_ms"]
     out["speedup_median"] = out["sort_topk_median_ms"] / out["radix_topk_median_ms"]
+    out["speedup_cpu"] = out["sort_topk_cpu_min_ms"] / out["radix_topk_cpu_min_ms"]
     return out
 
 
@@ -238,7 +255,9 @@ def main(argv=None):
     ap.add_argument("--t2i", action="store_true", help="t2i model (120 caption positions) instead of c2i")
     ap.add_argument("--steps", type=int, default=16, help="decode steps profiled")
     ap.add_argument("--start", type=int, default=0, help="token loop: first profiled step (cache fill)")
-    ap.add_argument("--loops", nargs="+", default=["bench", "token_loop"], choices=["bench", "token_loop"])
+    ap.add_argument("--loops", nargs="+", default=["bench", "token_loop"],
+                    choices=["bench", "token_loop", "token_loop_old_sampling"],
+                    help="token_loop_old_sampling: the token loop with the sampling before commit 5b3f1f3")
     ap.add_argument("--compare-sampling", type=int, default=0, metavar="REPS",
                     help="also time the token loop with the old (sorting) top-k vs the current one, REPS alternations")
     ap.add_argument("--out", default="profile_decode_step", help="results name under experiments/results/")
@@ -255,7 +274,8 @@ def main(argv=None):
             if which == "bench":
                 r = profile_bench_loop(cfg, params, args.batch, args.steps, cache_shape)
             else:
-                r = profile_token_loop(cfg, params, args.batch, args.steps, cache_shape, args.start)
+                r = profile_token_loop(cfg, params, args.batch, args.steps, cache_shape, args.start,
+                                       old_sampling=which == "token_loop_old_sampling")
             r = {"preset": preset, "type": mt, "loop": which, "batch": args.batch, "dtype": args.dtype, **r}
             details.append(r)
             print(json.dumps(r, indent=1), flush=True)
