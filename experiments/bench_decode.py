@@ -110,12 +110,14 @@ def loop_memory(cfg, batch, use_cfg=True):
     return out
 
 
-def matmul_limit(rows, dim, dtype, n_out=24576):
-    """GFLOP/s of a (rows x dim) @ (dim x n_out) matmul in XLA: the decode step's best case."""
+def matmul_limit(rows, dim, dtype, n_out=24576, splits=1):
+    """GFLOP/s of a (rows x dim) @ (dim x n_out) matmul in XLA: the decode step's best case.
+    splits > 1: the weight as that many column blocks, independent matmuls (XLA:CPU runs one
+    skinny matmul on one core; the blocks run on several)."""
     a = jnp.ones((rows, dim), dtype)
-    b = jnp.ones((dim, n_out), dtype)
-    f = jax.jit(lambda a, b: a @ b)
-    s = timeit(lambda: f(a, b).block_until_ready(), repeat=10, warmup=2)
+    bs = tuple(jnp.ones((dim, n_out // splits), dtype) for _ in range(splits))
+    f = jax.jit(lambda a, bs: [a @ b for b in bs])
+    s = timeit(lambda: jax.block_until_ready(f(a, bs)), repeat=10, warmup=2)
     return 2 * rows * dim * n_out / s / 1e9
 
 
@@ -137,17 +139,21 @@ def stream_floor(cfg, params, cache, batch):
     of every weight matmul of the step (wqkv, wo, w1, w3, w2 per layer, output) on `batch` rows,
     each weight read from memory once as a step reads it; `cache_ms`, one read (a sum) of the
     whole KV cache, which the step's attention reads in full. Unlike `matmul_limit` (one 75 MB
-    matrix, which a large L3 can hold), these stream the step's working set from memory."""
+    matrix, which a large L3 can hold), these stream the step's working set from memory, in the
+    step's own weight layout (column blocks of `gpt.split_columns` run on several cores)."""
     dim = cfg.dim
+
+    def mm(x, lin):  # whole kernel or `gpt.split_columns` blocks, as the step multiplies them
+        k = lin["kernel"]
+        return jnp.concatenate([x @ b for b in k], -1) if isinstance(k, (tuple, list)) else x @ k
 
     @jax.jit
     def weights_pass(x, params):
         for p in params["layers"]:
-            a = p["attention"]
-            h = (x @ a["wqkv"]["kernel"])[:, :dim] @ a["wo"]["kernel"]
-            f = p["feed_forward"]
-            x = x + (jax.nn.silu(h @ f["w1"]["kernel"]) * (h @ f["w3"]["kernel"])) @ f["w2"]["kernel"]
-        return x @ params["output"]["kernel"]
+            a, f = p["attention"], p["feed_forward"]
+            h = mm(mm(x, a["wqkv"])[:, :dim], a["wo"])
+            x = x + mm(jax.nn.silu(mm(h, f["w1"])) * mm(h, f["w3"]), f["w2"])
+        return mm(x, params["output"])
 
     read = jax.jit(lambda c: sum(jnp.sum(k) + jnp.sum(v) for k, v in zip(c.k, c.v)))
     x = jnp.ones((batch, dim), to_dtype(cfg.dtype))
@@ -168,9 +174,12 @@ def flops_per_step(cfg, rows, ctx):
     return rows * (2 * n + attn)
 
 
-def bench_jax(cfg, batch, n_steps=32):
+def bench_jax(cfg, batch, n_steps=32, splits=None):
+    """The decode step in the layout the token loops use (`gpt.split_columns`, `gpt.decode_splits()`
+    column blocks unless `splits` is given)."""
     params = jax.jit(functools.partial(gpt.init_params, cfg))(jax.random.key(0))
-    params = jax.block_until_ready(gpt.unstack_layers(params))  # the decode-time layout, as the pipeline loads
+    splits = gpt.decode_splits() if splits is None else splits
+    params = jax.block_until_ready(gpt.split_columns(params, splits))
     P = batch // 2
     cond = jnp.zeros((P,), jnp.int32) if cfg.model_type == "c2i" else jnp.zeros(
         (P, cfg.cls_token_num, cfg.caption_dim), to_dtype(cfg.dtype))
@@ -231,6 +240,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=32, help="decode steps timed per repetition")
     ap.add_argument("--memory-only", action="store_true", help="only compile the whole loop and report its memory")
     ap.add_argument("--llamagen-src", default=None, help="path to a LlamaGen checkout: time its PyTorch decode too")
+    ap.add_argument("--compare-splits", action="store_true",
+                    help="also time the step with whole (unsplit) weight kernels in the same run")
     ap.add_argument("--out", default="bench_decode", help="results name under experiments/results/")
     args = ap.parse_args(argv)
 
@@ -244,9 +255,15 @@ def main(argv=None):
             row.update({f"loop_{k}": v for k, v in mem.items()})
             if not args.memory_only:
                 row.update(bench_jax(cfg, batch, args.steps))
+                row["splits"] = gpt.decode_splits()
+                if args.compare_splits and row["splits"] > 1:  # the same step with whole kernels, same run
+                    row["step_ms_unsplit"] = bench_jax(cfg, batch, args.steps, splits=1)["step_ms"]
+                    row["split_speedup"] = row["step_ms_unsplit"] / row["step_ms"]
                 ctx = cfg.max_seq_len - 1
-                limit = matmul_limit(batch, cfg.dim, to_dtype(args.dtype))
-                row["matmul_limit_gflops"] = limit
+                whole = matmul_limit(batch, cfg.dim, to_dtype(args.dtype))
+                split = matmul_limit(batch, cfg.dim, to_dtype(args.dtype), splits=row["splits"])
+                limit = max(whole, split)  # the machine's best: a single matmul, or column blocks on all cores
+                row["matmul_limit_gflops"], row["matmul_limit_split_gflops"] = whole, split
                 row["limit_step_ms"] = 1e3 * flops_per_step(cfg, batch, ctx) / (limit * 1e9)
                 row["x_of_limit"] = row["step_ms"] / row["limit_step_ms"]
                 if args.llamagen_src and mt == "c2i":
@@ -257,7 +274,8 @@ def main(argv=None):
                     row["speedup_vs_torch"] = tr["step_ms"] / row["step_ms"]
             rows.append(row)
             print(row, flush=True)
-    cols = ["preset", "type", "batch", "dtype", "grid", "step_ms", "step_cpu_ms", "tokens_per_s", "prefill_ms",
+    cols = ["preset", "type", "batch", "dtype", "grid", "splits", "step_ms", "step_ms_unsplit", "split_speedup",
+            "step_cpu_ms", "tokens_per_s", "prefill_ms",
             "compile_s", "limit_step_ms", "x_of_limit", "weights_floor_ms", "cache_read_ms", "x_of_stream_floor",
             "torch_step_ms", "speedup_vs_torch", "torch_step_cpu_ms", "speedup_vs_torch_cpu", "loop_peak_gb",
             "loop_kv_cache_gb", "loop_compile_s"]

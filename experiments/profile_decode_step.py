@@ -141,7 +141,7 @@ def breakdown(compiled, run, n_steps: int, cache_shape: str) -> dict:
 
 def setup(cfg, batch: int):
     params = jax.jit(functools.partial(gpt.init_params, cfg))(jax.random.key(0))
-    return jax.block_until_ready(gpt.unstack_layers(params))
+    return jax.block_until_ready(gpt.split_columns(params, gpt.decode_splits()))  # the token loops' layout
 
 
 def cond_of(cfg, P: int):
