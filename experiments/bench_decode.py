@@ -64,8 +64,10 @@ def cpu_line(info: dict) -> str:
 
 
 def _abstract_params(cfg):
-    """Abstract parameters in the decode-time layout (per-layer trees, `gpt.unstack_layers`)."""
-    return jax.eval_shape(gpt.unstack_layers, gpt.param_shapes(cfg))
+    """Abstract parameters in the decode-time layout (per-layer trees, column blocks on a
+    multi-core CPU: `gpt.split_columns`), as a loader hands them over: the compiled loop then
+    holds no second, split copy of the weights."""
+    return jax.eval_shape(lambda p: gpt.split_columns(p, gpt.decode_splits()), gpt.param_shapes(cfg))
 
 
 def step_fn(cfg, n_steps):
