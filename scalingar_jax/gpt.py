@@ -28,6 +28,7 @@ Parameter tree (PyTorch `a.b` names map to `a/b`, Linear `(out,in)` to kernel `(
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -107,9 +108,29 @@ class RMSNorm(nn.Module):
         return y.astype(x.dtype) * weight.astype(x.dtype)
 
 
-def _dense(features: int, cfg: GPTConfig, name: str) -> nn.Dense:
-    return nn.Dense(features, use_bias=False, dtype=to_dtype(cfg.dtype), param_dtype=to_dtype(cfg.param_dtype),
-                    kernel_init=nn.initializers.normal(0.02), name=name)
+class Linear(nn.Module):
+    """x @ kernel without bias: nn.Dense's parameter (`kernel` (in, out), normal(0.02) init) and
+    arithmetic, but the stored kernel may also be a tuple of column blocks (`split_columns`),
+    whose products are independent matmuls that XLA:CPU runs on different cores at once."""
+
+    features: int
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x):
+        if self.has_variable("params", "kernel"):
+            kernel = self.get_variable("params", "kernel")
+        else:
+            kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), self.param_dtype)
+        dims = (((x.ndim - 1,), (0,)), ((), ()))
+        outs = [jax.lax.dot_general(x.astype(self.dtype), b.astype(self.dtype), dims)
+                for b in (kernel if isinstance(kernel, (tuple, list)) else (kernel,))]
+        return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)
+
+
+def _dense(features: int, cfg: GPTConfig, name: str) -> Linear:
+    return Linear(features, to_dtype(cfg.dtype), to_dtype(cfg.param_dtype), name=name)
 
 
 def write_cache(buf: jax.Array, new: jax.Array, start) -> jax.Array:
@@ -205,8 +226,61 @@ def unstack_layers(params):
     return {**params, "layers": tuple(layer_params(layers, i) for i in range(n))}
 
 
+# The decode step's weight matmuls (per layer, and the output projection): what `split_columns` splits.
+_SPLIT = (("attention", "wqkv"), ("attention", "wo"), ("feed_forward", "w1"), ("feed_forward", "w2"),
+          ("feed_forward", "w3"))
+
+
+def _map_kernels(params, fn):
+    """params with fn applied to the kernel of every `_SPLIT` linear of every layer and of `output`."""
+    def layer(t):
+        t = {**t}
+        for mod, name in _SPLIT:
+            t[mod] = {**t[mod], name: {**t[mod][name], "kernel": fn(t[mod][name]["kernel"])}}
+        return t
+
+    return {**params, "layers": tuple(layer(t) for t in params["layers"]),
+            "output": {**params["output"], "kernel": fn(params["output"]["kernel"])}}
+
+
+def split_columns(params, n: int):
+    """Decode-time layout for XLA:CPU: per-layer params (`unstack_layers` first, if stacked) with
+    every weight-matmul kernel (in, out) stored as n column blocks (in, out / n).
+
+    XLA:CPU runs each skinny decode matmul (16 rows) on one core; n independent blocks run on n
+    cores at once, so a memory-bound step streams its weights with all of them. Each output
+    column is the same dot product as before (bit-identical on the 2-core Xeon of
+    experiments/results/step_speed.md). A kernel whose width n does not divide stays whole;
+    n = 1 or already split: unchanged. Inverse: `merge_columns`."""
+    params = unstack_layers(params)
+    if n <= 1:
+        return params
+
+    def split(k):
+        if isinstance(k, (tuple, list)) or k.shape[-1] % n:
+            return k
+        w = k.shape[-1] // n
+        return tuple(k[:, i * w:(i + 1) * w] for i in range(n))
+
+    return _map_kernels(params, split)
+
+
+def merge_columns(params):
+    """Inverse of `split_columns`: every kernel one (in, out) array again."""
+    if not isinstance(params["layers"], (tuple, list)):
+        return params
+    return _map_kernels(params, lambda k: jnp.concatenate(k, axis=-1) if isinstance(k, (tuple, list)) else k)
+
+
+def decode_splits() -> int:
+    """Column blocks for `split_columns` on the default backend: 2 on a multi-core CPU, else 1."""
+    return 2 if jax.default_backend() == "cpu" and (os.cpu_count() or 1) > 1 else 1
+
+
 def stack_layers(params):
-    """Inverse of `unstack_layers`: `layers` as one tree stacked on a leading n_layer axis."""
+    """Inverse of `unstack_layers` (and of `split_columns`): `layers` as one tree stacked on a
+    leading n_layer axis, every kernel whole."""
+    params = merge_columns(params)
     layers = params["layers"]
     if not isinstance(layers, (tuple, list)):
         return params

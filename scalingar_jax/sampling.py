@@ -26,8 +26,7 @@ def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: floa
     logits = logits.astype(jnp.float32) / max(float(temperature), 1e-5)
     V = logits.shape[-1]
     if 0 < top_k < V:
-        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
+        logits = jnp.where(logits < kth_largest(logits, top_k), -jnp.inf, logits)
     if top_p < 1.0:
         order = jnp.argsort(-logits, axis=-1)
         sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
@@ -37,6 +36,35 @@ def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: floa
         remove = jnp.take_along_axis(remove_sorted, jnp.argsort(order, axis=-1), axis=-1)
         logits = jnp.where(remove, -jnp.inf, logits)
     return logits
+
+
+def _sortable_bits(x: jax.Array) -> jax.Array:
+    """float32 -> uint32 whose unsigned order is the float order (-inf < ... < -0 < +0 < ... < inf)."""
+    b = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    return jnp.where((b >> 31) == 1, ~b, b | jnp.uint32(0x80000000))
+
+
+def kth_largest(x: jax.Array, k: int) -> jax.Array:
+    """The k-th largest value of each row, duplicates counted: x (..., V) float32 -> (..., 1).
+
+    Equal to `jax.lax.top_k(x, k)[0][..., -1:]` (NaN-free x; a +-0 tie may come back with the
+    other sign, which no comparison sees) without sorting: a bitwise radix select over the
+    order-preserving integer image of the floats, 32 passes of compare-and-count over the row.
+    XLA:CPU lowers top_k to a full comparator sort of the row (tens of ms per decode step for
+    V = 16384 on a 2-core Xeon); this is ~1 ms. k: static, 1 <= k <= V.
+    """
+    if not 1 <= k <= x.shape[-1]:
+        raise ValueError(f"k must be in [1, {x.shape[-1]}], got {k}")
+    u = _sortable_bits(x.astype(jnp.float32))
+
+    def body(i, t):  # t: the largest threshold with >= k entries at or above it, built from the top bit down
+        cand = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+        count = jnp.sum(u >= cand, axis=-1, keepdims=True, dtype=jnp.int32)
+        return jnp.where(count >= k, cand, t)
+
+    t = jax.lax.fori_loop(0, 32, body, jnp.zeros((*x.shape[:-1], 1), jnp.uint32))
+    bits = jnp.where((t >> 31) == 1, t & jnp.uint32(0x7FFFFFFF), ~t)
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
 
 def candidate_keys(key: jax.Array, prompt_ids: jax.Array, candidate_ids: jax.Array) -> jax.Array:
@@ -52,10 +80,23 @@ def sample_tokens(keys: jax.Array, step: jax.Array, logits: jax.Array) -> jax.Ar
     """
     flat_keys = keys.reshape(-1)
     flat_logits = logits.reshape(-1, logits.shape[-1])
-    draw = jax.vmap(lambda k, l: jax.random.categorical(jax.random.fold_in(k, step), l))(flat_keys, flat_logits)
-    return draw.reshape(logits.shape[:-1]).astype(jnp.int32)
+    # jax.random.categorical's Gumbel-max draw (the same noise, so the same tokens), with the
+    # noisy logits materialised before the argmax: fused into the argmax's (value, index)
+    # reduction, XLA:CPU evaluates the noise's logs element by element, unvectorised.
+    noise = jax.vmap(lambda k, l: jax.random.gumbel(jax.random.fold_in(k, step), l.shape, l.dtype))(flat_keys,
+                                                                                                    flat_logits)
+    draw = first_argmax(jax.lax.optimization_barrier(noise + flat_logits))
+    return draw.reshape(logits.shape[:-1])
+
+
+def first_argmax(x: jax.Array) -> jax.Array:
+    """`jnp.argmax(x, -1)` (first maximum; first NaN if any) as a max and a masked index-min,
+    two plain reductions that XLA:CPU vectorises. (..., V) -> (...,) int32."""
+    m = jnp.max(x, axis=-1, keepdims=True)
+    hit = (x == m) | jnp.isnan(x)
+    return jnp.min(jnp.where(hit, jnp.arange(x.shape[-1], dtype=jnp.int32), x.shape[-1]), axis=-1)
 
 
 def greedy_tokens(logits: jax.Array) -> jax.Array:
     """argmax over the vocabulary: (..., V) -> (...,) int32."""
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return first_argmax(logits)

@@ -63,3 +63,32 @@ def test_bench_throughput_smoke(tmp_path, capsys):
     c = r["criterion"]
     assert c["met"] == (c["scalingar_pool_images_per_s"] >= c["required_images_per_s"])
     assert "criterion" in capsys.readouterr().out
+
+
+def test_profile_decode_step_groups_the_loop_ops():
+    """The per-op profile maps the compiled decode loop's instructions to their roles (weight
+    matmuls, attention over the cache, ...) and finds no cache-sized copy inside the loop;
+    bench_decode's CPU record names the model, cores and versions."""
+    import bench_decode
+    import jax
+    import jax.numpy as jnp
+    import profile_decode_step as pds
+
+    from scalingar_jax import gpt
+    from scalingar_jax.config import GPTConfig
+
+    cfg = GPTConfig(model_type="c2i", n_layer=2, n_head=4, dim=32, vocab_size=48, num_classes=3, grid_size=4,
+                    multiple_of=16)
+    params = jax.eval_shape(gpt.unstack_layers, gpt.param_shapes(cfg))
+    cache = jax.eval_shape(lambda: gpt.init_cache(cfg, 4))
+    compiled = bench_decode.step_fn(cfg, 3).lower(params, cache, jax.ShapeDtypeStruct((4,), jnp.int32)).compile()
+    instrs = pds.parse_hlo(compiled.as_text())
+    in_loop = [i for i in instrs.values() if not (i["computation"] or "").startswith("main")]
+    groups = {pds.group_of(i) for i in in_loop}
+    assert {"output projection", "MLP matmuls (w1, w2, w3)", "attention projections (wqkv, wo)",
+            pds.ATTENTION} <= groups, groups
+    shape = f"f32[4,{cfg.kv_heads},{cfg.max_seq_len - 1},{cfg.head_dim}]"
+    assert any(i["shape"].startswith(shape) for i in in_loop)  # the cache buffers are in the loop
+    assert pds.cache_copies(instrs, shape) == 0
+    info = bench_decode.cpu_info()
+    assert info["cpus"] >= 1 and info["jax"] == jax.__version__ and "CPU:" in bench_decode.cpu_line(info)

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from scalingar_jax import decode, gpt
 from scalingar_jax.config import GPTConfig, SamplingConfig
-from scalingar_jax.sampling import candidate_keys, filter_logits, guided_logits, sample_tokens
+from scalingar_jax.sampling import (candidate_keys, filter_logits, first_argmax, guided_logits, kth_largest,
+                                    sample_tokens)
 
 CFG = GPTConfig(model_type="t2i", n_layer=2, n_head=4, n_kv_head=2, dim=32, vocab_size=48, cls_token_num=4,
                 caption_dim=8, grid_size=4, multiple_of=16)
@@ -98,6 +99,36 @@ def test_filter_logits_keeps_top_k_and_top_p(V, k, p, temp, seed):
     # Kept entries are a prefix of the sorted order (both filters keep the most likely tokens).
     assert np.all(np.diff(kept[order].astype(int)) <= 0)
     np.testing.assert_allclose(out[kept], np.asarray(logits)[kept] / max(temp, 1e-5), rtol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 300), st.integers(0, 2**31 - 1))
+def test_kth_largest_is_top_k_threshold_and_argmax_is_first(V, k, seed):
+    """The sort-free k-th largest equals lax.top_k's k-th value (duplicates, -inf, +-0 included);
+    first_argmax equals jnp.argmax (ties: first index; NaN: first NaN)."""
+    k = min(k, V)
+    rng = np.random.default_rng(seed)
+    x = rng.choice(np.array([-np.inf, -0.0, 0.0, 1.5, -2.25, 3e38, -1e-40], np.float32), size=(3, V))
+    x[1] = rng.normal(size=V).astype(np.float32) * 10  # distinct values
+    want = np.asarray(jax.lax.top_k(jnp.asarray(x), k)[0][:, -1:])
+    got = np.asarray(kth_largest(jnp.asarray(x), k))
+    np.testing.assert_array_equal(got == want, np.ones_like(got, bool))  # -0 == +0
+    np.testing.assert_array_equal(first_argmax(jnp.asarray(x)), np.argmax(x, -1))
+    x[2, V // 2] = np.nan
+    np.testing.assert_array_equal(first_argmax(jnp.asarray(x)), jnp.argmax(jnp.asarray(x), -1))
+    with pytest.raises(ValueError, match="k must be"):
+        kth_largest(jnp.asarray(x), V + 1)
+
+
+def test_sample_tokens_are_jax_categorical_draws():
+    """The materialised Gumbel-max draw picks exactly what jax.random.categorical picks."""
+    keys = candidate_keys(jax.random.key(3), jnp.arange(2), jnp.arange(4))
+    logits = filter_logits(jax.random.normal(jax.random.key(1), (2, 4, 500)) * 2, 1.0, 40, 1.0)
+    for step in range(5):
+        want = jax.vmap(jax.vmap(lambda k, l: jax.random.categorical(jax.random.fold_in(k, step), l)))(keys, logits)
+        got = sample_tokens(keys, jnp.int32(step), logits)
+        assert got.dtype == jnp.int32
+        np.testing.assert_array_equal(got, want)
 
 
 def test_top_p_matches_numpy():

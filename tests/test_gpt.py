@@ -143,6 +143,32 @@ def test_per_layer_params_and_cache_layout():
     chex.assert_trees_all_equal(step[0], step[1])
 
 
+@pytest.mark.parametrize("n", [2, 4])
+def test_split_columns_is_a_layout_of_the_same_weights(n):
+    """split_columns stores every decode matmul kernel as n column blocks (in order); merge /
+    stack_layers restore the original tree exactly; decoding with the split layout gives the
+    unsplit logits (the same dot products, only run as n matmuls)."""
+    cfg = GQA
+    p = gpt.init_params(cfg, jax.random.key(2))
+    s = gpt.split_columns(p, n)
+    for layer in s["layers"]:
+        blocks = layer["feed_forward"]["w1"]["kernel"]
+        assert isinstance(blocks, tuple) and len(blocks) == n
+        assert all(b.shape == (cfg.dim, cfg.ffn_hidden // n) for b in blocks)
+    assert len(s["output"]["kernel"]) == n and isinstance(s["tok_embeddings"]["embedding"], jax.Array)
+    np.testing.assert_array_equal(jnp.concatenate(s["layers"][1]["attention"]["wqkv"]["kernel"], -1),
+                                  p["layers"]["attention"]["wqkv"]["kernel"][1])
+    chex.assert_trees_all_equal(gpt.split_columns(s, n), s)  # already split: unchanged
+    chex.assert_trees_all_equal(gpt.split_columns(p, 1), gpt.unstack_layers(p))
+    chex.assert_trees_all_equal(gpt.stack_layers(s), p)
+    chex.assert_trees_all_equal(gpt.merge_columns(s), gpt.unstack_layers(p))
+    cond, mask, tokens = _inputs(cfg)
+    (la, ca), (lb, cb) = (decode.prefill(q, cfg, cond, mask, use_cfg=False) for q in (p, s))
+    np.testing.assert_allclose(lb, la, rtol=1e-5, atol=1e-6)
+    step = [decode.decode_step(q, cfg, ca, tokens[:, 0], jnp.int32(0))[0] for q in (p, s)]
+    np.testing.assert_allclose(step[1], step[0], rtol=1e-5, atol=1e-6)
+
+
 def test_condition_positions_have_zero_rotary():
     cos, sin = gpt.rope_2d(T2I, jnp.arange(T2I.max_seq_len))
     assert np.all(np.asarray(cos[: T2I.cls_token_num]) == 0) and np.all(np.asarray(sin[: T2I.cls_token_num]) == 0)
