@@ -95,7 +95,7 @@ def main(argv=None):
     overrides = {} if args.layers is None else {"n_layer": args.layers}
     cfg = gpt_config(args.preset, "c2i", grid_size=args.grid, param_dtype=args.dtype, dtype=args.dtype, **overrides)
     T = cfg.block_size
-    params = gpt.unstack_layers(jax.jit(functools.partial(gpt.init_params, cfg))(jax.random.key(args.seed)))
+    params = gpt.decode_layout(jax.jit(functools.partial(gpt.init_params, cfg))(jax.random.key(args.seed)))
     cond = jnp.arange(args.prompts, dtype=jnp.int32)
     key = jax.random.key(args.seed)
     sampling = SamplingConfig(cfg_scale=4.0, top_k=2000 if cfg.vocab_size > 2000 else 0)

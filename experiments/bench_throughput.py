@@ -52,7 +52,7 @@ def shapes_workload(args):
 def gptb_workload(args):
     overrides = {} if args.layers is None else {"n_layer": args.layers}
     cfg = gpt_config(args.preset, "c2i", grid_size=args.grid, **overrides)
-    params = gpt.unstack_layers(random_params(gpt.init_params, cfg, args.seed))
+    params = gpt.decode_layout(random_params(gpt.init_params, cfg, args.seed))
     T = cfg.block_size
     n = args.prompts
     return dict(name=f"random {args.preset} c2i grid {args.grid} ({cfg.n_layer} layers)", params=params, cfg=cfg,

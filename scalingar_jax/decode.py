@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scalingar_jax.config import GPTConfig, SamplingConfig, to_dtype
-from scalingar_jax.gpt import KVCache, Transformer, decode_splits, init_cache, split_columns, validate_condition
+from scalingar_jax.gpt import KVCache, Transformer, decode_layout, init_cache, validate_condition
 from scalingar_jax.sampling import candidate_keys, filter_logits, greedy_tokens, guided_logits, sample_tokens
 
 
@@ -110,7 +110,7 @@ def _repeat_rows(x, n):
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling", "num_candidates", "greedy"))
 def _generate(params, key, cond, cond_mask, prompt_ids, *, cfg, sampling, num_candidates, greedy):
     P, N, T = cond.shape[0], num_candidates, cfg.block_size
-    params = split_columns(params, decode_splits())  # per-layer (column-split) weights, once, outside the loop
+    params = decode_layout(params)  # per-layer (column-split) weights, once, outside the loop
     use_cfg = sampling.use_cfg
     keys = candidate_keys(key, prompt_ids, jnp.arange(N)).reshape(P * N)
     logits, cache = prefill(params, cfg, _repeat_rows(cond, N), _repeat_rows(cond_mask, N), use_cfg=use_cfg)

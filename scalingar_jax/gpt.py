@@ -277,6 +277,13 @@ def decode_splits() -> int:
     return 2 if jax.default_backend() == "cpu" and (os.cpu_count() or 1) > 1 else 1
 
 
+def decode_layout(params):
+    """The decode loops' parameter layout on this backend: `split_columns(params, decode_splits())`
+    (per-layer trees, column blocks on a multi-core CPU). Loaders call it once, so the loops find
+    their layout ready and copy no weights; on an already-converted tree it returns it unchanged."""
+    return split_columns(params, decode_splits())
+
+
 def stack_layers(params):
     """Inverse of `unstack_layers` (and of `split_columns`): `layers` as one tree stacked on a
     leading n_layer axis, every kernel whole."""

@@ -223,7 +223,7 @@ def pipeline_from_bundle(bundle: Bundle, *, preprocess: str | None = None, max_l
     fit), ImportError (a T5 part without the optional sentencepiece package).
     """
     from scalingar_jax.checkpoint import load_model, read_config
-    from scalingar_jax.gpt import unstack_layers
+    from scalingar_jax.gpt import decode_layout
     from scalingar_jax.pipeline import Pipeline
     from scalingar_jax.text_features import PrecomputedFeatures
 
@@ -294,7 +294,7 @@ def pipeline_from_bundle(bundle: Bundle, *, preprocess: str | None = None, max_l
 
     gpt_params, _ = load_model(bundle.part("gpt"), expect_kind="gpt")
     vq_params, _ = load_model(bundle.part("vq"), expect_kind="vq")
-    return Pipeline(gpt_params=unstack_layers(gpt_params), gpt_cfg=gpt_cfg, vq_params=vq_params, vq_cfg=vq_cfg,
+    return Pipeline(gpt_params=decode_layout(gpt_params), gpt_cfg=gpt_cfg, vq_params=vq_params, vq_cfg=vq_cfg,
                     condition=condition, reward=None, sampling=bundle.sampling, scaling=bundle.scaling,
                     name=bundle.name, check_record=check_record)
 

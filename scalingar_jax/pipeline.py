@@ -35,7 +35,7 @@ UNGENERATED_GREY = 128  # candidate pixels whose tokens were never generated (pr
 @dataclasses.dataclass(frozen=True)
 class Pipeline:
     """A generator: GPT + VQ + conditioner (+ reward for Best-of-N / importance sampling).
-    gpt_params: stacked or per-layer (`gpt.unstack_layers`, what bundle loaders give: the
+    gpt_params: stacked or per-layer (`gpt.decode_layout`, what bundle loaders give: the
     decode loops then never copy weights). condition: P prompts -> (cond, cond_mask or None),
     cond with leading dimension P. reward: uint8 images (B, H, W, 3) and B prompts -> scores
     (B,). sampling/scaling: the defaults `generate` uses when given none. check_record: the

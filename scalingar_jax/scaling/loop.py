@@ -50,7 +50,7 @@ from flax import struct
 
 from scalingar_jax import decode
 from scalingar_jax.config import GPTConfig, SamplingConfig
-from scalingar_jax.gpt import KVCache, decode_splits, split_columns
+from scalingar_jax.gpt import KVCache, decode_layout
 from scalingar_jax.sampling import candidate_keys
 from scalingar_jax.scaling.config import ScalingARConfig
 from scalingar_jax.scaling.policy import scalingar_step, select_winner
@@ -216,7 +216,7 @@ def token_loop(params, s: LoopState, spec: LoopSpec, stop=None) -> LoopState:
             go &= pool_alive(s.conf.alive, spec) > compaction_limit(M, spec.buckets)
         return go
 
-    params = split_columns(params, decode_splits())  # decode layout once per call, not every step (no-op if done)
+    params = decode_layout(params)  # decode layout once per call, not every step (no-op if done)
     return jax.lax.while_loop(keep_going, lambda s: step(params, spec, s), s)
 
 
@@ -457,7 +457,7 @@ class LocalExecutor:
     global id of candidate slot 0 (int >= 0)."""
 
     def __init__(self, params, cond, cond_mask, key, prompt_ids, first_candidate: int = 0):
-        self.params = split_columns(params, decode_splits())  # the decode-time layout, once
+        self.params = decode_layout(params)  # the decode-time layout, once
         self.cond, self.cond_mask, self.key, self.prompt_ids = cond, cond_mask, key, prompt_ids
         self.first_candidate = jnp.int32(first_candidate)
 

@@ -48,7 +48,7 @@ from flax import struct
 
 from scalingar_jax import decode
 from scalingar_jax.config import GPTConfig, SamplingConfig
-from scalingar_jax.gpt import KVCache, init_cache, unstack_layers
+from scalingar_jax.gpt import KVCache, decode_layout, init_cache
 from scalingar_jax.scaling import strategies as S
 from scalingar_jax.scaling.config import ScalingARConfig
 from scalingar_jax.scaling.loop import (LoopSpec, LoopState, StrategyResult, bucket, candidate_logits,
@@ -175,7 +175,7 @@ def pool_loop(params, s: PoolState, need, spec: LoopSpec, axes: tuple[str, ...] 
     shard_map, one pool per device): every pool steps until one of them has room, the fullest
     fits `shrink` or all are done (the tests are pmax'd: all leave the loop at the same step)."""
     T = spec.T
-    params = unstack_layers(params)
+    params = decode_layout(params)  # no-op when the caller converted once
 
     def any_pool(x):
         return jax.lax.pmax(x.astype(jnp.int32), axes) > 0 if axes else x
@@ -393,7 +393,7 @@ def run_pool(params, spec: LoopSpec, cond, cond_mask, key, prompt_ids, strategy:
     N, T = spec.num_candidates, spec.T
     rows, lanes = check_pool(rows, N, lanes, spec.policy == "scalingar" and spec.scaling.use_termination)
     spec = dataclasses.replace(spec, compaction=False, stop_at=-1)
-    args = (unstack_layers(params), spec, cond, cond_mask, key, prompt_ids, first_candidate, rows, lanes)
+    args = (decode_layout(params), spec, cond, cond_mask, key, prompt_ids, first_candidate, rows, lanes)
     if mesh is None:
         be = _Local(*args)
     else:

@@ -16,7 +16,7 @@ import numpy as np
 
 from scalingar_jax.bundle import MANIFEST_FILE, Bundle, read_bundle, write_manifest
 from scalingar_jax.config import SamplingConfig
-from scalingar_jax.gpt import unstack_layers
+from scalingar_jax.gpt import decode_layout
 from scalingar_jax.pipeline import Pipeline, load_pipeline
 from scalingar_jax.scaling.config import ScalingARConfig
 from scalingar_jax.world.models import PARTS, load_world
@@ -62,7 +62,7 @@ def pipeline_from_bundle(bundle: Bundle, *, with_reward: bool = True) -> Pipelin
         def reward(images, prompts):
             return np.asarray(reward_scores(w.reward_params, w.reward_cfg, images, list(prompts)))
 
-    return Pipeline(gpt_params=unstack_layers(w.gpt_params), gpt_cfg=w.gpt_cfg, vq_params=w.vq_params,
+    return Pipeline(gpt_params=decode_layout(w.gpt_params), gpt_cfg=w.gpt_cfg, vq_params=w.vq_params,
                     vq_cfg=w.vq_cfg, condition=condition, reward=reward, sampling=bundle.sampling,
                     scaling=bundle.scaling, name=bundle.name, check_record=check_record)
 
