@@ -79,17 +79,20 @@ def guidance_active(sampling: SamplingConfig, k: jax.Array) -> jax.Array:
 def sampling_logits(sampling: SamplingConfig, lc, lu, scale, k, use_cfg: bool):
     """The distribution token k is drawn from, as filtered logits (B, V) float32.
 
-    scale: per-row guidance scale (B,) (ScalingAR) or a scalar.
+    scale: per-row guidance scale (B,) (ScalingAR) or a scalar; k: int32 scalar or (B,) (each
+    row its own token index).
     """
     if use_cfg:
-        logits = jnp.where(guidance_active(sampling, k), guided_logits(lc, lu, scale), lc.astype(jnp.float32))
+        on = jnp.asarray(guidance_active(sampling, k))[..., None]
+        logits = jnp.where(on, guided_logits(lc, lu, scale), lc.astype(jnp.float32))
     else:
         logits = lc.astype(jnp.float32)
     return filter_logits(logits, sampling.temperature, sampling.top_k, sampling.top_p)
 
 
 def next_tokens(sampling: SamplingConfig, lc, lu, scale, keys, k, use_cfg: bool, greedy: bool = False):
-    """Draws token k for every row: lc/lu (B, V), scale (B,) or scalar, keys (B,) -> (B,) int32."""
+    """Draws token k for every row: lc/lu (B, V), scale (B,) or scalar, keys (B,), k int32 scalar
+    or (B,) -> (B,) int32."""
     logits = sampling_logits(sampling, lc, lu, scale, k, use_cfg)
     return greedy_tokens(logits) if greedy else sample_tokens(keys, k, logits)
 

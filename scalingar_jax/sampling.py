@@ -74,17 +74,19 @@ def candidate_keys(key: jax.Array, prompt_ids: jax.Array, candidate_ids: jax.Arr
 
 
 def sample_tokens(keys: jax.Array, step: jax.Array, logits: jax.Array) -> jax.Array:
-    """One categorical draw per row: keys (...,) candidate keys, step scalar, logits (..., V) -> (...,) int32.
+    """One categorical draw per row: keys (...,) candidate keys, step an int32 scalar or (...,)
+    (each row its own token index), logits (..., V) -> (...,) int32.
 
-    The draw for a row depends only on its candidate key, the step and its logits.
+    The draw for a row depends only on its candidate key, its step and its logits.
     """
     flat_keys = keys.reshape(-1)
+    flat_steps = jnp.broadcast_to(jnp.asarray(step, jnp.int32), keys.shape).reshape(-1)
     flat_logits = logits.reshape(-1, logits.shape[-1])
     # jax.random.categorical's Gumbel-max draw (the same noise, so the same tokens), with the
     # noisy logits materialised before the argmax: fused into the argmax's (value, index)
     # reduction, XLA:CPU evaluates the noise's logs element by element, unvectorised.
-    noise = jax.vmap(lambda k, l: jax.random.gumbel(jax.random.fold_in(k, step), l.shape, l.dtype))(flat_keys,
-                                                                                                    flat_logits)
+    noise = jax.vmap(lambda k, t, l: jax.random.gumbel(jax.random.fold_in(k, t), l.shape, l.dtype))(
+        flat_keys, flat_steps, flat_logits)
     draw = first_argmax(jax.lax.optimization_barrier(noise + flat_logits))
     return draw.reshape(logits.shape[:-1])
 

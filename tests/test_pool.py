@@ -6,11 +6,11 @@ prompt set's rows, so prompts wait, enter rows freed by pruning or by finished p
 at different token indices side by side.
 
 Exactness: a scalar position and that position broadcast to every row give bit-identical model
-rows (tested below), but the pool runs the per-candidate math (sampling, token statistics,
-ScalingAR's profile) per prompt lane under `vmap` on (1, N) arrays where the batched loop runs
-it on (P, N) arrays, and XLA:CPU rounds some of it differently (C, D, R differ by ~1e-6). The
-discrete outcomes (tokens, termination steps, token counts, winners) are asserted equal, the
-floats to 1e-5.
+rows (tested below), and both loops draw tokens and compute token statistics per model row
+(`loop.draw_rows`), but the pool runs ScalingAR's profile per prompt lane under `vmap` on (1, N)
+arrays where the batched loop runs it on (P, N) arrays, and XLA:CPU rounds some of it differently
+(C, D, R differ by ~1e-6). The discrete outcomes (tokens, termination steps, token counts,
+winners) are asserted equal, the floats to 1e-5.
 """
 import json
 import os

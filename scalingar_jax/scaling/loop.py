@@ -6,7 +6,10 @@ trajectories) always keeps the original (P, N) layout: it is small, and the poli
 a prompt's candidates. The model's rows (logits and KV cache, cond and uncond) live in a flat
 *pool* of M rows shared by all prompts: `row` (P, N) maps a candidate to its pool row and
 `owner` (M,) a pool row to its flat candidate id p*N + n (P*N for a free row). Each step
-gathers the candidates' logits from the pool and feeds the sampled tokens back to it.
+draws a token for every pool row (all the vocabulary-sized work: sampling, token statistics,
+the KL for ScalingAR's profile; `draw_rows`), so its cost follows the pool's rows, gathers
+those per-row scalars to the candidates for the (P, N) update, and feeds the sampled tokens
+back to the pool.
 
 Termination is by masking inside a `lax.while_loop`. With `compaction=True` the loop leaves
 early when the alive candidates of *all* prompts fit a smaller bucket than the pool (powers of
@@ -53,8 +56,8 @@ from scalingar_jax.config import GPTConfig, SamplingConfig
 from scalingar_jax.gpt import KVCache, decode_layout
 from scalingar_jax.sampling import candidate_keys
 from scalingar_jax.scaling.config import ScalingARConfig
-from scalingar_jax.scaling.policy import scalingar_step, select_winner
-from scalingar_jax.scaling.profile import ConfidenceState, init_state, token_stats
+from scalingar_jax.scaling.policy import scalingar_update, select_winner
+from scalingar_jax.scaling.profile import ConfidenceState, LogitStats, init_state, kl_divergence, token_stats
 
 
 @struct.dataclass
@@ -124,27 +127,68 @@ def candidate_logits(logits, row):
     return logits[:M][r], logits[M:][r]
 
 
-def candidate_step(spec: LoopSpec, s: LoopState, lc, lu) -> tuple[LoopState, jax.Array]:
-    """The per-candidate half of a token step (traced): sample token s.k for the alive candidates
-    at their scale from lc, lu (P, N, V), update the ScalingAR state with `policy.scalingar_step`
-    (policy "scalingar") or count the tokens (policy "none"), record trajectories. Reads and
-    returns only the (P, N) candidate fields (keys, scale, conf, conf_sum, tokens, entropy,
-    traj; k is not advanced), so `pool` runs it per prompt lane. Returns (state, tokens (P, N)
-    int32, -1 for dead candidates). With k == T the writes of tokens, entropy and trajectories
-    are dropped (out of bounds), and with no alive candidate conf and conf_sum stay unchanged."""
+@struct.dataclass
+class RowDraw:
+    """The vocabulary-sized half of a token step, per model row pair (cond row r, uncond row
+    M + r): every field (M,), or gathered to candidates (`at_rows`)."""
+
+    tok: jax.Array  # int32 token drawn at the row's guidance scale
+    hn: jax.Array  # float32 normalised entropy of softmax(lc) (the entropy record, confidence-only)
+    margin: jax.Array  # float32 top-1 minus top-2 probability of softmax(lc)
+    stats: LogitStats | None  # what ScalingAR's profile reads (policy "scalingar"), else None
+
+    def at_rows(self, row) -> "RowDraw":
+        """The draws of pool rows `row` (any int shape, clipped to [0, M)): fields of row's shape."""
+        M = self.tok.shape[0]
+        return jax.tree.map(lambda x: x[jnp.clip(row, 0, M - 1)], self)
+
+
+def draw_rows(spec: LoopSpec, logits, keys, scale, k) -> RowDraw:
+    """Samples token k of every model row pair and computes what the candidate step reads from
+    the logits (traced): logits (2M, V) (cond rows, then uncond rows), keys (M,) the owners'
+    candidate keys, scale (M,) their guidance scales, k int32 scalar or (M,) (each row its own
+    token index). All vocabulary-sized work of a step happens here, once per model row, so a
+    step's cost follows the rows it runs (a compacted or partly free pool), not the candidate
+    slots it tracks."""
+    sampling, scaling = spec.sampling, spec.scaling
+    M = logits.shape[0] // 2
+    lc, lu = logits[:M], logits[M:]
+    tok = decode.next_tokens(sampling, lc, lu, scale, keys, k, True)  # CFG rows always run
+    hn, margin = token_stats(lc)
+    stats = None
+    if spec.policy == "scalingar":
+        Hn, m = hn, margin
+        if scaling.entropy_source == "guided":
+            Hn, m = token_stats(decode.sampling_logits(sampling, lc, lu, scale, k, True))
+        stats = LogitStats(Hn=Hn, m=m, kl=kl_divergence(lc, lu))
+    return RowDraw(tok=tok, hn=hn, margin=margin, stats=stats)
+
+
+def row_values(x, owner):
+    """Candidate values x (P, N) (any trailing axes) -> the values of pool rows' owners (M, ...):
+    owner (M,) flat candidate ids p*N + n, P*N for a free row (it reads candidate 0's)."""
+    P, N = x.shape[:2]
+    return x.reshape(P * N, *x.shape[2:])[jnp.minimum(owner, P * N - 1)]
+
+
+def candidate_step(spec: LoopSpec, s: LoopState, d: RowDraw) -> tuple[LoopState, jax.Array]:
+    """The per-candidate half of a token step (traced): d, the step's `RowDraw` gathered to the
+    candidates (fields (P, N): `draw_rows(...).at_rows(s.row)`), gives token s.k of the alive
+    candidates; update the ScalingAR state with `policy.scalingar_update` (policy "scalingar")
+    or count the tokens (policy "none"), record trajectories. Reads and returns only the (P, N)
+    candidate fields (scale, conf, conf_sum, tokens, entropy, traj; k is not advanced), so
+    `pool` runs it per prompt lane. Returns (state, tokens (P, N) int32, -1 for dead
+    candidates). With k == T the writes of tokens, entropy and trajectories are dropped (out of
+    bounds), and with no alive candidate conf and conf_sum stay unchanged."""
     gpt_cfg, sampling, scaling = spec.gpt_cfg, spec.sampling, spec.scaling
     k, T = s.k, spec.T
     alive = s.conf.alive
-    tok = decode.next_tokens(sampling, lc, lu, s.scale, s.keys, k, True)  # CFG rows always run
-    tok = jnp.where(alive, tok, -1)
-    hn, margin = token_stats(lc)
-    conf_sum = s.conf_sum + jnp.where(alive, 1.0 - (scaling.aH * hn + scaling.aM * (1.0 - margin)), 0.0)
+    tok = jnp.where(alive, d.tok, -1)
+    hn = d.hn
+    conf_sum = s.conf_sum + jnp.where(alive, 1.0 - (scaling.aH * hn + scaling.aM * (1.0 - d.margin)), 0.0)
     if spec.policy == "scalingar":
-        lg = None
-        if scaling.entropy_source == "guided":
-            lg = decode.sampling_logits(sampling, lc, lu, s.scale, k, True)
-        conf, scale = scalingar_step(scaling, s.conf, lc, lu, k, T, gpt_cfg.grid_size, sampling.cfg_scale,
-                                     axis_name=spec.cand_axis, lg=lg)
+        conf, scale = scalingar_update(scaling, s.conf, d.stats, k, T, gpt_cfg.grid_size, sampling.cfg_scale,
+                                       axis_name=spec.cand_axis)
     else:
         conf = s.conf.replace(tokens_used=s.conf.tokens_used + alive.astype(jnp.int32))
         scale = s.scale
@@ -161,12 +205,12 @@ def candidate_step(spec: LoopSpec, s: LoopState, lc, lu) -> tuple[LoopState, jax
 
 
 def step(params, spec: LoopSpec, s: LoopState) -> LoopState:
-    """One token step (traced; any pool size M): `candidate_step` on the candidates' logits
-    gathered from the pool, then the sampled tokens fed to the pool rows."""
+    """One token step (traced; any pool size M): `draw_rows` over the pool's rows, gathered to
+    the candidates for `candidate_step`, then the sampled tokens fed to the pool rows."""
     P, N = s.row.shape
     k, T = s.k, spec.T
-    lc, lu = candidate_logits(s.logits, s.row)
-    s, tok = candidate_step(spec, s, lc, lu)
+    d = draw_rows(spec, s.logits, row_values(s.keys, s.owner), row_values(s.scale, s.owner), k)
+    s, tok = candidate_step(spec, s, d.at_rows(s.row))
 
     # each pool row is fed its owner's token (free rows: code 0, never read)
     fed = jnp.concatenate([jnp.maximum(tok, 0).reshape(P * N), jnp.zeros((1,), tok.dtype)])[s.owner]

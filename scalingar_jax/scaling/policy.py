@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from .config import ScalingARConfig
-from .profile import ConfidenceState, candidate_sum, update_profile
+from .profile import ConfidenceState, LogitStats, candidate_sum, update_profile, update_profile_stats
 
 F32 = jnp.float32
 
@@ -209,8 +209,30 @@ def scalingar_step(
     (3) `guidance_scale` of the updated state: the CFG scale to use for token `step + 1`.
     lc, lu (and lg): (P, N, V). Returns (state, scale (P, N) float32).
     Static: scaling, total_steps, grid_size, axis_name. The strategies' token loop (`loop.step`)
-    calls exactly this.
+    calls `scalingar_update`, the same step from the logits' statistics.
     """
     state = update_profile(scaling, state, lc, lu, step, None, grid_size, lg=lg, axis_name=axis_name)
+    return _decide(scaling, state, step, total_steps, s_base, axis_name)
+
+
+def scalingar_update(
+    scaling: ScalingARConfig,
+    state: ConfidenceState,
+    stats: LogitStats,
+    step,
+    total_steps: int,
+    grid_size: int,
+    s_base,
+    axis_name: str | None = None,
+):
+    """`scalingar_step` from the token's `LogitStats` ((P, N) each) instead of its logits: what
+    the token loop calls, having done the vocabulary-sized work once per model row
+    (`loop.draw_rows`). Returns (state, scale (P, N) float32)."""
+    state = update_profile_stats(scaling, state, stats, step, None, grid_size, axis_name=axis_name)
+    return _decide(scaling, state, step, total_steps, s_base, axis_name)
+
+
+def _decide(scaling, state, step, total_steps, s_base, axis_name):
+    """Termination, then the next token's guidance scale (steps 2 and 3 of `scalingar_step`)."""
     state = update_termination(scaling, state, step, total_steps, axis_name=axis_name)
     return state, guidance_scale(scaling, state, s_base)

@@ -12,11 +12,14 @@ Every row carries its own position (`gpt.Transformer` with a per-row `start`): a
 candidates share their prompt's token index k, prompts in the pool are at different k. A
 prompt's candidates stay in lock-step, so the per-prompt ScalingAR state (pooled statistics,
 quantile threshold, termination, winner) is the batched loop's: each prompt lives in a *lane*,
-a P = 1 `LoopState` (without model rows) advanced by `loop.candidate_step` under `vmap`. Keys
-come from (seed, prompt id, candidate id) and token k's draw from the step, so per prompt the
-tokens, winners, token counts and termination steps are those of `strategies.run_token_strategy`
-(floats such as C may differ in the last bits: XLA rounds the (1, N) per-lane math, and a
-matmul over another number of rows, differently; tests/test_pool.py).
+a P = 1 `LoopState` (without model rows) advanced by `loop.candidate_step` under `vmap`. The
+vocabulary-sized work of a step (sampling, token statistics, the KL of the profile) is done once
+per pool row (`loop.draw_rows`, as the batched loop does), each row at its lane's token index,
+so a lane costs only its (1, N) scalar updates. Keys come from (seed, prompt id, candidate id)
+and token k's draw from the step, so per prompt the tokens, winners, token counts and
+termination steps are those of `strategies.run_token_strategy` (floats such as C may differ in
+the last bits: XLA rounds the (1, N) per-lane math, and a matmul over another number of rows,
+differently; tests/test_pool.py).
 
 State (`PoolState`, one pytree): the model rows (logits, KV cache), the slot table (`owner`
 (M,): lane candidate q*N + n of every pool row, Q*N for a free row; `row` (Q, N): pool row of
@@ -51,8 +54,8 @@ from scalingar_jax.config import GPTConfig, SamplingConfig
 from scalingar_jax.gpt import KVCache, decode_layout, init_cache
 from scalingar_jax.scaling import strategies as S
 from scalingar_jax.scaling.config import ScalingARConfig
-from scalingar_jax.scaling.loop import (LoopSpec, LoopState, StrategyResult, bucket, candidate_logits,
-                                        candidate_step, compaction_limit, init_loop, result, select)
+from scalingar_jax.scaling.loop import (LoopSpec, LoopState, StrategyResult, bucket, candidate_step,
+                                        compaction_limit, draw_rows, init_loop, result, row_values, select)
 
 
 @struct.dataclass
@@ -86,8 +89,8 @@ def check_pool(rows, num_candidates: int, lanes=None, prunes: bool = True) -> tu
     """Validates a pool of `rows` candidate rows (2 model rows each: CFG) for N candidates per
     prompt and `lanes` prompt lanes. lanes None: rows // N, four times that if candidates are
     pruned (`prunes`: a prompt then holds fewer rows, ~0.4 N on average when ScalingAR spends
-    40% of Best-of-N's tokens, so more prompts fit; every lane costs its N candidates' sampling
-    and profile work each step, so lanes are not free). Returns (rows, lanes)."""
+    40% of Best-of-N's tokens, so more prompts fit; a lane costs its (1, N) candidate updates
+    and trajectory writes each step, small but not free). Returns (rows, lanes)."""
     if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
         raise ValueError(f"pool rows must be an integer >= 1, got {rows!r}")
     if int(num_candidates) > int(rows):
@@ -141,23 +144,28 @@ def admit(params, s: PoolState, cond, cond_mask, key, prompt_id, first_candidate
 
 
 def pool_step(params, spec: LoopSpec, s: PoolState) -> PoolState:
-    """One pool step (traced): every running lane samples its token k (`loop.candidate_step`
-    per lane), every row is fed its candidate's token at its own position, and the rows of
-    candidates pruned now or of lanes that just finished (k reaches T) become free."""
+    """One pool step (traced): every occupied pool row draws its candidate's token k at its
+    lane's index (`loop.draw_rows`, the vocabulary-sized work, once per row whatever the lane
+    count), every running lane updates its candidates from those draws (`loop.candidate_step`
+    per lane), every row is fed its token at its own position, and the rows of candidates
+    pruned now or of lanes that just finished (k reaches T) become free."""
     (Q, N), T = s.row.shape, spec.T
-    lc, lu = candidate_logits(s.logits, s.row)  # (Q, N, V)
     k = s.lanes.k
+    lane_k = jnp.concatenate([k, jnp.zeros((1,), k.dtype)])[s.owner // N]  # (M,): a free row reads 0
+    flat = lambda x: row_values(x.reshape(Q, N), s.owner)  # noqa: E731  (Q, 1, N) lane field -> (M,)
+    d = draw_rows(spec, s.logits, flat(s.lanes.keys), flat(s.lanes.scale), jnp.minimum(lane_k, T - 1))
+    d = d.at_rows(s.row[:, None])  # (Q, 1, N): each lane's candidates
     # a done lane (k == T) steps with no alive candidate: its state stays as it was
     run = (k < T)[:, None, None]
     alive = s.lanes.conf.alive
     lanes = s.lanes.replace(conf=s.lanes.conf.replace(alive=alive & run))
-    lanes, tok = jax.vmap(functools.partial(candidate_step, spec))(lanes, lc[:, None], lu[:, None])
+    lanes, tok = jax.vmap(functools.partial(candidate_step, spec))(lanes, d)
     lanes = lanes.replace(k=jnp.where(k < T, k + 1, k),
                           conf=lanes.conf.replace(alive=jnp.where(run, lanes.conf.alive, alive)))
     # each pool row is fed its owner's token at its lane's token index (free rows: code 0 at 0)
     fed = jnp.concatenate([jnp.maximum(tok, 0).reshape(Q * N), jnp.zeros((1,), tok.dtype)])[s.owner]
     # a lane that just sampled its last token has no next position: its rows are freed below
-    pos = jnp.minimum(jnp.concatenate([k, jnp.zeros((1,), k.dtype)])[s.owner // N], T - 2)
+    pos = jnp.minimum(lane_k, T - 2)
     logits, cache = decode.decode_step(params, spec.gpt_cfg, s.cache, jnp.concatenate([fed, fed]),
                                        jnp.concatenate([pos, pos]))
     keep = lanes.conf.alive.reshape(Q, N) & (lanes.k < T)[:, None]

@@ -294,6 +294,24 @@ def worst_block_entropy(scaling: ScalingARConfig, blk_sum, blk_cnt):
 
 
 # ---------------------------------------------------------------------------- the update
+@struct.dataclass
+class LogitStats:
+    """What the profile reads from one token's logits, per candidate (any shape, float32):
+    Hn, m = `token_stats` of lc (or of the guided logits lg with entropy_source "guided") and
+    kl = KL(softmax(lc) || softmax(lu)). The token loop computes them once per model row and
+    gathers them to its candidates (`loop.draw_rows`); `update_profile_stats` consumes them."""
+
+    Hn: jax.Array
+    m: jax.Array
+    kl: jax.Array
+
+
+def logit_stats(scaling: ScalingARConfig, lc, lu, lg=None) -> LogitStats:
+    """`LogitStats` of lc, lu (and lg, read iff scaling.entropy_source == "guided"): (..., V) -> (...)."""
+    Hn, m = token_stats(lg if scaling.entropy_source == "guided" else lc)
+    return LogitStats(Hn=Hn, m=m, kl=kl_divergence(lc, lu))
+
+
 def update_profile(
     scaling: ScalingARConfig,
     state: ConfidenceState,
@@ -314,6 +332,34 @@ def update_profile(
     `state.alive & alive`. grid_size: static g. lg: (P, N, V) guided logits, required iff
     `scaling.entropy_source == "guided"` (then Hn and m are read from it instead of lc).
     axis_name: mesh/vmap axis over which the candidate axis is split, or None.
+    `update_profile_stats` of `logit_stats(scaling, lc, lu, lg)`.
+    """
+    P, N = state.C.shape
+    lc, lu = jnp.asarray(lc), jnp.asarray(lu)
+    if lc.ndim != 3 or lc.shape[:2] != (P, N):
+        raise ValueError(f"lc must have shape (P={P}, N={N}, V), got {lc.shape}")
+    if lu.shape != lc.shape:
+        raise ValueError(f"lu shape {lu.shape} differs from lc shape {lc.shape}")
+    if scaling.entropy_source == "guided":
+        if lg is None:
+            raise ValueError("entropy_source='guided' needs the guided logits lg")
+        lg = jnp.asarray(lg)
+        if lg.shape != lc.shape:
+            raise ValueError(f"lg shape {lg.shape} differs from lc shape {lc.shape}")
+    return update_profile_stats(scaling, state, logit_stats(scaling, lc, lu, lg), step, alive, grid_size,
+                                axis_name)
+
+
+def update_profile_stats(
+    scaling: ScalingARConfig,
+    state: ConfidenceState,
+    stats: LogitStats,
+    step,
+    alive,
+    grid_size: int,
+    axis_name: str | None = None,
+) -> ConfidenceState:
+    """`update_profile` from the token's `LogitStats` ((P, N) each) instead of its logits.
 
     Candidates outside the mask keep every field unchanged and are excluded from the pooled
     statistics. `tokens_used` grows by one for every candidate in the mask: a candidate is
@@ -333,20 +379,9 @@ def update_profile(
             f"state keeps {state.C_hist.shape[-1]} past C values but rebound_window="
             f"{scaling.rebound_window!r} needs {scaling.rebound_history} (build it with init_state(scaling, ...))"
         )
-    lc, lu = jnp.asarray(lc), jnp.asarray(lu)
-    if lc.ndim != 3 or lc.shape[:2] != (P, N):
-        raise ValueError(f"lc must have shape (P={P}, N={N}, V), got {lc.shape}")
-    if lu.shape != lc.shape:
-        raise ValueError(f"lu shape {lu.shape} differs from lc shape {lc.shape}")
-    if scaling.entropy_source == "guided":
-        if lg is None:
-            raise ValueError("entropy_source='guided' needs the guided logits lg")
-        lg = jnp.asarray(lg)
-        if lg.shape != lc.shape:
-            raise ValueError(f"lg shape {lg.shape} differs from lc shape {lc.shape}")
-        src = lg
-    else:
-        src = lc
+    for name in ("Hn", "m", "kl"):
+        if jnp.shape(getattr(stats, name)) != (P, N):
+            raise ValueError(f"stats.{name} must have shape (P={P}, N={N}), got {jnp.shape(getattr(stats, name))}")
     a = state.alive
     if alive is not None:
         alive = jnp.asarray(alive)
@@ -356,7 +391,7 @@ def update_profile(
     init = state.initialized
 
     # token level
-    Hn, m = token_stats(src)
+    Hn, m = stats.Hn, stats.m
     aH, aM = scaling.token_weights
     s_tok = _ema(state.s_tok, 1.0 - (aH * Hn + aM * (1.0 - m)), scaling.lam_tok, init)
 
@@ -382,7 +417,7 @@ def update_profile(
     V = I_var if scaling.volatility == "raw" else _zsig(I_var, V_mu, V_var, scaling.eps)
 
     # conditional channel
-    K = _ema(state.K, kl_divergence(lc, lu), scaling.lam_tok, init)
+    K = _ema(state.K, stats.kl, scaling.lam_tok, init)
     K_mu, K_var, stats_init = _pooled_update(
         K, a, state.K_mu, state.K_var, state.stats_initialized, scaling.lam_stat, axis_name
     )
