@@ -17,7 +17,7 @@ memory    XLA's compiled memory analysis of the real generation path, per device
           A second prompt count (`--fit-prompts`) on the first prompts-only mesh gives the per-row
           slope, from which `--budgets` tables say what fits on 16 / 40 / 80 GB devices.
 roofline  XLA's cost analysis (flops, bytes accessed) of one decode step (`decode.decode_step`), one
-          ScalingAR loop step (`loop.step`), the prefill (`decode.prefill`) and the T5 encode, on
+          ScalingAR loop step (`loop.step`), the prefill (`decode.prefill_candidates`) and the T5 encode, on
           one device at two row counts (linear in rows), then a roofline estimate
               step time = max(FLOPs / peak FLOP/s, bytes / HBM bandwidth)
           of GenEval (553 prompts x 4 images) on a TPU slice for plain (N = 1), Best-of-N and
@@ -388,11 +388,10 @@ def gpt_costs(gpt_cfg, rows: int, num_candidates: int) -> dict:
     c, secs = compile_timed(jax.jit(lambda p, ca, t, i: decode.decode_step(p, gpt_cfg, ca, t, i))
                             .lower(params, cache, tok, k))
     out["decode_step"] = {**cost_stats(c), "compile_s": secs}
-    cond = jax.ShapeDtypeStruct((prompts * num_candidates, gpt_cfg.cls_token_num, gpt_cfg.caption_dim),
-                                to_dtype(gpt_cfg.dtype))
+    cond = jax.ShapeDtypeStruct((prompts, gpt_cfg.cls_token_num, gpt_cfg.caption_dim), to_dtype(gpt_cfg.dtype))
     mask = jax.ShapeDtypeStruct(cond.shape[:2], jnp.bool_)
-    c, secs = compile_timed(jax.jit(lambda p, co, m: decode.prefill(p, gpt_cfg, co, m, use_cfg=True))
-                            .lower(params, cond, mask))
+    c, secs = compile_timed(jax.jit(lambda p, co, m: decode.prefill_candidates(
+        p, gpt_cfg, co, m, num_candidates=num_candidates, use_cfg=True)).lower(params, cond, mask))
     out["prefill"] = {**cost_stats(c), "compile_s": secs}
     sampling, scaling = sampling_configs(gpt_cfg)
     pcond = jax.ShapeDtypeStruct((prompts,) + cond.shape[1:], cond.dtype)

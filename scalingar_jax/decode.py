@@ -50,6 +50,20 @@ def prefill(params, cfg: GPTConfig, cond, cond_mask=None, *, use_cfg: bool = Tru
     return nn.apply(run, Transformer(cfg))({"params": params})
 
 
+def prefill_candidates(params, cfg: GPTConfig, cond, cond_mask=None, *, num_candidates: int, use_cfg: bool = True):
+    """`prefill` for N candidates of every prompt: the P distinct condition rows (x2 with CFG) are
+    run once and their logits and cache rows repeated, not N identical copies run (a t2i caption
+    is 120 positions: prefilling the copies cost N times the compute). Returns (logits (R, V),
+    cache) in `prefill`'s layout for cond repeated N times (R = 2PN with CFG: rows p*N + n, then
+    the unconditional half in the same order). cond (P,) or (P, cls, C); cond_mask (P, cls)."""
+    logits, cache = prefill(params, cfg, cond, cond_mask, use_cfg=use_cfg)
+    N = int(num_candidates)
+    if N == 1:
+        return logits, cache
+    rows = jnp.repeat(jnp.arange(logits.shape[0], dtype=jnp.int32), N)  # each half's row order: p*N + n
+    return logits[rows], cache.map_rows(lambda x: x[rows])
+
+
 def decode_step(params, cfg: GPTConfig, cache: KVCache, tokens: jax.Array, k: jax.Array):
     """Feeds image token k (tokens (R,) int32) at position cls + k. Returns (logits (R, V) f32, cache).
     k: int32 scalar (every row) or (R,) (each row its own token index)."""
@@ -106,9 +120,6 @@ def validate_generate_inputs(cfg: GPTConfig, sampling: SamplingConfig, cond, con
     validate_condition(cfg, cond, cond_mask)
 
 
-def _repeat_rows(x, n):
-    return None if x is None else jnp.repeat(x, n, axis=0)
-
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling", "num_candidates", "greedy"))
 def _generate(params, key, cond, cond_mask, prompt_ids, *, cfg, sampling, num_candidates, greedy):
@@ -116,7 +127,7 @@ def _generate(params, key, cond, cond_mask, prompt_ids, *, cfg, sampling, num_ca
     params = decode_layout(params)  # per-layer (column-split) weights, once, outside the loop
     use_cfg = sampling.use_cfg
     keys = candidate_keys(key, prompt_ids, jnp.arange(N)).reshape(P * N)
-    logits, cache = prefill(params, cfg, _repeat_rows(cond, N), _repeat_rows(cond_mask, N), use_cfg=use_cfg)
+    logits, cache = prefill_candidates(params, cfg, cond, cond_mask, num_candidates=N, use_cfg=use_cfg)
     scale = jnp.float32(sampling.cfg_scale)
 
     def body(k, carry):

@@ -305,8 +305,7 @@ def init_loop(params, cond, cond_mask, key, prompt_ids, spec: LoopSpec, first_ca
     over all shards); padding slots (`spec.num_real`) start dead."""
     gpt_cfg, N0, T = spec.gpt_cfg, spec.num_candidates, spec.T
     P = cond.shape[0]
-    rep = lambda x: None if x is None else jnp.repeat(x, N0, axis=0)  # noqa: E731
-    logits, cache = decode.prefill(params, gpt_cfg, rep(cond), rep(cond_mask), use_cfg=True)
+    logits, cache = decode.prefill_candidates(params, gpt_cfg, cond, cond_mask, num_candidates=N0, use_cfg=True)
     f32 = jnp.zeros((T, P, N0), jnp.float32)
     traj = {"C": f32, "I": f32, "D": f32, "R": f32, "scale": f32, "alive": jnp.zeros((T, P, N0), bool),
             "theta": jnp.zeros((T, P), jnp.float32)}

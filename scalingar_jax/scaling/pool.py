@@ -54,7 +54,7 @@ from scalingar_jax.config import GPTConfig, SamplingConfig
 from scalingar_jax.gpt import KVCache, decode_layout, init_cache
 from scalingar_jax.scaling import strategies as S
 from scalingar_jax.scaling.config import ScalingARConfig
-from scalingar_jax.scaling.loop import (LoopSpec, LoopState, StrategyResult, bucket, candidate_step,
+from scalingar_jax.scaling.loop import (BUCKETS, LoopSpec, LoopState, StrategyResult, bucket, candidate_step,
                                         compaction_limit, draw_rows, init_loop, result, row_values, select)
 
 
@@ -386,12 +386,13 @@ def _sharded_admit(params, s: PoolState, cond, cond_mask, key_data, prompt_id, f
 
 
 def run_pool(params, spec: LoopSpec, cond, cond_mask, key, prompt_ids, strategy: str, *, rows: int,
-             lanes: int | None = None, first_candidate: int = 0, mesh=None, shrink: bool = True,
+             lanes: int | None = None, first_candidate: int = 0, mesh=None, shrink: bool | str = True,
              on_prompt: Callable[[int], None] | None = None) -> tuple[StrategyResult, PoolStats]:
     """Runs every prompt through a pool of `rows` candidate rows and `lanes` lanes (per device
     of `mesh`, if given: `ShardedPool`). shrink: once no prompt waits, the pool shrinks to the
-    power-of-two bucket of its occupied rows (`loop.bucket`) whenever they fit a smaller one
-    (one compile per pool size, as the batched loop's compaction).
+    bucket of its occupied rows (`loop.bucket`) whenever they fit a smaller one (one compile per
+    pool size, as the batched loop's compaction): True / "pow2" (powers of two), "fine" (also
+    3 * 2**k: a tighter tail for twice the pool sizes) or False (never).
 
     Inputs as `strategies.prepare` returns them: cond (P, ...), cond_mask (P, cls) or None,
     prompt_ids (P,) int32; spec: the unsharded `LoopSpec` (`strategies.token_spec`, compaction
@@ -399,6 +400,9 @@ def run_pool(params, spec: LoopSpec, cond, cond_mask, key, prompt_ids, strategy:
     called when prompt i is done. Returns (the `StrategyResult` over all P prompts, in input
     order, as the batched loop returns it; `PoolStats`, rows summed over devices)."""
     N, T = spec.num_candidates, spec.T
+    if shrink not in (True, False, *BUCKETS):
+        raise ValueError(f"shrink must be True, False or one of {BUCKETS}, got {shrink!r}")
+    buckets = "pow2" if shrink is True else shrink
     rows, lanes = check_pool(rows, N, lanes, spec.policy == "scalingar" and spec.scaling.use_termination)
     spec = dataclasses.replace(spec, compaction=False, stop_at=-1)
     args = (decode_layout(params), spec, cond, cond_mask, key, prompt_ids, first_candidate, rows, lanes)
@@ -413,7 +417,7 @@ def run_pool(params, spec: LoopSpec, cond, cond_mask, key, prompt_ids, strategy:
     cur, sizes = rows, [rows]
     while True:
         for d, q in zip(*np.nonzero((lane_prompt >= 0) & (lane_k >= T))):  # harvest the lanes that finished
-            done[lane_prompt[d, q]] = jax.tree.map(np.asarray, be.harvest(s, int(d), int(q), strategy))
+            done[lane_prompt[d, q]] = be.harvest(s, int(d), int(q), strategy)  # async: read at the end
             if on_prompt is not None:
                 on_prompt(int(lane_prompt[d, q]))
             lane_prompt[d, q] = -1
@@ -429,15 +433,15 @@ def run_pool(params, spec: LoopSpec, cond, cond_mask, key, prompt_ids, strategy:
             s = be.admit(s, todo)
         if not pending and (lane_prompt < 0).all():
             break
-        tail = shrink and not pending and cur > 1
-        s, free, lane_k = be.loop(s, N if pending else cur + 1, compaction_limit(cur) if tail else -1)
+        tail = bool(shrink) and not pending and cur > 1
+        s, free, lane_k = be.loop(s, N if pending else cur + 1, compaction_limit(cur, buckets) if tail else -1)
         occupied = int(np.max(cur - free))
-        if tail and (lane_k < T).any() and occupied <= compaction_limit(cur):
-            new = bucket(max(1, occupied))
+        if tail and (lane_k < T).any() and occupied <= compaction_limit(cur, buckets):
+            new = bucket(max(1, occupied), buckets)
             s, free, cur = be.shrink(s, new), free - (cur - new), new
             sizes.append(new)
     steps, busy, row_steps = be.totals(s)
-    return _stack([done[i] for i in range(P)]), PoolStats(steps, rows * D, row_steps, busy / max(1, row_steps),
+    return _stack([jax.tree.map(np.asarray, done[i]) for i in range(P)]), PoolStats(steps, rows * D, row_steps, busy / max(1, row_steps),
                                                           tuple(sizes))
 
 
@@ -445,14 +449,14 @@ def run_pool(params, spec: LoopSpec, cond, cond_mask, key, prompt_ids, strategy:
 def run_pool_strategy(params, gpt_cfg: GPTConfig, cond, cond_mask=None, *, key, strategy: str = "scalingar",
                       num_candidates: int = 8, sampling: SamplingConfig = SamplingConfig(),
                       scaling: ScalingARConfig = ScalingARConfig(), rows: int = 64, lanes: int | None = None,
-                      prompt_ids=None, first_candidate: int = 0, mesh=None, shrink: bool = True,
+                      prompt_ids=None, first_candidate: int = 0, mesh=None, shrink: bool | str = True,
                       on_prompt=None) -> tuple[StrategyResult, PoolStats]:
     """`strategies.run_token_strategy` ("plain", "confidence_only", "scalingar") over a prompt
     set through a pool of `rows` candidate rows (2 * rows model rows with CFG) and `lanes`
     prompts in flight (default `check_pool`'s). cond: (P,) labels or (P, cls, caption_dim)
     features; cond_mask (P, cls). mesh: None (one device) or a `sharding.make_mesh` mesh
     without a model axis: every device keeps its own pool of `rows` rows. shrink: the drained
-    tail runs on smaller pools (`run_pool`). Per prompt the same
+    tail runs on smaller pools (`run_pool`: True / "pow2", "fine" or False). Per prompt the same
     result as `run_token_strategy`; returns (`StrategyResult` over the P prompts, `PoolStats`)."""
     if strategy not in S.TOKEN_STRATEGIES:
         raise ValueError(f"run_pool_strategy handles {'/'.join(S.TOKEN_STRATEGIES)}, got strategy {strategy!r}")
