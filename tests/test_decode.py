@@ -42,6 +42,23 @@ def test_generate_compiles_once_and_is_reproducible(params):
     assert int(a.min()) >= 0 and int(a.max()) < CFG.vocab_size
 
 
+def test_prefill_candidates_is_the_prefill_of_the_repeated_rows(params):
+    """The P distinct rows prefilled once and repeated give the layout and values of prefilling
+    every candidate's copy (rows p*N + n, then the unconditional half), left padding included."""
+    cond, mask = _cond(2)
+    N = 3
+    logits, cache = decode.prefill_candidates(params, CFG, cond, mask, num_candidates=N, use_cfg=True)
+    want, want_cache = decode.prefill(params, CFG, jnp.repeat(cond, N, 0), jnp.repeat(mask, N, 0), use_cfg=True)
+    assert logits.shape == want.shape == (2 * 2 * N, CFG.vocab_size)
+    np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
+    for x, y in zip(jax.tree.leaves(cache), jax.tree.leaves(want_cache)):
+        assert x.shape == y.shape
+        np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(logits[0], logits[N])  # prompts differ: the repeat is per prompt, not of row 0
+    one, _ = decode.prefill_candidates(params, CFG, cond, mask, num_candidates=1, use_cfg=False)
+    np.testing.assert_allclose(one, decode.prefill(params, CFG, cond, mask, use_cfg=False)[0], rtol=1e-6)
+
+
 def test_decode_step_traces_once_across_steps(params):
     traces = []
 

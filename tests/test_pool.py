@@ -112,7 +112,7 @@ def test_scalingar_ablation_in_the_pool(params):
     sc = WIRE.ablation("termination_only")
     kw = dict(key=KEY, strategy="scalingar", num_candidates=N, sampling=SAMPLING, scaling=sc, prompt_ids=PROMPT_IDS)
     ref = S.run_token_strategy(params, CFG, cond, mask, compaction=False, **kw)
-    res, _ = pool.run_pool_strategy(params, CFG, cond, mask, rows=ROWS + 2, shrink=False, **kw)
+    res, _ = pool.run_pool_strategy(params, CFG, cond, mask, rows=ROWS + 2, shrink="fine", **kw)
     _assert_same(res, ref)
 
 
@@ -145,6 +145,8 @@ def test_a_pool_smaller_than_a_prompt_is_refused_naming_both_numbers(params):
             pool.check_pool(bad, 1)
     with pytest.raises(ValueError, match="pool lanes"):
         pool.check_pool(8, 2, lanes=0)
+    with pytest.raises(ValueError, match="shrink must be True, False or one of"):
+        pool.run_pool_strategy(params, CFG, cond, mask, key=KEY, num_candidates=N, rows=8, shrink="pow3")
     with pytest.raises(ValueError, match="5 prompts for 4 conditions|4 prompts"):
         pool.run_pool_best_of_n(params, CFG, cond[:4], mask[:4], prompts=list("abcde"), key=KEY, reward_fn=_reward,
                                 decode_fn=_decode, num_candidates=N, rows=8)
