@@ -381,8 +381,8 @@ def _check_prompt_file_args(args) -> None:
         n = 1 if args.strategy == "plain" else args.n
         if args.pool < n:
             raise UserError(f"--pool {args.pool} holds fewer candidate rows than one prompt's N = {n}")
-        if args.mesh is not None or args.strategy == "importance_sampling":
-            raise UserError("--pool runs plain, confidence_only, scalingar and best_of_n on one device (no --mesh)")
+        if args.strategy == "importance_sampling":
+            raise UserError("--pool runs plain, confidence_only, scalingar and best_of_n (not importance_sampling)")
     if args.images_per_prompt is None:
         args.images_per_prompt = DEFAULT_IMAGES_PER_PROMPT
     if not 1 <= args.images_per_prompt <= MAX_IMAGES_PER_PROMPT:
@@ -729,7 +729,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pool", type=int, default=None, metavar="ROWS",
                    help="with --prompts: continuous batching through a pool of ROWS candidate rows (2 x ROWS model "
                         "rows): each call's prompts enter as pruned or finished rows free up (same images per "
-                        "prompt); give a --batch of many prompts so the pool stays full")
+                        "prompt); give a --batch of many prompts so the pool stays full; with --mesh every "
+                        "device keeps its own pool of ROWS rows (a mesh without a model axis)")
     g.set_defaults(fn=cmd_generate)
 
     m = sub.add_parser("merge", help="join the parts of a split GenEval run (--process-index) into one folder",

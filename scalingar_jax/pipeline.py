@@ -107,7 +107,8 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
     conditioner (e.g. a text encoder) runs once per prompt; None: computed here.
     pool: None (batched) or a pool of that many candidate rows (`scaling.pool`, continuous
     batching: prompts enter as pruned or finished rows free up; plain, confidence_only, scalingar
-    and best_of_n; per prompt the same results; one device, on_progress not called).
+    and best_of_n; per prompt the same results; with `mesh`, one pool of that many rows per
+    device; on_progress not called).
     Extra keyword arguments go to importance sampling (checkpoints, tau, fill_code).
     """
     import time
@@ -163,22 +164,22 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
 
 def _generate_pooled(pipe: Pipeline, cond, cond_mask, prompts, strategy, rows, key, N, sampling, scaling, prompt_ids,
                      first_candidate, mesh, strategy_kwargs) -> S.StrategyResult:
-    """`generate`'s strategies through the prompt pool (`scaling.pool`)."""
+    """`generate`'s strategies through the prompt pool (`scaling.pool`; on a mesh, one pool of
+    `rows` rows per device)."""
     from scalingar_jax.scaling import pool
 
-    if mesh is not None or strategy == "importance_sampling" or strategy_kwargs:
-        what = "a mesh" if mesh is not None else f"strategy {strategy!r}"
-        raise ValueError(f"the prompt pool does not take {what} (it runs plain, confidence_only, scalingar and "
-                         f"best_of_n on one device)")
+    if strategy == "importance_sampling" or strategy_kwargs:
+        raise ValueError(f"the prompt pool does not take strategy {strategy!r} with {sorted(strategy_kwargs)} (it "
+                         f"runs plain, confidence_only, scalingar and best_of_n)")
     if strategy == "best_of_n":
         if pipe.reward is None:
             raise ValueError("strategy 'best_of_n' needs a reward function and this pipeline has none")
         return pool.run_pool_best_of_n(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, prompts=prompts, key=key,
                                        reward_fn=pipe.reward, decode_fn=pipe.decode_images, num_candidates=N,
-                                       sampling=sampling, rows=rows, prompt_ids=prompt_ids)[0]
+                                       sampling=sampling, rows=rows, prompt_ids=prompt_ids, mesh=mesh)[0]
     return pool.run_pool_strategy(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, key=key, strategy=strategy,
                                   num_candidates=N, sampling=sampling, scaling=scaling, rows=rows,
-                                  prompt_ids=prompt_ids, first_candidate=first_candidate)[0]
+                                  prompt_ids=prompt_ids, first_candidate=first_candidate, mesh=mesh)[0]
 
 
 def load_pipeline(path=None, *, sampling: SamplingConfig | None = None, scaling: ScalingARConfig | None = None,

@@ -189,6 +189,9 @@ def test_pool_gives_the_batched_images(setup, tmp_path, capsys):
     out = tmp_path / "pool"
     assert gen(setup, out, "--pool", "4", "--batch", "12") == 0
     assert tree(out) == tree(setup[2])
+    # with --mesh every device keeps its own pool (a 1x1 mesh here: the sharded pool's code path)
+    assert gen(setup, tmp_path / "mesh", "--pool", "4", "--batch", "12", "--mesh", "1x1") == 0
+    assert tree(tmp_path / "mesh") == tree(setup[2])
     assert gen(setup, tmp_path / "o", "--pool", "1") == 2
     assert "--pool 1 holds fewer candidate rows than one prompt's N = 2" in capsys.readouterr().err
 
