@@ -6,7 +6,13 @@ import json
 import bench_scaling
 
 
-def test_bench_scaling_smoke(tmp_path, capsys):
+def test_bench_scaling_smoke(tmp_path, capsys, monkeypatch):
+    # GPT-B's layer shrunk to 2 heads x 32 and a 2048-token vocabulary (still > 2000: the top-k
+    # path runs): the run's cost is its ~35 compiles, which a full-width layer only slows down
+    from scalingar_jax.config import gpt_config
+
+    tiny = dict(n_head=2, dim=32, vocab_size=2048)
+    monkeypatch.setattr(bench_scaling, "gpt_config", lambda *a, **kw: gpt_config(*a, **{**kw, **tiny}))
     out = tmp_path / "bench"
     bench_scaling.main(["--grid", "4", "--layers", "1", "--prompts", "2", "--steps", "2", "--rounds", "1",
                         "--gates", "1:0.9", "--out", str(out)])

@@ -93,7 +93,7 @@ def _fit(loss_fn, params, steps=8, lr=3e-3):
     for _ in range(steps):
         params, state, l = step(params, state)
         first = l if first is None else first
-    return float(first), float(loss_fn(params))
+    return float(first), float(jax.jit(loss_fn)(params))
 
 
 def test_reward_training_step_decreases_loss():
@@ -124,7 +124,7 @@ def test_gpt_and_text_joint_training_step_decreases_loss():
     first, last = _fit(lambda p: gpt_loss(p, cfg, TEXT, ids, mask, codes, drop)[0], params)
     assert last < first
     # gradients reach the text encoder
-    g = jax.grad(lambda p: gpt_loss(p, cfg, TEXT, ids, mask, codes, jnp.zeros(2, bool))[0])(params)
+    g = jax.jit(jax.grad(lambda p: gpt_loss(p, cfg, TEXT, ids, mask, codes, jnp.zeros(2, bool))[0]))(params)
     assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g["text"])) > 0
 
 
