@@ -17,10 +17,10 @@ faster token loop alone:
 Timing: after a warm-up call per variant, `--repeat` rounds run every variant once each,
 interleaved; a variant's figure is its fastest round.
 
-  python experiments/bench_throughput.py                                   # both workloads, full size
-  python experiments/bench_throughput.py --workload shapes --per-tag 2 --batch 4 --out bench_throughput_small
-  python experiments/bench_throughput.py --workload gpt-b --grid 8 --layers 2 --prompts 16 --batch 4 \
-      --out bench_throughput_small_gptb
+  python experiments/bench_throughput.py                                   # both workloads, defaults
+  python experiments/bench_throughput.py --workload shapes --per-tag 20 --batch 8 --repeat 2 --out bench_throughput_shapes
+  python experiments/bench_throughput.py --workload gpt-b --grid 8 --layers 2 --prompts 64 --batch 4 --repeat 2 \
+      --out bench_throughput_gptb
 """
 from __future__ import annotations
 
