@@ -267,8 +267,8 @@ def _check_conditioning(args, gpt_cfg, class_ids) -> None:
 
 def _generate_class_ids(args, pipe, class_ids, sampling, scaling, mesh, out: Path) -> int:
     """c2i: one output folder <out>/<i:05d> per class id (the i-th given), each with what a
-    prompt run writes; ids run --batch at a time, prompt id = i (results do not depend on the
-    batch)."""
+    prompt run writes; ids run --batch at a time, prompt id = i (the batch changes results only
+    by float rounding: README, Exactness)."""
     import numpy as np
 
     from scalingar_jax.atomic import atomic_dir
@@ -708,7 +708,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep pruned rows in the batch (masking only) instead of compacting alive rows")
     g.add_argument("--buckets", default="pow2", choices=["pow2", "fine"],  # strategies.BUCKETS (no jax import here)
                    help="pool sizes compaction shrinks to: pow2 = 1, 2, 4, 8, ... (default); fine adds 3, 6, "
-                        "12, ... (less padding, twice the compiled sizes). Results are identical either way")
+                        "12, ... (less padding, twice the compiled sizes). The same tokens and winners either way unless "
+                        "a float rounding flips a near-tied draw (README, Exactness)")
     g.add_argument("--mesh", default=None, metavar="PxC",
                    help="shard prompts x candidates over local devices with shard_map, e.g. 2x4 (default: one "
                         "device); simulate CPU devices with XLA_FLAGS=--xla_force_host_platform_device_count=8")

@@ -98,8 +98,10 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
     prompts: P strings; num_candidates: N >= 1; seed: the base PRNG seed (a candidate's key is
     derived from (seed, prompt id, candidate id)); sampling/scaling default to the pipeline's.
     mesh: optional `scalingar_jax.sharding.make_mesh(prompt_shards, cand_shards)`: prompts and
-    candidates are sharded over it with `shard_map` (same results as one device).
-    compaction: False, True / "pow2" or "fine" (ScalingAR's pool buckets; results are the same).
+    candidates are sharded over it with `shard_map` (the results of one device up to float
+    rounding: README, "Exactness").
+    compaction: False, True / "pow2" or "fine" (ScalingAR's pool buckets; the same results up
+    to float rounding).
     first_candidate: global id of the first candidate (reward-free strategies): with N = 1 and
     first_candidate = c, plain sampling decodes candidate c of an N-candidate run (same key; the
     tokens can differ where a different batch size rounds differently).
@@ -107,7 +109,7 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
     conditioner (e.g. a text encoder) runs once per prompt; None: computed here.
     pool: None (batched) or a pool of that many candidate rows (`scaling.pool`, continuous
     batching: prompts enter as pruned or finished rows free up; plain, confidence_only, scalingar
-    and best_of_n; per prompt the same results; with `mesh`, one pool of that many rows per
+    and best_of_n; per prompt the same results up to float rounding; with `mesh`, one pool of that many rows per
     device; on_progress not called).
     Extra keyword arguments go to importance sampling (checkpoints, tau, fill_code).
     """

@@ -474,5 +474,6 @@ def test_dtype_casts_converted_model_directories(made, tmp_path):
         assert getattr(cfg, "param_dtype", "bfloat16") == "bfloat16"
         assert read_config(cast / part)[2]["converted_dtype"] == "bfloat16"
     assert (cast / "text" / llamagen.SPIECE_FILE).is_file()
+    pytest.importorskip("sentencepiece", reason="the T5 bundles' tokenizer (in the test extra) is not installed")
     f32 = load_pipeline(kept).condition(PROMPTS)[0]
     np.testing.assert_allclose(load_pipeline(cast).condition(PROMPTS)[0], f32, atol=0.1)
