@@ -848,7 +848,7 @@ def main(argv=None) -> int:
         return _main(sys.argv[1:] if argv is None else list(argv))
     except KeyboardInterrupt as e:
         msg = str(e) if isinstance(e, Interrupted) else "interrupted; nothing was half-written (rerun the same command)"
-        print(f"scalingar: {msg}", file=sys.stderr)
+        print(f"scalingar: {printable(msg)}", file=sys.stderr)
         if as_program:
             sys.stdout.flush()
             sys.stderr.flush()

@@ -40,9 +40,10 @@ from scalingar_jax.atomic import atomic_dir, atomic_write_text, recover
 from scalingar_jax.inputs import shown
 
 __all__ = ["TAGS", "RELATIONS", "RECORD_KEYS", "INCLUDE_KEYS", "EXCLUDE_KEYS", "validate_record",
-           "read_jsonl_records", "RUN_FILE", "DEFAULT_IMAGES_PER_PROMPT", "RunMismatch", "read_prompt_file", "select_records", "prompt_folder",
-           "write_prompt_folder", "folder_is_complete", "prompt_run_ids", "check_run_folder", "prepare_run", "run_prompts",
-           "merge_runs", "file_sha256", "run_lock", "RunLocked", "LOCK_FILE"]
+           "read_jsonl_records", "RUN_FILE", "DEFAULT_IMAGES_PER_PROMPT", "RunMismatch", "read_prompt_file",
+           "select_records", "prompt_folder", "write_prompt_folder", "folder_is_complete", "prompt_run_ids",
+           "check_run_folder", "prepare_run", "run_prompts", "merge_runs", "file_sha256", "run_lock", "RunLocked",
+           "LOCK_FILE"]
 
 RUN_FILE = "scalingar_run.json"
 LOCK_FILE = ".scalingar_run.lock"  # held by the run writing the folder (`run_lock`)
@@ -50,11 +51,11 @@ RUN_FORMAT = 1
 DEFAULT_IMAGES_PER_PROMPT = 4  # GenEval's `--n_samples` default
 MAX_RECORDS = 100000           # prompt folders 00000 .. 99999
 MAX_IMAGES_PER_PROMPT = 1000   # keeps prompt ids i * K + k inside int32 for MAX_RECORDS prompts
-MAX_LINE_BYTES = 64 << 10      # one record of a prompt file (GenEval's are under 300 bytes)
-MAX_PROMPT_FILE_BYTES = 16 << 20  # a prompt file (100,000 GenEval-like records take about 15 MB)
+MAX_LINE_BYTES = 64 << 10      # one record of a prompt file (GenEval's longest is 224 bytes)
+MAX_PROMPT_FILE_BYTES = 16 << 20  # a prompt file (GenEval's: 553 records in 85 KB; 100,000 such: 15 MB)
 MAX_PROCESSES = 100000         # --process-count
-MAX_MANIFEST_BYTES = 16 << 20  # scalingar_run.json (100,000 indices take about 1 MB)
-MAX_ENTRIES = 64               # include / exclude entries of one record (GenEval's have at most 4)
+MAX_MANIFEST_BYTES = 16 << 20  # scalingar_run.json (100,000 indices take 0.8 MB)
+MAX_ENTRIES = 64               # include / exclude entries of one record (GenEval's have at most 2)
 
 
 class RunMismatch(ValueError):

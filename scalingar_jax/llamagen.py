@@ -1,8 +1,8 @@
 """LlamaGen's released models as model bundles: `assemble_bundle` builds one, `pipeline_from_bundle` loads it.
 
 A LlamaGen bundle (read by `scalingar_jax.bundle.read_bundle`, loaded by
-`scalingar_jax.load_pipeline(path)`, which calls `pipeline_from_bundle`, the loader its
-`bundle.json` names):
+`scalingar_jax.load_pipeline(path)`, which calls `pipeline_from_bundle`, the loader of its
+kind):
 
     bundle.json   kind "llamagen-t2i" | "llamagen-c2i" (both load with `pipeline_from_bundle`, the
                   registry's entry for them), image_size, parts, sampling (LlamaGen's defaults),
@@ -18,8 +18,8 @@ A LlamaGen bundle (read by `scalingar_jax.bundle.read_bundle`, loaded by
 
 Conditioning, as LlamaGen's sample scripts: t2i prompts go through the `preprocess` option (a
 name in the registry's "preprocess" table: "llamagen", LlamaGen's default clean_caption twice, or
-"lowercase", its use_text_preprocessing=False), the T5 tokenizer (max_length tokens, `</s>` appended),
-the encoder, then LEFT padding to the GPT's `cls_token_num` slots (`text_features.T5TextEncoder`);
+"lowercase", its use_text_preprocessing=False), the T5 tokenizer (max_length tokens, `</s>`
+appended), the encoder, then LEFT padding to the GPT's `cls_token_num` slots (`text_features.T5TextEncoder`);
 c2i prompts are class ids written as decimal strings ("207").
 
 Checks, each a ValueError naming the problem, at assembly and again at load: the VQ codebook
@@ -106,11 +106,13 @@ def read_class_ids_file(path, *, max_bytes: int = MAX_CLASS_IDS_BYTES) -> list[s
     """The class ids of a text file (one per line or whitespace separated), as decimal strings in
     file order (the prompts of a c2i bundle). Reads at most `max_bytes`; ValueError for a larger
     or non-UTF-8 file, a token that is not a decimal integer (naming its line), or no id."""
+    from scalingar_jax.inputs import read_bounded
+
     path = Path(path)
-    with open(path, "rb") as f:
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise ValueError(f"{str(path)!r} is larger than {max_bytes} bytes; not a class-ids file")
+    try:
+        data = read_bounded(path, max_bytes, repr(str(path)))  # a regular file only: a FIFO cannot hang it
+    except ValueError as e:
+        raise ValueError(f"{e}; not a class-ids file") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -209,9 +211,7 @@ def _bounded_option(value, name: str, hi: int, where):
 def _text_encoder(folder: Path, gpt_cfg: GPTConfig, where, *, preprocess, max_length, batch_size):
     """The T5TextEncoder of a text/ part (weights loaded; sentencepiece imported)."""
     from scalingar_jax.checkpoint import load_model
-    from scalingar_jax.text_features import T5TextEncoder
-
-    from scalingar_jax.text_features import check_spiece_model
+    from scalingar_jax.text_features import T5TextEncoder, check_spiece_model
 
     if not (folder / SPIECE_FILE).is_file():
         raise FileNotFoundError(f"{where}: the text part {folder} lacks the tokenizer {SPIECE_FILE}")

@@ -74,8 +74,9 @@ class Pipeline:
         for start in range(0, B, DECODE_CHUNK):
             chunk = codes[start : start + DECODE_CHUNK]
             n = chunk.shape[0]
-            padded = np.concatenate([chunk, np.zeros((DECODE_CHUNK - n, g, g), np.int32)]) if n < DECODE_CHUNK else chunk
-            out[start : start + n] = to_uint8(_decode_jit(self.vq_params, self.vq_cfg, jnp.asarray(padded)))[:n]
+            if n < DECODE_CHUNK:  # the last chunk, padded to the one compiled size
+                chunk = np.concatenate([chunk, np.zeros((DECODE_CHUNK - n, g, g), np.int32)])
+            out[start : start + n] = to_uint8(_decode_jit(self.vq_params, self.vq_cfg, jnp.asarray(chunk)))[:n]
         return out
 
 

@@ -58,8 +58,8 @@ class RunMemory:
         return self.device + self.images
 
     def describe(self) -> str:
-        return (f"KV cache {self.kv_cache / GB:.2f} GB for {self.rows} model rows (twice while compacted), logits {self.logits / GB:.2f} GB, "
-                f"records {self.records / GB:.2f} GB, images {self.images / GB:.2f} GB")
+        return (f"KV cache {self.kv_cache / GB:.2f} GB for {self.rows} model rows (twice while compacted), logits "
+                f"{self.logits / GB:.2f} GB, records {self.records / GB:.2f} GB, images {self.images / GB:.2f} GB")
 
 
 def run_memory(gpt_cfg, vq_cfg, *, prompts: int, candidates: int, pool: int | None = None,

@@ -109,7 +109,8 @@ def checked_reward(fn: Callable, name: str) -> RewardFn:
     return reward
 
 
-_REFERENCE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+_REFERENCE = re.compile(f"{_DOTTED}:{_DOTTED}")  # what --reward module:function accepts
 
 
 def _import_function(spec: str):

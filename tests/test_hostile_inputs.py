@@ -730,8 +730,8 @@ def test_bundle_links_size_and_fields_are_checked(world, tmp_path):
         ("scaling", "rebound_steps", 10**9, "rebound_steps must be <= 65536"),
         ("scaling", "block_size", 10**6, "block_size must be <= 256"),
         ("scaling", "min_survivors", 2**70, "min_survivors must be <= 65536"),
-        ("scaling", "s_max", 1e300, "s_max must be in [-1e+06, 1e+06]"),
-        ("scaling", "alpha", 1e12, "alpha must be in"),
+        ("scaling", "s_max", 1e300, "s_max must be in [-1e+12, 1e+12]"),
+        ("scaling", "alpha", 1e13, "alpha must be in"),
         ("sampling", "cfg_interval", 10**30, "cfg_interval must be in [-1, 1048576]"),
         ("sampling", "top_k", 10**30, "top_k must be in [0, 16777216]"),
         ("sampling", "temperature", 1e300, "temperature must be finite and in [-10000.0, 10000.0]"),
@@ -880,6 +880,11 @@ def test_runs_that_do_not_fit_are_refused_before_allocating(world, random_world,
     pipe = pipeline.load_pipeline(random_world, with_reward=False)
     with pytest.raises(resources.ResourceError, match="needs about .* but this process has 1.00 GB"):
         pipeline.generate(pipe, ["a circle"], num_candidates=100_000)
+    # candidates decode DECODE_CHUNK at a time (the last chunk padded): the same images as one by one
+    tokens = np.random.default_rng(0).integers(0, pipe.gpt_cfg.vocab_size, (2 * pipeline.DECODE_CHUNK + 5,
+                                                                            pipe.gpt_cfg.block_size))
+    one_by_one = np.concatenate([pipe.decode_images(t[None]) for t in tokens])
+    np.testing.assert_allclose(pipe.decode_images(tokens).astype(int), one_by_one.astype(int), atol=1)
     # on an accelerator the device part is held against the device's free memory, per device
     import jax
 

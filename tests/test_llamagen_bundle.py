@@ -7,6 +7,7 @@ Tiny models that fit together (VQ codebook 8 = GPT vocabulary 8; t2i caption_dim
 T5's d_model 32) are made here with the package's own parameter shapes and export function, and so
 are parts that do not fit (a GPT with vocabulary 16, one with caption_dim 4)."""
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -315,8 +316,11 @@ def test_class_ids_out_of_range_or_malformed_refused(made, tmp_path, capsys):
     _refused(capsys, ["generate", "--checkpoint", d / "c2i", "--class-ids-file", ids, "--out", o], "line 2", "'three'",
              absent=o)
     ids.write_bytes(b"1 " * (llamagen.MAX_CLASS_IDS_BYTES // 2 + 1))
-    _refused(capsys, ["generate", "--checkpoint", d / "c2i", "--class-ids-file", ids, "--out", o], "larger than",
-             absent=o)
+    _refused(capsys, ["generate", "--checkpoint", d / "c2i", "--class-ids-file", ids, "--out", o],
+             f"more than the {llamagen.MAX_CLASS_IDS_BYTES}-byte limit; not a class-ids file", absent=o)
+    os.mkfifo(tmp_path / "fifo.txt")  # refused, not waited on
+    _refused(capsys, ["generate", "--checkpoint", d / "c2i", "--class-ids-file", tmp_path / "fifo.txt", "--out", o],
+             "is a FIFO (named pipe), not a regular file", absent=o)
     ids.write_text("\n \n")
     _refused(capsys, ["generate", "--checkpoint", d / "c2i", "--class-ids-file", ids, "--out", o], "no class id",
              absent=o)

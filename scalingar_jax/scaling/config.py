@@ -78,9 +78,10 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 }
 
 # Upper bounds of the integer fields (a token grid has at most 256 x 256 steps, `config.MAX_SIZE`)
-# and of every number: far above any use, low enough that no field can ask for unbounded memory.
+# and of every number: far above any use (rebound_threshold=1e9 is a way to write "never"), low
+# enough that no field can ask for unbounded memory or overflow a 32-bit step counter.
 MAX_INT = {"block_size": 256, "probation_steps": 1 << 16, "min_survivors": 1 << 16, "rebound_steps": 1 << 16}
-MAX_VALUE = 1e6
+MAX_VALUE = 1e12
 
 _RATES = ("lam_tok", "lam_I", "lam_theta", "lam_stat")
 _FRACTIONS = ("q", "p", "warmup_frac")
