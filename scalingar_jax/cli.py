@@ -539,8 +539,11 @@ def cmd_merge(args) -> int:
 
 def png_size(path) -> tuple[int, int] | None:
     """(width, height) a PNG file declares in its IHDR chunk (its first 24 bytes), or None
-    if the file does not start like a PNG. Reads nothing else."""
-    with open(path, "rb") as f:
+    if the file does not start like a PNG. Reads nothing else; a FIFO or device is refused
+    (ValueError), not read."""
+    from scalingar_jax.inputs import open_regular
+
+    with open_regular(path) as f:
         head = f.read(24)
     if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
         return None
@@ -554,6 +557,8 @@ def _check_image_sizes(folder: str) -> None:
             size = png_size(png)
         except OSError:
             continue  # the evaluator reports unreadable files itself
+        except ValueError as e:  # a FIFO or device named like a sample
+            raise UserError(str(e)) from None
         if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
             raise UserError(f"{str(png)!r} declares {size[0]} x {size[1]} pixels, more than the "
                             f"{MAX_IMAGE_PIXELS}-pixel limit for images to judge")
@@ -562,15 +567,14 @@ def _check_image_sizes(folder: str) -> None:
 def _outside_the_world(folder) -> bool:
     """True when some prompt folder of the GenEval-layout `folder` holds a valid GenEval record
     that the shapes world does not accept (a real-model run, e.g. LlamaGen on GenEval's prompts)."""
+    from scalingar_jax.geneval import read_folder_record
     from scalingar_jax.world.prompts import validate_record
 
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
-        meta = os.path.join(folder, name, "metadata.jsonl")
-        if not (name.isdigit() and os.path.isfile(meta)):
+        if not name.isdigit():
             continue
         try:
-            with open(meta, encoding="utf-8") as f:
-                record = json.loads(f.read(1 << 20))
+            record = read_folder_record(os.path.join(folder, name))
             validate_record(record, world=False)
         except (OSError, ValueError):
             continue

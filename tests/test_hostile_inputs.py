@@ -566,6 +566,50 @@ def test_evaluate_refuses_huge_declared_png_before_decoding(tmp_path):
     assert rc == 2 and "20000 x 20000" in err and err.count("\n") == 1, err
 
 
+@pytest.fixture
+def no_hang():
+    """Fails the test (instead of hanging the suite) if a read blocks for 30 s, e.g. on a FIFO."""
+    import signal
+
+    def hung(*_):
+        raise TimeoutError("blocked for 30 s (a read waiting on a FIFO?)")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_geneval_folders_are_read_within_bounds(tmp_path, no_hang):
+    """A run folder's metadata.jsonl (read by `scalingar evaluate`, a resumed run, `merge`) and
+    its sample PNGs are read as regular files within bounds: a FIFO is refused unread, never
+    waited on; a 200 MB metadata.jsonl is refused before a byte of it is read."""
+    from scalingar_jax import geneval
+    from scalingar_jax.images import read_png, write_png
+
+    folder = tmp_path / "run" / "00000"
+    (folder / "samples").mkdir(parents=True)
+    meta = folder / "metadata.jsonl"
+    os.mkfifo(meta)
+    rc, err = _cli(["evaluate", str(tmp_path / "run")])
+    assert rc == 2 and err.count("\n") == 1 and "metadata.jsonl': is a FIFO (named pipe)" in err, err
+    assert not geneval.folder_is_complete(folder, RECORD, 1)  # a resumed run redoes the folder
+    meta.unlink()
+    with open(meta, "wb") as f:  # sparse
+        f.truncate(200 << 20)
+    rc, err = _cli(["evaluate", str(tmp_path / "run")])
+    assert rc == 2 and err.count("\n") == 1 and "209715200 bytes, more than the 65536-byte limit" in err, err
+    meta.write_text(json.dumps(RECORD))
+    write_png(folder / "grid.png", np.zeros((4, 4, 3), np.uint8))
+    os.mkfifo(folder / "samples" / "0000.png")
+    assert geneval.read_folder_record(folder) == RECORD
+    rc, err = _cli(["evaluate", str(tmp_path / "run")])
+    assert rc == 2 and err.count("\n") == 1 and "0000.png': is a FIFO (named pipe)" in err, err
+    with pytest.raises(ValueError, match="0000.png': is a FIFO"):
+        read_png(folder / "samples" / "0000.png")
+
+
 # --------------------------------------------------------------------------------------------
 # peak memory of converting every bomb (one child process)
 # --------------------------------------------------------------------------------------------
