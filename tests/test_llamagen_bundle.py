@@ -256,8 +256,9 @@ def test_t2i_features_unknown_prompt_refused(made, tmp_path, capsys):
 
 def test_t2i_t5_conditioning_equals_the_encoder(made):
     """The bundle's conditioner is the T5 encoder of the HF folder: same features, same mask."""
-    pytest.importorskip("sentencepiece")
-    from scalingar_jax.text_features import T5TextEncoder, lowercase_prompt
+    pytest.importorskip("sentencepiece", reason="the T5 bundles' tokenizer (in the test extra) is not installed")
+    from scalingar_jax.caption import lowercase
+    from scalingar_jax.text_features import T5TextEncoder
 
     d, _ = made
     pipe = load_pipeline(d / "t2i_t5")
@@ -266,7 +267,7 @@ def test_t2i_t5_conditioning_equals_the_encoder(made):
     with pytest.warns(UserWarning, match="truncated"):  # prompt 0 is longer than the tiny CLS slots
         f, m = pipe.condition(prompts)
     with pytest.warns(UserWarning, match="truncated"):
-        ref_f, ref_m = T5TextEncoder(T5_DIR, max_length=CLS, preprocess=lowercase_prompt).encode(prompts)
+        ref_f, ref_m = T5TextEncoder(T5_DIR, max_length=CLS, preprocess=lowercase).encode(prompts)
     assert f.shape == (2, CLS, 32) and m.shape == (2, CLS)
     np.testing.assert_array_equal(m, ref_m)
     np.testing.assert_allclose(f, ref_f, rtol=0, atol=1e-6)
