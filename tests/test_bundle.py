@@ -195,6 +195,26 @@ def test_registered_kinds(world, tmp_path, monkeypatch):
     assert "my-family" in registry.names("loader")
 
 
+def test_installed_entry_points_add_kinds(world, tmp_path, monkeypatch):
+    """A family installed as a package adds its kind through an entry point in the group
+    `scalingar_jax.bundle_loaders` (its installed metadata, never the bundle, names the code)."""
+    import importlib.metadata
+
+    from scalingar_jax import registry
+
+    ep = importlib.metadata.EntryPoint("ep-family", "scalingar_jax.world.pipeline:pipeline_from_bundle",
+                                       "scalingar_jax.bundle_loaders")
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group=None: [ep] if group == "scalingar_jax.bundle_loaders" else real(group=group))
+    mine = _copy(world, tmp_path, lambda r: r.update(kind="ep-family"))
+    assert "ep-family" in registry.names("loader") and "ep-family" not in registry.names("config")
+    assert isinstance(load_pipeline(mine, with_reward=False), Pipeline)
+    gone = _copy(world, tmp_path / "x", lambda r: r.update(kind="no-such-family"))
+    with pytest.raises(ValueError, match="unknown bundle kind 'no-such-family'; known kinds: ep-family, "):
+        load_pipeline(gone)
+
+
 def test_text_encoder_runs_once_per_prompt(world, tmp_path, monkeypatch):
     import scalingar_jax.pipeline as P
 
