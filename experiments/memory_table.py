@@ -33,6 +33,9 @@ roofline  XLA's cost analysis (flops, bytes accessed) of one decode step (`decod
   python experiments/memory_table.py memory --backend gpu --devices 1 --meshes 1x1 --prompts 1 --fit-prompts 2
   # smoke run (tiny random config; about a minute, it compiles every piece):
   python experiments/memory_table.py memory --tiny --out memory_table_tiny
+  # Janus-Pro-1B and 7B (bf16, N = 8 with CFG, 576 tokens): analytic state per device, checked against
+  # the compiled prefill and decode step on one device (`run_janus`)
+  nice -n 10 python experiments/memory_table.py janus
 """
 from __future__ import annotations
 
@@ -58,7 +61,8 @@ COST_PROGRAMS = ("decode_step", "prefill", "loop_step_scalingar", "loop_step_pla
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["memory", "roofline"], help="memory table or FLOPs/roofline estimate")
+    ap.add_argument("what", choices=["memory", "roofline", "janus"],
+                    help="memory table, FLOPs/roofline estimate, or Janus-Pro's per-device memory")
     ap.add_argument("--backend", default="cpu", help="jax platform to compile for (cpu, gpu, tpu; default cpu)")
     ap.add_argument("--devices", type=int, default=8,
                     help="devices to use (on cpu: simulated with --xla_force_host_platform_device_count)")
@@ -77,7 +81,10 @@ def parse_args(argv=None):
     ap.add_argument("--chips", type=int, default=64, help="roofline: chips of the slice (v5e-64)")
     ap.add_argument("--memory-json", default="memory_table", help="roofline: the memory results to size batches")
     ap.add_argument("--efficiency-json", default="efficiency", help="roofline: shapes-world efficiency results")
-    ap.add_argument("--out", default=None, help="results name (default: memory_table / roofline_tpu)")
+    ap.add_argument("--janus", nargs="+", default=["Janus-Pro-1B", "Janus-Pro-7B"],
+                    help="janus: presets of scalingar_jax.janus.JANUS_PRESETS")
+    ap.add_argument("--prompt-len", type=int, default=128, help="janus: prompt slots (the bundle default)")
+    ap.add_argument("--out", default=None, help="results name (default: memory_table / roofline_tpu / memory_table_janus)")
     return ap.parse_args(argv)
 
 
@@ -545,11 +552,113 @@ def run_roofline(args):
     print(f"wrote {write_json(args.out or 'roofline_tpu', jsonable(payload))}")
     return payload
 
+# ------------------------------------------------------------------------------ Janus-Pro
+def janus_analytic(cfg, rows: int, vq_param_bytes: int) -> dict:
+    """Per-device bytes of a Janus-Pro generation with `rows` model rows (2 * prompts * N with CFG):
+    the generator's parameters (text embedding included, the unused lm_head not), the VQ
+    decoder's, and per row the KV cache (every layer's k and v over prompt_len + T - 1 slots in
+    the compute dtype) and the float32 logits the loop state carries."""
+    import numpy as np
+
+    from scalingar_jax import janus
+    from scalingar_jax.config import to_dtype
+
+    item = np.dtype(to_dtype(cfg.dtype)).itemsize
+    params = tree_bytes(janus.param_shapes(cfg))
+    kv_row = 2 * cfg.n_layer * (cfg.max_seq_len - 1) * cfg.kv_heads * cfg.head_dim * item
+    logits_row = 4 * cfg.vocab_size
+    total = params + vq_param_bytes + rows * (kv_row + logits_row)
+    return {"param_bytes": params, "vq_param_bytes": vq_param_bytes, "kv_bytes_per_row": kv_row,
+            "logits_bytes_per_row": logits_row, "rows": rows, "total_bytes": total}
+
+
+def janus_compiled(cfg, prompts: int, num_candidates: int) -> dict:
+    """XLA's memory analysis, one device, of Janus's prefill (`janus.prefill_candidates`, CFG) and
+    of one decode step (`janus.decode_step`, cache donated as the token loop donates its state)
+    for `prompts` prompts x N candidates, on abstract parameters (nothing allocated)."""
+    import jax
+    import jax.numpy as jnp
+
+    from scalingar_jax import janus
+
+    params = jax.eval_shape(janus.decode_layout, janus.param_shapes(cfg))
+    rows = 2 * prompts * num_candidates
+    ids = jax.ShapeDtypeStruct((prompts, cfg.prompt_len), jnp.int32)
+    mask = jax.ShapeDtypeStruct((prompts, cfg.prompt_len), jnp.bool_)
+    c, secs = compile_timed(jax.jit(lambda p, i, m: janus.prefill_candidates(
+        p, cfg, i, m, num_candidates=num_candidates, use_cfg=True)).lower(params, ids, mask))
+    out = {"rows": rows, "prefill": {**mem_stats(c), "compile_s": secs}}
+    cache = jax.eval_shape(lambda: janus.init_cache(cfg, rows))
+    tok, k = jax.ShapeDtypeStruct((rows,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32)
+    step = jax.jit(lambda p, ca, t, i: janus.decode_step(p, cfg, ca, t, i), donate_argnums=1)
+    c, secs = compile_timed(step.lower(params, cache, tok, k))
+    out["decode_step"] = {**mem_stats(c), "compile_s": secs}
+    return out
+
+
+def run_janus(args):
+    """Janus-Pro-1B / 7B per device: the analytic state size at N candidates with CFG, checked
+    against the compiled prefill and decode step of `scalingar_jax.janus` on one device (two
+    prompt counts: the per-row slope), and the prompts per device that fit the --budgets. The
+    compiled sharded loop (the rows `memory` gives LlamaGen) needs the family-generic engine
+    (issue 29): phase 2 of issue 30."""
+    import jax
+    from common import jsonable, markdown_table, stamp, write_json
+
+    from scalingar_jax import janus, vq
+
+    platform = f"{jax.default_backend()} ({jax.devices()[0].device_kind})"
+    vq_bytes = tree_bytes(vq.vq_param_shapes(vq.vq_config("VQ-16")))  # float32
+    rows_out, details = [], {}
+    for name in args.janus:
+        cfg = janus.janus_config(name, prompt_len=args.prompt_len, param_dtype=args.dtype, dtype=args.dtype)
+        per_prompt = 2 * args.n
+        compiled = [janus_compiled(cfg, p, args.n) for p in (1, 2)]
+        est = [janus_analytic(cfg, c["rows"], vq_bytes) for c in compiled]
+        step_slope = (compiled[1]["decode_step"]["peak"] - compiled[0]["decode_step"]["peak"]) / per_prompt
+        per_row = est[0]["kv_bytes_per_row"] + est[0]["logits_bytes_per_row"]
+        fixed = est[0]["param_bytes"] + est[0]["vq_param_bytes"]
+        row = {"model": name, "dtype": args.dtype, "T": cfg.block_size, "prompt_len": cfg.prompt_len, "N": args.n,
+               "params_GB": est[0]["param_bytes"] / GB, "kv_MB_per_row": est[0]["kv_bytes_per_row"] / 1e6,
+               "analytic_1_prompt_GB": est[0]["total_bytes"] / GB,
+               "step_args_GB": compiled[0]["decode_step"]["argument"] / GB,
+               "step_temp_GB": compiled[0]["decode_step"]["temp"] / GB,
+               "prefill_peak_GB": compiled[0]["prefill"]["peak"] / GB,
+               "step_peak_GB": compiled[0]["decode_step"]["peak"] / GB,
+               "step_MB_per_row": step_slope / 1e6}
+        for budget in args.budgets:
+            row[f"prompts_{budget:g}GB"] = max(0, math.floor((HEADROOM * budget * GB - fixed) / (per_row * per_prompt)))
+        rows_out.append(row)
+        details[name] = {"config": dataclasses.asdict(cfg), "analytic": est, "compiled": compiled}
+        print(f"{name}: analytic {row['analytic_1_prompt_GB']:.2f} GB, compiled step {row['step_peak_GB']:.2f} GB "
+              f"per device at 1 prompt x N={args.n} with CFG", flush=True)
+    cols = ["model", "dtype", "T", "prompt_len", "N", "params_GB", "kv_MB_per_row", "analytic_1_prompt_GB",
+            "step_args_GB", "step_temp_GB", "step_peak_GB", "prefill_peak_GB", "step_MB_per_row"] + [f"prompts_{b:g}GB" for b in args.budgets]
+    table = markdown_table(rows_out, cols)
+    payload = {"stamp": stamp(), "platform": platform, "n": args.n, "headroom": HEADROOM,
+               "rule": "analytic: generator params (param_dtype; embed_tokens included, lm_head not converted) + VQ-16 "
+                       "params (float32) + rows x (KV cache: 2 x layers x (prompt_len + T - 1) x kv_heads x head_dim x "
+                       "itemsize, + float32 logits of the image vocabulary); rows = 2 x prompts x N (CFG). compiled: "
+                       "XLA memory_analysis (argument + output + temp - alias) of janus.prefill_candidates and of "
+                       "janus.decode_step with the cache donated, one device; step_args_GB = the parameters the step reads "
+                       "(embed_tokens is not) + the cache; step_temp_GB on a CPU backend is mostly float32 copies of "
+                       "the bf16 weights (XLA:CPU computes bf16 dots in float32), which a GPU / TPU compile does not "
+                       "make; step_MB_per_row from 1 and 2 prompts (on CPU it includes one layer's k/v in float32). "
+                       "prompts_<B>GB: prompts (N candidates each) whose analytic state fits 0.9 x B per device. The "
+                       "compiled sharded token loop comes with the family-generic engine (issue 29; issue 30 phase 2).",
+               "rows": rows_out, "details": details, "table": table}
+    print(table)
+    print(f"wrote {write_json(args.out or 'memory_table_janus', jsonable(payload))}")
+    return payload
+
+
 def main(argv=None):
     args = parse_args(argv)
     setup_backend(args)
     if args.what == "memory":
         return run_memory(args)
+    if args.what == "janus":
+        return run_janus(args)
     return run_roofline(args)
 
 

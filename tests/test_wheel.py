@@ -77,6 +77,7 @@ def test_wheel_holds_every_module_and_the_embedded_bundle(wheel):
 
 def test_installed_generate_runs_from_another_directory(installed, tmp_path):
     probe = _run(installed, tmp_path, sys.executable, "-c",
+                 "import scalingar_jax.janus, scalingar_jax.janus_bundle, scalingar_jax.convert.janus; "
                  "import scalingar_jax.bundle as b; print(b.__file__); print(b.default_bundle_path())")
     assert probe.returncode == 0, probe.stderr
     module, bundle = probe.stdout.split()
