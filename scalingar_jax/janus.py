@@ -27,26 +27,29 @@ Janus's generation_inference.py builds it.
 
 Decode protocol
 ---------------
-The decode loops (`scaling.loop`, `scaling.pool`, `sharding`) use a model family through these
-functions and fields only; LlamaGen implements them in `gpt` / `decode`, Janus-Pro here, with the
-same names, signatures and shapes (R model rows: with CFG the P*N conditional rows p*N + n, then
-the P*N unconditional rows in the same order):
+The strategies, the prompt pool and the sharded executors (`scaling.strategies`, `scaling.loop`,
+`scaling.pool`, `sharding`) use a model family through its config object only, the jit static
+argument they carry as `gpt_cfg`: LlamaGen's `config.GPTConfig` and `JanusConfig` here have the
+same fields and methods, with the same shapes (R model rows: with CFG the P*N conditional rows
+p*N + n, then the P*N unconditional rows in the same order):
 
-  cfg                   frozen, hashable (a jit static argument) with `validate()`, `vocab_size`
-                        V (the image logits' width), `grid_size` g, `block_size` T = g*g,
-                        `n_layer`, `kv_heads`, `head_dim`, `max_seq_len`, `cls_token_num` (the
-                        condition slots; `init_cache` reads these), `dtype`
-  validate_condition(cfg, cond, cond_mask)             host-side check, before anything traces
-  init_cache(cfg, batch, max_len=None, cond_mask=None) -> KVCache (`gpt.KVCache`: per layer
-                        (batch, kv_heads, max_len, head_dim) k and v, valid (batch, max_len);
-                        default max_len = max_seq_len - 1; `map_rows(fn)` gathers rows)
-  prefill_candidates(params, cfg, cond, cond_mask, *, num_candidates, use_cfg)
+  fields                frozen, hashable, `validate()`, `vocab_size` V (the image logits' width),
+                        `grid_size` g, `block_size` T = g*g, `n_layer`, `kv_heads`, `head_dim`,
+                        `max_seq_len`, `cls_token_num` (the condition slots), `dtype`: what
+                        `gpt.init_cache` (the shared `gpt.KVCache`: per layer (rows, kv_heads,
+                        max_len, head_dim) k and v, valid (rows, max_len)) and
+                        `resources.run_memory` read; `model_type` ("t2i": text prompts)
+  cfg.check_condition(cond, cond_mask) -> (cond, cond_mask) device arrays, checked on the host
+                        before anything traces (ValueError / TypeError naming the problem)
+  cfg.prefill_candidates(params, cond, cond_mask, *, num_candidates, use_cfg)
                         -> (logits (R, V) float32 for image token 0, cache); cond (P, ...)
-  decode_step(params, cfg, cache, tokens, k) -> (logits (R, V) float32, cache): feeds image
+  cfg.decode_step(params, cache, tokens, k) -> (logits (R, V) float32, cache): feeds image
                         token k (tokens (R,) int32) of every row; k an int32 scalar or (R,) (each
                         row its own token index); pure, fixed shapes
-  decode_layout(params) -> params   the decode-time parameter layout, once outside the loops
-  MODEL_RULES           `sharding.param_specs` rules for a model-parallel axis
+  cfg.decode_layout(params, platform=None) -> params   the decode-time parameter layout, applied
+                        once outside the loops (here: per-layer trees on every platform)
+  MODEL_RULES           `sharding.param_specs` rules for a model-parallel axis (not wired: the
+                        CLI shards prompts x candidates only)
 
 Sampling (CFG combine, temperature, top-k/p, draws) works on the logits and is shared:
 `decode.next_tokens`. Janus's condition is (ids (P, prompt_len) int32, mask (P, prompt_len)
@@ -68,19 +71,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scalingar_jax.config import check_float, check_int, to_dtype
+from scalingar_jax.config import AttentionHeads, check_float, check_int, to_dtype
 from scalingar_jax.gpt import KVCache, RMSNorm, layer_params, unstack_layers, write_cache
 from scalingar_jax.gpt import init_cache as _gpt_init_cache
 
 __all__ = ["JanusConfig", "JANUS_PRESETS", "janus_config", "init_params", "param_shapes", "init_cache",
-           "validate_condition", "uncond_ids", "prefill", "prefill_candidates", "decode_step", "decode_layout",
-           "rope_cos_sin", "MODEL_RULES"]
+           "check_condition", "validate_condition", "uncond_ids", "prefill", "prefill_candidates", "decode_step",
+           "decode_layout", "rope_cos_sin", "MODEL_RULES"]
 
 # Bounds of the size fields: far above Janus-Pro-7B, low enough that arithmetic on them cannot
 # ask for terabytes before a clear error.
@@ -90,7 +94,7 @@ _MAX = {"text_vocab_size": 1 << 22, "dim": 65536, "n_layer": 512, "n_head": 1024
 
 
 @dataclasses.dataclass(frozen=True)
-class JanusConfig:
+class JanusConfig(AttentionHeads):
     """Janus-Pro's generation path (the defaults are Janus-Pro-1B's; `janus_config("Janus-Pro-7B")`).
 
     Language model (Hugging Face LlamaConfig name in brackets): text_vocab_size [vocab_size],
@@ -120,14 +124,7 @@ class JanusConfig:
     pad_id: int = 0
     param_dtype: str = "float32"
     dtype: str = "float32"  # activation / compute dtype; logits are always float32
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_head
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_head if self.n_kv_head is not None else self.n_head
+    model_type: ClassVar[str] = "t2i"  # what it is conditioned on: text (not a field; the CLI reads it)
 
     @property
     def block_size(self) -> int:
@@ -166,6 +163,23 @@ class JanusConfig:
             raise ValueError(f"JanusConfig.prompt_len must be >= 2 (BOS and <begin_of_image>), got {self.prompt_len}")
         to_dtype(self.param_dtype), to_dtype(self.dtype)
         return self
+
+    # The decode protocol (module docstring), as `config.GPTConfig` has it for LlamaGen.
+    def check_condition(self, cond, cond_mask):
+        """`check_condition`: (ids (P, prompt_len) int32, mask (P, prompt_len) bool) checked."""
+        return check_condition(self, cond, cond_mask)
+
+    def prefill_candidates(self, params, cond, cond_mask, *, num_candidates: int, use_cfg: bool = True):
+        """`prefill_candidates`: (logits (R, V) float32 for image token 0, cache)."""
+        return prefill_candidates(params, self, cond, cond_mask, num_candidates=num_candidates, use_cfg=use_cfg)
+
+    def decode_step(self, params, cache, tokens, k):
+        """`decode_step`: feeds image token k of every row -> (logits (R, V) float32, cache)."""
+        return decode_step(params, self, cache, tokens, k)
+
+    def decode_layout(self, params, platform: str | None = None):
+        """`decode_layout` (the same on every platform)."""
+        return decode_layout(params)
 
 
 # Janus-Pro's released language models (config.json `language_config`; the 7B one leaves hidden
@@ -388,6 +402,12 @@ def init_cache(cfg: JanusConfig, batch: int, max_len: int | None = None, cond_ma
     """Zeroed cache for `batch` rows and `max_len` slots (default prompt_len + T - 1); cond_mask
     (batch, prompt_len) bool marks the real prompt tokens (False: left padding)."""
     return _gpt_init_cache(cfg, batch, max_len, cond_mask)
+
+
+def check_condition(cfg: JanusConfig, cond, cond_mask):
+    """`validate_condition`, then (ids (P, prompt_len) int32, mask (P, prompt_len) bool) as device arrays."""
+    validate_condition(cfg, cond, cond_mask)
+    return jnp.asarray(cond, jnp.int32), jnp.asarray(cond_mask, bool)
 
 
 def validate_condition(cfg: JanusConfig, cond, cond_mask) -> None:

@@ -1,15 +1,20 @@
-"""Janus-Pro's released folder as a model bundle: `assemble_janus_bundle` builds one,
-`pipeline_from_bundle` loads it; `JanusTokenizer` turns prompts into Janus's condition rows.
+"""Janus-Pro's released folder as a model bundle: `assemble_janus_bundle` builds one (`scalingar
+bundle OUT --janus DIR`), `pipeline_from_bundle` loads it (the registry's loader of kind
+"janus-pro"); `JanusTokenizer` turns prompts into Janus's condition rows.
 
 A Janus-Pro bundle (read by `scalingar_jax.bundle.read_bundle`):
 
     bundle.json   kind "janus-pro", image_size, parts, sampling (Janus's defaults: cfg 5,
-                  temperature 1, no top-k / top-p), notes
-    janus/        the generator (`scalingar_jax.janus`: language model + gen_embed / gen_aligner /
-                  gen_head) as `checkpoint.save_model` writes it, kind "janus"
+                  temperature 1, no top-k / top-p), notes; no code is named
+    gpt/          the image-token generator (`scalingar_jax.janus`: language model + gen_embed /
+                  gen_aligner / gen_head) as `checkpoint.save_model` writes it, kind "janus"
     vq/           the VQ-16 decoder (`scalingar_jax.vq`), kind "vq", float32
     tokenizer/    tokenizer.json, tokenizer_config.json, special_tokens_map.json and
                   processor_config.json of the released folder, checked when bundled
+
+The loader returns a `pipeline.Pipeline` whose `gpt_cfg` is the `janus.JanusConfig`: every
+strategy, the prompt pool, the sharded executors and the GenEval runner run it through the
+decode protocol of that config (`janus`'s docstring), as they run LlamaGen.
 
 Conditioning, as Janus-Pro's README and generation_inference.py: the prompt goes into the
 "deepseek" SFT template with an empty system prompt, `<|User|>: {prompt}\\n\\n<|Assistant|>:`,
@@ -22,26 +27,25 @@ unconditional rows are made from these by `janus.uncond_ids`. Images: `decode_co
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from scalingar_jax.bundle import Bundle, write_manifest
 from scalingar_jax.config import SamplingConfig, check_int
-from scalingar_jax.convert.janus import read_bounded, read_json_file
+from scalingar_jax.convert.hf import read_json
+from scalingar_jax.inputs import read_bounded
 
-__all__ = ["KIND", "LOADER", "JANUS_SAMPLING", "TOKENIZER_FILES", "JanusTokenizer", "JanusPipeline",
-           "sft_prompt", "to_uint8_janus", "assemble_janus_bundle", "pipeline_from_bundle"]
+__all__ = ["KIND", "PARTS", "JANUS_SAMPLING", "TOKENIZER_FILES", "JanusTokenizer", "sft_prompt", "to_uint8_janus",
+           "assemble_janus_bundle", "pipeline_from_bundle"]
 
-KIND = "janus-pro"
-# What bundle.json's "loader" names until bundle kinds are looked up in the code-side table
-# (issue 27): there, KIND registers `pipeline_from_bundle`.
-LOADER = "scalingar_jax.janus_bundle:pipeline_from_bundle"
+KIND = "janus-pro"  # the bundle kind (registry's "loader" table: `pipeline_from_bundle`)
+PARTS = ("gpt", "tokenizer", "vq")
 JANUS_SAMPLING = SamplingConfig(cfg_scale=5.0, temperature=1.0, top_k=0, top_p=1.0)  # generation_inference.py
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "processor_config.json")
 MAX_TOKENIZER_BYTES = 64 << 20  # tokenizer.json (DeepSeek's is ~4.5 MB)
+MAX_JSON_BYTES = 1 << 20  # the tokenizer's and processor's small JSON files
 DEFAULT_PROMPT_LEN = 128  # prompt slots (tokens, template included); the GenEval prompts use ~10-30
 PAD_TAG, IMAGE_START_TAG, SFT_FORMAT = "<｜▁pad▁｜>", "<begin_of_image>", "deepseek"  # VLChatProcessor's defaults
 ROLES = ("<|User|>", "<|Assistant|>")
@@ -78,16 +82,16 @@ class JanusTokenizer:
 
         folder = Path(folder)
         path = folder / "tokenizer.json"
-        data = read_bounded(path, "the tokenizer of the released folder", MAX_TOKENIZER_BYTES)
+        data = read_bounded(path, MAX_TOKENIZER_BYTES, str(path))
         try:
             tok = Tokenizer.from_str(data.decode("utf-8"))
         except Exception as e:  # the Rust parser's errors (and bad UTF-8)
             raise ValueError(f"{path}: not a tokenizers-library tokenizer ({str(e)[:200]})") from None
         tok.no_truncation()  # as Hugging Face's encode(): no truncation or padding from the file
         tok.no_padding()
-        config = read_json_file(folder / "tokenizer_config.json", "the tokenizer's config")
-        specials = self._optional(folder / "special_tokens_map.json", "the special-tokens map")
-        processor = self._optional(folder / "processor_config.json", "Janus's processor config")
+        config = read_json(str(folder), "tokenizer_config.json", max_bytes=MAX_JSON_BYTES)
+        specials = read_json(str(folder), "special_tokens_map.json", required=False, max_bytes=MAX_JSON_BYTES) or {}
+        processor = read_json(str(folder), "processor_config.json", required=False, max_bytes=MAX_JSON_BYTES) or {}
         where = folder / "tokenizer_config.json"
         if config.get("tokenizer_class", "LlamaTokenizer") not in ("LlamaTokenizer", "LlamaTokenizerFast"):
             raise ValueError(f"{where}: tokenizer_class {config.get('tokenizer_class')!r}; Janus-Pro's is LlamaTokenizer")
@@ -135,10 +139,6 @@ class JanusTokenizer:
         self.vocab_size = size
         self.prompt_len = check_int("JanusTokenizer", "prompt_len", prompt_len, 2, 8192)
 
-    @staticmethod
-    def _optional(path: Path, what: str) -> dict:
-        return read_json_file(path, what) if path.exists() else {}
-
     def encode(self, prompt: str) -> list[int]:
         """The token ids of one prompt: BOS, the template's tokens, `<begin_of_image>`."""
         ids = self._tok.encode(sft_prompt(prompt), add_special_tokens=False).ids
@@ -169,64 +169,30 @@ def to_uint8_janus(images) -> np.ndarray:
     return np.clip((x + 1) / 2 * 255, 0, 255).astype(np.uint8)
 
 
-@dataclasses.dataclass(frozen=True)
-class JanusPipeline:
-    """A loaded Janus-Pro bundle: the generator (params in the decode layout, `janus.JanusConfig`),
-    the VQ decoder, the tokenizer and the bundle's sampling / scaling defaults."""
-
-    params: Any
-    cfg: Any
-    vq_params: Any
-    vq_cfg: Any
-    tokenizer: JanusTokenizer
-    sampling: SamplingConfig = JANUS_SAMPLING
-    scaling: Any = None
-    name: str = "Janus-Pro"
-
-    @property
-    def image_size(self) -> int:
-        return self.cfg.grid_size * self.vq_cfg.downsample
-
-    def condition(self, prompts: Sequence[str]):
-        """P prompts -> (ids (P, prompt_len) int32, mask (P, prompt_len) bool)."""
-        return self.tokenizer(list(prompts))
-
-    def decode_float(self, tokens) -> np.ndarray:
-        """Image tokens (B, T) -> float images (B, H, W, 3), unclipped (`decode_code`'s output)."""
-        from scalingar_jax import vq
-
-        tokens = np.asarray(tokens)
-        g = self.cfg.grid_size
-        if tokens.ndim != 2 or tokens.shape[1] != g * g:
-            raise ValueError(f"tokens must have shape (B, {g * g}), got {tokens.shape}")
-        return np.asarray(vq.decode_codes(self.vq_params, self.vq_cfg, tokens.reshape(-1, g, g), clip=False))
-
-    def decode_images(self, tokens) -> np.ndarray:
-        """Image tokens (B, T) -> uint8 images (B, H, W, 3), Janus's rounding."""
-        return to_uint8_janus(self.decode_float(tokens))
-
-
 # ------------------------------------------------------------------------------ loading
-def pipeline_from_bundle(bundle: Bundle, *, prompt_len: int | None = None) -> JanusPipeline:
-    """The loader of a "janus-pro" bundle: generator, VQ and tokenizer from its parts, checked
-    against each other (codebook = image vocabulary, image size, stored shapes = config) before
-    the weights are read. prompt_len: more or fewer prompt slots than the bundle's (the weights
-    do not depend on it). Raises FileNotFoundError or ValueError naming the bundle."""
+def pipeline_from_bundle(bundle: Bundle, *, prompt_len: int | None = None):
+    """The loader of a "janus-pro" bundle: a `pipeline.Pipeline` (gpt_cfg a `janus.JanusConfig`,
+    params in its decode layout, the VQ, `JanusTokenizer` as the conditioner, Janus's uint8
+    rounding), its parts checked against each other (codebook = image vocabulary, image size,
+    stored shapes = config) before the weights are read. prompt_len: more or fewer prompt slots
+    than the bundle's (the weights do not depend on it). Raises FileNotFoundError or ValueError
+    naming the bundle."""
     import jax
 
     from scalingar_jax import janus
     from scalingar_jax.checkpoint import load_model, read_config
+    from scalingar_jax.pipeline import Pipeline
 
     where = bundle.manifest_path
     if bundle.kind != KIND:
         raise ValueError(f"{where}: kind {bundle.kind!r} is not a Janus-Pro bundle ({KIND!r})")
-    names = sorted(n for n, _ in bundle.parts)
-    if names != ["janus", "tokenizer", "vq"]:
-        raise ValueError(f"{where}: a {KIND} bundle has the parts janus, tokenizer and vq; it has {names}")
-    kind, cfg, _ = read_config(bundle.part("janus"))
+    names = tuple(sorted(n for n, _ in bundle.parts))
+    if names != PARTS:
+        raise ValueError(f"{where}: a {KIND} bundle has the parts {', '.join(PARTS)}; it has {', '.join(names)}")
+    kind, cfg, _ = read_config(bundle.part("gpt"))
     vq_kind, vq_cfg, _ = read_config(bundle.part("vq"))
     if (kind, vq_kind) != ("janus", "vq") or not isinstance(cfg, janus.JanusConfig):
-        raise ValueError(f"{where}: the part janus holds a {kind!r} model and vq a {vq_kind!r} one")
+        raise ValueError(f"{where}: the part gpt holds a {kind!r} model and vq a {vq_kind!r} one (want janus, vq)")
     if prompt_len is not None:
         cfg = dataclasses.replace(cfg, prompt_len=prompt_len).validate()
     if (vq_cfg.codebook_size, vq_cfg.codebook_embed_dim) != (cfg.vocab_size, cfg.image_embed_dim):
@@ -238,15 +204,16 @@ def pipeline_from_bundle(bundle: Bundle, *, prompt_len: int | None = None) -> Ja
     tokenizer = JanusTokenizer(bundle.part("tokenizer"), prompt_len=cfg.prompt_len, text_vocab_size=cfg.text_vocab_size)
     if tokenizer.pad_id != cfg.pad_id:
         raise ValueError(f"{where}: the tokenizer's pad id {tokenizer.pad_id} differs from the generator's {cfg.pad_id}")
-    params, _ = load_model(bundle.part("janus"), expect_kind="janus")
+    params, _ = load_model(bundle.part("gpt"), expect_kind="janus")
     want = janus.param_shapes(cfg)
     got = jax.tree.map(lambda x: (tuple(x.shape), np.dtype(x.dtype).name), params)
     expected = jax.tree.map(lambda x: (tuple(x.shape), np.dtype(x.dtype).name), want)
     if got != expected:
-        raise ValueError(f"{bundle.part('janus')}: the stored weights do not match its config.json")
+        raise ValueError(f"{bundle.part('gpt')}: the stored weights do not match its config.json")
     vq_params, _ = load_model(bundle.part("vq"), expect_kind="vq")
-    return JanusPipeline(params=janus.decode_layout(params), cfg=cfg, vq_params=vq_params, vq_cfg=vq_cfg,
-                         tokenizer=tokenizer, sampling=bundle.sampling, scaling=bundle.scaling, name=bundle.name)
+    return Pipeline(gpt_params=cfg.decode_layout(params), gpt_cfg=cfg, vq_params=vq_params, vq_cfg=vq_cfg,
+                    condition=tokenizer, sampling=bundle.sampling, scaling=bundle.scaling, name=bundle.name,
+                    to_uint8=to_uint8_janus)
 
 
 # ------------------------------------------------------------------------------ assembly
@@ -283,24 +250,26 @@ def assemble_janus_bundle(out, janus_dir, *, dtype: str = "float32", grid_size: 
         raise ValueError(f"{janus_dir / 'config.json'}: max_position_embeddings {released.max_positions} is below "
                          f"the {cfg.max_seq_len} positions of {cfg.prompt_len} prompt slots and {cfg.block_size} "
                          "image tokens")
+    tokenizer_files = {f: read_bounded(janus_dir / f, MAX_TOKENIZER_BYTES if f == "tokenizer.json" else MAX_JSON_BYTES,
+                                       str(janus_dir / f))
+                       for f in TOKENIZER_FILES if (janus_dir / f).exists()}  # as checked; rechecked once written
     out = Path(out).absolute()
     with atomic_dir(out, overwrite=overwrite) as tmp:
         tmp = Path(tmp)
         params, vq_params = convert_released(released, cfg, dtype=dtype)
         meta = {"source": str(janus_dir.resolve()), "converted_dtype": dtype}
-        save_model(tmp / "janus", params, cfg, kind="janus", meta=meta)
+        save_model(tmp / "gpt", params, cfg, kind="janus", meta=meta)
         del params
         save_model(tmp / "vq", vq_params, released.vq_config, kind="vq", meta=meta)
         (tmp / "tokenizer").mkdir()
-        for f in TOKENIZER_FILES:
-            if (janus_dir / f).is_file():
-                shutil.copyfile(janus_dir / f, tmp / "tokenizer" / f)
+        for f, data in tokenizer_files.items():
+            (tmp / "tokenizer" / f).write_bytes(data)
         JanusTokenizer(tmp / "tokenizer", prompt_len=cfg.prompt_len, text_vocab_size=cfg.text_vocab_size)
         notes = (f"Janus-Pro ({cfg.n_layer} layers, hidden {cfg.dim}, {cfg.vocab_size} image codes, grid "
                  f"{cfg.grid_size}, {cfg.prompt_len} prompt slots, {dtype}) assembled from {janus_dir}. sampling: "
                  "generation_inference.py's defaults.")
-        write_manifest(tmp, kind=KIND, loader=LOADER, image_size=cfg.grid_size * released.vq_config.downsample,
-                       parts={"janus": "janus", "vq": "vq", "tokenizer": "tokenizer"}, sampling=JANUS_SAMPLING,
+        write_manifest(tmp, kind=KIND, image_size=cfg.grid_size * released.vq_config.downsample,
+                       parts={p: p for p in PARTS}, sampling=JANUS_SAMPLING,
                        name=name or f"Janus-Pro ({janus_dir.name})", notes=notes)
     log(f"wrote the {KIND} bundle {out}")
     return out

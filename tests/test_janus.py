@@ -12,14 +12,20 @@ same step distributions within 1e-4 (log-probabilities of the guided logits, whi
 the same tokens, float images within 1e-4 and the same uint8 pixels wherever the
 float value is not within 1e-3 of a rounding boundary. Then unit tests: RoPE against a NumPy
 reference, GQA against repeated key/value heads, left padding against an unpadded prompt, the
-cached decode against one full pass, bf16, and the hostile-input rules of the conversion.
+cached decode against one full pass, bf16, and the hostile-input rules of the conversion. Last,
+the command line and the dispatch LlamaGen uses: `scalingar bundle --janus` and `scalingar
+generate` (plain at top-k 1, i.e. greedy: Janus's tokens again; scalingar -n 8; a GenEval prompt
+file through the prompt pool; a 1 x 2 mesh in a subprocess) and the batched and pooled strategies.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -30,13 +36,15 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from scalingar_jax import decode, janus
+from scalingar_jax import cli, decode, janus, vq
 from scalingar_jax.bundle import read_bundle
 from scalingar_jax.config import SamplingConfig
 from scalingar_jax.convert import janus as CJ
 from scalingar_jax.convert.torch_pickle import load_state_dict, save_torch_state_dict
+from scalingar_jax.images import read_png
 from scalingar_jax.janus_bundle import (JanusTokenizer, assemble_janus_bundle, pipeline_from_bundle, sft_prompt,
                                         to_uint8_janus)
+from scalingar_jax.pipeline import Pipeline, generate, load_pipeline
 
 FIX = Path(__file__).parent / "fixtures" / "janus_tiny"
 FACTS = json.loads((FIX / "expected.json").read_text(encoding="utf-8"))
@@ -91,10 +99,16 @@ def _greedy(params, ids, mask, scale, *, cfg):
     return tokens.at[:, T - 1].set(tok), dists.at[:, T - 1].set(dist)
 
 
+def decode_float(pipe, tokens):
+    """Image tokens (B, T) -> the VQ's float images (B, H, W, 3), unclipped (Janus's decode_code)."""
+    g = pipe.gpt_cfg.grid_size
+    return np.asarray(vq.decode_codes(pipe.vq_params, pipe.vq_cfg, jnp.asarray(tokens).reshape(-1, g, g), clip=False))
+
+
 def greedy(pipe, prompts, scale):
     ids, mask = pipe.condition(prompts)
-    janus.validate_condition(pipe.cfg, ids, mask)
-    tokens, dists = _greedy(pipe.params, jnp.asarray(ids), jnp.asarray(mask), jnp.float32(scale), cfg=pipe.cfg)
+    janus.validate_condition(pipe.gpt_cfg, ids, mask)
+    tokens, dists = _greedy(pipe.gpt_params, jnp.asarray(ids), jnp.asarray(mask), jnp.float32(scale), cfg=pipe.gpt_cfg)
     return np.asarray(tokens), np.asarray(dists)
 
 
@@ -106,7 +120,7 @@ def test_prompt_ids_are_janus_processors(pipes, expected):
     np.testing.assert_array_equal(ids[:, -want.shape[1]:][want >= 0], want[want >= 0])
     np.testing.assert_array_equal(mask.sum(axis=1), (want >= 0).sum(axis=1))
     assert not ids[~mask].any() and ids[:, -1].tolist() == [FACTS["image_start_id"]] * len(PROMPTS)
-    assert (pipes["single"].cfg.pad_id, ids[0, -int(mask[0].sum())]) == (FACTS["pad_id"], FACTS["bos_id"])
+    assert (pipes["single"].gpt_cfg.pad_id, ids[0, -int(mask[0].sum())]) == (FACTS["pad_id"], FACTS["bos_id"])
 
 
 @pytest.mark.parametrize("layout", ["single", "sharded"])
@@ -122,7 +136,7 @@ def test_greedy_generation_equals_janus(pipes, expected, layout, scale):
     top2 = np.sort(ours, axis=-1)[..., -2:]
     assert (top2[..., 1] - top2[..., 0]).min() > 2 * TOL
     np.testing.assert_array_equal(tokens, expected[f"{tag}_tokens"])
-    images = pipe.decode_float(tokens)
+    images = decode_float(pipe, tokens)
     np.testing.assert_allclose(images, expected[f"{tag}_images"], atol=1e-4, rtol=0)
     scaled = np.clip((expected[f"{tag}_images"] + 1) / 2 * 255, 0, 255)
     clear = np.abs(scaled - np.round(scaled)) > 1e-3  # not at a truncation boundary
@@ -134,14 +148,14 @@ def test_greedy_generation_equals_janus(pipes, expected, layout, scale):
 
 def test_bf16_bundle_is_bf16_and_close_to_fp32(pipes):
     bf, fp = pipes["bf16"], pipes["single"]
-    assert {x.dtype for x in jax.tree.leaves(bf.params)} == {jnp.dtype(jnp.bfloat16)}
-    assert bf.cfg.dtype == "bfloat16" and bf.vq_cfg.param_dtype == "float32"
+    assert {x.dtype for x in jax.tree.leaves(bf.gpt_params)} == {jnp.dtype(jnp.bfloat16)}
+    assert bf.gpt_cfg.dtype == "bfloat16" and bf.vq_cfg.param_dtype == "float32"
     ids, mask = bf.condition(PROMPTS)
-    lb, cache = _prefill(bf.params, bf.cfg, ids, mask)
-    lf, _ = _prefill(fp.params, fp.cfg, ids, mask)
+    lb, cache = _prefill(bf.gpt_params, bf.gpt_cfg, ids, mask)
+    lf, _ = _prefill(fp.gpt_params, fp.gpt_cfg, ids, mask)
     assert lb.dtype == jnp.float32 and cache.k[0].dtype == jnp.bfloat16
     assert np.abs(np.asarray(lb) - np.asarray(lf)).max() < 0.05 * np.abs(np.asarray(lf)).max()
-    lb2, _ = _decode_step(bf.params, bf.cfg, cache, jnp.zeros((2 * len(PROMPTS),), jnp.int32), jnp.int32(0))
+    lb2, _ = _decode_step(bf.gpt_params, bf.gpt_cfg, cache, jnp.zeros((2 * len(PROMPTS),), jnp.int32), jnp.int32(0))
     assert np.isfinite(np.asarray(lb2)).all()
 
 
@@ -416,7 +430,7 @@ def test_oversized_and_malformed_json_files(tmp_path):
     (folder / "config.json").write_text(" " * (CJ.MAX_JSON_BYTES + 1) + "{}")
     with pytest.raises(ValueError) as e:
         CJ.read_released(folder, vq_norm_groups=GROUPS)
-    _one_line_error(e, "config.json", "larger than")
+    _one_line_error(e, "config.json", "more than")
     (folder / "config.json").write_text("[1, 2]")
     with pytest.raises(ValueError) as e:
         CJ.read_released(folder, vq_norm_groups=GROUPS)
@@ -452,8 +466,106 @@ def test_bundle_loader_checks(tmp_path, pipes):
     assert (record["kind"], record["image_size"], record["sampling"]["cfg_scale"], record["sampling"]["top_k"]) == \
         ("janus-pro", 8, 5.0, 0)
     longer = pipeline_from_bundle(read_bundle(out), prompt_len=64)
-    assert longer.cfg.prompt_len == 64 and longer.condition(PROMPTS)[0].shape == (3, 64)
+    assert longer.gpt_cfg.prompt_len == 64 and longer.condition(PROMPTS)[0].shape == (3, 64)
     record["kind"] = "llamagen-c2i"
     (out / "bundle.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match="not a Janus-Pro bundle"):
         pipeline_from_bundle(read_bundle(out))
+
+
+# ------------------------------------------------------------------------------ the command line and the shared dispatch
+GREEDY = SamplingConfig(cfg_scale=5.0, temperature=1.0, top_k=1, top_p=1.0)  # top-k 1: Janus's loop, argmax
+
+
+@pytest.fixture(scope="module")
+def cli_bundle(tmp_path_factory):
+    """`scalingar bundle OUT --janus DIR` on the sharded released folder."""
+    out = tmp_path_factory.mktemp("janus_cli") / "bundle"
+    assert cli.main(["bundle", str(out), "--janus", str(FIX / "released_sharded"), "--grid-size", str(GRID),
+                     "--prompt-len", str(PROMPT_LEN), "--vq-norm-groups", str(GROUPS)]) == 0
+    return out
+
+
+def test_cli_bundle_names_no_code_and_loads_as_a_pipeline(cli_bundle):
+    record = json.loads((cli_bundle / "bundle.json").read_text())
+    assert "loader" not in record and record["kind"] == "janus-pro"
+    assert record["parts"] == {"gpt": "gpt", "tokenizer": "tokenizer", "vq": "vq"}
+    pipe = load_pipeline(cli_bundle)
+    assert isinstance(pipe, Pipeline) and isinstance(pipe.gpt_cfg, janus.JanusConfig)
+    assert pipe.to_uint8 is to_uint8_janus and pipe.sampling.cfg_scale == 5.0
+
+
+def test_cli_plain_greedy_equals_janus(cli_bundle, expected, tmp_path):
+    """`generate --strategy plain --top-k 1` (the greedy draw) gives Janus's tokens and images at cfg 5:
+    the exactness of the greedy test above (every step's top-1 leads by more than twice the tolerance)."""
+    out = tmp_path / "out"
+    assert cli.main(["generate", PROMPTS[1], "--checkpoint", str(cli_bundle), "--strategy", "plain", "-n", "1",
+                     "--top-k", "1", "--out", str(out), "--scale", "1"]) == 0
+    np.testing.assert_array_equal(np.load(out / "tokens.npy"), expected["cfg5_tokens"][1:2])
+    image, want = read_png(out / "selected.png"), expected["cfg5_uint8"][1]
+    assert image.shape == want.shape and np.abs(image.astype(int) - want).max() <= 1 and (image == want).mean() > 0.95
+
+
+def test_cli_scalingar_n8_and_geneval_prompt_file_with_the_pool(cli_bundle, tmp_path):
+    out = tmp_path / "one"
+    assert cli.main(["generate", PROMPTS[0], "--checkpoint", str(cli_bundle), "-n", "8", "--out", str(out),
+                     "--scale", "1"]) == 0
+    result, tokens = json.loads((out / "result.json").read_text()), np.load(out / "tokens.npy")
+    assert result["strategy"] == "scalingar" and result["num_candidates"] == 8 and tokens.shape == (8, GRID * GRID)
+    pipe = load_pipeline(cli_bundle)
+    np.testing.assert_array_equal(read_png(out / "selected.png"), pipe.decode_images(tokens[result["winner"]][None])[0])
+    # GenEval's folder layout through the prompt pool
+    records = [{"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": PROMPTS[0]},
+               {"tag": "colors", "include": [{"class": "dog", "count": 1, "color": "blue"}], "prompt": PROMPTS[2]}]
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in records))
+    gen = tmp_path / "gen"
+    assert cli.main(["generate", "--prompts", str(prompts), "--checkpoint", str(cli_bundle), "-n", "2",
+                     "--images-per-prompt", "2", "--pool", "4", "--out", str(gen)]) == 0
+    assert sorted(os.listdir(gen)) == ["00000", "00001", "scalingar_run.json"]
+    for i, record in enumerate(records):
+        folder = gen / f"{i:05d}"
+        assert json.loads((folder / "metadata.jsonl").read_text()) == record
+        assert sorted(os.listdir(folder / "samples")) == ["0000.png", "0001.png"]
+        assert read_png(folder / "samples" / "0000.png").shape == (8, 8, 3)
+
+
+def test_pool_and_batched_strategies_give_janus_greedy_tokens(pipes, expected):
+    """The shared dispatch (strategies, the prompt pool) on Janus: greedy candidates are Janus's tokens."""
+    pipe = pipes["single"]
+    batched = generate(pipe, PROMPTS, strategy="confidence_only", num_candidates=2, sampling=GREEDY)
+    pooled = generate(pipe, PROMPTS, strategy="plain", num_candidates=2, sampling=GREEDY, pool=4)
+    want = np.repeat(expected["cfg5_tokens"][:, None], 2, axis=1)
+    np.testing.assert_array_equal(np.asarray(batched.result.all_tokens), want)
+    np.testing.assert_array_equal(np.asarray(pooled.result.all_tokens), want)
+
+
+def test_cli_mesh_gives_janus_greedy_tokens(cli_bundle, expected, tmp_path):
+    """Prompts x candidates sharded with shard_map (2 x 2 simulated CPU devices, a subprocess)."""
+    out = tmp_path / "mesh"
+    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+                                       ).strip(), "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", "import sys; from scalingar_jax.cli import main; sys.exit(main())",
+                           "generate", PROMPTS[2], "--checkpoint", str(cli_bundle), "--strategy", "plain", "-n", "3",
+                           "--top-k", "1", "--mesh", "1x2", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(out / "tokens.npy"), np.repeat(expected["cfg5_tokens"][2:3], 3, axis=0))
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--janus", "DIR", "--gpt", "g.pt"], ["--janus", "--gpt"]),
+    (["--gpt", "g.pt"], ["--vq"]),
+    (["--gpt", "g.pt", "--vq", "v.pt", "--prompt-len", "64"], ["--prompt-len", "--janus"]),
+    (["--janus", "DIR"], ["config.json", "num_hidden_layers is 3"]),
+])
+def test_cli_bundle_refusals(tmp_path, capsys, argv, words):
+    folder = _copy(tmp_path)
+    _edit_config(folder, language_config__num_hidden_layers=3)
+    argv = [str(folder) if a == "DIR" else a for a in argv]
+    out = tmp_path / "out"
+    assert cli.main(["bundle", str(out), *argv, "--vq-norm-groups", str(GROUPS)] if "--janus" in argv
+                    else ["bundle", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and all(w in err for w in words), err
+    assert not out.exists() and not list(tmp_path.glob(".out*"))

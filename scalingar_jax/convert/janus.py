@@ -8,7 +8,8 @@ The folder (deepseek-ai/Janus-Pro-1B, -7B) holds `config.json` with nested block
 `torch.save` zip, read by the safe pickle reader `torch_pickle`, never unpickled) or shards
 named by `pytorch_model.bin.index.json` (`model.safetensors` [+ index] too).
 
-Order of work, for hostile folders: the JSON files are read bounded (`MAX_JSON_BYTES`), every
+Order of work, for hostile folders: the JSON files are read as regular files within bounds
+(`convert.hf.read_json`, `MAX_JSON_BYTES`; `inputs`), every
 number is range-checked, the tensor index is read (names and shapes only, from every shard, each
 shard checked against the index) and every config number is checked against it before anything
 is built from those numbers; then every expected tensor's shape is compared; only then is any
@@ -23,7 +24,6 @@ key is an error. Every error is one line naming the file.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from pathlib import Path
@@ -32,9 +32,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from scalingar_jax.config import check_float, check_int
+from scalingar_jax.convert.hf import read_json
 
-__all__ = ["MAX_JSON_BYTES", "IGNORED", "LLAMA_DEFAULTS", "read_bounded", "read_json_file", "read_tensors", "Released",
-           "read_released", "convert_released"]
+__all__ = ["MAX_JSON_BYTES", "IGNORED", "LLAMA_DEFAULTS", "read_tensors", "Released", "read_released",
+           "convert_released"]
 
 MAX_JSON_BYTES = 1 << 20  # config.json and the tokenizer's small JSON files
 MAX_INDEX_BYTES = 64 << 20  # a weight index (Janus-Pro-7B's is ~100 KB)
@@ -53,32 +54,6 @@ _VQ = "gen_vision_model."
 
 
 # ------------------------------------------------------------------------------ files
-def read_bounded(path, what: str, max_bytes: int) -> bytes:
-    """The bytes of the regular file `path`, refused past `max_bytes` (never read whole);
-    FileNotFoundError or ValueError naming the file and `what` it should be."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing ({what})")
-    with open(path, "rb") as f:
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise ValueError(f"{path}: larger than {max_bytes} bytes; not {what}")
-    return data
-
-
-def read_json_file(path, what: str, max_bytes: int = MAX_JSON_BYTES) -> dict:
-    """The JSON object in `path`, read up to `max_bytes`; FileNotFoundError or ValueError naming
-    the file and `what` it should be."""
-    data = read_bounded(path, what, max_bytes)
-    try:
-        record = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ValueError(f"{path}: not valid JSON ({type(e).__name__}); expected {what}") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{path}: holds a JSON {type(record).__name__}, expected an object ({what})")
-    return record
-
-
 def _torch_reader(path: str) -> dict:
     from scalingar_jax.convert.torch_pickle import load_state_dict
 
@@ -100,7 +75,7 @@ def _from_index(folder: Path, index_name: str, reader) -> tuple[dict, dict]:
     """Tensors of every shard an index names; each shard must hold exactly the keys the index
     assigns to it."""
     where = folder / index_name
-    index = read_json_file(where, "a weight index {'weight_map': {tensor name: shard file}}", MAX_INDEX_BYTES)
+    index = read_json(str(folder), index_name, max_bytes=MAX_INDEX_BYTES)
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ValueError(f"{where}: no 'weight_map' object naming the shard of every tensor")
@@ -288,7 +263,7 @@ def read_released(folder, *, vq_norm_groups: int = 32) -> Released:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder (expected Janus-Pro's released files)")
     where = folder / "config.json"
-    n = _config_numbers(read_json_file(where, "Janus's config.json"), where)
+    n = _config_numbers(read_json(str(folder), "config.json", max_bytes=MAX_JSON_BYTES), where)
     tensors, source = read_tensors(folder)
     unknown = sorted(k for k in tensors if not any(p.fullmatch(k) for p in IGNORED)
                      and not k.startswith((_LM, _VQ, "gen_embed.", "gen_aligner.", "gen_head.")))
