@@ -73,6 +73,9 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixture_folder import fixture_folder  # noqa: E402  (same folder)
+
 GRID, IMAGE_VOCAB, CODE_DIM = 4, 32, 8
 VQ = dict(ch=4, num_res_blocks=1, norm_groups=4, ch_mult=[1, 2], z_channels=8)
 TEXT_VOCAB = 320  # the LM's embedding rows (>= the tokenizer's size, as Janus-Pro's 102400 >= 100015)
@@ -348,8 +351,7 @@ def main() -> None:
     src = a.janus_src.resolve()
     install_stand_ins(src)
     torch.set_grad_enabled(False)
-    tmp = Path(tempfile.mkdtemp(prefix="janus_tiny_", dir=a.out.parent))
-    try:
+    with fixture_folder(a.out, 800_000) as tmp:  # well under 1 MB
         build(tmp)
         arrays, facts = run_janus(src, tmp / "released")
         commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
@@ -366,17 +368,6 @@ def main() -> None:
             "config": config_json()})
         np.savez(tmp / "expected.npz", **arrays)
         (tmp / "expected.json").write_text(json.dumps(facts, indent=1, ensure_ascii=False) + "\n")
-        total = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
-        assert total < 800_000, f"fixture is {total} bytes; keep it well under 1 MB"
-        if a.out.exists():
-            shutil.rmtree(a.out)
-        tmp.rename(a.out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    for f in sorted(a.out.rglob("*")):
-        if f.is_file():
-            print(f"{f.stat().st_size:8d}  {f.relative_to(a.out)}")
     for cfg_weight in CFG_WEIGHTS:
         tag = f"cfg{cfg_weight:g}"
         print(tag, "tokens\n", arrays[f"{tag}_tokens"], "\nimages range", arrays[f"{tag}_images"].min(),
