@@ -60,7 +60,8 @@ def worker(args) -> dict:
     cond_, mask, pid = S.prepare(cfg, sampling, scaling, cond, None, N, None)
     spec = L.LoopSpec(cfg, sampling, scaling, "scalingar", N)  # no compaction: equal rows every step
     mesh = SH.make_mesh(1, D)
-    ex = SH.ShardedExecutor(params, cond_, mask, jax.random.key(2), pid, mesh=mesh, num_candidates=N)
+    ex = SH.ShardedExecutor(cfg.decode_layout(params, "cpu"), cond_, mask, jax.random.key(2), pid, mesh=mesh,
+                            num_candidates=N)
     lspec = L.loop_key(ex.local_spec(spec))
     s0 = jax.block_until_ready(ex.start(spec))
     stop = SH.put(np.int32(cfg.block_size), mesh, jax.sharding.PartitionSpec())

@@ -68,8 +68,21 @@ def _find_multiple(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - (n % k)
 
 
+class AttentionHeads:
+    """`head_dim` and `kv_heads` of a decoder config with fields `dim`, `n_head` and `n_kv_head`
+    (None: as many key/value heads as query heads); shared by `GPTConfig` and `janus.JanusConfig`."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head if self.n_kv_head is not None else self.n_head
+
+
 @dataclasses.dataclass(frozen=True)
-class GPTConfig:
+class GPTConfig(AttentionHeads):
     """A LlamaGen GPT. Image tokens: `grid_size**2`; condition positions: `cls_token_num`."""
 
     model_type: Literal["c2i", "t2i"] = "c2i"
@@ -88,14 +101,6 @@ class GPTConfig:
     grid_size: int = 16
     param_dtype: str = "float32"
     dtype: str = "float32"  # activation / compute dtype; logits are always float32
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_head
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_head if self.n_kv_head is not None else self.n_head
 
     @property
     def ffn_hidden(self) -> int:
@@ -131,6 +136,34 @@ class GPTConfig:
             raise ValueError(f"c2i models use cls_token_num=1, got {self.cls_token_num}")
         to_dtype(self.param_dtype), to_dtype(self.dtype)
         return self
+
+    # The decode protocol: what the strategies, the pool and the sharded executors call of a model
+    # family, on its config (the jit static argument they carry). LlamaGen's implementation is
+    # `decode` / `gpt`; Janus-Pro's `janus.JanusConfig` has the same methods (see `janus`'s docstring).
+    def check_condition(self, cond, cond_mask):
+        """`decode.check_condition`: P conditions checked, as device arrays (cond, cond_mask)."""
+        from scalingar_jax import decode
+
+        return decode.check_condition(self, cond, cond_mask)
+
+    def prefill_candidates(self, params, cond, cond_mask, *, num_candidates: int, use_cfg: bool = True):
+        """`decode.prefill_candidates`: (logits (R, V) float32 for image token 0, cache)."""
+        from scalingar_jax import decode
+
+        return decode.prefill_candidates(params, self, cond, cond_mask, num_candidates=num_candidates,
+                                         use_cfg=use_cfg)
+
+    def decode_step(self, params, cache, tokens, k):
+        """`decode.decode_step`: feeds image token k of every row -> (logits (R, V) float32, cache)."""
+        from scalingar_jax import decode
+
+        return decode.decode_step(params, self, cache, tokens, k)
+
+    def decode_layout(self, params, platform: str | None = None):
+        """`gpt.decode_layout`: the parameter layout the token loops read on `platform` (outside jit)."""
+        from scalingar_jax import gpt
+
+        return gpt.decode_layout(params, platform)
 
 
 def check_gpt_fields(fields: dict) -> dict:

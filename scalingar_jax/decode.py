@@ -113,13 +113,24 @@ def next_tokens(sampling: SamplingConfig, lc, lu, scale, keys, k, use_cfg: bool,
     return greedy_tokens(logits) if greedy else sample_tokens(keys, k, logits)
 
 
-def validate_generate_inputs(cfg: GPTConfig, sampling: SamplingConfig, cond, cond_mask, num_candidates: int):
-    """Every user-facing check of `generate`, before anything is traced."""
+def check_condition(cfg: GPTConfig, cond, cond_mask=None):
+    """P conditions checked against `cfg` (`gpt.validate_condition`: ValueError / TypeError naming
+    the problem) and returned as device arrays: t2i (cond (P, cls, C) in the compute dtype,
+    cond_mask (P, cls) bool, all True if None); c2i (cond (P,) int32, None)."""
+    validate_condition(cfg, cond, cond_mask)
+    if cfg.model_type == "t2i":
+        cond = jnp.asarray(cond, to_dtype(cfg.dtype))
+        return cond, jnp.ones(cond.shape[:2], bool) if cond_mask is None else jnp.asarray(cond_mask, bool)
+    return jnp.asarray(cond, jnp.int32), None
+
+
+def validate_generate_inputs(cfg: GPTConfig, sampling: SamplingConfig, num_candidates: int):
+    """The user-facing checks of `generate` besides the condition's (`check_condition`), before
+    anything is traced."""
     cfg.validate()
     sampling.validate(cfg.vocab_size)
     if int(num_candidates) < 1:
         raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
-    validate_condition(cfg, cond, cond_mask)
 
 
 
@@ -156,14 +167,10 @@ def generate(params, cfg: GPTConfig, cond, *, key: jax.Array, num_candidates: in
     cond_mask: (P, cls) bool (t2i); prompt_ids: (P,) global prompt ids for key derivation
     (default arange(P)). Returns image tokens (P, N, T) int32, T = grid_size**2.
     """
-    validate_generate_inputs(cfg, sampling, cond, cond_mask, num_candidates)
+    validate_generate_inputs(cfg, sampling, num_candidates)
+    cond, cond_mask = check_condition(cfg, cond, cond_mask)
     P = np.shape(cond)[0]
     prompt_ids = jnp.arange(P, dtype=jnp.int32) if prompt_ids is None else jnp.asarray(prompt_ids, jnp.int32)
-    if cfg.model_type == "t2i":
-        cond = jnp.asarray(cond, to_dtype(cfg.dtype))
-        cond_mask = None if cond_mask is None else jnp.asarray(cond_mask, bool)
-    else:
-        cond, cond_mask = jnp.asarray(cond, jnp.int32), None
     params = decode_layout(params)  # this backend's layout (a no-op if the loader laid them out)
     return _generate(params, key, cond, cond_mask, prompt_ids, cfg=cfg, sampling=sampling,
                      num_candidates=int(num_candidates), greedy=greedy)

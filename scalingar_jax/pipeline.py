@@ -41,7 +41,9 @@ class Pipeline:
     cond with leading dimension P. reward: uint8 images (B, H, W, 3) and B prompts -> scores
     (B,). sampling/scaling: the defaults `generate` uses when given none. check_record: the
     model's test of a GenEval prompt record (raises ValueError for one outside its vocabulary,
-    e.g. the shapes world's), or None: any record of GenEval's schema is accepted."""
+    e.g. the shapes world's), or None: any record of GenEval's schema is accepted. to_uint8:
+    the VQ's float images (B, H, W, 3) -> uint8, the model family's own rounding (default
+    `images.to_uint8`, round((x + 1) * 127.5); Janus-Pro truncates)."""
 
     gpt_params: Any
     gpt_cfg: GPTConfig
@@ -53,6 +55,7 @@ class Pipeline:
     scaling: ScalingARConfig = ScalingARConfig()
     name: str = "pipeline"
     check_record: Callable[[dict], None] | None = None
+    to_uint8: Callable[[np.ndarray], np.ndarray] = to_uint8
 
     @property
     def image_size(self) -> int:
@@ -69,14 +72,14 @@ class Pipeline:
         codes = tokens.reshape(-1, g, g).astype(np.int32)
         B = codes.shape[0]
         if B <= DECODE_CHUNK:
-            return to_uint8(_decode_jit(self.vq_params, self.vq_cfg, jnp.asarray(codes)))
+            return self.to_uint8(_decode_jit(self.vq_params, self.vq_cfg, jnp.asarray(codes)))
         out = np.empty((B, self.image_size, self.image_size, 3), np.uint8)
         for start in range(0, B, DECODE_CHUNK):
             chunk = codes[start : start + DECODE_CHUNK]
             n = chunk.shape[0]
             if n < DECODE_CHUNK:  # the last chunk, padded to the one compiled size
                 chunk = np.concatenate([chunk, np.zeros((DECODE_CHUNK - n, g, g), np.int32)])
-            out[start : start + n] = to_uint8(_decode_jit(self.vq_params, self.vq_cfg, jnp.asarray(chunk)))[:n]
+            out[start : start + n] = self.to_uint8(_decode_jit(self.vq_params, self.vq_cfg, jnp.asarray(chunk)))[:n]
         return out
 
 

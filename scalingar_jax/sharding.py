@@ -82,7 +82,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from scalingar_jax.atomic import atomic_dir
-from scalingar_jax.gpt import KVCache, decode_layout, layers_stacked
+from scalingar_jax.gpt import KVCache, layers_stacked
 from scalingar_jax.scaling import loop as L
 from scalingar_jax.scaling.config import ScalingARConfig
 from scalingar_jax.scaling.profile import ConfidenceState, init_state
@@ -370,9 +370,10 @@ class ShardedExecutor:
     method takes and returns unpadded, unsharded quantities except the loop state itself.
 
     cond (P, ...), cond_mask (P, cls) or None, prompt_ids (P,): as `strategies.prepare` returns
-    them, the same on every process; first_candidate: int >= 0. params: a tree of host/device
-    arrays (replicated onto the mesh) or the output of `shard_params(params, mesh, ...)` (used as
-    placed)."""
+    them, the same on every process; first_candidate: int >= 0. params: in the model's decode
+    layout for the mesh's platform (`strategies.make_executor` lays them out), a tree of
+    host/device arrays (replicated onto the mesh) or the output of `shard_params(params, mesh,
+    ...)` (used as placed)."""
 
     def __init__(self, params, cond, cond_mask, key, prompt_ids, *, mesh: Mesh, num_candidates: int,
                  first_candidate: int = 0):
@@ -387,8 +388,7 @@ class ShardedExecutor:
             x = np.asarray(x)
             return np.concatenate([x, np.repeat(x[:1], self.P_pad - self.P, axis=0)]) if self.P_pad > self.P else x
 
-        # the decode layout of the mesh's platform (gpt.decode_layout), as a loader gives it
-        self.params = _on_mesh(decode_layout(params, mesh.devices.flat[0].platform), mesh)
+        self.params = _on_mesh(params, mesh)  # in the decode layout of the mesh's platform (make_executor's)
         self.cond = put(pad(cond), mesh, P(PROMPTS))
         self.cond_mask = None if cond_mask is None else put(pad(cond_mask), mesh, P(PROMPTS))
         self.prompt_ids = put(pad(prompt_ids), mesh, P(PROMPTS))

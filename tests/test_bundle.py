@@ -82,7 +82,7 @@ def test_defaults_come_from_the_bundle(world, tmp_path):
     (lambda r: [1, 2], ValueError, "holds a JSON list, expected an object"),
     (lambda r: r.pop("kind") and None, ValueError, r"missing keys \['kind'\]"),
     (lambda r: r.update(kind="no-such-family"), ValueError, "unknown bundle kind 'no-such-family'; known kinds: "
-                                                            "llamagen-c2i, llamagen-t2i, shapes-world"),
+                                                            "janus-pro, llamagen-c2i, llamagen-t2i, shapes-world"),
     (lambda r: r.update(colour="red"), ValueError, r"unknown keys \['colour'\]"),
     (lambda r: r.update(format=2), ValueError, "format 2"),
     (lambda r: r.update(loader="os:system"), ValueError, "'loader' 'os:system' names code"),
@@ -162,7 +162,7 @@ def test_checkpoint_config_kind(world, tmp_path):
     for edit, match in [({"config_class": "scalingar_jax.world.text_encoder:TextEncoderConfig"}, None),
                         ({"config_class": "collections:OrderedDict"}, "config_class 'collections:OrderedDict' names code"),
                         ({"config_class": "scalingar_jax.config:GPTConfig"}, "names code"),
-                        ({"kind": "mystery"}, "unknown model kind 'mystery'; known: gpt, reward, t5, text, vq")]:
+                        ({"kind": "mystery"}, "unknown model kind 'mystery'; known: gpt, janus, reward, t5, text, vq")]:
         (d / "config.json").write_text(json.dumps({**rec, **edit}))
         if match is None:
             assert read_config(d)[1] == read_config(world / "text")[1]

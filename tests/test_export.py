@@ -7,7 +7,8 @@ loop plain, confidence-only, Best-of-N and importance sampling share; ScalingAR'
 compaction, selection (`_finish` per strategy), importance sampling's resampling, plain
 LlamaGen `decode.generate`, the prompt pool's step loop and admission, the sharded executor's
 start, loop, compaction and selection on an abstract 2x4 mesh (`jax.sharding.AbstractMesh`),
-VQ decoding, the T5 encoder and CLIP's two towers (CLIPScore).
+Janus-Pro's prefill, decode step and ScalingAR loop (the second model family through the same
+loop pieces), VQ decoding, the T5 encoder and CLIP's two towers (CLIPScore).
 
 What an export covers: tracing and StableHLO lowering with the TPU / CUDA lowering rules (every
 op has one, shapes and dtypes check, `platform_dependent` takes the accelerator branch,
@@ -30,7 +31,7 @@ import pytest
 from jax.sharding import AbstractMesh, AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from scalingar_jax import backend, clip, decode, gpt, pipeline, rewards, t5, vq
+from scalingar_jax import backend, clip, decode, gpt, janus, pipeline, rewards, t5, vq
 from scalingar_jax import sharding as SH
 from scalingar_jax.config import GPTConfig, SamplingConfig
 from scalingar_jax.scaling import ScalingARConfig
@@ -199,6 +200,34 @@ def test_a_planted_cpu_construct_is_caught():
         assert_accelerator_module(bad, top_k=False)
     with pytest.raises(AssertionError, match="optimization_barrier"):
         assert_accelerator_module(export(jax.jit(jax.lax.optimization_barrier), x, platform="tpu"), top_k=False)
+
+
+# ------------------------------------------------------------------------------ Janus-Pro
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("platform", ACCELERATORS)
+def test_janus_entries_lower_for_accelerators(platform, dtype):
+    """Janus-Pro's prefill (`loop.start_loop` through its config's decode protocol), its decode
+    step alone and the ScalingAR token loop on it: no CPU-only construct, the model in `dtype`."""
+    cfg = janus.JanusConfig(text_vocab_size=40, dim=16, n_layer=2, n_head=4, n_kv_head=2, ffn_hidden=24, vocab_size=32,
+                            gen_head_dim=12, grid_size=4, prompt_len=6, param_dtype=dtype, dtype=dtype).validate()
+    params = _abstract(functools.partial(cfg.decode_layout, platform=platform), janus.param_shapes(cfg))
+    ids, mask, pids = _sds((P_, cfg.prompt_len), jnp.int32), _sds((P_, cfg.prompt_len), bool), _sds((P_,), jnp.int32)
+    spec = S.token_spec(cfg, SAMPLING, SCALING, "scalingar", N_, True)
+    state = _abstract(L.start_loop, params, ids, mask, KEY, pids, spec=L.shape_key(spec))
+    rows = 2 * P_ * N_
+    cache = jax.eval_shape(lambda: gpt.init_cache(cfg, rows))
+    step = jax.jit(lambda p, c, t, k: cfg.decode_step(p, c, t, k))
+    modules = {"prefill": export(L.start_loop, params, ids, mask, KEY, pids, spec=L.shape_key(spec), platform=platform),
+               "decode step": export(step, params, cache, _sds((rows,), jnp.int32), _sds((), jnp.int32),
+                                     platform=platform),
+               "scalingar loop": export(L.run_loop_in_place, params, state, spec=L.loop_key(spec),
+                                        stop=_sds((), jnp.int32), platform=platform)}
+    for name, module in modules.items():
+        try:
+            assert_accelerator_module(module, top_k=name == "scalingar loop")
+        except AssertionError as e:
+            raise AssertionError(f"janus {name} ({platform}, {dtype}): {e}") from None
+        assert ("bf16" in module) == (dtype == "bfloat16"), name
 
 
 # ------------------------------------------------------------------------------ the sharded executor

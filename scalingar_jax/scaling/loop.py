@@ -54,7 +54,7 @@ from flax import struct
 
 from scalingar_jax import decode
 from scalingar_jax.config import GPTConfig, SamplingConfig
-from scalingar_jax.gpt import KVCache, decode_layout
+from scalingar_jax.gpt import KVCache
 from scalingar_jax.sampling import candidate_keys
 from scalingar_jax.scaling.config import ScalingARConfig
 from scalingar_jax.scaling.policy import scalingar_update, select_winner
@@ -218,7 +218,7 @@ def step(params, spec: LoopSpec, s: LoopState) -> LoopState:
     fed = jnp.concatenate([fed, fed])
 
     def feed(_):
-        return decode.decode_step(params, spec.gpt_cfg, s.cache, fed, k)
+        return spec.gpt_cfg.decode_step(params, s.cache, fed, k)
 
     logits, cache = jax.lax.cond(k < T - 1, feed, lambda _: (s.logits, s.cache), None)
     return s.replace(logits=logits, cache=cache, k=k + 1)
@@ -249,7 +249,8 @@ def token_loop(params, s: LoopState, spec: LoopSpec, stop=None) -> LoopState:
     Runs token steps until k == T, or (compaction) until every shard's alive candidates fit a
     smaller bucket than its pool (`compaction_limit`), or until k == stop (int32 scalar, may be
     traced: checkpoints share one compile) or k == spec.stop_at (static, if >= 0). params are
-    read in the layout given (`gpt.decode_layout`, which `LocalExecutor` applies once)."""
+    read in the layout given (the model's `decode_layout`, which `strategies.make_executor`
+    applies once)."""
     M = s.owner.shape[0]
 
     def keep_going(s):
@@ -306,7 +307,7 @@ def init_loop(params, cond, cond_mask, key, prompt_ids, spec: LoopSpec, first_ca
     over all shards); padding slots (`spec.num_real`) start dead."""
     gpt_cfg, N0, T = spec.gpt_cfg, spec.num_candidates, spec.T
     P = cond.shape[0]
-    logits, cache = decode.prefill_candidates(params, gpt_cfg, cond, cond_mask, num_candidates=N0, use_cfg=True)
+    logits, cache = gpt_cfg.prefill_candidates(params, cond, cond_mask, num_candidates=N0, use_cfg=True)
     f32 = jnp.zeros((T, P, N0), jnp.float32)
     traj = {"C": f32, "I": f32, "D": f32, "R": f32, "scale": f32, "alive": jnp.zeros((T, P, N0), bool),
             "theta": jnp.zeros((T, P), jnp.float32)}
@@ -496,12 +497,13 @@ _resample = jax.jit(resample)
 
 
 class LocalExecutor:
-    """The loop pieces on one device (the default device). Inputs as `strategies.prepare` returns
-    them: cond (P, ...), cond_mask (P, cls) or None, prompt_ids (P,) int32; first_candidate: the
-    global id of candidate slot 0 (int >= 0)."""
+    """The loop pieces on one device (the default device). params: read as given (the model's
+    `decode_layout`, which `strategies.make_executor` applies once); inputs as
+    `strategies.prepare` returns them: cond (P, ...), cond_mask (P, cls) or None, prompt_ids (P,)
+    int32; first_candidate: the global id of candidate slot 0 (int >= 0)."""
 
     def __init__(self, params, cond, cond_mask, key, prompt_ids, first_candidate: int = 0):
-        self.params = decode_layout(params)  # the decode-time layout, once
+        self.params = params
         self.cond, self.cond_mask, self.key, self.prompt_ids = cond, cond_mask, key, prompt_ids
         self.first_candidate = jnp.int32(first_candidate)
 

@@ -49,9 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from scalingar_jax import decode
 from scalingar_jax.config import GPTConfig, SamplingConfig
-from scalingar_jax.gpt import KVCache, decode_layout, init_cache, layers_stacked
+from scalingar_jax.gpt import KVCache, init_cache, layers_stacked
 from scalingar_jax.scaling import strategies as S
 from scalingar_jax.scaling.config import ScalingARConfig
 from scalingar_jax.scaling.loop import (BUCKETS, LoopSpec, LoopState, StrategyResult, bucket, candidate_step,
@@ -167,8 +166,7 @@ def pool_step(params, spec: LoopSpec, s: PoolState) -> PoolState:
     fed = jnp.concatenate([jnp.maximum(tok, 0).reshape(Q * N), jnp.zeros((1,), tok.dtype)])[s.owner]
     # a lane that just sampled its last token has no next position: its rows are freed below
     pos = jnp.minimum(lane_k, T - 2)
-    logits, cache = decode.decode_step(params, spec.gpt_cfg, s.cache, jnp.concatenate([fed, fed]),
-                                       jnp.concatenate([pos, pos]))
+    logits, cache = spec.gpt_cfg.decode_step(params, s.cache, jnp.concatenate([fed, fed]), jnp.concatenate([pos, pos]))
     keep = lanes.conf.alive.reshape(Q, N) & (lanes.k < T)[:, None]
     keep = jnp.concatenate([keep.reshape(Q * N), jnp.zeros((1,), bool)])[s.owner]
     return s.replace(logits=logits, cache=cache, owner=jnp.where(keep, s.owner, Q * N), lanes=lanes,
@@ -405,7 +403,7 @@ def run_pool(params, spec: LoopSpec, cond, cond_mask, key, prompt_ids, strategy:
     buckets = "pow2" if shrink is True else shrink
     rows, lanes = check_pool(rows, N, lanes, spec.policy == "scalingar" and spec.scaling.use_termination)
     spec = dataclasses.replace(spec, compaction=False, stop_at=-1)
-    args = (decode_layout(params), spec, cond, cond_mask, key, prompt_ids, first_candidate, rows, lanes)
+    args = (spec.gpt_cfg.decode_layout(params), spec, cond, cond_mask, key, prompt_ids, first_candidate, rows, lanes)
     if mesh is None:
         be = _Local(*args)
     else:

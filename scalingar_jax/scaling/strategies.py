@@ -25,8 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scalingar_jax.config import GPTConfig, SamplingConfig, to_dtype
-from scalingar_jax.gpt import validate_condition
+from scalingar_jax.config import GPTConfig, SamplingConfig
 from scalingar_jax.scaling.config import ScalingARConfig
 from scalingar_jax.scaling.loop import Executor, LocalExecutor, LoopSpec, StrategyResult, check_buckets, drive
 
@@ -55,25 +54,23 @@ def prepare(gpt_cfg: GPTConfig, sampling: SamplingConfig, scaling: ScalingARConf
     if isinstance(num_candidates, bool) or not isinstance(num_candidates, (int, np.integer)) or num_candidates < 1:
         raise ValueError(f"num_candidates (N) must be an integer >= 1, got {num_candidates!r}")
     scaling.validate(gpt_cfg.grid_size, gpt_cfg.block_size)
-    validate_condition(gpt_cfg, cond, cond_mask)
+    cond, cond_mask = gpt_cfg.check_condition(cond, cond_mask)  # the model family's checks and arrays
     P = int(np.shape(cond)[0])
     prompt_ids = jnp.arange(P, dtype=jnp.int32) if prompt_ids is None else jnp.asarray(prompt_ids, jnp.int32)
     if prompt_ids.shape != (P,):
         raise ValueError(f"prompt_ids must have shape ({P},), got {prompt_ids.shape}")
-    if gpt_cfg.model_type == "t2i":
-        cond = jnp.asarray(cond, to_dtype(gpt_cfg.dtype))
-        cond_mask = jnp.ones(cond.shape[:2], bool) if cond_mask is None else jnp.asarray(cond_mask, bool)
-    else:
-        cond, cond_mask = jnp.asarray(cond, jnp.int32), None
     return cond, cond_mask, prompt_ids
 
 
-def make_executor(params, cond, cond_mask, key, prompt_ids, *, num_candidates: int, first_candidate: int = 0,
-                  mesh=None) -> Executor:
+def make_executor(gpt_cfg, params, cond, cond_mask, key, prompt_ids, *, num_candidates: int,
+                  first_candidate: int = 0, mesh=None) -> Executor:
     """The executor of a run: `loop.LocalExecutor` (mesh None) or `sharding.ShardedExecutor` on
-    `mesh` (from `sharding.make_mesh`). The only place that decides between them. Inputs as
-    `prepare` returns them; first_candidate: global id of candidate slot 0 (validated here)."""
+    `mesh` (from `sharding.make_mesh`). The only place that decides between them. params: laid
+    out here once for the platform that runs them (`gpt_cfg.decode_layout`; unchanged if a
+    loader did); inputs as `prepare` returns them; first_candidate: global id of candidate slot
+    0 (validated here)."""
     first_candidate = check_first_candidate(first_candidate)
+    params = gpt_cfg.decode_layout(params, None if mesh is None else mesh.devices.flat[0].platform)
     if mesh is None:
         return LocalExecutor(params, cond, cond_mask, key, prompt_ids, first_candidate)
     from scalingar_jax.sharding import ShardedExecutor
@@ -198,7 +195,7 @@ def run_token_strategy(params, gpt_cfg: GPTConfig, cond, cond_mask=None, *, key,
         raise ValueError(f"run_token_strategy handles {'/'.join(TOKEN_STRATEGIES)}, got strategy {strategy!r}")
     cond, cond_mask, prompt_ids = prepare(gpt_cfg, sampling, scaling, cond, cond_mask, num_candidates, prompt_ids)
     spec = token_spec(gpt_cfg, sampling, scaling, strategy, num_candidates, compaction)
-    ex = make_executor(params, cond, cond_mask, key, prompt_ids, num_candidates=num_candidates,
+    ex = make_executor(gpt_cfg, params, cond, cond_mask, key, prompt_ids, num_candidates=num_candidates,
                        first_candidate=first_candidate, mesh=mesh)
     return token_strategy(ex, spec, strategy, on_progress)
 
@@ -209,7 +206,7 @@ def _reward_run(params, gpt_cfg, cond, cond_mask, prompts, key, num_candidates, 
                                           prompt_ids)
     _check_prompts(prompts, cond.shape[0])
     spec = token_spec(gpt_cfg, sampling, ScalingARConfig(), "plain", num_candidates, False)
-    ex = make_executor(params, cond, cond_mask, key, prompt_ids, num_candidates=num_candidates, mesh=mesh)
+    ex = make_executor(gpt_cfg, params, cond, cond_mask, key, prompt_ids, num_candidates=num_candidates, mesh=mesh)
     return ex, spec, prompt_ids
 
 
