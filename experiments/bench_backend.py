@@ -17,8 +17,8 @@ Timing: the two sides are compiled first, then measured in `--rounds` interleave
 off, on; ...), one timed call per side a round. The table gives each side's median ms per step,
 `ratio` = median off / median on (> 1: the choice is faster) and the quartiles of the per-round
 ratios; `verdict` is "helps" when the ratio and the lower quartile are > 1, "hurts" when the
-ratio and the upper quartile are < 1, else "within noise". The load (1-minute load average, each core's busy share over the run, the
-cores this process may use) is recorded with the figures: run it pinned to a core nobody else
+ratio and the upper quartile are < 1, else "within noise". The load (1-minute load average,
+each core's busy share over the run, the cores this process may use) is recorded with the figures: run it pinned to a core nobody else
 uses (`taskset -c 1`), not niced.
 
   taskset -c 1 python experiments/bench_backend.py                    # writes bench_backend.{json,md}
@@ -115,8 +115,8 @@ def interleaved(on, off, rounds: int, per_call: int) -> dict:
     q = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
     ratio = statistics.median(t_off) / statistics.median(t_on)
     verdict = "helps" if ratio > 1 and q[0] > 1 else "hurts" if ratio < 1 and q[2] < 1 else "within noise"
-    return {"on_ms": statistics.median(t_on), "off_ms": statistics.median(t_off), "ratio": ratio, "ratio_q1": q[0], "ratio_q3": q[2],
-            "verdict": verdict, "rounds": rounds, "on_ms_all": t_on, "off_ms_all": t_off}
+    return {"on_ms": statistics.median(t_on), "off_ms": statistics.median(t_off), "ratio": ratio,
+            "ratio_q1": q[0], "ratio_q3": q[2], "verdict": verdict, "rounds": rounds, "on_ms_all": t_on, "off_ms_all": t_off}
 
 
 def sampling_run(cfg: backend.BackendConfig, vocab: int, k: int, rows: int, steps: int):
