@@ -18,8 +18,8 @@ off, on; ...), one timed call per side a round. The table gives each side's medi
 `ratio` = median off / median on (> 1: the choice is faster) and the quartiles of the per-round
 ratios; `verdict` is "helps" when the ratio and the lower quartile are > 1, "hurts" when the
 ratio and the upper quartile are < 1, else "within noise". The load (1-minute load average,
-each core's busy share over the run, the cores this process may use) is recorded with the figures: run it pinned to a core nobody else
-uses (`taskset -c 1`), not niced.
+each core's busy share over the run, the cores this process may use) is recorded with the
+figures: run it pinned to a core nobody else uses (`taskset -c 1`), not niced.
 
   taskset -c 1 python experiments/bench_backend.py                    # writes bench_backend.{json,md}
   python experiments/bench_backend.py --smoke --out /tmp/bb           # tiny sizes (tests)
@@ -116,7 +116,8 @@ def interleaved(on, off, rounds: int, per_call: int) -> dict:
     ratio = statistics.median(t_off) / statistics.median(t_on)
     verdict = "helps" if ratio > 1 and q[0] > 1 else "hurts" if ratio < 1 and q[2] < 1 else "within noise"
     return {"on_ms": statistics.median(t_on), "off_ms": statistics.median(t_off), "ratio": ratio,
-            "ratio_q1": q[0], "ratio_q3": q[2], "verdict": verdict, "rounds": rounds, "on_ms_all": t_on, "off_ms_all": t_off}
+            "ratio_q1": q[0], "ratio_q3": q[2], "verdict": verdict, "rounds": rounds,
+            "on_ms_all": t_on, "off_ms_all": t_off}
 
 
 def sampling_run(cfg: backend.BackendConfig, vocab: int, k: int, rows: int, steps: int):
