@@ -173,7 +173,18 @@ TINY = janus.JanusConfig(text_vocab_size=40, dim=32, n_layer=2, n_head=4, n_kv_h
 
 @pytest.fixture(scope="module")
 def tiny_params():
-    return janus.init_params(TINY, jax.random.key(1))
+    """Random TINY parameters in the stored layout (`janus.param_shapes`), drawn with NumPy: kernels
+    normal(1 / sqrt(fan_in)), so attention is far from uniform and a misrouted head shows; random
+    biases and norm weights; normal(1) embeddings. (`janus.init_params` would compile Flax's
+    random init for seconds; any parameters serve these tests.)"""
+    rng = np.random.default_rng(1)
+
+    def draw(path, x):
+        name = path[-1].key
+        scale = x.shape[-2] ** -0.5 if name == "kernel" else {"bias": 0.1, "embedding": 1.0, "weight": 0.1}[name]
+        return jnp.asarray((name == "weight") + scale * rng.standard_normal(x.shape), x.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, janus.param_shapes(TINY))
 
 
 def test_rope_matches_a_numpy_reference():
@@ -541,9 +552,10 @@ def test_pool_and_batched_strategies_give_janus_greedy_tokens(pipes, expected):
 
 
 def test_cli_mesh_gives_janus_greedy_tokens(cli_bundle, expected, tmp_path):
-    """Prompts x candidates sharded with shard_map (2 x 2 simulated CPU devices, a subprocess)."""
+    """Prompts x candidates sharded with shard_map on a 1 x 2 mesh of simulated CPU devices (a subprocess:
+    the device count is fixed before jax is imported); 3 candidates over 2 shards, so one slot is padding."""
     out = tmp_path / "mesh"
-    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
                                        ).strip(), "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", "import sys; from scalingar_jax.cli import main; sys.exit(main())",
                            "generate", PROMPTS[2], "--checkpoint", str(cli_bundle), "--strategy", "plain", "-n", "3",
