@@ -130,7 +130,9 @@ def _axis_size(mesh: Mesh, name: str) -> int:
     return int(mesh.shape[name]) if name in mesh.axis_names else 1
 
 
-def _check_mesh(mesh: Mesh) -> None:
+def check_mesh(mesh: Mesh) -> None:
+    """Raise TypeError unless `mesh` is a `jax.sharding.Mesh`, ValueError unless its axes are
+    ("prompts", "cands") plus optionally "model" (as `make_mesh` builds it)."""
     if not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh (see sharding.make_mesh), got {type(mesh).__name__}")
     missing = {PROMPTS, CANDS} - set(mesh.axis_names)
@@ -230,7 +232,7 @@ def put(x, mesh: Mesh, spec: P) -> jax.Array:
 def shard_params(params, mesh: Mesh, *, model_axis: str | None = None):
     """Puts a parameter tree on the mesh: replicated, or split over `model_axis` (see
     `param_specs`; use `model_axis="model"` with a mesh from `make_mesh(..., model_shards=M)`)."""
-    _check_mesh(mesh)
+    check_mesh(mesh)
     if model_axis is not None and model_axis not in mesh.axis_names:
         raise ValueError(f"mesh has no axis {model_axis!r} (axes {mesh.axis_names})")
     specs = param_specs(params, model_axis, _axis_size(mesh, model_axis) if model_axis else 1)
@@ -377,7 +379,7 @@ class ShardedExecutor:
 
     def __init__(self, params, cond, cond_mask, key, prompt_ids, *, mesh: Mesh, num_candidates: int,
                  first_candidate: int = 0):
-        _check_mesh(mesh)
+        check_mesh(mesh)
         self.mesh = mesh
         pa, ca = _axis_size(mesh, PROMPTS), _axis_size(mesh, CANDS)
         self.P, self.N = int(np.shape(cond)[0]), int(num_candidates)

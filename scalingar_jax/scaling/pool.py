@@ -279,7 +279,7 @@ class ShardedPool(_Local):
         from scalingar_jax import sharding as SH
 
         super().__init__(*args)
-        SH._check_mesh(mesh)
+        SH.check_mesh(mesh)
         if SH.MODEL in mesh.axis_names:
             raise ValueError("the prompt pool keeps whole prompts on one device: use a mesh without a 'model' axis")
         self.mesh, self.axes = mesh, (SH.PROMPTS, SH.CANDS)

@@ -70,11 +70,12 @@ def make_executor(gpt_cfg, params, cond, cond_mask, key, prompt_ids, *, num_cand
     loader did); inputs as `prepare` returns them; first_candidate: global id of candidate slot
     0 (validated here)."""
     first_candidate = check_first_candidate(first_candidate)
-    params = gpt_cfg.decode_layout(params, None if mesh is None else mesh.devices.flat[0].platform)
     if mesh is None:
-        return LocalExecutor(params, cond, cond_mask, key, prompt_ids, first_candidate)
-    from scalingar_jax.sharding import ShardedExecutor
+        return LocalExecutor(gpt_cfg.decode_layout(params, None), cond, cond_mask, key, prompt_ids, first_candidate)
+    from scalingar_jax.sharding import ShardedExecutor, check_mesh
 
+    check_mesh(mesh)
+    params = gpt_cfg.decode_layout(params, mesh.devices.flat[0].platform)
     return ShardedExecutor(params, cond, cond_mask, key, prompt_ids, mesh=mesh, num_candidates=int(num_candidates),
                            first_candidate=first_candidate)
 
