@@ -342,7 +342,7 @@ def _unwrap_params(params):
     return params
 
 
-def _check_flax_tree(params, expected: Mapping[tuple[str, ...], tuple], what: str) -> dict:
+def check_flax_tree(params, expected: Mapping[tuple[str, ...], tuple], what: str) -> dict:
     flat = _flatten(_unwrap_params(params))
     problems = []
     missing = [p for p in expected if p not in flat]
@@ -367,7 +367,7 @@ def iter_flax_to_torch_gpt(params, cfg, dtype=None) -> Iterator[tuple[str, np.nd
     params: the tree of `gpt.init_params` (optionally under {"params": ...}); dtype: None keeps
     the parameter dtype. The tree is checked strictly first (MappingError)."""
     c = _gpt_config(cfg)
-    flat = _check_flax_tree(params, gpt_flax_shapes(c), "GPT")
+    flat = check_flax_tree(params, gpt_flax_shapes(c), "GPT")
     out_dt = _np_dtype(dtype)
     host: dict = {}
     for key, _, e, i in _gpt_torch_order(c):
@@ -775,7 +775,7 @@ def iter_flax_to_torch_vq(params, cfg, dtype=None) -> Iterator[tuple[str, np.nda
     """Yields (PyTorch key, np.ndarray) of a Flax VQ tree in LlamaGen's key order (strict check
     first). The training buffer `quantize.codebook_used` is not produced."""
     expected_torch = vq_torch_shapes(cfg)
-    flat = _check_flax_tree(params, vq_flax_shapes(cfg), "VQ")
+    flat = check_flax_tree(params, vq_flax_shapes(cfg), "VQ")
     out_dt = _np_dtype(dtype)
     for key, shape in expected_torch.items():
         path, tr = vq_torch_key_to_flax(key, len(shape))

@@ -306,7 +306,7 @@ def _torch_layout(kind: str, params, config, dtype) -> dict[str, _Deferred]:
     out: dict[str, _Deferred] = {}
     if kind == "gpt":
         c = M._gpt_config(config)
-        flat = M._check_flax_tree(params, M.gpt_flax_shapes(c), "GPT")
+        flat = M.check_flax_tree(params, M.gpt_flax_shapes(c), "GPT")
         for key, shape, e, i in M._gpt_torch_order(c):
             leaf = flat[e.flax_path]
 
@@ -318,7 +318,7 @@ def _torch_layout(kind: str, params, config, dtype) -> dict[str, _Deferred]:
             out[key] = _Deferred(shape, out_dt or np.asarray(leaf).dtype, fn)
     else:
         expected = M.vq_torch_shapes(config)
-        flat = M._check_flax_tree(params, M.vq_flax_shapes(config), "VQ")
+        flat = M.check_flax_tree(params, M.vq_flax_shapes(config), "VQ")
         for key, shape in expected.items():
             path, tr = M.vq_torch_key_to_flax(key, len(shape))
             leaf = flat[path]
