@@ -125,8 +125,19 @@ def _sampling_scaling(args, pipe):
     return sampling, scaling
 
 
-def _compaction(args):
-    return False if args.no_compaction else args.buckets
+def _schedule(args, mesh, pool=None):
+    """The run's `Schedule`: the mesh, and the batched loop's compaction or a pool of `pool` rows."""
+    from scalingar_jax.scaling.options import Pool, Schedule
+
+    if pool:
+        return Schedule(mesh=mesh, pool=Pool(pool))
+    return Schedule(mesh=mesh, compaction=False if args.no_compaction else args.buckets)
+
+
+def _strategy(args, n, sampling, scaling):
+    from scalingar_jax.scaling.options import Strategy
+
+    return Strategy(args.strategy, n, sampling=sampling, scaling=scaling)
 
 
 def _mesh(args):
@@ -196,9 +207,9 @@ def cmd_generate(args) -> int:
     T = pipe.gpt_cfg.block_size
     bar, update = _progress(T, f"{args.strategy} N={args.n}")
     with bar:
-        res = generate(pipe, [prompt], strategy=args.strategy, num_candidates=args.n, seed=args.seed,
-                       sampling=sampling, scaling=scaling, compaction=_compaction(args),
-                       decode_candidates=True, on_progress=update, mesh=mesh, conditioning=conditioning)
+        res = generate(pipe, [prompt], _strategy(args, args.n, sampling, scaling), seed=args.seed,
+                       schedule=_schedule(args, mesh), decode_candidates=True, on_progress=update,
+                       conditioning=conditioning)
     with atomic_dir(out, overwrite=True) as tmp:  # all files appear together, or none
         files, summary = _write_generate_outputs(Path(tmp), args, pipe, res, prompt, sampling, scaling)
     files = {k: str(out / Path(v).name) for k, v in files.items()}
@@ -279,10 +290,9 @@ def _generate_class_ids(args, pipe, class_ids, sampling, scaling, mesh, out: Pat
     with bar, atomic_dir(out, overwrite=True) as tmp:  # all folders appear together, or none
         for start in range(0, len(class_ids), args.batch):
             chunk = class_ids[start : start + args.batch]
-            res = generate(pipe, chunk, strategy=args.strategy, num_candidates=args.n, seed=args.seed,
-                           sampling=sampling, scaling=scaling, compaction=_compaction(args),
-                           prompt_ids=np.arange(start, start + len(chunk), dtype=np.int32),
-                           decode_candidates=True, mesh=mesh)
+            res = generate(pipe, chunk, _strategy(args, args.n, sampling, scaling), seed=args.seed,
+                           schedule=_schedule(args, mesh),
+                           prompt_ids=np.arange(start, start + len(chunk), dtype=np.int32), decode_candidates=True)
             for j, class_id in enumerate(chunk):
                 name = f"{start + j:05d}"
                 (Path(tmp) / name).mkdir()
@@ -445,9 +455,9 @@ def _generate_prompt_file(args, pipe, sampling, scaling, mesh) -> int:
         rows = np.asarray([unique.index(p) for p in prompts])
         cond, mask = pipe.condition(unique)  # the conditioner runs once per distinct prompt
         conditioning = (np.asarray(cond)[rows], None if mask is None else np.asarray(mask)[rows])
-        return generate(pipe, prompts, strategy=args.strategy, num_candidates=n, seed=args.seed, sampling=sampling,
-                        scaling=scaling, prompt_ids=prompt_ids, compaction=_compaction(args), mesh=mesh,
-                        conditioning=conditioning, pool=args.pool).images
+        return generate(pipe, prompts, _strategy(args, n, sampling, scaling), seed=args.seed,
+                        schedule=_schedule(args, mesh, args.pool), prompt_ids=prompt_ids,
+                        conditioning=conditioning).images
 
     out = Path(args.out).absolute()
     print(f"{len(share) - len(todo)} of {len(share)} prompt folders already done in {out}", file=sys.stderr)

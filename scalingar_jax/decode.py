@@ -1,4 +1,5 @@
-"""Decoding as pure functions: `prefill`, `decode_step`, `next_tokens` and a fully jitted `generate`.
+"""Decoding as pure functions: `prefill`, `decode_step`, `next_tokens`, a fully jitted `generate`,
+and `GPTModel`: LlamaGen's GPT as the engine's `token_model.TokenModel`.
 
 Batch layout with CFG (as LlamaGen): the R = B conditional rows first, then the B
 unconditional rows. Candidates of a prompt are adjacent: row = prompt * N + candidate.
@@ -7,6 +8,7 @@ Image token k sits at sequence position `cls_token_num + k`; the cache holds
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -111,14 +113,52 @@ def next_tokens(sampling: SamplingConfig, lc, lu, scale, keys, k, use_cfg: bool,
     return greedy_tokens(logits) if greedy else sample_tokens(keys, k, logits)
 
 
-def validate_generate_inputs(cfg: GPTConfig, sampling: SamplingConfig, cond, cond_mask, num_candidates: int):
-    """Every user-facing check of `generate`, before anything is traced."""
-    cfg.validate()
-    sampling.validate(cfg.vocab_size)
-    if int(num_candidates) < 1:
-        raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
-    validate_condition(cfg, cond, cond_mask)
+@dataclasses.dataclass(frozen=True)
+class GPTModel:
+    """LlamaGen's GPT (`gpt.Transformer`, c2i or t2i) as a `token_model.TokenModel`: the engine's
+    prefill, decode step and cache on `cfg` (validated at construction). Hashable: a static
+    argument of the engine's jitted pieces."""
 
+    cfg: GPTConfig
+
+    def __post_init__(self):
+        if not isinstance(self.cfg, GPTConfig):
+            raise TypeError(f"GPTModel.cfg must be a GPTConfig, got {type(self.cfg).__name__}")
+        self.cfg.validate()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.vocab_size
+
+    @property
+    def block_size(self) -> int:
+        return self.cfg.block_size
+
+    @property
+    def grid_size(self) -> int:
+        return self.cfg.grid_size
+
+    def check_condition(self, cond, cond_mask):
+        """(P,) class ids (c2i) or (P, cls, caption_dim) features (t2i, cond_mask (P, cls) or None)
+        -> device arrays: c2i (int32 ids, None); t2i (features in cfg.dtype, mask (P, cls) bool,
+        all True if None)."""
+        validate_condition(self.cfg, cond, cond_mask)
+        if self.cfg.model_type == "t2i":
+            cond = jnp.asarray(cond, to_dtype(self.cfg.dtype))
+            return cond, jnp.ones(cond.shape[:2], bool) if cond_mask is None else jnp.asarray(cond_mask, bool)
+        return jnp.asarray(cond, jnp.int32), None
+
+    def prefill(self, params, cond, cond_mask):
+        return prefill(params, self.cfg, cond, cond_mask, use_cfg=True)
+
+    def decode_step(self, params, cache, tokens, k):
+        return decode_step(params, self.cfg, cache, tokens, k)
+
+    def init_cache(self, rows: int) -> KVCache:
+        return init_cache(self.cfg, rows)
+
+    def decode_layout(self, params):
+        return decode_layout(params)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling", "num_candidates", "greedy"))
@@ -155,13 +195,11 @@ def generate(params, cfg: GPTConfig, cond, *, key: jax.Array, num_candidates: in
     cond_mask: (P, cls) bool (t2i); prompt_ids: (P,) global prompt ids for key derivation
     (default arange(P)). Returns image tokens (P, N, T) int32, T = grid_size**2.
     """
-    validate_generate_inputs(cfg, sampling, cond, cond_mask, num_candidates)
-    P = np.shape(cond)[0]
+    sampling.validate(cfg.vocab_size)
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, (int, np.integer)) or num_candidates < 1:
+        raise ValueError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
+    cond, cond_mask = GPTModel(cfg).check_condition(cond, cond_mask)
+    P = cond.shape[0]
     prompt_ids = jnp.arange(P, dtype=jnp.int32) if prompt_ids is None else jnp.asarray(prompt_ids, jnp.int32)
-    if cfg.model_type == "t2i":
-        cond = jnp.asarray(cond, to_dtype(cfg.dtype))
-        cond_mask = None if cond_mask is None else jnp.asarray(cond_mask, bool)
-    else:
-        cond, cond_mask = jnp.asarray(cond, jnp.int32), None
     return _generate(params, key, cond, cond_mask, prompt_ids, cfg=cfg, sampling=sampling,
                      num_candidates=int(num_candidates), greedy=greedy)

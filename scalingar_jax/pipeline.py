@@ -8,6 +8,10 @@ from a model bundle (a folder with `bundle.json`, see `scalingar_jax.bundle`).
                    num_candidates=8, seed=0)
     out.images        # (P, H, W, 3) uint8, the selected image per prompt
     out.result        # StrategyResult: winner, tokens_used, per-step trajectories, ...
+
+Every other option is grouped (`scaling.options`, checked at construction): a `Strategy`
+(strategy=Strategy("scalingar", 8, scaling=..., sampling=...)) and a `Schedule` (a mesh,
+compaction, or a continuous-batching `Pool`).
 """
 from __future__ import annotations
 
@@ -22,9 +26,13 @@ import numpy as np
 from scalingar_jax import vq
 from scalingar_jax.bundle import read_bundle
 from scalingar_jax.config import GPTConfig, SamplingConfig
+from scalingar_jax.decode import GPTModel
 from scalingar_jax.images import to_uint8
 from scalingar_jax.scaling.config import ScalingARConfig
-from scalingar_jax.scaling import strategies as S
+from scalingar_jax.scaling.engine import RunStats
+from scalingar_jax.scaling.loop import StrategyResult
+from scalingar_jax.scaling.options import Schedule, Strategy
+from scalingar_jax.scaling.run import run_strategy
 
 Conditioner = Callable[[Sequence[str]], tuple[Any, Any]]  # prompts -> (cond, cond_mask or None)
 
@@ -54,6 +62,11 @@ class Pipeline:
     check_record: Callable[[dict], None] | None = None
 
     @property
+    def model(self) -> GPTModel:
+        """The GPT as the engine's `token_model.TokenModel`."""
+        return GPTModel(self.gpt_cfg)
+
+    @property
     def image_size(self) -> int:
         """Pixels per side of a decoded image: grid_size * the VQ's downsampling factor."""
         return self.gpt_cfg.grid_size * self.vq_cfg.downsample
@@ -78,72 +91,54 @@ class GenerationOutput:
     """images (P, H, W, 3) uint8 selected per prompt; candidates (P, N, H, W, 3) uint8 (pruned
     candidates' images decode their partial grids; the pixels of tokens they never generated are
     `UNGENERATED_GREY`);
-    result: the strategy's `StrategyResult`; seconds: wall clock of the token loop + selection."""
+    result: the strategy's `StrategyResult`; stats: the run's `RunStats` (steps, rows, utilization);
+    seconds: wall clock of the token loop + selection."""
 
     images: np.ndarray
     candidates: np.ndarray | None
-    result: S.StrategyResult
+    result: StrategyResult
     prompts: tuple[str, ...]
     strategy: str
     seconds: float
+    stats: RunStats | None = None
 
 
-def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scalingar", num_candidates: int = 8,
-             seed: int = 0, sampling: SamplingConfig | None = None, scaling: ScalingARConfig | None = None,
-             compaction: bool | str = True, prompt_ids=None, first_candidate: int = 0, decode_candidates: bool = False,
-             on_progress: Callable[[int], None] | None = None, mesh=None, conditioning=None, pool: int | None = None,
-             **strategy_kwargs) -> GenerationOutput:
-    """Runs `strategy` for every prompt (see `scalingar_jax.scaling.strategies.STRATEGIES`).
+def generate(pipe: Pipeline, prompts: Sequence[str], strategy: str | Strategy = "scalingar", *,
+             num_candidates: int | None = None, seed: int = 0, schedule: Schedule = Schedule(), prompt_ids=None,
+             conditioning=None, decode_candidates: bool = False,
+             on_progress: Callable[[int], None] | None = None) -> GenerationOutput:
+    """Runs a strategy for every prompt (`scaling.run.run_strategy` on the pipeline's model).
 
-    prompts: P strings; num_candidates: N >= 1; seed: the base PRNG seed (a candidate's key is
-    derived from (seed, prompt id, candidate id)); sampling/scaling default to the pipeline's.
-    mesh: optional `scalingar_jax.sharding.make_mesh(prompt_shards, cand_shards)`: prompts and
-    candidates are sharded over it with `shard_map` (same results as one device).
-    compaction: False, True / "pow2" or "fine" (ScalingAR's pool buckets; results are the same).
-    first_candidate: global id of the first candidate (reward-free strategies): with N = 1 and
-    first_candidate = c, plain sampling decodes candidate c of an N-candidate run (same key; the
-    tokens can differ where a different batch size rounds differently).
-    conditioning: `pipe.condition(prompts)` computed already (cond, cond_mask), so the
-    conditioner (e.g. a text encoder) runs once per prompt; None: computed here.
-    pool: None (batched) or a pool of that many candidate rows (`scaling.pool`, continuous
-    batching: prompts enter as pruned or finished rows free up; plain, confidence_only, scalingar
-    and best_of_n; per prompt the same results; with `mesh`, one pool of that many rows per
-    device; on_progress not called).
-    Extra keyword arguments go to importance sampling (checkpoints, tau, fill_code).
+    prompts: P prompts; strategy: a name (`scaling.options.STRATEGIES`) with num_candidates N
+    (default 8), or a `Strategy` with every setting (N, sampling, scaling, first_candidate,
+    importance sampling's knobs; its sampling / scaling None: the pipeline's); seed: the base
+    PRNG seed (a candidate's key is derived from (seed, prompt id, candidate id)); schedule: a
+    `Schedule` (one device or a mesh, compaction, or a continuous-batching `Pool`: per prompt the
+    same results); prompt_ids: (P,) global prompt ids (default 0..P-1); conditioning:
+    `pipe.condition(prompts)` computed already (cond, cond_mask), so the conditioner (e.g. a
+    text encoder) runs once per prompt; decode_candidates: also decode every candidate;
+    on_progress(k): the batched loop reached token k (the pool does not call it).
     """
     import time
 
-    if strategy not in S.STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; available: {', '.join(S.STRATEGIES)}")
+    if isinstance(strategy, Strategy):
+        if num_candidates is not None:
+            raise ValueError("num_candidates is set twice: give it inside the Strategy")
+    else:
+        strategy = Strategy(strategy, 8 if num_candidates is None else num_candidates)
+    strategy = strategy.with_defaults(pipe.sampling, pipe.scaling)
+    if strategy.needs_reward and pipe.reward is None:
+        raise ValueError(f"strategy {strategy.name!r} needs a reward function and this pipeline has none")
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts given")
     cond, cond_mask = pipe.condition(prompts) if conditioning is None else conditioning
     if np.shape(cond)[0] != len(prompts):
         raise ValueError(f"conditioning has {np.shape(cond)[0]} rows for {len(prompts)} prompts")
-    sampling = pipe.sampling if sampling is None else sampling
-    scaling = pipe.scaling if scaling is None else scaling
-    key = jax.random.key(seed)
     t0 = time.perf_counter()
-    # the run_* entries validate every argument and pick one device or `mesh` (`S.make_executor`)
-    common = dict(key=key, num_candidates=num_candidates, sampling=sampling, prompt_ids=prompt_ids, mesh=mesh,
-                  on_progress=on_progress)
-    if pool is not None:
-        res = _generate_pooled(pipe, cond, cond_mask, prompts, strategy, pool, key, num_candidates, sampling, scaling,
-                               prompt_ids, first_candidate, mesh, strategy_kwargs)
-    elif strategy in ("best_of_n", "importance_sampling"):
-        if pipe.reward is None:
-            raise ValueError(f"strategy {strategy!r} needs a reward function and this pipeline has none")
-        if first_candidate != 0:
-            raise ValueError(f"first_candidate applies to plain, confidence_only and scalingar, not {strategy!r}")
-        fn = S.run_best_of_n if strategy == "best_of_n" else S.run_importance_sampling
-        res = fn(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, prompts=prompts, reward_fn=pipe.reward,
-                 decode_fn=pipe.decode_images, **common, **strategy_kwargs)
-    else:
-        if strategy_kwargs:
-            raise TypeError(f"unexpected arguments for {strategy!r}: {sorted(strategy_kwargs)}")
-        res = S.run_token_strategy(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, strategy=strategy,
-                                   scaling=scaling, compaction=compaction, first_candidate=first_candidate, **common)
+    res, stats = run_strategy(pipe.model, pipe.gpt_params, cond, cond_mask, strategy=strategy,
+                              key=jax.random.key(seed), schedule=schedule, prompt_ids=prompt_ids, prompts=prompts,
+                              reward_fn=pipe.reward, decode_fn=pipe.decode_images, on_progress=on_progress)
     jax.block_until_ready(res.tokens)
     seconds = time.perf_counter() - t0
     images = pipe.decode_images(np.asarray(res.tokens))
@@ -159,27 +154,7 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
         missing = np.repeat(np.repeat((all_tokens < 0).reshape(P, N, g, g), f, axis=2), f, axis=3)
         candidates = np.where(missing[..., None], np.uint8(UNGENERATED_GREY), candidates)
     return GenerationOutput(images=images, candidates=candidates, result=res, prompts=tuple(prompts),
-                            strategy=strategy, seconds=seconds)
-
-
-def _generate_pooled(pipe: Pipeline, cond, cond_mask, prompts, strategy, rows, key, N, sampling, scaling, prompt_ids,
-                     first_candidate, mesh, strategy_kwargs) -> S.StrategyResult:
-    """`generate`'s strategies through the prompt pool (`scaling.pool`; on a mesh, one pool of
-    `rows` rows per device)."""
-    from scalingar_jax.scaling import pool
-
-    if strategy == "importance_sampling" or strategy_kwargs:
-        raise ValueError(f"the prompt pool does not take strategy {strategy!r} with {sorted(strategy_kwargs)} (it "
-                         f"runs plain, confidence_only, scalingar and best_of_n)")
-    if strategy == "best_of_n":
-        if pipe.reward is None:
-            raise ValueError("strategy 'best_of_n' needs a reward function and this pipeline has none")
-        return pool.run_pool_best_of_n(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, prompts=prompts, key=key,
-                                       reward_fn=pipe.reward, decode_fn=pipe.decode_images, num_candidates=N,
-                                       sampling=sampling, rows=rows, prompt_ids=prompt_ids, mesh=mesh)[0]
-    return pool.run_pool_strategy(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, key=key, strategy=strategy,
-                                  num_candidates=N, sampling=sampling, scaling=scaling, rows=rows,
-                                  prompt_ids=prompt_ids, first_candidate=first_candidate, mesh=mesh)[0]
+                            strategy=strategy.name, seconds=seconds, stats=stats)
 
 
 def load_pipeline(path=None, *, sampling: SamplingConfig | None = None, scaling: ScalingARConfig | None = None,
