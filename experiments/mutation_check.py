@@ -62,8 +62,9 @@ PATCHES = [
      "return s.replace(scale=scale, conf=conf,",
      "return s.replace(scale=s.scale, conf=conf,"),
     ("scale_lags_two_steps", True, "token k drawn at the scale of token k-2", LOOP,
-     "row_values(s.scale, s.owner), k)",
-     "row_values(jnp.where(k >= 2, s.traj['scale'][jnp.maximum(k - 2, 0)], s.scale), s.owner), k)"),
+     "row_values(s.scale, s.owner), jnp.minimum(row_k, T - 1))",
+     "row_values(jnp.where(k >= 2, s.traj['scale'][:, jnp.maximum(k - 2, 0)], s.scale), s.owner), "
+     "jnp.minimum(row_k, T - 1))"),
     ("confidence_only_least", True, "confidence-only picks the least confident", LOOP,
      "winner = jnp.argmax(gather(score), axis=1)",
      "winner = jnp.argmin(gather(score), axis=1)"),
@@ -71,7 +72,7 @@ PATCHES = [
      "logp = jnp.asarray((r - r.max(axis=1, keepdims=True)) / tau, jnp.float32)",
      "logp = jnp.asarray((r.min(axis=1, keepdims=True) - r) / tau, jnp.float32)"),
     ("is_never_resamples", True, "importance sampling keeps every candidate", STRAT,
-     "        s = ex.resample(s, resample_indices(key, j, prompt_ids, r, tau), spec)\n",
+     "        s = engine.resample(spec, s, resample_indices(prompts.key, j, prompts.prompt_ids, r, importance.tau))\n",
      "        s = s\n"),
     # kinds the suite already caught before issue 21
     ("entropy_not_normalized", False, "Hn = H / (2 log V)", PROFILE,
