@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scalingar_jax.backend import backend_config, canonical_platform
 from scalingar_jax.config import GPTConfig, SamplingConfig, to_dtype
-from scalingar_jax.gpt import KVCache, Transformer, decode_layout, init_cache, validate_condition
+from scalingar_jax.gpt import KVCache, Transformer, decode_layout, init_cache, layers_stacked, validate_condition
 from scalingar_jax.sampling import candidate_keys, filter_logits, greedy_tokens, guided_logits, sample_tokens
 
 
@@ -40,10 +41,12 @@ def prefill(params, cfg: GPTConfig, cond, cond_mask=None, *, use_cfg: bool = Tru
 
     cond: (B,) int labels (c2i) or (B, cls, caption_dim) left-padded features (t2i);
     cond_mask: (B, cls) bool, False at padded caption positions (t2i only). R = 2B with CFG.
+    The cache's layout follows the weights' (`gpt.decode_layout`): stacked layers get a stacked
+    cache (layers scanned), per-layer trees one buffer per layer (unrolled).
     """
     cond_all, mask_all, drop = with_cfg_rows(cfg, cond, cond_mask, use_cfg)
     R = cond_all.shape[0]
-    cache = init_cache(cfg, R, max_len, mask_all)
+    cache = init_cache(cfg, R, max_len, mask_all, stacked=layers_stacked(params))
 
     def run(m):
         logits, new_cache = m(m.embed_condition(cond_all, drop), cache, 0)
@@ -117,14 +120,27 @@ def next_tokens(sampling: SamplingConfig, lc, lu, scale, keys, k, use_cfg: bool,
 class GPTModel:
     """LlamaGen's GPT (`gpt.Transformer`, c2i or t2i) as a `token_model.TokenModel`: the engine's
     prefill, decode step and cache on `cfg` (validated at construction). Hashable: a static
-    argument of the engine's jitted pieces."""
+    argument of the engine's jitted pieces.
+
+    platform: the platform whose decode layout it runs (`gpt.decode_layout`); None: the default
+    backend, resolved at construction (a program exported for another platform takes the
+    model of that platform). scan_layers: stacked layers under lax.scan with a stacked KV cache
+    (True) or per-layer trees unrolled (False); None: the platform's choice
+    (`backend.backend_config`), resolved at construction."""
 
     cfg: GPTConfig
+    platform: str | None = None
+    scan_layers: bool | None = None
 
     def __post_init__(self):
         if not isinstance(self.cfg, GPTConfig):
             raise TypeError(f"GPTModel.cfg must be a GPTConfig, got {type(self.cfg).__name__}")
         self.cfg.validate()
+        object.__setattr__(self, "platform", canonical_platform(self.platform))
+        if self.scan_layers is None:
+            object.__setattr__(self, "scan_layers", backend_config(self.platform).scan_layers)
+        if not isinstance(self.scan_layers, bool):
+            raise TypeError(f"GPTModel.scan_layers must be a bool or None, got {self.scan_layers!r}")
 
     @property
     def vocab_size(self) -> int:
@@ -155,16 +171,15 @@ class GPTModel:
         return decode_step(params, self.cfg, cache, tokens, k)
 
     def init_cache(self, rows: int) -> KVCache:
-        return init_cache(self.cfg, rows)
+        return init_cache(self.cfg, rows, stacked=self.scan_layers)  # the layout `prefill` gives
 
     def decode_layout(self, params):
-        return decode_layout(params)
+        return decode_layout(params, self.platform, scan_layers=self.scan_layers)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling", "num_candidates", "greedy"))
 def _generate(params, key, cond, cond_mask, prompt_ids, *, cfg, sampling, num_candidates, greedy):
     P, N, T = cond.shape[0], num_candidates, cfg.block_size
-    params = decode_layout(params)  # per-layer (column-split) weights, once, outside the loop
     use_cfg = sampling.use_cfg
     keys = candidate_keys(key, prompt_ids, jnp.arange(N)).reshape(P * N)
     logits, cache = prefill_candidates(params, cfg, cond, cond_mask, num_candidates=N, use_cfg=use_cfg)
@@ -201,5 +216,6 @@ def generate(params, cfg: GPTConfig, cond, *, key: jax.Array, num_candidates: in
     cond, cond_mask = GPTModel(cfg).check_condition(cond, cond_mask)
     P = cond.shape[0]
     prompt_ids = jnp.arange(P, dtype=jnp.int32) if prompt_ids is None else jnp.asarray(prompt_ids, jnp.int32)
+    params = decode_layout(params)  # this backend's layout (a no-op if the loader laid them out)
     return _generate(params, key, cond, cond_mask, prompt_ids, cfg=cfg, sampling=sampling,
                      num_candidates=int(num_candidates), greedy=greedy)

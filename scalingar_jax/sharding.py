@@ -114,19 +114,21 @@ def single_device_mesh() -> Mesh:
 # row-parallel: the input features; embeddings and the output head: the vocabulary).
 MODEL_RULES: tuple[tuple[str, int], ...] = (
     # "layers/" stacked (L, ...) or "layers/<i>/" per layer (`gpt.unstack_layers`)
-    (r"layers/(\d+/)?attention/wqkv/kernel$", -1),  # (L, dim, (H + 2 Hkv) hd): column parallel
-    (r"layers/(\d+/)?attention/wo/kernel$", -2),  # (L, H hd, dim): row parallel
-    (r"layers/(\d+/)?feed_forward/w[13]/kernel$", -1),  # (L, dim, hidden): column parallel
-    (r"layers/(\d+/)?feed_forward/w2/kernel$", -2),  # (L, hidden, dim): row parallel
+    # and "kernel/<j>" for column block j of `gpt.split_columns` (each block split like the kernel)
+    (r"layers/(\d+/)?attention/wqkv/kernel(/\d+)?$", -1),  # (L, dim, (H + 2 Hkv) hd): column parallel
+    (r"layers/(\d+/)?attention/wo/kernel(/\d+)?$", -2),  # (L, H hd, dim): row parallel
+    (r"layers/(\d+/)?feed_forward/w[13]/kernel(/\d+)?$", -1),  # (L, dim, hidden): column parallel
+    (r"layers/(\d+/)?feed_forward/w2/kernel(/\d+)?$", -2),  # (L, hidden, dim): row parallel
     (r"tok_embeddings/embedding$", 0),  # (V, dim): over the vocabulary
-    (r"output/kernel$", -1),  # (dim, V): over the vocabulary
+    (r"output/kernel(/\d+)?$", -1),  # (dim, V): over the vocabulary
     (r"cls_embedding/embedding_table/embedding$", 0),  # (classes + 1, dim) [c2i]
 )
 
 
 def param_path(path) -> str:
-    """A `tree_util` key path as "a/b/c" (the names `MODEL_RULES` match)."""
-    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+    """A `tree_util` key path as "a/b/c" (the names `MODEL_RULES` match: dict keys, attribute
+    names and sequence indices, e.g. "layers/0/attention/wqkv/kernel/1")."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
 def param_specs(params, model_axis: str | None = None, model_size: int = 1, rules=MODEL_RULES):

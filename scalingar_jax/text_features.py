@@ -30,6 +30,7 @@ __all__ = [
     "PrecomputedFeatures",
     "T5TextEncoder",
     "lowercase_prompt",
+    "check_spiece_model",
 ]
 
 
@@ -277,6 +278,73 @@ def lowercase_prompt(text: str) -> str:
     return text.lower().strip()
 
 
+MAX_SPIECE_BYTES = 64 << 20  # flan-t5's spiece.model is 0.8 MB
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise ValueError("a truncated or overlong varint")
+
+
+def _fields(data: bytes):
+    """(field number, wire type, value) of a protobuf message: ints for varint and fixed
+    fields, bytes for length-delimited ones. ValueError for malformed wire data."""
+    pos = 0
+    while pos < len(data):
+        tag, pos = _varint(data, pos)
+        field, wire = tag >> 3, tag & 7
+        if field == 0:
+            raise ValueError("field number 0")
+        if wire == 0:
+            value, pos = _varint(data, pos)
+        elif wire in (1, 5):
+            n = 8 if wire == 1 else 4
+            if pos + n > len(data):
+                raise ValueError("a truncated fixed-size field")
+            value, pos = int.from_bytes(data[pos:pos + n], "little"), pos + n
+        elif wire == 2:
+            n, pos = _varint(data, pos)
+            if pos + n > len(data):
+                raise ValueError("a length-delimited field past the end")
+            value, pos = data[pos:pos + n], pos + n
+        else:
+            raise ValueError(f"wire type {wire}")
+        yield field, wire, value
+
+
+def check_spiece_model(path) -> int:
+    """The number of pieces of the SentencePiece model file `path` (a serialized ModelProto:
+    field 1 repeats SentencePiece messages, each with a UTF-8 piece in its field 1). Reads at
+    most MAX_SPIECE_BYTES; ValueError naming the file for anything that does not parse as one
+    with at least one piece (garbage, an empty or truncated file). Needs no sentencepiece."""
+    from scalingar_jax.inputs import read_bounded
+
+    data = read_bounded(path, MAX_SPIECE_BYTES, repr(os.fspath(path)))
+    pieces = 0
+    try:
+        for field, wire, value in _fields(data):
+            if field == 1:
+                if wire != 2:
+                    raise ValueError("a piece that is not a message")
+                text = [v for f, w, v in _fields(value) if f == 1 and w == 2]
+                if len(text) != 1:
+                    raise ValueError(f"piece {pieces} has no text")
+                text[0].decode("utf-8")
+                pieces += 1
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{os.fspath(path)!r} is not a SentencePiece model ({str(e)[:80]})") from None
+    if not pieces:
+        raise ValueError(f"{os.fspath(path)!r} is not a SentencePiece model (it holds no pieces)")
+    return pieces
+
+
 def _load_sentencepiece(model_path: str):
     try:
         import sentencepiece as spm
@@ -288,7 +356,11 @@ def _load_sentencepiece(model_path: str):
         ) from e
     if not os.path.isfile(model_path):
         raise FileNotFoundError(f"no SentencePiece model at {model_path}")
-    return spm.SentencePieceProcessor(model_file=model_path)
+    check_spiece_model(model_path)
+    try:
+        return spm.SentencePieceProcessor(model_file=model_path)
+    except (RuntimeError, OSError) as e:  # sentencepiece's own refusal, e.g. "could not parse ModelProto"
+        raise ValueError(f"{model_path!r} is not a SentencePiece model ({str(e)[:120]})") from None
 
 
 class T5TextEncoder:

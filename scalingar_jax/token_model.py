@@ -55,8 +55,9 @@ class TokenModel(Protocol):
         (logits (R, V) float32 predicting token k + 1, cache)."""
 
     def init_cache(self, rows: int) -> Any:
-        """An empty cache of `rows` rows (free rows of a pool: `prefill` rows are copied in)."""
+        """An empty cache of `rows` rows (free rows of a pool: `prefill` rows are copied in), in
+        the layout `prefill` gives for params in `decode_layout`."""
 
     def decode_layout(self, params) -> Any:
-        """params in the layout the decode step reads fastest on this backend (converted once,
-        outside the token loop; unchanged if already converted)."""
+        """params in the layout the decode step reads fastest on the model's platform (converted
+        once, outside the token loop and outside jit; unchanged if already converted)."""

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from scalingar_jax import decode
+from scalingar_jax import backend, decode, gpt
 from scalingar_jax.config import GPTConfig, SamplingConfig
 from scalingar_jax.sampling import candidate_keys
 from scalingar_jax.scaling import ScalingARConfig
@@ -99,6 +99,33 @@ def test_models_implement_the_protocol():
         decode.GPTModel(cfg).check_condition(np.array([3, 10]), None)
 
 
+def test_gpt_model_layout_follows_its_platform_and_its_cache_matches_prefill():
+    """The decode layout is the platform's (`backend.backend_config`) unless scan_layers says
+    otherwise; in either layout `init_cache` (a pool's free rows) has the tree of `prefill`'s
+    cache, so the engine can copy prefilled rows into a pool."""
+    cfg = GPTConfig(model_type="c2i", n_layer=2, n_head=2, dim=16, vocab_size=32, num_classes=10, grid_size=4,
+                    multiple_of=16)
+    assert decode.GPTModel(cfg) == decode.GPTModel(cfg, platform=jax.default_backend())
+    for platform in ("cpu", "tpu", "gpu"):
+        model = decode.GPTModel(cfg, platform=platform)
+        assert model.platform == backend.canonical_platform(platform)
+        assert model.scan_layers == backend.backend_config(platform).scan_layers
+    params = gpt.param_shapes(cfg)
+    for scan in (True, False):
+        model = decode.GPTModel(cfg, scan_layers=scan)
+        laid = jax.eval_shape(model.decode_layout, params)
+        assert gpt.layers_stacked(laid) == scan
+        _, cache = jax.eval_shape(model.prefill, laid, jnp.zeros((3,), jnp.int32), None)
+        free = jax.eval_shape(lambda: model.init_cache(6))
+        assert cache.stacked == scan and jax.tree.structure(cache) == jax.tree.structure(free)
+        assert [x.shape for x in jax.tree.leaves(cache)] == [x.shape for x in jax.tree.leaves(free)]
+    with pytest.raises(TypeError, match="GPTModel.scan_layers must be a bool"):
+        decode.GPTModel(cfg, scan_layers="yes")
+    with pytest.raises(ValueError, match="unknown platform"):
+        decode.GPTModel(cfg, platform="gpu2")
+
+
+@pytest.mark.exactness
 def test_a_second_model_family_runs_through_the_engine_and_both_schedulers():
     params, cond, ids = _params(), np.array([0, 2, 1, 2, 0]), np.array([4, 1, 7, 0, 3])
     key, N = jax.random.key(5), 4

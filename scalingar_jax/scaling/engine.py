@@ -34,7 +34,9 @@ with lanes over the lane axes and candidate slots over "cands" (lockstep). Insid
 is placed with `sharding.put` (each process fills its addressable shards: multi-process runs
 work the same); every result the host reads is replicated first.
 
-Equivalence with one device (tests/test_sharding.py, bit for bit for the discrete outcomes):
+Equivalence with one device (README, "Exactness": the same decisions from the same logits;
+tokens, winners, token counts and termination steps tested bit for bit on the test models in
+tests/test_sharding.py, floats to a tolerance: a device's matmuls run over other row counts):
 keys come from (global prompt id, global candidate id); pooled statistics gather the candidate
 axis; compaction is per device (a candidate never moves between devices) into the same bucket
 everywhere (the fullest device's count: all leave the loop at the same step); importance

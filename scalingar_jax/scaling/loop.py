@@ -29,10 +29,12 @@ fit `shrink` (the host compacts into a smaller bucket, `compact`). Every test is
 the mesh's axes, so all devices leave at the same step.
 
 Randomness comes from (prompt id, candidate id, step) only, so compacted, masked, pooled and
-sharded runs sample the same tokens. With `cand_axis` set (lockstep on a mesh) `num_candidates`
-is the per-shard slot count N0 and a slot's candidate id is `axis_index(cand_axis) * N0 + slot`;
-the policy pools over the candidate axis with collectives; `num_real` marks padding slots
-(slot >= num_real) dead from the start.
+sharded runs sample the same tokens wherever their logits are equal (a matmul over other row
+counts may round a logit by an ulp: README, "Exactness"). With `cand_axis` set (lockstep on a
+mesh) `num_candidates` is the per-shard slot count N0 and a slot's candidate id is
+`axis_index(cand_axis) * N0 + slot`; the policy pools over the candidate axis with collectives;
+`num_real` marks padding slots (slot >= num_real) dead from the start. params are read in the
+layout given (the model's `decode_layout`, which `engine.Engine` applies once).
 """
 from __future__ import annotations
 
@@ -305,7 +307,6 @@ def token_loop(params, s: DecodeState, spec: LoopSpec, stop, need, shrink) -> De
         return (any_device(jnp.any(running)) & ~any_device(jnp.any(running & (s.k >= stop)))
                 & ~any_device(room) & (fullest > shrink))
 
-    params = spec.model.decode_layout(params)  # no-op when the caller converted once
     return jax.lax.while_loop(keep_going, functools.partial(step, params, spec), s)
 
 
