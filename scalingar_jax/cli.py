@@ -21,11 +21,9 @@ import sys
 import warnings
 from pathlib import Path
 
+from scalingar_jax.errors import INPUT_ERRORS, UserError, describe_error, one_line, printable
+
 REPO = Path(__file__).resolve().parents[1]  # the repository checkout, if any: only bench/reproduce use it
-
-
-class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit status 2."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -47,16 +45,6 @@ LIMITS = {"n": (1, 1024), "seed": (0, 2**32 - 1), "batch": (1, 1024), "scale": (
 GENERATE_FILES = {"selected.png", "candidates.png", "confidence.png", "entropy.png", "result.json", "tokens.npy"}
 MAX_IMAGE_PIXELS = 4096 * 4096  # images `evaluate` decodes
 REWARD_STRATEGIES = ("best_of_n", "importance_sampling")  # the strategies that use a reward (--reward)
-
-
-def printable(msg: str, limit: int = 2000) -> str:
-    """`msg` on one line with every control or non-printable character escaped (as `repr`
-    does), so that names from a hostile file cannot drive the terminal; cut at `limit`."""
-    msg = str(msg)
-    cut = len(msg) > limit
-    msg = msg[:limit].replace("\n  ", "; ").replace("\n", " ")  # cut first: a huge message costs nothing
-    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)
-    return out[: limit - 3] + "..." if cut or len(out) > limit else out
 
 
 def _check_generate_args(args) -> None:
@@ -175,7 +163,7 @@ def _with_reward(args, pipe):
         try:
             pipe = dataclasses.replace(pipe, reward=load_reward(args.reward))
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(_describe_error(e)) from None
+            raise UserError(describe_error(e)) from None
     if args.strategy in REWARD_STRATEGIES and pipe.reward is None:
         raise UserError(f"strategy {args.strategy!r} needs a reward and this bundle has none: give --reward "
                         "clipscore:CLIP_DIR or --reward module:function")
@@ -885,8 +873,8 @@ def _main(argv: list[str]) -> int:
     except UserError as e:
         print(f"scalingar: error: {printable(e)}", file=sys.stderr)
         return 2
-    except _INPUT_ERRORS as e:  # a bad file or option found deeper down: one line, no traceback
-        print(f"scalingar: error: {printable(_describe_error(e))}", file=sys.stderr)
+    except INPUT_ERRORS as e:  # a bad file or option found deeper down: one line, no traceback
+        print(f"scalingar: error: {one_line(e)}", file=sys.stderr)
         return 2
     finally:
         warnings.formatwarning = python_format
@@ -898,28 +886,6 @@ def _warning_line(python_format, message, category, filename, lineno, line=None)
     if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
         return f"scalingar: warning: {printable(str(message))}\n"
     return python_format(message, category, filename, lineno, line)
-
-
-_INPUT_ERRORS = (ValueError, TypeError, KeyError, OSError, MemoryError, RecursionError, ArithmeticError)
-
-
-def _describe_error(e: BaseException) -> str:
-    import shutil
-
-    if isinstance(e, shutil.Error) and e.args and isinstance(e.args[0], list) and e.args[0]:
-        src, _, why = (list(e.args[0][0]) + ["", "", ""])[:3]  # copytree's [(src, dst, why), ...]
-        more = f" (and {len(e.args[0]) - 1} more file(s))" if len(e.args[0]) > 1 else ""
-        return f"cannot copy {str(src)!r}: {str(why)[:200]}{more}"
-    if isinstance(e, MemoryError):
-        return "out of memory (" + (str(e) or "the input asks for more memory than there is") + ")"
-    if isinstance(e, RecursionError):
-        return "the input nests too deeply"
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    if isinstance(e, OSError) and e.strerror and e.filename and str(e.filename) not in str(msg):
-        msg = f"{e.strerror}: {e.filename!r}"
-    if isinstance(e, ArithmeticError):
-        msg = f"{type(e).__name__}: {msg} (a size or field in the input is out of range)"
-    return str(msg)
 
 
 if __name__ == "__main__":
