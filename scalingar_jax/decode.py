@@ -19,7 +19,8 @@ import numpy as np
 from scalingar_jax.backend import backend_config, canonical_platform
 from scalingar_jax.config import GPTConfig, SamplingConfig, to_dtype
 from scalingar_jax.gpt import KVCache, Transformer, decode_layout, init_cache, layers_stacked, validate_condition
-from scalingar_jax.sampling import candidate_keys, filter_logits, greedy_tokens, guided_logits, sample_tokens
+from scalingar_jax.sampling import (candidate_keys, filter_logits, greedy_tokens, guided_logits, sample_tokens,
+                                    typed_key)
 
 
 def with_cfg_rows(cfg: GPTConfig, cond, cond_mask, use_cfg: bool):
@@ -208,12 +209,14 @@ def generate(params, cfg: GPTConfig, cond, *, key: jax.Array, num_candidates: in
 
     cond: (P,) class ids (c2i) or (P, cls, caption_dim) features (t2i, left padded);
     cond_mask: (P, cls) bool (t2i); prompt_ids: (P,) global prompt ids for key derivation
-    (default arange(P)). Returns image tokens (P, N, T) int32, T = grid_size**2.
+    (default arange(P)); key: `jax.random.key(seed)` or `jax.random.PRNGKey(seed)` (the same
+    tokens; anything else is a TypeError). Returns image tokens (P, N, T) int32, T = grid_size**2.
     """
     sampling.validate(cfg.vocab_size)
     if isinstance(num_candidates, bool) or not isinstance(num_candidates, (int, np.integer)) or num_candidates < 1:
         raise ValueError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
     cond, cond_mask = GPTModel(cfg).check_condition(cond, cond_mask)
+    key = typed_key(key)
     P = cond.shape[0]
     prompt_ids = jnp.arange(P, dtype=jnp.int32) if prompt_ids is None else jnp.asarray(prompt_ids, jnp.int32)
     params = decode_layout(params)  # this backend's layout (a no-op if the loader laid them out)

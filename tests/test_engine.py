@@ -143,6 +143,10 @@ def test_a_second_model_family_runs_through_the_engine_and_both_schedulers():
     assert (term >= 0).any() and pstats.steps < len(cond) * MODEL.block_size
     per_cand = np.where(term >= 0, term + 1, MODEL.block_size)  # a candidate pruned at k sampled 0..k
     np.testing.assert_array_equal(np.asarray(batched.tokens_used), per_cand.sum(1))
+    # a raw uint32 key (jax.random.PRNGKey) is the typed key of the same seed: the same tokens
+    raw, _ = run_strategy(MODEL, params, cond, strategy=Strategy("plain", N, sampling=SAMPLING),
+                          key=jax.random.PRNGKey(5), prompt_ids=ids)
+    np.testing.assert_array_equal(np.asarray(raw.all_tokens), np.asarray(plain.all_tokens))
     # the model's own check runs first
     with pytest.raises(ValueError, match="Markov conditions"):
         run_strategy(MODEL, params, np.array([3]), strategy=sar, key=key)

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from scalingar_jax.config import SamplingConfig
+from scalingar_jax.sampling import typed_key
 from scalingar_jax.scaling import pool as pooled
 from scalingar_jax.scaling import strategies as batched
 from scalingar_jax.scaling.config import ScalingARConfig
@@ -29,8 +30,9 @@ def run_strategy(model: TokenModel, params, cond, cond_mask=None, *, strategy: S
     for P prompts on `model` (a `TokenModel`, e.g. `decode.GPTModel(cfg)`) with weights `params`.
 
     cond: P conditions as the model takes them (LlamaGen: (P,) class ids or (P, cls, caption_dim)
-    features), cond_mask (P, S) or None; key: the base PRNG key (a candidate's key comes from
-    (key, prompt id, candidate id)); prompt_ids: (P,) global prompt ids (default 0..P-1).
+    features), cond_mask (P, S) or None; key: the base PRNG key, `jax.random.key(seed)` or
+    `jax.random.PRNGKey(seed)` (the same tokens; a candidate's key comes from (key, prompt id,
+    candidate id)); prompt_ids: (P,) global prompt ids (default 0..P-1).
     schedule: `options.Schedule` (one device or a mesh, compaction, or a pool). Best-of-N and
     importance sampling also take prompts (P strings, one per condition), decode_fn (tokens
     (B, T) -> uint8 images) and reward_fn (images, prompts -> (B,) scores). on_progress(k): the
@@ -48,6 +50,7 @@ def run_strategy(model: TokenModel, params, cond, cond_mask=None, *, strategy: S
     sampling.validate(model.vocab_size)
     scaling.validate(model.grid_size, model.block_size)
     cond, cond_mask = model.check_condition(cond, cond_mask)
+    key = typed_key(key)
     P = int(cond.shape[0])
     prompt_ids = np.arange(P, dtype=np.int32) if prompt_ids is None else np.asarray(prompt_ids, np.int32)
     if prompt_ids.shape != (P,):
