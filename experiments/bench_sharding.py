@@ -40,7 +40,6 @@ def worker(args) -> dict:
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.worker}"
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from scalingar_jax import gpt

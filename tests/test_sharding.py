@@ -7,7 +7,6 @@ sharded runs share those settings. Host-side helpers (prompt split, specs) are t
 directly (the GenEval merger: tests/test_geneval_runner.py).
 """
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
