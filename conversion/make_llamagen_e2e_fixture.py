@@ -55,10 +55,8 @@ import contextlib
 import functools
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -68,6 +66,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixture_folder import fixture_folder  # noqa: E402  (same folder)
 from make_fixtures import _import_llamagen, randomize  # noqa: E402  (same folder, dev-time helpers)
 
 GRID = 4
@@ -206,23 +205,12 @@ def main() -> None:
         "t5_sha256": {f.name: _sha256(f) for f in sorted(t5_dir.iterdir())
                       if f.name in ("config.json", "model.safetensors", "spiece.model")},
     }
-    tmp = Path(tempfile.mkdtemp(prefix="llamagen_e2e_", dir=a.out.parent))
-    try:
+    with fixture_folder(a.out, 1_000_000) as tmp:
         for name in ("gpt_t2i", "gpt_c2i", "vq"):
             torch.save({"model": weights[name]}, tmp / f"{name}.pt")
         np.savez(tmp / "expected.npz", **t2i, **c2i)
         np.savez(tmp / "t5_features.npz", **features)
         (tmp / "expected.json").write_text(json.dumps(facts, indent=1) + "\n")
-        total = sum(f.stat().st_size for f in tmp.iterdir())
-        assert total < 1_000_000, f"fixture is {total} bytes, must stay under 1 MB"
-        if a.out.exists():
-            shutil.rmtree(a.out)
-        tmp.rename(a.out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    for f in sorted(a.out.iterdir()):
-        print(f"{f.stat().st_size:8d}  {f.name}")
     print("t2i tokens\n", t2i["t2i_tokens"], "\nc2i tokens\n", c2i["c2i_tokens"])
     print("pieces", t2i_info["pieces"], "images range", t2i["t2i_images"].min(), t2i["t2i_images"].max())
 

@@ -176,9 +176,11 @@ def flops_per_step(cfg, rows, ctx):
     return rows * (2 * n + attn)
 
 
-def bench_jax(cfg, batch, n_steps=32, splits=None):
-    """The decode step in the layout the token loops use (`gpt.split_columns`, `gpt.decode_splits()`
-    column blocks unless `splits` is given)."""
+def prepared_decode(cfg, batch, n_steps=32, splits=None) -> dict:
+    """Random-weight GPT `cfg` prefilled for `batch` rows (CFG: batch // 2 conditions) and its
+    n-step decode loop compiled, in the layout the token loops use (`gpt.split_columns`,
+    `gpt.decode_splits()` column blocks unless `splits` is given). Returns `run()` (the n steps,
+    blocking), `params`, `cache`, `prefill_ms` and `compile_s` (prefill + loop)."""
     params = jax.jit(functools.partial(gpt.init_params, cfg))(jax.random.key(0))
     splits = gpt.decode_splits() if splits is None else splits
     params = jax.block_until_ready(gpt.split_columns(params, splits))
@@ -192,14 +194,22 @@ def bench_jax(cfg, batch, n_steps=32, splits=None):
     prefill_s = timeit(lambda: jax.block_until_ready(pre(params, cond)))
     _, cache = pre(params, cond)
     tok = jnp.zeros((batch,), jnp.int32)
-    run = step_fn(cfg, n_steps)
+    loop = step_fn(cfg, n_steps)
     t = time.perf_counter()
-    jax.block_until_ready(run(params, cache, tok))
+    jax.block_until_ready(loop(params, cache, tok))
     compile_s = time.perf_counter() - t
-    s, cpu = wall_and_cpu(lambda: jax.block_until_ready(run(params, cache, tok)))
+    return {"run": lambda: jax.block_until_ready(loop(params, cache, tok)), "params": params, "cache": cache,
+            "prefill_ms": 1e3 * prefill_s, "compile_s": compile_s + prefill_compile}
+
+
+def bench_jax(cfg, batch, n_steps=32, splits=None):
+    """The decode step in the layout the token loops use (`prepared_decode`): ms per step, tokens/s,
+    prefill, compile and the step's memory-stream floors."""
+    d = prepared_decode(cfg, batch, n_steps, splits)
+    s, cpu = wall_and_cpu(d["run"])
     out = {"step_ms": 1e3 * s / n_steps, "step_cpu_ms": 1e3 * cpu / n_steps, "tokens_per_s": batch * n_steps / s,
-           "prefill_ms": 1e3 * prefill_s, "compile_s": compile_s + prefill_compile}
-    out.update(stream_floor(cfg, params, cache, batch))
+           "prefill_ms": d["prefill_ms"], "compile_s": d["compile_s"]}
+    out.update(stream_floor(cfg, d["params"], d["cache"], batch))
     out["x_of_stream_floor"] = out["step_ms"] / (out["weights_floor_ms"] + out["cache_read_ms"])
     return out
 

@@ -33,6 +33,9 @@ roofline  XLA's cost analysis (flops, bytes accessed) of one decode step (`decod
   python experiments/memory_table.py memory --backend gpu --devices 1 --meshes 1x1 --prompts 1 --fit-prompts 2
   # smoke run (tiny random config; about a minute, it compiles every piece):
   python experiments/memory_table.py memory --tiny --out memory_table_tiny
+  # Janus-Pro-1B and 7B (bf16, N = 8 with CFG, 576 tokens): analytic state per device, checked against
+  # the compiled generation path (prefill, ScalingAR token loop, compaction) on one device (`run_janus`)
+  nice -n 10 python experiments/memory_table.py janus
 """
 from __future__ import annotations
 
@@ -58,7 +61,8 @@ COST_PROGRAMS = ("decode_step", "prefill", "loop_step_scalingar", "loop_step_pla
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["memory", "roofline"], help="memory table or FLOPs/roofline estimate")
+    ap.add_argument("what", choices=["memory", "roofline", "janus"],
+                    help="memory table, FLOPs/roofline estimate, or Janus-Pro's per-device memory")
     ap.add_argument("--backend", default="cpu", help="jax platform to compile for (cpu, gpu, tpu; default cpu)")
     ap.add_argument("--devices", type=int, default=8,
                     help="devices to use (on cpu: simulated with --xla_force_host_platform_device_count)")
@@ -77,7 +81,10 @@ def parse_args(argv=None):
     ap.add_argument("--chips", type=int, default=64, help="roofline: chips of the slice (v5e-64)")
     ap.add_argument("--memory-json", default="memory_table", help="roofline: the memory results to size batches")
     ap.add_argument("--efficiency-json", default="efficiency", help="roofline: shapes-world efficiency results")
-    ap.add_argument("--out", default=None, help="results name (default: memory_table / roofline_tpu)")
+    ap.add_argument("--janus", nargs="+", default=["Janus-Pro-1B", "Janus-Pro-7B"],
+                    help="janus: presets of scalingar_jax.janus.JANUS_PRESETS")
+    ap.add_argument("--prompt-len", type=int, default=128, help="janus: prompt slots (the bundle default)")
+    ap.add_argument("--out", default=None, help="results name (default: memory_table / roofline_tpu / memory_table_janus)")
     return ap.parse_args(argv)
 
 
@@ -201,33 +208,47 @@ def compile_timed(lowered):
 
 
 # ------------------------------------------------------------------------------ memory
-def sharded_pieces(gpt_cfg, mesh, num_prompts: int, num_candidates: int, strategy: str) -> dict:
+def t2i_condition(gpt_cfg):
+    """P -> abstract (features (P, cls, caption_dim) in the compute dtype, mask (P, cls) bool): LlamaGen t2i's."""
+    import jax
+    import jax.numpy as jnp
+
+    from scalingar_jax.config import to_dtype
+
+    cls, cap = gpt_cfg.cls_token_num, gpt_cfg.caption_dim
+    return lambda P: (jax.ShapeDtypeStruct((P, cls, cap), to_dtype(gpt_cfg.dtype)),
+                      jax.ShapeDtypeStruct((P, cls), jnp.bool_))
+
+
+def sharded_pieces(gpt_cfg, mesh, num_prompts: int, num_candidates: int, strategy: str, *, model=None,
+                   params=None, condition=None, sampling=None) -> dict:
     """Compiled memory of the engine's pieces for one strategy on `mesh`, per device. Mirrors
     `Engine.place` / `prefill` / `generate` / `compact` with abstract inputs: P and N padded to the
-    mesh axes, params replicated, cond split over prompts."""
+    mesh axes, params replicated, cond split over prompts. Any model family: model, its
+    `token_model.TokenModel` on `gpt_cfg` (default LlamaGen's `decode.GPTModel(gpt_cfg)`); params,
+    its abstract decode-layout parameters (default the GPT's, `gpt_params`); condition, P ->
+    abstract (cond, cond_mask) (default `t2i_condition`); sampling, (SamplingConfig,
+    ScalingARConfig) (default `sampling_configs`)."""
     import jax
     import jax.numpy as jnp
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
     from scalingar_jax import sharding as SH
-    from scalingar_jax.config import to_dtype
     from scalingar_jax.decode import GPTModel
     from scalingar_jax.scaling import engine as E
     from scalingar_jax.scaling import loop as L
     from scalingar_jax.scaling.strategies import compaction_buckets, spec_of
 
-    sampling, scaling = sampling_configs(gpt_cfg)
+    sampling, scaling = sampling or sampling_configs(gpt_cfg)
     pa = int(mesh.shape[SH.PROMPTS])
-    spec = spec_of(GPTModel(gpt_cfg), sampling, scaling, strategy, num_candidates)
+    spec = spec_of(GPTModel(gpt_cfg) if model is None else model, sampling, scaling, strategy, num_candidates)
     placed = E.place(spec, mesh, num_prompts)  # as the Engine places a run (no weights allocated)
     local, P_pad = placed.spec, placed.lanes_padded
     rep, by_prompt = NamedSharding(mesh, P()), NamedSharding(mesh, P(SH.PROMPTS))
     key_data, impl = SH.split_key(jax.random.key(0))
-    params = abstract(gpt_params(gpt_cfg), rep)
-    cls, cap = gpt_cfg.cls_token_num, gpt_cfg.caption_dim
-    cond = jax.ShapeDtypeStruct((P_pad, cls, cap), to_dtype(gpt_cfg.dtype), sharding=by_prompt)
-    mask = jax.ShapeDtypeStruct((P_pad, cls), jnp.bool_, sharding=by_prompt)
+    params = abstract(gpt_params(gpt_cfg) if params is None else params, rep)
+    cond, mask = abstract((condition or t2i_condition(gpt_cfg))(P_pad), by_prompt)
     pids = jax.ShapeDtypeStruct((P_pad,), jnp.int32, sharding=by_prompt)
     scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
     out = {}
@@ -546,11 +567,107 @@ def run_roofline(args):
     print(f"wrote {write_json(args.out or 'roofline_tpu', jsonable(payload))}")
     return payload
 
+# ------------------------------------------------------------------------------ Janus-Pro
+def janus_analytic(cfg, rows: int, vq_param_bytes: int) -> dict:
+    """Per-device bytes of a Janus-Pro generation with `rows` model rows (2 * prompts * N with CFG):
+    the generator's parameters (text embedding included, the unused lm_head not), the VQ
+    decoder's, and per row the KV cache (every layer's k and v over prompt_len + T - 1 slots in
+    the compute dtype) and the float32 logits the loop state carries."""
+    import numpy as np
+
+    from scalingar_jax import janus
+    from scalingar_jax.config import to_dtype
+
+    item = np.dtype(to_dtype(cfg.dtype)).itemsize
+    params = tree_bytes(janus.param_shapes(cfg))
+    kv_row = 2 * cfg.n_layer * (cfg.max_seq_len - 1) * cfg.kv_heads * cfg.head_dim * item
+    logits_row = 4 * cfg.vocab_size
+    total = params + vq_param_bytes + rows * (kv_row + logits_row)
+    return {"param_bytes": params, "vq_param_bytes": vq_param_bytes, "kv_bytes_per_row": kv_row,
+            "logits_bytes_per_row": logits_row, "rows": rows, "total_bytes": total}
+
+
+def janus_condition(cfg):
+    """P -> abstract (ids (P, prompt_len) int32, mask (P, prompt_len) bool): Janus-Pro's condition."""
+    import jax
+    import jax.numpy as jnp
+
+    return lambda P: (jax.ShapeDtypeStruct((P, cfg.prompt_len), jnp.int32),
+                      jax.ShapeDtypeStruct((P, cfg.prompt_len), jnp.bool_))
+
+
+def run_janus(args):
+    """Janus-Pro-1B / 7B per device: the analytic state size at N candidates with CFG, checked
+    against the compiled generation path that runs it (`sharded_pieces` on a 1 x 1 mesh: the
+    ScalingAR prefill, token loop and first compaction, as LlamaGen's `memory` rows; two prompt
+    counts give the per-row slope), and the prompts per device that fit the --budgets."""
+    import jax
+    from common import jsonable, markdown_table, stamp, write_json
+
+    from scalingar_jax import janus, vq
+    from scalingar_jax import sharding as SH
+    from scalingar_jax.janus_bundle import JANUS_SAMPLING
+    from scalingar_jax.scaling import ScalingARConfig
+
+    platform = f"{jax.default_backend()} ({jax.devices()[0].device_kind})"
+    mesh = SH.make_mesh(1, 1, jax.devices()[:1])
+    vq_bytes = tree_bytes(vq.vq_param_shapes(vq.vq_config("VQ-16")))  # float32
+    rows_out, details = [], {}
+    for name in args.janus:
+        cfg = janus.janus_config(name, prompt_len=args.prompt_len, param_dtype=args.dtype, dtype=args.dtype)
+        model = janus.JanusModel(cfg)
+        params = jax.eval_shape(model.decode_layout, janus.param_shapes(cfg))
+        per_prompt = 2 * args.n
+        compiled = [sharded_pieces(cfg, mesh, p, args.n, "scalingar", model=model, params=params,
+                                   condition=janus_condition(cfg),
+                                   sampling=(JANUS_SAMPLING, ScalingARConfig())) for p in (1, 2)]
+        est = [janus_analytic(cfg, c["rows_per_device"], vq_bytes) for c in compiled]
+        peaks = [max(v["peak"] for v in c.values() if isinstance(v, dict)) for c in compiled]
+        per_row = est[0]["kv_bytes_per_row"] + est[0]["logits_bytes_per_row"]
+        fixed = est[0]["param_bytes"] + est[0]["vq_param_bytes"]
+        row = {"model": name, "dtype": args.dtype, "T": cfg.block_size, "prompt_len": cfg.prompt_len, "N": args.n,
+               "params_GB": est[0]["param_bytes"] / GB, "kv_MB_per_row": est[0]["kv_bytes_per_row"] / 1e6,
+               "analytic_1_prompt_GB": est[0]["total_bytes"] / GB,
+               "loop_args_GB": compiled[0]["loop"]["argument"] / GB,
+               "loop_temp_GB": compiled[0]["loop"]["temp"] / GB,
+               **{f"{k}_peak_GB": compiled[0][k]["peak"] / GB for k in ("prefill", "loop", "compact")
+                  if k in compiled[0]},
+               "compiled_MB_per_row": (peaks[1] - peaks[0]) / per_prompt / 1e6}
+        for budget in args.budgets:
+            row[f"prompts_{budget:g}GB"] = max(0, math.floor((HEADROOM * budget * GB - fixed) / (per_row * per_prompt)))
+        rows_out.append(row)
+        details[name] = {"config": dataclasses.asdict(cfg), "analytic": est, "compiled": compiled}
+        print(f"{name}: analytic {row['analytic_1_prompt_GB']:.2f} GB, compiled loop {row['loop_peak_GB']:.2f} GB "
+              f"per device at 1 prompt x N={args.n} with CFG", flush=True)
+    cols = (["model", "dtype", "T", "prompt_len", "N", "params_GB", "kv_MB_per_row", "analytic_1_prompt_GB",
+             "loop_args_GB", "loop_temp_GB", "prefill_peak_GB", "loop_peak_GB", "compact_peak_GB", "compiled_MB_per_row"]
+            + [f"prompts_{b:g}GB" for b in args.budgets])
+    table = markdown_table(rows_out, cols)
+    payload = {"stamp": stamp(), "platform": platform, "n": args.n, "headroom": HEADROOM,
+               "rule": "analytic: generator params (param_dtype; embed_tokens included, lm_head not converted) + VQ-16 "
+                       "params (float32) + rows x (KV cache: 2 x layers x (prompt_len + T - 1) x kv_heads x head_dim x "
+                       "itemsize, + float32 logits of the image vocabulary); rows = 2 x prompts x N (CFG). compiled: "
+                       "XLA memory_analysis (argument + output + temp - alias) of the generation path on a 1 x 1 mesh "
+                       "(engine.run_prefill = prefill + fresh ScalingAR loop state, engine.run_loop_in_place = the token "
+                       "loop with its state donated, engine.run_compact = the first compaction), Janus's sampling "
+                       "(cfg 5, no top-k) and the paper's ScalingAR; loop_args_GB = the parameters + the loop state; "
+                       "loop_temp_GB on a CPU backend is mostly float32 copies of the bf16 weights (XLA:CPU computes "
+                       "bf16 dots in float32), which a GPU / TPU compile does not make; compiled_MB_per_row: the "
+                       "largest piece's peak from 1 and 2 prompts, per model row. prompts_<B>GB: prompts (N "
+                       "candidates each) whose analytic state fits 0.9 x B per device.",
+               "rows": rows_out, "details": details, "table": table}
+    print(table)
+    print(f"wrote {write_json(args.out or 'memory_table_janus', jsonable(payload))}")
+    return payload
+
+
 def main(argv=None):
     args = parse_args(argv)
     setup_backend(args)
     if args.what == "memory":
         return run_memory(args)
+    if args.what == "janus":
+        return run_janus(args)
     return run_roofline(args)
 
 

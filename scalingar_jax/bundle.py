@@ -16,8 +16,8 @@ manifest says what it is, never which code to run:
     }
 
 The kind is looked up in a table in code (`scalingar_jax.registry`: the built-in kinds
-"shapes-world", "llamagen-t2i", "llamagen-c2i"; a model family outside the package registers
-its own with `register_loader(kind, fn)` or an entry point), whose loader is called as
+"shapes-world", "llamagen-t2i", "llamagen-c2i", "janus-pro"; a model family outside the package
+registers its own with `register_loader(kind, fn)` or an entry point), whose loader is called as
 `loader(bundle, **options) -> Pipeline`; this module and `pipeline` never import the code of a
 model family. A manifest of an earlier version may still carry `"loader": "module:function"`:
 it is read only when it is exactly the built-in loader of its kind (then ignored), and refused

@@ -6,6 +6,7 @@
   scalingar convert c2i_B_256.pt out/c2i_B_256 --verify
   scalingar bundle models/c2i_L_256 --gpt c2i_L_256.pt --vq vq_ds16_c2i.pt
   scalingar generate --checkpoint models/c2i_L_256 --class-ids 207 360 387
+  scalingar bundle models/janus_pro_7b --janus Janus-Pro-7B --dtype bfloat16
   scalingar evaluate runs/geneval
   scalingar bench decode -- --presets GPT-B --batch 16
 """
@@ -235,9 +236,16 @@ def _class_ids(args) -> list[str] | None:
     return args.class_ids
 
 
+# what `resources.run_memory` and `_check_conditioning` read of a generator's config
+GENERATOR_FIELDS = ("model_type", "vocab_size", "grid_size", "block_size", "n_layer", "kv_heads", "head_dim",
+                    "max_seq_len", "dtype")
+
+
 def _bundle_configs(path):
-    """(GPTConfig, VQConfig) of a bundle's gpt and vq parts read from their config.json alone;
-    None for one that does not read (load_pipeline then reports the problem)."""
+    """(generator config, VQConfig) of a bundle's gpt and vq parts read from their config.json
+    alone (the generator: any model family's config with the fields the checks before loading
+    read, `GENERATOR_FIELDS`: a GPTConfig or a janus.JanusConfig); None for one that does not
+    read (load_pipeline then reports it)."""
     from scalingar_jax.bundle import read_bundle
     from scalingar_jax.checkpoint import read_config
 
@@ -251,7 +259,8 @@ def _bundle_configs(path):
             kind, cfg, _ = read_config(bundle.part(part))
         except (OSError, ValueError, KeyError):
             kind = cfg = None
-        out.append(cfg if kind == part else None)
+        ok = kind == "vq" if part == "vq" else all(hasattr(cfg, f) for f in GENERATOR_FIELDS)
+        out.append(cfg if ok else None)
     return tuple(out)
 
 
@@ -537,8 +546,11 @@ def cmd_merge(args) -> int:
 
 def png_size(path) -> tuple[int, int] | None:
     """(width, height) a PNG file declares in its IHDR chunk (its first 24 bytes), or None
-    if the file does not start like a PNG. Reads nothing else."""
-    with open(path, "rb") as f:
+    if the file does not start like a PNG. Reads nothing else; a FIFO or device is refused
+    (ValueError), not read."""
+    from scalingar_jax.inputs import open_regular
+
+    with open_regular(path) as f:
         head = f.read(24)
     if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
         return None
@@ -552,6 +564,8 @@ def _check_image_sizes(folder: str) -> None:
             size = png_size(png)
         except OSError:
             continue  # the evaluator reports unreadable files itself
+        except ValueError as e:  # a FIFO or device named like a sample
+            raise UserError(str(e)) from None
         if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
             raise UserError(f"{str(png)!r} declares {size[0]} x {size[1]} pixels, more than the "
                             f"{MAX_IMAGE_PIXELS}-pixel limit for images to judge")
@@ -560,15 +574,14 @@ def _check_image_sizes(folder: str) -> None:
 def _outside_the_world(folder) -> bool:
     """True when some prompt folder of the GenEval-layout `folder` holds a valid GenEval record
     that the shapes world does not accept (a real-model run, e.g. LlamaGen on GenEval's prompts)."""
+    from scalingar_jax.geneval import read_folder_record
     from scalingar_jax.world.prompts import validate_record
 
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
-        meta = os.path.join(folder, name, "metadata.jsonl")
-        if not (name.isdigit() and os.path.isfile(meta)):
+        if not name.isdigit():
             continue
         try:
-            with open(meta, encoding="utf-8") as f:
-                record = json.loads(f.read(1 << 20))
+            record = read_folder_record(os.path.join(folder, name))
             validate_record(record, world=False)
         except (OSError, ValueError):
             continue
@@ -660,6 +673,10 @@ examples:
   # LlamaGen c2i L (256 px): class ids instead of text
   scalingar bundle models/c2i_L_256 --gpt c2i_L_256.pt --vq vq_ds16_c2i.pt
   scalingar generate --checkpoint models/c2i_L_256 --class-ids 207 360 387
+  # Janus-Pro-7B (384 px, 576 tokens): DeepSeek's released folder (config.json, pytorch_model*.bin
+  # [+ index], tokenizer files), read without torch
+  scalingar bundle models/janus_pro_7b --janus Janus-Pro-7B --dtype bfloat16
+  scalingar generate --checkpoint models/janus_pro_7b "a photo of a cat on a sofa"
 
 The folder holds gpt/, vq/ (as `scalingar convert` writes them), text/ (t2i: the Flax T5 encoder,
 converted without torch, and its spiece.model) or features/ (t2i: precomputed features), and
@@ -667,22 +684,32 @@ bundle.json with LlamaGen's sampling defaults (t2i: cfg 7.5, top-k 1000; c2i: cf
 temperature 1, top-p 1; override with generate's --cfg, --top-k, ...) and the image size. A t2i
 bundle with text/ tokenizes prompts with sentencepiece, an optional extra:
 pip install 'scalingar-jax[t5]'. The parts are checked to fit (VQ codebook = GPT vocabulary, T5
-width = the GPT's caption_dim); on any error nothing is left at OUT.
+width = the GPT's caption_dim); on any error nothing is left at OUT. A Janus-Pro bundle holds gpt/
+(the generator: LLaMA decoder and generation heads), vq/ and tokenizer/ (the released tokenizer
+files, read by the tokenizers library), with Janus's sampling defaults (cfg 5, temperature 1, no
+top-k); every number of config.json is checked against the weights before anything is converted.
 """
 
 
 def _add_bundle_parser(sub) -> None:
+    from scalingar_jax.janus_bundle import DEFAULT_PROMPT_LEN as JANUS_PROMPT_LEN
     from scalingar_jax.llamagen import DEFAULT_PREPROCESS
 
-    a = sub.add_parser("bundle", help="assemble a model bundle from LlamaGen's released files (GPT, VQ, T5)",
+    a = sub.add_parser("bundle", help="assemble a model bundle from released files (LlamaGen: GPT, VQ, T5; "
+                                      "Janus-Pro: its folder)",
                        description="Builds a model bundle folder OUT (what `generate --checkpoint` and "
-                                   "load_pipeline(path) load) from LlamaGen's released checkpoints.",
+                                   "load_pipeline(path) load) from LlamaGen's released checkpoints (--gpt, --vq "
+                                   "[, --t5 or --t5-features]) or from Janus-Pro's released folder (--janus).",
                        epilog=BUNDLE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("out", metavar="OUT", help="the bundle folder to create (written atomically)")
-    a.add_argument("--gpt", required=True, metavar="FILE",
+    a.add_argument("--janus", metavar="DIR",
+                   help="Janus-Pro's released folder (deepseek-ai/Janus-Pro-1B or -7B: config.json, "
+                        "pytorch_model.bin or its shards + pytorch_model.bin.index.json, tokenizer.json and its "
+                        "configs), instead of --gpt and --vq")
+    a.add_argument("--gpt", metavar="FILE",
                    help="LlamaGen GPT checkpoint, t2i or c2i (.pt/.pth/.bin/.safetensors; or a model directory "
                         "`scalingar convert` wrote)")
-    a.add_argument("--vq", required=True, metavar="FILE",
+    a.add_argument("--vq", metavar="FILE",
                    help="LlamaGen VQ tokenizer checkpoint (e.g. vq_ds16_t2i.pt; or a converted model directory); "
                         "its codebook size must equal the GPT's vocabulary")
     text = a.add_mutually_exclusive_group()
@@ -697,28 +724,62 @@ def _add_bundle_parser(sub) -> None:
                            "then takes the stored prompts only, as written there")
     a.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="weights of the bundle's GPT, VQ and T5 (bfloat16 halves memory; the T5 computes in float32): "
-                        "files are converted to it (default float32), model directories cast (default: kept)")
+                        "files are converted to it (default float32), model directories cast (default: kept); --janus: "
+                        "the generator's (the VQ stays float32)")
     a.add_argument("--grid-size", type=int, default=None, metavar="G",
                    help="image-token grid of the GPT when the file does not tell (16 for 256 px, 24 for 384, 32 for "
-                        "512; by default from the training args in the file or 256/384/512 in its name)")
+                        "512; by default from the training args in the file or 256/384/512 in its name); "
+                        "--janus: default 24 (Janus-Pro's 576 tokens)")
+    a.add_argument("--prompt-len", type=int, default=None, metavar="L",
+                   help=f"--janus: prompt slots, the longest prompt in tokens with Janus's template (default "
+                        f"{JANUS_PROMPT_LEN})")
+    a.add_argument("--vq-norm-groups", type=int, default=None, metavar="G",
+                   help="--janus: GroupNorm groups of the VQ, which the weights do not hold (default 32, Janus's; "
+                        "only tiny test models differ)")
     a.add_argument("--name", default=None, help="a name for the bundle (shown in logs and result.json)")
-    a.add_argument("--preprocess", default=DEFAULT_PREPROCESS, metavar="NAME",
+    a.add_argument("--preprocess", default=None, metavar="NAME",
                    help="t2i with --t5: the text preprocessing applied to every prompt before tokenisation, by "
                         f"name: llamagen (default: LlamaGen's, clean_caption twice) or lowercase (LlamaGen's "
-                        "use_text_preprocessing=False); the bundle records the name")
+                        f"use_text_preprocessing=False); the bundle records the name (default {DEFAULT_PREPROCESS})")
     a.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     a.set_defaults(fn=cmd_bundle)
 
 
 def cmd_bundle(args) -> int:
-    from scalingar_jax.llamagen import assemble_bundle
+    from scalingar_jax.llamagen import DEFAULT_PREPROCESS, assemble_bundle
 
     if args.grid_size is not None and not 1 <= args.grid_size <= 256:
         raise UserError(f"--grid-size must be in [1, 256], got {args.grid_size}")
+    llamagen = {"--gpt": args.gpt, "--vq": args.vq, "--t5": args.t5, "--t5-features": args.t5_features,
+                "--preprocess": args.preprocess}
+    janus = {"--prompt-len": args.prompt_len, "--vq-norm-groups": args.vq_norm_groups}
+    if args.janus is not None:
+        given = [flag for flag, value in llamagen.items() if value is not None]
+        if given:
+            raise UserError(f"--janus takes Janus-Pro's whole released folder; {', '.join(given)} apply to LlamaGen's "
+                            "files")
+    else:
+        given = [flag for flag, value in janus.items() if value is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} apply to a Janus-Pro folder (--janus DIR)")
+        missing = [flag for flag in ("--gpt", "--vq") if llamagen[flag] is None]
+        if missing:
+            raise UserError(f"give {' and '.join(missing)} (LlamaGen's released files) or --janus DIR (Janus-Pro's "
+                            "released folder)")
     if os.path.lexists(args.out) and not args.overwrite:  # the library's message names overwrite=True
         raise UserError(f"{os.path.abspath(args.out)} already exists (pass --overwrite to replace it)")
+    if args.janus is not None:
+        from scalingar_jax.janus_bundle import DEFAULT_PROMPT_LEN, assemble_janus_bundle
+
+        assemble_janus_bundle(args.out, args.janus, dtype=args.dtype or "float32",
+                              grid_size=24 if args.grid_size is None else args.grid_size,
+                              prompt_len=DEFAULT_PROMPT_LEN if args.prompt_len is None else args.prompt_len,
+                              vq_norm_groups=32 if args.vq_norm_groups is None else args.vq_norm_groups,
+                              name=args.name, overwrite=args.overwrite)
+        return 0
     assemble_bundle(args.out, gpt=args.gpt, vq=args.vq, t5=args.t5, t5_features=args.t5_features, dtype=args.dtype,
-                    grid_size=args.grid_size, name=args.name, overwrite=args.overwrite, preprocess=args.preprocess)
+                    grid_size=args.grid_size, name=args.name, overwrite=args.overwrite,
+                    preprocess=args.preprocess or DEFAULT_PREPROCESS)
     return 0
 
 

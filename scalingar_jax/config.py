@@ -68,8 +68,21 @@ def _find_multiple(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - (n % k)
 
 
+class AttentionHeads:
+    """`head_dim` and `kv_heads` of a decoder config with fields `dim`, `n_head` and `n_kv_head`
+    (None: as many key/value heads as query heads); shared by `GPTConfig` and `janus.JanusConfig`."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head if self.n_kv_head is not None else self.n_head
+
+
 @dataclasses.dataclass(frozen=True)
-class GPTConfig:
+class GPTConfig(AttentionHeads):
     """A LlamaGen GPT. Image tokens: `grid_size**2`; condition positions: `cls_token_num`."""
 
     model_type: Literal["c2i", "t2i"] = "c2i"
@@ -88,14 +101,6 @@ class GPTConfig:
     grid_size: int = 16
     param_dtype: str = "float32"
     dtype: str = "float32"  # activation / compute dtype; logits are always float32
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_head
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_head if self.n_kv_head is not None else self.n_head
 
     @property
     def ffn_hidden(self) -> int:

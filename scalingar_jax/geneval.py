@@ -37,11 +37,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from scalingar_jax.atomic import atomic_dir, atomic_write_text, recover
-from scalingar_jax.inputs import shown
+from scalingar_jax.inputs import read_json_object, shown
 
 __all__ = ["TAGS", "RELATIONS", "RECORD_KEYS", "INCLUDE_KEYS", "EXCLUDE_KEYS", "validate_record",
            "read_jsonl_records", "RUN_FILE", "DEFAULT_IMAGES_PER_PROMPT", "RunMismatch", "read_prompt_file",
-           "select_records", "prompt_folder", "write_prompt_folder", "folder_is_complete", "prompt_run_ids",
+           "select_records", "prompt_folder", "write_prompt_folder", "read_folder_record", "folder_is_complete", "prompt_run_ids",
            "check_run_folder", "prepare_run", "run_prompts", "merge_runs", "file_sha256", "run_lock", "RunLocked",
            "LOCK_FILE"]
 
@@ -261,13 +261,21 @@ def write_prompt_folder(out_dir, index: int, record: dict, images: Sequence[np.n
     return target
 
 
+def read_folder_record(folder) -> dict:
+    """The record (a JSON object) in `<folder>/metadata.jsonl`, read as a regular file of at most
+    `MAX_LINE_BYTES` (a FIFO or device is refused unread, never waited on). Raises
+    FileNotFoundError, IsADirectoryError or ValueError naming the file; the record is not
+    checked against the schema (`validate_record`)."""
+    path = os.path.join(os.fspath(folder), "metadata.jsonl")
+    return read_json_object(path, MAX_LINE_BYTES, repr(path))
+
+
 def folder_is_complete(folder, record: dict, images_per_prompt: int) -> bool:
     """True if `folder` holds metadata.jsonl equal to `record`, grid.png and exactly the
     samples 0000.png .. (K-1).png (what `write_prompt_folder` writes, renamed in whole)."""
     try:
-        with open(os.path.join(folder, "metadata.jsonl"), encoding="utf-8") as f:
-            if json.load(f) != record:
-                return False
+        if read_folder_record(folder) != record:
+            return False
         names = sorted(os.listdir(os.path.join(folder, "samples")))
     except (OSError, ValueError):
         return False
@@ -292,8 +300,6 @@ def _manifest(settings: dict, indices: Sequence[int], selected: int, process_ind
 def _read_manifest(out: str) -> dict | None:
     """The run manifest of `out`, checked (None if there is none): a regular file (not a link) of
     at most MAX_MANIFEST_BYTES whose fields have the types and ranges `_manifest` writes."""
-    from scalingar_jax.inputs import read_json_object
-
     path = os.path.join(out, RUN_FILE)
     if not os.path.lexists(path):
         return None
@@ -528,8 +534,7 @@ def _part_files(part: str, index: int, images_per_prompt: int) -> list[str]:
         if not (stat.S_ISDIR(mode) if want_dir else stat.S_ISREG(mode)):
             raise unfinished
     try:
-        with open(os.path.join(folder, "metadata.jsonl"), "rb") as f:
-            record = json.loads(f.read(MAX_LINE_BYTES + 1).decode("utf-8"))
+        record = read_folder_record(folder)
         validate_record(record)
         samples = sorted(os.listdir(os.path.join(folder, "samples")))
     except (OSError, ValueError, RecursionError):

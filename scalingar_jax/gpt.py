@@ -12,8 +12,9 @@ layout `decode_layout` gives for the backend (`scalingar_jax.backend`): on a CPU
 per-layer trees, run unrolled, each layer reading its weights in place (slicing a stacked weight
 inside the loop copies it every step on XLA:CPU); on TPU/GPU the stacked tree, run under
 `lax.scan` (one layer body to compile instead of n_layer). The KV cache follows the weights:
-`prefill` makes a stacked cache for stacked weights. `forward` (training) runs stacked weights
-unrolled.
+`prefill` makes a stacked cache for stacked weights. `forward` (training, teacher-forced
+scoring) runs stacked weights unrolled and has no KV cache: each layer attends over the keys
+and values it has just computed (`Transformer.sequence`).
 
 The KV cache is an explicit pytree `KVCache(k, v, valid)` with fixed shapes: one buffer per
 layer (unrolled) or one stacked buffer with a layer axis after the rows (scanned). A call writes
@@ -70,6 +71,15 @@ class KVCache(NamedTuple):
         return jax.tree.map(fn, self)
 
 
+def key_valid(cfg: GPTConfig, batch: int, length: int, cond_mask=None) -> jax.Array:
+    """(batch, length) bool: the key positions that may be attended to, False at the padded
+    caption positions of `cond_mask` (batch, cls_token_num) (None: all valid)."""
+    valid = jnp.ones((batch, length), bool)
+    if cond_mask is not None:
+        valid = valid.at[:, : cfg.cls_token_num].set(jnp.asarray(cond_mask, bool))
+    return valid
+
+
 def init_cache(cfg: GPTConfig, batch: int, max_len: int | None = None, cond_mask=None, *,
                stacked: bool = False) -> KVCache:
     """Zeroed cache for `batch` rows and `max_len` positions (default `cfg.max_seq_len - 1`):
@@ -82,9 +92,7 @@ def init_cache(cfg: GPTConfig, batch: int, max_len: int | None = None, cond_mask
     # (S, H) order costs ~4x in the decode step's attention).
     shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
     dt = to_dtype(cfg.dtype)
-    valid = jnp.ones((batch, max_len), bool)
-    if cond_mask is not None:
-        valid = valid.at[:, : cfg.cls_token_num].set(jnp.asarray(cond_mask, bool))
+    valid = key_valid(cfg, batch, max_len, cond_mask)
     if stacked:
         zeros = lambda: jnp.zeros((batch, cfg.n_layer, *shape[1:]), dt)  # noqa: E731
     else:
@@ -188,7 +196,8 @@ class Attention(nn.Module):
     def __call__(self, x, cos, sin, cache_k, cache_v, mask, start, layer=None):
         """x (B, S, dim) at positions start.. (start: scalar or (B,)); cache_k/v: this layer's
         (B, Hkv, T, hd) buffers, or with `layer` (int32 scalar) the stacked (B, L, Hkv, T, hd)
-        buffers of all layers; mask (B, S, T)."""
+        buffers of all layers, or None (no cache: the keys are x's own S positions, T = S, and
+        None is returned for the buffers); mask (B, S, T)."""
         cfg = self.cfg
         B, S, _ = x.shape
         H, Hkv, hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
@@ -197,10 +206,14 @@ class Attention(nn.Module):
         k = qkv[..., H * hd : (H + Hkv) * hd].reshape(B, S, Hkv, hd)
         v = qkv[..., (H + Hkv) * hd :].reshape(B, S, Hkv, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        # Write the new keys/values into this layer's buffer in place, then read the whole buffer.
+        # With a cache: write the new keys/values into this layer's buffer in place, then read the
+        # whole buffer. Without (a full sequence): attend over these S positions.
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, Hkv, S, hd)
-        cache_k, cache_v = write_cache(cache_k, k, start, layer), write_cache(cache_v, v, start, layer)
-        keys, values = read_cache(cache_k, layer), read_cache(cache_v, layer)
+        if cache_k is None:
+            keys, values = k, v
+        else:
+            cache_k, cache_v = write_cache(cache_k, k, start, layer), write_cache(cache_v, v, start, layer)
+            keys, values = read_cache(cache_k, layer), read_cache(cache_v, layer)
         # Query head h uses kv head h // (H // Hkv), as PyTorch's repeat_interleave does.
         qg = q.reshape(B, S, Hkv, H // Hkv, hd)
         scores = jnp.einsum("bsgrd,bgtd->bgrst", qg, keys.astype(q.dtype), preferred_element_type=jnp.float32)
@@ -380,6 +393,14 @@ class CaptionEmbedder(nn.Module):
         return CaptionMLP(cfg, name="cap_proj")(feats)
 
 
+def _attention_mask(positions, valid):
+    """(S, T) or (B, S, T) bool: query positions (S,) or (B, S) may attend to key positions
+    0..T-1 at or before them where `valid` (B, T) holds, and always to their own position."""
+    key_pos = jnp.arange(valid.shape[1])
+    causal = key_pos <= positions[..., None]
+    return (causal & valid[:, None, :]) | (key_pos == positions[..., None])
+
+
 class Transformer(nn.Module):
     """LlamaGen GPT. Call `embed_condition`, `embed_tokens`, then `__call__` on embeddings."""
 
@@ -413,9 +434,7 @@ class Transformer(nn.Module):
         S = h.shape[1]
         positions = jnp.asarray(start)[..., None] + jnp.arange(S)  # (S,) or (B, S)
         cos, sin = rope_2d(self.cfg, positions)
-        key_pos = jnp.arange(cache.valid.shape[1])
-        causal = key_pos <= positions[..., None]  # (S, T) or (B, S, T)
-        mask = (causal & cache.valid[:, None, :]) | (key_pos == positions[..., None])
+        mask = _attention_mask(positions, cache.valid)
         block = Block(self.cfg, parent=None)
         if cache.stacked and not isinstance(self.layers, (tuple, list)):  # scanned: one layer body
 
@@ -440,6 +459,19 @@ class Transformer(nn.Module):
             ks, vs = tuple(ks), tuple(vs)
         logits = self.output(self.norm(h)).astype(jnp.float32)
         return logits, KVCache(ks, vs, cache.valid)
+
+    def sequence(self, h, valid):
+        """h (B, S, dim) at positions 0..S-1 -> logits (B, S, V) float32, without a KV cache
+        (training and teacher-forced scoring). valid: (B, S) bool, False at caption padding.
+        The logits of `__call__` on an empty cache of S positions (within float rounding)."""
+        S = h.shape[1]
+        positions = jnp.arange(S)
+        cos, sin = rope_2d(self.cfg, positions)
+        mask = _attention_mask(positions, valid)
+        block = Block(self.cfg, parent=None)
+        for i in range(self.cfg.n_layer):
+            h, _, _ = block.apply({"params": layer_params(self.layers, i)}, h, cos, sin, None, None, mask, 0)
+        return self.output(self.norm(h)).astype(jnp.float32)
 
     def init_all(self, cond, tokens, cache):
         h = jnp.concatenate([self.embed_condition(cond, jnp.zeros(tokens.shape[0], bool)), self.embed_tokens(tokens)], 1)
@@ -498,19 +530,21 @@ def validate_condition(cfg: GPTConfig, cond, cond_mask=None) -> None:
 
 
 def forward(params, cfg: GPTConfig, cond, tokens, cond_mask=None, drop=None):
-    """Uncached teacher-forced forward (training): logits (B, T, V) float32 predicting tokens (B, T).
+    """Teacher-forced forward without a KV cache (training, scoring): logits (B, T, V) float32
+    predicting tokens (B, T).
 
     The input is the condition followed by tokens[:, :-1]; logits[:, k] predicts tokens[:, k].
-    drop: optional (B,) bool, rows that use the null condition (CFG dropout).
+    cond_mask: optional (B, cls_token_num) bool, False at caption padding. drop: optional (B,)
+    bool, rows that use the null condition (CFG dropout).
     """
     B, T = tokens.shape
     model = Transformer(cfg)
     drop = jnp.zeros((B,), bool) if drop is None else drop
-    cache = init_cache(cfg, B, cfg.cls_token_num + T - 1, cond_mask)
+    valid = key_valid(cfg, B, cfg.cls_token_num + T - 1, cond_mask)
 
     def run(m):
         h = jnp.concatenate([m.embed_condition(cond, drop), m.embed_tokens(tokens[:, :-1])], axis=1)
-        return m(h, cache, 0)[0]
+        return m.sequence(h, valid)
 
     logits = nn.apply(run, model)({"params": params})
     return logits[:, cfg.cls_token_num - 1 :]

@@ -216,13 +216,13 @@ def _text_encoder(folder: Path, gpt_cfg: GPTConfig, where, *, preprocess, max_le
     if not (folder / SPIECE_FILE).is_file():
         raise FileNotFoundError(f"{where}: the text part {folder} lacks the tokenizer {SPIECE_FILE}")
     fn = _preprocess(preprocess, where)
+    check_spiece_model(folder / SPIECE_FILE)  # the file first: a bad one is bad with or without the package
     try:  # T5TextEncoder imports it: fail before any weight is read
         importlib.import_module("sentencepiece")
     except ImportError:
         raise ImportError(f"{where}: this t2i bundle tokenizes prompts with T5's sentencepiece model and needs "
                           "the optional 'sentencepiece' package: pip install 'scalingar-jax[t5]' (or pip install "
                           "sentencepiece)") from None
-    check_spiece_model(folder / SPIECE_FILE)
     params, cfg = load_model(folder, expect_kind="t5")
     length = max_length if max_length is not None else gpt_cfg.cls_token_num
     return T5TextEncoder(folder, max_length=int(length), length=gpt_cfg.cls_token_num, preprocess=fn,

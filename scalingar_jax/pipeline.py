@@ -25,7 +25,7 @@ import numpy as np
 
 from scalingar_jax import vq
 from scalingar_jax.bundle import read_bundle
-from scalingar_jax.config import GPTConfig, SamplingConfig
+from scalingar_jax.config import SamplingConfig
 from scalingar_jax.decode import GPTModel
 from scalingar_jax.images import to_uint8
 from scalingar_jax.resources import check_run_memory
@@ -34,6 +34,7 @@ from scalingar_jax.scaling.engine import RunStats
 from scalingar_jax.scaling.loop import StrategyResult
 from scalingar_jax.scaling.options import Schedule, Strategy
 from scalingar_jax.scaling.run import run_strategy
+from scalingar_jax.token_model import TokenModel
 
 Conditioner = Callable[[Sequence[str]], tuple[Any, Any]]  # prompts -> (cond, cond_mask or None)
 
@@ -50,10 +51,14 @@ class Pipeline:
     cond with leading dimension P. reward: uint8 images (B, H, W, 3) and B prompts -> scores
     (B,). sampling/scaling: the defaults `generate` uses when given none. check_record: the
     model's test of a GenEval prompt record (raises ValueError for one outside its vocabulary,
-    e.g. the shapes world's), or None: any record of GenEval's schema is accepted."""
+    e.g. the shapes world's), or None: any record of GenEval's schema is accepted. to_uint8:
+    the VQ's float images (B, H, W, 3) -> uint8, the model family's own rounding (default
+    `images.to_uint8`, round((x + 1) * 127.5); Janus-Pro truncates). token_model: the generator
+    as the engine runs it (a `token_model.TokenModel` on gpt_cfg, which its loader gives, e.g.
+    `janus.JanusModel`); None: LlamaGen's `decode.GPTModel(gpt_cfg)`."""
 
     gpt_params: Any
-    gpt_cfg: GPTConfig
+    gpt_cfg: Any  # config.GPTConfig, or the config of the family token_model runs (janus.JanusConfig)
     vq_params: Any
     vq_cfg: vq.VQConfig
     condition: Conditioner
@@ -62,11 +67,13 @@ class Pipeline:
     scaling: ScalingARConfig = ScalingARConfig()
     name: str = "pipeline"
     check_record: Callable[[dict], None] | None = None
+    to_uint8: Callable[[np.ndarray], np.ndarray] = to_uint8
+    token_model: TokenModel | None = None
 
     @property
-    def model(self) -> GPTModel:
-        """The GPT as the engine's `token_model.TokenModel`."""
-        return GPTModel(self.gpt_cfg)
+    def model(self) -> TokenModel:
+        """The generator as the engine's `token_model.TokenModel`."""
+        return GPTModel(self.gpt_cfg) if self.token_model is None else self.token_model
 
     @property
     def image_size(self) -> int:
@@ -83,14 +90,14 @@ class Pipeline:
         codes = tokens.reshape(-1, g, g).astype(np.int32)
         B = codes.shape[0]
         if B <= DECODE_CHUNK:
-            return to_uint8(_decode_jit(self.vq_params, self.vq_cfg, jnp.asarray(codes)))
+            return self.to_uint8(_decode_jit(self.vq_params, self.vq_cfg, jnp.asarray(codes)))
         out = np.empty((B, self.image_size, self.image_size, 3), np.uint8)
         for start in range(0, B, DECODE_CHUNK):
             chunk = codes[start : start + DECODE_CHUNK]
             n = chunk.shape[0]
             if n < DECODE_CHUNK:  # the last chunk, padded to the one compiled size
                 chunk = np.concatenate([chunk, np.zeros((DECODE_CHUNK - n, g, g), np.int32)])
-            out[start : start + n] = to_uint8(_decode_jit(self.vq_params, self.vq_cfg, jnp.asarray(chunk)))[:n]
+            out[start : start + n] = self.to_uint8(_decode_jit(self.vq_params, self.vq_cfg, jnp.asarray(chunk)))[:n]
         return out
 
 

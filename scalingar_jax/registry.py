@@ -35,6 +35,7 @@ BUILTIN: dict[str, dict[str, tuple[str, str]]] = {
         "shapes-world": ("scalingar_jax.world.pipeline", "pipeline_from_bundle"),
         "llamagen-t2i": ("scalingar_jax.llamagen", "pipeline_from_bundle"),
         "llamagen-c2i": ("scalingar_jax.llamagen", "pipeline_from_bundle"),
+        "janus-pro": ("scalingar_jax.janus_bundle", "pipeline_from_bundle"),
     },
     "config": {
         "gpt": ("scalingar_jax.config", "GPTConfig"),
@@ -42,6 +43,7 @@ BUILTIN: dict[str, dict[str, tuple[str, str]]] = {
         "t5": ("scalingar_jax.t5", "T5Config"),
         "text": ("scalingar_jax.world.text_encoder", "TextEncoderConfig"),
         "reward": ("scalingar_jax.world.reward", "RewardConfig"),
+        "janus": ("scalingar_jax.janus", "JanusConfig"),
     },
     "preprocess": {
         "llamagen": ("scalingar_jax.caption", "llamagen_preprocess"),  # LlamaGen's default: clean_caption twice

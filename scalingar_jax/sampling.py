@@ -24,16 +24,18 @@ def guided_logits(lc: jax.Array, lu: jax.Array, scale: jax.Array) -> jax.Array:
     return lu.astype(jnp.float32) + (lc.astype(jnp.float32) - lu.astype(jnp.float32)) * scale
 
 
-def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
+def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: float, *,
+                  backend: BackendConfig | None = None) -> jax.Array:
     """Temperature, then top-k (k = 0: off), then top-p (p = 1: off). (..., V) -> (..., V) float32.
 
     Filtered entries become -inf. Ties at the k-th value are kept (value threshold), as in
-    LlamaGen's top_k_top_p_filtering. top_k/top_p/temperature are static Python numbers.
+    LlamaGen's top_k_top_p_filtering. top_k/top_p/temperature are static Python numbers;
+    backend: force one platform's choices (`kth_largest`), None: the compiled-for platform's.
     """
     logits = logits.astype(jnp.float32) / max(float(temperature), 1e-5)
     V = logits.shape[-1]
     if 0 < top_k < V:
-        logits = jnp.where(logits < kth_largest(logits, top_k), -jnp.inf, logits)
+        logits = jnp.where(logits < kth_largest(logits, top_k, backend=backend), -jnp.inf, logits)
     if top_p < 1.0:
         order = jnp.argsort(-logits, axis=-1)
         sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
@@ -56,13 +58,13 @@ def _check_k(x, k: int) -> None:
         raise ValueError(f"k must be in [1, {x.shape[-1]}], got {k}")
 
 
-def kth_largest(x: jax.Array, k: int) -> jax.Array:
+def kth_largest(x: jax.Array, k: int, *, backend: BackendConfig | None = None) -> jax.Array:
     """The k-th largest value of each row, duplicates counted: x (..., V) float32 -> (..., 1),
     by the method `backend.backend_config` names for the platform the program is lowered for:
     `radix_kth_largest` on CPU, `jax.lax.top_k` on TPU/GPU (the same value either way; NaN-free
-    x). k: static, 1 <= k <= V."""
+    x). k: static, 1 <= k <= V. backend: use this config's method instead (`per_platform`)."""
     _check_k(x, k)
-    return per_platform(_kth_largest, x.astype(jnp.float32), k=int(k))
+    return per_platform(_kth_largest, x.astype(jnp.float32), backend=backend, k=int(k))
 
 
 def _kth_largest(backend: BackendConfig, x, *, k: int):
@@ -117,9 +119,11 @@ def candidate_keys(key: jax.Array, prompt_ids: jax.Array, candidate_ids: jax.Arr
     return jax.vmap(lambda kp: jax.vmap(lambda c: jax.random.fold_in(kp, c))(candidate_ids))(per_prompt)
 
 
-def sample_tokens(keys: jax.Array, step: jax.Array, logits: jax.Array) -> jax.Array:
+def sample_tokens(keys: jax.Array, step: jax.Array, logits: jax.Array, *,
+                  backend: BackendConfig | None = None) -> jax.Array:
     """One categorical draw per row: keys (...,) candidate keys, step an int32 scalar or (...,)
-    (each row its own token index), logits (..., V) -> (...,) int32.
+    (each row its own token index), logits (..., V) -> (...,) int32. backend: force one
+    platform's choices (`sample_barrier`), None: the compiled-for platform's.
 
     The draw for a row depends only on its candidate key, its step and its logits.
     """
@@ -131,7 +135,7 @@ def sample_tokens(keys: jax.Array, step: jax.Array, logits: jax.Array) -> jax.Ar
     # (value, index) reduction, XLA:CPU evaluates the noise's logs element by element).
     noise = jax.vmap(lambda k, t, l: jax.random.gumbel(jax.random.fold_in(k, t), l.shape, l.dtype))(
         flat_keys, flat_steps, flat_logits)
-    draw = first_argmax(per_platform(_sample_barrier, noise + flat_logits))
+    draw = first_argmax(per_platform(_sample_barrier, noise + flat_logits, backend=backend))
     return draw.reshape(logits.shape[:-1])
 
 

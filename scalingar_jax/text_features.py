@@ -24,12 +24,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scalingar_jax.caption import lowercase
+
 __all__ = [
     "TextEncoder",
     "left_pad",
     "PrecomputedFeatures",
     "T5TextEncoder",
-    "lowercase_prompt",
     "check_spiece_model",
 ]
 
@@ -271,13 +272,6 @@ class PrecomputedFeatures:
 
 # ----------------------------------------------------------------------------- T5
 
-def lowercase_prompt(text: str) -> str:
-    """LlamaGen's T5Embedder text preprocessing with ``use_text_preprocessing=False``:
-    ``text.lower().strip()``. (Its default, ``clean_caption`` twice, is
-    :func:`scalingar_jax.caption.llamagen_preprocess`.)"""
-    return text.lower().strip()
-
-
 MAX_SPIECE_BYTES = 64 << 20  # flan-t5's spiece.model is 0.8 MB
 
 
@@ -373,7 +367,8 @@ class T5TextEncoder:
         ``max_length - 1`` pieces, then ``</s>`` (HF ``truncation=True`` behaviour).
       length: output slots (the GPT's ``cls_token_num``); default ``max_length``.
       preprocess: ``str -> str`` applied to each prompt first (default
-        :func:`lowercase_prompt`; ``None`` = verbatim).
+        :func:`scalingar_jax.caption.lowercase`, LlamaGen's ``use_text_preprocessing=False``;
+        ``None`` = verbatim).
       tokenizer: optional ``str -> list[int]`` replacing SentencePiece (pieces only, no
         ``</s>``); then ``sentencepiece`` is not needed.
       dtype, precision: matmul compute dtype / precision of the encoder (float32 default;
@@ -388,7 +383,7 @@ class T5TextEncoder:
 
     def __init__(self, directory: str | os.PathLike, max_length: int = 120, *,
                  length: int | None = None,
-                 preprocess: Callable[[str], str] | None = lowercase_prompt,
+                 preprocess: Callable[[str], str] | None = lowercase,
                  tokenizer: Callable[[str], Sequence[int]] | None = None,
                  dtype: Any = jnp.float32, precision: Any = None, batch_size: int = 16,
                  params: Any = None, cfg: Any = None):

@@ -1,5 +1,5 @@
 """Shared by the exactness tests (README, "Exactness"; pytest marker `exactness`, which CI also
-runs under XLA_FLAGS=--xla_cpu_max_isa=AVX2): what two runs of the same prompts must agree on bit
+runs under XLA_FLAGS=--xla_cpu_max_isa=AVX2 on an AVX-512 host): what two runs of the same prompts must agree on bit
 for bit, what within a tolerance, and the environment of the tests' worker subprocesses.
 
 Across batch shapes, compaction, pools, meshes and CPUs the model's logits are equal only to

@@ -129,3 +129,28 @@ def test_bench_accelerator_tiny_writes_into_the_current_folder_only(tmp_path, mo
     # the estimate the device's peak is held against: memory_table.json's fit (8.29 GB at 16 rows)
     est = bench_accelerator.memory_estimate(16)
     assert est is None or abs(est / 1e9 - 8.29) < 0.01
+
+
+def test_bench_backend_smoke_writes_the_generated_table_and_both_sides(tmp_path):
+    """bench_backend on tiny sizes: the platform table is `backend.backend_config`'s, every CPU
+    choice is timed on and off (the CPU default against the other value), into both files."""
+    import bench_backend
+
+    from scalingar_jax import backend
+
+    out = tmp_path / "bb"
+    bench_backend.main(["--smoke", "--out", str(out)])
+    d = json.loads(out.with_suffix(".json").read_text())
+    assert [r["platform"] for r in d["platforms"]] == list(backend.PLATFORMS)
+    for r in d["platforms"]:
+        cfg = backend.backend_config(r["platform"])
+        assert {f: r[f] for f in bench_backend.FIELDS} == {f: getattr(cfg, f) for f in bench_backend.FIELDS}
+    cpu = backend.backend_config("cpu")
+    assert [r["choice"] for r in d["measured"]] == ["top_k", "sample_barrier", "column_splits"]
+    for r in d["measured"]:
+        assert r["on"] == getattr(cpu, r["choice"]) and r["off"] != r["on"]
+        assert len(r["on_ms_all"]) == len(r["off_ms_all"]) == 2 and r["on_ms"] > 0 and r["off_ms"] > 0
+        assert r["verdict"] in ("helps", "hurts", "within noise")
+    assert d["load"]["cores_used"] and d["cpu"]["model"]
+    md = out.with_suffix(".md").read_text()
+    assert d["platform_table"] in md and d["measured_table"] in md

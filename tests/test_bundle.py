@@ -82,7 +82,7 @@ def test_defaults_come_from_the_bundle(world, tmp_path):
     (lambda r: [1, 2], ValueError, "holds a JSON list, expected an object"),
     (lambda r: r.pop("kind") and None, ValueError, r"missing keys \['kind'\]"),
     (lambda r: r.update(kind="no-such-family"), ValueError, "unknown bundle kind 'no-such-family'; known kinds: "
-                                                            "llamagen-c2i, llamagen-t2i, shapes-world"),
+                                                            "janus-pro, llamagen-c2i, llamagen-t2i, shapes-world"),
     (lambda r: r.update(colour="red"), ValueError, r"unknown keys \['colour'\]"),
     (lambda r: r.update(format=2), ValueError, "format 2"),
     (lambda r: r.update(loader="os:system"), ValueError, "'loader' 'os:system' names code"),
@@ -162,7 +162,7 @@ def test_checkpoint_config_kind(world, tmp_path):
     for edit, match in [({"config_class": "scalingar_jax.world.text_encoder:TextEncoderConfig"}, None),
                         ({"config_class": "collections:OrderedDict"}, "config_class 'collections:OrderedDict' names code"),
                         ({"config_class": "scalingar_jax.config:GPTConfig"}, "names code"),
-                        ({"kind": "mystery"}, "unknown model kind 'mystery'; known: gpt, reward, t5, text, vq")]:
+                        ({"kind": "mystery"}, "unknown model kind 'mystery'; known: gpt, janus, reward, t5, text, vq")]:
         (d / "config.json").write_text(json.dumps({**rec, **edit}))
         if match is None:
             assert read_config(d)[1] == read_config(world / "text")[1]
@@ -193,6 +193,26 @@ def test_registered_kinds(world, tmp_path, monkeypatch):
     mine = _copy(world, tmp_path, lambda r: r.update(kind="my-family", options={"flavour": "spicy"}))
     assert isinstance(load_pipeline(mine), Pipeline) and calls == [("my-family", "spicy")]
     assert "my-family" in registry.names("loader")
+
+
+def test_installed_entry_points_add_kinds(world, tmp_path, monkeypatch):
+    """A family installed as a package adds its kind through an entry point in the group
+    `scalingar_jax.bundle_loaders` (its installed metadata, never the bundle, names the code)."""
+    import importlib.metadata
+
+    from scalingar_jax import registry
+
+    ep = importlib.metadata.EntryPoint("ep-family", "scalingar_jax.world.pipeline:pipeline_from_bundle",
+                                       "scalingar_jax.bundle_loaders")
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group=None: [ep] if group == "scalingar_jax.bundle_loaders" else real(group=group))
+    mine = _copy(world, tmp_path, lambda r: r.update(kind="ep-family"))
+    assert "ep-family" in registry.names("loader") and "ep-family" not in registry.names("config")
+    assert isinstance(load_pipeline(mine, with_reward=False), Pipeline)
+    gone = _copy(world, tmp_path / "x", lambda r: r.update(kind="no-such-family"))
+    with pytest.raises(ValueError, match="unknown bundle kind 'no-such-family'; known kinds: ep-family, "):
+        load_pipeline(gone)
 
 
 def test_text_encoder_runs_once_per_prompt(world, tmp_path, monkeypatch):

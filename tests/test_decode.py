@@ -1,4 +1,6 @@
 """Jitted decoding: sampling semantics, compile-once, determinism, candidate-keyed randomness."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -162,19 +164,36 @@ def test_top_k_keeps_every_logit_tied_with_the_kth(platform):
     """LlamaGen's top-k filters `logits < k-th largest value`, so every logit tied with the k-th
     survives: k = 3 keeps five logits here (5, 4 and the three 3s), not three by rank. Both
     per-platform k-th largest methods (`backend`: the CPU's radix select, TPU/GPU's lax.top_k)
-    return the tied value, and the draw reaches each tied logit."""
+    return the tied value, and the draw reaches each tied logit. The platform's choices are
+    forced on this CPU host through `backend=` (radix + barrier for cpu, lax.top_k without for tpu)."""
+    cfg = backend.backend_config(platform)
     x = jnp.array([[1.0, 5.0, 3.0, 0.0, 3.0, 4.0, 3.0, -2.0],
                    [2.0, 2.0, 2.0, 2.0, 2.0, -1.0, 7.0, 2.0]])  # row 1: the 2nd to 7th largest tie
-    kth = sampling._kth_largest(backend.backend_config(platform), x, k=3)
+    kth = kth_largest(x, 3, backend=cfg)
     np.testing.assert_array_equal(kth, [[3.0], [2.0]])
-    kept = np.isfinite(np.asarray(filter_logits(x, 1.0, 3, 1.0)))
+    kept = np.isfinite(np.asarray(filter_logits(x, 1.0, 3, 1.0, backend=cfg)))
     np.testing.assert_array_equal(kept, np.asarray(x) >= np.asarray(kth))
     assert kept.sum(1).tolist() == [5, 7]
     # 400 draws from row 0 with 3s shifted up to tie with 4: every kept logit is drawn
     flat = jnp.asarray([[1.0, 4.0, 4.0, 0.0, 4.0, 4.0, 4.0, -2.0]]).repeat(400, 0)
-    toks = sample_tokens(candidate_keys(jax.random.key(0), jnp.arange(1), jnp.arange(400))[0], jnp.int32(0),
-                         filter_logits(flat, 1.0, 2, 1.0))
+    keys = candidate_keys(jax.random.key(0), jnp.arange(1), jnp.arange(400))[0]
+    toks = sample_tokens(keys, jnp.int32(0), filter_logits(flat, 1.0, 2, 1.0, backend=cfg), backend=cfg)
     assert set(np.asarray(toks).tolist()) == {1, 2, 4, 5, 6}
+    # the forced choices draw what the host's own choices draw (same k-th value, same Gumbel argmax)
+    np.testing.assert_array_equal(toks, sample_tokens(keys, jnp.int32(0), filter_logits(flat, 1.0, 2, 1.0)))
+
+
+@pytest.mark.parametrize("top_k, barrier", [("radix", True), ("lax", False), ("lax", True)])
+def test_a_forced_backend_config_is_the_one_lowered(top_k, barrier):
+    """`backend=` forces one config's choices on a CPU host (what bench_backend.py measures): the
+    lowered sampling step holds the radix select and the barrier exactly where the config says."""
+    cfg = dataclasses.replace(backend.backend_config("cpu"), top_k=top_k, sample_barrier=barrier)
+    keys = candidate_keys(jax.random.key(0), jnp.arange(1), jnp.arange(2))[0]
+    step = jax.jit(lambda x: sample_tokens(keys, jnp.int32(0), filter_logits(x, 1.0, 3, 1.0, backend=cfg),
+                                           backend=cfg))
+    text = step.lower(jnp.zeros((2, 16))).as_text(debug_info=True)
+    assert (f"{backend.CPU_ONLY}/radix_select" in text) == (top_k == "radix")
+    assert (f"{backend.CPU_ONLY}/sample_barrier" in text) == barrier
 
 
 @pytest.mark.exactness

@@ -8,7 +8,9 @@ plain, confidence-only, Best-of-N and importance sampling share; ScalingAR's), c
 harvest (selection) per strategy, importance sampling's resampling, the prompt pool's insert and
 its per-lane token loop; plain LlamaGen `decode.generate`; the same engine on an abstract 2x4
 mesh (`jax.sharding.AbstractMesh`): prefill, ScalingAR's loop (collectives over the candidate
-axis), compaction, harvest and the pool's loop (lanes over both axes); VQ decoding, the T5
+axis), compaction, harvest and the pool's loop (lanes over both axes); Janus-Pro
+(`janus.JanusModel`, the second model family) through the same engine pieces (prefill, its decode
+step, ScalingAR's loop, compaction, harvest, the pool's insert and loop); VQ decoding, the T5
 encoder and CLIP's two towers (CLIPScore).
 
 What an export covers: tracing and StableHLO lowering with the TPU / CUDA lowering rules (every
@@ -32,7 +34,7 @@ import pytest
 from jax.sharding import AbstractMesh, AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from scalingar_jax import backend, clip, decode, gpt, pipeline, rewards, t5, vq
+from scalingar_jax import backend, clip, decode, gpt, janus, pipeline, rewards, t5, vq
 from scalingar_jax import sharding as SH
 from scalingar_jax.config import GPTConfig, SamplingConfig
 from scalingar_jax.scaling import ScalingARConfig
@@ -94,10 +96,15 @@ KEY_DATA, IMPL = SH.split_key(jax.random.key(0))
 I32 = _sds((), jnp.int32)
 
 
+def exported(fn, *args, platform: str, **kw) -> jax.export.Exported:
+    """`fn` (jitted) exported for `platform` (export has already checked that every custom call
+    is one with a compatibility guarantee)."""
+    return jax.export.export(fn, platforms=(platform,))(*args, **kw)
+
+
 def export(fn, *args, platform: str, **kw) -> str:
-    """The StableHLO text of `fn` (jitted) exported for `platform` (export has already checked
-    that every custom call is one with a compatibility guarantee)."""
-    return jax.export.export(fn, platforms=(platform,))(*args, **kw).mlir_module()
+    """The StableHLO text of `exported(fn, ...)`."""
+    return exported(fn, *args, platform=platform, **kw).mlir_module()
 
 
 def cpu_constructs(module: str) -> list[str]:
@@ -119,9 +126,13 @@ class Pieces:
     unsharded spec placed with `engine.place`; inputs on the mesh with the engine's specs), each
     returning its exported module for `platform`."""
 
-    def __init__(self, model: decode.GPTModel, mesh, platform: str):
+    def __init__(self, model, mesh, platform: str, *, params=None, condition=None):
+        """model: a `token_model.TokenModel` (default inputs: a `decode.GPTModel`'s); params: its
+        abstract decode-layout parameters (default `_params(model)`); condition: P -> abstract
+        (cond, cond_mask or None) (default `_cond(model.cfg, P)`)."""
         self.model, self.mesh, self.platform = model, mesh, platform
-        self.params = _on(mesh, _params(model))
+        self.params = _on(mesh, _params(model) if params is None else params)
+        self.condition = functools.partial(_cond, model.cfg) if condition is None else condition
 
     def local(self, spec, lanes: int):
         return E.place(spec, self.mesh, lanes).spec
@@ -132,7 +143,7 @@ class Pieces:
         return jax.tree.map(lambda x, sh: _sds(x.shape, x.dtype, sh), out, E.state_shardings(self.mesh, local))
 
     def _prefill_args(self, local, lanes: int):
-        cond, mask = _cond(self.model.cfg, lanes)
+        cond, mask = self.condition(lanes)
         lane = E.lane_spec(local)
         return (self.params, _on(self.mesh, cond, lane), None if mask is None else _on(self.mesh, mask, lane),
                 _on(self.mesh, _sds(KEY_DATA.shape, KEY_DATA.dtype)), _on(self.mesh, _sds((lanes,), jnp.int32), lane),
@@ -156,7 +167,7 @@ class Pieces:
         local = self.local(spec, self.mesh.size)
         one = E.lane_spec(local)
         D = self.mesh.size
-        cond, mask = _cond(self.model.cfg, D)
+        cond, mask = self.condition(D)
         args = (self.params, s, _on(self.mesh, cond, one), None if mask is None else _on(self.mesh, mask, one),
                 _on(self.mesh, _sds(KEY_DATA.shape, KEY_DATA.dtype)), _on(self.mesh, _sds((D,), jnp.int32), one),
                 _on(self.mesh, I32), _on(self.mesh, _sds((D,), jnp.int32), one), _on(self.mesh, _sds((D,), bool), one))
@@ -246,6 +257,27 @@ def test_the_cpu_export_holds_every_cpu_construct():
     assert "chlo.top_k" not in module
 
 
+def test_an_exported_generate_serializes():
+    """Plain LlamaGen `decode.generate` (its whole token loop) exported for TPU in bf16 serializes
+    (`Exported.serialize`, what a CPU host would ship to a device host) and deserializes to the
+    same program and signature. (The executor entries cannot be serialized as they are: their
+    signatures hold the package's pytree classes `LoopState`, `ConfidenceState` and `KVCache`,
+    which `serialize` refuses until each is registered with `jax.export`'s
+    `register_pytree_node_serialization` / `register_namedtuple_serialization`.)"""
+    pytest.importorskip("flatbuffers", reason="jax.export serialization needs flatbuffers (in the test extra)")
+    cfg = _gpt_cfg("t2i", "bfloat16")
+    cond, mask = _cond(cfg)
+    exp = exported(decode._generate, _params(_model(cfg, "tpu")), KEY, cond, mask, _sds((P_,), jnp.int32), cfg=cfg,
+                   sampling=SAMPLING, num_candidates=N_, greedy=False, platform="tpu")
+    back = jax.export.deserialize(exp.serialize())
+    assert back.platforms == ("tpu",) and back.nr_devices == 1
+    assert back.in_avals == exp.in_avals and back.out_avals == exp.out_avals == (
+        jax.core.ShapedArray((P_, N_, cfg.block_size), jnp.int32),)
+    assert back.in_tree == exp.in_tree and back.out_tree == exp.out_tree
+    assert back.mlir_module() == exp.mlir_module()
+    assert_accelerator_module(back.mlir_module(), top_k=True)
+
+
 def test_a_planted_cpu_construct_is_caught():
     """The radix select called directly (not through `sampling.kth_largest`'s per-platform
     choice) in a TPU program: the check names it."""
@@ -260,6 +292,68 @@ def test_a_planted_cpu_construct_is_caught():
         assert_accelerator_module(bad, top_k=False)
     with pytest.raises(AssertionError, match="optimization_barrier"):
         assert_accelerator_module(export(jax.jit(jax.lax.optimization_barrier), x, platform="tpu"), top_k=False)
+
+
+# ------------------------------------------------------------------------------ Janus-Pro
+def _janus_cfg(dtype: str) -> janus.JanusConfig:
+    return janus.JanusConfig(text_vocab_size=40, dim=16, n_layer=2, n_head=4, n_kv_head=2, ffn_hidden=24, vocab_size=32,
+                             gen_head_dim=12, grid_size=4, prompt_len=6, param_dtype=dtype, dtype=dtype).validate()
+
+
+def _janus_pieces(cfg: janus.JanusConfig, mesh, platform: str) -> Pieces:
+    """The engine's pieces on `janus.JanusModel(cfg)`: its decode-layout parameters, prompts as
+    (ids (P, prompt_len) int32, mask (P, prompt_len) bool)."""
+    model = janus.JanusModel(cfg)
+    params = _abstract(model.decode_layout, janus.param_shapes(cfg))
+    condition = lambda P: (_sds((P, cfg.prompt_len), jnp.int32), _sds((P, cfg.prompt_len), bool))  # noqa: E731
+    return Pieces(model, mesh, platform, params=params, condition=condition)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("platform", ACCELERATORS)
+def test_janus_entries_lower_for_accelerators(platform, dtype):
+    """Janus-Pro (`janus.JanusModel`) through the engine's pieces on one device, as `Engine` runs
+    it: prefill, its decode step alone, ScalingAR's token loop, compaction, harvest, the pool's
+    insert and per-lane loop: no CPU-only construct, top-k by lax.top_k, the model in `dtype`."""
+    cfg = _janus_cfg(dtype)
+    pieces = _janus_pieces(cfg, _mesh(1, 1), platform)
+    model = pieces.model
+    spec = S.spec_of(model, SAMPLING, SCALING, "scalingar", N_)
+    state, prefill = pieces.prefill(spec, P_)
+    rows = 2 * P_ * N_
+    cache = jax.eval_shape(lambda: model.init_cache(rows))
+    step = jax.jit(lambda p, c, t, k: model.decode_step(p, c, t, k))
+    params = _abstract(model.decode_layout, janus.param_shapes(cfg))
+    pool_spec = S.spec_of(model, SAMPLING, SCALING, "scalingar", N_, lockstep=False)
+    pool = pieces.empty(pool_spec, rows=6, lanes=3)
+    modules = {"prefill": (prefill, False),
+               "decode step": (export(step, params, cache, _sds((rows,), jnp.int32), I32, platform=platform), False),
+               "scalingar loop": (pieces.loop(spec, state, P_), True),
+               "compaction": (pieces.compact(spec, state, 4, P_), False),
+               "harvest": (pieces.harvest(spec, state, "scalingar", P_), False),
+               "pool insert": (pieces.insert(pool_spec, pool), False),
+               "pool loop": (pieces.loop(pool_spec, pool, 3), True)}
+    for name, (module, top_k) in modules.items():
+        try:
+            assert_accelerator_module(module, top_k=top_k)
+        except AssertionError as e:
+            raise AssertionError(f"janus {name} ({platform}, {dtype}): {e}") from None
+    for name in ("prefill", "decode step", "scalingar loop"):
+        assert ("bf16" in modules[name][0]) == (dtype == "bfloat16"), name
+
+
+def test_janus_engine_lowers_on_an_abstract_2x4_mesh():
+    """Janus-Pro's prefill and ScalingAR loop under shard_map on the abstract 2x4 mesh: 8-partition
+    TPU programs with the candidate axis's collectives."""
+    mesh = _mesh(2, 4)
+    pieces = _janus_pieces(_janus_cfg("bfloat16"), mesh, "tpu")
+    spec = S.spec_of(pieces.model, SAMPLING, SCALING, "scalingar", 8)
+    state, prefill = pieces.prefill(spec, 2)
+    loop = pieces.loop(spec, state, 2)
+    for name, module in (("prefill", prefill), ("loop", loop)):
+        assert "mhlo.num_partitions = 8" in module, name
+        assert_accelerator_module(module, top_k=name == "loop")
+    assert "all_gather" in loop and "all_reduce" in loop
 
 
 # ------------------------------------------------------------------------------ the engine on a mesh

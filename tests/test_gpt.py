@@ -126,6 +126,25 @@ def test_flax_matches_numpy_reference_and_cache(cfg):
         assert _rel(_cached_logits(layout, cfg, cond, mask, tokens), full) <= 1e-5
 
 
+def test_forward_holds_no_kv_cache():
+    """The teacher-forced forward (training, scoring) allocates and writes no KV cache, and its
+    logits are those of the cached call on an empty cache of the whole sequence (1e-6)."""
+    cfg = GQA
+    p = gpt.init_params(cfg, jax.random.key(1))
+    cond, mask, tokens = _inputs(cfg)
+    cache = gpt.init_cache(cfg, tokens.shape[0], cfg.cls_token_num + cfg.block_size - 1, mask)
+
+    def cached(p):
+        def run(m):
+            h = jnp.concatenate([m.embed_condition(cond, jnp.zeros(3, bool)), m.embed_tokens(tokens[:, :-1])], 1)
+            return m(h, cache, 0)[0][:, cfg.cls_token_num - 1:]
+        return gpt.nn.apply(run, gpt.Transformer(cfg))({"params": p})
+
+    assert "dynamic_update_slice" in str(jax.make_jaxpr(cached)(p))  # a cache write, as the check sees it
+    assert "dynamic_update_slice" not in str(jax.make_jaxpr(lambda p: gpt.forward(p, cfg, cond, tokens, mask))(p))
+    assert _rel(gpt.forward(p, cfg, cond, tokens, mask), cached(p)) <= 1e-6
+
+
 @pytest.mark.exactness
 def test_layer_layouts_are_the_same_model():
     """unstack_layers/stack_layers round-trip. Per-layer parameters get one (B, Hkv, S, hd) cache

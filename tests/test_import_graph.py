@@ -29,17 +29,17 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("formats", ("bundle", "convert", "convert.hf", "convert.safetensors", "convert.torch_pickle", "geneval",
                  "images")),
     # models and the pure functions over them; checkpoints and their conversion
-    ("models", ("checkpoint", "clip", "convert.checkpoints", "convert.mapping", "convert.reference", "decode", "gpt",
-                "rewards", "sampling", "scaling", "scaling.policy", "scaling.profile", "t5", "text_features", "viz",
-                "vq")),
+    ("models", ("checkpoint", "clip", "convert.checkpoints", "convert.janus", "convert.mapping", "convert.reference",
+                "decode", "gpt", "janus", "rewards", "sampling", "scaling", "scaling.policy", "scaling.profile", "t5",
+                "text_features", "viz", "vq")),
     # the engine and its schedulers
     ("engine", ("scaling.engine", "scaling.loop", "scaling.options", "scaling.pool", "scaling.run",
                 "scaling.strategies")),
     ("pipeline", ("pipeline",)),
     # model families: bundle loaders and what they are built from
-    ("families", ("llamagen", "world", "world.geneval_io", "world.judge", "world.models", "world.pipeline",
-                  "world.prompts", "world.random_world", "world.render", "world.reward", "world.scenes",
-                  "world.text_encoder", "world.vocab")),
+    ("families", ("janus_bundle", "llamagen", "world", "world.geneval_io", "world.judge", "world.models",
+                  "world.pipeline", "world.prompts", "world.random_world", "world.render", "world.reward",
+                  "world.scenes", "world.text_encoder", "world.vocab")),
     ("api", ("",)),  # the package's own __init__: the public names
     # command lines (argparse programs)
     ("commands", ("cli", "convert.run", "world.train")),

@@ -256,8 +256,9 @@ def test_t2i_features_unknown_prompt_refused(made, tmp_path, capsys):
 
 def test_t2i_t5_conditioning_equals_the_encoder(made):
     """The bundle's conditioner is the T5 encoder of the HF folder: same features, same mask."""
-    pytest.importorskip("sentencepiece")
-    from scalingar_jax.text_features import T5TextEncoder, lowercase_prompt
+    pytest.importorskip("sentencepiece", reason="the T5 bundles' tokenizer (in the test extra) is not installed")
+    from scalingar_jax.caption import lowercase
+    from scalingar_jax.text_features import T5TextEncoder
 
     d, _ = made
     pipe = load_pipeline(d / "t2i_t5")
@@ -266,7 +267,7 @@ def test_t2i_t5_conditioning_equals_the_encoder(made):
     with pytest.warns(UserWarning, match="truncated"):  # prompt 0 is longer than the tiny CLS slots
         f, m = pipe.condition(prompts)
     with pytest.warns(UserWarning, match="truncated"):
-        ref_f, ref_m = T5TextEncoder(T5_DIR, max_length=CLS, preprocess=lowercase_prompt).encode(prompts)
+        ref_f, ref_m = T5TextEncoder(T5_DIR, max_length=CLS, preprocess=lowercase).encode(prompts)
     assert f.shape == (2, CLS, 32) and m.shape == (2, CLS)
     np.testing.assert_array_equal(m, ref_m)
     np.testing.assert_allclose(f, ref_f, rtol=0, atol=1e-6)
@@ -454,19 +455,25 @@ def test_parts_that_do_not_fit_are_refused_before_any_conversion(made, tmp_path,
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
-@pytest.mark.filterwarnings("ignore:prompt .* pieces long")
-def test_dtype_casts_converted_model_directories(made, tmp_path):
+@pytest.fixture(scope="module")
+def kept_and_cast(made, tmp_path_factory):
+    """The t2i T5 bundle's model directories bundled again as they are and with --dtype bfloat16."""
+    d, _ = made
+    out = tmp_path_factory.mktemp("casts")
+    parts = dict(gpt=d / "t2i_t5" / "gpt", vq=d / "t2i_t5" / "vq", t5=d / "t2i_t5" / "text", log=_quiet)
+    return (llamagen.assemble_bundle(out / "kept", **parts),
+            llamagen.assemble_bundle(out / "cast", dtype="bfloat16", **parts))
+
+
+def test_dtype_casts_converted_model_directories(made, kept_and_cast):
     """--dtype bfloat16 with model directories: their weights are cast (and the configs say so);
-    without --dtype they are copied as they are."""
+    without --dtype they are copied as they are. Needs no sentencepiece."""
     import jax.numpy as jnp
 
     from scalingar_jax.checkpoint import load_model, read_config
 
     d, _ = made
-    kept = llamagen.assemble_bundle(tmp_path / "kept", gpt=d / "t2i_t5" / "gpt", vq=d / "t2i_t5" / "vq",
-                                    t5=d / "t2i_t5" / "text", log=_quiet)
-    cast = llamagen.assemble_bundle(tmp_path / "cast", gpt=d / "t2i_t5" / "gpt", vq=d / "t2i_t5" / "vq",
-                                    t5=d / "t2i_t5" / "text", dtype="bfloat16", log=_quiet)
+    kept, cast = kept_and_cast
     for part in ("gpt", "vq", "text"):
         src, _ = load_model(d / "t2i_t5" / part)
         a, _ = load_model(kept / part)
@@ -478,6 +485,12 @@ def test_dtype_casts_converted_model_directories(made, tmp_path):
         assert getattr(cfg, "param_dtype", "bfloat16") == "bfloat16"
         assert read_config(cast / part)[2]["converted_dtype"] == "bfloat16"
     assert (cast / "text" / llamagen.SPIECE_FILE).is_file()
+
+
+@pytest.mark.filterwarnings("ignore:prompt .* pieces long")
+def test_a_cast_bundle_conditions_like_the_float32_one(kept_and_cast):
+    """The bfloat16 bundle's T5 features are the float32 bundle's within bf16 rounding (0.1)."""
     pytest.importorskip("sentencepiece", reason="the T5 bundles' tokenizer (in the test extra) is not installed")
+    kept, cast = kept_and_cast
     f32 = load_pipeline(kept).condition(PROMPTS)[0]
     np.testing.assert_allclose(load_pipeline(cast).condition(PROMPTS)[0], f32, atol=0.1)

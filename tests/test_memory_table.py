@@ -47,3 +47,17 @@ def test_fits_table_t5_encode_check():
                  for p in (8e9, 8.5e9))
     assert ok["t5_encode_fits"] is True and tight["t5_encode_fits"] is False
     assert MT.fits_table(points, 0, t5_peak=None, budgets=[10], headroom=1.0)["rows"][0]["t5_encode_fits"] is None
+
+
+def test_janus_analytic_state():
+    from scalingar_jax import janus
+
+    cfg = janus.JanusConfig(text_vocab_size=40, dim=32, n_layer=2, n_head=4, n_kv_head=2, ffn_hidden=48, vocab_size=24,
+                            gen_head_dim=20, grid_size=2, prompt_len=8, param_dtype="bfloat16", dtype="bfloat16")
+    est = MT.janus_analytic(cfg, rows=16, vq_param_bytes=1000)
+    assert est["kv_bytes_per_row"] == 2 * 2 * (8 + 4 - 1) * 2 * 8 * 2  # k and v, layers, slots, kv heads, hd, bf16
+    assert est["logits_bytes_per_row"] == 4 * 24
+    n_params = (40 * 32 + 2 * (2 * 32 + 32 * 32 + 2 * 32 * 16 + 32 * 32 + 3 * 32 * 48) + 32 + 24 * 8
+                + 8 * 32 + 32 + 32 * 32 + 32 + 32 * 20 + 20 + 20 * 24 + 24)
+    assert est["param_bytes"] == 2 * n_params
+    assert est["total_bytes"] == 2 * n_params + 1000 + 16 * (est["kv_bytes_per_row"] + 4 * 24)

@@ -1,6 +1,8 @@
 """`pip install .` (not editable) works: the wheel carries every module and the embedded
 shapes-world bundle, and its `scalingar generate` runs from another directory with nothing but
-the installed package on the path (no checkout, no experiments/, no $SCALINGAR_CHECKPOINT).
+the installed package on the path (no checkout, no experiments/, no $SCALINGAR_CHECKPOINT); so
+do `scalingar bundle --janus` on the tiny Janus-Pro fixture's released folder and `scalingar
+generate` on that bundle (the second model family found through the package's own tables).
 
 The wheel is built from a copy of the four things it is made of (pyproject.toml, README.md,
 scalingar_jax/, checkpoints/), so the build writes nothing into the checkout and needs nothing
@@ -77,6 +79,7 @@ def test_wheel_holds_every_module_and_the_embedded_bundle(wheel):
 
 def test_installed_generate_runs_from_another_directory(installed, tmp_path):
     probe = _run(installed, tmp_path, sys.executable, "-c",
+                 "import scalingar_jax.janus, scalingar_jax.janus_bundle, scalingar_jax.convert.janus; "
                  "import scalingar_jax.bundle as b; print(b.__file__); print(b.default_bundle_path())")
     assert probe.returncode == 0, probe.stderr
     module, bundle = probe.stdout.split()
@@ -91,6 +94,20 @@ def test_installed_generate_runs_from_another_directory(installed, tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert result["prompt"] == "a photo of a red circle" and result["num_candidates"] == 2
     assert str(installed / "scalingar_jax" / "checkpoints" / "shapes") in result["checkpoint"]
+
+
+def test_installed_janus_bundle_and_generate(installed, tmp_path):
+    released = ROOT / "tests" / "fixtures" / "janus_tiny" / "released"
+    scalingar = str(installed / "bin" / "scalingar")
+    proc = _run(installed, tmp_path, scalingar, "bundle", "JANUS", "--janus", str(released), "--grid-size", "4",
+                "--prompt-len", "48", "--vq-norm-groups", "4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _run(installed, tmp_path, scalingar, "generate", "a photo of a cat", "--checkpoint", "JANUS", "-n", "2",
+                "--out", "OUT")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "OUT" / "result.json").read_text())
+    assert result["num_candidates"] == 2 and result["strategy"] == "scalingar"
+    assert result["checkpoint"] == "Janus-Pro (released)"  # the bundle's name, from the released folder's
 
 
 @pytest.mark.parametrize("argv", [["bench", "decode"], ["reproduce", "main"]])
