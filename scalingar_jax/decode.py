@@ -21,6 +21,7 @@ from scalingar_jax.config import GPTConfig, SamplingConfig, to_dtype
 from scalingar_jax.gpt import KVCache, Transformer, decode_layout, init_cache, layers_stacked, validate_condition
 from scalingar_jax.sampling import (candidate_keys, filter_logits, greedy_tokens, guided_logits, sample_tokens,
                                     typed_key)
+from scalingar_jax.token_model import SizesFromConfig
 
 
 def with_cfg_rows(cfg: GPTConfig, cond, cond_mask, use_cfg: bool):
@@ -118,7 +119,7 @@ def next_tokens(sampling: SamplingConfig, lc, lu, scale, keys, k, use_cfg: bool,
 
 
 @dataclasses.dataclass(frozen=True)
-class GPTModel:
+class GPTModel(SizesFromConfig):
     """LlamaGen's GPT (`gpt.Transformer`, c2i or t2i) as a `token_model.TokenModel`: the engine's
     prefill, decode step and cache on `cfg` (validated at construction). Hashable: a static
     argument of the engine's jitted pieces.
@@ -142,18 +143,6 @@ class GPTModel:
             object.__setattr__(self, "scan_layers", backend_config(self.platform).scan_layers)
         if not isinstance(self.scan_layers, bool):
             raise TypeError(f"GPTModel.scan_layers must be a bool or None, got {self.scan_layers!r}")
-
-    @property
-    def vocab_size(self) -> int:
-        return self.cfg.vocab_size
-
-    @property
-    def block_size(self) -> int:
-        return self.cfg.block_size
-
-    @property
-    def grid_size(self) -> int:
-        return self.cfg.grid_size
 
     def check_condition(self, cond, cond_mask):
         """(P,) class ids (c2i) or (P, cls, caption_dim) features (t2i, cond_mask (P, cls) or None)

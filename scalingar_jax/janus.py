@@ -70,6 +70,7 @@ import numpy as np
 from scalingar_jax.config import AttentionHeads, check_float, check_int, to_dtype
 from scalingar_jax.gpt import KVCache, RMSNorm, layer_params, unstack_layers, write_cache
 from scalingar_jax.gpt import init_cache as _gpt_init_cache
+from scalingar_jax.token_model import SizesFromConfig
 
 __all__ = ["JanusConfig", "JanusModel", "JANUS_PRESETS", "janus_config", "init_params", "param_shapes", "init_cache",
            "check_condition", "validate_condition", "uncond_ids", "prefill", "prefill_candidates", "decode_step",
@@ -455,7 +456,7 @@ def decode_step(params, cfg: JanusConfig, cache: KVCache, tokens: jax.Array, k: 
 
 
 @dataclasses.dataclass(frozen=True)
-class JanusModel:
+class JanusModel(SizesFromConfig):
     """Janus-Pro's generator (`JanusGenerator`) as a `token_model.TokenModel`: the engine's
     prefill, decode step and cache on `cfg` (validated at construction). Hashable: a static
     argument of the engine's jitted pieces. Its decode layout is the same on every platform
@@ -467,18 +468,6 @@ class JanusModel:
         if not isinstance(self.cfg, JanusConfig):
             raise TypeError(f"JanusModel.cfg must be a JanusConfig, got {type(self.cfg).__name__}")
         self.cfg.validate()
-
-    @property
-    def vocab_size(self) -> int:
-        return self.cfg.vocab_size
-
-    @property
-    def block_size(self) -> int:
-        return self.cfg.block_size
-
-    @property
-    def grid_size(self) -> int:
-        return self.cfg.grid_size
 
     def check_condition(self, cond, cond_mask):
         """(ids (P, prompt_len) integer, mask (P, prompt_len) bool, left padded) -> device arrays

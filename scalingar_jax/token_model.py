@@ -61,3 +61,20 @@ class TokenModel(Protocol):
     def decode_layout(self, params) -> Any:
         """params in the layout the decode step reads fastest on the model's platform (converted
         once, outside the token loop and outside jit; unchanged if already converted)."""
+
+
+class SizesFromConfig:
+    """`vocab_size`, `block_size` and `grid_size` of a `TokenModel` read from its `cfg` field
+    (a base of `decode.GPTModel` and `janus.JanusModel`)."""
+
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.vocab_size
+
+    @property
+    def block_size(self) -> int:
+        return self.cfg.block_size
+
+    @property
+    def grid_size(self) -> int:
+        return self.cfg.grid_size

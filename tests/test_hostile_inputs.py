@@ -1169,7 +1169,7 @@ def test_ctrl_c_inside_the_token_loop_compilation(random_world, tmp_path):
     (see `_INTERRUPT_CHILD`), so where it lands does not depend on timing: it is pinned, and the
     report says so. Python raises the KeyboardInterrupt when the compile returns."""
     argv, out, log = _ctrl_c_run(random_world, tmp_path, 3)
-    r = _interrupt(argv, log, compile_name="jit(_token_loop)")
+    r = _interrupt(argv, log, compile_name="jit(loop_on_mesh)")  # the engine's token loop
     assert r["fired"] and "compile" in r["fired"][0], r  # the SIGINT was sent inside the compile call
     assert _assert_interrupted(r, out, 3, before=0) == []
 
