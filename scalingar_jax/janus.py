@@ -123,7 +123,7 @@ class JanusConfig(AttentionHeads):
 
     @property
     def cls_token_num(self) -> int:
-        """Condition slots before image token 0 (the decode protocol's name for `prompt_len`)."""
+        """Condition slots before image token 0: `prompt_len`, as the shared `gpt.init_cache` reads it."""
         return self.prompt_len
 
     @property
