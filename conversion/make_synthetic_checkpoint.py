@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scalingar_jax.config import GPT_PRESETS, gpt_config  # noqa: E402
-from scalingar_jax.convert.mapping import _np_dtype, gpt_torch_shapes  # noqa: E402
+from scalingar_jax.convert.mapping import np_dtype, gpt_torch_shapes  # noqa: E402
 from scalingar_jax.convert.torch_pickle import save_torch_state_dict  # noqa: E402
 
 
@@ -31,7 +31,7 @@ def synthetic_tensors(cfg, seed: int = 0, dtype: str = "float32"):
 
     Each tensor's noise comes from its own generator seeded by (seed, index), so the content
     does not depend on how the stream is consumed."""
-    dt = _np_dtype(dtype)
+    dt = np_dtype(dtype)
     for i, (key, shape) in enumerate(gpt_torch_shapes(cfg).items()):
         rng = np.random.default_rng([seed, i])
         if key.endswith("norm.weight"):

@@ -8,7 +8,7 @@
 What it measures, in order (each phase's wall time is in the JSON; phases after `--budget-s` are
 skipped and say so):
 
-1. step     seconds per token step of the jitted token loop (`loop.run_loop`, `--steps` steps from
+1. step     seconds per token step of the jitted token loop (`engine.run_loop`, `--steps` steps from
             a prefilled state, median of 3) for plain N = 1, plain N = 8 (Best-of-N's loop) and
             ScalingAR N = 8, one prompt with CFG (the paper's Table 5: 0.029 s/step, H200), and
             each program's compile time (trace, lower and compile) and compiled memory (XLA).
@@ -25,7 +25,7 @@ skipped and say so):
             per token, not its savings (tokens per image are reported beside it).
 5. memory   the device's peak bytes in use over the whole run (`memory_stats`; not on CPU) against
             `experiments/memory_table.py`'s estimate for the largest run's rows (its fit in
-            `experiments/results/memory_table.json`: XLA:CPU, sharded executor, bf16 GPT-XL).
+            `experiments/results/memory_table.json`: XLA:CPU, the engine on a mesh, bf16 GPT-XL).
 
 Writes `bench_accelerator.json` and `bench_accelerator.md` into `--out` (default: the current
 folder) and nothing anywhere else.
@@ -131,24 +131,26 @@ def conditions(gpt_cfg, P: int, seed: int):
 
 
 # ------------------------------------------------------------------------------ phases
-def step_time(params, gpt_cfg, sampling, scaling, args, key, strategy: str, n: int) -> dict:
-    """Seconds per token step of the jitted token loop for one prompt with CFG (2n model rows),
-    `--steps` steps from a prefilled state, median of 3; its compile time and compiled memory."""
-    import jax.numpy as jnp
-
+def step_time(model, params, sampling, scaling, args, key, strategy: str, n: int) -> dict:
+    """Seconds per token step of the engine's jitted token loop for one prompt with CFG (2n model
+    rows), `--steps` steps from a prefilled state, median of 3; its compile time and compiled
+    memory. model: a `decode.GPTModel` (its decode layout)."""
+    from scalingar_jax.scaling import engine as E
     from scalingar_jax.scaling import loop as L
-    from scalingar_jax.scaling.strategies import token_spec
+    from scalingar_jax.scaling.strategies import spec_of
 
-    cond, mask = conditions(gpt_cfg, 1, args.seed)
-    steps = min(args.steps, gpt_cfg.block_size)
-    spec = token_spec(gpt_cfg, sampling, scaling, strategy, n, False)
-    s0 = _ready(L.start_loop(params, cond, mask, key, jnp.zeros((1,), jnp.int32), spec=L.shape_key(spec)))
-    stop = jnp.int32(steps)
+    cond, mask = conditions(model.cfg, 1, args.seed)
+    steps = min(args.steps, model.block_size)
+    spec = spec_of(model, sampling, scaling, strategy, n)
+    engine = E.Engine(model, params)
+    s0 = _ready(engine.prefill(spec, cond, mask, key, np.zeros((1,), np.int32)))
+    local = L.loop_key(engine.place(spec, 1).spec)
+    scalars = (np.int32(steps), np.int32(engine.rows(s0) + 1), np.int32(-1))  # stop; never admit, never shrink
     t = time.perf_counter()
-    compiled = L.run_loop.lower(params, s0, spec=L.loop_key(spec), stop=stop).compile()
+    compiled = E.run_loop.lower(engine.params, s0, *scalars, spec=local, mesh=engine.mesh).compile()
     compile_s = time.perf_counter() - t
-    _ready(compiled(params, s0, stop=stop))
-    secs = _timed(lambda: _ready(compiled(params, s0, stop=stop)))
+    _ready(compiled(engine.params, s0, *scalars))
+    secs = _timed(lambda: _ready(compiled(engine.params, s0, *scalars)))
     row = {"what": f"{strategy} N={n}", "model_rows": 2 * n, "s_per_step": secs / steps, "compile_s": compile_s,
            "compiled_peak_GB": (_compiled_peak(compiled) or float("nan")) / GB}
     print(row, flush=True)
@@ -156,14 +158,14 @@ def step_time(params, gpt_cfg, sampling, scaling, args, key, strategy: str, n: i
 
 
 def layouts(params, gpt_cfg, sampling, scaling, args, key) -> list[dict]:
-    """The ScalingAR N loop with the layers unrolled (per-layer weights and cache buffers) and
-    scanned (stacked, `lax.scan`): compile time and s/step of each on this device."""
-    from scalingar_jax import gpt
+    """The ScalingAR N loop with the layers unrolled (per-layer weights, this platform's column
+    blocks, per-layer cache buffers) and scanned (stacked, `lax.scan`): compile time and s/step of
+    each on this device."""
+    from scalingar_jax.decode import GPTModel
 
-    unrolled = lambda p: gpt.unstack_layers(gpt.merge_columns(p))  # noqa: E731
-    return [{"layout": name, **step_time(_ready(layout(params)), gpt_cfg, sampling, scaling, args, key, "scalingar",
-                                         args.n)}
-            for name, layout in (("unrolled", unrolled), ("scanned", gpt.stack_layers))]
+    return [{"layout": name, **step_time(GPTModel(gpt_cfg, scan_layers=scan), params, sampling, scaling, args, key,
+                                         "scalingar", args.n)}
+            for name, scan in (("unrolled", False), ("scanned", True))]
 
 
 def topk_times(gpt_cfg, args) -> list[dict]:
@@ -189,17 +191,18 @@ def topk_times(gpt_cfg, args) -> list[dict]:
     return out
 
 
-def throughput(params, vq_params, gpt_cfg, vq_cfg, sampling, scaling, args, key) -> list[dict]:
-    """images/s over the prompt set: plain, Best-of-N (+ decode + stand-in reward), ScalingAR pool."""
+def throughput(model, params, vq_params, vq_cfg, sampling, scaling, args, key) -> list[dict]:
+    """images/s over the prompt set: plain, Best-of-N (+ decode + stand-in reward), ScalingAR pool
+    (`scaling.run.run_strategy`, the one entry)."""
     import jax
     import jax.numpy as jnp
 
     from scalingar_jax import vq
     from scalingar_jax.images import to_uint8
-    from scalingar_jax.scaling import pool
-    from scalingar_jax.scaling import strategies as S
+    from scalingar_jax.scaling.options import Pool, Schedule, Strategy
+    from scalingar_jax.scaling.run import run_strategy
 
-    g = gpt_cfg.grid_size
+    g = model.grid_size
     decode_jit = jax.jit(functools.partial(vq.decode_codes, cfg=vq_cfg))
 
     def decode(tokens):  # (B, T) int32 -> (B, H, W, 3) uint8
@@ -209,13 +212,13 @@ def throughput(params, vq_params, gpt_cfg, vq_cfg, sampling, scaling, args, key)
         return np.asarray(images, np.float64).mean(axis=(1, 2, 3))
 
     P, B, N = args.prompts, min(args.batch, args.prompts), args.n
-    cond, mask = conditions(gpt_cfg, P, args.seed + 1)
+    cond, mask = conditions(model.cfg, P, args.seed + 1)
     ids = np.arange(P)
     names = [f"p{i}" for i in range(P)]
 
     def plain(sl):
-        res = S.run_token_strategy(params, gpt_cfg, cond[sl], mask[sl], key=key, strategy="plain", num_candidates=1,
-                                   sampling=sampling, prompt_ids=ids[sl])
+        res, _ = run_strategy(model, params, cond[sl], mask[sl], strategy=Strategy("plain", 1, sampling=sampling),
+                              key=key, prompt_ids=ids[sl])
         decode(np.asarray(res.tokens))
         return np.asarray(res.tokens_used)
 
@@ -225,16 +228,16 @@ def throughput(params, vq_params, gpt_cfg, vq_cfg, sampling, scaling, args, key)
             j = slice(i, min(i + B, sl.stop))
             if j.stop - j.start < B:  # the last call keeps the compiled batch: pad with the first prompts
                 j = slice(sl.stop - B, sl.stop)
-            res = S.run_best_of_n(params, gpt_cfg, cond[j], mask[j], prompts=names[j], key=key, reward_fn=reward,
-                                  decode_fn=decode, num_candidates=N, sampling=sampling, prompt_ids=ids[j])
+            res, _ = run_strategy(model, params, cond[j], mask[j], strategy=Strategy("best_of_n", N, sampling=sampling),
+                                  key=key, prompt_ids=ids[j], prompts=names[j], reward_fn=reward, decode_fn=decode)
             decode(np.asarray(res.tokens))
             used.append(np.asarray(res.tokens_used))
         return np.concatenate(used)
 
     def scalingar_pool(sl):
-        res, stats = pool.run_pool_strategy(params, gpt_cfg, cond[sl], mask[sl], key=key, strategy="scalingar",
-                                            num_candidates=N, sampling=sampling, scaling=scaling, rows=B * N,
-                                            prompt_ids=ids[sl])
+        res, _ = run_strategy(model, params, cond[sl], mask[sl],
+                              strategy=Strategy("scalingar", N, sampling=sampling, scaling=scaling), key=key,
+                              schedule=Schedule(pool=Pool(B * N)), prompt_ids=ids[sl])
         decode(np.asarray(res.tokens))
         return np.asarray(res.tokens_used)
 
@@ -276,6 +279,7 @@ def main(argv=None):
     from scalingar_jax.atomic import atomic_write_text
     from scalingar_jax.backend import backend_config
     from scalingar_jax.config import SamplingConfig
+    from scalingar_jax.decode import GPTModel
     from scalingar_jax.scaling import ScalingARConfig
 
     t0 = time.perf_counter()
@@ -287,7 +291,8 @@ def main(argv=None):
           f"t2i grid {gpt_cfg.grid_size}, {args.dtype}", flush=True)
     key = jax.random.key(args.seed)
     t = time.perf_counter()
-    params = _ready(gpt.decode_layout(jax.jit(functools.partial(gpt.init_params, gpt_cfg))(key)))
+    model = GPTModel(gpt_cfg)  # this platform's decode layout
+    params = _ready(model.decode_layout(jax.jit(functools.partial(gpt.init_params, gpt_cfg))(key)))
     vq_params = _ready(vq.init_vq_params(vq_cfg, jax.random.key(args.seed + 1)))
     phases = {"random weights": time.perf_counter() - t}
     results, skipped = {}, []
@@ -302,11 +307,11 @@ def main(argv=None):
         phases[name] = time.perf_counter() - t
         results.setdefault("peak_GB_after", {})[name] = (_peak_bytes() or float("nan")) / GB
 
-    phase("step", lambda: [step_time(params, gpt_cfg, sampling, scaling, args, key, strategy, n)
+    phase("step", lambda: [step_time(model, params, sampling, scaling, args, key, strategy, n)
                            for strategy, n in (("plain", 1), ("plain", args.n), ("scalingar", args.n))])
     phase("layouts", lambda: layouts(params, gpt_cfg, sampling, scaling, args, key))
     phase("top-k", lambda: topk_times(gpt_cfg, args))
-    phase("images/s", lambda: throughput(params, vq_params, gpt_cfg, vq_cfg, sampling, scaling, args, key))
+    phase("images/s", lambda: throughput(model, params, vq_params, vq_cfg, sampling, scaling, args, key))
     largest = max([r["model_rows"] for r in results.get("images/s", []) + results.get("step", [])] or [0])
     peak = _peak_bytes()
     est = None if args.tiny else memory_estimate(largest)
@@ -314,7 +319,7 @@ def main(argv=None):
               "memory_table_estimate_GB": None if est is None else est / GB,
               "ratio_peak_to_estimate": None if peak is None or est is None else peak / est,
               "note": "device peak over the whole run (GPT + VQ + every program); estimate: memory_table.py's "
-                      "XLA:CPU fit of the sharded executor's GPT peak per device at that many rows"}
+                      "XLA:CPU fit of the engine's GPT peak per device at that many rows"}
     tables = []
     if "step" in results:
         rows = [{**r, "paper_table5_s_per_step": PAPER_S_PER_STEP if r["what"].startswith("scalingar") else ""}

@@ -161,12 +161,14 @@ def time_run(pipe, prompts, strategy: str, n: int, *, seed: int, repeat: int, cl
     images; returns seconds, compile seconds (JAX's compile events in the first call; in the timed
     calls, which should be 0), images/s and tokens per image."""
     from scalingar_jax.pipeline import generate
+    from scalingar_jax.scaling.options import Schedule
 
     cond = pipe.condition(prompts)
 
     def once():
         t = time.perf_counter()
-        out = generate(pipe, prompts, strategy=strategy, num_candidates=n, seed=seed, mesh=mesh, conditioning=cond)
+        out = generate(pipe, prompts, strategy, num_candidates=n, seed=seed, schedule=Schedule(mesh=mesh),
+                       conditioning=cond)
         return time.perf_counter() - t, out
 
     clock.reset()

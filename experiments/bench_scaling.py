@@ -32,22 +32,28 @@ from common import markdown_table, stamp, write_json  # noqa: E402
 
 from scalingar_jax import gpt  # noqa: E402
 from scalingar_jax.config import SamplingConfig, gpt_config  # noqa: E402
+from scalingar_jax.decode import GPTModel  # noqa: E402
 from scalingar_jax.scaling import ScalingARConfig  # noqa: E402
+from scalingar_jax.scaling import engine as E  # noqa: E402
 from scalingar_jax.scaling import loop as L  # noqa: E402
 from scalingar_jax.scaling import strategies as S  # noqa: E402
+from scalingar_jax.scaling.options import Schedule, Strategy  # noqa: E402
+from scalingar_jax.scaling.run import run_strategy  # noqa: E402
 
 
-def _time_steps(params, spec, cond, key, n_steps, repeat=3):
-    s0 = L.start_loop(params, cond, None, key, jnp.arange(cond.shape[0], dtype=jnp.int32), spec=spec)
-    jax.block_until_ready(s0)
-    spec_n = dataclasses.replace(spec, stop_at=n_steps)
+def _time_steps(engine, spec, cond, key, n_steps, repeat=3):
+    """ms per step of the first n_steps of the one-device token loop (no compaction), compile seconds."""
+    P = cond.shape[0]
+    s0 = jax.block_until_ready(engine.prefill(spec, cond, None, key, np.arange(P, dtype=np.int32)))
+    local = L.loop_key(engine.place(spec, P).spec)
+    args = (engine.params, s0, np.int32(n_steps), np.int32(engine.rows(s0) + 1), np.int32(-1))
     t = time.perf_counter()
-    jax.block_until_ready(L.run_loop(params, s0, spec=spec_n))
+    jax.block_until_ready(E.run_loop(*args, spec=local, mesh=engine.mesh))
     compile_s = time.perf_counter() - t
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
-        jax.block_until_ready(L.run_loop(params, s0, spec=spec_n))
+        jax.block_until_ready(E.run_loop(*args, spec=local, mesh=engine.mesh))
         times.append(time.perf_counter() - t)
     return 1e3 * float(np.median(times)) / n_steps, compile_s
 
@@ -103,15 +109,17 @@ def main(argv=None):
     scaling = ScalingARConfig(probation_steps=delta)
     N = args.num_candidates
 
-    plain = L.LoopSpec(cfg, sampling, scaling, "none", N)
-    sar = L.LoopSpec(cfg, sampling, scaling, "scalingar", N)
+    model = GPTModel(cfg)
+    engine = E.Engine(model, params)
+    plain = S.spec_of(model, sampling, scaling, "plain", N)
+    sar = S.spec_of(model, sampling, scaling, "scalingar", N)
     rows = []
     # Interleave the two measurements round by round to share the machine's noise; the overhead
     # is the median over rounds of the per-round ratio.
     p_all, s_all = [], []
     for r in range(args.rounds):
-        p_r, c_p = _time_steps(params, plain, cond, key, args.steps)
-        s_r, c_s = _time_steps(params, sar, cond, key, args.steps)
+        p_r, c_p = _time_steps(engine, plain, cond, key, args.steps)
+        s_r, c_s = _time_steps(engine, sar, cond, key, args.steps)
         if r == 0:
             p_c, s_c = c_p, c_s
         p_all.append(p_r)
@@ -132,7 +140,11 @@ def main(argv=None):
         for d, p in args.gates:
             gates.append((f"scalingar + compaction, gate Delta_rec={d} p={p}",
                           dataclasses.replace(scaling, probation_steps=d, p=p)))
-        tok = functools.partial(S.run_token_strategy, params, cfg, cond, key=key, num_candidates=N, sampling=sampling)
+        def tok(strategy="scalingar", scaling=scaling, compaction=True):
+            return run_strategy(model, params, cond, key=key, strategy=Strategy(strategy, N, sampling=sampling,
+                                                                                  scaling=scaling),
+                                schedule=Schedule(compaction=compaction))[0]
+
         variants = [("best_of_n (token loop)", functools.partial(tok, strategy="plain"), False)]
         if not args.skip_masked:
             variants.append(("scalingar, masking only (spec gate)",

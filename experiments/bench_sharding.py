@@ -9,7 +9,8 @@ axis, per-candidate CFG) on a small random t2i model under `shard_map` on a 1 x 
 * compile_s: lowering + XLA compile of `sharding.run_loop` (one bucket);
 * step_ms:   median wall time per token step of the whole loop (T steps, no compaction so that
              every step has the same rows), 3 runs after a warm-up;
-* for D = 1 also the unsharded `scaling.loop.run_loop` (the shard_map overhead at one device).
+* for D = 1 also the token loop jitted without shard_map (`loop.token_loop` under a plain
+             jit): what the 1 x 1 mesh's shard_map costs the engine on one device.
 
 THIS MEASURES OVERHEAD, NOT SPEED-UP: the simulated devices of one process share the same CPU
 cores (2 on the development machine, shared with other jobs), so more devices means the same
@@ -39,13 +40,14 @@ def worker(args) -> dict:
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.worker}"
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from scalingar_jax import gpt
     from scalingar_jax import sharding as SH
     from scalingar_jax.config import GPTConfig, SamplingConfig
+    from scalingar_jax.decode import GPTModel
     from scalingar_jax.scaling import ScalingARConfig
+    from scalingar_jax.scaling import engine as E
     from scalingar_jax.scaling import loop as L
     from scalingar_jax.scaling import strategies as S
 
@@ -56,17 +58,19 @@ def worker(args) -> dict:
     scaling = ScalingARConfig()
     params = jax.jit(gpt.init_params, static_argnums=0)(cfg, jax.random.key(args.seed))
     P, N = args.prompts, args.num_candidates
-    cond = np.asarray(jax.random.normal(jax.random.key(1), (P, cfg.cls_token_num, cfg.caption_dim)))
-    cond_, mask, pid = S.prepare(cfg, sampling, scaling, cond, None, N, None)
-    spec = L.LoopSpec(cfg, sampling, scaling, "scalingar", N)  # no compaction: equal rows every step
+    model = GPTModel(cfg)
+    cond, mask = model.check_condition(np.asarray(jax.random.normal(jax.random.key(1), (P, cfg.cls_token_num,
+                                                                                       cfg.caption_dim))), None)
+    pid = np.arange(P, dtype=np.int32)
+    spec = S.spec_of(model, sampling, scaling, "scalingar", N)  # no compaction: equal rows every step
     mesh = SH.make_mesh(1, D)
-    ex = SH.ShardedExecutor(cfg.decode_layout(params, "cpu"), cond_, mask, jax.random.key(2), pid, mesh=mesh,
-                            num_candidates=N)
-    lspec = L.loop_key(ex.local_spec(spec))
-    s0 = jax.block_until_ready(ex.start(spec))
-    stop = SH.put(np.int32(cfg.block_size), mesh, jax.sharding.PartitionSpec())
+    engine = E.Engine(model, params, mesh)
+    lspec = L.loop_key(engine.place(spec, P).spec)
+    s0 = jax.block_until_ready(engine.prefill(spec, cond, mask, jax.random.key(2), pid))
+    T = cfg.block_size
+    scalars = [SH.put(np.int32(x), mesh, jax.sharding.PartitionSpec()) for x in (T, engine.rows(s0) + 1, -1)]
     t = time.perf_counter()
-    compiled = SH.run_loop.lower(ex.params, s0, stop, spec=lspec, mesh=mesh).compile()
+    compiled = E.run_loop.lower(engine.params, s0, *scalars, spec=lspec, mesh=mesh).compile()
     compile_s = time.perf_counter() - t
 
     def timed(fn, repeat=3):
@@ -78,16 +82,16 @@ def worker(args) -> dict:
             times.append(time.perf_counter() - t)
         return 1e3 * float(np.median(times)) / cfg.block_size
 
-    row = {"devices": D, "mesh": f"1x{D}", "P": P, "N": N, "T": cfg.block_size, "rows_per_device": 2 * P * N // D,
-           "compile_s": round(compile_s, 3), "step_ms": round(timed(lambda: compiled(ex.params, s0, stop)), 3)}
-    if D == 1:
-        lp = gpt.decode_layout(params)  # the executors' layout
-        s1 = L.start_loop(lp, cond_, mask, jax.random.key(2), pid, spec=L.shape_key(spec))
-        key = L.loop_key(spec)
+    row = {"devices": D, "mesh": f"1x{D}", "P": P, "N": N, "T": T, "rows_per_device": 2 * P * N // D,
+           "compile_s": round(compile_s, 3), "step_ms": round(timed(lambda: compiled(engine.params, s0, *scalars)), 3)}
+    if D == 1:  # the same loop without shard_map, on local arrays
+        local = L.loop_key(spec)
+        s1 = jax.jit(L.prefill, static_argnums=1)(engine.params, L.shape_key(spec), cond, mask, jax.random.key(2), pid)
+        plain_loop = jax.jit(lambda prm, s: L.token_loop(prm, s, local, T, s.owner.shape[0] + 1, -1))
         t = time.perf_counter()
-        c1 = L.run_loop.lower(lp, s1, spec=key, stop=jnp.int32(cfg.block_size)).compile()
+        c1 = plain_loop.lower(engine.params, s1).compile()
         row["unsharded_compile_s"] = round(time.perf_counter() - t, 3)
-        row["unsharded_step_ms"] = round(timed(lambda: c1(lp, s1, stop=jnp.int32(cfg.block_size))), 3)
+        row["unsharded_step_ms"] = round(timed(lambda: c1(engine.params, s1)), 3)
     return row
 
 

@@ -37,9 +37,10 @@ from runner import Clock, load_pipe, prompt_set, random_params  # noqa: E402
 
 from scalingar_jax import gpt  # noqa: E402
 from scalingar_jax.config import SamplingConfig, gpt_config  # noqa: E402
+from scalingar_jax.decode import GPTModel  # noqa: E402
 from scalingar_jax.scaling import ScalingARConfig  # noqa: E402
-from scalingar_jax.scaling import pool as PL  # noqa: E402
-from scalingar_jax.scaling import strategies as S  # noqa: E402
+from scalingar_jax.scaling.options import Pool, Schedule, Strategy, check_pool  # noqa: E402
+from scalingar_jax.scaling.run import run_strategy  # noqa: E402
 
 
 def shapes_workload(args):
@@ -77,14 +78,10 @@ def _batched(w, strategy, N, batch, key):
             ids = np.concatenate([real, len(w["prompts"]) + np.arange(batch - len(real))])
             cond = w["cond"][sl]
             mask = None if w["mask"] is None else w["mask"][sl]
-            if strategy == "best_of_n+reward":
-                res = S.run_best_of_n(w["params"], w["cfg"], cond, mask, prompts=[w["prompts"][j] for j in sl],
-                                      key=key, reward_fn=w["reward"], decode_fn=w["decode"], num_candidates=N,
-                                      sampling=w["sampling"], prompt_ids=ids)
-            else:
-                res = S.run_token_strategy(w["params"], w["cfg"], cond, mask, key=key, strategy=strategy,
-                                           num_candidates=N, sampling=w["sampling"], scaling=w["scaling"],
-                                           prompt_ids=ids)
+            name = "best_of_n" if strategy == "best_of_n+reward" else strategy
+            res, _ = run_strategy(GPTModel(w["cfg"]), w["params"], cond, mask, key=key, prompt_ids=ids,
+                                  strategy=Strategy(name, N, sampling=w["sampling"], scaling=w["scaling"]),
+                                  prompts=[w["prompts"][j] for j in sl], reward_fn=w["reward"], decode_fn=w["decode"])
             used.append(np.asarray(res.tokens_used)[:len(real)])
         return np.concatenate(used), None
     return run
@@ -94,9 +91,9 @@ def _pooled(w, strategy, N, rows, lanes, key):
     def run(idx):
         idx = np.asarray(idx)
         mask = None if w["mask"] is None else w["mask"][idx]
-        res, stats = PL.run_pool_strategy(w["params"], w["cfg"], w["cond"][idx], mask, key=key, strategy=strategy,
-                                          num_candidates=N, sampling=w["sampling"], scaling=w["scaling"], rows=rows,
-                                          lanes=lanes, prompt_ids=idx)
+        res, stats = run_strategy(GPTModel(w["cfg"]), w["params"], w["cond"][idx], mask, key=key, prompt_ids=idx,
+                                  strategy=Strategy(strategy, N, sampling=w["sampling"], scaling=w["scaling"]),
+                                  schedule=Schedule(pool=Pool(rows, lanes)))
         return np.asarray(res.tokens_used), stats
     return run
 
@@ -169,7 +166,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench_throughput", help="results name under experiments/results/")
     args = ap.parse_args(argv)
-    PL.check_pool(args.pool or args.batch * args.num_candidates, args.num_candidates, args.lanes)
+    check_pool(args.pool or args.batch * args.num_candidates, args.num_candidates, args.lanes)
 
     loads = {"shapes": [shapes_workload], "gpt-b": [gptb_workload],
              "both": [shapes_workload, gptb_workload]}[args.workload]

@@ -2,10 +2,11 @@
 stacked weights and a stacked KV cache): the measurement behind `backend.ACCELERATOR_SCAN_LAYERS`.
 
 The program: LlamaGen t2i GPT-XL at 512 px (T = 1024), the ScalingAR token loop
-(`loop.run_loop_in_place`, compaction on) for one prompt at N = 8 with CFG (16 model rows), bf16,
-on abstract weights (`jax.ShapeDtypeStruct`: nothing is allocated). Layouts (`gpt.decode_layout`):
-"unrolled" = per-layer weights (with the platform's column blocks: 2 on a multi-core CPU) and one
-cache buffer per layer; "scanned" = stacked weights and cache under `lax.scan`. For each platform:
+(`engine.run_loop_in_place` on one device, its compaction exit traced) for one prompt at N = 8
+with CFG (16 model rows), bf16, on abstract weights (`jax.ShapeDtypeStruct`: nothing is
+allocated). Layouts (`decode.GPTModel(..., scan_layers=)`, `gpt.decode_layout`): "unrolled" =
+per-layer weights (with the platform's column blocks: 2 on a multi-core CPU) and one cache buffer
+per layer; "scanned" = stacked weights and cache under `lax.scan`. For each platform:
 
   cpu        trace + lower, and XLA:CPU's compile (the only compiler on this machine);
   tpu, cuda  trace + lower only (`jax.export`): no compiler here. The lowered StableHLO's size
@@ -56,42 +57,47 @@ def gpt_cfg(args):
 
 
 def measure(args, platform: str, layout: str) -> dict:
-    """One measurement in this process: trace + lower (and compile on cpu) of the loop."""
+    """One measurement in this process: trace + lower (and compile on cpu) of the engine's loop
+    on one device (a 1 x 1 mesh, as `scaling.engine.Engine` runs it)."""
+    import functools
+
     import jax
     import jax.numpy as jnp
 
-    from scalingar_jax import backend, gpt
+    from scalingar_jax import gpt
+    from scalingar_jax import sharding as SH
     from scalingar_jax.config import SamplingConfig
+    from scalingar_jax.decode import GPTModel
     from scalingar_jax.scaling import ScalingARConfig
+    from scalingar_jax.scaling import engine as E
     from scalingar_jax.scaling import loop as L
-    from scalingar_jax.scaling.strategies import token_spec
+    from scalingar_jax.scaling.strategies import spec_of
 
     cfg = gpt_cfg(args)
-    if layout == "scanned":
-        to_layout = gpt.stack_layers
-    else:
-        splits = backend.backend_config(platform).column_splits
-        to_layout = lambda p: gpt.split_columns(p, splits)  # noqa: E731
-    params = jax.eval_shape(to_layout, gpt.param_shapes(cfg))
+    model = GPTModel(cfg, platform=platform, scan_layers=layout == "scanned")  # unrolled: the platform's column blocks
+    params = jax.eval_shape(model.decode_layout, gpt.param_shapes(cfg))
     sampling = SamplingConfig(cfg_scale=7.5, top_k=min(1000, cfg.vocab_size))
-    spec = token_spec(cfg, sampling, ScalingARConfig(), "scalingar", args.n, True)
-    cond = jax.ShapeDtypeStruct((1, cfg.cls_token_num, cfg.caption_dim), jnp.dtype(args.dtype))
-    mask = jax.ShapeDtypeStruct((1, cfg.cls_token_num), bool)
-    state = jax.eval_shape(lambda p, c, m: L.init_loop(p, c, m, jax.random.key(0), jnp.zeros((1,), jnp.int32),
-                                                       L.shape_key(spec)), params, cond, mask)
-    stop = jax.ShapeDtypeStruct((), jnp.int32)
+    mesh = SH.single_device_mesh()
+    local = E.place(spec_of(model, sampling, ScalingARConfig(), "scalingar", args.n), mesh, 1).spec
+    data, impl = SH.split_key(jax.random.key(0))
+    sds = jax.ShapeDtypeStruct
+    i32 = sds((), jnp.int32)
+    state = jax.eval_shape(functools.partial(E.run_prefill, spec=L.shape_key(local), mesh=mesh, impl=impl), params,
+                           sds((1, cfg.cls_token_num, cfg.caption_dim), jnp.dtype(args.dtype)),
+                           sds((1, cfg.cls_token_num), bool), sds(data.shape, data.dtype), sds((1,), jnp.int32), i32)
+    loop_args = (params, state, i32, i32, i32)
     out = {"platform": platform, "layout": layout, "load_before": os.getloadavg()[0]}
     t = time.perf_counter()
     if platform == "cpu":
-        lowered = L.run_loop_in_place.trace(params, state, spec=L.loop_key(spec), stop=stop).lower()
+        lowered = E.run_loop_in_place.trace(*loop_args, spec=L.loop_key(local), mesh=mesh).lower()
         text = lowered.as_text()
         out["lower_s"] = time.perf_counter() - t
         t = time.perf_counter()
         lowered.compile()
         out["compile_s"] = time.perf_counter() - t
     else:
-        text = jax.export.export(L.run_loop_in_place, platforms=(platform,))(
-            params, state, spec=L.loop_key(spec), stop=stop).mlir_module()
+        text = jax.export.export(E.run_loop_in_place, platforms=(platform,))(
+            *loop_args, spec=L.loop_key(local), mesh=mesh).mlir_module()
         out["lower_s"] = time.perf_counter() - t
     ops = [ln for ln in text.splitlines() if " = stablehlo." in ln or " = \"stablehlo." in ln]
     out.update(module_kb=len(text.encode()) / 1024, stablehlo_ops=len(ops), load_after=os.getloadavg()[0])

@@ -5,11 +5,11 @@ Two subcommands, both on abstract parameters (`jax.ShapeDtypeStruct` / `jax.eval
 are ever allocated, so GPT-XL + T5-XL fit this CPU):
 
 memory    XLA's compiled memory analysis of the real generation path, per device, for each mesh
-          (prompt shards x candidate shards, `sharding.make_mesh`): the `ShardedExecutor`'s jitted
-          pieces exactly as it calls them (`sharding._start` = prefill + fresh loop state,
-          `sharding.run_loop_in_place` = the token loop under shard_map with its state donated,
-          `sharding._compact` = ScalingAR's first compaction), for the ScalingAR loop spec
-          (`strategies.token_spec`, compaction on) and the fixed-CFG one (plain / Best-of-N);
+          (prompt shards x candidate shards, `sharding.make_mesh`): the engine's jitted pieces
+          exactly as `scaling.engine.Engine` calls them (`engine.run_prefill` = prefill + fresh
+          decode state, `engine.run_loop_in_place` = the token loop under shard_map with its state
+          donated, `engine.run_compact` = ScalingAR's first compaction), for the ScalingAR loop
+          spec (compaction on) and the fixed-CFG one (plain / Best-of-N);
           plus the T5 encoder (`t5.encode`) on one device. Per program:
               peak = argument + output + temp - alias   (bytes; XLA's CompiledMemoryStats)
           (generated code and host-side buffers are not counted). The pipeline's peak per device
@@ -220,50 +220,52 @@ def t2i_condition(gpt_cfg):
                       jax.ShapeDtypeStruct((P, cls), jnp.bool_))
 
 
-def sharded_pieces(gpt_cfg, mesh, num_prompts: int, num_candidates: int, strategy: str, *, params=None,
-                   condition=None, sampling=None) -> dict:
-    """Compiled memory of the `ShardedExecutor`'s pieces for one strategy on `mesh`, per device.
-    Mirrors `ShardedExecutor.__init__` / `local_spec` / `start` / `advance` / `compact` with
-    abstract inputs: P and N padded to the mesh axes, params replicated, cond split over prompts.
-    Any model family (its config `gpt_cfg` carries the decode protocol): params, its abstract
-    decode-layout parameters (default the GPT's, `gpt_params`); condition, P -> abstract (cond,
-    cond_mask) (default `t2i_condition`); sampling, (SamplingConfig, ScalingARConfig) (default
-    `sampling_configs`)."""
+def sharded_pieces(gpt_cfg, mesh, num_prompts: int, num_candidates: int, strategy: str, *, model=None,
+                   params=None, condition=None, sampling=None) -> dict:
+    """Compiled memory of the engine's pieces for one strategy on `mesh`, per device. Mirrors
+    `Engine.place` / `prefill` / `generate` / `compact` with abstract inputs: P and N padded to the
+    mesh axes, params replicated, cond split over prompts. Any model family: model, its
+    `token_model.TokenModel` on `gpt_cfg` (default LlamaGen's `decode.GPTModel(gpt_cfg)`); params,
+    its abstract decode-layout parameters (default the GPT's, `gpt_params`); condition, P ->
+    abstract (cond, cond_mask) (default `t2i_condition`); sampling, (SamplingConfig,
+    ScalingARConfig) (default `sampling_configs`)."""
     import jax
     import jax.numpy as jnp
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
     from scalingar_jax import sharding as SH
+    from scalingar_jax.decode import GPTModel
+    from scalingar_jax.scaling import engine as E
     from scalingar_jax.scaling import loop as L
-    from scalingar_jax.scaling.strategies import token_spec
+    from scalingar_jax.scaling.strategies import compaction_buckets, spec_of
 
     sampling, scaling = sampling or sampling_configs(gpt_cfg)
-    pa, ca = int(mesh.shape[SH.PROMPTS]), int(mesh.shape[SH.CANDS])
-    P_pad, N_pad = -(-num_prompts // pa) * pa, -(-num_candidates // ca) * ca
-    spec = token_spec(gpt_cfg, sampling, scaling, strategy, num_candidates, strategy == "scalingar")
-    local = dataclasses.replace(spec, num_candidates=N_pad // ca, num_real=num_candidates if N_pad > num_candidates
-                                else -1, prompt_axis=SH.PROMPTS, cand_axis=SH.CANDS)
+    pa = int(mesh.shape[SH.PROMPTS])
+    spec = spec_of(GPTModel(gpt_cfg) if model is None else model, sampling, scaling, strategy, num_candidates)
+    placed = E.place(spec, mesh, num_prompts)  # as the Engine places a run (no weights allocated)
+    local, P_pad = placed.spec, placed.lanes_padded
     rep, by_prompt = NamedSharding(mesh, P()), NamedSharding(mesh, P(SH.PROMPTS))
-    key = jax.random.key(0)
-    impl, key_data = str(jax.random.key_impl(key)), jax.random.key_data(key)
+    key_data, impl = SH.split_key(jax.random.key(0))
     params = abstract(gpt_params(gpt_cfg) if params is None else params, rep)
     cond, mask = abstract((condition or t2i_condition(gpt_cfg))(P_pad), by_prompt)
     pids = jax.ShapeDtypeStruct((P_pad,), jnp.int32, sharding=by_prompt)
     scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
     out = {}
-    start = SH._start.lower(params, cond, mask, abstract(key_data, rep), pids, scalar,
-                            spec=L.shape_key(local), mesh=mesh, impl=impl)
+    start = E.run_prefill.lower(params, cond, mask, abstract(key_data, rep), pids, scalar,
+                                spec=L.shape_key(local), mesh=mesh, impl=impl)
     c, secs = compile_timed(start)
     out["prefill"] = {**mem_stats(c), "compile_s": secs}
     state = jax.tree.map(lambda o, s: jax.ShapeDtypeStruct(o.shape, o.dtype, sharding=s), start.out_info,
                          c.output_shardings)
-    c, secs = compile_timed(SH.run_loop_in_place.lower(params, state, scalar, spec=L.loop_key(local), mesh=mesh))
+    c, secs = compile_timed(E.run_loop_in_place.lower(params, state, scalar, scalar, scalar, spec=L.loop_key(local),
+                                                      mesh=mesh))
     out["loop"] = {**mem_stats(c), "compile_s": secs}
     M = (P_pad // pa) * local.num_candidates  # pool rows per shard (per CFG half)
-    if spec.compaction and M > 1:
-        rows = L.compaction_limit(M, spec.buckets)
-        c, secs = compile_timed(SH._compact.lower(state, rows=rows, spec=L.shape_key(local), mesh=mesh))
+    buckets = compaction_buckets(spec, "pow2")
+    if buckets is not None and M > 1:
+        rows = L.compaction_limit(M, buckets)
+        c, secs = compile_timed(E.run_compact.lower(state, rows=rows, spec=L.shape_key(local), mesh=mesh))
         out["compact"] = {**mem_stats(c), "compile_s": secs, "rows": rows}
     out["rows_per_device"] = 2 * M
     return out
@@ -396,8 +398,9 @@ def gpt_costs(gpt_cfg, rows: int, num_candidates: int) -> dict:
 
     from scalingar_jax import decode, gpt
     from scalingar_jax.config import to_dtype
+    from scalingar_jax.decode import GPTModel
     from scalingar_jax.scaling import loop as L
-    from scalingar_jax.scaling.strategies import token_spec
+    from scalingar_jax.scaling.strategies import spec_of
 
     if rows % (2 * num_candidates):
         raise SystemExit(f"--rows must be multiples of 2N = {2 * num_candidates}, got {rows}")
@@ -415,14 +418,12 @@ def gpt_costs(gpt_cfg, rows: int, num_candidates: int) -> dict:
         p, gpt_cfg, co, m, num_candidates=num_candidates, use_cfg=True)).lower(params, cond, mask))
     out["prefill"] = {**cost_stats(c), "compile_s": secs}
     sampling, scaling = sampling_configs(gpt_cfg)
-    pcond = jax.ShapeDtypeStruct((prompts,) + cond.shape[1:], cond.dtype)
-    pmask = jax.ShapeDtypeStruct((prompts, gpt_cfg.cls_token_num), jnp.bool_)
     pids = jax.ShapeDtypeStruct((prompts,), jnp.int32)
     for strategy in ("scalingar", "plain"):
-        spec = token_spec(gpt_cfg, sampling, scaling, strategy, num_candidates, False)
-        state = jax.eval_shape(lambda p, co, m, i: L.init_loop(p, co, m, jax.random.key(0), i, spec),
-                               params, pcond, pmask, pids)
-        c, secs = compile_timed(jax.jit(lambda p, s: L.step(p, spec, s)).lower(params, state))
+        spec = spec_of(GPTModel(gpt_cfg), sampling, scaling, strategy, num_candidates)
+        state = jax.eval_shape(lambda p, co, m, i: L.prefill(p, spec, co, m, jax.random.key(0), i),  # noqa: B023
+                               params, cond, mask, pids)
+        c, secs = compile_timed(jax.jit(lambda p, s: L.step(p, spec, s)).lower(params, state))  # noqa: B023
         out[f"loop_step_{strategy}"] = {**cost_stats(c), "compile_s": secs}
     return out
 
@@ -614,9 +615,11 @@ def run_janus(args):
     rows_out, details = [], {}
     for name in args.janus:
         cfg = janus.janus_config(name, prompt_len=args.prompt_len, param_dtype=args.dtype, dtype=args.dtype)
-        params = jax.eval_shape(cfg.decode_layout, janus.param_shapes(cfg))
+        model = janus.JanusModel(cfg)
+        params = jax.eval_shape(model.decode_layout, janus.param_shapes(cfg))
         per_prompt = 2 * args.n
-        compiled = [sharded_pieces(cfg, mesh, p, args.n, "scalingar", params=params, condition=janus_condition(cfg),
+        compiled = [sharded_pieces(cfg, mesh, p, args.n, "scalingar", model=model, params=params,
+                                   condition=janus_condition(cfg),
                                    sampling=(JANUS_SAMPLING, ScalingARConfig())) for p in (1, 2)]
         est = [janus_analytic(cfg, c["rows_per_device"], vq_bytes) for c in compiled]
         peaks = [max(v["peak"] for v in c.values() if isinstance(v, dict)) for c in compiled]
@@ -645,8 +648,8 @@ def run_janus(args):
                        "params (float32) + rows x (KV cache: 2 x layers x (prompt_len + T - 1) x kv_heads x head_dim x "
                        "itemsize, + float32 logits of the image vocabulary); rows = 2 x prompts x N (CFG). compiled: "
                        "XLA memory_analysis (argument + output + temp - alias) of the generation path on a 1 x 1 mesh "
-                       "(sharding._start = prefill + fresh ScalingAR loop state, sharding.run_loop_in_place = the token "
-                       "loop with its state donated, sharding._compact = the first compaction), Janus's sampling "
+                       "(engine.run_prefill = prefill + fresh ScalingAR loop state, engine.run_loop_in_place = the token "
+                       "loop with its state donated, engine.run_compact = the first compaction), Janus's sampling "
                        "(cfg 5, no top-k) and the paper's ScalingAR; loop_args_GB = the parameters + the loop state; "
                        "loop_temp_GB on a CPU backend is mostly float32 copies of the bf16 weights (XLA:CPU computes "
                        "bf16 dots in float32), which a GPU / TPU compile does not make; compiled_MB_per_row: the "

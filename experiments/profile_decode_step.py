@@ -4,8 +4,9 @@ Runs n decode steps of a random-weight model under `jax.profiler.trace`, reads t
 events of the trace (XLA:CPU records one per executed HLO instruction), maps each to its
 instruction in `compiled.as_text()` and groups them (weight matmuls, attention over the cache,
 cache writes, softmax, RMSNorm, rope, ...). Two loops: `bench` (bench_decode's fori loop of
-`decode.decode_step`) and `token_loop` (what the strategies run: `scaling.loop.run_loop_in_place`
-with the plain policy, the `lax.cond` around feeding included). It also counts copy ops on
+`decode.decode_step`) and `token_loop` (what the strategies run: the engine's loop,
+`scaling.engine.run_loop_in_place`, on one device with the plain policy, the `lax.cond` around
+feeding included). It also counts copy ops on
 cache-sized operands in the compiled loop (a copy of the KV cache per step would show there).
 
 Times are thread-summed (XLA:CPU runs independent thunks on both cores at once), so the groups
@@ -37,8 +38,11 @@ from common import markdown_table, stamp, write_json  # noqa: E402
 
 from scalingar_jax import gpt  # noqa: E402
 from scalingar_jax.config import SamplingConfig, gpt_config, to_dtype  # noqa: E402
+from scalingar_jax.decode import GPTModel  # noqa: E402
+from scalingar_jax.scaling import engine as E  # noqa: E402
 from scalingar_jax.scaling import loop  # noqa: E402
 from scalingar_jax.scaling.config import ScalingARConfig  # noqa: E402
+from scalingar_jax.scaling.strategies import spec_of  # noqa: E402
 
 ATTENTION = "attention over the cache (q.K, p.V)"
 # (group, substrings of the jax op_name metadata of an instruction or of any op fused into it);
@@ -164,29 +168,38 @@ def profile_bench_loop(cfg, params, batch: int, n_steps: int, cache_shape: str) 
 
 
 def loop_state(cfg, params, batch: int, start_k: int, policy: str):
-    """(compiled-loop spec, state at step start_k) of the strategies' loop: top-k 1000, CFG 4,
-    batch // 2 prompts x 1 candidate, policy "none" (plain) or "scalingar"."""
+    """(a function running the compiled loop to a stop token, the compiled loop's arguments at
+    step start_k) of the strategies' loop on one device: top-k 1000, CFG 4, batch // 2 prompts x
+    1 candidate, policy "none" (plain) or "scalingar"."""
     P = batch // 2
     cond, mask = cond_of(cfg, P)
-    spec = loop.loop_key(loop.LoopSpec(cfg, SamplingConfig(cfg_scale=4.0, top_k=1000), ScalingARConfig(), policy, 1))
-    s = loop.start_loop(params, cond, mask, jax.random.key(0), jnp.arange(P, dtype=jnp.int32),
-                        spec=loop.shape_key(spec))
+    model = GPTModel(cfg)
+    spec = spec_of(model, SamplingConfig(cfg_scale=4.0, top_k=1000), ScalingARConfig(),
+                   "scalingar" if policy == "scalingar" else "plain", 1)
+    engine = E.Engine(model, params)
+    s = engine.prefill(spec, cond, mask, jax.random.key(0), jnp.arange(P, dtype=jnp.int32))
     if start_k:
-        s = loop.run_loop(params, s, spec=spec, stop=jnp.int32(start_k))
-    return spec, s
+        s, _ = engine.generate(spec, s, stop=start_k)
+    local = loop.loop_key(engine.place(spec, P).spec)
+
+    def trace(stop):
+        args = (engine.params, s, jnp.int32(stop), jnp.int32(engine.rows(s) + 1), jnp.int32(-1))
+        return E.run_loop.trace(*args, spec=local, mesh=engine.mesh), args
+
+    return trace
 
 
 def profile_token_loop(cfg, params, batch: int, n_steps: int, cache_shape: str, start_k: int = 0,
                        old_sampling: bool = False) -> dict:
     """The strategies' loop (plain policy, top-k 1000, CFG, batch // 2 prompts x 1 candidate):
-    steps start_k .. start_k + n_steps of `loop.run_loop` (the non-donating twin of the
-    executor's `run_loop_in_place`, so the same state can be rerun). old_sampling: with the
+    steps start_k .. start_k + n_steps of `engine.run_loop` (the non-donating twin of the
+    engine's `run_loop_in_place`, so the same state can be rerun). old_sampling: with the
     sampling as before commit 5b3f1f3 (sorting top-k, fused categorical) patched in."""
-    spec, s = loop_state(cfg, params, batch, start_k, "none")
-    stop = jnp.int32(start_k + n_steps)
+    trace = loop_state(cfg, params, batch, start_k, "none")
     with sampling_as(old_sampling):
-        compiled = loop.run_loop.trace(params, s, spec=spec, stop=stop).lower().compile()
-    return breakdown(compiled, lambda: jax.block_until_ready(compiled(params, s, stop=stop)), n_steps, cache_shape)
+        traced, args = trace(start_k + n_steps)
+        compiled = traced.lower().compile()
+    return breakdown(compiled, lambda: jax.block_until_ready(compiled(*args)), n_steps, cache_shape)
 
 
 def _sort_filter_logits(logits, temperature, top_k, top_p):
@@ -221,17 +234,17 @@ def sampling_as(old: bool):
 def compare_sampling(cfg, params, batch: int, n_steps: int, start_k: int, reps: int, policy: str) -> dict:
     """Wall ms/step of the token loop with the old sampling (sorting top-k, fused categorical)
     and the current one, alternated `reps` times in this process; the tokens must agree."""
-    spec, s0 = loop_state(cfg, params, batch, start_k, policy)
-    stop = jnp.int32(start_k + n_steps)
+    trace = loop_state(cfg, params, batch, start_k, policy)
     compiled = {}
     for name, old in (("sort_topk", True), ("radix_topk", False)):
         with sampling_as(old):  # traced while patched: each compiled loop keeps its own sampling
-            compiled[name] = loop.run_loop.trace(params, s0, spec=spec, stop=stop).lower().compile()
+            traced, args = trace(start_k + n_steps)
+            compiled[name] = traced.lower().compile()
     times, cpus, tokens = {n: [] for n in compiled}, {n: [] for n in compiled}, {}
     for _ in range(reps):
         for name, c in compiled.items():
             p, t = time.process_time(), time.perf_counter()
-            out = jax.block_until_ready(c(params, s0, stop=stop))
+            out = jax.block_until_ready(c(*args)[0])
             times[name].append(1e3 * (time.perf_counter() - t) / n_steps)
             cpus[name].append(1e3 * (time.process_time() - p) / n_steps)
             tokens[name] = out.tokens

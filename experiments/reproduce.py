@@ -66,6 +66,7 @@ from scalingar_jax.pipeline import Pipeline, generate  # noqa: E402
 from scalingar_jax.scaling import loop as L  # noqa: E402
 from scalingar_jax.scaling import strategies as S  # noqa: E402
 from scalingar_jax.scaling.config import ABLATIONS, ScalingARConfig  # noqa: E402
+from scalingar_jax.scaling.options import Strategy  # noqa: E402
 from scalingar_jax.stats import (StratifiedBootstrap, auroc, bootstrap_means, finite_ci, percentile_ci,  # noqa: E402
                                  pooled_ratio_ci, relative_to, resample_indices, spearman_rows,
                                  within_prompt_auroc, within_prompt_pairs)
@@ -504,9 +505,9 @@ def exp_efficiency(ctx: Ctx) -> dict:
     W0 = scaling.warmup_steps(T)
 
     # 1. compiled memory of the token loop (P = 1 and P = --batch), every bucket ScalingAR uses
-    specs = {"base": S.token_spec(pipe.gpt_cfg, sampling, scaling, "plain", 1, False),
-             "best_of_n": S.token_spec(pipe.gpt_cfg, sampling, scaling, "plain", N, False),
-             "scalingar": S.token_spec(pipe.gpt_cfg, sampling, scaling, "scalingar", N, True)}
+    specs = {"base": S.spec_of(pipe.model, sampling, scaling, "plain", 1),
+             "best_of_n": S.spec_of(pipe.model, sampling, scaling, "plain", N),
+             "scalingar": S.spec_of(pipe.model, sampling, scaling, "scalingar", N)}
     buckets = [b for b in (N, *[1 << i for i in range(int(math.log2(N)) + 1)][::-1]) if b <= N]
     buckets = sorted(set(buckets), reverse=True)
     memory = {}
@@ -555,8 +556,8 @@ def exp_efficiency(ctx: Ctx) -> dict:
             same_tokens.append(bool(np.array_equal(seq_tokens, b.per_candidate["all_tokens"][0])))
             # ScalingAR directly through generate, to keep its alive trajectory for the memory schedule
             with Clock() as c:
-                out = generate(pipe, [rec["prompt"]], strategy="scalingar", num_candidates=N, seed=seed,
-                               scaling=scaling, prompt_ids=[i])
+                out = generate(pipe, [rec["prompt"]], Strategy("scalingar", N, scaling=scaling), seed=seed,
+                               prompt_ids=[i])
             per["scalingar"]["seconds"].append(c.seconds)
             per["scalingar"]["loop_seconds"].append(c.seconds)
             per["scalingar"]["tokens"].append(int(np.asarray(out.result.tokens_used)[0]))

@@ -22,8 +22,10 @@ import numpy as np
 
 from scalingar_jax import stats
 from scalingar_jax.pipeline import Pipeline, generate
+from scalingar_jax.scaling import engine as E
 from scalingar_jax.scaling import loop as L
 from scalingar_jax.scaling import strategies as S
+from scalingar_jax.scaling.options import TOKEN_STRATEGIES, ImportanceSampling, Pool, Schedule, Strategy
 from scalingar_jax.world.pipeline import WORLD_SAMPLING, WORLD_SCALING, load_world_pipeline
 
 
@@ -220,15 +222,14 @@ class Runner:
         seconds = compile_s = 0.0
         slots = 0
         term, pruned = [], []
-        kw = self.is_kwargs if strategy == "importance_sampling" else {}
-        pooled = self.pool is not None and strategy in S.TOKEN_STRATEGIES
-        if pooled:  # every record in one call: the pool admits them as rows free up
-            kw = {"pool": self.pool}
+        importance = ImportanceSampling(**self.is_kwargs) if strategy == "importance_sampling" else ImportanceSampling()
+        st = Strategy(strategy, N, sampling=sampling, scaling=scaling, importance=importance)
+        pooled = self.pool is not None and strategy in TOKEN_STRATEGIES
+        schedule = Schedule(pool=Pool(self.pool)) if pooled else Schedule()  # pooled: every record in one call
         for idx, ids in ([(list(range(n)), list(range(n)))] if pooled else batches(n, self.batch)):
             prompts = slot_prompts(records, idx, ids)
             with Clock() as c:
-                out = generate(self.pipe, prompts, strategy=strategy, num_candidates=N, seed=seed, sampling=sampling,
-                               scaling=scaling, prompt_ids=ids, **kw)
+                out = generate(self.pipe, prompts, st, seed=seed, schedule=schedule, prompt_ids=ids)
             seconds += c.seconds
             compile_s += c.compile
             slots += len(ids)
@@ -269,8 +270,8 @@ class Runner:
             P, m = len(ids), len(idx)
             prompts = slot_prompts(records, idx, ids)
             with Clock() as c:
-                out = generate(pipe, prompts, strategy="confidence_only", num_candidates=N, seed=seed,
-                               sampling=sampling, prompt_ids=ids)
+                out = generate(pipe, prompts, Strategy("confidence_only", N, sampling=sampling), seed=seed,
+                               prompt_ids=ids)
             sec["loop"] += c.seconds
             compile_s += c.compile
             all_tokens = np.asarray(out.result.all_tokens)
@@ -279,7 +280,7 @@ class Runner:
             sec["decode"] += c.seconds
             compile_s += c.compile
             with Clock() as c:
-                r = S._check_reward(pipe.reward(images, [p for p in prompts for _ in range(N)]), P * N).reshape(P, N)
+                r = S.check_reward(pipe.reward(images, [p for p in prompts for _ in range(N)]), P * N).reshape(P, N)
             sec["reward"] += c.seconds
             compile_s += c.compile
             images = images.reshape(P, N, *images.shape[1:])
@@ -324,7 +325,7 @@ class Runner:
         for idx, ids in batches(n, self.batch):
             m = len(idx)
             prompts = slot_prompts(records, idx, ids)
-            res = generate(self.pipe, prompts, strategy="scalingar", num_candidates=N, seed=seed, scaling=scaling,
+            res = generate(self.pipe, prompts, Strategy("scalingar", N, scaling=scaling), seed=seed,
                            prompt_ids=ids).result
             tokens[idx] = np.asarray(res.all_tokens)[:m]
             for c in "CID":
@@ -335,17 +336,23 @@ class Runner:
 # ----------------------------------------------------------------------------------------- token-loop cost
 def loop_memory(pipe: Pipeline, spec: L.LoopSpec, P: int, rows: int) -> float:
     """Compiled peak bytes of the jitted token loop (arguments + outputs + temporaries - aliased) for P
-    prompts with a pool of `rows` model rows (P * N: uncompacted), lowered on abstract inputs
-    (nothing allocated)."""
+    prompts with a pool of `rows` model rows (P * N: uncompacted) on one device, lowered on abstract
+    inputs (nothing allocated)."""
     cfg = pipe.gpt_cfg
+    engine = E.Engine(spec.model, pipe.gpt_params)
+    local = engine.place(spec, P).spec
     cond = jax.ShapeDtypeStruct((P, cfg.cls_token_num, cfg.caption_dim), jnp.float32)
     mask = jax.ShapeDtypeStruct((P, cfg.cls_token_num), jnp.bool_)
     ids = jax.ShapeDtypeStruct((P,), jnp.int32)
-    state = jax.eval_shape(functools.partial(L.start_loop, spec=spec), pipe.gpt_params, cond, mask,
-                           jax.random.key(0), ids)
+    scalar = jax.ShapeDtypeStruct((), jnp.int32)
+    data, impl = E.SH.split_key(jax.random.key(0))
+    state = jax.eval_shape(functools.partial(E.run_prefill, spec=L.shape_key(local), mesh=engine.mesh, impl=impl),
+                           engine.params, cond, mask, data, ids, scalar)
     if rows != P * spec.num_candidates:
-        state = jax.eval_shape(functools.partial(L.compact, rows=rows), state)
-    ma = L.run_loop.lower(pipe.gpt_params, state, spec=spec).compile().memory_analysis()
+        state = jax.eval_shape(functools.partial(E.run_compact, rows=rows, spec=L.shape_key(local), mesh=engine.mesh),
+                               state)
+    ma = E.run_loop.lower(engine.params, state, scalar, scalar, scalar, spec=L.loop_key(local),
+                          mesh=engine.mesh).compile().memory_analysis()
     if ma is None:
         return float("nan")
     return float(ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
@@ -354,15 +361,17 @@ def loop_memory(pipe: Pipeline, spec: L.LoopSpec, P: int, rows: int) -> float:
 
 def loop_step_ms(pipe: Pipeline, spec: L.LoopSpec, records: Sequence[dict], W0: int) -> float:
     """Milliseconds per step of the jitted token loop on records[0] (P = 1) over its first W0 steps
-    (before any pruning): the best of 3 timed runs after one compiling run."""
-    s0 = L.start_loop(pipe.gpt_params, *pipe.condition([records[0]["prompt"]]), jax.random.key(0),
-                      jnp.zeros((1,), jnp.int32), spec=spec)
-    sp = dataclasses.replace(spec, stop_at=W0)
-    jax.block_until_ready(L.run_loop(pipe.gpt_params, s0, spec=sp))  # compile
+    (before any pruning), one device: the best of 3 timed runs after one compiling run."""
+    engine = E.Engine(spec.model, pipe.gpt_params)
+    cond, mask = spec.model.check_condition(*pipe.condition([records[0]["prompt"]]))
+    s0 = engine.prefill(spec, cond, mask, jax.random.key(0), np.zeros((1,), np.int32))
+    local = L.loop_key(engine.place(spec, 1).spec)
+    args = (engine.params, s0, np.int32(W0), np.int32(engine.rows(s0) + 1), np.int32(-1))
+    jax.block_until_ready(E.run_loop(*args, spec=local, mesh=engine.mesh))  # compile
     ts = []
     for _ in range(3):
         t = time.perf_counter()
-        jax.block_until_ready(L.run_loop(pipe.gpt_params, s0, spec=sp))
+        jax.block_until_ready(E.run_loop(*args, spec=local, mesh=engine.mesh))
         ts.append(time.perf_counter() - t)
     return 1e3 * min(ts) / W0
 
@@ -374,10 +383,10 @@ def sequential_best_of_n(pipe: Pipeline, rec: dict, N: int, seed: int) -> tuple[
     learned reward on the N images. Returns (seconds of it all, seconds of the N generate calls, the
     judge's verdict on the reward's pick, the candidates' tokens (N, T) int)."""
     with Clock() as c:
-        outs = [generate(pipe, [rec["prompt"]], strategy="plain", num_candidates=1, seed=seed, prompt_ids=[0],
-                         first_candidate=j) for j in range(N)]
+        outs = [generate(pipe, [rec["prompt"]], Strategy("plain", 1, first_candidate=j), seed=seed, prompt_ids=[0])
+                for j in range(N)]
         images = np.concatenate([o.images for o in outs])
-        r = S._check_reward(pipe.reward(images, [rec["prompt"]] * N), N)
+        r = S.check_reward(pipe.reward(images, [rec["prompt"]] * N), N)
     tokens = np.stack([np.asarray(o.result.all_tokens)[0, 0] for o in outs])
     return c.seconds, sum(o.seconds for o in outs), bool(judge(images[[int(np.argmax(r))]], [rec])[0]), tokens
 

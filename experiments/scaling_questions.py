@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from common import RESULTS, markdown_table, stamp, write_json  # noqa: E402
 
 from scalingar_jax.atomic import atomic_write_text  # noqa: E402
+from scalingar_jax.scaling.options import Strategy  # noqa: E402
 
 # name -> ScalingARConfig overrides on top of the setting's base config
 VARIANTS = {
@@ -124,7 +125,7 @@ def run_world(args) -> dict:
         t0 = time.time()
         correct, tokens, parts = [], [], []
         for s in args.seeds:
-            out = generate(pipe, prompts, strategy="scalingar", num_candidates=args.N, seed=s, scaling=cfg,
+            out = generate(pipe, prompts, Strategy("scalingar", args.N, scaling=cfg), seed=s,
                            prompt_ids=np.arange(n))
             correct.append(judge(out.images))
             tokens.append(np.asarray(out.result.tokens_used, float))
@@ -169,8 +170,9 @@ def run_gptb(args) -> dict:
 
     from scalingar_jax import gpt
     from scalingar_jax.config import SamplingConfig, gpt_config
+    from scalingar_jax.decode import GPTModel
     from scalingar_jax.scaling import ScalingARConfig
-    from scalingar_jax.scaling import strategies as S
+    from scalingar_jax.scaling.run import run_strategy
 
     cfg = gpt_config("GPT-B", "c2i", grid_size=args.grid)
     factor = {"output": args.sharpen, "cls_embedding": args.sharpen}
@@ -187,8 +189,8 @@ def run_gptb(args) -> dict:
             continue
         sc = ScalingARConfig(**ov)
         t0 = time.time()
-        res = S.run_token_strategy(params, cfg, labels, key=jax.random.key(args.seed), strategy="scalingar",
-                                   num_candidates=args.N, sampling=sampling, scaling=sc)
+        res, _ = run_strategy(GPTModel(cfg), params, labels, key=jax.random.key(args.seed),
+                              strategy=Strategy("scalingar", args.N, sampling=sampling, scaling=sc))
         rows[name] = {"correct": None, "tokens": np.asarray(res.tokens_used, float), "stats": gate_stats(res, sc, T),
                       "config": ov}
         rows[name]["stats"]["mean_termination_step"] = (float(np.mean(rows[name]["stats"]["termination_steps"]))

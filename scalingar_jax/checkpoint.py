@@ -168,7 +168,7 @@ def _check_loaded(path: Path, kind: str, params, config, allow_non_finite: bool)
 
         expected = M.gpt_flax_shapes(config) if kind == "gpt" else M.vq_flax_shapes(config)
         try:
-            M._check_flax_tree(params, expected, kind.upper())
+            M.check_flax_tree(params, expected, kind.upper())
         except ValueError as e:
             raise ValueError(f"{str(path)!r}: {CONFIG_FILE} does not describe the stored weights: "
                              f"{str(e).replace(chr(10) + '  ', '; ')}") from None

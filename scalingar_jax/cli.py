@@ -22,11 +22,9 @@ import sys
 import warnings
 from pathlib import Path
 
+from scalingar_jax.errors import INPUT_ERRORS, UserError, describe_error, one_line, printable
+
 REPO = Path(__file__).resolve().parents[1]  # the repository checkout, if any: only bench/reproduce use it
-
-
-class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit status 2."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -48,16 +46,6 @@ LIMITS = {"n": (1, 1024), "seed": (0, 2**32 - 1), "batch": (1, 1024), "scale": (
 GENERATE_FILES = {"selected.png", "candidates.png", "confidence.png", "entropy.png", "result.json", "tokens.npy"}
 MAX_IMAGE_PIXELS = 4096 * 4096  # images `evaluate` decodes
 REWARD_STRATEGIES = ("best_of_n", "importance_sampling")  # the strategies that use a reward (--reward)
-
-
-def printable(msg: str, limit: int = 2000) -> str:
-    """`msg` on one line with every control or non-printable character escaped (as `repr`
-    does), so that names from a hostile file cannot drive the terminal; cut at `limit`."""
-    msg = str(msg)
-    cut = len(msg) > limit
-    msg = msg[:limit].replace("\n  ", "; ").replace("\n", " ")  # cut first: a huge message costs nothing
-    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)
-    return out[: limit - 3] + "..." if cut or len(out) > limit else out
 
 
 def _check_generate_args(args) -> None:
@@ -133,8 +121,19 @@ def _sampling_scaling(args, pipe):
     return sampling, scaling
 
 
-def _compaction(args):
-    return False if args.no_compaction else args.buckets
+def _schedule(args, mesh, pool=None):
+    """The run's `Schedule`: the mesh, and the batched loop's compaction or a pool of `pool` rows."""
+    from scalingar_jax.scaling.options import Pool, Schedule
+
+    if pool:
+        return Schedule(mesh=mesh, pool=Pool(pool))
+    return Schedule(mesh=mesh, compaction=False if args.no_compaction else args.buckets)
+
+
+def _strategy(args, n, sampling, scaling):
+    from scalingar_jax.scaling.options import Strategy
+
+    return Strategy(args.strategy, n, sampling=sampling, scaling=scaling)
 
 
 def _mesh(args):
@@ -165,7 +164,7 @@ def _with_reward(args, pipe):
         try:
             pipe = dataclasses.replace(pipe, reward=load_reward(args.reward))
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(_describe_error(e)) from None
+            raise UserError(describe_error(e)) from None
     if args.strategy in REWARD_STRATEGIES and pipe.reward is None:
         raise UserError(f"strategy {args.strategy!r} needs a reward and this bundle has none: give --reward "
                         "clipscore:CLIP_DIR or --reward module:function")
@@ -207,9 +206,9 @@ def cmd_generate(args) -> int:
     T = pipe.gpt_cfg.block_size
     bar, update = _progress(T, f"{args.strategy} N={args.n}")
     with bar:
-        res = generate(pipe, [prompt], strategy=args.strategy, num_candidates=args.n, seed=args.seed,
-                       sampling=sampling, scaling=scaling, compaction=_compaction(args),
-                       decode_candidates=True, on_progress=update, mesh=mesh, conditioning=conditioning)
+        res = generate(pipe, [prompt], _strategy(args, args.n, sampling, scaling), seed=args.seed,
+                       schedule=_schedule(args, mesh), decode_candidates=True, on_progress=update,
+                       conditioning=conditioning)
     with atomic_dir(out, overwrite=True) as tmp:  # all files appear together, or none
         files, summary = _write_generate_outputs(Path(tmp), args, pipe, res, prompt, sampling, scaling)
     files = {k: str(out / Path(v).name) for k, v in files.items()}
@@ -237,10 +236,16 @@ def _class_ids(args) -> list[str] | None:
     return args.class_ids
 
 
+# what `resources.run_memory` and `_check_conditioning` read of a generator's config
+GENERATOR_FIELDS = ("model_type", "vocab_size", "grid_size", "block_size", "n_layer", "kv_heads", "head_dim",
+                    "max_seq_len", "dtype")
+
+
 def _bundle_configs(path):
     """(generator config, VQConfig) of a bundle's gpt and vq parts read from their config.json
-    alone (the generator: any model family's config with the decode protocol, e.g. a GPTConfig or
-    a janus.JanusConfig); None for one that does not read (load_pipeline then reports it)."""
+    alone (the generator: any model family's config with the fields the checks before loading
+    read, `GENERATOR_FIELDS`: a GPTConfig or a janus.JanusConfig); None for one that does not
+    read (load_pipeline then reports it)."""
     from scalingar_jax.bundle import read_bundle
     from scalingar_jax.checkpoint import read_config
 
@@ -254,7 +259,7 @@ def _bundle_configs(path):
             kind, cfg, _ = read_config(bundle.part(part))
         except (OSError, ValueError, KeyError):
             kind = cfg = None
-        ok = kind == "vq" if part == "vq" else callable(getattr(cfg, "decode_step", None))
+        ok = kind == "vq" if part == "vq" else all(hasattr(cfg, f) for f in GENERATOR_FIELDS)
         out.append(cfg if ok else None)
     return tuple(out)
 
@@ -318,10 +323,9 @@ def _generate_class_ids(args, pipe, class_ids, sampling, scaling, mesh, out: Pat
     with bar, atomic_dir(out, overwrite=True) as tmp:  # all folders appear together, or none
         for start in range(0, len(class_ids), args.batch):
             chunk = class_ids[start : start + args.batch]
-            res = generate(pipe, chunk, strategy=args.strategy, num_candidates=args.n, seed=args.seed,
-                           sampling=sampling, scaling=scaling, compaction=_compaction(args),
-                           prompt_ids=np.arange(start, start + len(chunk), dtype=np.int32),
-                           decode_candidates=True, mesh=mesh)
+            res = generate(pipe, chunk, _strategy(args, args.n, sampling, scaling), seed=args.seed,
+                           schedule=_schedule(args, mesh),
+                           prompt_ids=np.arange(start, start + len(chunk), dtype=np.int32), decode_candidates=True)
             for j, class_id in enumerate(chunk):
                 name = f"{start + j:05d}"
                 (Path(tmp) / name).mkdir()
@@ -506,9 +510,9 @@ def _run_prompt_folders(args, pipe, sampling, scaling, mesh, out: Path, share, t
         rows = np.asarray([unique.index(p) for p in prompts])
         cond, mask = pipe.condition(unique)  # the conditioner runs once per distinct prompt
         conditioning = (np.asarray(cond)[rows], None if mask is None else np.asarray(mask)[rows])
-        return generate(pipe, prompts, strategy=args.strategy, num_candidates=n, seed=args.seed, sampling=sampling,
-                        scaling=scaling, prompt_ids=prompt_ids, compaction=_compaction(args), mesh=mesh,
-                        conditioning=conditioning, pool=args.pool).images
+        return generate(pipe, prompts, _strategy(args, n, sampling, scaling), seed=args.seed,
+                        schedule=_schedule(args, mesh, args.pool), prompt_ids=prompt_ids,
+                        conditioning=conditioning).images
 
     before = len(share) - len(todo)
     written = [0]
@@ -930,8 +934,8 @@ def _main(argv: list[str]) -> int:
     except UserError as e:
         print(f"scalingar: error: {printable(e)}", file=sys.stderr)
         return 2
-    except _INPUT_ERRORS as e:  # a bad file or option found deeper down: one line, no traceback
-        print(f"scalingar: error: {printable(_describe_error(e))}", file=sys.stderr)
+    except INPUT_ERRORS as e:  # a bad file or option found deeper down: one line, no traceback
+        print(f"scalingar: error: {one_line(e)}", file=sys.stderr)
         return 2
     finally:
         warnings.formatwarning = python_format
@@ -943,28 +947,6 @@ def _warning_line(python_format, message, category, filename, lineno, line=None)
     if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
         return f"scalingar: warning: {printable(str(message))}\n"
     return python_format(message, category, filename, lineno, line)
-
-
-_INPUT_ERRORS = (ValueError, TypeError, KeyError, OSError, MemoryError, RecursionError, ArithmeticError)
-
-
-def _describe_error(e: BaseException) -> str:
-    import shutil
-
-    if isinstance(e, shutil.Error) and e.args and isinstance(e.args[0], list) and e.args[0]:
-        src, _, why = (list(e.args[0][0]) + ["", "", ""])[:3]  # copytree's [(src, dst, why), ...]
-        more = f" (and {len(e.args[0]) - 1} more file(s))" if len(e.args[0]) > 1 else ""
-        return f"cannot copy {str(src)!r}: {str(why)[:200]}{more}"
-    if isinstance(e, MemoryError):
-        return "out of memory (" + (str(e) or "the input asks for more memory than there is") + ")"
-    if isinstance(e, RecursionError):
-        return "the input nests too deeply"
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    if isinstance(e, OSError) and e.strerror and e.filename and str(e.filename) not in str(msg):
-        msg = f"{e.strerror}: {e.filename!r}"
-    if isinstance(e, ArithmeticError):
-        msg = f"{type(e).__name__}: {msg} (a size or field in the input is out of range)"
-    return str(msg)
 
 
 if __name__ == "__main__":

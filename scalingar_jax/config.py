@@ -137,34 +137,6 @@ class GPTConfig(AttentionHeads):
         to_dtype(self.param_dtype), to_dtype(self.dtype)
         return self
 
-    # The decode protocol: what the strategies, the pool and the sharded executors call of a model
-    # family, on its config (the jit static argument they carry). LlamaGen's implementation is
-    # `decode` / `gpt`; Janus-Pro's `janus.JanusConfig` has the same methods (see `janus`'s docstring).
-    def check_condition(self, cond, cond_mask):
-        """`decode.check_condition`: P conditions checked, as device arrays (cond, cond_mask)."""
-        from scalingar_jax import decode
-
-        return decode.check_condition(self, cond, cond_mask)
-
-    def prefill_candidates(self, params, cond, cond_mask, *, num_candidates: int, use_cfg: bool = True):
-        """`decode.prefill_candidates`: (logits (R, V) float32 for image token 0, cache)."""
-        from scalingar_jax import decode
-
-        return decode.prefill_candidates(params, self, cond, cond_mask, num_candidates=num_candidates,
-                                         use_cfg=use_cfg)
-
-    def decode_step(self, params, cache, tokens, k):
-        """`decode.decode_step`: feeds image token k of every row -> (logits (R, V) float32, cache)."""
-        from scalingar_jax import decode
-
-        return decode.decode_step(params, self, cache, tokens, k)
-
-    def decode_layout(self, params, platform: str | None = None):
-        """`gpt.decode_layout`: the parameter layout the token loops read on `platform` (outside jit)."""
-        from scalingar_jax import gpt
-
-        return gpt.decode_layout(params, platform)
-
 
 def check_gpt_fields(fields: dict) -> dict:
     """Checks the type and range of each given `GPTConfig` field on its own (no cross-field

@@ -1,4 +1,5 @@
-"""Decoding as pure functions: `prefill`, `decode_step`, `next_tokens` and a fully jitted `generate`.
+"""Decoding as pure functions: `prefill`, `decode_step`, `next_tokens`, a fully jitted `generate`,
+and `GPTModel`: LlamaGen's GPT as the engine's `token_model.TokenModel`.
 
 Batch layout with CFG (as LlamaGen): the R = B conditional rows first, then the B
 unconditional rows. Candidates of a prompt are adjacent: row = prompt * N + candidate.
@@ -7,6 +8,7 @@ Image token k sits at sequence position `cls_token_num + k`; the cache holds
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -14,9 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scalingar_jax.backend import backend_config, canonical_platform
 from scalingar_jax.config import GPTConfig, SamplingConfig, to_dtype
 from scalingar_jax.gpt import KVCache, Transformer, decode_layout, init_cache, layers_stacked, validate_condition
-from scalingar_jax.sampling import candidate_keys, filter_logits, greedy_tokens, guided_logits, sample_tokens
+from scalingar_jax.sampling import (candidate_keys, filter_logits, greedy_tokens, guided_logits, sample_tokens,
+                                    typed_key)
+from scalingar_jax.token_model import SizesFromConfig
 
 
 def with_cfg_rows(cfg: GPTConfig, cond, cond_mask, use_cfg: bool):
@@ -113,25 +118,53 @@ def next_tokens(sampling: SamplingConfig, lc, lu, scale, keys, k, use_cfg: bool,
     return greedy_tokens(logits) if greedy else sample_tokens(keys, k, logits)
 
 
-def check_condition(cfg: GPTConfig, cond, cond_mask=None):
-    """P conditions checked against `cfg` (`gpt.validate_condition`: ValueError / TypeError naming
-    the problem) and returned as device arrays: t2i (cond (P, cls, C) in the compute dtype,
-    cond_mask (P, cls) bool, all True if None); c2i (cond (P,) int32, None)."""
-    validate_condition(cfg, cond, cond_mask)
-    if cfg.model_type == "t2i":
-        cond = jnp.asarray(cond, to_dtype(cfg.dtype))
-        return cond, jnp.ones(cond.shape[:2], bool) if cond_mask is None else jnp.asarray(cond_mask, bool)
-    return jnp.asarray(cond, jnp.int32), None
+@dataclasses.dataclass(frozen=True)
+class GPTModel(SizesFromConfig):
+    """LlamaGen's GPT (`gpt.Transformer`, c2i or t2i) as a `token_model.TokenModel`: the engine's
+    prefill, decode step and cache on `cfg` (validated at construction). Hashable: a static
+    argument of the engine's jitted pieces.
 
+    platform: the platform whose decode layout it runs (`gpt.decode_layout`); None: the default
+    backend, resolved at construction (a program exported for another platform takes the
+    model of that platform). scan_layers: stacked layers under lax.scan with a stacked KV cache
+    (True) or per-layer trees unrolled (False); None: the platform's choice
+    (`backend.backend_config`), resolved at construction."""
 
-def validate_generate_inputs(cfg: GPTConfig, sampling: SamplingConfig, num_candidates: int):
-    """The user-facing checks of `generate` besides the condition's (`check_condition`), before
-    anything is traced."""
-    cfg.validate()
-    sampling.validate(cfg.vocab_size)
-    if int(num_candidates) < 1:
-        raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+    cfg: GPTConfig
+    platform: str | None = None
+    scan_layers: bool | None = None
 
+    def __post_init__(self):
+        if not isinstance(self.cfg, GPTConfig):
+            raise TypeError(f"GPTModel.cfg must be a GPTConfig, got {type(self.cfg).__name__}")
+        self.cfg.validate()
+        object.__setattr__(self, "platform", canonical_platform(self.platform))
+        if self.scan_layers is None:
+            object.__setattr__(self, "scan_layers", backend_config(self.platform).scan_layers)
+        if not isinstance(self.scan_layers, bool):
+            raise TypeError(f"GPTModel.scan_layers must be a bool or None, got {self.scan_layers!r}")
+
+    def check_condition(self, cond, cond_mask):
+        """(P,) class ids (c2i) or (P, cls, caption_dim) features (t2i, cond_mask (P, cls) or None)
+        -> device arrays: c2i (int32 ids, None); t2i (features in cfg.dtype, mask (P, cls) bool,
+        all True if None)."""
+        validate_condition(self.cfg, cond, cond_mask)
+        if self.cfg.model_type == "t2i":
+            cond = jnp.asarray(cond, to_dtype(self.cfg.dtype))
+            return cond, jnp.ones(cond.shape[:2], bool) if cond_mask is None else jnp.asarray(cond_mask, bool)
+        return jnp.asarray(cond, jnp.int32), None
+
+    def prefill(self, params, cond, cond_mask):
+        return prefill(params, self.cfg, cond, cond_mask, use_cfg=True)
+
+    def decode_step(self, params, cache, tokens, k):
+        return decode_step(params, self.cfg, cache, tokens, k)
+
+    def init_cache(self, rows: int) -> KVCache:
+        return init_cache(self.cfg, rows, stacked=self.scan_layers)  # the layout `prefill` gives
+
+    def decode_layout(self, params):
+        return decode_layout(params, self.platform, scan_layers=self.scan_layers)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling", "num_candidates", "greedy"))
@@ -165,11 +198,15 @@ def generate(params, cfg: GPTConfig, cond, *, key: jax.Array, num_candidates: in
 
     cond: (P,) class ids (c2i) or (P, cls, caption_dim) features (t2i, left padded);
     cond_mask: (P, cls) bool (t2i); prompt_ids: (P,) global prompt ids for key derivation
-    (default arange(P)). Returns image tokens (P, N, T) int32, T = grid_size**2.
+    (default arange(P)); key: `jax.random.key(seed)` or `jax.random.PRNGKey(seed)` (the same
+    tokens; anything else is a TypeError). Returns image tokens (P, N, T) int32, T = grid_size**2.
     """
-    validate_generate_inputs(cfg, sampling, num_candidates)
-    cond, cond_mask = check_condition(cfg, cond, cond_mask)
-    P = np.shape(cond)[0]
+    sampling.validate(cfg.vocab_size)
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, (int, np.integer)) or num_candidates < 1:
+        raise ValueError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
+    cond, cond_mask = GPTModel(cfg).check_condition(cond, cond_mask)
+    key = typed_key(key)
+    P = cond.shape[0]
     prompt_ids = jnp.arange(P, dtype=jnp.int32) if prompt_ids is None else jnp.asarray(prompt_ids, jnp.int32)
     params = decode_layout(params)  # this backend's layout (a no-op if the loader laid them out)
     return _generate(params, key, cond, cond_mask, prompt_ids, cfg=cfg, sampling=sampling,

@@ -331,14 +331,15 @@ def decode_splits(platform: str | None = None) -> int:
     return backend_config(platform).column_splits
 
 
-def decode_layout(params, platform: str | None = None):
+def decode_layout(params, platform: str | None = None, *, scan_layers: bool | None = None):
     """The decode loops' parameter layout for `platform` (default: the default backend; the
     choice is `backend.backend_config`'s): stacked layers (`stack_layers`, run under lax.scan)
     where `scan_layers`, else per-layer trees with `split_columns(params, column_splits)`.
+    scan_layers: True / False overrides the platform's choice (benchmarks of both layouts).
     Called outside jit: loaders call it once, so the loops find their layout ready and copy no
     weights; on an already-converted tree it returns it unchanged."""
     backend = backend_config(platform)
-    if backend.scan_layers:
+    if backend.scan_layers if scan_layers is None else scan_layers:
         return stack_layers(params)
     return split_columns(params, backend.column_splits)
 

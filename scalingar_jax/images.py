@@ -69,7 +69,7 @@ def to_uint8(images) -> np.ndarray:
     return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def _as_image(image, name: str = "image", channels: Sequence[int] = (3,)) -> np.ndarray:
+def as_image(image, name: str = "image", channels: Sequence[int] = (3,)) -> np.ndarray:
     """uint8 (H, W, C) with C in `channels`; floats go through to_uint8, grey (H, W) is repeated."""
     x = to_uint8(image)
     if x.ndim == 2:
@@ -116,7 +116,7 @@ def encode_png(image, compress_level: int = 6) -> bytes:
     or a float image in `[-1, 1]` of those shapes (via `to_uint8`). 8 bits per sample."""
     from PIL import Image
 
-    x = _as_image(image, "image", channels=(1, 3, 4))
+    x = as_image(image, "image", channels=(1, 3, 4))
     if isinstance(compress_level, bool) or not isinstance(compress_level, (int, np.integer)) \
             or not 0 <= compress_level <= 9:
         raise ValueError(f"compress_level must be an int in [0, 9], got {compress_level!r}")
@@ -234,7 +234,7 @@ def mark_border(image, color="red", width: int = 2) -> np.ndarray:
 
     Use e.g. red for pruned candidates and green for the winner. `width=0` returns a copy.
     """
-    out = _as_image(image).copy()
+    out = as_image(image).copy()
     width = _positive_int(width, "width", minimum=0)
     if width:
         c = _color(color)
@@ -305,7 +305,7 @@ def draw_text(image, text: str, xy=(1, 1), color="white", scale: int = 1, backgr
     plus a `scale`-pixel margin first, for legibility. Printable ASCII only; other characters
     raise `ValueError`. Text that falls outside the image is clipped.
     """
-    out = _as_image(image).copy()
+    out = as_image(image).copy()
     scale = _positive_int(scale, "scale")
     mask = upscale_nearest(_text_mask(text), scale)
     try:

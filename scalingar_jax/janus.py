@@ -25,31 +25,20 @@ CFG rows: the unconditional row is the same ids with every real token strictly b
 first (BOS) and the last (`<begin_of_image>`) replaced by `pad_id`, attended to (no mask), as
 Janus's generation_inference.py builds it.
 
-Decode protocol
----------------
-The strategies, the prompt pool and the sharded executors (`scaling.strategies`, `scaling.loop`,
-`scaling.pool`, `sharding`) use a model family through its config object only, the jit static
-argument they carry as `gpt_cfg`: LlamaGen's `config.GPTConfig` and `JanusConfig` here have the
-same fields and methods, with the same shapes (R model rows: with CFG the P*N conditional rows
-p*N + n, then the P*N unconditional rows in the same order):
-
-  fields                frozen, hashable, `validate()`, `vocab_size` V (the image logits' width),
-                        `grid_size` g, `block_size` T = g*g, `n_layer`, `kv_heads`, `head_dim`,
-                        `max_seq_len`, `cls_token_num` (the condition slots), `dtype`: what
-                        `gpt.init_cache` (the shared `gpt.KVCache`: per layer (rows, kv_heads,
-                        max_len, head_dim) k and v, valid (rows, max_len)) and
-                        `resources.run_memory` read; `model_type` ("t2i": text prompts)
-  cfg.check_condition(cond, cond_mask) -> (cond, cond_mask) device arrays, checked on the host
-                        before anything traces (ValueError / TypeError naming the problem)
-  cfg.prefill_candidates(params, cond, cond_mask, *, num_candidates, use_cfg)
-                        -> (logits (R, V) float32 for image token 0, cache); cond (P, ...)
-  cfg.decode_step(params, cache, tokens, k) -> (logits (R, V) float32, cache): feeds image
-                        token k (tokens (R,) int32) of every row; k an int32 scalar or (R,) (each
-                        row its own token index); pure, fixed shapes
-  cfg.decode_layout(params, platform=None) -> params   the decode-time parameter layout, applied
-                        once outside the loops (here: per-layer trees on every platform)
-  MODEL_RULES           `sharding.param_specs` rules for a model-parallel axis (not wired: the
-                        CLI shards prompts x candidates only)
+The engine's model
+------------------
+`JanusModel(cfg)` is Janus-Pro as the engine's `token_model.TokenModel` (as `decode.GPTModel` is
+LlamaGen's): `scaling.engine` runs every strategy, the prompt pool and a mesh through its
+`check_condition`, `prefill` (the P conditional rows, then the P unconditional ones), `decode_step`
+(feeds image token k of every row: tokens (R,) int32, k an int32 scalar or (R,)), `init_cache` and
+`decode_layout` (per-layer trees on every platform); the "janus-pro" bundle loader
+(`janus_bundle.pipeline_from_bundle`) hands it to the pipeline. `JanusConfig` is static
+configuration only, with the fields `resources.run_memory` and the CLI read (`vocab_size` V,
+`grid_size` g, `block_size` T = g*g, `n_layer`, `kv_heads`, `head_dim`, `max_seq_len`,
+`cls_token_num` (the condition slots), `dtype`, `model_type` "t2i": text prompts). The cache is the
+shared `gpt.KVCache` (per layer (rows, kv_heads, max_len, head_dim) k and v, valid (rows,
+max_len)). `MODEL_RULES`: `sharding.param_specs` rules for a model-parallel axis (not wired: the
+CLI shards prompts x candidates only).
 
 Sampling (CFG combine, temperature, top-k/p, draws) works on the logits and is shared:
 `decode.next_tokens`. Janus's condition is (ids (P, prompt_len) int32, mask (P, prompt_len)
@@ -81,8 +70,9 @@ import numpy as np
 from scalingar_jax.config import AttentionHeads, check_float, check_int, to_dtype
 from scalingar_jax.gpt import KVCache, RMSNorm, layer_params, unstack_layers, write_cache
 from scalingar_jax.gpt import init_cache as _gpt_init_cache
+from scalingar_jax.token_model import SizesFromConfig
 
-__all__ = ["JanusConfig", "JANUS_PRESETS", "janus_config", "init_params", "param_shapes", "init_cache",
+__all__ = ["JanusConfig", "JanusModel", "JANUS_PRESETS", "janus_config", "init_params", "param_shapes", "init_cache",
            "check_condition", "validate_condition", "uncond_ids", "prefill", "prefill_candidates", "decode_step",
            "decode_layout", "rope_cos_sin", "MODEL_RULES"]
 
@@ -133,7 +123,7 @@ class JanusConfig(AttentionHeads):
 
     @property
     def cls_token_num(self) -> int:
-        """Condition slots before image token 0 (the decode protocol's name for `prompt_len`)."""
+        """Condition slots before image token 0: `prompt_len`, as the shared `gpt.init_cache` reads it."""
         return self.prompt_len
 
     @property
@@ -163,23 +153,6 @@ class JanusConfig(AttentionHeads):
             raise ValueError(f"JanusConfig.prompt_len must be >= 2 (BOS and <begin_of_image>), got {self.prompt_len}")
         to_dtype(self.param_dtype), to_dtype(self.dtype)
         return self
-
-    # The decode protocol (module docstring), as `config.GPTConfig` has it for LlamaGen.
-    def check_condition(self, cond, cond_mask):
-        """`check_condition`: (ids (P, prompt_len) int32, mask (P, prompt_len) bool) checked."""
-        return check_condition(self, cond, cond_mask)
-
-    def prefill_candidates(self, params, cond, cond_mask, *, num_candidates: int, use_cfg: bool = True):
-        """`prefill_candidates`: (logits (R, V) float32 for image token 0, cache)."""
-        return prefill_candidates(params, self, cond, cond_mask, num_candidates=num_candidates, use_cfg=use_cfg)
-
-    def decode_step(self, params, cache, tokens, k):
-        """`decode_step`: feeds image token k of every row -> (logits (R, V) float32, cache)."""
-        return decode_step(params, self, cache, tokens, k)
-
-    def decode_layout(self, params, platform: str | None = None):
-        """`decode_layout` (the same on every platform)."""
-        return decode_layout(params)
 
 
 # Janus-Pro's released language models (config.json `language_config`; the 7B one leaves hidden
@@ -480,3 +453,35 @@ def decode_step(params, cfg: JanusConfig, cache: KVCache, tokens: jax.Array, k: 
         return m.image_logits(h[:, 0]), new_cache
 
     return nn.apply(run, JanusGenerator(cfg))({"params": params})
+
+
+@dataclasses.dataclass(frozen=True)
+class JanusModel(SizesFromConfig):
+    """Janus-Pro's generator (`JanusGenerator`) as a `token_model.TokenModel`: the engine's
+    prefill, decode step and cache on `cfg` (validated at construction). Hashable: a static
+    argument of the engine's jitted pieces. Its decode layout is the same on every platform
+    (per-layer trees, the cache one buffer per layer)."""
+
+    cfg: JanusConfig
+
+    def __post_init__(self):
+        if not isinstance(self.cfg, JanusConfig):
+            raise TypeError(f"JanusModel.cfg must be a JanusConfig, got {type(self.cfg).__name__}")
+        self.cfg.validate()
+
+    def check_condition(self, cond, cond_mask):
+        """(ids (P, prompt_len) integer, mask (P, prompt_len) bool, left padded) -> device arrays
+        (int32, bool); ValueError / TypeError naming the problem (`validate_condition`)."""
+        return check_condition(self.cfg, cond, cond_mask)
+
+    def prefill(self, params, cond, cond_mask):
+        return prefill(params, self.cfg, cond, cond_mask, use_cfg=True)
+
+    def decode_step(self, params, cache, tokens, k):
+        return decode_step(params, self.cfg, cache, tokens, k)
+
+    def init_cache(self, rows: int) -> KVCache:
+        return init_cache(self.cfg, rows)  # per-layer buffers, the layout `prefill` gives
+
+    def decode_layout(self, params):
+        return decode_layout(params)

@@ -12,9 +12,10 @@ A Janus-Pro bundle (read by `scalingar_jax.bundle.read_bundle`):
     tokenizer/    tokenizer.json, tokenizer_config.json, special_tokens_map.json and
                   processor_config.json of the released folder, checked when bundled
 
-The loader returns a `pipeline.Pipeline` whose `gpt_cfg` is the `janus.JanusConfig`: every
-strategy, the prompt pool, the sharded executors and the GenEval runner run it through the
-decode protocol of that config (`janus`'s docstring), as they run LlamaGen.
+The loader returns a `pipeline.Pipeline` whose `gpt_cfg` is the `janus.JanusConfig` and whose
+`token_model` is its `janus.JanusModel`: every strategy, the prompt pool, a mesh and the GenEval
+runner run it through the engine (`scaling.engine`, the `token_model.TokenModel` protocol), as
+they run LlamaGen's `decode.GPTModel`.
 
 Conditioning, as Janus-Pro's README and generation_inference.py: the prompt goes into the
 "deepseek" SFT template with an empty system prompt, `<|User|>: {prompt}\\n\\n<|Assistant|>:`,
@@ -172,8 +173,8 @@ def to_uint8_janus(images) -> np.ndarray:
 # ------------------------------------------------------------------------------ loading
 def pipeline_from_bundle(bundle: Bundle, *, prompt_len: int | None = None):
     """The loader of a "janus-pro" bundle: a `pipeline.Pipeline` (gpt_cfg a `janus.JanusConfig`,
-    params in its decode layout, the VQ, `JanusTokenizer` as the conditioner, Janus's uint8
-    rounding), its parts checked against each other (codebook = image vocabulary, image size,
+    token_model its `janus.JanusModel`, params in its decode layout, the VQ, `JanusTokenizer` as
+    the conditioner, Janus's uint8 rounding), its parts checked against each other (codebook = image vocabulary, image size,
     stored shapes = config) before the weights are read. prompt_len: more or fewer prompt slots
     than the bundle's (the weights do not depend on it). Raises FileNotFoundError or ValueError
     naming the bundle."""
@@ -211,9 +212,10 @@ def pipeline_from_bundle(bundle: Bundle, *, prompt_len: int | None = None):
     if got != expected:
         raise ValueError(f"{bundle.part('gpt')}: the stored weights do not match its config.json")
     vq_params, _ = load_model(bundle.part("vq"), expect_kind="vq")
-    return Pipeline(gpt_params=cfg.decode_layout(params), gpt_cfg=cfg, vq_params=vq_params, vq_cfg=vq_cfg,
+    model = janus.JanusModel(cfg)
+    return Pipeline(gpt_params=model.decode_layout(params), gpt_cfg=cfg, vq_params=vq_params, vq_cfg=vq_cfg,
                     condition=tokenizer, sampling=bundle.sampling, scaling=bundle.scaling, name=bundle.name,
-                    to_uint8=to_uint8_janus)
+                    to_uint8=to_uint8_janus, token_model=model)
 
 
 # ------------------------------------------------------------------------------ assembly

@@ -344,7 +344,7 @@ def _part_config(src, want: str, *, grid_size):
     materialised; a model directory: its config.json). ValueError if it holds another kind of
     model than `want` (or, for a converted GPT, another grid than `grid_size`)."""
     from scalingar_jax.checkpoint import read_config
-    from scalingar_jax.convert.run import peek
+    from scalingar_jax.convert.checkpoints import peek
     from scalingar_jax.inputs import check_regular
 
     flag = f"--{want}"
@@ -395,7 +395,7 @@ def _model_part(src, dst: Path, want: str, *, dtype, grid_size, log):
     """Converts a LlamaGen file (or copies a converted model directory, cast to `dtype` unless
     None) `src` into `dst`; returns its config. ValueError if it holds another kind of model than `want`."""
     from scalingar_jax.checkpoint import read_config
-    from scalingar_jax.convert.run import convert
+    from scalingar_jax.convert.checkpoints import convert
 
     src = Path(src)
     if src.is_dir():
@@ -465,7 +465,7 @@ def assemble_bundle(out, *, gpt, vq, t5=None, t5_features=None, dtype: str | Non
     """Builds a LlamaGen bundle folder `out` from LlamaGen's released files; returns its path.
 
     gpt, vq: LlamaGen .pt/.pth/.bin/.safetensors files (converted with
-    `scalingar_jax.convert.run.convert`, to `dtype`, float32 where None) or model directories
+    `scalingar_jax.convert.checkpoints.convert`, to `dtype`, float32 where None) or model directories
     already converted (copied; their weights cast to `dtype` unless None). t2i: exactly one of
     t5 (a Hugging Face T5 folder: config.json + model.safetensors / pytorch_model.bin [+ index] +
     spiece.model, converted torch-free to the Flax encoder and stored in `dtype`, float32 where

@@ -8,6 +8,10 @@ from a model bundle (a folder with `bundle.json`, see `scalingar_jax.bundle`).
                    num_candidates=8, seed=0)
     out.images        # (P, H, W, 3) uint8, the selected image per prompt
     out.result        # StrategyResult: winner, tokens_used, per-step trajectories, ...
+
+Every other option is grouped (`scaling.options`, checked at construction): a `Strategy`
+(strategy=Strategy("scalingar", 8, scaling=..., sampling=...)) and a `Schedule` (a mesh,
+compaction, or a continuous-batching `Pool`).
 """
 from __future__ import annotations
 
@@ -21,10 +25,16 @@ import numpy as np
 
 from scalingar_jax import vq
 from scalingar_jax.bundle import read_bundle
-from scalingar_jax.config import GPTConfig, SamplingConfig
+from scalingar_jax.config import SamplingConfig
+from scalingar_jax.decode import GPTModel
 from scalingar_jax.images import to_uint8
+from scalingar_jax.resources import check_run_memory
 from scalingar_jax.scaling.config import ScalingARConfig
-from scalingar_jax.scaling import strategies as S
+from scalingar_jax.scaling.engine import RunStats
+from scalingar_jax.scaling.loop import StrategyResult
+from scalingar_jax.scaling.options import Schedule, Strategy
+from scalingar_jax.scaling.run import run_strategy
+from scalingar_jax.token_model import TokenModel
 
 Conditioner = Callable[[Sequence[str]], tuple[Any, Any]]  # prompts -> (cond, cond_mask or None)
 
@@ -43,10 +53,12 @@ class Pipeline:
     model's test of a GenEval prompt record (raises ValueError for one outside its vocabulary,
     e.g. the shapes world's), or None: any record of GenEval's schema is accepted. to_uint8:
     the VQ's float images (B, H, W, 3) -> uint8, the model family's own rounding (default
-    `images.to_uint8`, round((x + 1) * 127.5); Janus-Pro truncates)."""
+    `images.to_uint8`, round((x + 1) * 127.5); Janus-Pro truncates). token_model: the generator
+    as the engine runs it (a `token_model.TokenModel` on gpt_cfg, which its loader gives, e.g.
+    `janus.JanusModel`); None: LlamaGen's `decode.GPTModel(gpt_cfg)`."""
 
     gpt_params: Any
-    gpt_cfg: GPTConfig
+    gpt_cfg: Any  # config.GPTConfig, or the config of the family token_model runs (janus.JanusConfig)
     vq_params: Any
     vq_cfg: vq.VQConfig
     condition: Conditioner
@@ -56,6 +68,12 @@ class Pipeline:
     name: str = "pipeline"
     check_record: Callable[[dict], None] | None = None
     to_uint8: Callable[[np.ndarray], np.ndarray] = to_uint8
+    token_model: TokenModel | None = None
+
+    @property
+    def model(self) -> TokenModel:
+        """The generator as the engine's `token_model.TokenModel`."""
+        return GPTModel(self.gpt_cfg) if self.token_model is None else self.token_model
 
     @property
     def image_size(self) -> int:
@@ -93,83 +111,63 @@ class GenerationOutput:
     """images (P, H, W, 3) uint8 selected per prompt; candidates (P, N, H, W, 3) uint8 (pruned
     candidates' images decode their partial grids; the pixels of tokens they never generated are
     `UNGENERATED_GREY`);
-    result: the strategy's `StrategyResult`; seconds: wall clock of the token loop + selection."""
+    result: the strategy's `StrategyResult`; stats: the run's `RunStats` (steps, rows, utilization);
+    seconds: wall clock of the token loop + selection."""
 
     images: np.ndarray
     candidates: np.ndarray | None
-    result: S.StrategyResult
+    result: StrategyResult
     prompts: tuple[str, ...]
     strategy: str
     seconds: float
+    stats: RunStats | None = None
 
 
-def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scalingar", num_candidates: int = 8,
-             seed: int = 0, sampling: SamplingConfig | None = None, scaling: ScalingARConfig | None = None,
-             compaction: bool | str = True, prompt_ids=None, first_candidate: int = 0, decode_candidates: bool = False,
-             on_progress: Callable[[int], None] | None = None, mesh=None, conditioning=None, pool: int | None = None,
-             **strategy_kwargs) -> GenerationOutput:
-    """Runs `strategy` for every prompt (see `scalingar_jax.scaling.strategies.STRATEGIES`).
+def generate(pipe: Pipeline, prompts: Sequence[str], strategy: str | Strategy = "scalingar", *,
+             num_candidates: int | None = None, seed: int = 0, schedule: Schedule = Schedule(), prompt_ids=None,
+             conditioning=None, decode_candidates: bool = False,
+             on_progress: Callable[[int], None] | None = None) -> GenerationOutput:
+    """Runs a strategy for every prompt (`scaling.run.run_strategy` on the pipeline's model).
 
-    prompts: P strings; num_candidates: N >= 1; seed: the base PRNG seed (a candidate's key is
-    derived from (seed, prompt id, candidate id)); sampling/scaling default to the pipeline's.
-    mesh: optional `scalingar_jax.sharding.make_mesh(prompt_shards, cand_shards)`: prompts and
-    candidates are sharded over it with `shard_map` (the results of one device up to float
-    rounding: README, "Exactness").
-    compaction: False, True / "pow2" or "fine" (ScalingAR's pool buckets; the same results up
-    to float rounding).
+    prompts: P prompts; strategy: a name (`scaling.options.STRATEGIES`) with num_candidates N
+    (default 8), or a `Strategy` with every setting (N, sampling, scaling, first_candidate,
+    importance sampling's knobs; its sampling / scaling None: the pipeline's); seed: the base
+    PRNG seed (a candidate's key is derived from (seed, prompt id, candidate id)); schedule: a
+    `Schedule` (one device or a mesh, compaction, or a continuous-batching `Pool`: per prompt the
+    same results up to float rounding: README, "Exactness"); prompt_ids: (P,) global prompt ids
+    (default 0..P-1); conditioning: `pipe.condition(prompts)` computed already (cond,
+    cond_mask), so the conditioner (e.g. a text encoder) runs once per prompt;
+    decode_candidates: also decode every candidate; on_progress(k): the batched loop reached
+    token k (the pool does not call it).
     Before anything is allocated, the run's memory is estimated (`resources.check_run_memory`)
     and a run that does not fit is refused (`resources.ResourceError`, a ValueError).
-    first_candidate: global id of the first candidate (reward-free strategies): with N = 1 and
-    first_candidate = c, plain sampling decodes candidate c of an N-candidate run (same key; the
-    tokens can differ where a different batch size rounds differently).
-    conditioning: `pipe.condition(prompts)` computed already (cond, cond_mask), so the
-    conditioner (e.g. a text encoder) runs once per prompt; None: computed here.
-    pool: None (batched) or a pool of that many candidate rows (`scaling.pool`, continuous
-    batching: prompts enter as pruned or finished rows free up; plain, confidence_only, scalingar
-    and best_of_n; per prompt the same results up to float rounding; with `mesh`, one pool of that many rows per
-    device; on_progress not called).
-    Extra keyword arguments go to importance sampling (checkpoints, tau, fill_code).
     """
     import time
 
-    if strategy not in S.STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; available: {', '.join(S.STRATEGIES)}")
+    if isinstance(strategy, Strategy):
+        if num_candidates is not None:
+            raise ValueError("num_candidates is set twice: give it inside the Strategy")
+    else:
+        strategy = Strategy(strategy, 8 if num_candidates is None else num_candidates)
+    strategy = strategy.with_defaults(pipe.sampling, pipe.scaling)
+    if strategy.needs_reward and pipe.reward is None:
+        raise ValueError(f"strategy {strategy.name!r} needs a reward function and this pipeline has none")
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts given")
-    if isinstance(num_candidates, int) and isinstance(pool, (int, type(None))):  # else refused by the run_* entries
-        from scalingar_jax.resources import check_run_memory
-
-        devices = 1 if mesh is None else int(mesh.devices.size)
-        check_run_memory(pipe.gpt_cfg, pipe.vq_cfg, prompts=len(prompts), candidates=num_candidates,
-                         pool=None if pool is None else pool * devices, decode_candidates=decode_candidates,
-                         devices=devices, what=f"generating {len(prompts)} prompt(s) x {num_candidates} candidates")
+    devices = 1 if schedule.mesh is None else int(schedule.mesh.devices.size)
+    N = strategy.num_candidates
+    check_run_memory(pipe.gpt_cfg, pipe.vq_cfg, prompts=len(prompts), candidates=N,
+                     pool=None if schedule.pool is None else schedule.pool.rows * devices,
+                     decode_candidates=decode_candidates, devices=devices,
+                     what=f"generating {len(prompts)} prompt(s) x {N} candidates")
     cond, cond_mask = pipe.condition(prompts) if conditioning is None else conditioning
     if np.shape(cond)[0] != len(prompts):
         raise ValueError(f"conditioning has {np.shape(cond)[0]} rows for {len(prompts)} prompts")
-    sampling = pipe.sampling if sampling is None else sampling
-    scaling = pipe.scaling if scaling is None else scaling
-    key = jax.random.key(seed)
     t0 = time.perf_counter()
-    # the run_* entries validate every argument and pick one device or `mesh` (`S.make_executor`)
-    common = dict(key=key, num_candidates=num_candidates, sampling=sampling, prompt_ids=prompt_ids, mesh=mesh,
-                  on_progress=on_progress)
-    if pool is not None:
-        res = _generate_pooled(pipe, cond, cond_mask, prompts, strategy, pool, key, num_candidates, sampling, scaling,
-                               prompt_ids, first_candidate, mesh, strategy_kwargs)
-    elif strategy in ("best_of_n", "importance_sampling"):
-        if pipe.reward is None:
-            raise ValueError(f"strategy {strategy!r} needs a reward function and this pipeline has none")
-        if first_candidate != 0:
-            raise ValueError(f"first_candidate applies to plain, confidence_only and scalingar, not {strategy!r}")
-        fn = S.run_best_of_n if strategy == "best_of_n" else S.run_importance_sampling
-        res = fn(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, prompts=prompts, reward_fn=pipe.reward,
-                 decode_fn=pipe.decode_images, **common, **strategy_kwargs)
-    else:
-        if strategy_kwargs:
-            raise TypeError(f"unexpected arguments for {strategy!r}: {sorted(strategy_kwargs)}")
-        res = S.run_token_strategy(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, strategy=strategy,
-                                   scaling=scaling, compaction=compaction, first_candidate=first_candidate, **common)
+    res, stats = run_strategy(pipe.model, pipe.gpt_params, cond, cond_mask, strategy=strategy,
+                              key=jax.random.key(seed), schedule=schedule, prompt_ids=prompt_ids, prompts=prompts,
+                              reward_fn=pipe.reward, decode_fn=pipe.decode_images, on_progress=on_progress)
     jax.block_until_ready(res.tokens)
     seconds = time.perf_counter() - t0
     images = pipe.decode_images(np.asarray(res.tokens))
@@ -185,27 +183,7 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
         missing = np.repeat(np.repeat((all_tokens < 0).reshape(P, N, g, g), f, axis=2), f, axis=3)
         candidates = np.where(missing[..., None], np.uint8(UNGENERATED_GREY), candidates)
     return GenerationOutput(images=images, candidates=candidates, result=res, prompts=tuple(prompts),
-                            strategy=strategy, seconds=seconds)
-
-
-def _generate_pooled(pipe: Pipeline, cond, cond_mask, prompts, strategy, rows, key, N, sampling, scaling, prompt_ids,
-                     first_candidate, mesh, strategy_kwargs) -> S.StrategyResult:
-    """`generate`'s strategies through the prompt pool (`scaling.pool`; on a mesh, one pool of
-    `rows` rows per device)."""
-    from scalingar_jax.scaling import pool
-
-    if strategy == "importance_sampling" or strategy_kwargs:
-        raise ValueError(f"the prompt pool does not take strategy {strategy!r} with {sorted(strategy_kwargs)} (it "
-                         f"runs plain, confidence_only, scalingar and best_of_n)")
-    if strategy == "best_of_n":
-        if pipe.reward is None:
-            raise ValueError("strategy 'best_of_n' needs a reward function and this pipeline has none")
-        return pool.run_pool_best_of_n(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, prompts=prompts, key=key,
-                                       reward_fn=pipe.reward, decode_fn=pipe.decode_images, num_candidates=N,
-                                       sampling=sampling, rows=rows, prompt_ids=prompt_ids, mesh=mesh)[0]
-    return pool.run_pool_strategy(pipe.gpt_params, pipe.gpt_cfg, cond, cond_mask, key=key, strategy=strategy,
-                                  num_candidates=N, sampling=sampling, scaling=scaling, rows=rows,
-                                  prompt_ids=prompt_ids, first_candidate=first_candidate, mesh=mesh)[0]
+                            strategy=strategy.name, seconds=seconds, stats=stats)
 
 
 def load_pipeline(path=None, *, sampling: SamplingConfig | None = None, scaling: ScalingARConfig | None = None,

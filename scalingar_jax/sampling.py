@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from scalingar_jax.backend import BackendConfig, cpu_only, per_platform
 
@@ -93,6 +94,23 @@ def radix_kth_largest(x: jax.Array, k: int) -> jax.Array:
     t = jax.lax.fori_loop(0, 32, body, jnp.zeros((*x.shape[:-1], 1), jnp.uint32))
     bits = jnp.where((t >> 31) == 1, t & jnp.uint32(0x7FFFFFFF), ~t)
     return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def typed_key(key) -> jax.Array:
+    """A typed PRNG key from either kind the library takes: a typed key (`jax.random.key(seed)`)
+    as it is, or a raw uint32 key (`jax.random.PRNGKey(seed)`, shape (2,)) wrapped as the
+    default implementation's typed key; both give the same random bits, hence the same tokens.
+    Called outside jit; anything else is a TypeError naming the two kinds."""
+    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise TypeError(f"key must be one PRNG key, got a key array of shape {key.shape}")
+        return key
+    raw_shape = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
+    if (not isinstance(key, (jax.Array, np.ndarray)) or key.dtype != np.uint32 or key.shape != raw_shape):
+        got = f"{type(key).__name__} {getattr(key, 'dtype', '')}{list(getattr(key, 'shape', ()))}".strip()
+        raise TypeError(f"key must be jax.random.key(seed) or jax.random.PRNGKey(seed) (uint32{list(raw_shape)}), "
+                        f"got {got}")
+    return jax.random.wrap_key_data(key)
 
 
 def candidate_keys(key: jax.Array, prompt_ids: jax.Array, candidate_ids: jax.Array) -> jax.Array:

@@ -175,7 +175,7 @@ def plot_entropy_heatmap(path, entropy, image=None, title: str | None = None, *,
     ent = _float_array(entropy, "entropy", 2)
     if ent.shape[0] < 1 or ent.shape[1] < 1:
         raise ValueError(f"entropy must be a non-empty (g, g) grid, got {ent.shape}")
-    img = None if image is None else images._as_image(image, "image")
+    img = None if image is None else images.as_image(image, "image")
     figsize = figsize or ((9.0, 4.0) if img is not None else (5.0, 4.0))
     _check_common(path, dpi, figsize)
 

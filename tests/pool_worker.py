@@ -22,9 +22,9 @@ import numpy as np  # noqa: E402
 
 jax.config.update("jax_disable_most_optimizations", True)
 
+from strategy_runs import run, run_with_stats  # noqa: E402
+
 from scalingar_jax import sharding as SH  # noqa: E402
-from scalingar_jax.scaling import pool  # noqa: E402
-from scalingar_jax.scaling import strategies as S  # noqa: E402
 
 
 def main(out):
@@ -35,10 +35,10 @@ def main(out):
     cond, mask = TP._cond()
     kw = dict(key=W.KEY, strategy="scalingar", num_candidates=TP.N, sampling=W.SAMPLING, scaling=W.WIRE,
               prompt_ids=TP.PROMPT_IDS)
-    ref = S.run_token_strategy(params, W.CFG, cond, mask, compaction=False, **kw)
+    ref = run(params, W.CFG, cond, mask, compaction=False, **kw)
     mesh = SH.make_mesh(2, 2)
     seen = []
-    res, stats = pool.run_pool_strategy(params, W.CFG, cond, mask, rows=TP.ROWS, mesh=mesh, on_prompt=seen.append, **kw)
+    res, stats = run_with_stats(params, W.CFG, cond, mask, rows=TP.ROWS, mesh=mesh, on_prompt=seen.append, **kw)
     report = {name: bool(np.array_equal(np.asarray(getattr(res, name)), np.asarray(getattr(ref, name))))
               for name in ("all_tokens", "tokens", "winner", "tokens_used", "terminated_at")}
     report["score_maxdiff"] = float(np.nanmax(np.abs(np.where(np.isinf(ref.score), 0, np.asarray(ref.score))

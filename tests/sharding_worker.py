@@ -18,6 +18,7 @@ FAST = "--fast-compile" in sys.argv
 if FAST:
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -45,11 +46,12 @@ logging.getLogger("jax").addHandler(COMPILES)
 logging.getLogger("jax").setLevel(logging.WARNING)
 jax.config.update("jax_log_compiles", True)
 
+from strategy_runs import run as run_strategy  # noqa: E402
+
 from scalingar_jax import decode, gpt  # noqa: E402
 from scalingar_jax import sharding as SH  # noqa: E402
 from scalingar_jax.config import GPTConfig, SamplingConfig  # noqa: E402
 from scalingar_jax.scaling import ScalingARConfig  # noqa: E402
-from scalingar_jax.scaling import strategies as S  # noqa: E402
 
 CFG = GPTConfig(model_type="t2i", n_layer=1, n_head=2, dim=16, vocab_size=32, cls_token_num=3, caption_dim=4,
                 grid_size=4, multiple_of=16)
@@ -76,12 +78,13 @@ def run(strategy, params, cond, N, mesh=None, **extra):
     prompts = [f"p{i}" for i in range(cond.shape[0])]
     if strategy in ("plain", "confidence_only", "scalingar"):
         # the single-device reference is masked (== compacted, tests/test_strategies.py): one loop compile
-        return S.run_token_strategy(params, CFG, cond, strategy=strategy, scaling=AGGRESSIVE,
-                                    compaction=mesh is not None, **kw)
+        return run_strategy(params, CFG, cond, strategy=strategy, scaling=AGGRESSIVE, compaction=mesh is not None,
+                            **kw)
     if strategy == "best_of_n":
-        return S.run_best_of_n(params, CFG, cond, prompts=prompts, reward_fn=fake_reward, decode_fn=fake_decode, **kw)
-    return S.run_importance_sampling(params, CFG, cond, prompts=prompts, reward_fn=fake_reward, decode_fn=fake_decode,
-                                     checkpoints=(0.5,), **kw)
+        return run_strategy(params, CFG, cond, strategy=strategy, prompts=prompts, reward_fn=fake_reward,
+                            decode_fn=fake_decode, **kw)
+    return run_strategy(params, CFG, cond, strategy=strategy, prompts=prompts, reward_fn=fake_reward,
+                        decode_fn=fake_decode, checkpoints=(0.5,), **kw)
 
 
 def compare(ref, res):
@@ -106,7 +109,7 @@ def model_axis_check(params, ref_loop):
     for shape in ((1, 1, 8), (2, 1, 4)):
         mesh = SH.make_mesh(*shape[:2], model_shards=shape[2])
         sp = SH.shard_params(params, mesh, model_axis=SH.MODEL)
-        split = sorted(SH._path_str(p) for p, x in jax.tree_util.tree_leaves_with_path(sp)
+        split = sorted(SH.param_path(p) for p, x in jax.tree_util.tree_leaves_with_path(sp)
                        if SH.MODEL in tuple(x.sharding.spec))
         c = SH.put(np.asarray(cond), mesh, jax.sharding.PartitionSpec(SH.PROMPTS))
         compiled = jax.jit(lambda prm, cd: logits_c(prm, cd, toks)).lower(sp, c).compile()
@@ -118,8 +121,8 @@ def model_axis_check(params, ref_loop):
             "hlo_collectives": sorted({op for op in ("all-reduce", "all-gather", "reduce-scatter", "all-to-all")
                                        if op in hlo})}
         if shape == (2, 1, 4):  # the whole ScalingAR loop with model-split weights (manual over prompts/cands)
-            res = S.run_token_strategy(sp, CFG, cond_of(2), mesh=mesh, key=jax.random.key(3), num_candidates=8,
-                                       sampling=SAMPLING, scaling=AGGRESSIVE, compaction=False)
+            res = run_strategy(sp, CFG, cond_of(2), mesh=mesh, key=jax.random.key(3), num_candidates=8,
+                               sampling=SAMPLING, scaling=AGGRESSIVE, compaction=False)
             entry["loop_tokens_equal"] = bool(np.array_equal(res.tokens, ref_loop.tokens))
             entry["loop_winner_equal"] = bool(np.array_equal(res.winner, ref_loop.winner))
     return out
@@ -154,25 +157,25 @@ def main():
             res = run(strategy, params, cond_of(P), N, mesh=mesh, on_progress=seen.append)
             case = compare(refs[key], res)
             case["loop_calls"] = len(seen)
-            case["loop_compiles"] = COMPILES.names.count("_sharded_loop")
+            case["loop_compiles"] = COMPILES.names.count("loop_on_mesh")
             case["pruned"] = int(np.sum(np.asarray(refs[key].terminated_at) >= 0))
             report["cases"][f"{strategy}/{shape[0]}x{shape[1]}/P{P}N{N}"] = case
             report["timing"][f"{strategy}/{shape[0]}x{shape[1]}/P{P}N{N}"] = round(time.time() - t, 2)
     # compile once per bucket: a second ScalingAR run with other prompts compiles nothing new
     mesh = SH.make_mesh(2, 4)
     COMPILES.names.clear()
-    S.run_token_strategy(params, CFG, cond_of(2, seed=5), mesh=mesh, key=jax.random.key(3), num_candidates=8,
-                         sampling=SAMPLING, scaling=AGGRESSIVE)
+    run_strategy(params, CFG, cond_of(2, seed=5), mesh=mesh, key=jax.random.key(3), num_candidates=8,
+                 sampling=SAMPLING, scaling=AGGRESSIVE)
     report["compiles_second_run"] = list(COMPILES.names)
     # "fine" buckets (3 * 2**k pools too) on the padded setup: same results, more loop calls
     seen = []
-    res = S.run_token_strategy(params, CFG, cond_of(3), mesh=mesh, key=jax.random.key(3), num_candidates=6,
-                               sampling=SAMPLING, scaling=AGGRESSIVE, compaction="fine", on_progress=seen.append)
+    res = run_strategy(params, CFG, cond_of(3), mesh=mesh, key=jax.random.key(3), num_candidates=6,
+                       sampling=SAMPLING, scaling=AGGRESSIVE, compaction="fine", on_progress=seen.append)
     report["fine_buckets"] = dict(compare(refs[("scalingar", 3, 6)], res), loop_calls=len(seen),
                                   pow2_loop_calls=report["cases"]["scalingar/2x4/P3N6"]["loop_calls"])
     # first_candidate: candidates 4..7 of the 8 on a padded mesh (3 on 2 candidate shards + padding)
-    part = S.run_token_strategy(params, CFG, cond_of(2), mesh=SH.make_mesh(1, 2), key=jax.random.key(3),
-                                num_candidates=3, sampling=SAMPLING, strategy="plain", first_candidate=4)
+    part = run_strategy(params, CFG, cond_of(2), mesh=SH.make_mesh(1, 2), key=jax.random.key(3),
+                        num_candidates=3, sampling=SAMPLING, strategy="plain", first_candidate=4)
     report["first_candidate"] = bool(np.array_equal(np.asarray(part.all_tokens),
                                                     np.asarray(refs[("plain", 2, 8)].all_tokens)[:, 4:7]))
     t = time.time()

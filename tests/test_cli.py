@@ -8,6 +8,7 @@ import pytest
 from scalingar_jax import cli
 from scalingar_jax.images import read_png
 from scalingar_jax.pipeline import generate, load_pipeline
+from scalingar_jax.scaling.options import Strategy
 
 PROMPT = "a photo of a red circle left of a blue square"
 
@@ -77,10 +78,10 @@ def test_library_generate_every_strategy(world):
     with pytest.raises(ValueError, match="num_candidates"):
         generate(pipe, [PROMPT], num_candidates=0)
     with pytest.raises(ValueError, match="first_candidate applies to"):
-        generate(pipe, [PROMPT], strategy="best_of_n", first_candidate=2)
+        generate(pipe, [PROMPT], strategy=Strategy("best_of_n", first_candidate=2))
     # candidate 1 of a 2-candidate run, decoded alone, is the same image
     both = generate(pipe, [PROMPT], strategy="plain", num_candidates=2, seed=0, decode_candidates=True)
-    one = generate(pipe, [PROMPT], strategy="plain", num_candidates=1, seed=0, first_candidate=1)
+    one = generate(pipe, [PROMPT], strategy=Strategy("plain", 1, first_candidate=1), seed=0)
     np.testing.assert_array_equal(one.images[0], both.candidates[0, 1])
 
 
@@ -90,7 +91,7 @@ def test_pruned_candidates_show_ungenerated_tokens_grey(world):
 
     pipe = load_pipeline(world)
     eager = ScalingARConfig(probation_steps=1, p=0.9, rebound_threshold=1e9, min_survivors=1)  # prunes at once
-    out = generate(pipe, [PROMPT], strategy="scalingar", num_candidates=4, seed=0, scaling=eager,
+    out = generate(pipe, [PROMPT], strategy=Strategy("scalingar", 4, scaling=eager), seed=0,
                    decode_candidates=True)
     g, f = pipe.gpt_cfg.grid_size, out.candidates.shape[2] // pipe.gpt_cfg.grid_size
     term = np.asarray(out.result.terminated_at[0])

@@ -21,7 +21,7 @@ from scalingar_jax.checkpoint import load_model, save_model
 from scalingar_jax.convert import load_checkpoint, save_torch_state_dict
 from scalingar_jax.convert import mapping as M
 from scalingar_jax.convert import reference as R
-from scalingar_jax.convert import run
+from scalingar_jax.convert import checkpoints, run
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures" / "convert"
@@ -56,7 +56,7 @@ def converted(tmp_path_factory):
     out = {}
     for group, info in LG_INFO.items():
         dst = root / group
-        kind, cfg = run.convert(FIX / info["fixture"], dst, overrides=overrides(group), log=quiet)
+        kind, cfg = checkpoints.convert(FIX / info["fixture"], dst, overrides=overrides(group), log=quiet)
         out[group] = dst
     return out
 
@@ -113,7 +113,7 @@ def test_llamagen_reference_runner_matches_stored_outputs():
         sd, _ = load_checkpoint(FIX / info["fixture"])
         d = lg(group)
         if group.startswith("gpt"):
-            cfg = M._gpt_config(M.infer_gpt_config(sd, **overrides(group)))
+            cfg = M.as_gpt_config(M.infer_gpt_config(sd, **overrides(group)))
             out = runner.gpt_logits(cfg, sd, d["cond"], d["tokens"], d.get("cond_mask"), d["drop"])
             assert rel_err(out, d["logits"]) <= 1e-6, group
         else:
@@ -160,7 +160,7 @@ def test_verify_catches_a_wrong_mapping(tmp_path, capsys, monkeypatch):
 def test_verify_detects_swapped_rotary_halves(monkeypatch):
     """The verification tokens reach the second grid row, so a row/column mix-up shows."""
     sd, _ = load_checkpoint(FIX / "gpt_c2i_model.pt")
-    cfg = M._gpt_config(M.infer_gpt_config(sd, n_head=2, grid_size=4))
+    cfg = M.as_gpt_config(M.infer_gpt_config(sd, n_head=2, grid_size=4))
     inp = R.random_inputs("gpt", cfg)
     assert inp["tokens"].shape == (2, cfg.grid_size + 2)
     good = R.gpt_logits(sd, cfg, inp["cond"], inp["tokens"], drop=inp["drop"])

@@ -44,6 +44,21 @@ def test_generate_compiles_once_and_is_reproducible(params):
     assert int(a.min()) >= 0 and int(a.max()) < CFG.vocab_size
 
 
+def test_generate_takes_both_key_kinds_and_names_them_otherwise(params):
+    """`jax.random.PRNGKey(s)` (raw uint32) and `jax.random.key(s)` (typed) are the same key:
+    the same tokens, from one compiled program; anything else is refused naming both kinds."""
+    cond, mask = _cond()
+    s = SamplingConfig(cfg_scale=3.0, top_k=8)
+    typed = decode.generate(params, CFG, cond, cond_mask=mask, key=jax.random.key(5), num_candidates=2, sampling=s)
+    before = decode._generate._cache_size()
+    raw = decode.generate(params, CFG, cond, cond_mask=mask, key=jax.random.PRNGKey(5), num_candidates=2, sampling=s)
+    assert decode._generate._cache_size() == before
+    np.testing.assert_array_equal(raw, typed)
+    for bad in (5, np.array([5, 0], np.int32), jax.random.split(jax.random.key(5), 2), np.zeros(3, np.uint32)):
+        with pytest.raises(TypeError, match=r"jax.random.key\(seed\) or jax.random.PRNGKey\(seed\)|one PRNG key"):
+            decode.generate(params, CFG, cond, cond_mask=mask, key=bad, sampling=s)
+
+
 def test_prefill_candidates_is_the_prefill_of_the_repeated_rows(params):
     """The P distinct rows prefilled once and repeated give the layout and values of prefilling
     every candidate's copy (rows p*N + n, then the unconditional half), left padding included."""

@@ -1,14 +1,17 @@
 """Every jitted entry lowers for TPU and for GPU on this CPU-only machine (`jax.export`), in
 float32 and bfloat16, and no CPU-only construct reaches those programs.
 
-Exported (abstract inputs only: nothing is allocated or run): the t2i and c2i prefill
-(`loop.start_loop`), the token loop of every strategy (`loop.run_loop_in_place`: the fixed-CFG
-loop plain, confidence-only, Best-of-N and importance sampling share; ScalingAR's, compacting),
-compaction, selection (`_finish` per strategy), importance sampling's resampling, plain
-LlamaGen `decode.generate`, the prompt pool's step loop and admission, the sharded executor's
-start, loop, compaction and selection on an abstract 2x4 mesh (`jax.sharding.AbstractMesh`),
-Janus-Pro's prefill, decode step and ScalingAR loop (the second model family through the same
-loop pieces), VQ decoding, the T5 encoder and CLIP's two towers (CLIPScore).
+Exported (abstract inputs only: nothing is allocated or run): the engine's pieces
+(`scaling.engine`) on one device, a 1 x 1 mesh as `Engine` runs them: the t2i and c2i prefill
+(`run_prefill`), the token loop of every strategy (`run_loop_in_place`: the fixed-CFG loop
+plain, confidence-only, Best-of-N and importance sampling share; ScalingAR's), compaction,
+harvest (selection) per strategy, importance sampling's resampling, the prompt pool's insert and
+its per-lane token loop; plain LlamaGen `decode.generate`; the same engine on an abstract 2x4
+mesh (`jax.sharding.AbstractMesh`): prefill, ScalingAR's loop (collectives over the candidate
+axis), compaction, harvest and the pool's loop (lanes over both axes); Janus-Pro
+(`janus.JanusModel`, the second model family) through the same engine pieces (prefill, its decode
+step, ScalingAR's loop, compaction, harvest, the pool's insert and loop); VQ decoding, the T5
+encoder and CLIP's two towers (CLIPScore).
 
 What an export covers: tracing and StableHLO lowering with the TPU / CUDA lowering rules (every
 op has one, shapes and dtypes check, `platform_dependent` takes the accelerator branch,
@@ -35,8 +38,8 @@ from scalingar_jax import backend, clip, decode, gpt, janus, pipeline, rewards, 
 from scalingar_jax import sharding as SH
 from scalingar_jax.config import GPTConfig, SamplingConfig
 from scalingar_jax.scaling import ScalingARConfig
+from scalingar_jax.scaling import engine as E
 from scalingar_jax.scaling import loop as L
-from scalingar_jax.scaling import pool
 from scalingar_jax.scaling import strategies as S
 
 ACCELERATORS = ("tpu", "cuda")
@@ -60,9 +63,26 @@ def _abstract(fn, *args, **kw):
     return jax.eval_shape(functools.partial(fn, **kw), *args)
 
 
-def _params(cfg: GPTConfig, platform: str):
-    """Abstract GPT parameters in `platform`'s decode layout (what a loader hands the loops there)."""
-    return _abstract(functools.partial(gpt.decode_layout, platform=platform), gpt.param_shapes(cfg))
+def _model(cfg: GPTConfig, platform: str) -> decode.GPTModel:
+    """The GPT as the engine runs it on `platform` (that platform's decode layout)."""
+    return decode.GPTModel(cfg, platform=platform)
+
+
+def _params(model: decode.GPTModel):
+    """Abstract GPT parameters in the model's decode layout (what `Engine` hands the pieces)."""
+    return _abstract(model.decode_layout, gpt.param_shapes(model.cfg))
+
+
+def _mesh(prompt_shards: int, cand_shards: int) -> AbstractMesh:
+    return AbstractMesh((prompt_shards, cand_shards), (SH.PROMPTS, SH.CANDS), axis_types=(AxisType.Auto,) * 2)
+
+
+def _on(mesh, tree, spec=P()):
+    """Abstract arrays of `tree` placed on `mesh` with PartitionSpec `spec` (one for all, or a tree)."""
+    if isinstance(spec, P):
+        return jax.tree.map(lambda x: _sds(x.shape, x.dtype, NamedSharding(mesh, spec)), tree)
+    return jax.tree.map(lambda x, p: _sds(x.shape, x.dtype, NamedSharding(mesh, p)), tree, spec,
+                        is_leaf=lambda x: isinstance(x, P) or x is None)
 
 
 def _cond(cfg: GPTConfig, P: int = P_):
@@ -72,6 +92,8 @@ def _cond(cfg: GPTConfig, P: int = P_):
 
 
 KEY = jax.eval_shape(lambda: jax.random.key(0))
+KEY_DATA, IMPL = SH.split_key(jax.random.key(0))
+I32 = _sds((), jnp.int32)
 
 
 def exported(fn, *args, platform: str, **kw) -> jax.export.Exported:
@@ -98,39 +120,109 @@ def assert_accelerator_module(module: str, top_k: bool) -> None:
         assert "chlo.top_k" in module, "top-k on an accelerator should be lax.top_k"
 
 
-# ------------------------------------------------------------------------------ the GPT entries
+# ------------------------------------------------------------------------------ the engine's pieces
+class Pieces:
+    """The engine's jitted pieces on an abstract mesh, called as `Engine` calls them (the run's
+    unsharded spec placed with `engine.place`; inputs on the mesh with the engine's specs), each
+    returning its exported module for `platform`."""
+
+    def __init__(self, model, mesh, platform: str, *, params=None, condition=None):
+        """model: a `token_model.TokenModel` (default inputs: a `decode.GPTModel`'s); params: its
+        abstract decode-layout parameters (default `_params(model)`); condition: P -> abstract
+        (cond, cond_mask or None) (default `_cond(model.cfg, P)`)."""
+        self.model, self.mesh, self.platform = model, mesh, platform
+        self.params = _on(mesh, _params(model) if params is None else params)
+        self.condition = functools.partial(_cond, model.cfg) if condition is None else condition
+
+    def local(self, spec, lanes: int):
+        return E.place(spec, self.mesh, lanes).spec
+
+    def _state(self, fn, local, *args, **kw):
+        """The abstract state fn returns, placed with the engine's state shardings."""
+        out = _abstract(fn, *args, **kw)
+        return jax.tree.map(lambda x, sh: _sds(x.shape, x.dtype, sh), out, E.state_shardings(self.mesh, local))
+
+    def _prefill_args(self, local, lanes: int):
+        cond, mask = self.condition(lanes)
+        lane = E.lane_spec(local)
+        return (self.params, _on(self.mesh, cond, lane), None if mask is None else _on(self.mesh, mask, lane),
+                _on(self.mesh, _sds(KEY_DATA.shape, KEY_DATA.dtype)), _on(self.mesh, _sds((lanes,), jnp.int32), lane),
+                _on(self.mesh, I32))
+
+    def prefill(self, spec, lanes: int):
+        """(state, module) of `run_prefill` for `lanes` prompts (a multiple of the lane shards)."""
+        local = self.local(spec, lanes)
+        kw = dict(spec=L.shape_key(local), mesh=self.mesh, impl=IMPL)
+        args = self._prefill_args(local, lanes)
+        return self._state(E.run_prefill, local, *args, **kw), export(E.run_prefill, *args, platform=self.platform,
+                                                                      **kw)
+
+    def empty(self, spec, rows: int, lanes: int):
+        """The abstract state of `run_empty`: pools of `rows` rows and `lanes` lanes per device."""
+        local = self.local(spec, lanes * self.mesh.size)
+        return self._state(E.run_empty, local, _on(self.mesh, _sds(KEY_DATA.shape, KEY_DATA.dtype)),
+                           spec=L.shape_key(local), mesh=self.mesh, rows=rows, lanes=lanes, impl=IMPL)
+
+    def insert(self, spec, s):
+        local = self.local(spec, self.mesh.size)
+        one = E.lane_spec(local)
+        D = self.mesh.size
+        cond, mask = self.condition(D)
+        args = (self.params, s, _on(self.mesh, cond, one), None if mask is None else _on(self.mesh, mask, one),
+                _on(self.mesh, _sds(KEY_DATA.shape, KEY_DATA.dtype)), _on(self.mesh, _sds((D,), jnp.int32), one),
+                _on(self.mesh, I32), _on(self.mesh, _sds((D,), jnp.int32), one), _on(self.mesh, _sds((D,), bool), one))
+        return export(E.run_insert, *args, spec=L.shape_key(local), mesh=self.mesh, impl=IMPL, platform=self.platform)
+
+    def loop(self, spec, s, lanes: int):
+        scalar = _on(self.mesh, I32)
+        return export(E.run_loop_in_place, self.params, s, scalar, scalar, scalar,
+                      spec=L.loop_key(self.local(spec, lanes)), mesh=self.mesh, platform=self.platform)
+
+    def compact(self, spec, s, rows: int, lanes: int):
+        return export(E.run_compact, s, rows=rows, spec=L.shape_key(self.local(spec, lanes)), mesh=self.mesh,
+                      platform=self.platform)
+
+    def resample(self, spec, s, lanes: int):
+        local = self.local(spec, lanes)
+        n_pad = local.num_candidates * SH.axis_size(self.mesh, SH.CANDS)
+        idx = _on(self.mesh, _sds((lanes, n_pad), jnp.int32), E.lane_spec(local))
+        return export(E.run_resample, s, idx, spec=L.shape_key(local), mesh=self.mesh, platform=self.platform)
+
+    def harvest(self, spec, s, strategy: str, lanes: int):
+        """As `Engine.harvest`: every lane, the padding candidate slots dropped."""
+        local = self.local(spec, lanes)
+        n_pad = local.num_candidates * (SH.axis_size(self.mesh, SH.CANDS) if spec.lockstep else 1)
+        flat = dataclasses.replace(L.shape_key(local), num_candidates=n_pad, lane_axes=(), cand_axis=None)
+        return export(E.run_harvest, s, _on(self.mesh, _sds((lanes,), jnp.int32)), strategy=strategy, spec=flat,
+                      mesh=self.mesh, num_real=spec.num_candidates, platform=self.platform)
+
+
 def gpt_entries(dtype: str, platform: str):
     """(name, exported module text, samples with top-k) for every jitted GPT entry on one device."""
     out = []
     for model_type in ("t2i", "c2i"):
         cfg = _gpt_cfg(model_type, dtype)
-        params = _params(cfg, platform)
-        cond, mask = _cond(cfg)
-        ids = _sds((P_,), jnp.int32)
-        kw = dict(platform=platform)
-        specs = {s: S.token_spec(cfg, SAMPLING, SCALING, s, N_, True) for s in ("plain", "scalingar")}
-        state = _abstract(L.start_loop, params, cond, mask, KEY, ids, spec=L.shape_key(specs["plain"]))
-        out.append((f"{model_type} prefill", export(L.start_loop, params, cond, mask, KEY, ids,
-                                                    spec=L.shape_key(specs["plain"]), **kw), False))
+        model = _model(cfg, platform)
+        pieces = Pieces(model, _mesh(1, 1), platform)
+        specs = {s: S.spec_of(model, SAMPLING, SCALING, s, N_) for s in ("plain", "scalingar")}
+        state, module = pieces.prefill(specs["plain"], P_)
+        out.append((f"{model_type} prefill", module, False))
         if model_type == "c2i":
             continue
-        stop = _sds((), jnp.int32)
         for name, spec in specs.items():  # plain: the loop confidence-only, Best-of-N and IS share
-            out.append((f"{name} loop", export(L.run_loop_in_place, params, state, spec=L.loop_key(spec), stop=stop,
-                                               **kw), True))
+            out.append((f"{name} loop", pieces.loop(spec, state, P_), True))
         for strategy in ("plain", "confidence_only", "scalingar"):
-            out.append((f"{strategy} finish", export(L._finish, state, strategy, **kw), False))
-        out.append(("compaction", export(L._compact, state, rows=4, **kw), False))
-        out.append(("IS resample", export(L._resample, state, _sds((P_, N_), jnp.int32), **kw), False))
-        out.append(("generate", export(decode._generate, params, KEY, cond, mask, ids, cfg=cfg, sampling=SAMPLING,
-                                       num_candidates=N_, greedy=False, **kw), True))
-        spec = dataclasses.replace(specs["scalingar"], compaction=False)
-        one, one_mask = _cond(cfg, 1)
-        ps = _abstract(pool._empty, params, one, one_mask, KEY, spec=spec, rows=6, lanes=3)
-        i32 = _sds((), jnp.int32)
-        out.append(("pool admit", export(pool._admit, params, ps, one, one_mask, KEY, i32, i32, i32, spec=spec,
-                                         **kw), False))
-        out.append(("pool loop", export(pool.run_pool_loop, params, ps, i32, spec=spec, shrink=i32, **kw), True))
+            out.append((f"{strategy} harvest", pieces.harvest(specs["plain"], state, strategy, P_), False))
+        out.append(("compaction", pieces.compact(specs["scalingar"], state, 4, P_), False))
+        out.append(("IS resample", pieces.resample(specs["plain"], state, P_), False))
+        cond, mask = _cond(cfg)
+        out.append(("generate", export(decode._generate, _params(model), KEY, cond, mask, _sds((P_,), jnp.int32),
+                                       cfg=cfg, sampling=SAMPLING, num_candidates=N_, greedy=False,
+                                       platform=platform), True))
+        spec = S.spec_of(model, SAMPLING, SCALING, "scalingar", N_, lockstep=False)  # the pool's lanes
+        pool = pieces.empty(spec, rows=6, lanes=3)
+        out.append(("pool insert", pieces.insert(spec, pool), False))
+        out.append(("pool loop", pieces.loop(spec, pool, 3), True))
     return out
 
 
@@ -138,7 +230,7 @@ def gpt_entries(dtype: str, platform: str):
 @pytest.mark.parametrize("platform", ACCELERATORS)
 def test_gpt_entries_lower_for_accelerators_without_cpu_constructs(platform, dtype):
     """The single-device GPT entries (`gpt_entries`): no CPU-only construct, top-k by lax.top_k,
-    the model in the requested dtype."""
+    the model in the requested dtype, the layers in the platform's layout."""
     entries = gpt_entries(dtype, platform)
     assert len(entries) == 12
     for name, module, top_k in entries:
@@ -147,17 +239,17 @@ def test_gpt_entries_lower_for_accelerators_without_cpu_constructs(platform, dty
         except AssertionError as e:
             raise AssertionError(f"{name} ({platform}, {dtype}): {e}") from None
     assert ("bf16" in dict((n, m) for n, m, _ in entries)["scalingar loop"]) == (dtype == "bfloat16")
+    assert _model(_gpt_cfg("t2i", dtype), platform).scan_layers == backend.backend_config(platform).scan_layers
 
 
 def test_the_cpu_export_holds_every_cpu_construct():
     """The same loop exported for CPU: the markers the accelerator tests look for are live."""
     cfg = _gpt_cfg("t2i", "float32")
-    params = _params(cfg, "cpu")
-    cond, mask = _cond(cfg)
-    spec = S.token_spec(cfg, SAMPLING, SCALING, "scalingar", N_, True)
-    state = _abstract(L.start_loop, params, cond, mask, KEY, _sds((P_,), jnp.int32), spec=L.shape_key(spec))
-    module = export(L.run_loop_in_place, params, state, spec=L.loop_key(spec), stop=_sds((), jnp.int32),
-                    platform="cpu")
+    model = _model(cfg, "cpu")
+    pieces = Pieces(model, _mesh(1, 1), "cpu")
+    spec = S.spec_of(model, SAMPLING, SCALING, "scalingar", N_)
+    state, _ = pieces.prefill(spec, P_)
+    module = pieces.loop(spec, state, P_)
     want = ["radix_select", "sample_barrier", "optimization_barrier"]
     if backend.backend_config("cpu").column_splits > 1:
         want.insert(0, "column_split")
@@ -175,7 +267,7 @@ def test_an_exported_generate_serializes():
     pytest.importorskip("flatbuffers", reason="jax.export serialization needs flatbuffers (in the test extra)")
     cfg = _gpt_cfg("t2i", "bfloat16")
     cond, mask = _cond(cfg)
-    exp = exported(decode._generate, _params(cfg, "tpu"), KEY, cond, mask, _sds((P_,), jnp.int32), cfg=cfg,
+    exp = exported(decode._generate, _params(_model(cfg, "tpu")), KEY, cond, mask, _sds((P_,), jnp.int32), cfg=cfg,
                    sampling=SAMPLING, num_candidates=N_, greedy=False, platform="tpu")
     back = jax.export.deserialize(exp.serialize())
     assert back.platforms == ("tpu",) and back.nr_devices == 1
@@ -203,65 +295,89 @@ def test_a_planted_cpu_construct_is_caught():
 
 
 # ------------------------------------------------------------------------------ Janus-Pro
+def _janus_cfg(dtype: str) -> janus.JanusConfig:
+    return janus.JanusConfig(text_vocab_size=40, dim=16, n_layer=2, n_head=4, n_kv_head=2, ffn_hidden=24, vocab_size=32,
+                             gen_head_dim=12, grid_size=4, prompt_len=6, param_dtype=dtype, dtype=dtype).validate()
+
+
+def _janus_pieces(cfg: janus.JanusConfig, mesh, platform: str) -> Pieces:
+    """The engine's pieces on `janus.JanusModel(cfg)`: its decode-layout parameters, prompts as
+    (ids (P, prompt_len) int32, mask (P, prompt_len) bool)."""
+    model = janus.JanusModel(cfg)
+    params = _abstract(model.decode_layout, janus.param_shapes(cfg))
+    condition = lambda P: (_sds((P, cfg.prompt_len), jnp.int32), _sds((P, cfg.prompt_len), bool))  # noqa: E731
+    return Pieces(model, mesh, platform, params=params, condition=condition)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("platform", ACCELERATORS)
 def test_janus_entries_lower_for_accelerators(platform, dtype):
-    """Janus-Pro's prefill (`loop.start_loop` through its config's decode protocol), its decode
-    step alone and the ScalingAR token loop on it: no CPU-only construct, the model in `dtype`."""
-    cfg = janus.JanusConfig(text_vocab_size=40, dim=16, n_layer=2, n_head=4, n_kv_head=2, ffn_hidden=24, vocab_size=32,
-                            gen_head_dim=12, grid_size=4, prompt_len=6, param_dtype=dtype, dtype=dtype).validate()
-    params = _abstract(functools.partial(cfg.decode_layout, platform=platform), janus.param_shapes(cfg))
-    ids, mask, pids = _sds((P_, cfg.prompt_len), jnp.int32), _sds((P_, cfg.prompt_len), bool), _sds((P_,), jnp.int32)
-    spec = S.token_spec(cfg, SAMPLING, SCALING, "scalingar", N_, True)
-    state = _abstract(L.start_loop, params, ids, mask, KEY, pids, spec=L.shape_key(spec))
+    """Janus-Pro (`janus.JanusModel`) through the engine's pieces on one device, as `Engine` runs
+    it: prefill, its decode step alone, ScalingAR's token loop, compaction, harvest, the pool's
+    insert and per-lane loop: no CPU-only construct, top-k by lax.top_k, the model in `dtype`."""
+    cfg = _janus_cfg(dtype)
+    pieces = _janus_pieces(cfg, _mesh(1, 1), platform)
+    model = pieces.model
+    spec = S.spec_of(model, SAMPLING, SCALING, "scalingar", N_)
+    state, prefill = pieces.prefill(spec, P_)
     rows = 2 * P_ * N_
-    cache = jax.eval_shape(lambda: gpt.init_cache(cfg, rows))
-    step = jax.jit(lambda p, c, t, k: cfg.decode_step(p, c, t, k))
-    modules = {"prefill": export(L.start_loop, params, ids, mask, KEY, pids, spec=L.shape_key(spec), platform=platform),
-               "decode step": export(step, params, cache, _sds((rows,), jnp.int32), _sds((), jnp.int32),
-                                     platform=platform),
-               "scalingar loop": export(L.run_loop_in_place, params, state, spec=L.loop_key(spec),
-                                        stop=_sds((), jnp.int32), platform=platform)}
-    for name, module in modules.items():
+    cache = jax.eval_shape(lambda: model.init_cache(rows))
+    step = jax.jit(lambda p, c, t, k: model.decode_step(p, c, t, k))
+    params = _abstract(model.decode_layout, janus.param_shapes(cfg))
+    pool_spec = S.spec_of(model, SAMPLING, SCALING, "scalingar", N_, lockstep=False)
+    pool = pieces.empty(pool_spec, rows=6, lanes=3)
+    modules = {"prefill": (prefill, False),
+               "decode step": (export(step, params, cache, _sds((rows,), jnp.int32), I32, platform=platform), False),
+               "scalingar loop": (pieces.loop(spec, state, P_), True),
+               "compaction": (pieces.compact(spec, state, 4, P_), False),
+               "harvest": (pieces.harvest(spec, state, "scalingar", P_), False),
+               "pool insert": (pieces.insert(pool_spec, pool), False),
+               "pool loop": (pieces.loop(pool_spec, pool, 3), True)}
+    for name, (module, top_k) in modules.items():
         try:
-            assert_accelerator_module(module, top_k=name == "scalingar loop")
+            assert_accelerator_module(module, top_k=top_k)
         except AssertionError as e:
             raise AssertionError(f"janus {name} ({platform}, {dtype}): {e}") from None
-        assert ("bf16" in module) == (dtype == "bfloat16"), name
+    for name in ("prefill", "decode step", "scalingar loop"):
+        assert ("bf16" in modules[name][0]) == (dtype == "bfloat16"), name
 
 
-# ------------------------------------------------------------------------------ the sharded executor
+def test_janus_engine_lowers_on_an_abstract_2x4_mesh():
+    """Janus-Pro's prefill and ScalingAR loop under shard_map on the abstract 2x4 mesh: 8-partition
+    TPU programs with the candidate axis's collectives."""
+    mesh = _mesh(2, 4)
+    pieces = _janus_pieces(_janus_cfg("bfloat16"), mesh, "tpu")
+    spec = S.spec_of(pieces.model, SAMPLING, SCALING, "scalingar", 8)
+    state, prefill = pieces.prefill(spec, 2)
+    loop = pieces.loop(spec, state, 2)
+    for name, module in (("prefill", prefill), ("loop", loop)):
+        assert "mhlo.num_partitions = 8" in module, name
+        assert_accelerator_module(module, top_k=name == "loop")
+    assert "all_gather" in loop and "all_reduce" in loop
+
+
+# ------------------------------------------------------------------------------ the engine on a mesh
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_sharded_executor_lowers_on_an_abstract_2x4_mesh(dtype):
-    """start, loop (ScalingAR: collectives over the candidate axis), compaction and selection
-    under shard_map on an abstract 2x4 prompts x cands mesh: 8-partition TPU and GPU programs."""
-    mesh = AbstractMesh((2, 4), (SH.PROMPTS, SH.CANDS), axis_types=(AxisType.Auto,) * 2)
+def test_engine_lowers_on_an_abstract_2x4_mesh(dtype):
+    """prefill, ScalingAR's loop (collectives over the candidate axis), compaction, harvest and
+    the pool's per-lane loop under shard_map on an abstract 2x4 prompts x cands mesh: 8-partition
+    TPU and GPU programs."""
+    mesh = _mesh(2, 4)
     cfg = _gpt_cfg("t2i", dtype)
-    rep = NamedSharding(mesh, P())
-    by_prompt = NamedSharding(mesh, P(SH.PROMPTS))
     Pn, Nn = 2, 8  # P and N over the 2 x 4 mesh: 1 prompt x 2 candidate slots per device
-    spec = dataclasses.replace(S.token_spec(cfg, SAMPLING, SCALING, "scalingar", Nn, True), num_candidates=Nn // 4,
-                               prompt_axis=SH.PROMPTS, cand_axis=SH.CANDS)
     for platform in ACCELERATORS:
-        params = jax.tree.map(lambda x: _sds(x.shape, x.dtype, rep), _params(cfg, platform))
-        cond = _sds((Pn, cfg.cls_token_num, cfg.caption_dim), jnp.dtype(dtype), by_prompt)
-        mask = _sds((Pn, cfg.cls_token_num), bool, by_prompt)
-        args = (params, cond, mask, _sds((2,), jnp.uint32, rep), _sds((Pn,), jnp.int32, by_prompt),
-                _sds((), jnp.int32, rep))
-        start = dict(spec=L.shape_key(spec), mesh=mesh, impl="threefry2x32")
-        state = _abstract(SH._start, *args, **start)
-        state = jax.tree.map(lambda x, sh: _sds(x.shape, x.dtype, sh), state,
-                             SH.loop_state_shardings(mesh, L.shape_key(spec), gpt.layers_stacked(params)))
-        modules = {"start": export(SH._start, *args, platform=platform, **start),
-                   "loop": export(SH.run_loop_in_place, params, state, _sds((), jnp.int32, rep), spec=L.loop_key(spec),
-                                  mesh=mesh, platform=platform),
-                   "compaction": export(SH._compact, state, rows=1, spec=L.shape_key(spec), mesh=mesh,
-                                        platform=platform),
-                   "finish": export(SH._finish, state, strategy="scalingar", spec=L.shape_key(spec), mesh=mesh,
-                                    num_prompts=Pn, num_real=Nn, platform=platform)}
+        model = _model(cfg, platform)
+        pieces = Pieces(model, mesh, platform)
+        spec = S.spec_of(model, SAMPLING, SCALING, "scalingar", Nn)
+        state, start = pieces.prefill(spec, Pn)
+        pool_spec = S.spec_of(model, SAMPLING, SCALING, "scalingar", Nn, lockstep=False)
+        modules = {"prefill": start, "loop": pieces.loop(spec, state, Pn),
+                   "compaction": pieces.compact(spec, state, 1, Pn),
+                   "harvest": pieces.harvest(spec, state, "scalingar", Pn),
+                   "pool loop": pieces.loop(pool_spec, pieces.empty(pool_spec, rows=8, lanes=1), mesh.size)}
         for name, module in modules.items():
             assert "mhlo.num_partitions = 8" in module, name
-            assert_accelerator_module(module, top_k=name == "loop")
+            assert_accelerator_module(module, top_k=name in ("loop", "pool loop"))
         assert "all_gather" in modules["loop"] and "all_reduce" in modules["loop"]  # pooled stats, pmax
 
 

@@ -264,3 +264,31 @@ def test_merge_refuses_overlap(tmp_path):
     with pytest.raises(ValueError, match="hold 2 prompt folders, the run has 3"):
         geneval.merge_runs([a, d], tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+def test_merge_joins_parts_into_one_folder(tmp_path):
+    """`geneval.merge_runs`, the one merger of per-host parts: the prompt folders of every part
+    side by side (the multi-host test merges real runs with it); an existing output, a folder
+    that is not a part and overlapping parts are refused, leaving nothing behind."""
+    img = np.zeros((4, 4, 3), np.uint8)
+
+    def part(name, index, indices):
+        out = tmp_path / name
+        geneval.prepare_run(out, {"images_per_prompt": 2}, [(i, RECORDS[i]) for i in indices], selected=3,
+                            images_per_prompt=2, process_index=index, process_count=2)
+        for i in indices:
+            geneval.write_prompt_folder(out, i, RECORDS[i], [img, img + 1])
+        return out
+
+    a, b = part("a", 0, [0, 2]), part("b", 1, [1])
+    out = geneval.merge_runs([a, b], tmp_path / "merged")
+    assert sorted(e for e in os.listdir(out) if e.isdigit()) == ["00000", "00001", "00002"]
+    assert sorted(os.listdir(Path(out) / "00002" / "samples")) == ["0000.png", "0001.png"]
+    with pytest.raises(FileExistsError):
+        geneval.merge_runs([a, b], tmp_path / "merged")
+    c = part("c", 1, [1, 2])
+    with pytest.raises(ValueError, match="00002 is in two parts"):
+        geneval.merge_runs([a, c], tmp_path / "m2")
+    assert not (tmp_path / "m2").exists()
+    with pytest.raises(ValueError, match="is not a run folder"):
+        geneval.merge_runs([tmp_path / "merged" / "00000" / "samples"], tmp_path / "m3")

@@ -497,7 +497,7 @@ def jax_tree_map_first_leaf_nan(params):
                                    ValueError("name \x1b[31mred\x1b[0m\nsecond line")])
 def test_deep_errors_are_one_line(tmp_path, monkeypatch, error):
     from scalingar_jax import pipeline
-    from scalingar_jax.convert import run as convert_run
+    from scalingar_jax.convert import checkpoints
 
     def boom(*a, **k):
         raise error
@@ -506,7 +506,7 @@ def test_deep_errors_are_one_line(tmp_path, monkeypatch, error):
     rc, err = _cli(["generate", "a photo of a circle", "--out", str(tmp_path / "o")])
     assert rc == 2 and err.count("\n") == 1 and "\x1b" not in err and "Traceback" not in err, err
     assert not (tmp_path / "o").exists()
-    monkeypatch.setattr(convert_run, "_convert", boom)
+    monkeypatch.setattr(checkpoints, "write_model", boom)
     rc, err = _convert_cli([str(FIX / "gpt_c2i_model.pt"), str(tmp_path / "c")])
     assert rc == 2 and err.count("\n") == 1 and "\x1b" not in err, err
     assert sorted(os.listdir(tmp_path)) == []
@@ -1169,7 +1169,7 @@ def test_ctrl_c_inside_the_token_loop_compilation(random_world, tmp_path):
     (see `_INTERRUPT_CHILD`), so where it lands does not depend on timing: it is pinned, and the
     report says so. Python raises the KeyboardInterrupt when the compile returns."""
     argv, out, log = _ctrl_c_run(random_world, tmp_path, 3)
-    r = _interrupt(argv, log, compile_name="jit(_token_loop)")
+    r = _interrupt(argv, log, compile_name="jit(loop_on_mesh)")  # the engine's token loop
     assert r["fired"] and "compile" in r["fired"][0], r  # the SIGINT was sent inside the compile call
     assert _assert_interrupted(r, out, 3, before=0) == []
 

@@ -5,17 +5,18 @@ the released layout (released/: pytorch_model.bin; released_sharded/: two shards
 and what Janus's own generation_inference.py `generate` made of it greedily at cfg 1 and 5 (the
 prompts' input ids, tokens, decode_code's float images, the uint8 images it writes), all written by
 conversion/make_janus_fixture.py. Here both folders go through `assemble_janus_bundle` and the
-bundle's loader, and a greedy loop over `janus.prefill_candidates` / `janus.decode_step` (the decode
-protocol the engine will call) with the project's sampling (`decode.next_tokens`) must give the
+bundle's loader, and a greedy loop over `janus.prefill_candidates` / `janus.decode_step` (what
+`janus.JanusModel`, the engine's `TokenModel`, calls) with the project's sampling (`decode.next_tokens`) must give the
 same step distributions within 1e-4 (log-probabilities of the guided logits, which Janus's
 `torch.multinomial` received) and, since every step's top-1 leads by more than twice that, provably
 the same tokens, float images within 1e-4 and the same uint8 pixels wherever the
 float value is not within 1e-3 of a rounding boundary. Then unit tests: RoPE against a NumPy
 reference, GQA against repeated key/value heads, left padding against an unpadded prompt, the
 cached decode against one full pass, bf16, and the hostile-input rules of the conversion. Last,
-the command line and the dispatch LlamaGen uses: `scalingar bundle --janus` and `scalingar
-generate` (plain at top-k 1, i.e. greedy: Janus's tokens again; scalingar -n 8; a GenEval prompt
-file through the prompt pool; a 1 x 2 mesh in a subprocess) and the batched and pooled strategies.
+the command line and the engine LlamaGen uses (`janus.JanusModel` as its `TokenModel`):
+`scalingar bundle --janus` and `scalingar generate` (plain at top-k 1, i.e. greedy: Janus's
+tokens again; scalingar -n 8; a GenEval prompt file through the prompt pool; a 1 x 2 mesh in a
+subprocess) and the batched and pooled strategies.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from scalingar_jax.images import read_png
 from scalingar_jax.janus_bundle import (JanusTokenizer, assemble_janus_bundle, pipeline_from_bundle, sft_prompt,
                                         to_uint8_janus)
 from scalingar_jax.pipeline import Pipeline, generate, load_pipeline
+from scalingar_jax.scaling.options import Pool, Schedule, Strategy
 
 FIX = Path(__file__).parent / "fixtures" / "janus_tiny"
 FACTS = json.loads((FIX / "expected.json").read_text(encoding="utf-8"))
@@ -503,6 +505,7 @@ def test_cli_bundle_names_no_code_and_loads_as_a_pipeline(cli_bundle):
     assert record["parts"] == {"gpt": "gpt", "tokenizer": "tokenizer", "vq": "vq"}
     pipe = load_pipeline(cli_bundle)
     assert isinstance(pipe, Pipeline) and isinstance(pipe.gpt_cfg, janus.JanusConfig)
+    assert pipe.model == janus.JanusModel(pipe.gpt_cfg)  # what the engine runs
     assert pipe.to_uint8 is to_uint8_janus and pipe.sampling.cfg_scale == 5.0
 
 
@@ -542,10 +545,12 @@ def test_cli_scalingar_n8_and_geneval_prompt_file_with_the_pool(cli_bundle, tmp_
 
 
 def test_pool_and_batched_strategies_give_janus_greedy_tokens(pipes, expected):
-    """The shared dispatch (strategies, the prompt pool) on Janus: greedy candidates are Janus's tokens."""
+    """The one engine (`run.run_strategy`: batched strategies, the prompt pool) on Janus's
+    `JanusModel`: greedy candidates are Janus's tokens."""
     pipe = pipes["single"]
-    batched = generate(pipe, PROMPTS, strategy="confidence_only", num_candidates=2, sampling=GREEDY)
-    pooled = generate(pipe, PROMPTS, strategy="plain", num_candidates=2, sampling=GREEDY, pool=4)
+    assert pipe.model == janus.JanusModel(pipe.gpt_cfg)
+    batched = generate(pipe, PROMPTS, Strategy("confidence_only", 2, sampling=GREEDY))
+    pooled = generate(pipe, PROMPTS, Strategy("plain", 2, sampling=GREEDY), schedule=Schedule(pool=Pool(4)))
     want = np.repeat(expected["cfg5_tokens"][:, None], 2, axis=1)
     np.testing.assert_array_equal(np.asarray(batched.result.all_tokens), want)
     np.testing.assert_array_equal(np.asarray(pooled.result.all_tokens), want)

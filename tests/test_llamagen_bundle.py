@@ -20,7 +20,7 @@ from scalingar_jax import cli, llamagen
 from scalingar_jax.bundle import read_bundle
 from scalingar_jax.checkpoint import save_model
 from scalingar_jax.config import GPTConfig, SamplingConfig
-from scalingar_jax.convert.run import export
+from scalingar_jax.convert.checkpoints import export
 from scalingar_jax.images import read_png
 from scalingar_jax.pipeline import load_pipeline
 
@@ -431,14 +431,14 @@ def test_parts_that_do_not_fit_are_refused_before_any_conversion(made, tmp_path,
     """The fit (codebook = vocabulary, features / T5 width = caption_dim) is read from the files' tensor
     shapes or config.json: a 3 GB GPT is not converted before a wrong VQ is reported."""
     from scalingar_jax import checkpoint
-    from scalingar_jax.convert import run
+    from scalingar_jax.convert import checkpoints
 
     d, _ = made
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("converted or loaded weights before checking the parts fit")
 
-    monkeypatch.setattr(run, "convert", must_not_run)
+    monkeypatch.setattr(checkpoints, "convert", must_not_run)
     monkeypatch.setattr("scalingar_jax.convert.mapping.torch_to_flax_gpt", must_not_run)
     monkeypatch.setattr("scalingar_jax.convert.mapping.torch_to_flax_vq", must_not_run)
     monkeypatch.setattr(checkpoint, "load_model", must_not_run)

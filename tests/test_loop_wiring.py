@@ -13,12 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scaling_ref import Ref, token_confidence
+from strategy_runs import run
 
 from scalingar_jax import gpt
 from scalingar_jax.config import GPTConfig, SamplingConfig
 from scalingar_jax.sampling import candidate_keys
 from scalingar_jax.scaling import ScalingARConfig
-from scalingar_jax.scaling import strategies as S
 
 CFG = GPTConfig(model_type="t2i", n_layer=1, n_head=2, dim=16, vocab_size=32, cls_token_num=3, caption_dim=4,
                 grid_size=5, multiple_of=16)
@@ -69,8 +69,8 @@ def _draw(lc, lu, scale, k):
 
 @pytest.mark.exactness
 def test_loop_profiles_conditional_logits_prunes_and_samples_at_the_scheduled_scale(params):
-    res = S.run_token_strategy(params, CFG, _cond(), key=KEY, strategy="scalingar", num_candidates=N,
-                               sampling=SAMPLING, scaling=WIRE, prompt_ids=PROMPT_IDS)
+    res = run(params, CFG, _cond(), key=KEY, strategy="scalingar", num_candidates=N, sampling=SAMPLING, scaling=WIRE,
+              prompt_ids=PROMPT_IDS)
     toks = np.asarray(res.all_tokens)
     lc, lu = _teacher_forced(params, toks)
     ref = Ref(WIRE, P, N, CFG.grid_size, S_BASE)
@@ -102,8 +102,8 @@ def test_loop_profiles_conditional_logits_prunes_and_samples_at_the_scheduled_sc
 
 
 def test_signals_of_the_sharpened_model_are_not_noise(params):
-    res = S.run_token_strategy(params, CFG, _cond(), key=KEY, strategy="plain", num_candidates=N, sampling=SAMPLING,
-                               prompt_ids=PROMPT_IDS)
+    res = run(params, CFG, _cond(), key=KEY, strategy="plain", num_candidates=N, sampling=SAMPLING,
+              prompt_ids=PROMPT_IDS)
     lc, lu = _teacher_forced(params, np.asarray(res.all_tokens))
     Hn, m, _ = token_confidence(lc)
     pc = np.exp(lc - lc.max(-1, keepdims=True))
@@ -115,8 +115,8 @@ def test_signals_of_the_sharpened_model_are_not_noise(params):
 
 
 def test_confidence_only_picks_the_highest_hand_computed_mean_confidence(params):
-    res = S.run_token_strategy(params, CFG, _cond(), key=KEY, strategy="confidence_only", num_candidates=N,
-                               sampling=SAMPLING, prompt_ids=PROMPT_IDS)
+    res = run(params, CFG, _cond(), key=KEY, strategy="confidence_only", num_candidates=N, sampling=SAMPLING,
+              prompt_ids=PROMPT_IDS)
     lc, _ = _teacher_forced(params, np.asarray(res.all_tokens))
     score = token_confidence(lc)[2].mean(-1)  # mean over the T tokens of 1 - (Hn/2 + (1 - m)/2)
     np.testing.assert_allclose(res.score, score, rtol=1e-4)
@@ -142,11 +142,11 @@ def test_importance_sampling_resamples_toward_the_highest_reward(params):
     """tau -> 0: at the checkpoint (c = 10) every slot becomes a copy of the prefix with the highest
     reward of the partial grid (positions >= c filled with code 0); keys stay with the slot."""
     c = 10
-    res = S.run_importance_sampling(params, CFG, _cond(), prompts=["a", "b"], key=KEY, num_candidates=N,
-                                    reward_fn=_reward, decode_fn=_decode, sampling=SAMPLING, checkpoints=(c / T,),
-                                    tau=1e-4, fill_code=0, prompt_ids=PROMPT_IDS)
-    plain = S.run_token_strategy(params, CFG, _cond(), key=KEY, strategy="plain", num_candidates=N,
-                                 sampling=SAMPLING, prompt_ids=PROMPT_IDS)
+    res = run(params, CFG, _cond(), strategy="importance_sampling", prompts=["a", "b"], key=KEY, num_candidates=N,
+              reward_fn=_reward, decode_fn=_decode, sampling=SAMPLING, checkpoints=(c / T,), tau=1e-4, fill_code=0,
+              prompt_ids=PROMPT_IDS)
+    plain = run(params, CFG, _cond(), key=KEY, strategy="plain", num_candidates=N, sampling=SAMPLING,
+                prompt_ids=PROMPT_IDS)
     before = np.asarray(plain.all_tokens)  # the same keys: identical up to the checkpoint
     partial = np.where(np.arange(T) < c, before, 0)
     r = _reward(_decode(partial.reshape(P * N, T)), None).reshape(P, N)

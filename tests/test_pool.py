@@ -23,9 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from strategy_runs import run, run_with_stats
+
 from scalingar_jax import decode, gpt
-from scalingar_jax.scaling import pool
-from scalingar_jax.scaling import strategies as S
+from scalingar_jax.scaling import engine as E
+from scalingar_jax.scaling.options import check_pool
 
 from exactness import assert_same_outcomes, worker_env
 from test_loop_wiring import CFG, KEY, SAMPLING, WIRE, _decode, _reward, params  # noqa: F401 (the fixture)
@@ -73,27 +75,26 @@ def test_per_row_positions_match_the_teacher_forced_forward(params):
 @pytest.mark.exactness
 def test_scalingar_pool_equals_batched_and_compiles_once_per_pool_size(params):
     cond, mask = _cond()
-    ref = S.run_token_strategy(params, CFG, cond, mask, key=KEY, strategy="scalingar", num_candidates=N,
-                               sampling=SAMPLING, scaling=WIRE, prompt_ids=PROMPT_IDS, compaction=False)
+    ref = run(params, CFG, cond, mask, key=KEY, strategy="scalingar", num_candidates=N, sampling=SAMPLING,
+              scaling=WIRE, prompt_ids=PROMPT_IDS, compaction=False)
     seen = []
-    compiled = pool.run_pool_loop._cache_size()
-    res, stats = pool.run_pool_strategy(params, CFG, cond, mask, key=KEY, strategy="scalingar", num_candidates=N,
-                                        sampling=SAMPLING, scaling=WIRE, prompt_ids=PROMPT_IDS, rows=ROWS,
-                                        shrink=False, on_prompt=seen.append)
+    compiled = E.run_loop_in_place._cache_size()
+    res, stats = run_with_stats(params, CFG, cond, mask, key=KEY, strategy="scalingar", num_candidates=N,
+                                sampling=SAMPLING, scaling=WIRE, prompt_ids=PROMPT_IDS, rows=ROWS, shrink=False,
+                                on_prompt=seen.append)
     assert_same_outcomes(res, ref)
     term = np.asarray(ref.terminated_at)
     assert len(set(term[term >= 0].tolist())) >= 3, term  # prompts pruned at different steps
     assert sorted(seen) == list(range(P)) and seen != list(range(P)), seen  # they finished out of order
     assert stats.steps < P * T  # freed rows started the next prompt before the previous one finished
     # one compile per pool size (the shrinking tail's sizes: test_plain_confidence_only_...)
-    assert stats.sizes == (ROWS,) and pool.run_pool_loop._cache_size() == compiled + 1
+    assert stats.sizes == (ROWS,) and E.run_loop_in_place._cache_size() == compiled + 1
     # another prompt set on the same pool: no new compile, and each prompt's result does not
     # depend on the prompts it shared the pool with
     idx = np.array([3, 0, 4])
-    res2, _ = pool.run_pool_strategy(params, CFG, cond[idx], mask[idx], key=KEY, strategy="scalingar",
-                                     num_candidates=N, sampling=SAMPLING, scaling=WIRE, prompt_ids=PROMPT_IDS[idx],
-                                     rows=ROWS, shrink=False)
-    assert pool.run_pool_loop._cache_size() == compiled + 1
+    res2 = run(params, CFG, cond[idx], mask[idx], key=KEY, strategy="scalingar", num_candidates=N, sampling=SAMPLING,
+               scaling=WIRE, prompt_ids=PROMPT_IDS[idx], rows=ROWS, shrink=False)
+    assert E.run_loop_in_place._cache_size() == compiled + 1
     assert_same_outcomes(res2, ref, idx)
 
 
@@ -104,46 +105,46 @@ def test_scalingar_ablation_in_the_pool(params):
     cond, mask = _cond()
     sc = WIRE.ablation("termination_only")
     kw = dict(key=KEY, strategy="scalingar", num_candidates=N, sampling=SAMPLING, scaling=sc, prompt_ids=PROMPT_IDS)
-    ref = S.run_token_strategy(params, CFG, cond, mask, compaction=False, **kw)
-    res, _ = pool.run_pool_strategy(params, CFG, cond, mask, rows=ROWS + 2, shrink="fine", **kw)
+    ref = run(params, CFG, cond, mask, compaction=False, **kw)
+    res = run(params, CFG, cond, mask, rows=ROWS + 2, shrink="fine", **kw)
     assert_same_outcomes(res, ref)
 
 
 @pytest.mark.exactness
 def test_plain_confidence_only_and_best_of_n_in_the_pool(params):
     cond, mask = _cond()
-    compiled = pool.run_pool_loop._cache_size()
+    kws = {strategy: dict(key=KEY, strategy=strategy, num_candidates=N, sampling=SAMPLING, prompt_ids=PROMPT_IDS)
+           for strategy in ("plain", "confidence_only")}
+    kws["best_of_n"] = dict(kws["plain"], strategy="best_of_n", prompts=list("abcde"), reward_fn=_reward,
+                            decode_fn=_decode)
+    refs = {strategy: run(params, CFG, cond, mask, **kw) for strategy, kw in kws.items()}  # batched, compiled first
+    compiled = E.run_loop_in_place._cache_size()
     for strategy in ("plain", "confidence_only"):
-        kw = dict(key=KEY, strategy=strategy, num_candidates=N, sampling=SAMPLING, prompt_ids=PROMPT_IDS)
-        ref = S.run_token_strategy(params, CFG, cond, mask, **kw)
-        res, stats = pool.run_pool_strategy(params, CFG, cond, mask, rows=9, lanes=3, **kw)
-        assert_same_outcomes(res, ref)
+        res, stats = run_with_stats(params, CFG, cond, mask, rows=9, lanes=3, **kws[strategy])
+        assert_same_outcomes(res, refs[strategy])
         # 2 prompts at a time, nothing pruned: 3 rounds of T steps, the last one alone on 4 rows
         assert stats.steps == 3 * T and stats.sizes == (9, 4), stats
         assert stats.row_steps == 2 * T * 9 + T * 4 and stats.utilization == 5 * N * T / stats.row_steps
-    kw = dict(prompts=list("abcde"), key=KEY, reward_fn=_reward, decode_fn=_decode, num_candidates=N,
-              sampling=SAMPLING, prompt_ids=PROMPT_IDS)
-    ref = S.run_best_of_n(params, CFG, cond, mask, **kw)
-    res, _ = pool.run_pool_best_of_n(params, CFG, cond, mask, rows=9, lanes=3, **kw)
-    assert_same_outcomes(res, ref)
-    assert pool.run_pool_loop._cache_size() == compiled + 2  # one loop per pool size (9, 4), shared by all three
+    res = run(params, CFG, cond, mask, rows=9, lanes=3, **kws["best_of_n"])
+    assert_same_outcomes(res, refs["best_of_n"])
+    assert E.run_loop_in_place._cache_size() == compiled + 2  # one loop per pool size (9, 4), shared by all three
     assert len(set(np.asarray(res.winner).tolist())) > 1
 
 
 def test_a_pool_smaller_than_a_prompt_is_refused_naming_both_numbers(params):
     cond, mask = _cond()
     with pytest.raises(ValueError, match=r"holds 3 candidate rows .* needs N = 4"):
-        pool.run_pool_strategy(params, CFG, cond, mask, key=KEY, num_candidates=N, rows=3)
+        run(params, CFG, cond, mask, key=KEY, num_candidates=N, rows=3)
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="pool rows"):
-            pool.check_pool(bad, 1)
+            check_pool(bad, 1)
     with pytest.raises(ValueError, match="pool lanes"):
-        pool.check_pool(8, 2, lanes=0)
+        check_pool(8, 2, lanes=0)
     with pytest.raises(ValueError, match="shrink must be True, False or one of"):
-        pool.run_pool_strategy(params, CFG, cond, mask, key=KEY, num_candidates=N, rows=8, shrink="pow3")
+        run(params, CFG, cond, mask, key=KEY, num_candidates=N, rows=8, shrink="pow3")
     with pytest.raises(ValueError, match="5 prompts for 4 conditions|4 prompts"):
-        pool.run_pool_best_of_n(params, CFG, cond[:4], mask[:4], prompts=list("abcde"), key=KEY, reward_fn=_reward,
-                                decode_fn=_decode, num_candidates=N, rows=8)
+        run(params, CFG, cond[:4], mask[:4], strategy="best_of_n", prompts=list("abcde"), key=KEY, reward_fn=_reward,
+            decode_fn=_decode, num_candidates=N, rows=8)
 
 
 @pytest.mark.exactness

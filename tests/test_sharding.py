@@ -3,11 +3,10 @@
 The mesh runs happen in one subprocess (`tests/sharding_worker.py`, 8 devices via XLA_FLAGS
 set before jax is imported) so that the rest of the suite keeps one device; this file checks
 its report. The worker lowers XLA's optimization level for compile time; the reference and the
-sharded runs share those settings. Host-side helpers (prompt split, folder merge, specs) are
-tested here directly.
+sharded runs share those settings. Host-side helpers (prompt split, specs) are tested here
+directly (the GenEval merger: tests/test_geneval_runner.py).
 """
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,13 +18,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from strategy_runs import run
+
 from scalingar_jax import gpt
 from scalingar_jax import sharding as SH
 from scalingar_jax.config import GPTConfig, SamplingConfig
+from scalingar_jax.decode import GPTModel
 from scalingar_jax.scaling import ScalingARConfig
+from scalingar_jax.scaling import engine as E
 from scalingar_jax.scaling import loop as L
 from scalingar_jax.scaling import strategies as S
-from scalingar_jax.world.geneval_io import write_prompt_folder
 
 from exactness import worker_env
 
@@ -124,28 +126,6 @@ def test_split_prompts_rejects_bad_index():
         SH.split_prompts([1, 2], 0, 0)
 
 
-def _record(c):
-    return {"tag": "single_object", "include": [{"class": c, "count": 1}], "prompt": f"a photo of a {c}"}
-
-
-def test_merge_geneval_folders(tmp_path):
-    img = np.zeros((4, 4, 3), np.uint8)
-    write_prompt_folder(tmp_path / "a", 0, _record("cow"), [img], world=False)
-    write_prompt_folder(tmp_path / "a", 2, _record("bench"), [img, img + 1], world=False)
-    write_prompt_folder(tmp_path / "b", 1, _record("clock"), [img], world=False)
-    out = SH.merge_geneval_folders([tmp_path / "a", tmp_path / "b"], tmp_path / "merged")
-    assert sorted(os.listdir(out)) == ["00000", "00001", "00002"]
-    assert sorted(os.listdir(Path(out) / "00002" / "samples")) == ["0000.png", "0001.png"]
-    with pytest.raises(FileExistsError):
-        SH.merge_geneval_folders([tmp_path / "a"], tmp_path / "merged")
-    write_prompt_folder(tmp_path / "c", 1, _record("cow"), [img], world=False)
-    with pytest.raises(ValueError, match="00001 is in two parts"):
-        SH.merge_geneval_folders([tmp_path / "b", tmp_path / "c"], tmp_path / "m2")
-    assert not (tmp_path / "m2").exists()
-    with pytest.raises(ValueError, match="holds no GenEval prompt folders"):
-        SH.merge_geneval_folders([tmp_path / "merged" / "00000" / "samples"], tmp_path / "m3")
-
-
 def test_mesh_helpers():
     assert SH.parse_mesh("2x4") == (2, 4) and SH.parse_mesh("2x1x4") == (2, 1, 4)
     with pytest.raises(ValueError, match="PxC"):
@@ -160,34 +140,41 @@ def test_mesh_helpers():
 
 def test_specs_match_the_view_layout_and_param_rules():
     params = gpt.init_params(CFG, jax.random.key(0))
-    spec = S.token_spec(CFG, SamplingConfig(cfg_scale=3.0), ScalingARConfig(), "scalingar", 3, True)
     cond = jnp.zeros((2, CFG.cls_token_num, CFG.caption_dim))
     is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
-    for layout in (params, gpt.unstack_layers(params)):  # a stacked (scanned) and a per-layer cache
-        s = L.start_loop(layout, cond, None, jax.random.key(0), jnp.arange(2), spec=spec)
-        view = SH.to_view(s)
-        specs = SH.loop_state_specs(spec, gpt.layers_stacked(layout))
-        assert s.cache.stacked == gpt.layers_stacked(layout)
+    for scan in (True, False):  # a stacked (scanned) and a per-layer cache
+        model = GPTModel(CFG, scan_layers=scan)
+        spec = S.spec_of(model, SamplingConfig(cfg_scale=3.0), ScalingARConfig(), "scalingar", 3)
+        engine = E.Engine(model, params)
+        local = engine.place(spec, 2).spec  # lanes over prompts, candidates over cands
+        prefill = jax.jit(L.prefill, static_argnums=1)
+        s = prefill(engine.params, spec, cond, None, jax.random.key(0), jnp.arange(2))  # 1 device
+        assert s.cache.stacked == scan == gpt.layers_stacked(engine.params)
+        view = E.to_view(s)
+        specs = E.state_specs(local)
         assert jax.tree.structure(view) == jax.tree.structure(specs, is_leaf=is_spec)
         # every sharded dimension of the view is the prompt or candidate axis, or for the pool
-        # (logits, cache, owner) one block of M = P * N rows per shard (one shard here)
+        # (logits, cache, owner) one block of M = P * N rows per device, or for the step counters
+        # one entry per device (one device here)
         pool = jax.tree.leaves((view.logits, view.cache, view.owner))
+        counters = (view.steps, view.busy, view.row_steps)
         for x, p in zip(jax.tree.leaves(view), jax.tree.leaves(specs, is_leaf=is_spec)):
-            sizes = {"prompts": 1, "cands": 6} if any(x is y for y in pool) else {"prompts": 2, "cands": 3}
+            sizes = ({"prompts": 1, "cands": 6} if any(x is y for y in pool) else
+                     {"prompts": 1, "cands": 1} if any(x is y for y in counters) else {"prompts": 2, "cands": 3})
             for dim, name in enumerate(p):
                 assert name is None or x.shape[dim] == sizes[name], (x.shape, p)
-        back = SH.from_view(view)
+        back = E.from_view(view)
         jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                      s.replace(keys=None), back.replace(keys=None))
     ps = SH.param_specs(params, "model", 8)
-    flat = {SH._path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(ps)}
+    flat = {SH.param_path(p): v for p, v in jax.tree_util.tree_leaves_with_path(ps)}
     assert flat["layers/attention/wqkv/kernel"] == jax.sharding.PartitionSpec(None, None, "model")
     assert flat["layers/feed_forward/w2/kernel"] == jax.sharding.PartitionSpec(None, "model")
     assert flat["tok_embeddings/embedding"] == jax.sharding.PartitionSpec("model")
     assert flat["norm/weight"] == jax.sharding.PartitionSpec()
     # per-layer trees and their column blocks (`gpt.decode_layout` on a CPU) are split alike
     ps = SH.param_specs(gpt.split_columns(params, 2), "model", 8)
-    flat = {SH._path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(ps)}
+    flat = {SH.param_path(p): v for p, v in jax.tree_util.tree_leaves_with_path(ps)}
     assert flat["layers/0/attention/wqkv/kernel/1"] == jax.sharding.PartitionSpec(None, "model")
     assert flat["layers/0/feed_forward/w2/kernel/0"] == jax.sharding.PartitionSpec("model")
     assert flat["output/kernel/1"] == jax.sharding.PartitionSpec(None, "model")
@@ -199,10 +186,8 @@ def test_sharded_rejects_bad_input():
     params = gpt.init_params(CFG, jax.random.key(0))
     cond = jnp.zeros((2, CFG.cls_token_num, CFG.caption_dim))
     with pytest.raises(TypeError, match="Mesh"):
-        S.run_token_strategy(params, CFG, cond, mesh="2x4", key=jax.random.key(0))
+        run(params, CFG, cond, mesh="2x4", key=jax.random.key(0))
     with pytest.raises(ValueError, match="num_candidates"):
-        S.run_token_strategy(params, CFG, cond, mesh=SH.make_mesh(1, 1), key=jax.random.key(0),
-                             num_candidates=0)
+        run(params, CFG, cond, mesh=SH.make_mesh(1, 1), key=jax.random.key(0), num_candidates=0)
     with pytest.raises(ValueError, match="strategy"):
-        S.run_token_strategy(params, CFG, cond, mesh=SH.make_mesh(1, 1), key=jax.random.key(0),
-                             strategy="best_of_n")
+        run(params, CFG, cond, mesh=SH.make_mesh(1, 1), key=jax.random.key(0), strategy="best_of_n")

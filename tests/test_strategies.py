@@ -1,5 +1,5 @@
 """Strategies: compaction == masking, token accounting, compile-once per bucket, bad input."""
-import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,9 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from strategy_runs import run
+
 from scalingar_jax import gpt
 from scalingar_jax.config import GPTConfig, SamplingConfig
+from scalingar_jax.decode import GPTModel
 from scalingar_jax.scaling import ScalingARConfig
+from scalingar_jax.scaling import engine as E
 from scalingar_jax.scaling import loop as L
 from scalingar_jax.scaling import strategies as S
 
@@ -41,6 +45,22 @@ def _fake_reward(images, prompts):
     return images.reshape(len(images), -1).mean(1).astype(np.float32)
 
 
+def _spec(scaling, N, strategy="scalingar"):
+    return S.spec_of(GPTModel(CFG), SAMPLING, scaling, strategy, N)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _start(params, cond, key, prompt_ids, *, spec):
+    """A one-device decode state at token 0 (the traced pieces without a mesh)."""
+    return L.prefill(params, spec, cond, None, key, prompt_ids)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "stop"))
+def _run_to(params, s, *, spec, stop):
+    """The one-device token loop up to token `stop` (no pool, no compaction exit)."""
+    return L.token_loop(params, s, spec, stop, s.owner.shape[0] + 1, -1)
+
+
 @pytest.mark.exactness
 @pytest.mark.parametrize("buckets", [True, "fine"])
 def test_compacted_run_equals_masked_run(params, buckets):
@@ -48,9 +68,9 @@ def test_compacted_run_equals_masked_run(params, buckets):
     and termination steps; the trajectories and scores within float rounding (the matmuls run
     over 8 rows instead of 16: a logit may round differently by an ulp, D by 2.1e-5)."""
     kw = dict(key=jax.random.key(3), num_candidates=8, sampling=SAMPLING, scaling=AGGRESSIVE)
-    masked = S.run_token_strategy(params, CFG, _cond(), compaction=False, **kw)
+    masked = run(params, CFG, _cond(), compaction=False, **kw)
     seen = []
-    compact = S.run_token_strategy(params, CFG, _cond(), compaction=buckets, on_progress=seen.append, **kw)
+    compact = run(params, CFG, _cond(), compaction=buckets, on_progress=seen.append, **kw)
     assert len(seen) > 1, "the aggressive gate should have triggered at least one compaction"
     name = "pow2" if buckets is True else buckets
     # the loop left at exactly the steps the host-side replay of the rule says the pool shrank
@@ -63,9 +83,9 @@ def test_compacted_run_equals_masked_run(params, buckets):
 def test_pool_compaction_moves_exactly_the_alive_rows(params):
     # 3 prompts x 4 candidates = a pool of 12 rows; 5 alive spread unevenly over the prompts
     # (4, 1, 0 is impossible with min_survivors, but compaction itself does not care).
-    spec = L.shape_key(S.token_spec(CFG, SAMPLING, AGGRESSIVE, "scalingar", 4, True))
-    s = L.start_loop(params, _cond(P=3), None, jax.random.key(0), np.arange(3), spec=spec)
-    s = L.run_loop(params, s, spec=dataclasses.replace(spec, stop_at=3))  # a few tokens in the cache
+    spec = L.shape_key(_spec(AGGRESSIVE, 4))
+    s = _start(params, _cond(P=3), jax.random.key(0), np.arange(3), spec=spec)
+    s = _run_to(params, s, spec=spec, stop=3)  # a few tokens in the cache
     alive = np.array([[1, 1, 1, 1], [0, 1, 0, 0], [0, 0, 0, 0]], bool)
     s = s.replace(conf=s.conf.replace(alive=jnp.asarray(alive)))
     c = L.compact(s, rows=8)
@@ -94,8 +114,7 @@ def test_pool_compaction_moves_exactly_the_alive_rows(params):
 
 def test_token_accounting_is_exact(params):
     T = CFG.block_size
-    res = S.run_token_strategy(params, CFG, _cond(), key=jax.random.key(1), num_candidates=8, sampling=SAMPLING,
-                               scaling=AGGRESSIVE)
+    res = run(params, CFG, _cond(), key=jax.random.key(1), num_candidates=8, sampling=SAMPLING, scaling=AGGRESSIVE)
     term = np.asarray(res.terminated_at)
     per_cand = np.where(term >= 0, term + 1, T)  # a candidate pruned at step k sampled tokens 0..k
     np.testing.assert_array_equal(np.asarray(res.tokens_used), per_cand.sum(1))
@@ -106,35 +125,37 @@ def test_token_accounting_is_exact(params):
     # The winner survived and its tokens are complete.
     assert np.all(term[np.arange(2), np.asarray(res.winner)] == -1)
     assert np.all(np.asarray(res.tokens) >= 0)
-    plain = S.run_token_strategy(params, CFG, _cond(), key=jax.random.key(1), num_candidates=4, strategy="plain",
-                                 sampling=SAMPLING)
+    plain = run(params, CFG, _cond(), key=jax.random.key(1), num_candidates=4, strategy="plain", sampling=SAMPLING)
     np.testing.assert_array_equal(plain.tokens_used, [4 * T, 4 * T])
 
 
 def test_loop_compiles_once_per_bucket(params):
     kw = dict(key=jax.random.key(3), num_candidates=8, sampling=SAMPLING, scaling=AGGRESSIVE)
-    S.run_token_strategy(params, CFG, _cond(), **kw)
-    before = L.run_loop_in_place._cache_size()
-    S.run_token_strategy(params, CFG, _cond(seed=5), **kw)
-    assert L.run_loop_in_place._cache_size() == before  # same shapes and buckets: nothing new compiled
+    run(params, CFG, _cond(), **kw)
+    before = E.run_loop_in_place._cache_size()
+    run(params, CFG, _cond(seed=5), **kw)
+    assert E.run_loop_in_place._cache_size() == before  # same shapes and buckets: nothing new compiled
 
 
 @pytest.mark.exactness
 def test_drive_updates_the_state_in_place(params):
     # drive donates the loop state to the jitted loop: the KV cache is written in place, so the
     # input buffers are consumed (and no second copy of the cache is allocated per loop call)
-    spec = S.token_spec(CFG, SAMPLING, AGGRESSIVE, "scalingar", 4, False)
-    s0 = L.start_loop(params, _cond(), None, jax.random.key(0), np.arange(2), spec=L.shape_key(spec))
-    ref = L.run_loop(params, s0, spec=L.loop_key(spec))  # the non-donating loop leaves s0 valid
+    spec = _spec(AGGRESSIVE, 4)
+    engine = E.Engine(GPTModel(CFG), params)
+    s0 = engine.prefill(spec, _cond(), None, jax.random.key(0), np.arange(2))
+    local = E.L.loop_key(engine.place(spec, 2).spec)
+    T = np.int32(CFG.block_size)
+    ref = E.run_loop(engine.params, s0, T, T, np.int32(-1), spec=local, mesh=engine.mesh)[0]  # leaves s0 valid
     assert not jax.tree.leaves(s0.cache)[0].is_deleted()
-    out = L.drive(L.LocalExecutor(params, _cond(), None, jax.random.key(0), np.arange(2)), s0, spec)
+    out = S.drive(engine, spec, s0)
     assert jax.tree.leaves(s0.cache)[0].is_deleted() and s0.tokens.is_deleted()
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
 
 
 def test_confidence_only_picks_highest_mean_confidence(params):
-    res = S.run_token_strategy(params, CFG, _cond(), key=jax.random.key(2), num_candidates=4,
-                               strategy="confidence_only", sampling=SAMPLING)
+    res = run(params, CFG, _cond(), key=jax.random.key(2), num_candidates=4, strategy="confidence_only",
+              sampling=SAMPLING)
     np.testing.assert_array_equal(res.winner, np.argmax(np.asarray(res.score), 1))
     assert np.all(np.asarray(res.terminated_at) == -1)
 
@@ -146,48 +167,47 @@ def test_candidates_split_over_calls_are_the_same_tokens(params, strategy):
     same tokens; confidence-only's mean-confidence scores within float rounding (a call of 2
     rows rounds its logits differently from a call of 8: 3.7e-9 on scores ~1e-3)."""
     kw = dict(key=jax.random.key(4), sampling=SAMPLING, strategy=strategy, prompt_ids=np.array([7, 3]))
-    whole = S.run_token_strategy(params, CFG, _cond(), num_candidates=4, **kw)
-    halves = [S.run_token_strategy(params, CFG, _cond(), num_candidates=2, first_candidate=c, **kw) for c in (0, 2)]
-    before = L.start_loop._cache_size()
-    ones = [S.run_token_strategy(params, CFG, _cond(), num_candidates=1, first_candidate=c, **kw) for c in range(4)]
-    assert L.start_loop._cache_size() - before <= 1  # the offset is traced: one compile for every offset
+    whole = run(params, CFG, _cond(), num_candidates=4, **kw)
+    halves = [run(params, CFG, _cond(), num_candidates=2, first_candidate=c, **kw) for c in (0, 2)]
+    before = E.run_prefill._cache_size()
+    ones = [run(params, CFG, _cond(), num_candidates=1, first_candidate=c, **kw) for c in range(4)]
+    assert E.run_prefill._cache_size() - before <= 1  # the offset is traced: one compile for every offset
     for parts in (halves, ones):
         np.testing.assert_array_equal(np.concatenate([np.asarray(r.all_tokens) for r in parts], 1), whole.all_tokens)
         np.testing.assert_allclose(np.concatenate([np.asarray(r.score) for r in parts], 1), whole.score, **FLOAT_TOL)
     # winner indexes the call's own candidates
     assert np.all((np.asarray(halves[1].winner) >= 0) & (np.asarray(halves[1].winner) < 2))
     with pytest.raises(ValueError, match="first_candidate must be an integer >= 0"):
-        S.run_token_strategy(params, CFG, _cond(), num_candidates=1, first_candidate=-1, **kw)
+        run(params, CFG, _cond(), num_candidates=1, first_candidate=-1, **kw)
 
 
 def test_best_of_n_picks_highest_reward(params):
-    res = S.run_best_of_n(params, CFG, _cond(), prompts=["a", "b"], key=jax.random.key(2), num_candidates=4,
-                          reward_fn=_fake_reward, decode_fn=_fake_decode, sampling=SAMPLING)
+    res = run(params, CFG, _cond(), strategy="best_of_n", prompts=["a", "b"], key=jax.random.key(2), num_candidates=4,
+              reward_fn=_fake_reward, decode_fn=_fake_decode, sampling=SAMPLING)
     scores = _fake_reward(_fake_decode(np.asarray(res.all_tokens).reshape(8, -1)), None).reshape(2, 4)
     np.testing.assert_array_equal(res.winner, scores.argmax(1))
     np.testing.assert_array_equal(res.tokens_used, [4 * CFG.block_size] * 2)
 
 
 def test_importance_sampling_runs_and_counts_all_tokens(params):
-    res = S.run_importance_sampling(params, CFG, _cond(), prompts=["a", "b"], key=jax.random.key(2),
-                                    num_candidates=4, reward_fn=_fake_reward, decode_fn=_fake_decode,
-                                    sampling=SAMPLING, checkpoints=(0.5,))
+    res = run(params, CFG, _cond(), strategy="importance_sampling", prompts=["a", "b"], key=jax.random.key(2),
+              num_candidates=4, reward_fn=_fake_reward, decode_fn=_fake_decode, sampling=SAMPLING, checkpoints=(0.5,))
     assert np.all(np.asarray(res.all_tokens) >= 0)
     np.testing.assert_array_equal(res.tokens_used, [4 * CFG.block_size] * 2)
 
 
 def test_bad_inputs(params):
     with pytest.raises(ValueError, match="num_candidates"):
-        S.run_token_strategy(params, CFG, _cond(), key=jax.random.key(0), num_candidates=0)
+        run(params, CFG, _cond(), key=jax.random.key(0), num_candidates=0)
     with pytest.raises(ValueError, match="block_size"):
-        S.run_token_strategy(params, CFG, _cond(), key=jax.random.key(0), scaling=ScalingARConfig(block_size=5))
+        run(params, CFG, _cond(), key=jax.random.key(0), scaling=ScalingARConfig(block_size=5))
     with pytest.raises(ValueError):
         ScalingARConfig(p=1.5)
     with pytest.raises(ValueError, match="reward function must return shape"):
-        S.run_best_of_n(params, CFG, _cond(), prompts=["a", "b"], key=jax.random.key(0), num_candidates=2,
-                        reward_fn=lambda im, pr: np.zeros(3), decode_fn=_fake_decode)
+        run(params, CFG, _cond(), strategy="best_of_n", prompts=["a", "b"], key=jax.random.key(0), num_candidates=2,
+            reward_fn=lambda im, pr: np.zeros(3), decode_fn=_fake_decode)
     with pytest.raises(ValueError, match="strategy"):
-        S.run_token_strategy(params, CFG, _cond(), key=jax.random.key(0), strategy="best_of_n")
+        run(params, CFG, _cond(), key=jax.random.key(0), strategy="best_of_n")
 
 
 @given(st.integers(1, 5000))
@@ -207,8 +227,7 @@ def test_fine_buckets_hand_values():
     with pytest.raises(ValueError, match="unknown compaction buckets 'pow3'"):
         L.bucket(5, "pow3")
     with pytest.raises(ValueError, match="unknown compaction buckets"):
-        S.run_token_strategy(gpt.init_params(CFG, jax.random.key(0)), CFG, _cond(), key=jax.random.key(0),
-                             compaction="pow3")
+        run(gpt.init_params(CFG, jax.random.key(0)), CFG, _cond(), key=jax.random.key(0), compaction="pow3")
 
 
 def test_pool_schedule_hand_case():
@@ -235,23 +254,24 @@ def test_loop_step_is_policy_scalingar_step(params):
     from scalingar_jax import decode
     from scalingar_jax.scaling import scalingar_step
 
-    spec = S.token_spec(CFG, SAMPLING, AGGRESSIVE, "scalingar", 4, False)
-    s = L.start_loop(params, _cond(), None, jax.random.key(5), np.arange(2), spec=L.shape_key(spec))
-    s = L.run_loop(params, s, spec=dataclasses.replace(L.loop_key(spec), stop_at=5))  # a ScalingAR state mid-run
+    spec = _spec(AGGRESSIVE, 4)
+    s = _start(params, _cond(), jax.random.key(5), np.arange(2), spec=L.shape_key(spec))
+    s = _run_to(params, s, spec=L.loop_key(spec), stop=5)  # a ScalingAR state mid-run
     s = s.replace(scale=s.scale + jnp.arange(4, dtype=jnp.float32) * 0.25)  # per-candidate scales
+    k = s.k[0]  # every lane at token 5 (lockstep)
     for scaling in (AGGRESSIVE, AGGRESSIVE.replace(entropy_source="guided", use_scheduler=False)):
-        spec = S.token_spec(CFG, SAMPLING, scaling, "scalingar", 4, False)
+        spec = _spec(scaling, 4)
         # op by op, so that no fusion difference between two compiled programs can hide a change
         with jax.disable_jit():
             after = L.step(params, spec, s)
             lc, lu = L.candidate_logits(s.logits, s.row)
-            lg = (decode.sampling_logits(SAMPLING, lc, lu, s.scale, s.k, True)
+            lg = (decode.sampling_logits(SAMPLING, lc, lu, s.scale, k, True)
                   if scaling.entropy_source == "guided" else None)
-            conf, scale = scalingar_step(scaling, s.conf, lc, lu, s.k, CFG.block_size, CFG.grid_size,
+            conf, scale = scalingar_step(scaling, s.conf, lc, lu, k, CFG.block_size, CFG.grid_size,
                                          SAMPLING.cfg_scale, lg=lg)
         jax.tree.map(np.testing.assert_array_equal, after.conf, conf)
         np.testing.assert_array_equal(after.scale, scale)
-        assert int(after.k) == int(s.k) + 1
+        assert np.all(np.asarray(after.k) == int(k) + 1)
 
 
 @pytest.mark.exactness
@@ -272,5 +292,5 @@ def test_plain_strategy_equals_decode_generate(model_type):
         cond, mask = jnp.asarray([3, 7, 0], jnp.int32), None
     kw = dict(key=jax.random.key(9), num_candidates=4, sampling=sampling, prompt_ids=np.array([5, 0, 11]))
     ref = decode.generate(params, cfg, cond, cond_mask=mask, **kw)
-    res = S.run_token_strategy(params, cfg, cond, mask, strategy="plain", **kw)
+    res = run(params, cfg, cond, mask, strategy="plain", **kw)
     np.testing.assert_array_equal(np.asarray(res.all_tokens), np.asarray(ref))

@@ -205,11 +205,11 @@ def test_reward_pair_logits_match_per_pair_scoring():
 
 
 def test_reward_batch_labels_are_exact_string_matches():
-    from scalingar_jax.world.render import _default_sampler
+    from scalingar_jax.world.render import default_sampler
     from scalingar_jax.world.train import _reward_batch, render_data
 
     recs, imgs = render_data(12, seed=5, image_size=48)
-    pool = {r["prompt"]: r for g in _default_sampler().pools for grp in g for r in grp}
+    pool = {r["prompt"]: r for g in default_sampler().pools for grp in g for r in grp}
     x, prompts, pairs, y = _reward_batch(recs, imgs, None, np.random.default_rng(0), 6, pool, n_random=3)
     chex.assert_shape(x, (12, 48, 48, 3))
     chex.assert_shape(pairs, (12 * 5, 2))

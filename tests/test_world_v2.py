@@ -110,9 +110,9 @@ def test_training_covers_every_shape_colour_count_and_relation(supports):
 
 
 def test_scene_is_wording_independent_and_split_is_deterministic():
-    a = P._build((("square", 1, None, None), ("circle", 1, None, "left of")), "geneval")
-    b = P._build((("circle", 1, None, None), ("square", 1, None, "right of")), "bare")
-    c = P._build((("circle", 1, None, None), ("square", 1, None, "left of")), "one")
+    a = P.build_record((("square", 1, None, None), ("circle", 1, None, "left of")), "geneval")
+    b = P.build_record((("circle", 1, None, None), ("square", 1, None, "right of")), "bare")
+    c = P.build_record((("circle", 1, None, None), ("square", 1, None, "left of")), "one")
     assert S.scene_of(a) == S.scene_of(b) != S.scene_of(c)
     assert S.scene_split(a) == S.scene_split(b)
     assert S.split_summary() == S.split_summary()
@@ -189,7 +189,7 @@ def test_v2_judge_reads_what_a_person_reads():
     objs = [SceneObject("triangle", "red", 10, 10, 24)]
     from scalingar_jax.world.render import render_objects
     im = render_objects(objs, 64, rng=np.random.default_rng(0), spec=WORLD_V2)
-    rec = P._build((("triangle", 1, None, None),), "geneval")
+    rec = P.build_record((("triangle", 1, None, None),), "geneval")
     assert judge_image(im, rec, V2_JUDGE).correct
     assert judge_image(np.ascontiguousarray(im[::-1]), rec, V2_JUDGE).correct  # apex down
 

@@ -83,7 +83,9 @@ _DTYPES = {
 }
 
 
-def _np_dtype(dtype) -> np.dtype | None:
+def np_dtype(dtype) -> np.dtype | None:
+    """The NumPy dtype of a parameter dtype name ("float32", "bfloat16", "float16") or dtype;
+    None for None (keep the stored dtype); ValueError for an unknown name."""
     if dtype is None:
         return None
     if isinstance(dtype, str):
@@ -185,7 +187,8 @@ class _Entry:
         return s
 
 
-def _gpt_config(cfg):
+def as_gpt_config(cfg):
+    """A validated `GPTConfig` from a GPTConfig or a mapping of its fields (unknown fields refused)."""
     from scalingar_jax.config import GPTConfig
 
     if isinstance(cfg, GPTConfig):
@@ -200,7 +203,7 @@ def _gpt_config(cfg):
 
 
 def _gpt_entries(cfg) -> list[_Entry]:
-    c = _gpt_config(cfg)
+    c = as_gpt_config(cfg)
     d, V, hd, H, Hkv, hid = c.dim, c.vocab_size, c.head_dim, c.n_head, c.kv_heads, c.ffn_hidden
     # LlamaGen's state-dict order: cls_embedding, tok_embeddings, layers (per layer), norm, output
     e = []
@@ -236,10 +239,10 @@ def _gpt_entries(cfg) -> list[_Entry]:
 
 def gpt_torch_shapes(cfg) -> dict[str, tuple[int, ...]]:
     """Every PyTorch key of a LlamaGen GPT state dict for `cfg` (GPTConfig or dict) and its shape."""
-    return {key: shape for key, shape, _, _ in _gpt_torch_order(_gpt_config(cfg))}
+    return {key: shape for key, shape, _, _ in gpt_torch_order(as_gpt_config(cfg))}
 
 
-def _gpt_torch_order(c) -> Iterator[tuple[str, tuple[int, ...], "_Entry", int | None]]:
+def gpt_torch_order(c) -> Iterator[tuple[str, tuple[int, ...], "_Entry", int | None]]:
     """(torch key, torch shape, entry, layer index or None) in LlamaGen's state-dict order."""
     entries = _gpt_entries(c)
     stacked = [e for e in entries if e.stacked]
@@ -256,7 +259,7 @@ def _gpt_torch_order(c) -> Iterator[tuple[str, tuple[int, ...], "_Entry", int | 
 
 def gpt_flax_shapes(cfg) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Flax path -> shape of the GPT parameter tree for `cfg` (stacked layers included)."""
-    c = _gpt_config(cfg)
+    c = as_gpt_config(cfg)
     return {e.flax_path: ((c.n_layer,) if e.stacked else ()) + e.flax_shape for e in _gpt_entries(c)}
 
 
@@ -300,13 +303,13 @@ def torch_to_flax_gpt(state_dict: Mapping[str, Any], cfg, dtype="float32", *, st
     `state_dict` is a VQ tokenizer.
     """
     _expect_kind(state_dict.keys(), "gpt")
-    c = _gpt_config(cfg)
+    c = as_gpt_config(cfg)
     found = ("c2i" if "cls_embedding.embedding_table.weight" in state_dict
              else "t2i" if "cls_embedding.uncond_embedding" in state_dict else None)
     if found is not None and found != c.model_type:
         raise MappingError(f"the checkpoint holds a {found} GPT but the config says model_type={c.model_type!r}")
     _check_state_dict(state_dict, gpt_torch_shapes(c), GPT_IGNORED, "GPT", strict)
-    out_dt = _np_dtype(dtype)
+    out_dt = np_dtype(dtype)
     params: dict = {}
     for e in _gpt_entries(c):
         if e.stacked:
@@ -342,7 +345,7 @@ def _unwrap_params(params):
     return params
 
 
-def _check_flax_tree(params, expected: Mapping[tuple[str, ...], tuple], what: str) -> dict:
+def check_flax_tree(params, expected: Mapping[tuple[str, ...], tuple], what: str) -> dict:
     flat = _flatten(_unwrap_params(params))
     problems = []
     missing = [p for p in expected if p not in flat]
@@ -366,11 +369,11 @@ def iter_flax_to_torch_gpt(params, cfg, dtype=None) -> Iterator[tuple[str, np.nd
     in LlamaGen's state-dict order (feed it to `save_torch_state_dict` to stream an export).
     params: the tree of `gpt.init_params` (optionally under {"params": ...}); dtype: None keeps
     the parameter dtype. The tree is checked strictly first (MappingError)."""
-    c = _gpt_config(cfg)
-    flat = _check_flax_tree(params, gpt_flax_shapes(c), "GPT")
-    out_dt = _np_dtype(dtype)
+    c = as_gpt_config(cfg)
+    flat = check_flax_tree(params, gpt_flax_shapes(c), "GPT")
+    out_dt = np_dtype(dtype)
     host: dict = {}
-    for key, _, e, i in _gpt_torch_order(c):
+    for key, _, e, i in gpt_torch_order(c):
         if e.flax_path not in host:
             host[e.flax_path] = np.asarray(flat[e.flax_path])  # one host view per leaf
         a = host[e.flax_path] if i is None else host[e.flax_path][i]
@@ -759,7 +762,7 @@ def torch_to_flax_vq(state_dict: Mapping[str, Any], cfg, dtype="float32", *, str
     _expect_kind(state_dict.keys(), "vq")
     expected = vq_torch_shapes(cfg)
     _check_state_dict(state_dict, expected, VQ_IGNORED, "VQ", strict)
-    out_dt = _np_dtype(dtype)
+    out_dt = np_dtype(dtype)
     params: dict = {}
     for key, shape in expected.items():
         path, tr = vq_torch_key_to_flax(key, len(shape))
@@ -775,8 +778,8 @@ def iter_flax_to_torch_vq(params, cfg, dtype=None) -> Iterator[tuple[str, np.nda
     """Yields (PyTorch key, np.ndarray) of a Flax VQ tree in LlamaGen's key order (strict check
     first). The training buffer `quantize.codebook_used` is not produced."""
     expected_torch = vq_torch_shapes(cfg)
-    flat = _check_flax_tree(params, vq_flax_shapes(cfg), "VQ")
-    out_dt = _np_dtype(dtype)
+    flat = check_flax_tree(params, vq_flax_shapes(cfg), "VQ")
+    out_dt = np_dtype(dtype)
     for key, shape in expected_torch.items():
         path, tr = vq_torch_key_to_flax(key, len(shape))
         a = np.asarray(flat[path])

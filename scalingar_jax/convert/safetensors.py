@@ -27,8 +27,8 @@ from scalingar_jax.atomic import atomic_file
 from scalingar_jax.convert.torch_pickle import (
     CheckpointFormatError,
     LazyTensor,
-    _Region,
-    _Storage,
+    Region,
+    Storage,
 )
 
 __all__ = ["DTYPES", "read_header", "load_file", "load_arrays", "save_file"]
@@ -153,7 +153,7 @@ def load_file(path) -> tuple[dict[str, LazyTensor], dict[str, str]]:
     out = {}
     for name, (dtype, shape, begin, end) in entries.items():
         numel = math.prod(shape)
-        storage = _Storage(name, dtype, numel, _Region(path, data_start + begin, end - begin, name))
+        storage = Storage(name, dtype, numel, Region(path, data_start + begin, end - begin, name))
         stride, acc = [], 1
         for s in reversed(shape):
             stride.append(acc)

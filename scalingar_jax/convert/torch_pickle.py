@@ -105,7 +105,7 @@ _ZIP_MAGIC = b"PK\x03\x04"
 # --------------------------------------------------------------------------------------------
 
 
-class _Region:
+class Region:
     """Where the raw bytes of one storage live in a file: a stored (uncompressed) zip member
     at a byte offset, or a compressed member read through `zipfile`. crc: the CRC-32 the zip
     records for a stored member, checked the first time its bytes are read (corrupted weights
@@ -189,12 +189,12 @@ def _skip(f, n: int) -> None:
         n -= len(chunk)
 
 
-class _Storage:
+class Storage:
     """One storage record: element dtype (as stored, possibly big-endian), element count, bytes."""
 
     __slots__ = ("key", "dtype", "numel", "region")
 
-    def __init__(self, key: str, dtype: np.dtype, numel: int, region: _Region):
+    def __init__(self, key: str, dtype: np.dtype, numel: int, region: Region):
         self.key, self.dtype, self.numel, self.region = key, dtype, numel, region
 
     def __reduce__(self):
@@ -212,7 +212,7 @@ class LazyTensor:
 
     __slots__ = ("dtype", "shape", "stride", "offset", "_storage")
 
-    def __init__(self, storage: _Storage, offset: int, shape: tuple[int, ...], stride: tuple[int, ...]):
+    def __init__(self, storage: Storage, offset: int, shape: tuple[int, ...], stride: tuple[int, ...]):
         self._storage = storage
         self.dtype = storage.dtype.newbyteorder("=") if storage.dtype.byteorder == ">" else storage.dtype
         self.shape = tuple(int(s) for s in shape)
@@ -366,7 +366,7 @@ class _Archive:
         if self.byteorder not in ("little", "big"):
             raise CheckpointFormatError(f"{path}: unknown byteorder record {self.byteorder!r}")
         self.file_size = size
-        self._regions: dict[str, _Region] = {}
+        self._regions: dict[str, Region] = {}
 
     def _read_text(self, zf, name, default):
         full = self.prefix + name
@@ -376,7 +376,7 @@ class _Archive:
             raise CheckpointFormatError(f"{self.path}: the {name} record is {self.infos[full].file_size} bytes long")
         return zf.read(full).decode("ascii", "replace").strip()
 
-    def region(self, key: str) -> _Region:
+    def region(self, key: str) -> Region:
         """Byte range of storage `key` (`<archive>/data/<key>`)."""
         if key in self._regions:
             return self._regions[key]
@@ -395,9 +395,9 @@ class _Archive:
             start = info.header_offset + _ZIP_LOCAL_HEADER.size + name_len + extra_len
             if start + info.file_size > self.file_size:
                 raise CheckpointFormatError(f"{self.path}: record {name} extends past the end of the file (truncated?)")
-            region = _Region(self.path, start, info.file_size, name, crc=info.CRC)
+            region = Region(self.path, start, info.file_size, name, crc=info.CRC)
         else:
-            region = _Region(self.path, None, info.file_size, name)
+            region = Region(self.path, None, info.file_size, name)
         self._regions[key] = region
         return region
 
@@ -489,7 +489,7 @@ def _ordered_dict(*args):
 
 
 def _make_tensor(storage, storage_offset, size, stride):
-    if not isinstance(storage, _Storage):
+    if not isinstance(storage, Storage):
         raise CheckpointFormatError(f"tensor rebuild got {type(storage).__name__} instead of a storage record")
     for what, v in (("size", size), ("stride", stride)):
         if not isinstance(v, tuple) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
@@ -579,7 +579,7 @@ class SafeUnpickler:
         self._archive = archive
         self._max_bytes = int(max_bytes)
         self._cost = 0
-        self._storages: dict[tuple[str, np.dtype], _Storage] = {}
+        self._storages: dict[tuple[str, np.dtype], Storage] = {}
 
     # -- helpers ----------------------------------------------------------------------------
     def _fail(self, msg: str, cls=CheckpointFormatError):
@@ -639,7 +639,7 @@ class SafeUnpickler:
                 raise self._fail(
                     f"storage {key!r} claims {numel} x {dtype.itemsize} bytes but its record holds "
                     f"{region.nbytes} bytes (truncated or corrupt)")
-            storage = _Storage(key, dtype, numel, region)
+            storage = Storage(key, dtype, numel, region)
             self._storages[(key, dtype)] = storage
             self._charge(_COST_OBJECT)
         return storage
@@ -832,7 +832,7 @@ class SafeUnpickler:
 def _leaf(x):
     if isinstance(x, _Device):
         return str(x)
-    if isinstance(x, (_StorageType, _Storage, _Mark)) or callable(x):
+    if isinstance(x, (_StorageType, Storage, _Mark)) or callable(x):
         raise CheckpointFormatError(f"a {type(x).__name__} stand-in is left over in the unpickled object")
     return x
 

@@ -7,11 +7,16 @@
 `policy`  -- Level 2: `guidance_scale`, `update_termination`, `select_winner`,
              `tokens_per_prompt`, `masked_quantile`, and `scalingar_step` (one whole step; from
              `LogitStats`: `scalingar_update`).
-`loop`    -- the token loop over the KV-cache decoder (imported on demand): `LoopState`,
-             `LoopSpec`, `step` (calls `scalingar_update`), `run_loop`, compaction buckets, the
-             `Executor` interface, `LocalExecutor`, `drive`.
-`strategies` -- plain, confidence-only, ScalingAR, Best-of-N, importance sampling on an
-             executor, and their entries `run_*(..., mesh=None)` (imported on demand).
+The engine and its schedulers (imported on demand):
+`loop`    -- the engine's traced pieces: `DecodeState`, `LoopSpec`, `step` (calls
+             `scalingar_update`), `token_loop`, `prefill`, `insert`, `compact`, `harvest`, buckets.
+`engine`  -- `Engine`: a `token_model.TokenModel` and its weights on a mesh (1 x 1 for one
+             device), the pieces jitted under shard_map.
+`strategies` -- the batched scheduler: plain, confidence-only, ScalingAR (+ compaction),
+             Best-of-N, importance sampling.
+`pool`    -- the pooled scheduler: continuous batching over a prompt set.
+`options` -- `Strategy`, `Schedule`, `Pool`, `ImportanceSampling`: a run's options, checked.
+`run`     -- `run_strategy`: the one entry (validates, picks one device or a mesh, batched or pooled).
 """
 from .config import ABLATIONS, ENTROPY_SOURCES, ScalingARConfig
 from .policy import (

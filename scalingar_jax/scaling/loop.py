@@ -1,51 +1,45 @@
-"""The token loop every strategy runs: loop state, the jitted step and loop, compaction buckets,
-the executor interface with its single-device implementation, and `drive`.
+"""The engine's traced pieces: the decode state, the token step and loop, prefill, insert,
+compaction, selection, and the compaction buckets. Pure functions on *local* arrays (one
+device's share); `scaling.engine` runs them under `shard_map` on a mesh (a 1-device mesh for
+one device) and both schedulers (`strategies`: the batched strategies; `pool`: continuous
+batching) drive them through it.
 
-Two layouts. Everything per candidate (keys, guidance scale, confidence state, tokens,
-trajectories) always keeps the original (P, N) layout: it is small, and the policies pool over
-a prompt's candidates. The model's rows (logits and KV cache, cond and uncond) live in a flat
-*pool* of M rows shared by all prompts: `row` (P, N) maps a candidate to its pool row and
-`owner` (M,) a pool row to its flat candidate id p*N + n (P*N for a free row). Each step
-draws a token for every pool row (all the vocabulary-sized work: sampling, token statistics,
-the KL for ScalingAR's profile; `draw_rows`), so its cost follows the pool's rows, gathers
-those per-row scalars to the candidates for the (P, N) update, and feeds the sampled tokens
-back to the pool.
+Two layouts. The model's rows live in a flat *pool* of M candidate rows (2M model rows with
+CFG: cond rows 0..M-1, uncond rows M..2M-1). Everything per candidate lives in *lanes*: Q prompt
+lanes of N candidate slots, every field lane-first ((Q, N, ...); per prompt (Q, ...)). `row`
+(Q, N) maps a lane candidate to its pool row and `owner` (M,) a pool row to its lane candidate
+q*N + n (Q*N for a free row). A row is occupied while its candidate is alive and its lane
+running (k < T); a step frees the rows of candidates it prunes and of lanes it finishes.
 
-Termination is by masking inside a `lax.while_loop`. With `compaction=True` the loop leaves
-early when the alive candidates of *all* prompts fit a smaller bucket than the pool (powers of
-two; `compaction="fine"` adds 3 * 2**k); their rows are gathered into a pool of that bucket's
-size, and the loop continues. The pool starts at P*N rows, each bucket size compiles once, and
-no prompt is padded to the fullest prompt's width (a prompt with 1 survivor costs 2 rows however
-many another prompt keeps). The loop is compiled for `loop_key(spec)`, so plain, confidence-only,
-Best-of-N and importance sampling share one compiled loop and IS checkpoints pass their stop step
-as a traced value. A candidate's randomness comes from (prompt id, candidate id, step), so
-compacted and masked runs sample the same tokens wherever their logits are equal (a matmul over
-fewer rows may round a logit by an ulp: README, "Exactness"); buffers hold values only for steps
-where the candidate was alive.
+A step draws a token for every pool row (all the vocabulary-sized work: sampling, token
+statistics, the KL of ScalingAR's profile; `draw_rows`), so its cost follows the pool's rows;
+gathers those per-row scalars to the lanes' candidates (`candidate_step`: the policy update and
+the trajectory records) and feeds the sampled tokens back to the pool rows. Lanes run
+- in *lockstep* (`LoopSpec.lockstep`, the batched scheduler): every lane at one token index;
+  the candidate update runs on the whole (Q, N) arrays and the model step takes one position;
+- or each at its own index (the pool): `candidate_step` per lane under `vmap` on P = 1 views,
+  every row fed at its own position. A done or free lane has k = T and steps with its alive
+  mask cleared, so its state stays as it was.
 
-Executors
----------
-An `Executor` runs the loop pieces (`start`, `advance`, `compact`, `tokens`, `resample`,
-`finish`) on some devices: `LocalExecutor` here on the default device, `sharding.ShardedExecutor`
-under `shard_map` on a mesh. `drive` (the one compaction driver) and the host-side strategies
-(`strategies`) only talk to the interface, so a sharded run takes the same decisions as a local
-one. `strategies.make_executor` is the one place that picks between them.
+The loop (`token_loop`) is a `lax.while_loop` whose exit tests are traced, so one compile
+serves every run of a pool size: leave when every lane is done, when a running lane reaches
+`stop` (importance-sampling checkpoints), when some device's pool has room for the next prompt
+(`need` free rows and a free lane: the pool admits), or when the fullest device's occupied rows
+fit `shrink` (the host compacts into a smaller bucket, `compact`). Every test is a maximum over
+the mesh's axes, so all devices leave at the same step.
 
-Every piece is written for *local* arrays and takes its mesh axes from the `LoopSpec`
-(`prompt_axis`, `cand_axis`; None = unsharded). With `cand_axis` set, `num_candidates` is the
-per-shard slot count N0 and a slot's global candidate id is `axis_index(cand_axis) * N0 + slot`
-(keys come from global ids, so a sharded run samples the same tokens where the logits agree); the profile/termination
-/winner calls pool over the candidate axis with collectives; the compaction exit test is the
-maximum over prompts *and shards* of the local alive count (`pool_alive`, a pmax), so every
-shard leaves the while loop at the same step and compacts into the same pool size. `num_real`
-marks padding candidate slots (slot >= num_real) dead from the start. The mesh layout itself
-(`to_view`, PartitionSpecs) lives in `scalingar_jax.sharding`.
+Randomness comes from (prompt id, candidate id, step) only, so compacted, masked, pooled and
+sharded runs sample the same tokens wherever their logits are equal (a matmul over other row
+counts may round a logit by an ulp: README, "Exactness"). With `cand_axis` set (lockstep on a
+mesh) `num_candidates` is the per-shard slot count N0 and a slot's candidate id is
+`axis_index(cand_axis) * N0 + slot`; the policy pools over the candidate axis with collectives;
+`num_real` marks padding slots (slot >= num_real) dead from the start. params are read in the
+layout given (the model's `decode_layout`, which `engine.Engine` applies once).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -53,31 +47,36 @@ import numpy as np
 from flax import struct
 
 from scalingar_jax import decode
-from scalingar_jax.config import GPTConfig, SamplingConfig
-from scalingar_jax.gpt import KVCache
+from scalingar_jax.config import SamplingConfig
 from scalingar_jax.sampling import candidate_keys
 from scalingar_jax.scaling.config import ScalingARConfig
 from scalingar_jax.scaling.policy import scalingar_update, select_winner
 from scalingar_jax.scaling.profile import ConfidenceState, LogitStats, init_state, kl_divergence, token_stats
+from scalingar_jax.token_model import TokenModel
+
+TRAJ_FLOATS = ("C", "I", "D", "R", "scale")  # per-step float records; plus "alive" (bool) and "theta" (per lane)
 
 
 @struct.dataclass
-class LoopState:
-    """Everything the token loop carries. Model rows: a pool of M cond rows then M uncond rows
-    (M = P*N before any compaction); every other field is in the (P, N) candidate layout."""
+class DecodeState:
+    """Everything the token loop carries (one device's share). Model rows: a pool of M cond rows
+    then M uncond rows; lane fields lane-first (Q lanes of N candidate slots)."""
 
-    logits: jax.Array  # (2M, V) logits for token k of every pool row
-    cache: KVCache  # 2M rows
-    k: jax.Array  # int32, the next token index to sample
-    keys: jax.Array  # (P, N) candidate keys
-    row: jax.Array  # (P, N) int32 pool row of each candidate (meaningful while it is alive)
-    owner: jax.Array  # (M,) int32 flat candidate id p*N + n of each pool row, P*N for a free row
-    scale: jax.Array  # (P, N) guidance scale for token k
-    conf: ConfidenceState  # (P, N) ScalingAR state (alive mask used by every strategy)
-    conf_sum: jax.Array  # (P, N) sum of token confidence 1 - u (confidence-only baseline)
-    tokens: jax.Array  # (P, N0, T) int32, -1 where not generated
-    entropy: jax.Array  # (P, N0, T) float32 normalized entropy of each sampled token
-    traj: dict  # name -> (T, P, N0) float32 / bool, and "theta" (T, P)
+    logits: jax.Array  # (2M, V) float32 logits of the next token of every model row
+    cache: object  # the model's cache of 2M rows (every leaf row-first)
+    owner: jax.Array  # (M,) int32 lane candidate q*N + n of each pool row, Q*N for a free row
+    row: jax.Array  # (Q, N) int32 pool row of each lane candidate (meaningful while it is occupied)
+    k: jax.Array  # (Q,) int32 the next token index of each lane, T once it is done (or free)
+    keys: jax.Array  # (Q, N) candidate keys
+    scale: jax.Array  # (Q, N) float32 guidance scale for token k
+    conf: ConfidenceState  # (Q, N) ScalingAR state (alive mask used by every strategy)
+    conf_sum: jax.Array  # (Q, N) float32 sum of token confidence 1 - u (confidence-only baseline)
+    tokens: jax.Array  # (Q, N, T) int32, -1 where not generated
+    entropy: jax.Array  # (Q, N, T) float32 normalized entropy of each sampled token
+    traj: dict  # name -> (Q, T, N) float32 / bool per-step records, "theta" (Q, T)
+    steps: jax.Array  # int32 loop steps run
+    busy: jax.Array  # int32 sum over steps of the occupied pool rows
+    row_steps: jax.Array  # int32 sum over steps of the pool rows M (utilization = busy / row_steps)
 
 
 @struct.dataclass
@@ -102,27 +101,49 @@ class StrategyResult:
 class LoopSpec:
     """Static description of a token loop (hashable: the jit cache key)."""
 
-    gpt_cfg: GPTConfig
+    model: TokenModel
     sampling: SamplingConfig
     scaling: ScalingARConfig
     policy: str  # "none" (fixed CFG) or "scalingar"
-    num_candidates: int  # N0, original candidate slots per prompt (per candidate shard when sharded)
-    compaction: bool = False
-    buckets: str = "pow2"  # pool sizes compaction may shrink to: see `bucket`
-    stop_at: int = -1  # >= 0: leave the loop when k reaches it (importance-sampling checkpoints)
+    num_candidates: int  # N0: candidate slots per lane (per candidate shard when cand_axis is set)
+    lockstep: bool = True  # every lane at one token index (batched) or each at its own (pool)
     num_real: int = -1  # >= 0: candidate slots >= num_real (over all shards) are padding, dead from start
-    prompt_axis: str | None = None  # mesh axis the prompt axis is split over (inside shard_map)
-    cand_axis: str | None = None  # mesh axis the candidate axis is split over (inside shard_map)
+    lane_axes: tuple[str, ...] = ()  # mesh axes the lanes are split over (inside shard_map)
+    cand_axis: str | None = None  # mesh axis the candidate slots are split over (inside shard_map, lockstep)
 
     @property
     def T(self) -> int:
-        return self.gpt_cfg.block_size
+        return self.model.block_size
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """Every mesh axis the state is split over (the loop's exit tests reduce over them)."""
+        return self.lane_axes + ((self.cand_axis,) if self.cand_axis is not None else ())
+
+
+def loop_key(spec: LoopSpec) -> LoopSpec:
+    """The spec the token loop is compiled for: for the fixed-CFG policy only the ScalingAR fields
+    it reads kept (block_size for the state's shape, aH/aM for the confidence-only score), so
+    plain / confidence-only / best-of-N / importance sampling share one compiled loop."""
+    if spec.policy == "none":
+        sc = spec.scaling
+        spec = dataclasses.replace(spec, scaling=ScalingARConfig(block_size=sc.block_size, aH=sc.aH, aM=sc.aM))
+    return spec
+
+
+def shape_key(spec: LoopSpec) -> LoopSpec:
+    """The spec of the shape-only pieces (prefill, insert, compaction, selection, resampling):
+    what determines the state's shapes, keys and padding, nothing of the policy."""
+    sc = spec.scaling  # the state's shape: blocks, and the C history of a trailing rebound window
+    return dataclasses.replace(spec, policy="none",
+                               scaling=ScalingARConfig(block_size=sc.block_size, rebound_window=sc.rebound_window,
+                                                       rebound_steps=sc.rebound_steps))
 
 
 # ------------------------------------------------------------------------------ the step and the loop
 def candidate_logits(logits, row):
-    """Pool logits (2M, V) -> cond, uncond (P, N, V) of the candidates (row: (P, N) pool rows;
-    a dead candidate reads some row, its values are masked by the caller)."""
+    """Pool logits (2M, V) -> cond, uncond (Q, N, V) of the lane candidates (row: (Q, N) pool
+    rows; a candidate without a row reads some row, its values are masked by the caller)."""
     M = logits.shape[0] // 2
     r = jnp.clip(row, 0, M - 1)
     return logits[:M][r], logits[M:][r]
@@ -166,29 +187,29 @@ def draw_rows(spec: LoopSpec, logits, keys, scale, k) -> RowDraw:
 
 
 def row_values(x, owner):
-    """Candidate values x (P, N) (any trailing axes) -> the values of pool rows' owners (M, ...):
-    owner (M,) flat candidate ids p*N + n, P*N for a free row (it reads candidate 0's)."""
-    P, N = x.shape[:2]
-    return x.reshape(P * N, *x.shape[2:])[jnp.minimum(owner, P * N - 1)]
+    """Lane candidate values x (Q, N) (any trailing axes) -> the values of pool rows' owners
+    (M, ...): owner (M,) lane candidate ids q*N + n, Q*N for a free row (it reads candidate 0's)."""
+    Q, N = x.shape[:2]
+    return x.reshape(Q * N, *x.shape[2:])[jnp.minimum(owner, Q * N - 1)]
 
 
-def candidate_step(spec: LoopSpec, s: LoopState, d: RowDraw) -> tuple[LoopState, jax.Array]:
-    """The per-candidate half of a token step (traced): d, the step's `RowDraw` gathered to the
-    candidates (fields (P, N): `draw_rows(...).at_rows(s.row)`), gives token s.k of the alive
-    candidates; update the ScalingAR state with `policy.scalingar_update` (policy "scalingar")
-    or count the tokens (policy "none"), record trajectories. Reads and returns only the (P, N)
-    candidate fields (scale, conf, conf_sum, tokens, entropy, traj; k is not advanced), so
-    `pool` runs it per prompt lane. Returns (state, tokens (P, N) int32, -1 for dead
-    candidates). With k == T the writes of tokens, entropy and trajectories are dropped (out of
-    bounds), and with no alive candidate conf and conf_sum stay unchanged."""
-    gpt_cfg, sampling, scaling = spec.gpt_cfg, spec.sampling, spec.scaling
-    k, T = s.k, spec.T
+def candidate_step(spec: LoopSpec, s: DecodeState, d: RowDraw, k) -> tuple[DecodeState, jax.Array]:
+    """The per-candidate half of a token step (traced) at token index k (int32 scalar, the same
+    for every lane of `s`): d, the step's `RowDraw` gathered to the candidates (fields (Q, N):
+    `draw_rows(...).at_rows(s.row)`), gives token k of the alive candidates; update the ScalingAR
+    state with `policy.scalingar_update` (policy "scalingar") or count the tokens (policy
+    "none"), record trajectories. Reads and returns only lane fields (scale, conf, conf_sum,
+    tokens, entropy, traj; k is not advanced), so the pool runs it per lane. Returns (state,
+    tokens (Q, N) int32, -1 for dead candidates). With k == T the writes of tokens, entropy and
+    trajectories are dropped (out of bounds), and with no alive candidate conf and conf_sum stay
+    unchanged."""
+    sampling, scaling = spec.sampling, spec.scaling
     alive = s.conf.alive
     tok = jnp.where(alive, d.tok, -1)
     hn = d.hn
     conf_sum = s.conf_sum + jnp.where(alive, 1.0 - (scaling.aH * hn + scaling.aM * (1.0 - d.margin)), 0.0)
     if spec.policy == "scalingar":
-        conf, scale = scalingar_update(scaling, s.conf, d.stats, k, T, gpt_cfg.grid_size, sampling.cfg_scale,
+        conf, scale = scalingar_update(scaling, s.conf, d.stats, k, spec.T, spec.model.grid_size, sampling.cfg_scale,
                                        axis_name=spec.cand_axis)
     else:
         conf = s.conf.replace(tokens_used=s.conf.tokens_used + alive.astype(jnp.int32))
@@ -196,38 +217,100 @@ def candidate_step(spec: LoopSpec, s: LoopState, d: RowDraw) -> tuple[LoopState,
     traj = dict(s.traj)
     # Per-step records only for candidates alive at the start of the step (the others keep 0).
     for name in ("C", "I", "D", "R"):
-        traj[name] = traj[name].at[k].set(jnp.where(alive, getattr(conf, name), 0.0))
-    traj["scale"] = traj["scale"].at[k].set(jnp.where(alive, s.scale, 0.0))
-    traj["alive"] = traj["alive"].at[k].set(conf.alive)
-    traj["theta"] = traj["theta"].at[k].set(conf.theta)
+        traj[name] = traj[name].at[:, k].set(jnp.where(alive, getattr(conf, name), 0.0))
+    traj["scale"] = traj["scale"].at[:, k].set(jnp.where(alive, s.scale, 0.0))
+    traj["alive"] = traj["alive"].at[:, k].set(conf.alive)
+    traj["theta"] = traj["theta"].at[:, k].set(conf.theta)
     tokens = s.tokens.at[:, :, k].set(tok)
     entropy = s.entropy.at[:, :, k].set(jnp.where(alive, hn, 0.0))
     return s.replace(scale=scale, conf=conf, conf_sum=conf_sum, tokens=tokens, entropy=entropy, traj=traj), tok
 
 
-def step(params, spec: LoopSpec, s: LoopState) -> LoopState:
-    """One token step (traced; any pool size M): `draw_rows` over the pool's rows, gathered to
-    the candidates for `candidate_step`, then the sampled tokens fed to the pool rows."""
-    P, N = s.row.shape
-    k, T = s.k, spec.T
-    d = draw_rows(spec, s.logits, row_values(s.keys, s.owner), row_values(s.scale, s.owner), k)
-    s, tok = candidate_step(spec, s, d.at_rows(s.row))
+def _lane_fields(s: DecodeState) -> DecodeState:
+    """The lane fields of `s` (the model rows and counters None)."""
+    return s.replace(logits=None, cache=None, owner=None, row=None, k=None, steps=None, busy=None, row_steps=None)
+
+
+def _per_lane_step(spec: LoopSpec, s: DecodeState, d: RowDraw, k) -> tuple[DecodeState, jax.Array]:
+    """`candidate_step` with every lane at its own index k (Q,): vmapped over lanes, each a
+    P = 1 view (a free reshape)."""
+    one = lambda x: x[:, None]  # noqa: E731  (Q, ...) -> (Q, 1, ...): each lane a P = 1 state
+
+    def lane(c, dd, kk):
+        c, tok = candidate_step(spec, c, dd, kk)
+        return jax.tree.map(lambda x: x[0], c), tok[0]
+
+    c, tok = jax.vmap(lane)(jax.tree.map(one, _lane_fields(s)), jax.tree.map(one, d), k)
+    return s.replace(**{f: getattr(c, f) for f in ("scale", "conf", "conf_sum", "tokens", "entropy", "traj")}), tok
+
+
+def step(params, spec: LoopSpec, s: DecodeState) -> DecodeState:
+    """One token step (traced; any pool size M and lane count Q): `draw_rows` over the pool's
+    rows, gathered to the lanes' candidates for `candidate_step`, the sampled tokens fed to
+    the pool rows (each at its lane's position), and the rows of candidates pruned now or of
+    lanes that just finished freed."""
+    (Q, N), T, M = s.row.shape, spec.T, s.owner.shape[0]
+    running = s.k < T
+    if spec.lockstep:  # every lane at one index: the whole (Q, N) update, one position
+        k = row_k = s.k[0]
+    else:  # each lane at its own index: per row (a free row reads 0)
+        k = s.k
+        row_k = jnp.concatenate([k, jnp.zeros((1,), k.dtype)])[s.owner // N]
+    d = draw_rows(spec, s.logits, row_values(s.keys, s.owner), row_values(s.scale, s.owner), jnp.minimum(row_k, T - 1))
+    d = d.at_rows(s.row)
+    if spec.lockstep:
+        s, tok = candidate_step(spec, s, d, k)
+    else:  # a done or free lane steps with no alive candidate: its state stays as it was
+        alive = s.conf.alive
+        s, tok = _per_lane_step(spec, s.replace(conf=s.conf.replace(alive=alive & running[:, None])), d, k)
+        s = s.replace(conf=s.conf.replace(alive=jnp.where(running[:, None], s.conf.alive, alive)))
 
     # each pool row is fed its owner's token (free rows: code 0, never read)
-    fed = jnp.concatenate([jnp.maximum(tok, 0).reshape(P * N), jnp.zeros((1,), tok.dtype)])[s.owner]
+    fed = jnp.concatenate([jnp.maximum(tok, 0).reshape(Q * N), jnp.zeros((1,), tok.dtype)])[s.owner]
     fed = jnp.concatenate([fed, fed])
+    if spec.lockstep:  # after the last token nothing is fed
+        logits, cache = jax.lax.cond(k < T - 1, lambda _: spec.model.decode_step(params, s.cache, fed, k),
+                                     lambda _: (s.logits, s.cache), None)
+    else:  # a lane that just sampled its last token has no next position: its rows are freed below
+        pos = jnp.minimum(row_k, T - 2)
+        logits, cache = spec.model.decode_step(params, s.cache, fed, jnp.concatenate([pos, pos]))
+    k_next = jnp.where(running, s.k + 1, s.k)
+    keep = s.conf.alive & (k_next < T)[:, None]
+    keep = jnp.concatenate([keep.reshape(Q * N), jnp.zeros((1,), bool)])[s.owner]
+    return s.replace(logits=logits, cache=cache, k=k_next, owner=jnp.where(keep, s.owner, Q * N),
+                     steps=s.steps + 1, busy=s.busy + jnp.sum(s.owner < Q * N).astype(jnp.int32),
+                     row_steps=s.row_steps + M)
 
-    def feed(_):
-        return spec.gpt_cfg.decode_step(params, s.cache, fed, k)
 
-    logits, cache = jax.lax.cond(k < T - 1, feed, lambda _: (s.logits, s.cache), None)
-    return s.replace(logits=logits, cache=cache, k=k + 1)
-
-
-def _axes(spec: LoopSpec) -> tuple[str, ...]:
-    return tuple(a for a in (spec.prompt_axis, spec.cand_axis) if a is not None)
+def free_rows(s: DecodeState):
+    """int32 scalar: the number of free pool rows."""
+    return jnp.sum(s.owner == s.row.size).astype(jnp.int32)
 
 
+def token_loop(params, s: DecodeState, spec: LoopSpec, stop, need, shrink) -> DecodeState:
+    """Token steps (traced; `engine` runs it under shard_map) until every lane is done, or
+    - a running lane reaches `stop` (int32 scalar; T: never),
+    - a device's pool has room for the next prompt: `need` free rows and a free lane (int32
+      scalar; more than M: never),
+    - the fullest device's occupied rows are at most `shrink` (int32 scalar; -1: never).
+    Every test is reduced over the mesh axes (`spec.axes`): all devices leave at the same step."""
+    T, M, axes = spec.T, s.owner.shape[0], spec.axes
+
+    def any_device(x):
+        return jax.lax.pmax(x.astype(jnp.int32), axes) > 0 if axes else x
+
+    def keep_going(s):
+        running = s.k < T
+        room = (free_rows(s) >= need) & jnp.any(~running)
+        occupied = M - free_rows(s)
+        fullest = jax.lax.pmax(occupied, axes) if axes else occupied
+        return (any_device(jnp.any(running)) & ~any_device(jnp.any(running & (s.k >= stop)))
+                & ~any_device(room) & (fullest > shrink))
+
+    return jax.lax.while_loop(keep_going, functools.partial(step, params, spec), s)
+
+
+# ------------------------------------------------------------------------------ prefill, insert, compaction
 def cand_offset(spec: LoopSpec):
     """Index of this shard's first candidate slot among all shards': axis_index(cand_axis) * N0
     (0 unsharded). A slot's candidate id (its key) is first_candidate + this + local slot."""
@@ -236,125 +319,95 @@ def cand_offset(spec: LoopSpec):
     return (jax.lax.axis_index(spec.cand_axis) * spec.num_candidates).astype(jnp.int32)
 
 
-def pool_alive(alive, spec: LoopSpec):
-    """int32 scalar: the number of alive candidates in this shard (all its prompts), pmax'd over
-    every sharded axis, so all shards agree (the compaction exit test and pool size)."""
-    m = jnp.sum(alive).astype(jnp.int32)
-    axes = _axes(spec)
-    return jax.lax.pmax(m, axes) if axes else m
+def _fresh_lanes(spec: LoopSpec, keys, alive) -> DecodeState:
+    """The lane fields of Q fresh lanes (keys (Q, N), alive (Q, N) bool) at token 0."""
+    Q, N = keys.shape
+    T = spec.T
+    f32 = jnp.zeros((Q, T, N), jnp.float32)
+    traj = {name: f32 for name in TRAJ_FLOATS}
+    traj["alive"] = jnp.zeros((Q, T, N), bool)
+    traj["theta"] = jnp.zeros((Q, T), jnp.float32)
+    conf = init_state(spec.scaling, Q, N, spec.model.grid_size).replace(alive=alive)
+    return DecodeState(logits=None, cache=None, owner=None, row=None, k=jnp.zeros((Q,), jnp.int32), keys=keys,
+                       scale=jnp.full((Q, N), spec.sampling.cfg_scale, jnp.float32), conf=conf,
+                       conf_sum=jnp.zeros((Q, N), jnp.float32), tokens=jnp.full((Q, N, T), -1, jnp.int32),
+                       entropy=jnp.zeros((Q, N, T), jnp.float32), traj=traj, steps=jnp.int32(0), busy=jnp.int32(0),
+                       row_steps=jnp.int32(0))
 
 
-def token_loop(params, s: LoopState, spec: LoopSpec, stop=None) -> LoopState:
-    """The token loop (traced: `run_loop` jits it, `sharding` runs it inside shard_map).
-    Runs token steps until k == T, or (compaction) until every shard's alive candidates fit a
-    smaller bucket than its pool (`compaction_limit`), or until k == stop (int32 scalar, may be
-    traced: checkpoints share one compile) or k == spec.stop_at (static, if >= 0). params are
-    read in the layout given (the model's `decode_layout`, which `strategies.make_executor`
-    applies once)."""
-    M = s.owner.shape[0]
-
-    def keep_going(s):
-        go = s.k < spec.T
-        if spec.stop_at >= 0:
-            go &= s.k < spec.stop_at
-        if stop is not None:
-            go &= s.k < stop
-        if spec.compaction and M > 1:
-            go &= pool_alive(s.conf.alive, spec) > compaction_limit(M, spec.buckets)
-        return go
-
-    return jax.lax.while_loop(keep_going, lambda s: step(params, spec, s), s)
-
-
-def _token_loop(params, s: LoopState, *, spec: LoopSpec, stop=None) -> LoopState:
-    return token_loop(params, s, spec, stop)
-
-
-run_loop = jax.jit(_token_loop, static_argnames=("spec",))
-run_loop.__doc__ = """Jitted `token_loop` (unsharded) that leaves its input state valid: for inspection and
-benchmarks. Compiles once per (spec, pool size, stop given or not)."""
-run_loop_in_place = jax.jit(_token_loop, static_argnames=("spec",), donate_argnames=("s",))
-run_loop_in_place.__doc__ = """`run_loop` that *donates* `s`: the loop writes its state (KV cache included) in place
-instead of into fresh buffers, so `s` is invalid afterwards. `LocalExecutor.advance` uses it."""
-
-
-def loop_key(spec: LoopSpec) -> LoopSpec:
-    """The spec the token loop is compiled for: stop_at dropped (passed as a traced `stop`) and,
-    for the fixed-CFG policy, only the ScalingAR fields it reads kept (block_size for the state's
-    shape, aH/aM for the confidence-only score), so plain / confidence-only / best-of-N / IS
-    share one compiled loop."""
-    spec = dataclasses.replace(spec, stop_at=-1)
-    if spec.policy == "none":
-        sc = spec.scaling
-        spec = dataclasses.replace(spec, compaction=False,
-                                   scaling=ScalingARConfig(block_size=sc.block_size, aH=sc.aH, aM=sc.aM))
-    return spec
-
-
-def shape_key(spec: LoopSpec) -> LoopSpec:
-    """The spec of the shape-only pieces (start, compaction, selection, resampling): what
-    determines the state's shapes, keys and padding, nothing of the policy."""
-    sc = spec.scaling  # the state's shape: blocks, and the C history of a trailing rebound window
-    return dataclasses.replace(spec, policy="none", compaction=False, stop_at=-1,
-                               scaling=ScalingARConfig(block_size=sc.block_size, rebound_window=sc.rebound_window,
-                                                       rebound_steps=sc.rebound_steps))
-
-
-# ------------------------------------------------------------------------------ start, compaction, selection
-def init_loop(params, cond, cond_mask, key, prompt_ids, spec: LoopSpec, first_candidate=0) -> LoopState:
-    """Prefill for P prompts x N0 candidate slots (CFG rows) and a fresh loop state (traced).
-    Keys come from (prompt id, candidate id = first_candidate (int32 scalar, may be traced) + slot
-    over all shards); padding slots (`spec.num_real`) start dead."""
-    gpt_cfg, N0, T = spec.gpt_cfg, spec.num_candidates, spec.T
+def prefill(params, spec: LoopSpec, cond, cond_mask, key, prompt_ids, first_candidate=0) -> DecodeState:
+    """The decode state of P prompts x N0 candidate slots (traced): P lanes at token 0, a pool of
+    P*N0 rows in lane order (row p*N0 + n). The model prefills each prompt's condition once
+    (cond (P, ...), cond_mask (P, S) or None) and its rows are repeated per candidate. Keys come
+    from (prompt id (P,), candidate id = first_candidate (int32 scalar, may be traced) + slot
+    over all shards); padding slots (`spec.num_real`) start dead and rowless."""
+    N0 = spec.num_candidates
     P = cond.shape[0]
-    logits, cache = gpt_cfg.prefill_candidates(params, cond, cond_mask, num_candidates=N0, use_cfg=True)
-    f32 = jnp.zeros((T, P, N0), jnp.float32)
-    traj = {"C": f32, "I": f32, "D": f32, "R": f32, "scale": f32, "alive": jnp.zeros((T, P, N0), bool),
-            "theta": jnp.zeros((T, P), jnp.float32)}
+    logits, cache = spec.model.prefill(params, cond, cond_mask)
+    rows = jnp.repeat(jnp.arange(2 * P, dtype=jnp.int32), N0)  # each half's row order: p*N0 + n
     slot = cand_offset(spec) + jnp.arange(N0, dtype=jnp.int32)
-    conf = init_state(spec.scaling, P, N0, gpt_cfg.grid_size)
+    alive = jnp.ones((P, N0), bool)
     if spec.num_real >= 0:
-        conf = conf.replace(alive=jnp.broadcast_to(slot < spec.num_real, (P, N0)))
-    return LoopState(
-        logits=logits, cache=cache, k=jnp.int32(0),
-        keys=candidate_keys(key, prompt_ids, jnp.asarray(first_candidate, jnp.int32) + slot),
-        row=jnp.arange(P * N0, dtype=jnp.int32).reshape(P, N0), owner=jnp.arange(P * N0, dtype=jnp.int32),
-        scale=jnp.full((P, N0), spec.sampling.cfg_scale, jnp.float32),
-        conf=conf,
-        conf_sum=jnp.zeros((P, N0), jnp.float32),
-        tokens=jnp.full((P, N0, T), -1, jnp.int32), entropy=jnp.zeros((P, N0, T), jnp.float32), traj=traj)
+        alive = jnp.broadcast_to(slot < spec.num_real, (P, N0))
+    keys = candidate_keys(key, prompt_ids, jnp.asarray(first_candidate, jnp.int32) + slot)
+    ids = jnp.arange(P * N0, dtype=jnp.int32)
+    return _fresh_lanes(spec, keys, alive).replace(
+        logits=logits[rows], cache=jax.tree.map(lambda x: x[rows], cache),
+        owner=jnp.where(alive.reshape(-1), ids, P * N0), row=ids.reshape(P, N0))
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
-def start_loop(params, cond, cond_mask, key, prompt_ids, first_candidate=0, *, spec: LoopSpec) -> LoopState:
-    """Jitted `init_loop` (unsharded; first_candidate is traced: one compile for every offset)."""
-    return init_loop(params, cond, cond_mask, key, prompt_ids, spec, first_candidate)
+def empty(spec: LoopSpec, rows: int, lanes: int, key) -> DecodeState:
+    """A pool of `rows` free candidate rows and `lanes` free lanes (traced; `key`: any key of the
+    run's key type, for the keys' dtype)."""
+    N = spec.num_candidates
+    keys = jax.eval_shape(lambda: candidate_keys(key, jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32)))
+    s = _fresh_lanes(spec, jnp.zeros((lanes, N), keys.dtype), jnp.zeros((lanes, N), bool))
+    return s.replace(logits=jnp.zeros((2 * rows, spec.model.vocab_size), jnp.float32),
+                     cache=spec.model.init_cache(2 * rows), owner=jnp.full((rows,), lanes * N, jnp.int32),
+                     row=jnp.zeros((lanes, N), jnp.int32), k=jnp.full((lanes,), spec.T, jnp.int32))
 
 
-def compact(s: LoopState, rows: int) -> LoopState:
-    """Gathers the pool rows of the alive candidates (in flat candidate order p*N + n) into a pool
-    of `rows` rows (>= the alive count); the rest are free (traced; under sharding each shard
-    compacts its own pool)."""
-    P, N = s.row.shape
+def insert(s: DecodeState, prefix: DecodeState, lanes) -> DecodeState:
+    """The Q' lanes of a fresh `prefix` (from `prefill`: its rows in lane order) put into lanes
+    `lanes` ((Q',) int32, free lanes) and the first Q'*N free pool rows of `s` (the caller
+    checked there are enough; traced)."""
+    M, (Q, N) = s.owner.shape[0], s.row.shape
+    Qp = prefix.row.shape[0]
+    rows = jnp.argsort(s.owner != Q * N, stable=True)[: Qp * N].astype(jnp.int32)  # the first free rows
+    idx = jnp.concatenate([rows, rows + M])
+    occupied = prefix.owner < Qp * N
+    owner = jnp.where(occupied, (lanes[:, None] * N + jnp.arange(N, dtype=jnp.int32)).reshape(-1), Q * N)
+    lane = lambda dst, src: dst.at[lanes].set(src)  # noqa: E731
+    new = jax.tree.map(lane, _lane_fields(s), _lane_fields(prefix))
+    return s.replace(logits=s.logits.at[idx].set(prefix.logits),
+                     cache=jax.tree.map(lambda dst, src: dst.at[idx].set(src), s.cache, prefix.cache),
+                     owner=s.owner.at[rows].set(owner), row=lane(s.row, rows.reshape(Qp, N)), k=lane(s.k, prefix.k),
+                     **{f: getattr(new, f) for f in ("keys", "scale", "conf", "conf_sum", "tokens", "entropy", "traj")})
+
+
+def compact(s: DecodeState, rows: int) -> DecodeState:
+    """Gathers the pool rows of the occupied candidates (alive, lane running; in lane candidate
+    order q*N + n) into a pool of `rows` rows (>= their count); the rest are free (traced; on a
+    mesh each device compacts its own pool)."""
+    Q, N = s.row.shape
     M = s.owner.shape[0]
-    alive = s.conf.alive.reshape(P * N)
-    order = jnp.argsort(~alive, stable=True)[:rows].astype(jnp.int32)  # alive candidates first, by id
-    valid = alive[order]
-    owner = jnp.where(valid, order, P * N)
-    src = s.row.reshape(P * N)[order]  # the old pool row of each new row
+    occupied = (s.conf.alive & (s.k < s.tokens.shape[2])[:, None]).reshape(Q * N)
+    order = jnp.argsort(~occupied, stable=True)[:rows].astype(jnp.int32)  # occupied candidates first, by id
+    owner = jnp.where(occupied[order], order, Q * N)
+    src = s.row.reshape(Q * N)[order]  # the old pool row of each new row
     src = jnp.concatenate([src, src + M])
-    row = jnp.zeros((P * N,), jnp.int32).at[owner].set(jnp.arange(rows, dtype=jnp.int32), mode="drop")
-    return s.replace(logits=s.logits[src], cache=s.cache.map_rows(lambda x: x[src]), row=row.reshape(P, N),
+    row = jnp.zeros((Q * N,), jnp.int32).at[owner].set(jnp.arange(rows, dtype=jnp.int32), mode="drop")
+    return s.replace(logits=s.logits[src], cache=jax.tree.map(lambda x: x[src], s.cache), row=row.reshape(Q, N),
                      owner=owner)
 
 
-def select(s: LoopState, strategy: str, spec: LoopSpec | None = None):
-    """Selection and accounting on local arrays (traced). Returns (winner (P,) int32 index over
-    all shards' candidate slots, score (P, N0) in this shard's original candidate layout,
-    tokens_used (P,) int32 summed over all candidate shards). Padding candidates (`spec.num_real`)
-    score -inf."""
+# ------------------------------------------------------------------------------ selection
+def select(s: DecodeState, strategy: str, spec: LoopSpec | None = None):
+    """Selection and accounting on lane fields (traced). Returns (winner (Q,) int32 index over
+    all shards' candidate slots, score (Q, N0) in this shard's candidate layout, tokens_used (Q,)
+    int32 summed over all candidate shards). Padding candidates (`spec.num_real`) score -inf."""
     cand_axis = None if spec is None else spec.cand_axis
-    P, N0 = s.tokens.shape[:2]
+    Q, N0 = s.tokens.shape[:2]
     offset = jnp.int32(0) if spec is None else cand_offset(spec)
     used = jnp.sum(s.conf.tokens_used, axis=1)
     tokens_used = used if cand_axis is None else jax.lax.psum(used, cand_axis)
@@ -372,40 +425,29 @@ def select(s: LoopState, strategy: str, spec: LoopSpec | None = None):
         score = jnp.where(real[None], s.conf_sum / s.tokens.shape[2], -jnp.inf)
         winner = jnp.argmax(gather(score), axis=1).astype(jnp.int32)  # gathered = global id layout
     else:
-        score = jnp.zeros((P, N0))
-        winner = jnp.zeros((P,), jnp.int32)
+        score = jnp.zeros((Q, N0))
+        winner = jnp.zeros((Q,), jnp.int32)
     return winner.astype(jnp.int32), score, tokens_used.astype(jnp.int32)
 
 
-def result(s: LoopState, winner, score, tokens_used) -> StrategyResult:
-    """The `StrategyResult` of a finished state and `select`'s (winner, score, tokens_used) (traced)."""
+def result(s: DecodeState, winner, score, tokens_used) -> StrategyResult:
+    """The `StrategyResult` of finished lanes (P = Q) and `select`'s (winner, score, tokens_used)
+    (traced): trajectories as (T, P, N)."""
     P = s.tokens.shape[0]
     tokens = s.tokens[jnp.arange(P), winner]
     # terminated_at: first step at which a candidate is no longer alive, -1 if it never died
-    term = jnp.full(s.tokens.shape[:2], -1, jnp.int32)
-    alive_traj = s.traj["alive"]  # (T, P, N)
-    died = ~alive_traj[-1]
-    first_dead = jnp.argmax(~alive_traj, axis=0).astype(jnp.int32)
-    term = jnp.where(died, first_dead, term)
+    alive = s.traj["alive"]  # (P, T, N)
+    first_dead = jnp.argmax(~alive, axis=1).astype(jnp.int32)
+    term = jnp.where(~alive[:, -1], first_dead, jnp.full(s.tokens.shape[:2], -1, jnp.int32))
+    traj = {name: jnp.swapaxes(x, 0, 1) for name, x in s.traj.items()}
     return StrategyResult(tokens=tokens, winner=winner, tokens_used=tokens_used, all_tokens=s.tokens,
-                          entropy=s.entropy, terminated_at=term, score=score, traj=s.traj)
+                          entropy=s.entropy, terminated_at=term, score=score, traj=traj)
 
 
-def resample(s: LoopState, idx) -> LoopState:
-    """Replaces every candidate slot by the slot idx (P, N) of the same prompt (pool rows copied;
-    traced, unsharded). Keys stay with the slot (fresh continuations), so copies diverge."""
-    P, N = idx.shape
-    M = s.owner.shape[0]
-    take = lambda x: jnp.take_along_axis(x, idx.reshape(P, N, *([1] * (x.ndim - 2))), axis=1)  # noqa: E731
-    # pool row row[p, n] takes the content of row[p, idx[p, n]]; free rows keep their own
-    rows = jnp.arange(M, dtype=jnp.int32).at[s.row.reshape(-1)].set(take(s.row).reshape(-1))
-    rows = jnp.concatenate([rows, rows + M])
-    conf = jax.tree.map(lambda x: take(x) if x.ndim >= 2 and x.shape[:2] == (P, N) else x, s.conf)
-    p = jnp.arange(P)[:, None]
-    tokens = s.tokens.at[p, jnp.arange(N)[None]].set(s.tokens[p, idx])
-    entropy = s.entropy.at[p, jnp.arange(N)[None]].set(s.entropy[p, idx])
-    return s.replace(logits=s.logits[rows], cache=s.cache.map_rows(lambda x: x[rows]),
-                     conf=conf, conf_sum=take(s.conf_sum), tokens=tokens, entropy=entropy)
+def harvest(s: DecodeState, lanes, strategy: str, spec: LoopSpec | None = None) -> StrategyResult:
+    """The `StrategyResult` of lanes `lanes` ((L,) int32; their prompts are done) (traced)."""
+    one = jax.tree.map(lambda x: x[lanes], _lane_fields(s))
+    return result(one, *select(one, strategy, spec))
 
 
 # ------------------------------------------------------------------------------ buckets
@@ -413,6 +455,7 @@ BUCKETS = ("pow2", "fine")
 
 
 def check_buckets(buckets: str) -> str:
+    """`buckets` if it names a bucket set (`BUCKETS`), else a ValueError naming it."""
     if buckets not in BUCKETS:
         raise ValueError(f"unknown compaction buckets {buckets!r}; expected one of {BUCKETS}")
     return buckets
@@ -437,14 +480,15 @@ def floor_bucket(n: int, buckets: str = "pow2") -> int:
 
 def compaction_limit(rows: int, buckets: str = "pow2") -> int:
     """A pool of `rows` (> 1) rows is compacted once the alive count is <= this: the largest
-    smaller bucket (`token_loop`'s exit test and `pool_schedule`'s replay share it)."""
+    smaller bucket (the schedulers' `shrink` and `pool_schedule`'s replay share it)."""
     return floor_bucket(rows - 1, buckets)
 
 
 def pool_schedule(alive, compaction: bool = True, buckets: str = "pow2") -> list[int]:
-    """Pool rows (per CFG half) the unsharded loop runs each step with, replaying `drive`'s rule
-    from an alive trajectory (T, P, N) (`StrategyResult.traj["alive"]`): the pool starts at P*N;
-    when all alive candidates fit a smaller bucket it shrinks to the alive count's bucket."""
+    """Pool rows (per CFG half) the batched one-device loop runs each step with, replaying its
+    compaction rule from an alive trajectory (T, P, N) (`StrategyResult.traj["alive"]`): the
+    pool starts at P*N; when all alive candidates fit a smaller bucket it shrinks to the alive
+    count's bucket."""
     alive = np.asarray(alive)
     T, P, N = alive.shape
     rows, prev, out = P * N, np.ones((P, N), bool), []
@@ -455,88 +499,3 @@ def pool_schedule(alive, compaction: bool = True, buckets: str = "pow2") -> list
         out.append(rows)
         prev = alive[k]
     return out
-
-
-# ------------------------------------------------------------------------------ executors and drive
-class Executor(Protocol):
-    """Runs the loop pieces somewhere (one device, a mesh). Every method takes the *unsharded*
-    `LoopSpec` (all P prompts, all N candidates); the state is the executor's own business.
-    `strategies.make_executor` builds one from validated inputs."""
-
-    def start(self, spec: LoopSpec) -> LoopState:
-        """Prefill and a fresh state."""
-
-    def advance(self, s: LoopState, spec: LoopSpec, stop: int) -> tuple[LoopState, int, jax.Array]:
-        """Runs the loop (donating `s`) until k == stop or the pool should shrink. Returns (state,
-        k (host int), alive: int32 scalar, the pool rows the fullest shard needs)."""
-
-    def compact(self, s: LoopState, rows: int, spec: LoopSpec) -> LoopState:
-        """Pools of `rows` rows (per shard)."""
-
-    def tokens(self, s: LoopState) -> np.ndarray:
-        """(P, N, T) int32 on the host, -1 where not generated."""
-
-    def resample(self, s: LoopState, idx: np.ndarray, spec: LoopSpec) -> LoopState:
-        """idx: (P, N) int32 source candidate of every slot, per prompt (see `resample`)."""
-
-    def finish(self, s: LoopState, strategy: str, spec: LoopSpec) -> StrategyResult:
-        """Selection and accounting; the result on this process's default device."""
-
-
-@functools.partial(jax.jit, static_argnames=("rows",))
-def _compact(s: LoopState, *, rows: int) -> LoopState:
-    return compact(s, rows)
-
-
-@functools.partial(jax.jit, static_argnames=("strategy",))
-def _finish(s: LoopState, strategy: str) -> StrategyResult:
-    return result(s, *select(s, strategy))
-
-
-_resample = jax.jit(resample)
-
-
-class LocalExecutor:
-    """The loop pieces on one device (the default device). params: read as given (the model's
-    `decode_layout`, which `strategies.make_executor` applies once); inputs as
-    `strategies.prepare` returns them: cond (P, ...), cond_mask (P, cls) or None, prompt_ids (P,)
-    int32; first_candidate: the global id of candidate slot 0 (int >= 0)."""
-
-    def __init__(self, params, cond, cond_mask, key, prompt_ids, first_candidate: int = 0):
-        self.params = params
-        self.cond, self.cond_mask, self.key, self.prompt_ids = cond, cond_mask, key, prompt_ids
-        self.first_candidate = jnp.int32(first_candidate)
-
-    def start(self, spec: LoopSpec) -> LoopState:
-        return start_loop(self.params, self.cond, self.cond_mask, self.key, self.prompt_ids, self.first_candidate,
-                          spec=shape_key(spec))
-
-    def advance(self, s: LoopState, spec: LoopSpec, stop: int) -> tuple[LoopState, int, jax.Array]:
-        s = run_loop_in_place(self.params, s, spec=loop_key(spec), stop=jnp.int32(stop))
-        return s, int(s.k), jnp.sum(s.conf.alive)
-
-    def compact(self, s: LoopState, rows: int, spec: LoopSpec) -> LoopState:
-        return _compact(s, rows=rows)
-
-    def tokens(self, s: LoopState) -> np.ndarray:
-        return np.asarray(s.tokens)
-
-    def resample(self, s: LoopState, idx: np.ndarray, spec: LoopSpec) -> LoopState:
-        return _resample(s, jnp.asarray(idx, jnp.int32))
-
-    def finish(self, s: LoopState, strategy: str, spec: LoopSpec) -> StrategyResult:
-        return _finish(s, strategy)
-
-
-def drive(ex: Executor, s: LoopState, spec: LoopSpec,
-          on_progress: Callable[[int], None] | None = None) -> LoopState:
-    """Runs the loop on `ex` to k == T (or spec.stop_at), compacting at bucket boundaries if
-    enabled; on_progress(k) after every loop call. The state is donated (updated in place)."""
-    end = spec.T if spec.stop_at < 0 else spec.stop_at
-    while True:
-        s, k, alive = ex.advance(s, spec, end)
-        if on_progress is not None:
-            on_progress(k)
-        if k >= end:
-            return s
-        s = ex.compact(s, bucket(int(alive), spec.buckets), spec)

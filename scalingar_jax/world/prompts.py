@@ -98,7 +98,8 @@ def _noun_phrase(entry: Entry, style: str) -> str:
     return " ".join(words)
 
 
-def _tag_of(content: Content) -> str:
+def tag_of(content: Content) -> str:
+    """The GenEval tag of a content (a tuple of (class, count, color, relation) entries)."""
     if any(e[3] is not None for e in content):
         return "position"
     if len(content) == 1:
@@ -117,9 +118,9 @@ def _phrase(content: Content, style: str) -> str:
     return core if style == "bare" else f"a photo of {core}"
 
 
-def _build(content: Content, style: str) -> dict:
+def build_record(content: Content, style: str) -> dict:
     """The GenEval record of a content in a phrasing (GenEval key order)."""
-    tag = _tag_of(content)
+    tag = tag_of(content)
     include = []
     for i, (cls, count, color, rel) in enumerate(content):
         entry: dict[str, Any] = {"class": cls, "count": count}
@@ -147,7 +148,7 @@ def _ok_colors(cls: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def _contents(tag: str, extended: bool) -> tuple[Content, ...]:
+def contents(tag: str, extended: bool) -> tuple[Content, ...]:
     """All contents of a tag. Standard = GenEval's evaluation contents; extended adds the
     training-only variants (coloured counts, coloured positions, half-coloured pairs).
     Never a held-out pair; counts two..four; distinct classes in two-entry contents."""
@@ -191,23 +192,24 @@ def prompt_space(tag: str) -> list[dict]:
     """Every evaluation-distribution record of `tag` (GenEval phrasing, standard contents),
     in a fixed canonical order. Lengths: single_object 4, two_object 12, counting 12,
     colors 22, position 48, color_attr 302."""
-    _check_tag(tag)
-    return [_build(c, "geneval") for c in _contents(tag, False)]
+    check_tag(tag)
+    return [build_record(c, "geneval") for c in contents(tag, False)]
 
 
-def _check_tag(tag: str) -> None:
+def check_tag(tag: str) -> None:
+    """ValueError unless `tag` is one of `TAGS`."""
     if tag not in TAGS:
         raise ValueError(f"unknown tag {tag!r}; expected one of {TAGS}")
 
 
 def sample_record(rng: np.random.Generator, tag: str) -> dict:
     """One record of `tag` drawn uniformly from `prompt_space(tag)` (GenEval phrasing)."""
-    _check_tag(tag)
-    space = _contents(tag, False)
-    return _build(space[int(rng.integers(len(space)))], "geneval")
+    check_tag(tag)
+    space = contents(tag, False)
+    return build_record(space[int(rng.integers(len(space)))], "geneval")
 
 
-def _cycle_take(rng: np.random.Generator, items: Sequence, n: int) -> list:
+def cycle_take(rng: np.random.Generator, items: Sequence, n: int) -> list:
     """n items: reshuffled passes over `items` (all distinct first, then repeats)."""
     out: list = []
     if not items:
@@ -217,7 +219,8 @@ def _cycle_take(rng: np.random.Generator, items: Sequence, n: int) -> list:
     return out[:n]
 
 
-def _check_count(name: str, value: int) -> None:
+def check_count(name: str, value: int) -> None:
+    """ValueError naming `name` unless `value` is a positive int."""
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
@@ -227,24 +230,24 @@ def evaluation_set(seed: int = 0, per_tag: int = 50) -> list[dict]:
     (tags in `TAGS` order). A tag whose prompt space is smaller than `per_tag` is covered
     completely, in reshuffled cycles (so prompt counts differ by at most one); a larger one
     is sampled without replacement. Never holds a held-out colour/shape pair."""
-    _check_count("per_tag", per_tag)
+    check_count("per_tag", per_tag)
     records = []
     for t, tag in enumerate(TAGS):
         rng = np.random.default_rng([seed, t])
-        records += [_build(c, "geneval") for c in _cycle_take(rng, _contents(tag, False), per_tag)]
+        records += [build_record(c, "geneval") for c in cycle_take(rng, contents(tag, False), per_tag)]
     return records
 
 
 def _dev_candidates(tag: str, eval_prompts: frozenset[str]) -> tuple[list[dict], list[dict]]:
     first = [r for r in prompt_space(tag) if r["prompt"] not in eval_prompts]
     second: dict[str, dict] = {}
-    for c in _contents(tag, False):
-        r = _build(c, "one")
+    for c in contents(tag, False):
+        r = build_record(c, "one")
         second[r["prompt"]] = r
     if tag == "counting":  # "one"-phrasing equals GenEval's for counts >= 2
-        for c in _contents(tag, True):
+        for c in contents(tag, True):
             if c[0][2] is not None:
-                r = _build(c, "geneval")
+                r = build_record(c, "geneval")
                 second[r["prompt"]] = r
     first_prompts = {x["prompt"] for x in first}
     second_l = [r for p, r in second.items() if p not in eval_prompts and p not in first_prompts]
@@ -258,7 +261,7 @@ def development_set(
     `evaluation_set()`). Per tag: GenEval-phrased prompts unused by the evaluation set
     first, then "one"-phrased ones (and coloured counts for counting); reshuffled cycles
     if a tag has fewer than `per_tag` candidates."""
-    _check_count("per_tag", per_tag)
+    check_count("per_tag", per_tag)
     evaluation = evaluation_set() if evaluation is None else list(evaluation)
     eval_prompts = frozenset(r["prompt"] for r in evaluation)
     records = []
@@ -268,7 +271,7 @@ def development_set(
         pool = [first[i] for i in rng.permutation(len(first))]
         pool += [second[i] for i in rng.permutation(len(second))]
         distinct = pool[:per_tag]
-        records += [copy.deepcopy(r) for r in _cycle_take(rng, distinct, per_tag)]
+        records += [copy.deepcopy(r) for r in cycle_take(rng, distinct, per_tag)]
     return records
 
 
@@ -316,17 +319,17 @@ def hard_set(seed: int = 2, per_kind: int = 25) -> list[dict]:
 
     Use `hard_kind(record)` to recover a record's kind.
     """
-    _check_count("per_kind", per_kind)
+    check_count("per_kind", per_kind)
     records = []
     for k, kind in enumerate(HARD_KINDS):
         rng = np.random.default_rng([seed, 2000 + k])
-        records += [_build(c, "geneval") for c in _cycle_take(rng, _hard_contents(kind), per_kind)]
+        records += [build_record(c, "geneval") for c in cycle_take(rng, _hard_contents(kind), per_kind)]
     return records
 
 
 def hard_kind(record: dict) -> str | None:
     """The `HARD_KINDS` kind of a record, or None for an in-distribution record."""
-    content = _content_of(record)
+    content = content_of(record)
     if _heldout(content):
         return "heldout_pairs"
     if any(e[1] > max(EVAL_COUNTS) for e in content):
@@ -401,12 +404,12 @@ def training_prompt_sampler(
         raise ValueError(f"extended_weight must lie in [0, 1], got {extended_weight!r}")
     pools = []
     for t, tag in enumerate(TAGS):
-        std_contents = set(_contents(tag, False))
+        std_contents = set(contents(tag, False))
         groups: tuple[dict[str, dict], dict[str, dict]] = ({}, {})
-        for c in _contents(tag, True):
+        for c in contents(tag, True):
             g = groups[0] if c in std_contents else groups[1]
             for style in STYLES:
-                r = _build(c, style)
+                r = build_record(c, style)
                 if r["prompt"] not in held:
                     g[r["prompt"]] = r
         if w[t] > 0 and not groups[0] and not groups[1]:
@@ -439,7 +442,8 @@ def validate_record(record: Any, *, world: bool = True, where: str = "record") -
         _validate_world(record, fail)
 
 
-def _content_of(record: dict) -> Content:
+def content_of(record: dict) -> Content:
+    """A GenEval record's content: its include entries as (class, count, color, relation) tuples."""
     entries = []
     for e in record["include"]:
         pos = e.get("position")
@@ -462,8 +466,8 @@ def _validate_world(record: dict, fail) -> None:
         tokenize([record["prompt"]], MAX_PROMPT_LEN)
     except ValueError as err:
         fail(f"prompt not tokenizable: {err}")
-    content = _content_of(record)
-    candidates = [_build(content, s) for s in STYLES]
+    content = content_of(record)
+    candidates = [build_record(content, s) for s in STYLES]
     if record not in candidates:
         by_prompt = [c for c in candidates if c["prompt"] == " ".join(split_words(record["prompt"]))]
         expected = by_prompt[0] if by_prompt else candidates[0]

@@ -251,7 +251,8 @@ def render_scene(
 
 
 @functools.lru_cache(maxsize=1)
-def _default_sampler() -> TrainingPromptSampler:
+def default_sampler() -> TrainingPromptSampler:
+    """The training prompt sampler of the default world (built once)."""
     return training_prompt_sampler()
 
 
@@ -273,7 +274,7 @@ def render_random_scene(
         sampler = training_prompt_sampler_v2() if sampler is None else sampler
         record = sampler(rng)
         return record, render_scene(record, rng, spec.image_size, spec=spec, purpose="train")
-    sampler = _default_sampler() if sampler is None else sampler
+    sampler = default_sampler() if sampler is None else sampler
     record = sampler(rng)
     return record, render_scene(record, rng, image_size, background_noise=background_noise)
 

@@ -70,7 +70,7 @@ def scene_of(record: dict) -> Scene:
     """The canonical scene of a shapes-world record (wording-independent; see the module
     docstring). Raises ValueError for a record outside the world's schema."""
     P.validate_record(record, where="scene record")
-    return _scene_of_content(P._content_of(record))
+    return _scene_of_content(P.content_of(record))
 
 
 def scene_text(scene: Scene) -> str:
@@ -112,7 +112,7 @@ def _facts(families: Iterable[Scene], kinds: frozenset = frozenset({"shape", "co
 @functools.lru_cache(maxsize=None)
 def _tag_table(tag: str) -> tuple[int, dict]:
     """(salt, {family: split}) of one tag's evaluation space (module docstring)."""
-    contents = P._contents(tag, False)
+    contents = P.contents(tag, False)
     families = sorted({family_of(_scene_of_content(c), tag) for c in contents})
     kinds = _COVERED_KINDS.get(tag, frozenset({"shape", "count", "color", "relation"}))
     wanted = _facts(families, kinds)
@@ -132,16 +132,16 @@ def _tag_table(tag: str) -> tuple[int, dict]:
 
 
 def _tag_of_scene_record(record: dict) -> str:
-    return P._tag_of(P._content_of(record))
+    return P.tag_of(P.content_of(record))
 
 
 def scene_split(record: dict) -> str:
     """"train", "dev", "eval" or "hard": the split of a record's scene (module docstring)."""
     scene = scene_of(record)
-    content = P._content_of(record)
+    content = P.content_of(record)
     if P.hard_kind(record) is not None:
         return "hard"
-    tag = P._tag_of(content)
+    tag = P.tag_of(content)
     return _tag_table(tag)[1].get(family_of(scene, tag), "train")
 
 
@@ -163,19 +163,19 @@ def check_scene(record: dict, purpose: str) -> None:
 def prompt_space_v2(tag: str, split: str) -> list[dict]:
     """Every GenEval-phrased record of `tag` in the evaluation space whose scene is in
     `split` ("eval" or "dev"), in canonical order."""
-    P._check_tag(tag)
+    P.check_tag(tag)
     if split not in ("eval", "dev"):
         raise ValueError(f"split must be 'eval' or 'dev', got {split!r}")
-    out = [P._build(c, "geneval") for c in P._contents(tag, False)]
+    out = [P.build_record(c, "geneval") for c in P.contents(tag, False)]
     return [r for r in out if scene_split(r) == split]
 
 
 def _sample_split(split: str, seed: int, per_tag: int, offset: int) -> list[dict]:
-    P._check_count("per_tag", per_tag)
+    P.check_count("per_tag", per_tag)
     records = []
     for t, tag in enumerate(P.TAGS):
         rng = np.random.default_rng([seed, offset + t])
-        records += [copy.deepcopy(r) for r in P._cycle_take(rng, prompt_space_v2(tag, split), per_tag)]
+        records += [copy.deepcopy(r) for r in P.cycle_take(rng, prompt_space_v2(tag, split), per_tag)]
     return records
 
 
@@ -195,11 +195,11 @@ def development_set_v2(seed: int = 1, per_tag: int = 20) -> list[dict]:
 def _training_pools() -> tuple:
     pools = []
     for tag in P.TAGS:
-        std = set(P._contents(tag, False))
+        std = set(P.contents(tag, False))
         groups: tuple[dict, dict] = ({}, {})
-        for c in P._contents(tag, True):
+        for c in P.contents(tag, True):
             for style in P.STYLES:
-                r = P._build(c, style)
+                r = P.build_record(c, style)
                 if scene_split(r) == "train":
                     groups[0 if c in std else 1][r["prompt"]] = r
         if not groups[0] and not groups[1]:

@@ -787,7 +787,7 @@ def reward_eval(params, cfg, args, vq=None) -> dict:
 
 def train_reward(args):
     from scalingar_jax.checkpoint import load_model, save_model
-    from scalingar_jax.world.render import _default_sampler
+    from scalingar_jax.world.render import default_sampler
     from scalingar_jax.world.reward import init_reward_params, ranking_loss, reward_pair_logits
     from scalingar_jax.world.vocab import tokenize
 
@@ -817,7 +817,7 @@ def train_reward(args):
 
         pools = training_prompt_sampler_v2().pools
     else:
-        pools = _default_sampler().pools
+        pools = default_sampler().pools
     pool = {r["prompt"]: r for g in pools for grp in g for r in grp}
     run.log(f"rendered {len(recs)} images; {len(pool)} training prompts for hard image negatives")
     params = init_reward_params(cfg, jax.random.key(args.seed + 3))
