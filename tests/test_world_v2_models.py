@@ -26,7 +26,7 @@ def test_v2_configs_and_gpt_parameter_count():
     vq = T.default_vq_config(WORLD_V2)
     assert vq.downsample * WORLD_V2.grid_size == WORLD_V2.image_size == 64
     text = T.default_text_config()
-    g = T.default_gpt_config(vq, text, T.V2_GPT_DIM, T.V2_GPT_LAYERS, WORLD_V2.grid_size)
+    g = T.default_gpt_config(vq, text, WORLD_V2.gpt_dim, WORLD_V2.gpt_layers, WORLD_V2.grid_size)
     assert g.grid_size == 16 and g.model_type == "t2i"
     n = T.param_count(jax.eval_shape(lambda: init_params(g, jax.random.key(0))))
     assert n == 6_789_376 and 6e6 <= n <= 8e6

@@ -44,7 +44,7 @@ import optax
 from scalingar_jax.atomic import atomic_write_bytes, atomic_write_text
 from scalingar_jax.images import to_uint8
 from scalingar_jax.stats import auroc
-from scalingar_jax.world.spec import META_KEY, WORLD_V1, WorldSpec, world_spec
+from scalingar_jax.world.spec import DEFAULT_WORLD, META_KEY, WORLD_V1, WorldSpec, world_spec
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,10 +55,9 @@ from scalingar_jax.world.spec import META_KEY, WORLD_V1, WorldSpec, world_spec
 def default_vq_config(spec: WorldSpec = WORLD_V1):
     from scalingar_jax.vq import VQConfig
 
-    # v1: 48x48 -> 12x12 tokens (downsample 4), L2-normalised 512 x 8 codebook.
-    # v2: 64x64 -> 16x16 tokens, the same codebook, twice the width (textured backgrounds).
-    ch = 16 if spec.version == 1 else 32
-    return VQConfig(codebook_size=512, codebook_embed_dim=8, codebook_l2_norm=True, ch=ch, ch_mult=(1, 2, 4),
+    # 48x48 -> 12x12 tokens (v1, v3) or 64x64 -> 16x16 (v2): downsample 4, an L2-normalised
+    # 512 x 8 codebook; base width from the spec (16; v2: 32).
+    return VQConfig(codebook_size=512, codebook_embed_dim=8, codebook_l2_norm=True, ch=spec.vq_channels, ch_mult=(1, 2, 4),
                     z_channels=64, num_res_blocks=1, norm_groups=8).validate()
 
 
@@ -67,9 +66,6 @@ def default_text_config():
 
     return d(dim=128, n_layer=2, n_head=4, out_dim=128)
 
-
-# v2 GPT size: dim 256, 8 layers, 8 heads -> 6,789,376 parameters (`param_count`, tested).
-V2_GPT_DIM, V2_GPT_LAYERS = 256, 8
 
 
 def default_gpt_config(vq_cfg, text_cfg, dim: int = 192, n_layer: int = 6, grid_size: int = 12):
@@ -188,11 +184,11 @@ def stop_reason(t0: float, args, done: int) -> str | None:
 
 
 def _spec(args) -> WorldSpec:
-    return getattr(args, "spec", None) or WORLD_V1
+    return getattr(args, "spec", None) or DEFAULT_WORLD
 
 
 def run_name(model: str, spec: WorldSpec) -> str:
-    """The results name of a training run: `model` for v1, `model_v2` for v2."""
+    """The results name of a training run: `model` for v1, `model_v<version>` otherwise."""
     return model if spec.version == 1 else f"{model}_v{spec.version}"
 
 
@@ -502,9 +498,8 @@ def train_gpt(args):
     check_world_version(Path(args.out) / "vq", spec.version)
     vq_params, vq_cfg = load_model(Path(args.out) / "vq", expect_kind="vq")
     text_cfg = default_text_config()
-    v2 = spec.version != 1
-    dim = args.gpt_dim or (V2_GPT_DIM if v2 else 192)
-    layers = args.gpt_layers or (V2_GPT_LAYERS if v2 else 6)
+    dim = args.gpt_dim or spec.gpt_dim
+    layers = args.gpt_layers or spec.gpt_layers
     cfg = default_gpt_config(vq_cfg, text_cfg, dim, layers, spec.grid_size)
     steps, B = args.gpt_steps, args.gpt_batch
     run = Run(run_name("gpt", spec), args, steps)
@@ -533,7 +528,7 @@ def train_gpt(args):
     rng = np.random.default_rng(args.seed + 2)
 
     def batch(step):
-        r = rng if not v2 else np.random.default_rng([args.seed + 2, step])
+        r = rng if spec.version == 1 else np.random.default_rng([args.seed + 2, step])
         idx = r.integers(0, len(codes), B)
         drop = r.random(B) < args.caption_dropout
         return jnp.asarray(ids[idx]), jnp.asarray(mask[idx]), jnp.asarray(codes[idx]), jnp.asarray(drop)
@@ -905,15 +900,17 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train the shapes-world VQ, t2i GPT (+ text encoder) and reward model.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", choices=["vq", "gpt", "reward", "all"], help="which model(s) to train")
-    p.add_argument("--world", default="1", choices=["1", "2", "v1", "v2"],
-                   help="world version: 1 (48x48 flat, the shipped checkpoint) or 2 (64x64 photo backgrounds, "
-                        "16x16 tokens, scene splits)")
+    p.add_argument("--world", default=str(DEFAULT_WORLD.version), choices=["1", "2", "3", "v1", "v2", "v3"],
+                   help="world version: 3 (48x48, photo backgrounds, distractors, scene splits; the shipped "
+                        "checkpoint), 2 (the same world at 64x64 / 16x16 tokens with larger models, for an "
+                        "accelerator) or 1 (retired: flat backgrounds, evaluation scenes seen in training)")
     p.add_argument("--resume", action="store_true",
                    help="resumable chunks: keep the optimiser state in <out>/.train_state/, stop each chunk at "
                         "--max-minutes (default 45 here) and continue it when the same command runs again")
     p.add_argument("--out", default=None,
                    help="checkpoint root directory, relative to the current directory (default: checkpoints/shapes "
-                        "for --world 1, checkpoints/shapes_v2 for --world 2, so v2 never overwrites the shipped v1)")
+                        "for --world 3, checkpoints/shapes_v<N> for another version, so it never overwrites the "
+                        "shipped v3)")
     p.add_argument("--results", default="experiments/results/training",
                    help="folder of the training records <model>.json/.log and samples.png")
     p.add_argument("--seed", type=int, default=0, help="seed for data, init and batches")
@@ -932,8 +929,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--vq-init", default=None, help="continue training from this saved VQ directory")
     g = p.add_argument_group("gpt")
     g.add_argument("--gpt-steps", type=int, default=600)
-    g.add_argument("--gpt-dim", type=int, default=0, help="GPT width (head_dim 32; 0: 192 for v1, 256 for v2)")
-    g.add_argument("--gpt-layers", type=int, default=0, help="GPT depth (0: 6 for v1, 8 for v2)")
+    g.add_argument("--gpt-dim", type=int, default=0, help="GPT width (head_dim 32; 0: the world's, 192; v2: 256)")
+    g.add_argument("--gpt-layers", type=int, default=0, help="GPT depth (0: the world's, 6; v2: 8)")
     g.add_argument("--gpt-batch", type=int, default=32)
     g.add_argument("--gpt-lr", type=float, default=1e-3)
     g.add_argument("--gpt-data", type=int, default=16000, help="pre-rendered, pre-tokenised training images")
@@ -961,9 +958,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.spec = world_spec(args.world)
     if args.out is None:
-        args.out = "checkpoints/shapes" if args.spec.version == 1 else "checkpoints/shapes_v2"
+        v = args.spec.version
+        args.out = "checkpoints/shapes" if v == DEFAULT_WORLD.version else f"checkpoints/shapes_v{v}"
     if args.resume and args.spec.version == 1:
-        parser.error("--resume needs --world 2 (v1 runs continue with --vq-init / --gpt-init / --reward-init)")
+        parser.error("--resume needs --world 2 or 3 (v1 runs continue with --vq-init / --gpt-init / --reward-init)")
     if args.resume and args.max_minutes <= 0:
         args.max_minutes = 45.0
     return args
