@@ -36,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -291,6 +292,22 @@ def vq_judge_agreement(vq_params, vq_cfg, n: int, seed: int, batch: int = 50, sp
     return {"n": n, "judge_on_renders": gt_ok / n, "judge_on_reconstructions": rec_ok / n, "example_failures": fails}
 
 
+def restart_dead_codes(params, codes: np.ndarray, z: np.ndarray, rng: np.random.Generator):
+    """Codebook rows that no latent of a sample uses are moved onto randomly chosen latents of it
+    (plus noise of std 0.01), so the codebook does not collapse onto a few rows (random restarts,
+    as in Jukebox's VQ-VAE). codes (n,) int, z (n, e) the (normalised) latents that produced them.
+    Returns (params with the new `quantize/embedding`, rows in use, rows restarted)."""
+    emb = np.array(params["quantize"]["embedding"])
+    used = np.bincount(codes, minlength=emb.shape[0]) > 0
+    dead = np.flatnonzero(~used)
+    if dead.size:
+        pick = rng.choice(len(z), size=dead.size, replace=len(z) < dead.size)
+        emb[dead] = z[pick] + rng.normal(0.0, 0.01, (dead.size, emb.shape[1]))
+        params = {**params, "quantize": {**params["quantize"],
+                                         "embedding": jnp.asarray(emb, params["quantize"]["embedding"].dtype)}}
+    return params, int(used.sum()), int(dead.size)
+
+
 def train_vq(args):
     from scalingar_jax.checkpoint import save_model
     from scalingar_jax.vq import init_vq_params, vq_losses
@@ -325,6 +342,24 @@ def train_vq(args):
         upd, opt_state = opt.update(g, opt_state, params)
         return optax.apply_updates(params, upd), opt_state, {k: d[k] for k in ("recon", "vq", "commit")}
 
+    @jax.jit
+    def latents(params, x):  # (codes (n,), normalised latents z (n, e)) of a batch of images
+        from scalingar_jax.vq import VQModel
+
+        codes, _, z = nn.apply(lambda m: m.encode(x), VQModel(cfg))({"params": params})
+        return codes.reshape(-1), z.reshape(-1, z.shape[-1])
+
+    restart_until = int(args.vq_restart_until * steps)
+
+    def step_with_restarts(params, opt_state, x, step):
+        params, opt_state, metrics = step_fn(params, opt_state, x)
+        if args.vq_restart_every and 0 < step < restart_until and step % args.vq_restart_every == 0:
+            r = np.random.default_rng([args.seed + 5, step])  # a function of the step: chunking changes nothing
+            codes, z = latents(params, jnp.asarray(data[r.integers(0, len(data), 4 * B)]))
+            params, used, restarted = restart_dead_codes(params, np.asarray(codes), np.asarray(z), r)
+            metrics = {**metrics, "codes_used": used, "restarted": restarted}
+        return params, opt_state, metrics
+
     rng = np.random.default_rng(args.seed + 1)
 
     def batch(step):
@@ -333,10 +368,11 @@ def train_vq(args):
         x = data[idx]
         if r.random() < 0.5:  # flips keep the scene distribution (position labels are not used here)
             x = x[:, :, ::-1]
-        return (jnp.asarray(x),)
+        return jnp.asarray(x), step
 
     t0 = time.time()
-    params, opt_state, start, done, step_time = train_loop(run, args, "vq", step_fn, params, opt_state, batch, steps)
+    params, opt_state, start, done, step_time = train_loop(run, args, "vq", step_with_restarts, params, opt_state,
+                                                           batch, steps)
     train_time = time.time() - t0
     out = Path(args.out) / "vq"
     meta = {"steps": done, "seed": args.seed, META_KEY: spec.version}
@@ -927,6 +963,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--vq-lr", type=float, default=2e-3)
     g.add_argument("--vq-data", type=int, default=8000, help="pre-rendered training images")
     g.add_argument("--vq-init", default=None, help="continue training from this saved VQ directory")
+    g.add_argument("--vq-restart-every", type=int, default=20,
+                   help="every this many steps, move codebook rows that no latent of 4 batches uses onto random "
+                        "latents (keeps the codebook from collapsing; 0: off)")
+    g.add_argument("--vq-restart-until", type=float, default=0.8,
+                   help="restart dead codebook rows only during this fraction of the steps")
     g = p.add_argument_group("gpt")
     g.add_argument("--gpt-steps", type=int, default=600)
     g.add_argument("--gpt-dim", type=int, default=0, help="GPT width (head_dim 32; 0: the world's, 192; v2: 256)")
