@@ -130,13 +130,28 @@ class Run:
         self.results.mkdir(parents=True, exist_ok=True)
         self.name, self.t0 = name, time.time()
         self.log_path = self.results / f"{name}.log"
-        self.log_f = open(self.log_path, "w")
+        self.chunk = self._chunk_record() if getattr(args, "resume", False) else None
+        self.log_f = open(self.log_path, "a" if self.chunk else "w")  # a chunk's log goes on with the run's
         self.record = {"model": name, "command": "python -m scalingar_jax.world.train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                        "seed": args.seed, "losses": [], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         self.progress = Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                                  TimeElapsedColumn(), TimeRemainingColumn(), refresh_per_second=1)
         self.task = self.progress.add_task(name, total=total, info="")
         self.progress.start()
+
+    def _chunk_record(self) -> dict | None:
+        """The JSON record of the unfinished chunk this --resume run continues (None if none)."""
+        prev = self.results / f"{self.name}.json"
+        rec = json.loads(prev.read_text()) if prev.is_file() else {}
+        return rec if "chunk_ended_at_step" in rec else None
+
+    def resume_at(self, start: int) -> None:
+        """Continues the record of the run's earlier chunks at step `start`: their losses (steps
+        before `start`) and their wall times (`chunk_wall_times_s`) are kept."""
+        prev = self.chunk or {}
+        self.record["losses"] = [x for x in prev.get("losses", []) if x["step"] < start]
+        self.record["started"] = prev.get("started", self.record["started"])
+        self.record["chunk_wall_times_s"] = prev.get("chunk_wall_times_s", []) + [prev["wall_time_s"]] if prev else []
 
     def previous_runs(self) -> list[dict]:
         """The records of the earlier runs this one continues: the JSON this run will replace
@@ -145,6 +160,8 @@ class Run:
         if not prev.exists():
             return []
         rec = json.loads(prev.read_text())
+        if "chunk_ended_at_step" in rec:  # an unfinished chunk of this very run: its history is ours
+            return rec.get("previous_runs", [])
         return rec.pop("previous_runs", []) + [rec]
 
     def log(self, msg: str):
@@ -164,6 +181,9 @@ class Run:
         self.progress.stop()
         self.record.update(extra)
         self.record["wall_time_s"] = round(time.time() - self.t0, 1)
+        if self.record.get("chunk_wall_times_s"):
+            self.record["wall_time_all_chunks_s"] = round(sum(self.record["chunk_wall_times_s"])
+                                                          + self.record["wall_time_s"], 1)
         out = self.results / f"{self.name}.json"
         atomic_write_text(out, json.dumps(self.record, indent=2, default=str))
         self.log(f"done; wall time {self.record['wall_time_s']} s; wrote {out}")
@@ -238,6 +258,7 @@ def train_loop(run, args, model: str, step_fn, params, opt_state, batch, steps: 
     path = state_path(args, model)
     if getattr(args, "resume", False) and path.is_file():
         start, params, opt_state = load_train_state(path, params, opt_state, steps)
+        run.resume_at(start)
         run.log(f"resuming {path} at step {start}/{steps}")
     t0, done, t_first = time.time(), start, None
     for step in range(start, steps):
@@ -515,11 +536,16 @@ def load_gpt_init(path, cfg, text_cfg):
     Raises ValueError if the saved configs differ from the ones this run would train."""
     from scalingar_jax.checkpoint import load_model
 
+    from scalingar_jax.checkpoint import read_config
+
     g, g_cfg = load_model(Path(path) / "gpt", expect_kind="gpt")
     t, t_cfg = load_model(Path(path) / "text", expect_kind="text")
     if g_cfg != cfg or t_cfg != text_cfg:
         raise ValueError(f"--gpt-init {path} holds {g_cfg} / {t_cfg}, expected {cfg} / {text_cfg}")
-    return {"gpt": g, "text": t}, saved_steps(Path(path) / "gpt")
+    meta = read_config(Path(path) / "gpt")[2] or {}
+    # a model saved when a --resume chunk of a continued run ended: the run started after the init's steps
+    steps = meta["continued_from_steps"] if meta.get("chunk_of_run") else saved_steps(Path(path) / "gpt")
+    return {"gpt": g, "text": t}, int(steps)
 
 
 def train_gpt(args):
@@ -573,6 +599,8 @@ def train_gpt(args):
     params, opt_state, start, done, step_time = train_loop(run, args, "gpt", step_fn, params, opt_state, batch, steps)
     train_time = time.time() - t0
     meta = {"steps": prior_steps + done, "seed": args.seed, "trained_jointly_with": "text", META_KEY: spec.version}
+    if done < steps and getattr(args, "resume", False):  # a chunk: the next one continues this run, not this model
+        meta.update(chunk_of_run=True, continued_from_steps=prior_steps)
     out_g, out_t = Path(args.out) / "gpt", Path(args.out) / "text"
 
     def save():
@@ -581,7 +609,8 @@ def train_gpt(args):
                    overwrite=True)
 
     n_params = {"gpt": param_count(params["gpt"]), "text": param_count(params["text"])}
-    if not _finished(run, args, done, steps, save, step_time_s=step_time, params=n_params, config=_cfg_dict(cfg)):
+    if not _finished(run, args, done, steps, save, step_time_s=step_time, params=n_params, config=_cfg_dict(cfg),
+                     continued_from_steps=prior_steps, previous_runs=previous_runs):
         return params
     save()
     run.log("sampling the base model on evaluation prompts")
