@@ -54,8 +54,8 @@ false-reject cases (the judge must accept; reported as the acceptance rate):
   python experiments/adversarial_judge.py --n 200              # v2 set -> adversarial_judge.json
   python experiments/adversarial_judge.py --world 3 --n 200    # v3 set -> adversarial_judge_v3.json
 
-Prints a table and writes experiments/results/adversarial_judge[_v3].json; --figure PNG draws the first
-images of every case.
+Prints a table and writes experiments/results/adversarial_judge.json (v3: adversarial_judge_v3.json and
+.md); --figure PNG draws the first images of every case with the judge's verdict (green: accepted).
 """
 from __future__ import annotations
 
@@ -484,7 +484,7 @@ def acceptance(case: str, n: int, seed: int = 0, config=None, world: int = 2) ->
 
 
 def figure(path: str, world: int, per_case: int = 6, seed: int = 0) -> None:
-    """A PNG grid: one row per case, its first `per_case` images (4x nearest upscaling), the v3 judge's
+    """A PNG grid: one row per case, its first `per_case` images (3x nearest upscaling), the world's judge's
     verdict as a green (accepted) or red (refused) bar under each."""
     from scalingar_jax.world.judge import judge_config, judge_image
     from scalingar_jax.world.spec import world_spec
@@ -529,9 +529,18 @@ def main() -> None:
         rows.append({"case": case, "measures": kind, "n": args.n,
                      **{k: acceptance(case, args.n, args.seed, cfg, args.world) for k, cfg in judges.items()}})
         print(rows[-1], flush=True)
-    print(markdown_table(rows, ["case", "measures", "n", *judges]))
+    table = markdown_table(rows, ["case", "measures", "n", *judges])
+    print(table)
     name = "adversarial_judge" if args.world == 2 else f"adversarial_judge_v{args.world}"
-    print(f"wrote {write_json(name, {'stamp': stamp(args.seed), 'world': args.world, 'rows': rows})}")
+    payload = {"stamp": stamp(args.seed), "world": args.world, "rows": rows}
+    print(f"wrote {write_json(name, payload)}")
+    if args.world != 2:
+        from common import RESULTS
+
+        from scalingar_jax.atomic import atomic_write_text
+
+        atomic_write_text(RESULTS / f"{name}.md", f"`{payload['stamp']['command']}`\n\n{table}\n")
+        print(f"wrote {RESULTS / name}.md")
     if args.figure:
         figure(args.figure, args.world, seed=args.seed)
         print(f"wrote {args.figure}")

@@ -337,15 +337,17 @@ def test_v3_judge_counts_off_palette_objects_for_their_class():
         assert not v.correct and "1 off-palette" in v.reason
     # the background gamut (dim greys) is background: never an object
     assert judge_image(_scene((sq, red, 4, 4), (sq, red, 30, 4), (sq, (130, 130, 130), 18, 30)), two, V3_JUDGE).correct
-    # and a palette object's blurred rim is no off-palette object of its own
+    # and a palette object's blurred rim (a ring of mixes with the background) is no off-palette object
     from scalingar_jax.world.render import degrade
-    im = degrade(_scene((shape_mask("circle", 20), (240, 220, 30), 14, 14)), np.random.default_rng(0), blur=1.2, noise=4)
-    assert [(d.cls, d.color) for d in detect(im, V3_JUDGE)] == [("circle", "yellow")]
+    for name, rgb in (("blue", (40, 80, 240)), ("red", red)):
+        im = degrade(_scene((shape_mask("circle", 22), rgb, 12, 12), level=90), np.random.default_rng(0), blur=2.0,
+                     noise=2)
+        assert [(d.cls, d.color) for d in detect(im, V3_JUDGE)] == [("circle", name)]
 
 
 def test_v3_judge_blunted_triangles_and_trapezoids():
     from scalingar_jax.world.judge import _apex_ratio, _polygon
-    for n in (10, 14, 22):
+    for n in (10, 11, 14, 22):
         tri = _polygon([(0.5, 0), (1, 1), (0, 1)], n)
         blunt = _polygon([(0.5 - 1.5 / n, 0), (0.5 + 1.5 / n, 0), (1, 1), (0, 1)], n)  # a 3 px top
         trap = _polygon([(0.3, 0), (0.7, 0), (1, 1), (0, 1)], n)  # a 40% top
