@@ -41,6 +41,7 @@ def judge_at(rev: str):
     path.write_text(src.stdout)
     spec = importlib.util.spec_from_file_location(f"judge_{rev}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through it
     spec.loader.exec_module(module)
     return module
 

@@ -262,6 +262,9 @@ def test_v3_judge_colours_near_the_palette_and_mixes():
         assert _label_pixels_palette(near[None, None], V3_JUDGE)[0, 0] == i, (COLORS[i], COLORS[j])
         mid = _label_pixels_palette(((cols[i] + cols[j]) / 2)[None, None], V3_JUDGE)[0, 0]
         assert mid == (COLORS.index("purple") if {COLORS[i], COLORS[j]} == {"red", "blue"} else -1)
+    greys = np.repeat(np.arange(141, 256, dtype=np.float32)[:, None], 3, 1)[None]
+    white = _label_pixels_palette(greys, V3_JUDGE)[0] == COLORS.index("white")
+    assert white.tolist() == [g >= 176 for g in range(141, 256)]  # lighter greys are (shaded) white
 
 
 def test_v3_judge_on_rendered_held_out_scenes():

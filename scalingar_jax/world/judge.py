@@ -56,8 +56,8 @@ held-out scenes it is validated on):
 1. Colours: `color_tol` 62, `color_ratio` 0.6 and `shade_tol` 0.1, so a colour up to about a third of
    the way from a palette colour to another reads as the nearer one (20% of the way is at most 60
    from its colour's segment, for every pair), a 50/50 mix stays ambiguous, and every colour of the
-   background gamut stays more than 62 from every segment (green is the nearest, at about 78; a 50/50
-   mix of red and blue reads as purple, which it is).
+   background gamut stays more than 62 from every segment (green's is the nearest; a 50/50 mix of
+   red and blue reads as purple, which it is).
 2. OFF-PALETTE objects (`offpalette`): a pixel out of the background gamut by `offpalette_margin`
    (max(R, G, B) > 155 or max - min > 47), no palette colour, and farther than `offpalette_clear`
    px from every palette pixel (an object's blurred rim is not an object), is labelled
@@ -69,7 +69,8 @@ held-out scenes it is validated on):
    name and still pass "exactly two". Dim greys and faint tints (the background gamut, max <= 140
    and max - min <= 32) are background by the world's definition and never objects: the judge
    cannot segment them from photographs (a crop of the coins photo is full of grey circles); the
-   band between the gamut and the margin (e.g. greys 141..155) is neither.
+   band between the gamut and the margin (e.g. greys 141..155) is neither. A light grey of 176 or
+   more reads as white (shaded).
 3. Size (`min_side`): a component whose box's longer side is under 9 px (the world draws >= 10 px;
    one px for a blurred contour) is too small to name: "unknown", counted for no class, so a speck
    neither satisfies a prompt nor breaks a count (at 8 px, after a 4x-downsampling VQ, a cross and
@@ -79,11 +80,11 @@ held-out scenes it is validated on):
    with tops of 45 and 60% of the base), plus three tests a person applies:
    - convexity: `_solidity` = pixels / pixel centres inside the mask's convex hull: 1.0 for any
      digitised convex shape (a Gaussian blur keeps a convex shape convex), about 0.8 for a cross.
-     A cross needs solidity <= `cross_max_solidity` (0.97): a diamond, however blurred or
-     anti-aliased, is not a cross (v2's judge accepted 22 of 40 diamonds drawn for "a cross" at
-     48 px; anti-aliased diamonds on noise measure >= 0.98, while the VQ's 11-14 px crosses still
-     read as crosses up to about 0.97); circles and squares need >= 0.95 and triangles >= 0.9
-     (`convex_min_solidity`): a chunky cross is not a circle. The convex decoys do not compete with a cross (its solidity
+     A cross needs solidity <= `cross_max_solidity` (0.97, just under the anti-aliased diamonds of
+     the adversarial set; the VQ's 11-14 px crosses, their notches half filled, still read as
+     crosses): a diamond, however blurred or anti-aliased, is not a cross (v2's judge took 34% of
+     `adversarial_judge.py --world 3`'s diamonds for crosses); circles and squares need >= 0.95
+     and triangles >= 0.9 (`convex_min_solidity`): a chunky cross is not a circle. The convex decoys do not compete with a cross (its solidity
      already tells them apart).
    - a triangle's width grows from nothing: `_apex_ratio`, the line fitted to the widths across
      the middle 60% of the mask extrapolated to its narrow end, over its wide end, is at most
@@ -496,8 +497,9 @@ def _template_bank(size: int, levels: tuple[float, ...], sigmas: tuple[float, ..
 
 def _classify_best_iou(mask: np.ndarray, config: JudgeConfig, max_aspect: float | None = None
                        ) -> tuple[str | None, float]:
-    """v2: the best template IoU over `_ORIENTED` at every blur level (module docstring); v3 adds the
-    size and convexity tests ("Version 3")."""
+    """(class or None, best IoU) of a box-cropped bool (h, w) mask: v2's best template IoU over
+    `_ORIENTED` at every blur level (module docstring), with v3's size, convexity, apex and per-class
+    IoU tests when the config turns them on ("Version 3")."""
     max_aspect = config.max_aspect if max_aspect is None else max_aspect
     h, w = mask.shape
     norm = _normalize(mask)
