@@ -5,7 +5,8 @@ Two sets (`--world`), each asking the judge of its world (`judge.judge_config`) 
 - 2: 64x64 images on a plain or noisy grey background, objects 18..30 px (the v2 set, as committed).
 - 3: 48x48 images on TEXTURED backgrounds drawn here (plain, per-pixel noise, low-frequency value noise,
   crops of photographs scikit-image ships, including ones the world never uses: a checkerboard, the
-  Shepp-Logan phantom, binary blobs, a clock, a printed page), all dim and desaturated like the world's
+  Shepp-Logan phantom, a clock, a printed page; and binary blobs drawn here), all dim and desaturated
+  like the world's
   backgrounds: every background pixel has max(R, G, B) <= 132 and max - min <= 28, inside the world's
   background gamut (max <= 140, max - min <= 32; shapes-bench: the gamut is background by definition).
   Objects 14..22 px, the world's single-object sizes; half the images are anti-aliased (drawn at 4x and
@@ -27,7 +28,7 @@ false-accept cases (the judge must NOT accept; rate <= 2% each):
                          way read as that colour: see near_palette)
   shapes_in_background   background regions that look like shapes: in-gamut squares, circles, crosses and
                          triangles drawn into the texture at high contrast, on crops of the checkerboard,
-                         the coins photo or binary blobs; claim "a photo of a <shape>"
+                         the coins photo or the binary blobs; claim "a photo of a <shape>"
   clutter                palette-coloured specks (<= 3 px) and 1-2 px scribbles, in-gamut vocabulary
                          shapes, no palette object; claim "a photo of a <shape>"
   small_as_other_class   a palette shape with a 5..8 px box (the world draws >= 10 px), claim another shape
@@ -96,8 +97,8 @@ PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "cr
 SHAPE_NAMES = tuple(PLURAL)
 # Photographs for the v3 textures (scikit-image's `data`), world's and others.
 TEXTURES = ("brick", "grass", "gravel", "coins", "checkerboard", "camera", "moon", "text", "coffee", "clock",
-            "page", "shepp_logan_phantom", "binary_blobs", "hubble_deep_field", "immunohistochemistry")
-SHAPE_LIKE_TEXTURES = ("checkerboard", "coins", "binary_blobs")
+            "page", "shepp_logan_phantom", "blobs", "hubble_deep_field", "immunohistochemistry")
+SHAPE_LIKE_TEXTURES = ("checkerboard", "coins", "blobs")
 TEXTURE_MAX_LUM, TEXTURE_MAX_TINT = 104, 28  # a background pixel: luminance <= 104 plus a tint <= 28 per channel
 
 
@@ -148,9 +149,14 @@ def _canvas(rng: np.random.Generator, s: AdversarialSet = SETS[2]) -> Image.Imag
 
 @functools.lru_cache(maxsize=None)
 def _photo(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(luminance float (H, W) in [0, 1], chroma float (H, W, 3)) of a scikit-image photograph."""
+    """(luminance float (H, W) in [0, 1], chroma float (H, W, 3)) of a scikit-image photograph, or of
+    "blobs" (thresholded smooth noise)."""
     import skimage.data
 
+    if name == "blobs":  # binary blobs drawn here from a fixed seed (skimage's binary_blobs is random)
+        coarse = (np.random.default_rng(0).random((24, 24)) * 255).astype(np.uint8)
+        smooth = np.asarray(Image.fromarray(coarse).resize((384, 384), Image.Resampling.BICUBIC), np.float64)
+        return (smooth > np.median(smooth)).astype(np.float64), np.zeros((384, 384, 3))
     x = np.asarray(getattr(skimage.data, name)(), np.float64)
     x = x / x.max() if x.max() > 0 else x
     if x.ndim == 2:
@@ -292,7 +298,8 @@ def _clutter(d: _Pen, rng: np.random.Generator, size: int, keep_out=None) -> Non
         x, y = (float(v) for v in rng.uniform(0, size - side, 2))
         if free(x + side / 2, y + side / 2, side / 2):
             g = int(rng.integers(10, 111))
-            _shape(d, _pick(rng, SHAPE_NAMES), x, y, side, (g + int(rng.integers(0, 25)), g, g + int(rng.integers(0, 25))))
+            shape = _pick(rng, SHAPE_NAMES)
+            _shape(d, shape, x, y, side, (g + int(rng.integers(0, 25)), g, g + int(rng.integers(0, 25))))
     for _ in range(int(rng.integers(4, 10))):  # specks
         x, y = (float(v) for v in rng.uniform(1, size - 4, 2))
         r = float(rng.uniform(0.5, 1.5))

@@ -303,7 +303,8 @@ def test_v3_judge_convexity_tells_a_cross_from_a_diamond():
     diamond = _scene((_polygon([(0.5, 0), (1, 0.5), (0.5, 1), (0, 0.5)], 20), (225, 35, 35), 10, 10))
     no_decoys = dataclasses.replace(V3_JUDGE, decoys=())
     assert not judge_image(diamond, _rec("a cross", "cross"), no_decoys).correct
-    assert judge_image(diamond, _rec("a cross", "cross"), dataclasses.replace(no_decoys, cross_max_solidity=1.0)).correct
+    loose = dataclasses.replace(no_decoys, cross_max_solidity=1.0)
+    assert judge_image(diamond, _rec("a cross", "cross"), loose).correct
     # ... and a chunky cross (arms half its side, as anti-aliasing or a blur draws a small one) is a
     # cross, not the circle its template IoU prefers
     for n in (12, 16, 20):

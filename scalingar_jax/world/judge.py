@@ -84,8 +84,8 @@ held-out scenes it is validated on):
      the adversarial set; the VQ's 11-14 px crosses, their notches half filled, still read as
      crosses): a diamond, however blurred or anti-aliased, is not a cross (v2's judge took 34% of
      `adversarial_judge.py --world 3`'s diamonds for crosses); circles and squares need >= 0.95
-     and triangles >= 0.9 (`convex_min_solidity`): a chunky cross is not a circle. The convex decoys do not compete with a cross (its solidity
-     already tells them apart).
+     and triangles >= 0.9 (`convex_min_solidity`): a chunky cross is not a circle. The convex
+     decoys do not compete with a cross (its solidity already tells them apart).
    - a triangle's width grows from nothing: `_apex_ratio`, the line fitted to the widths across
      the middle 60% of the mask extrapolated to its narrow end, over its wide end, is at most
      `triangle_max_apex` (0.3) in some direction (a blunted apex still extrapolates to about 0; a
