@@ -6,8 +6,7 @@ Two sets (`--world`), each asking the judge of its world (`judge.judge_config`) 
 - 3: 48x48 images on TEXTURED backgrounds drawn here (plain, per-pixel noise, low-frequency value noise,
   crops of photographs scikit-image ships, including ones the world never uses: a checkerboard, the
   Shepp-Logan phantom, a clock, a printed page; and binary blobs drawn here), all dim and desaturated
-  like the world's
-  backgrounds: every background pixel has max(R, G, B) <= 132 and max - min <= 28, inside the world's
+  like the world's backgrounds: every background pixel has max(R, G, B) <= 132 and max - min <= 28, inside the world's
   background gamut (max <= 140, max - min <= 32; shapes-bench: the gamut is background by definition).
   Objects 14..22 px, the world's single-object sizes; half the images are anti-aliased (drawn at 4x and
   box-averaged: the diamonds the v2 judge took for crosses were mostly those); the v3 cases below are added.
