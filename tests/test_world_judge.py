@@ -11,13 +11,28 @@ from hypothesis import strategies as st
 
 from scalingar_jax.images import read_png
 from scalingar_jax.world import prompts as P
-from scalingar_jax.world.geneval_io import evaluate_folder, write_prompt_folder
+from scalingar_jax.world.geneval_io import write_prompt_folder
 from scalingar_jax.world.geometry import relative_position, shape_mask
-from scalingar_jax.world.judge import Detection, Verdict, apply_rules, detect, judge_image, summarize
+from scalingar_jax.world import geneval_io
+from scalingar_jax.world import judge as J
+from scalingar_jax.world.judge import Detection, Verdict, apply_rules, summarize
 from scalingar_jax.world.render import (
     SceneObject, degrade, layout_scene, render_objects, render_random_scene, render_scene,
 )
 from scalingar_jax.world.vocab import BACKGROUND, SHAPES
+
+
+# This file tests the v1 world (flat backgrounds) and its judge; the v2/v3 judges: test_world_v2.py.
+def judge_image(image, record, config=J.V1_JUDGE):
+    return J.judge_image(image, record, config)
+
+
+def detect(image, config=J.V1_JUDGE):
+    return J.detect(image, config)
+
+
+def evaluate_folder(folder, config=J.V1_JUDGE, **kw):
+    return geneval_io.evaluate_folder(folder, config, **kw)
 
 
 def rec(prompt: str) -> dict:

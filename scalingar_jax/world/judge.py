@@ -180,6 +180,14 @@ V3_JUDGE = dataclasses.replace(
     offpalette=True)
 
 
+def default_config() -> JudgeConfig:
+    """The judge of the shipped world (`world.spec.DEFAULT_WORLD`, v3): what `judge_image`,
+    `detect` and `scalingar evaluate` use when no configuration is given."""
+    from scalingar_jax.world.spec import DEFAULT_WORLD
+
+    return judge_config(DEFAULT_WORLD)
+
+
 def judge_config(spec) -> JudgeConfig:
     """The judge configuration of a `world.spec.WorldSpec` (v1: `V1_JUDGE` = `JudgeConfig()`, v2:
     `V2_JUDGE`, v3: `V3_JUDGE`)."""
@@ -607,9 +615,10 @@ def _classify(mask: np.ndarray, weights: np.ndarray, config: JudgeConfig) -> tup
     return cls, score
 
 
-def detect(image: np.ndarray, config: JudgeConfig = JudgeConfig()) -> list[Detection]:
+def detect(image: np.ndarray, config: JudgeConfig | None = None) -> list[Detection]:
     """Detects the objects of a uint8 (H, W, 3) image (see the module docstring), ordered
-    by raster order of their boxes."""
+    by raster order of their boxes. config: None for the shipped world's judge."""
+    config = default_config() if config is None else config
     image = _check_image(image).astype(np.float32)
     if config.color_model == "palette":
         return _detect_v2(image, config)
@@ -766,9 +775,10 @@ def apply_rules(record: dict, detections: list[Detection]) -> tuple[bool, str]:
     return not reasons, "\n".join(reasons)
 
 
-def judge_image(image: np.ndarray, record: dict, config: JudgeConfig = JudgeConfig()) -> Verdict:
+def judge_image(image: np.ndarray, record: dict, config: JudgeConfig | None = None) -> Verdict:
     """Judges a uint8 (H, W, 3) image against a GenEval record (schema-checked; any class
-    and colour names are accepted, unknown ones simply are never detected)."""
+    and colour names are accepted, unknown ones simply are never detected). config: None
+    for the shipped world's judge (`default_config()`)."""
     validate_record(record, world=False, where="judge record")
     detections = detect(image, config)
     correct, reason = apply_rules(record, detections)
