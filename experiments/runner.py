@@ -62,7 +62,7 @@ def tiny_world_pipeline(seed: int = 0, grid_size: int = 4) -> Pipeline:
 
     cfgs = random_world_configs(grid_size)
     vq_params = random_params(vq.init_vq_params, cfgs["vq"], 4 * seed)
-    gpt_params = random_params(gpt.init_params, cfgs["gpt"], 4 * seed + 1)
+    gpt_params = gpt.decode_layout(random_params(gpt.init_params, cfgs["gpt"], 4 * seed + 1))  # as loaders do
     text_params = random_params(init_text_params, cfgs["text"], 4 * seed + 2)
     reward_params = random_params(init_reward_params, cfgs["reward"], 4 * seed + 3)
     text_cfg, reward_cfg = cfgs["text"], cfgs["reward"]

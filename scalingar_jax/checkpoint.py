@@ -1,14 +1,15 @@
 """Model checkpoints: an orbax parameter tree plus the model config as JSON, written atomically.
 
 Layout of a model directory:
-  config.json   {"kind": "gpt" | "vq" | ..., "config_class": "module:Class", "config": {...dataclass
+  config.json   {"kind": "gpt" | "vq" | "t5" | "text" | "reward" | ..., "config": {...dataclass
                 fields...}, "meta": {...}}
   params/       orbax StandardCheckpointer tree
 
-"config_class" names the config dataclass (resolved by import, inside this package only, see
-`references`), so this module never imports the modules that define other model kinds (the
-shapes world's text encoder and reward model, ...). Files without it (written before it was
-recorded) load for the built-in kinds "gpt" and "vq".
+"kind" names the model; its config dataclass is looked up in a table in code
+(`scalingar_jax.registry`, table "config"; a model family outside the package registers its
+kinds there), so the file names no code and this module imports no model family. Files of
+earlier versions also record `"config_class": "module:Class"`: it is read only when it is
+exactly the built-in class of the file's kind (and refused otherwise).
 
 `save_model` writes into a temporary sibling directory and renames it into place only when
 complete, so a crash or a bad input never leaves a half-written checkpoint behind.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,34 +39,21 @@ CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 
 
-def _builtin_config_classes() -> dict[str, type]:
-    from scalingar_jax.config import GPTConfig
-    from scalingar_jax.vq import VQConfig
-
-    return {"gpt": GPTConfig, "vq": VQConfig}
-
-
 def config_to_dict(config) -> dict[str, Any]:
     """A frozen config dataclass as a JSON-able dict (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
 def config_class(kind: str, reference: str | None = None, *, where: str = "config") -> type:
-    """The config dataclass of a saved model: the class `reference` names ("module:Class", in
-    this package; what `save_model` records as "config_class"), else the built-in class of
-    `kind` ("gpt", "vq": checkpoints written before classes were recorded)."""
-    from scalingar_jax.references import resolve
+    """The config dataclass of a saved model of `kind` (the registry's "config" table).
+    reference: the "config_class" an earlier version recorded; accepted only when it is the
+    built-in class of `kind`. ValueError naming `where` otherwise."""
+    from scalingar_jax import registry
 
-    if reference is not None:
-        cls = resolve(reference, what=f"{where}: config_class")
-        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
-            raise ValueError(f"{where}: config_class {reference!r} is not a dataclass")
-        return cls
-    builtin = _builtin_config_classes()
-    if kind not in builtin:
-        raise ValueError(f"{where}: unknown model kind {kind!r} and no config_class recorded; built-in kinds: "
-                         f"{sorted(builtin)}")
-    return builtin[kind]
+    if reference is not None and not registry.is_builtin_reference("config", kind, reference):
+        raise ValueError(f"{where}: config_class {str(reference)[:80]!r} names code, which a model folder may not "
+                         f"do; its kind {str(kind)[:40]!r} says which config it holds (remove config_class)")
+    return registry.lookup("config", kind, where=f"{where}: 'kind'")
 
 
 def config_from_dict(kind: str, fields: dict[str, Any], reference: str | None = None, *, where: str = "config"):
@@ -109,15 +98,15 @@ def save_model(path, params, config, *, kind: str, meta: dict | None = None, ove
     """
     import orbax.checkpoint as ocp
 
-    from scalingar_jax.references import reference_of
-
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise TypeError(f"config must be a config dataclass instance, got {type(config).__name__}")
+    expected = config_class(kind, where=f"save_model({str(path)!r})")
+    if type(config) is not expected:
+        raise TypeError(f"a {kind!r} model's config is a {expected.__name__}, got {type(config).__name__}")
     path = Path(path).absolute()
     with atomic_dir(path, overwrite=overwrite) as tmp:
         tmp = Path(tmp)
-        record = {"kind": kind, "config_class": reference_of(type(config)), "config": config_to_dict(config),
-                  "meta": meta or {}}
+        record = {"kind": kind, "config": config_to_dict(config), "meta": meta or {}}
         (tmp / CONFIG_FILE).write_text(json.dumps(record, indent=2))
         params = jax.tree.map(np.asarray, params)  # every leaf an ndarray (the only registered type)
         with ocp.Checkpointer(_params_handler(compress)) as ckptr:
@@ -133,18 +122,16 @@ def read_config(path) -> tuple[str, Any, dict]:
     """(kind, config dataclass, meta) of a saved model directory. Raises FileNotFoundError
     without a config.json, ValueError naming the problem for anything else (not JSON, not an
     object, missing keys, wrong field types or ranges)."""
+    from scalingar_jax.inputs import read_json_object
+
     path = Path(path)
     cfg_file = path / CONFIG_FILE
-    if not cfg_file.is_file():
+    if not path.is_dir():
+        what = "no such folder" if not os.path.lexists(path) else "not a folder"
+        raise FileNotFoundError(f"{str(path)!r} is not a scalingar-jax model directory ({what})")
+    if not os.path.lexists(cfg_file):
         raise FileNotFoundError(f"{str(path)!r} is not a scalingar-jax model directory (no {CONFIG_FILE})")
-    if cfg_file.stat().st_size > MAX_CONFIG_BYTES:
-        raise ValueError(f"{str(cfg_file)!r} is larger than {MAX_CONFIG_BYTES} bytes; not a model config")
-    try:
-        record = json.loads(cfg_file.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ValueError(f"{str(cfg_file)!r} is not valid JSON ({type(e).__name__})") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{str(cfg_file)!r} holds a JSON {type(record).__name__}, expected an object")
+    record = read_json_object(cfg_file, MAX_CONFIG_BYTES, repr(str(cfg_file)))
     for key in ("kind", "config"):
         if key not in record:
             raise ValueError(f"{str(cfg_file)!r} is missing the key {key!r}")

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -25,6 +26,10 @@ REPO = Path(__file__).resolve().parents[1]  # the repository checkout, if any: o
 
 class UserError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what was done by then: printed as one line, exit status 130."""
 
 
 def _progress(total: int, description: str):
@@ -47,9 +52,11 @@ REWARD_STRATEGIES = ("best_of_n", "importance_sampling")  # the strategies that 
 def printable(msg: str, limit: int = 2000) -> str:
     """`msg` on one line with every control or non-printable character escaped (as `repr`
     does), so that names from a hostile file cannot drive the terminal; cut at `limit`."""
-    msg = str(msg).replace("\n  ", "; ").replace("\n", " ")
+    msg = str(msg)
+    cut = len(msg) > limit
+    msg = msg[:limit].replace("\n  ", "; ").replace("\n", " ")  # cut first: a huge message costs nothing
     out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)
-    return out if len(out) <= limit else out[: limit - 3] + "..."
+    return out[: limit - 3] + "..." if cut or len(out) > limit else out
 
 
 def _check_generate_args(args) -> None:
@@ -170,10 +177,13 @@ def cmd_generate(args) -> int:
 
     _check_generate_args(args)
     _check_prompt_file_args(args)
+    prompt_file = _read_prompt_records(args) if args.prompts is not None else None  # before anything is loaded
     class_ids = _class_ids(args)
     out = _check_out(args.out) if args.prompts is None else None
     mesh = _mesh(args)
-    _check_conditioning(args, _bundle_gpt_config(args.checkpoint), class_ids)  # before any weight is read
+    gpt_cfg, vq_cfg = _bundle_configs(args.checkpoint)
+    _check_conditioning(args, gpt_cfg, class_ids)  # before any weight is read
+    _check_memory(args, gpt_cfg, vq_cfg, class_ids)
     try:
         pipe = load_pipeline(args.checkpoint)
     except (FileNotFoundError, ValueError, ImportError) as e:
@@ -182,7 +192,7 @@ def cmd_generate(args) -> int:
     pipe = _with_reward(args, pipe)
     sampling, scaling = _sampling_scaling(args, pipe)
     if args.prompts is not None:
-        return _generate_prompt_file(args, pipe, sampling, scaling, mesh)
+        return _generate_prompt_file(args, pipe, prompt_file, sampling, scaling, mesh)
     if class_ids is not None:
         return _generate_class_ids(args, pipe, class_ids, sampling, scaling, mesh, out)
 
@@ -226,18 +236,44 @@ def _class_ids(args) -> list[str] | None:
     return args.class_ids
 
 
-def _bundle_gpt_config(path):
-    """The GPTConfig of a bundle's gpt part read from its config.json alone, or None where the
-    bundle has none that reads (load_pipeline then reports the problem)."""
+def _bundle_configs(path):
+    """(GPTConfig, VQConfig) of a bundle's gpt and vq parts read from their config.json alone;
+    None for one that does not read (load_pipeline then reports the problem)."""
     from scalingar_jax.bundle import read_bundle
     from scalingar_jax.checkpoint import read_config
 
     try:
         bundle = read_bundle(path)
-        kind, cfg, _ = read_config(bundle.part("gpt"))
-    except (OSError, ValueError, KeyError):
-        return None
-    return cfg if kind == "gpt" else None
+    except (OSError, ValueError):
+        return None, None
+    out = []
+    for part in ("gpt", "vq"):
+        try:
+            kind, cfg, _ = read_config(bundle.part(part))
+        except (OSError, ValueError, KeyError):
+            kind = cfg = None
+        out.append(cfg if kind == part else None)
+    return tuple(out)
+
+
+def _check_memory(args, gpt_cfg, vq_cfg, class_ids) -> None:
+    """Refuses, before any weight is read, a run whose largest generate call does not fit in
+    memory (`resources.check_run_memory`; generate checks again once the models are loaded)."""
+    from scalingar_jax.resources import ResourceError, check_run_memory
+
+    if gpt_cfg is None or vq_cfg is None:
+        return
+    n = 1 if args.strategy == "plain" and args.prompts is not None else args.n
+    if args.prompts is not None:  # rows per call: whole prompts' K images (geneval.run_prompts)
+        prompts = max(1, args.batch // args.images_per_prompt) * args.images_per_prompt
+    else:
+        prompts = 1 if class_ids is None else min(args.batch, len(class_ids))
+    try:
+        check_run_memory(gpt_cfg, vq_cfg, prompts=prompts, candidates=n, pool=args.pool,
+                         decode_candidates=args.prompts is None,
+                         what=f"-n {args.n} for {prompts} prompt row(s) per call")
+    except ResourceError as e:
+        raise UserError(str(e)) from None
 
 
 def _check_conditioning(args, gpt_cfg, class_ids) -> None:
@@ -267,8 +303,8 @@ def _check_conditioning(args, gpt_cfg, class_ids) -> None:
 
 def _generate_class_ids(args, pipe, class_ids, sampling, scaling, mesh, out: Path) -> int:
     """c2i: one output folder <out>/<i:05d> per class id (the i-th given), each with what a
-    prompt run writes; ids run --batch at a time, prompt id = i (results do not depend on the
-    batch)."""
+    prompt run writes; ids run --batch at a time, prompt id = i (the batch changes results only
+    by float rounding: README, Exactness)."""
     import numpy as np
 
     from scalingar_jax.atomic import atomic_dir
@@ -400,22 +436,30 @@ def _check_prompt_file_args(args) -> None:
         raise UserError(str(e)) from None
 
 
-def _generate_prompt_file(args, pipe, sampling, scaling, mesh) -> int:
+def _read_prompt_records(args) -> tuple[list[tuple[int, dict]], str]:
+    """(the (line number, record) pairs of --prompts FILE, read within bounds and checked against
+    GenEval's schema (`geneval.read_jsonl_records`), the file's SHA-256)."""
+    from scalingar_jax import geneval
+
+    try:
+        return geneval.read_jsonl_records(args.prompts), geneval.file_sha256(args.prompts)
+    except (ValueError, OSError) as e:
+        raise UserError(f"--prompts: {e}") from None
+
+
+def _generate_prompt_file(args, pipe, prompt_file, sampling, scaling, mesh) -> int:
     """GenEval run: this process's share of the prompt file into GenEval's layout, resumable."""
     import dataclasses
 
-    import numpy as np
-
     from scalingar_jax import geneval
     from scalingar_jax.bundle import read_bundle
-    from scalingar_jax.pipeline import generate
     from scalingar_jax.sharding import split_prompts
 
+    records, prompts_sha = prompt_file
     try:
-        records, skipped = geneval.read_prompt_file(args.prompts, check=pipe.check_record,
-                                                    skip_unsupported=args.skip_unsupported)
-        prompts_sha = geneval.file_sha256(args.prompts)
-    except (ValueError, OSError) as e:
+        records, skipped = geneval.select_records(records, args.prompts, check=pipe.check_record,
+                                                  skip_unsupported=args.skip_unsupported)
+    except ValueError as e:
         raise UserError(str(e)) from None
     if skipped:
         print(f"skipped {len(skipped)} record(s) this model does not support, e.g. {skipped[0]}", file=sys.stderr)
@@ -433,12 +477,26 @@ def _generate_prompt_file(args, pipe, sampling, scaling, mesh) -> int:
         settings["reward"] = args.reward
     share = split_prompts(records, args.process_index, args.process_count)
     share = [pair for _, pair in share]
-    try:
-        todo = geneval.prepare_run(args.out, settings, share, selected=len(records), images_per_prompt=K,
-                                   process_index=args.process_index, process_count=args.process_count,
-                                   overwrite=args.overwrite)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    out = Path(args.out).absolute()
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(geneval.run_lock(out))  # one run at a time writes a folder
+            todo = geneval.prepare_run(out, settings, share, selected=len(records), images_per_prompt=K,
+                                       process_index=args.process_index, process_count=args.process_count,
+                                       overwrite=args.overwrite)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        _run_prompt_folders(args, pipe, sampling, scaling, mesh, out, share, todo, n, K)
+    return 0
+
+
+def _run_prompt_folders(args, pipe, sampling, scaling, mesh, out: Path, share, todo, n: int, K: int) -> None:
+    """Generates the prompt folders `todo` of a locked, prepared run; Ctrl-C is `Interrupted`,
+    saying how many folders are done."""
+    import numpy as np
+
+    from scalingar_jax import geneval
+    from scalingar_jax.pipeline import generate
 
     def generate_fn(prompts, prompt_ids):
         unique = list(dict.fromkeys(prompts))
@@ -449,14 +507,23 @@ def _generate_prompt_file(args, pipe, sampling, scaling, mesh) -> int:
                         scaling=scaling, prompt_ids=prompt_ids, compaction=_compaction(args), mesh=mesh,
                         conditioning=conditioning, pool=args.pool).images
 
-    out = Path(args.out).absolute()
-    print(f"{len(share) - len(todo)} of {len(share)} prompt folders already done in {out}", file=sys.stderr)
-    bar, update = _progress(len(todo), f"{args.strategy} N={n} K={K}")
-    with bar:
-        geneval.run_prompts(out, todo, generate_fn, images_per_prompt=K, batch=args.batch, on_folder=update)
+    before = len(share) - len(todo)
+    written = [0]
+    try:
+        print(f"{before} of {len(share)} prompt folders already done in {out}", file=sys.stderr)
+        bar, update = _progress(len(todo), f"{args.strategy} N={n} K={K}")
+
+        def on_folder(k: int) -> None:
+            written[0] = k
+            update(k)
+
+        with bar:
+            geneval.run_prompts(out, todo, generate_fn, images_per_prompt=K, batch=args.batch, on_folder=on_folder)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: {before + written[0]} of {len(share)} prompt folders done in {out}; rerun "
+                          "the same command to resume") from None
     folders = "prompt folder" if len(todo) == 1 else "prompt folders"
     print(f"wrote {len(todo)} {folders} ({len(share)} in all, {K} images each) under {out}")
-    return 0
 
 
 def cmd_merge(args) -> int:
@@ -472,8 +539,11 @@ def cmd_merge(args) -> int:
 
 def png_size(path) -> tuple[int, int] | None:
     """(width, height) a PNG file declares in its IHDR chunk (its first 24 bytes), or None
-    if the file does not start like a PNG. Reads nothing else."""
-    with open(path, "rb") as f:
+    if the file does not start like a PNG. Reads nothing else; a FIFO or device is refused
+    (ValueError), not read."""
+    from scalingar_jax.inputs import open_regular
+
+    with open_regular(path) as f:
         head = f.read(24)
     if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
         return None
@@ -487,6 +557,8 @@ def _check_image_sizes(folder: str) -> None:
             size = png_size(png)
         except OSError:
             continue  # the evaluator reports unreadable files itself
+        except ValueError as e:  # a FIFO or device named like a sample
+            raise UserError(str(e)) from None
         if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
             raise UserError(f"{str(png)!r} declares {size[0]} x {size[1]} pixels, more than the "
                             f"{MAX_IMAGE_PIXELS}-pixel limit for images to judge")
@@ -495,15 +567,14 @@ def _check_image_sizes(folder: str) -> None:
 def _outside_the_world(folder) -> bool:
     """True when some prompt folder of the GenEval-layout `folder` holds a valid GenEval record
     that the shapes world does not accept (a real-model run, e.g. LlamaGen on GenEval's prompts)."""
+    from scalingar_jax.geneval import read_folder_record
     from scalingar_jax.world.prompts import validate_record
 
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
-        meta = os.path.join(folder, name, "metadata.jsonl")
-        if not (name.isdigit() and os.path.isfile(meta)):
+        if not name.isdigit():
             continue
         try:
-            with open(meta, encoding="utf-8") as f:
-                record = json.loads(f.read(1 << 20))
+            record = read_folder_record(os.path.join(folder, name))
             validate_record(record, world=False)
         except (OSError, ValueError):
             continue
@@ -637,9 +708,10 @@ def _add_bundle_parser(sub) -> None:
                    help="image-token grid of the GPT when the file does not tell (16 for 256 px, 24 for 384, 32 for "
                         "512; by default from the training args in the file or 256/384/512 in its name)")
     a.add_argument("--name", default=None, help="a name for the bundle (shown in logs and result.json)")
-    a.add_argument("--preprocess", default=DEFAULT_PREPROCESS, metavar="MODULE:FUNCTION",
-                   help="t2i with --t5: the text preprocessing applied to every prompt before tokenisation, a "
-                        f"function in this package (default {DEFAULT_PREPROCESS}, LlamaGen's)")
+    a.add_argument("--preprocess", default=DEFAULT_PREPROCESS, metavar="NAME",
+                   help="t2i with --t5: the text preprocessing applied to every prompt before tokenisation, by "
+                        f"name: llamagen (default: LlamaGen's, clean_caption twice) or lowercase (LlamaGen's "
+                        "use_text_preprocessing=False); the bundle records the name")
     a.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     a.set_defaults(fn=cmd_bundle)
 
@@ -708,7 +780,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep pruned rows in the batch (masking only) instead of compacting alive rows")
     g.add_argument("--buckets", default="pow2", choices=["pow2", "fine"],  # strategies.BUCKETS (no jax import here)
                    help="pool sizes compaction shrinks to: pow2 = 1, 2, 4, 8, ... (default); fine adds 3, 6, "
-                        "12, ... (less padding, twice the compiled sizes). Results are identical either way")
+                        "12, ... (less padding, twice the compiled sizes). The same tokens and winners either way unless "
+                        "a float rounding flips a near-tied draw (README, Exactness)")
     g.add_argument("--mesh", default=None, metavar="PxC",
                    help="shard prompts x candidates over local devices with shard_map, e.g. 2x4 (default: one "
                         "device); simulate CPU devices with XLA_FLAGS=--xla_force_host_platform_device_count=8")
@@ -772,7 +845,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """The command: 0 on success, 2 with one error line for bad input, 130 with one line on
+    Ctrl-C (run as the `scalingar` program, it then leaves at once: a Python shutdown right after
+    an interrupt inside XLA can crash)."""
+    as_program = argv is None
+    try:
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    except KeyboardInterrupt as e:
+        msg = str(e) if isinstance(e, Interrupted) else "interrupted; nothing was half-written (rerun the same command)"
+        print(f"scalingar: {printable(msg)}", file=sys.stderr)
+        if as_program:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        return 130
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["convert"]:
         # argparse's REMAINDER does not take a leading option (`convert --export ...`, `convert
         # --help`): hand everything after the subcommand to the converter's own parser.
@@ -809,6 +898,12 @@ _INPUT_ERRORS = (ValueError, TypeError, KeyError, OSError, MemoryError, Recursio
 
 
 def _describe_error(e: BaseException) -> str:
+    import shutil
+
+    if isinstance(e, shutil.Error) and e.args and isinstance(e.args[0], list) and e.args[0]:
+        src, _, why = (list(e.args[0][0]) + ["", "", ""])[:3]  # copytree's [(src, dst, why), ...]
+        more = f" (and {len(e.args[0]) - 1} more file(s))" if len(e.args[0]) > 1 else ""
+        return f"cannot copy {str(src)!r}: {str(why)[:200]}{more}"
     if isinstance(e, MemoryError):
         return "out of memory (" + (str(e) or "the input asks for more memory than there is") + ")"
     if isinstance(e, RecursionError):

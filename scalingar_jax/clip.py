@@ -47,7 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scalingar_jax.convert.hf import params_from_state_dict, read_json, read_weights
+from scalingar_jax.convert.hf import MAX_JSON_BYTES, check_layer_count, params_from_state_dict, read_json, read_weights
+from scalingar_jax.inputs import read_bounded
 
 __all__ = [
     "CLIPEncoderConfig", "CLIPConfig", "CLIPModel", "init_params", "text_features", "image_features",
@@ -439,6 +440,9 @@ def convert_hf_clip(state_dict: Mapping[str, Any], cfg: CLIPConfig, *, what: str
                                   check_finite=True)
 
 
+_HF_PREFIXES = ("text_model.", "vision_model.", "text_projection.", "visual_projection.", "logit_scale")
+
+
 def load_hf_clip(directory: str | os.PathLike) -> tuple[dict, CLIPConfig]:
     """The model of a local HF CLIP folder (`config.json` + weights), without torch.
 
@@ -450,8 +454,11 @@ def load_hf_clip(directory: str | os.PathLike) -> tuple[dict, CLIPConfig]:
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"CLIP model folder {directory!r} does not exist")
     cfg = CLIPConfig.from_hf_config(read_json(directory, "config.json"))
-    wanted = {key for key, _, _ in _hf_key_map(cfg).values()}
-    sd = read_weights(directory, lambda k: k in wanted)
+    sd = read_weights(directory, lambda k: k.startswith(_HF_PREFIXES))  # lazy: names and shapes only
+    where = os.path.join(directory, "config.json")
+    for tower, enc in (("text", cfg.text), ("vision", cfg.vision)):  # before a key map is built from them
+        check_layer_count(sd, rf"{tower}_model\.encoder\.layers\.(\d+)\.", enc.num_layers, where=where,
+                          field=f"{tower}_config.num_hidden_layers")
     return convert_hf_clip(sd, cfg, what=f"the CLIP checkpoint in {directory}"), cfg
 
 
@@ -640,12 +647,11 @@ def load_tokenizer(directory: str | os.PathLike, *, max_length: int = 77) -> CLI
     directory = os.fspath(directory)
     vocab = read_json(directory, "vocab.json")
     path = os.path.join(directory, "merges.txt")
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"{directory}: no merges.txt")
     merges = []
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().split("\n")
+        lines = read_bounded(path, MAX_JSON_BYTES, path).decode("utf-8").split("\n")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     for n, line in enumerate(lines, 1):

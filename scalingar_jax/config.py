@@ -42,6 +42,9 @@ MAX_SIZE = {"n_layer": 512, "n_head": 1024, "n_kv_head": 1024, "dim": 65536, "vo
             "grid_size": 256}
 
 
+MAX_SCALE = 1e4  # cfg_scale and temperature
+
+
 def check_int(owner: str, name: str, value, lo: int, hi: int) -> int:
     """`value` as an int in [lo, hi]; else ValueError naming `owner.name` (bools are not ints)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -192,7 +195,7 @@ class SamplingConfig:
     def validate(self, vocab_size: int | None = None) -> "SamplingConfig":
         """Type- and range-checks every field; returns self."""
         for name in ("cfg_scale", "temperature", "top_p"):
-            check_float("SamplingConfig", name, getattr(self, name), -math.inf, math.inf)  # type; finite
+            check_float("SamplingConfig", name, getattr(self, name), -MAX_SCALE, MAX_SCALE)  # type; finite; bound
         check_int("SamplingConfig", "top_k", self.top_k, 0, MAX_SIZE["vocab_size"])
         check_int("SamplingConfig", "cfg_interval", self.cfg_interval, -1, 1 << 20)
         if not (math.isfinite(self.cfg_scale) and self.cfg_scale >= 0):

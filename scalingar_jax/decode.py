@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scalingar_jax.config import GPTConfig, SamplingConfig, to_dtype
-from scalingar_jax.gpt import KVCache, Transformer, decode_layout, init_cache, validate_condition
+from scalingar_jax.gpt import KVCache, Transformer, decode_layout, init_cache, layers_stacked, validate_condition
 from scalingar_jax.sampling import candidate_keys, filter_logits, greedy_tokens, guided_logits, sample_tokens
 
 
@@ -38,10 +38,12 @@ def prefill(params, cfg: GPTConfig, cond, cond_mask=None, *, use_cfg: bool = Tru
 
     cond: (B,) int labels (c2i) or (B, cls, caption_dim) left-padded features (t2i);
     cond_mask: (B, cls) bool, False at padded caption positions (t2i only). R = 2B with CFG.
+    The cache's layout follows the weights' (`gpt.decode_layout`): stacked layers get a stacked
+    cache (layers scanned), per-layer trees one buffer per layer (unrolled).
     """
     cond_all, mask_all, drop = with_cfg_rows(cfg, cond, cond_mask, use_cfg)
     R = cond_all.shape[0]
-    cache = init_cache(cfg, R, max_len, mask_all)
+    cache = init_cache(cfg, R, max_len, mask_all, stacked=layers_stacked(params))
 
     def run(m):
         logits, new_cache = m(m.embed_condition(cond_all, drop), cache, 0)
@@ -124,7 +126,6 @@ def validate_generate_inputs(cfg: GPTConfig, sampling: SamplingConfig, cond, con
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling", "num_candidates", "greedy"))
 def _generate(params, key, cond, cond_mask, prompt_ids, *, cfg, sampling, num_candidates, greedy):
     P, N, T = cond.shape[0], num_candidates, cfg.block_size
-    params = decode_layout(params)  # per-layer (column-split) weights, once, outside the loop
     use_cfg = sampling.use_cfg
     keys = candidate_keys(key, prompt_ids, jnp.arange(N)).reshape(P * N)
     logits, cache = prefill_candidates(params, cfg, cond, cond_mask, num_candidates=N, use_cfg=use_cfg)
@@ -163,5 +164,6 @@ def generate(params, cfg: GPTConfig, cond, *, key: jax.Array, num_candidates: in
         cond_mask = None if cond_mask is None else jnp.asarray(cond_mask, bool)
     else:
         cond, cond_mask = jnp.asarray(cond, jnp.int32), None
+    params = decode_layout(params)  # this backend's layout (a no-op if the loader laid them out)
     return _generate(params, key, cond, cond_mask, prompt_ids, cfg=cfg, sampling=sampling,
                      num_candidates=int(num_candidates), greedy=greedy)

@@ -26,26 +26,36 @@ same images as one uninterrupted run.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import stat
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from scalingar_jax.atomic import atomic_dir, atomic_write_text, recover
+from scalingar_jax.inputs import read_json_object, shown
 
 __all__ = ["TAGS", "RELATIONS", "RECORD_KEYS", "INCLUDE_KEYS", "EXCLUDE_KEYS", "validate_record",
-           "read_jsonl_records", "RUN_FILE", "DEFAULT_IMAGES_PER_PROMPT", "RunMismatch", "read_prompt_file", "prompt_folder",
-           "write_prompt_folder", "folder_is_complete", "prompt_run_ids", "check_run_folder", "prepare_run", "run_prompts",
-           "merge_runs", "file_sha256"]
+           "read_jsonl_records", "RUN_FILE", "DEFAULT_IMAGES_PER_PROMPT", "RunMismatch", "read_prompt_file",
+           "select_records", "prompt_folder", "write_prompt_folder", "read_folder_record", "folder_is_complete", "prompt_run_ids",
+           "check_run_folder", "prepare_run", "run_prompts", "merge_runs", "file_sha256", "run_lock", "RunLocked",
+           "LOCK_FILE"]
 
 RUN_FILE = "scalingar_run.json"
+LOCK_FILE = ".scalingar_run.lock"  # held by the run writing the folder (`run_lock`)
 RUN_FORMAT = 1
 DEFAULT_IMAGES_PER_PROMPT = 4  # GenEval's `--n_samples` default
 MAX_RECORDS = 100000           # prompt folders 00000 .. 99999
 MAX_IMAGES_PER_PROMPT = 1000   # keeps prompt ids i * K + k inside int32 for MAX_RECORDS prompts
+MAX_LINE_BYTES = 64 << 10      # one record of a prompt file (GenEval's longest is 224 bytes)
+MAX_PROMPT_FILE_BYTES = 16 << 20  # a prompt file (GenEval's: 553 records in 85 KB; 100,000 such: 15 MB)
+MAX_PROCESSES = 100000         # --process-count
+MAX_MANIFEST_BYTES = 16 << 20  # scalingar_run.json (100,000 indices take 0.8 MB)
+MAX_ENTRIES = 64               # include / exclude entries of one record (GenEval's have at most 2)
 
 
 class RunMismatch(ValueError):
@@ -87,69 +97,80 @@ def validate_record(record: Any, *, where: str = "record") -> None:
         fail(f"missing key(s) {missing}; a record has keys {list(RECORD_KEYS)}")
     extra = sorted(set(record) - set(RECORD_KEYS))
     if extra:
-        fail(f"unexpected key(s) {extra}; a record has keys {list(RECORD_KEYS)}")
+        fail(f"unexpected key(s) {shown(extra)}; a record has keys {list(RECORD_KEYS)}")
     if record["tag"] not in TAGS:
-        fail(f"tag {record['tag']!r} is not one of {list(TAGS)}")
+        fail(f"tag {shown(record['tag'])} is not one of {list(TAGS)}")
     if not isinstance(record["prompt"], str) or not record["prompt"].strip():
-        fail(f"prompt must be a non-empty string, got {record['prompt']!r}")
+        fail(f"prompt must be a non-empty string, got {shown(record['prompt'])}")
     include = record["include"]
-    if not isinstance(include, list) or not include:
-        fail(f"include must be a non-empty list, got {include!r}")
+    if not isinstance(include, list) or not include or len(include) > MAX_ENTRIES:
+        fail(f"include must be a non-empty list of at most {MAX_ENTRIES} entries, got {shown(include)}")
     for i, e in enumerate(include):
         _validate_entry(e, INCLUDE_KEYS, f"include[{i}]", fail)
         if "color" in e and (not isinstance(e["color"], str) or not e["color"]):
-            fail(f"include[{i}].color must be a non-empty string, got {e['color']!r}")
+            fail(f"include[{i}].color must be a non-empty string, got {shown(e['color'])}")
         if "position" in e:
             pos = e["position"]
             if (not isinstance(pos, list) or len(pos) != 2 or pos[0] not in RELATIONS
                     or not _is_int(pos[1])):
                 fail(f"include[{i}].position must be [relation, index] with relation in "
-                     f"{list(RELATIONS)}, got {pos!r}")
+                     f"{list(RELATIONS)}, got {shown(pos)}")
             if not 0 <= pos[1] < i:
                 fail(f"include[{i}].position index {pos[1]} must point at an earlier include "
                      f"entry (0..{i - 1})")
     if "exclude" in record:
         exclude = record["exclude"]
-        if not isinstance(exclude, list):
-            fail(f"exclude must be a list, got {exclude!r}")
+        if not isinstance(exclude, list) or len(exclude) > MAX_ENTRIES:
+            fail(f"exclude must be a list of at most {MAX_ENTRIES} entries, got {shown(exclude)}")
         for i, e in enumerate(exclude):
             _validate_entry(e, EXCLUDE_KEYS, f"exclude[{i}]", fail)
 
 
 def _validate_entry(e: Any, keys: tuple[str, ...], name: str, fail) -> None:
     if not isinstance(e, dict):
-        fail(f"{name} must be an object, got {e!r}")
+        fail(f"{name} must be an object, got {shown(e)}")
     for k in ("class", "count"):
         if k not in e:
             fail(f"{name} is missing {k!r}")
     extra = sorted(set(e) - set(keys))
     if extra:
-        fail(f"{name} has unexpected key(s) {extra}; allowed {list(keys)}")
+        fail(f"{name} has unexpected key(s) {shown(extra)}; allowed {list(keys)}")
     if not isinstance(e["class"], str) or not e["class"]:
-        fail(f"{name}.class must be a non-empty string, got {e['class']!r}")
+        fail(f"{name}.class must be a non-empty string, got {shown(e['class'])}")
     if not _is_int(e["count"]) or e["count"] < 1:
-        fail(f"{name}.count must be an int >= 1, got {e['count']!r}")
+        fail(f"{name}.count must be an int >= 1, got {shown(e['count'])}")
 
 
-def read_jsonl_records(path, *, validate: Callable[..., None] | None = None) -> list[tuple[int, dict]]:
+def read_jsonl_records(path, *, validate: Callable[..., None] | None = None,
+                       max_records: int = MAX_RECORDS) -> list[tuple[int, dict]]:
     """A .jsonl file (one JSON value per non-blank line) -> [(line number, record), ...].
 
-    Every record is checked with `validate(record, where="<path>:<line>")` (default: GenEval's
-    schema, `validate_record`); a line that is not JSON is a ValueError naming file and line.
+    Read as data within bounds (`inputs.read_lines`): a regular UTF-8 file of at most
+    MAX_PROMPT_FILE_BYTES, lines of at most MAX_LINE_BYTES checked before they are parsed,
+    records streamed and counted (more than `max_records` is an error as soon as one more is
+    read). Every record is checked with `validate(record, where="<path>:<line>")` (default:
+    GenEval's schema, `validate_record`); every error is a ValueError naming file and line
+    (FileNotFoundError / IsADirectoryError for a missing file or a folder).
     """
+    from scalingar_jax.inputs import read_lines
+
     validate = validate_record if validate is None else validate
+    name = os.fspath(path)
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{os.fspath(path)}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err})") from None
-            validate(record, where=where)
-            out.append((lineno, record))
+    for lineno, line in read_lines(path, name, max_line=MAX_LINE_BYTES, max_bytes=MAX_PROMPT_FILE_BYTES):
+        if not line.strip():
+            continue
+        where = f"{name}:{lineno}"
+        if len(out) == max_records:
+            raise ValueError(f"{where}: more than {max_records} records (5-digit prompt folders hold {MAX_RECORDS})")
+        try:
+            record = json.loads(line)
+        except RecursionError:
+            raise ValueError(f"{where}: the JSON nests too deeply") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not valid JSON ({str(err)[:120]})") from None
+        validate(record, where=where)
+        out.append((lineno, record))
     return out
 
 
@@ -159,24 +180,29 @@ def read_prompt_file(path, *, check: Callable[[dict], None] | None = None,
                      skip_unsupported: bool = False) -> tuple[list[tuple[int, dict]], list[str]]:
     """GenEval's .jsonl prompt file -> ([(index, record), ...], skipped).
 
-    Every record is checked against GenEval's schema (tags, include/exclude entries, positions;
-    errors name the file and line). index: the record's position among the file's records.
-    check: the model's own test of a record (e.g. the shapes world's vocabulary), raising
-    ValueError; a failing record is an error naming the line, tag and prompt, or with
-    `skip_unsupported` it is left out and described in `skipped` (one string per record).
+    Read within bounds (`read_jsonl_records`: at most MAX_RECORDS records). Every record is
+    checked against GenEval's schema (tags, include/exclude entries, positions; errors name the
+    file and line). index: the record's position among the file's records. check and
+    skip_unsupported: see `select_records`.
     """
-    records = read_jsonl_records(path)
-    if len(records) > MAX_RECORDS:
-        raise ValueError(f"{os.fspath(path)}: {len(records)} records, more than the {MAX_RECORDS} that 5-digit "
-                         "prompt folders can hold")
+    return select_records(read_jsonl_records(path), path, check=check, skip_unsupported=skip_unsupported)
+
+
+def select_records(records: Sequence[tuple[int, dict]], path, *, check: Callable[[dict], None] | None = None,
+                   skip_unsupported: bool = False) -> tuple[list[tuple[int, dict]], list[str]]:
+    """The (line number, record) pairs of prompt file `path` (`read_jsonl_records`) -> ([(index,
+    record), ...], skipped), index the record's position in the file. check: the model's own test
+    of a record (e.g. the shapes world's vocabulary), raising ValueError; a failing record is an
+    error naming the line, tag and prompt, or with `skip_unsupported` it is left out and
+    described in `skipped` (one string per record)."""
     kept, skipped = [], []
     for index, (lineno, record) in enumerate(records):
         if check is not None:
             try:
                 check(record)
             except ValueError as err:
-                what = (f"{os.fspath(path)}:{lineno} (tag {record['tag']!r}, prompt {record['prompt']!r}) is not "
-                        f"supported by this model: {err}")
+                what = (f"{os.fspath(path)}:{lineno} (tag {record['tag']!r}, prompt {shown(record['prompt'])}) is "
+                        f"not supported by this model: {str(err)[:300]}")
                 if not skip_unsupported:
                     raise ValueError(f"{what} (skip such records with skip_unsupported / --skip-unsupported)") from None
                 skipped.append(what)
@@ -235,13 +261,21 @@ def write_prompt_folder(out_dir, index: int, record: dict, images: Sequence[np.n
     return target
 
 
+def read_folder_record(folder) -> dict:
+    """The record (a JSON object) in `<folder>/metadata.jsonl`, read as a regular file of at most
+    `MAX_LINE_BYTES` (a FIFO or device is refused unread, never waited on). Raises
+    FileNotFoundError, IsADirectoryError or ValueError naming the file; the record is not
+    checked against the schema (`validate_record`)."""
+    path = os.path.join(os.fspath(folder), "metadata.jsonl")
+    return read_json_object(path, MAX_LINE_BYTES, repr(path))
+
+
 def folder_is_complete(folder, record: dict, images_per_prompt: int) -> bool:
     """True if `folder` holds metadata.jsonl equal to `record`, grid.png and exactly the
     samples 0000.png .. (K-1).png (what `write_prompt_folder` writes, renamed in whole)."""
     try:
-        with open(os.path.join(folder, "metadata.jsonl"), encoding="utf-8") as f:
-            if json.load(f) != record:
-                return False
+        if read_folder_record(folder) != record:
+            return False
         names = sorted(os.listdir(os.path.join(folder, "samples")))
     except (OSError, ValueError):
         return False
@@ -264,23 +298,43 @@ def _manifest(settings: dict, indices: Sequence[int], selected: int, process_ind
 
 
 def _read_manifest(out: str) -> dict | None:
+    """The run manifest of `out`, checked (None if there is none): a regular file (not a link) of
+    at most MAX_MANIFEST_BYTES whose fields have the types and ranges `_manifest` writes."""
     path = os.path.join(out, RUN_FILE)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return None
+    start_over = "; pass --overwrite to start over"
+    if os.path.islink(path):
+        raise RunMismatch(f"{path}: is a symbolic link, not a run manifest{start_over}")
     try:
-        with open(path, encoding="utf-8") as f:
-            m = json.load(f)
+        m = read_json_object(path, MAX_MANIFEST_BYTES, path)
     except (OSError, ValueError) as e:
-        raise RunMismatch(f"{path}: not a readable run manifest ({e}); pass --overwrite to start over") from None
-    if not isinstance(m, dict) or m.get("format") != RUN_FORMAT or not isinstance(m.get("indices"), list):
-        raise RunMismatch(f"{path}: not a run manifest of this version; pass --overwrite to start over")
+        raise RunMismatch(f"not a readable run manifest ({e}){start_over}") from None
+    if m.get("format") != RUN_FORMAT:
+        raise RunMismatch(f"{path}: not a run manifest of this version{start_over}")
+    ints = {"process_index": (0, MAX_PROCESSES - 1), "process_count": (1, MAX_PROCESSES),
+            "selected": (0, MAX_RECORDS)}
+    for key, (lo, hi) in ints.items():
+        if not _is_int(m.get(key)) or not lo <= m[key] <= hi:
+            raise RunMismatch(f"{path}: {key!r} must be an integer in [{lo}, {hi}], got {shown(m.get(key))}"
+                              f"{start_over}")
+    if m["process_index"] >= m["process_count"] or not isinstance(m.get("settings"), dict):
+        raise RunMismatch(f"{path}: 'process_index' must be below 'process_count' and 'settings' an object"
+                          f"{start_over}")
+    indices = m.get("indices")
+    bad = next((i for i in indices if not _is_int(i) or not 0 <= i < MAX_RECORDS), None) \
+        if isinstance(indices, list) else indices
+    if not isinstance(indices, list) or bad is not None or len(set(indices)) != len(indices):
+        raise RunMismatch(f"{path}: 'indices' must be a list of distinct prompt indices (integers in [0, "
+                          f"{MAX_RECORDS - 1}]), got {shown(bad if bad is not None else indices)}{start_over}")
     return m
 
 
 def _is_ours(name: str) -> bool:
     """Entries a run writes at the top of its folder: prompt folders, the manifest and the
-    temp leftovers of their atomic writes (`.00012.tmp-...`, `.scalingar_run.json.123-...`)."""
-    if len(name) == 5 and name.isdigit():
+    temp leftovers of their atomic writes (`.00012.tmp-...`, `.scalingar_run.json.123-...`)
+    (and the run's lock, `LOCK_FILE`, which --overwrite keeps)."""
+    if (len(name) == 5 and name.isdigit()) or name == LOCK_FILE:
         return True
     if name == RUN_FILE or name.startswith("." + RUN_FILE + "."):
         return True
@@ -335,7 +389,7 @@ def prepare_run(out, settings: dict, share: Sequence[tuple[int, dict]], *, selec
                           "resume, pass --overwrite to start over, or choose a new folder")
     if overwrite and os.path.isdir(out):
         for e in os.listdir(out):
-            if _is_ours(e):
+            if _is_ours(e) and e != LOCK_FILE:
                 path = os.path.join(out, e)
                 if os.path.isdir(path) and not os.path.islink(path):
                     shutil.rmtree(path)
@@ -351,6 +405,86 @@ def prepare_run(out, settings: dict, share: Sequence[tuple[int, dict]], *, selec
         if not folder_is_complete(folder, record, images_per_prompt):
             todo.append((index, record))
     return todo
+
+
+class RunLocked(ValueError):
+    """The run folder is being written by another live run."""
+
+
+def _lock_holder(fd: int) -> dict:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+@contextlib.contextmanager
+def run_lock(out):
+    """Holds the lock of the run folder `out` (created if missing) while the body runs: one
+    `generate --prompts` at a time writes a run. The lock is `<out>/LOCK_FILE`, held with
+    `flock` and naming its holder ({"pid", "host", "since"}); it is removed on exit.
+
+    Raises `RunLocked` naming the holder when another process holds it; or when the file names
+    a process on another host (where neither the flock nor the pid can be trusted on every
+    shared file system: the message says to delete the file if that run is gone). A lock left by
+    a dead process of this host is taken over."""
+    import fcntl
+    import socket
+    import time
+
+    out = os.path.abspath(os.fspath(out))
+    created = []  # the folders made here, deepest first: removed again if the run leaves them empty
+    folder = out
+    while not os.path.lexists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, LOCK_FILE)
+    host = socket.gethostname()
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            _remove_empty(created)
+            raise RunLocked(f"output folder {out} is being written by another run (pid {shown(holder.get('pid'))} on "
+                            f"host {shown(holder.get('host'))}, since {shown(holder.get('since'))}): wait for it to "
+                            "finish, or choose another --out") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino  # not a file its holder unlinked meanwhile
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        holder = _lock_holder(fd)
+        if holder and holder.get("host") != host:
+            raise RunLocked(f"{path} names a run of pid {shown(holder.get('pid'))} on host {shown(holder.get('host'))} "
+                            f"(since {shown(holder.get('since'))}): if that run is gone, delete the file and rerun")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": host,
+                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+    except BaseException:
+        os.close(fd)
+        _remove_empty(created)
+        raise
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+        _remove_empty(created)
+
+
+def _remove_empty(folders) -> None:
+    for folder in folders:
+        with contextlib.suppress(OSError):  # not empty: kept
+            os.rmdir(folder)
 
 
 def run_prompts(out, todo: Sequence[tuple[int, dict]], generate_fn: Callable[[list[str], np.ndarray], np.ndarray], *,
@@ -379,13 +513,52 @@ def run_prompts(out, todo: Sequence[tuple[int, dict]], generate_fn: Callable[[li
     return done
 
 
+def _part_files(part: str, index: int, images_per_prompt: int) -> list[str]:
+    """The files of prompt folder `index` of part `part` that a run writes (metadata.jsonl,
+    grid.png, samples/0000.png ...), relative to the folder, once it is checked to be complete
+    and read without following links: ValueError naming the part for a symbolic link or anything
+    but a real folder or regular file on the way, or an incomplete folder."""
+    folder = prompt_folder(part, index)
+    files = ["metadata.jsonl", "grid.png"] + [f"samples/{k:04d}.png" for k in range(images_per_prompt)]
+    unfinished = ValueError(f"part {part} is unfinished: prompt folder {index:05d} is missing or incomplete (rerun "
+                            "that process with the same options to finish it)")
+    for rel, want_dir in [("", True), ("samples", True)] + [(f, False) for f in files]:
+        path = os.path.join(folder, rel) if rel else folder
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            raise unfinished from None
+        if stat.S_ISLNK(mode):
+            raise ValueError(f"part {part}: {os.path.relpath(path, part)} is a symbolic link; parts are read without "
+                             "following links (copy the real files into the part)")
+        if not (stat.S_ISDIR(mode) if want_dir else stat.S_ISREG(mode)):
+            raise unfinished
+    try:
+        record = read_folder_record(folder)
+        validate_record(record)
+        samples = sorted(os.listdir(os.path.join(folder, "samples")))
+    except (OSError, ValueError, RecursionError):
+        raise unfinished from None
+    if samples != [f"{k:04d}.png" for k in range(images_per_prompt)]:
+        raise unfinished
+    return files
+
+
+def _copy_regular(src: str, dst: str) -> None:
+    """Copies the regular file `src` (never through a link: O_NOFOLLOW) to the new file `dst`."""
+    fd = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as fin, open(dst, "xb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+
+
 def merge_runs(parts: Sequence, out, *, overwrite: bool = False) -> str:
     """Joins the part folders of a split run (`prepare_run` with process_index 0..K-1) into `out`,
     the folder one process would have written (same manifest, same prompt folders). Refuses
     (ValueError) parts with different settings, a missing or repeated process index, an
-    unfinished part (a prompt folder of its share missing or incomplete), overlapping shares, or
-    shares that do not add up to the run's records; FileExistsError if `out` exists and not
-    `overwrite`. Atomic. Returns `out`."""
+    unfinished part (a prompt folder of its share missing or incomplete), overlapping shares,
+    shares that do not add up to the run's records, a manifest that is not one, or a symbolic
+    link anywhere in what is copied (parts are read without following links);
+    FileExistsError if `out` exists and not `overwrite`. Atomic. Returns `out`."""
     parts = [os.path.abspath(os.fspath(p)) for p in parts]
     if not parts:
         raise ValueError("no parts to merge")
@@ -409,29 +582,25 @@ def merge_runs(parts: Sequence, out, *, overwrite: bool = False) -> str:
         by_process[m["process_index"]] = p
     missing = sorted(set(range(first["process_count"])) - set(by_process))
     if missing:
-        raise ValueError(f"missing the part(s) of process(es) {missing} of {first['process_count']}")
-    owner: dict[int, str] = {}
+        raise ValueError(f"missing the part(s) of process(es) {missing[:20]} of {first['process_count']}")
     K = first["settings"].get("images_per_prompt", DEFAULT_IMAGES_PER_PROMPT)
+    if not _is_int(K) or not 1 <= K <= MAX_IMAGES_PER_PROMPT:
+        raise ValueError(f"part {parts[0]}: images_per_prompt must be in [1, {MAX_IMAGES_PER_PROMPT}], got {shown(K)}")
+    owner: dict[int, tuple[str, list[str]]] = {}
     for p, m in zip(parts, manifests):
         for i in m["indices"]:
             if i in owner:
-                raise ValueError(f"prompt folder {i:05d} is in two parts: {owner[i]} and {p}")
-            owner[i] = p
-            folder = prompt_folder(p, i)
-            try:
-                with open(os.path.join(folder, "metadata.jsonl"), encoding="utf-8") as f:
-                    record = json.load(f)
-            except (OSError, ValueError):
-                record = None
-            if record is None or not folder_is_complete(folder, record, K):
-                raise ValueError(f"part {p} is unfinished: prompt folder {i:05d} is missing or incomplete "
-                                 "(rerun that process with the same options to finish it)")
+                raise ValueError(f"prompt folder {i:05d} is in two parts: {owner[i][0]} and {p}")
+            owner[i] = (p, _part_files(p, i, K))
     if len(owner) != first["selected"]:
         raise ValueError(f"the parts hold {len(owner)} prompt folders, the run has {first['selected']}")
     merged = _manifest(first["settings"], sorted(owner), first["selected"], 0, 1)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         with open(os.path.join(tmp, RUN_FILE), "w", encoding="utf-8") as f:
             f.write(json.dumps(merged, indent=1) + "\n")
-        for i, p in sorted(owner.items()):
-            shutil.copytree(prompt_folder(p, i), prompt_folder(tmp, i))
+        for i, (p, files) in sorted(owner.items()):
+            dst = prompt_folder(tmp, i)
+            os.makedirs(os.path.join(dst, "samples"))
+            for rel in files:
+                _copy_regular(os.path.join(prompt_folder(p, i), rel), os.path.join(dst, rel))
     return os.fspath(out)

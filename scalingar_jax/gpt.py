@@ -7,16 +7,21 @@ condition positions get zero rotary (cos = sin = 0), image token k the 2D rotary
 column.
 
 Per-layer parameters are stored stacked on a leading `n_layer` axis (one tree, as `nn.scan`
-lays them out: checkpoints, conversion and training use this); the layers run unrolled. For
-decoding, `unstack_layers` turns `layers` into a tuple of per-layer trees once, so the token
-loop reads each layer's weights in place: slicing a stacked weight inside the loop copies it
-every step on XLA:CPU. The decode loops unstack on entry (a no-op for unstacked params).
+lays them out: checkpoints, conversion and training use this). Decoding runs the layers in the
+layout `decode_layout` gives for the backend (`scalingar_jax.backend`): on a CPU a tuple of
+per-layer trees, run unrolled, each layer reading its weights in place (slicing a stacked weight
+inside the loop copies it every step on XLA:CPU); on TPU/GPU the stacked tree, run under
+`lax.scan` (one layer body to compile instead of n_layer). The KV cache follows the weights:
+`prefill` makes a stacked cache for stacked weights. `forward` (training, teacher-forced
+scoring) runs stacked weights unrolled and has no KV cache: each layer attends over the keys
+and values it has just computed (`Transformer.sequence`).
 
-The KV cache is an explicit pytree `KVCache(k, v, valid)` with fixed shapes and one buffer per
-layer: a call writes its new keys/values at `start` in place (`dynamic_update_slice`) and
-attends over the layer's whole preallocated buffer under a mask, so every decode step has the
-same shapes. (A stacked (n_layer, ...) cache read with a dynamic layer index is copied every
-step on XLA:CPU: `experiments/bench_attention_layout.py`.)
+The KV cache is an explicit pytree `KVCache(k, v, valid)` with fixed shapes: one buffer per
+layer (unrolled) or one stacked buffer with a layer axis after the rows (scanned). A call writes
+its new keys/values at `start` in place (`dynamic_update_slice`) and attends over the layer's
+whole preallocated buffer under a mask, so every decode step has the same shapes. (A stacked
+cache read with a dynamic layer index is copied every step on XLA:CPU:
+`experiments/bench_attention_layout.py`.)
 
 Parameter tree (PyTorch `a.b` names map to `a/b`, Linear `(out,in)` to kernel `(in,out)`):
   tok_embeddings/embedding (V, dim)
@@ -28,7 +33,6 @@ Parameter tree (PyTorch `a.b` names map to `a/b`, Linear `(out,in)` to kernel `(
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -36,26 +40,50 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scalingar_jax.backend import backend_config, cpu_only
 from scalingar_jax.config import GPTConfig, to_dtype
 
 
 class KVCache(NamedTuple):
-    """k, v: tuples of n_layer arrays (B, n_kv_head, S, head_dim), one buffer per layer; valid:
-    (B, S) bool, key positions that may be attended to (False for left-padding of the caption).
-    Causality comes from positions. Every array has the batch (row) axis first."""
+    """k, v: a tuple of n_layer arrays (B, n_kv_head, S, head_dim), one buffer per layer (the
+    unrolled layout), or one array (B, n_layer, n_kv_head, S, head_dim) (the scanned layout);
+    valid: (B, S) bool, key positions that may be attended to (False for left-padding of the
+    caption). Causality comes from positions. Every array has the batch (row) axis first."""
 
-    k: tuple
-    v: tuple
+    k: tuple | jax.Array
+    v: tuple | jax.Array
     valid: jax.Array
+
+    @property
+    def stacked(self) -> bool:
+        """True for the scanned layout (one stacked buffer for all layers)."""
+        return not isinstance(self.k, (tuple, list))
+
+    def layer(self, i: int) -> tuple[jax.Array, jax.Array]:
+        """Layer i's (k, v) buffers (B, n_kv_head, S, head_dim), in either layout."""
+        if self.stacked:
+            return self.k[:, i], self.v[:, i]
+        return self.k[i], self.v[i]
 
     def map_rows(self, fn) -> KVCache:
         """Applies fn to every array of the cache (each with the row axis first), e.g. a gather
         of rows `lambda x: x[rows]` or a reshape of the row axis."""
-        return KVCache(tuple(fn(x) for x in self.k), tuple(fn(x) for x in self.v), fn(self.valid))
+        return jax.tree.map(fn, self)
 
 
-def init_cache(cfg: GPTConfig, batch: int, max_len: int | None = None, cond_mask=None) -> KVCache:
-    """Zeroed cache for `batch` rows and `max_len` positions (default `cfg.max_seq_len - 1`).
+def key_valid(cfg: GPTConfig, batch: int, length: int, cond_mask=None) -> jax.Array:
+    """(batch, length) bool: the key positions that may be attended to, False at the padded
+    caption positions of `cond_mask` (batch, cls_token_num) (None: all valid)."""
+    valid = jnp.ones((batch, length), bool)
+    if cond_mask is not None:
+        valid = valid.at[:, : cfg.cls_token_num].set(jnp.asarray(cond_mask, bool))
+    return valid
+
+
+def init_cache(cfg: GPTConfig, batch: int, max_len: int | None = None, cond_mask=None, *,
+               stacked: bool = False) -> KVCache:
+    """Zeroed cache for `batch` rows and `max_len` positions (default `cfg.max_seq_len - 1`):
+    one buffer per layer, or with `stacked` one (B, n_layer, ...) buffer (the scanned layout).
 
     cond_mask: optional (batch, cls_token_num) bool, False at padded caption positions.
     """
@@ -64,11 +92,18 @@ def init_cache(cfg: GPTConfig, batch: int, max_len: int | None = None, cond_mask
     # (S, H) order costs ~4x in the decode step's attention).
     shape = (batch, cfg.kv_heads, max_len, cfg.head_dim)
     dt = to_dtype(cfg.dtype)
-    valid = jnp.ones((batch, max_len), bool)
-    if cond_mask is not None:
-        valid = valid.at[:, : cfg.cls_token_num].set(jnp.asarray(cond_mask, bool))
-    zeros = lambda: tuple(jnp.zeros(shape, dt) for _ in range(cfg.n_layer))  # noqa: E731
+    valid = key_valid(cfg, batch, max_len, cond_mask)
+    if stacked:
+        zeros = lambda: jnp.zeros((batch, cfg.n_layer, *shape[1:]), dt)  # noqa: E731
+    else:
+        zeros = lambda: tuple(jnp.zeros(shape, dt) for _ in range(cfg.n_layer))  # noqa: E731
     return KVCache(zeros(), zeros(), valid)
+
+
+def layers_stacked(params) -> bool:
+    """True if `params["layers"]` is one tree stacked on a leading n_layer axis (the checkpoint
+    layout, and the scanned decode layout), False for a tuple of per-layer trees."""
+    return not isinstance(params["layers"], (tuple, list))
 
 
 def rope_2d(cfg: GPTConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -124,31 +159,45 @@ class Linear(nn.Module):
         else:
             kernel = self.param("kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), self.param_dtype)
         dims = (((x.ndim - 1,), (0,)), ((), ()))
-        outs = [jax.lax.dot_general(x.astype(self.dtype), b.astype(self.dtype), dims)
-                for b in (kernel if isinstance(kernel, (tuple, list)) else (kernel,))]
-        return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)
+        dot = lambda b: jax.lax.dot_general(x.astype(self.dtype), b.astype(self.dtype), dims)  # noqa: E731
+        if not isinstance(kernel, (tuple, list)):
+            return dot(kernel)
+        with cpu_only("column_split"):
+            return jnp.concatenate([dot(b) for b in kernel], axis=-1)
 
 
 def _dense(features: int, cfg: GPTConfig, name: str) -> Linear:
     return Linear(features, to_dtype(cfg.dtype), to_dtype(cfg.param_dtype), name=name)
 
 
-def write_cache(buf: jax.Array, new: jax.Array, start) -> jax.Array:
+def write_cache(buf: jax.Array, new: jax.Array, start, layer=None) -> jax.Array:
     """Writes new (B, Hkv, S, hd) into buf (B, Hkv, T, hd) at positions start.. in place: start an
-    int32 scalar (all rows) or (B,) (each row at its own position)."""
+    int32 scalar (all rows) or (B,) (each row at its own position). With `layer` (int32 scalar),
+    buf is the stacked (B, n_layer, Hkv, T, hd) buffer and the write goes to that layer."""
     new = new.astype(buf.dtype)
+    if layer is not None:
+        new, lead = new[:, None], (layer,)
+    else:
+        lead = ()
     if jnp.ndim(start) == 0:
-        return jax.lax.dynamic_update_slice(buf, new, (0, 0, start, 0))
-    return jax.vmap(lambda b, x, t: jax.lax.dynamic_update_slice(b, x, (0, t, 0)))(buf, new, start)
+        return jax.lax.dynamic_update_slice(buf, new, (0, *lead, 0, start, 0))
+    return jax.vmap(lambda b, x, t: jax.lax.dynamic_update_slice(b, x, (*lead, 0, t, 0)))(buf, new, start)
+
+
+def read_cache(buf: jax.Array, layer=None) -> jax.Array:
+    """This layer's (B, Hkv, T, hd) buffer: buf itself, or layer `layer` of a stacked buffer."""
+    return buf if layer is None else jax.lax.dynamic_index_in_dim(buf, layer, axis=1, keepdims=False)
 
 
 class Attention(nn.Module):
     cfg: GPTConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, cache_k, cache_v, mask, start):
+    def __call__(self, x, cos, sin, cache_k, cache_v, mask, start, layer=None):
         """x (B, S, dim) at positions start.. (start: scalar or (B,)); cache_k/v: this layer's
-        (B, Hkv, T, hd) buffers; mask (B, S, T)."""
+        (B, Hkv, T, hd) buffers, or with `layer` (int32 scalar) the stacked (B, L, Hkv, T, hd)
+        buffers of all layers, or None (no cache: the keys are x's own S positions, T = S, and
+        None is returned for the buffers); mask (B, S, T)."""
         cfg = self.cfg
         B, S, _ = x.shape
         H, Hkv, hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
@@ -157,10 +206,14 @@ class Attention(nn.Module):
         k = qkv[..., H * hd : (H + Hkv) * hd].reshape(B, S, Hkv, hd)
         v = qkv[..., (H + Hkv) * hd :].reshape(B, S, Hkv, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        # Write the new keys/values into this layer's buffer in place, then read the whole buffer.
+        # With a cache: write the new keys/values into this layer's buffer in place, then read the
+        # whole buffer. Without (a full sequence): attend over these S positions.
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, Hkv, S, hd)
-        keys = cache_k = write_cache(cache_k, k, start)
-        values = cache_v = write_cache(cache_v, v, start)
+        if cache_k is None:
+            keys, values = k, v
+        else:
+            cache_k, cache_v = write_cache(cache_k, k, start, layer), write_cache(cache_v, v, start, layer)
+            keys, values = read_cache(cache_k, layer), read_cache(cache_v, layer)
         # Query head h uses kv head h // (H // Hkv), as PyTorch's repeat_interleave does.
         qg = q.reshape(B, S, Hkv, H // Hkv, hd)
         scores = jnp.einsum("bsgrd,bgtd->bgrst", qg, keys.astype(q.dtype), preferred_element_type=jnp.float32)
@@ -188,10 +241,10 @@ class Block(nn.Module):
     cfg: GPTConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, cache_k, cache_v, mask, start):
+    def __call__(self, x, cos, sin, cache_k, cache_v, mask, start, layer=None):
         pdt = to_dtype(self.cfg.param_dtype)
         h, cache_k, cache_v = Attention(self.cfg, name="attention")(
-            RMSNorm(self.cfg.norm_eps, pdt, name="attention_norm")(x), cos, sin, cache_k, cache_v, mask, start
+            RMSNorm(self.cfg.norm_eps, pdt, name="attention_norm")(x), cos, sin, cache_k, cache_v, mask, start, layer
         )
         x = x + h
         x = x + FeedForward(self.cfg, name="feed_forward")(RMSNorm(self.cfg.norm_eps, pdt, name="ffn_norm")(x))
@@ -272,16 +325,22 @@ def merge_columns(params):
     return _map_kernels(params, lambda k: jnp.concatenate(k, axis=-1) if isinstance(k, (tuple, list)) else k)
 
 
-def decode_splits() -> int:
-    """Column blocks for `split_columns` on the default backend: 2 on a multi-core CPU, else 1."""
-    return 2 if jax.default_backend() == "cpu" and (os.cpu_count() or 1) > 1 else 1
+def decode_splits(platform: str | None = None) -> int:
+    """Column blocks for `split_columns` on `platform` (default: the default backend): 2 on a
+    multi-core CPU, else 1 (`backend.backend_config`)."""
+    return backend_config(platform).column_splits
 
 
-def decode_layout(params):
-    """The decode loops' parameter layout on this backend: `split_columns(params, decode_splits())`
-    (per-layer trees, column blocks on a multi-core CPU). Loaders call it once, so the loops find
-    their layout ready and copy no weights; on an already-converted tree it returns it unchanged."""
-    return split_columns(params, decode_splits())
+def decode_layout(params, platform: str | None = None):
+    """The decode loops' parameter layout for `platform` (default: the default backend; the
+    choice is `backend.backend_config`'s): stacked layers (`stack_layers`, run under lax.scan)
+    where `scan_layers`, else per-layer trees with `split_columns(params, column_splits)`.
+    Called outside jit: loaders call it once, so the loops find their layout ready and copy no
+    weights; on an already-converted tree it returns it unchanged."""
+    backend = backend_config(platform)
+    if backend.scan_layers:
+        return stack_layers(params)
+    return split_columns(params, backend.column_splits)
 
 
 def stack_layers(params):
@@ -333,6 +392,14 @@ class CaptionEmbedder(nn.Module):
         return CaptionMLP(cfg, name="cap_proj")(feats)
 
 
+def _attention_mask(positions, valid):
+    """(S, T) or (B, S, T) bool: query positions (S,) or (B, S) may attend to key positions
+    0..T-1 at or before them where `valid` (B, T) holds, and always to their own position."""
+    key_pos = jnp.arange(valid.shape[1])
+    causal = key_pos <= positions[..., None]
+    return (causal & valid[:, None, :]) | (key_pos == positions[..., None])
+
+
 class Transformer(nn.Module):
     """LlamaGen GPT. Call `embed_condition`, `embed_tokens`, then `__call__` on embeddings."""
 
@@ -361,21 +428,49 @@ class Transformer(nn.Module):
     def __call__(self, h, cache: KVCache, start):
         """h (B, S, dim) at positions start..start+S-1 -> (logits (B, S, V) float32, cache).
         start: int32 scalar (every row) or (B,) (each row at its own position: rotary, causal
-        mask and cache writes per row)."""
+        mask and cache writes per row). The layers run under lax.scan when both the weights and
+        the cache are stacked, else unrolled (any other combination)."""
         S = h.shape[1]
         positions = jnp.asarray(start)[..., None] + jnp.arange(S)  # (S,) or (B, S)
         cos, sin = rope_2d(self.cfg, positions)
-        key_pos = jnp.arange(cache.valid.shape[1])
-        causal = key_pos <= positions[..., None]  # (S, T) or (B, S, T)
-        mask = (causal & cache.valid[:, None, :]) | (key_pos == positions[..., None])
-        block, ks, vs = Block(self.cfg, parent=None), [], []
-        for i in range(self.cfg.n_layer):  # unrolled: each layer reads and writes its own cache buffers
-            h, k, v = block.apply({"params": layer_params(self.layers, i)}, h, cos, sin, cache.k[i], cache.v[i],
-                                  mask, start)
-            ks.append(k)
-            vs.append(v)
+        mask = _attention_mask(positions, cache.valid)
+        block = Block(self.cfg, parent=None)
+        if cache.stacked and not isinstance(self.layers, (tuple, list)):  # scanned: one layer body
+
+            def body(carry, layer):
+                h, ck, cv = carry
+                p, i = layer
+                return block.apply({"params": p}, h, cos, sin, ck, cv, mask, start, i), None
+
+            ids = jnp.arange(self.cfg.n_layer, dtype=jnp.int32)
+            (h, ks, vs), _ = jax.lax.scan(body, (h, cache.k, cache.v), (self.layers, ids))
+        elif cache.stacked:  # per-layer weights over a stacked cache: unrolled, layer i of the buffers
+            ks, vs = cache.k, cache.v
+            for i in range(self.cfg.n_layer):
+                h, ks, vs = block.apply({"params": self.layers[i]}, h, cos, sin, ks, vs, mask, start, i)
+        else:  # unrolled: each layer reads and writes its own cache buffers
+            ks, vs = [], []
+            for i in range(self.cfg.n_layer):
+                h, k, v = block.apply({"params": layer_params(self.layers, i)}, h, cos, sin, cache.k[i],
+                                      cache.v[i], mask, start)
+                ks.append(k)
+                vs.append(v)
+            ks, vs = tuple(ks), tuple(vs)
         logits = self.output(self.norm(h)).astype(jnp.float32)
-        return logits, KVCache(tuple(ks), tuple(vs), cache.valid)
+        return logits, KVCache(ks, vs, cache.valid)
+
+    def sequence(self, h, valid):
+        """h (B, S, dim) at positions 0..S-1 -> logits (B, S, V) float32, without a KV cache
+        (training and teacher-forced scoring). valid: (B, S) bool, False at caption padding.
+        The logits of `__call__` on an empty cache of S positions (within float rounding)."""
+        S = h.shape[1]
+        positions = jnp.arange(S)
+        cos, sin = rope_2d(self.cfg, positions)
+        mask = _attention_mask(positions, valid)
+        block = Block(self.cfg, parent=None)
+        for i in range(self.cfg.n_layer):
+            h, _, _ = block.apply({"params": layer_params(self.layers, i)}, h, cos, sin, None, None, mask, 0)
+        return self.output(self.norm(h)).astype(jnp.float32)
 
     def init_all(self, cond, tokens, cache):
         h = jnp.concatenate([self.embed_condition(cond, jnp.zeros(tokens.shape[0], bool)), self.embed_tokens(tokens)], 1)
@@ -434,19 +529,21 @@ def validate_condition(cfg: GPTConfig, cond, cond_mask=None) -> None:
 
 
 def forward(params, cfg: GPTConfig, cond, tokens, cond_mask=None, drop=None):
-    """Uncached teacher-forced forward (training): logits (B, T, V) float32 predicting tokens (B, T).
+    """Teacher-forced forward without a KV cache (training, scoring): logits (B, T, V) float32
+    predicting tokens (B, T).
 
     The input is the condition followed by tokens[:, :-1]; logits[:, k] predicts tokens[:, k].
-    drop: optional (B,) bool, rows that use the null condition (CFG dropout).
+    cond_mask: optional (B, cls_token_num) bool, False at caption padding. drop: optional (B,)
+    bool, rows that use the null condition (CFG dropout).
     """
     B, T = tokens.shape
     model = Transformer(cfg)
     drop = jnp.zeros((B,), bool) if drop is None else drop
-    cache = init_cache(cfg, B, cfg.cls_token_num + T - 1, cond_mask)
+    valid = key_valid(cfg, B, cfg.cls_token_num + T - 1, cond_mask)
 
     def run(m):
         h = jnp.concatenate([m.embed_condition(cond, drop), m.embed_tokens(tokens[:, :-1])], axis=1)
-        return m(h, cache, 0)[0]
+        return m.sequence(h, valid)
 
     logits = nn.apply(run, model)({"params": params})
     return logits[:, cfg.cls_token_num - 1 :]

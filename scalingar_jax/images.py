@@ -31,6 +31,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from scalingar_jax.atomic import atomic_write_bytes
+from scalingar_jax.inputs import open_regular
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Readers refuse larger images before decoding them (a 4096 x 4096 RGB image is 48 MiB decoded).
@@ -189,10 +190,11 @@ def decode_png(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 
 def read_png(path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Reads a PNG file -> uint8 `(H, W, 3)` RGB. See `decode_png`; errors name the file."""
+    """Reads a PNG file -> uint8 `(H, W, 3)` RGB. See `decode_png`; errors name the file (a FIFO
+    or device is refused unread: `inputs.open_regular`)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    return _read_png(lambda: open(path, "rb"), os.fspath(path), max_pixels)
+    return _read_png(lambda: open_regular(path, repr(os.fspath(path))), os.fspath(path), max_pixels)
 
 
 # ----------------------------------------------------------------------------- grids & marks

@@ -1,23 +1,25 @@
 """LlamaGen's released models as model bundles: `assemble_bundle` builds one, `pipeline_from_bundle` loads it.
 
 A LlamaGen bundle (read by `scalingar_jax.bundle.read_bundle`, loaded by
-`scalingar_jax.load_pipeline(path)`, which calls `pipeline_from_bundle`, the loader its
-`bundle.json` names):
+`scalingar_jax.load_pipeline(path)`, which calls `pipeline_from_bundle`, the loader of its
+kind):
 
-    bundle.json   kind "llamagen-t2i" | "llamagen-c2i", loader (= LOADER), image_size, parts,
-                  sampling (LlamaGen's defaults), options, notes
+    bundle.json   kind "llamagen-t2i" | "llamagen-c2i" (both load with `pipeline_from_bundle`, the
+                  registry's entry for them), image_size, parts, sampling (LlamaGen's defaults),
+                  options (t2i with text/: "preprocess", a name, and "max_length"), notes
     gpt/          the GPT as `scalingar convert` writes it (config.json + orbax params/)
     vq/           the VQ tokenizer, likewise
-    text/         t2i, from a Hugging Face flan-t5 folder: the Flax T5 encoder (config.json
-                  recording `scalingar_jax.t5:T5Config`, orbax params/) and the tokenizer's
-                  spiece.model
+    text/         t2i, from a Hugging Face flan-t5 folder: the Flax T5 encoder (config.json of
+                  kind "t5", orbax params/) and the tokenizer's spiece.model (checked to parse
+                  when the bundle is made)
     features/     t2i, instead of text/: precomputed T5 features of named prompts (`FEATURES_FILE`
                   names the .npz file, read by `text_features.PrecomputedFeatures`); prompts are
                   looked up by their exact text (no preprocessing)
 
 Conditioning, as LlamaGen's sample scripts: t2i prompts go through the `preprocess` option (a
-"module:function" reference, str -> str), the T5 tokenizer (max_length tokens, `</s>` appended),
-the encoder, then LEFT padding to the GPT's `cls_token_num` slots (`text_features.T5TextEncoder`);
+name in the registry's "preprocess" table: "llamagen", LlamaGen's default clean_caption twice, or
+"lowercase", its use_text_preprocessing=False), the T5 tokenizer (max_length tokens, `</s>`
+appended), the encoder, then LEFT padding to the GPT's `cls_token_num` slots (`text_features.T5TextEncoder`);
 c2i prompts are class ids written as decimal strings ("207").
 
 Checks, each a ValueError naming the problem, at assembly and again at load: the VQ codebook
@@ -30,6 +32,7 @@ import dataclasses
 import functools
 import importlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -40,13 +43,12 @@ import numpy as np
 from scalingar_jax.bundle import Bundle, write_manifest
 from scalingar_jax.config import GPTConfig, SamplingConfig
 
-__all__ = ["KIND_T2I", "KIND_C2I", "LOADER", "T2I_SAMPLING", "C2I_SAMPLING", "DEFAULT_PREPROCESS", "FEATURES_FILE",
+__all__ = ["KIND_T2I", "KIND_C2I", "T2I_SAMPLING", "C2I_SAMPLING", "DEFAULT_PREPROCESS", "FEATURES_FILE",
            "SPIECE_FILE", "MAX_CLASS_IDS_BYTES", "pipeline_from_bundle", "assemble_bundle", "parse_class_ids",
            "read_class_ids_file", "sampling_defaults"]
 
 KIND_T2I = "llamagen-t2i"
 KIND_C2I = "llamagen-c2i"
-LOADER = "scalingar_jax.llamagen:pipeline_from_bundle"
 KINDS = {"t2i": KIND_T2I, "c2i": KIND_C2I}
 
 # LlamaGen's sample scripts' defaults (sample_t2i.py, sample_c2i.py); top_k is capped at the
@@ -54,12 +56,14 @@ KINDS = {"t2i": KIND_T2I, "c2i": KIND_C2I}
 T2I_SAMPLING = SamplingConfig(cfg_scale=7.5, temperature=1.0, top_k=1000, top_p=1.0)
 C2I_SAMPLING = SamplingConfig(cfg_scale=4.0, temperature=1.0, top_k=2000, top_p=1.0)
 
-DEFAULT_PREPROCESS = "scalingar_jax.caption:llamagen_preprocess"  # LlamaGen's clean_caption (T5Embedder)
+DEFAULT_PREPROCESS = "llamagen"  # LlamaGen's clean_caption twice (T5Embedder), a name in registry's "preprocess"
 FEATURES_FILE = "features.json"   # inside features/: {"file": ..., "dim": C, "rows": N, "source": ...}
 SPIECE_FILE = "spiece.model"      # the T5 tokenizer, inside text/
 MAX_CLASS_IDS_BYTES = 1 << 20     # a --class-ids-file is read up to this size
 MAX_JSON_BYTES = 1 << 20
 T5_BATCH = 16                     # prompts per T5 encoder call (one compiled shape)
+MAX_T5_LENGTH = 4096              # the option max_length: T5 tokens per prompt
+MAX_T5_BATCH = 1024               # the option batch_size
 
 
 def _fail(where, msg: str):
@@ -102,11 +106,13 @@ def read_class_ids_file(path, *, max_bytes: int = MAX_CLASS_IDS_BYTES) -> list[s
     """The class ids of a text file (one per line or whitespace separated), as decimal strings in
     file order (the prompts of a c2i bundle). Reads at most `max_bytes`; ValueError for a larger
     or non-UTF-8 file, a token that is not a decimal integer (naming its line), or no id."""
+    from scalingar_jax.inputs import read_bounded
+
     path = Path(path)
-    with open(path, "rb") as f:
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise ValueError(f"{str(path)!r} is larger than {max_bytes} bytes; not a class-ids file")
+    try:
+        data = read_bounded(path, max_bytes, repr(str(path)))  # a regular file only: a FIFO cannot hang it
+    except ValueError as e:
+        raise ValueError(f"{e}; not a class-ids file") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -174,25 +180,43 @@ def _features_file(folder: Path) -> tuple[Path, dict]:
 
 # ------------------------------------------------------------------------------------ loader
 
-def _resolve_preprocess(ref, where) -> Callable[[str], str] | None:
-    from scalingar_jax.references import resolve
+def _preprocess_name(value, where) -> str:
+    """The name in the registry's "preprocess" table that a bundle option or --preprocess gives
+    (an earlier version's "module:function" of a built-in one is mapped to its name, any other
+    reference refused); ValueError naming `where` for a name that is in no table."""
+    from scalingar_jax import registry
 
-    if ref is None:
-        return None
-    fn = resolve(ref, what=f"{where}: option 'preprocess'")
-    if not callable(fn):
-        raise ValueError(f"{where}: option 'preprocess' {ref!r} is not a function")
-    return fn
+    if isinstance(value, str) and ":" in value:
+        value = registry.legacy_name("preprocess", value, where=where)
+    if value not in registry.names("preprocess"):
+        raise ValueError(f"{where}: unknown preprocessing {str(value)[:80]!r}; known: "
+                         f"{', '.join(registry.names('preprocess'))}")
+    return value
+
+
+def _preprocess(value, where) -> Callable[[str], str]:
+    """The text function (str -> str) a bundle's option "preprocess" names."""
+    from scalingar_jax import registry
+
+    where = f"{where}: option 'preprocess'"
+    return registry.lookup("preprocess", _preprocess_name(value, where), where=where)
+
+
+def _bounded_option(value, name: str, hi: int, where):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= hi):
+        _fail(where, f"option {name!r} must be an integer in [1, {hi}], got {str(value)[:40]!r}")
+    return value
 
 
 def _text_encoder(folder: Path, gpt_cfg: GPTConfig, where, *, preprocess, max_length, batch_size):
     """The T5TextEncoder of a text/ part (weights loaded; sentencepiece imported)."""
     from scalingar_jax.checkpoint import load_model
-    from scalingar_jax.text_features import T5TextEncoder
+    from scalingar_jax.text_features import T5TextEncoder, check_spiece_model
 
     if not (folder / SPIECE_FILE).is_file():
         raise FileNotFoundError(f"{where}: the text part {folder} lacks the tokenizer {SPIECE_FILE}")
-    fn = _resolve_preprocess(preprocess, where)
+    fn = _preprocess(preprocess, where)
+    check_spiece_model(folder / SPIECE_FILE)  # the file first: a bad one is bad with or without the package
     try:  # T5TextEncoder imports it: fail before any weight is read
         importlib.import_module("sentencepiece")
     except ImportError:
@@ -207,7 +231,7 @@ def _text_encoder(folder: Path, gpt_cfg: GPTConfig, where, *, preprocess, max_le
 
 def pipeline_from_bundle(bundle: Bundle, *, preprocess: str | None = None, max_length: int | None = None,
                          batch_size: int = T5_BATCH):
-    """The loader `bundle.json` names: GPT + VQ (+ T5 encoder or precomputed features, t2i) from
+    """The loader of the kinds llamagen-t2i and llamagen-c2i: GPT + VQ (+ T5 encoder or precomputed features, t2i) from
     the bundle's parts, with its sampling defaults. Returns a `Pipeline` whose `condition`:
 
       t2i: P prompts -> (features float32 (P, cls_token_num, caption_dim), left-padded, padded rows
@@ -215,9 +239,10 @@ def pipeline_from_bundle(bundle: Bundle, *, preprocess: str | None = None, max_l
       c2i: P class ids as decimal strings ("207") -> (labels int32 (P,), None); an id outside
            [0, num_classes) or a non-id is a ValueError naming it and the range.
 
-    preprocess: a "module:function" reference (str -> str) applied to every t2i prompt before
-    tokenisation (bundle option, default `DEFAULT_PREPROCESS`); max_length: T5 tokenizer length
-    (default the GPT's cls_token_num, 120 for LlamaGen); batch_size: prompts per T5 call.
+    preprocess: the name of the text function (str -> str) applied to every t2i prompt before
+    tokenisation (bundle option, a name in the registry's "preprocess" table, default
+    `DEFAULT_PREPROCESS`); max_length: T5 tokenizer length (default the GPT's cls_token_num, 120
+    for LlamaGen; at most MAX_T5_LENGTH); batch_size: prompts per T5 call (at most MAX_T5_BATCH).
     Configs are checked (kinds, codebook = vocabulary, T5 width = caption_dim) before any weight
     is read. Raises FileNotFoundError (a part or file missing), ValueError (parts that do not
     fit), ImportError (a T5 part without the optional sentencepiece package).
@@ -228,6 +253,8 @@ def pipeline_from_bundle(bundle: Bundle, *, preprocess: str | None = None, max_l
     from scalingar_jax.text_features import PrecomputedFeatures
 
     where = bundle.manifest_path
+    _bounded_option(max_length, "max_length", MAX_T5_LENGTH, where)
+    _bounded_option(batch_size, "batch_size", MAX_T5_BATCH, where)
     if bundle.kind not in KINDS.values():
         _fail(where, f"kind {bundle.kind!r} is not a LlamaGen bundle ({KIND_T2I!r} or {KIND_C2I!r})")
     t2i = bundle.kind == KIND_T2I
@@ -318,6 +345,7 @@ def _part_config(src, want: str, *, grid_size):
     model than `want` (or, for a converted GPT, another grid than `grid_size`)."""
     from scalingar_jax.checkpoint import read_config
     from scalingar_jax.convert.run import peek
+    from scalingar_jax.inputs import check_regular
 
     flag = f"--{want}"
     src = Path(src)
@@ -326,7 +354,8 @@ def _part_config(src, want: str, *, grid_size):
         if kind == "gpt" and grid_size is not None and grid_size != cfg.grid_size:
             raise ValueError(f"{flag} {src}: the converted GPT has grid size {cfg.grid_size}, not --grid-size "
                              f"{grid_size}")
-    elif src.is_file():
+    elif os.path.lexists(src):
+        check_regular(src, f"{flag} {src}")  # a FIFO or device: named, never opened
         kind, cfg = peek(src, grid_size=grid_size if want == "gpt" else None)
     else:
         raise FileNotFoundError(f"{flag} {src}: no such file or model directory")
@@ -407,18 +436,23 @@ def _t5_part(src: Path, dst: Path, *, dtype: str | None, log) -> None:
 
 
 def _t5_width(src: Path) -> int:
-    """d_model of a HF T5 folder or T5 model directory, read from its config only; checks that
-    spiece.model is there."""
+    """d_model of a HF T5 folder (its config checked against its weights' names, nothing read)
+    or T5 model directory; checks that its spiece.model is a SentencePiece model."""
     from scalingar_jax.checkpoint import read_config
-    from scalingar_jax.t5 import T5Config
+    from scalingar_jax.t5 import read_hf_t5_folder
+    from scalingar_jax.text_features import check_spiece_model
 
     if not src.is_dir():
         raise FileNotFoundError(f"--t5 {src}: not a folder (expected a Hugging Face flan-t5 folder)")
-    if not (src / SPIECE_FILE).is_file():
+    if not os.path.lexists(src / SPIECE_FILE):
         raise FileNotFoundError(f"--t5 {src}: no {SPIECE_FILE} (the T5 tokenizer the bundle needs)")
+    try:
+        check_spiece_model(src / SPIECE_FILE)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--t5 {src}: {e}") from None
     if _is_hf_t5(src):
         try:
-            return T5Config.from_hf_config(_read_json(src / "config.json", "a T5 config")).d_model
+            return read_hf_t5_folder(src)[0].d_model
         except (TypeError, ValueError) as e:
             raise ValueError(f"--t5 {src}: {e}") from None
     return read_config(src)[1].d_model
@@ -440,8 +474,8 @@ def assemble_bundle(out, *, gpt, vq, t5=None, t5_features=None, dtype: str | Non
     (B, L, C) [+ 'mask'] + 'prompts' (B,), or one (1, n, C) entry per prompt keyed by its text); c2i:
     neither.
     grid_size: the GPT's token grid when the file does not tell (see `scalingar convert`).
-    preprocess: the t2i prompt preprocessing recorded as the bundle option (a "module:function"
-    reference in this package, str -> str; checked here). The manifest records LlamaGen's
+    preprocess: the t2i prompt preprocessing recorded as the bundle option (a name in the
+    registry's "preprocess" table, e.g. "llamagen" or "lowercase"; checked here). The manifest records LlamaGen's
     sampling defaults (`sampling_defaults`) and the image size (grid x VQ downsampling).
 
     Raises ValueError naming the problem (parts that do not fit: VQ codebook != GPT vocabulary,
@@ -460,7 +494,7 @@ def assemble_bundle(out, *, gpt, vq, t5=None, t5_features=None, dtype: str | Non
     t5 = None if t5 is None else Path(t5)
     t5_width = _t5_width(t5) if t5 is not None else None  # cheap checks before any conversion
     if t5 is not None:
-        _resolve_preprocess(preprocess, "--preprocess")
+        preprocess = _preprocess_name(preprocess, "--preprocess")
     if t5_features is not None:
         t5_features = Path(t5_features)
         if t5_features.suffix != ".npz":
@@ -509,7 +543,7 @@ def assemble_bundle(out, *, gpt, vq, t5=None, t5_features=None, dtype: str | Non
                  + (f" with the precomputed T5 features {t5_features}" if t5_features is not None else "")
                  + ". sampling: LlamaGen's sample-script defaults"
                  + (f" (top_k capped at the vocabulary size {gpt_cfg.vocab_size})" if sampling != base else "") + ".")
-        write_manifest(tmp, kind=KINDS[gpt_cfg.model_type], loader=LOADER,
+        write_manifest(tmp, kind=KINDS[gpt_cfg.model_type],
                        image_size=gpt_cfg.grid_size * vq_cfg.downsample, parts=parts, sampling=sampling,
                        name=name or f"LlamaGen {gpt_cfg.model_type} ({Path(gpt).name})", options=options, notes=notes)
     log(f"wrote the {KINDS[gpt_cfg.model_type]} bundle {out}")

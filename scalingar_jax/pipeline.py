@@ -30,6 +30,7 @@ Conditioner = Callable[[Sequence[str]], tuple[Any, Any]]  # prompts -> (cond, co
 
 
 UNGENERATED_GREY = 128  # candidate pixels whose tokens were never generated (pruned early)
+DECODE_CHUNK = 16  # images the VQ decodes per call (its full-resolution activations are the largest)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,13 +60,24 @@ class Pipeline:
         return self.gpt_cfg.grid_size * self.vq_cfg.downsample
 
     def decode_images(self, tokens) -> np.ndarray:
-        """Image tokens (B, T) -> uint8 images (B, H, W, 3)."""
+        """Image tokens (B, T) -> uint8 images (B, H, W, 3), decoded `DECODE_CHUNK` at a time (the
+        last chunk padded: one compiled shape), so memory does not grow with B beyond the output."""
         tokens = np.asarray(tokens)
         if tokens.ndim != 2 or tokens.shape[1] != self.gpt_cfg.block_size:
             raise ValueError(f"tokens must have shape (B, {self.gpt_cfg.block_size}), got {tokens.shape}")
         g = self.gpt_cfg.grid_size
-        images = _decode_jit(self.vq_params, self.vq_cfg, jnp.asarray(tokens.reshape(-1, g, g), jnp.int32))
-        return to_uint8(images)
+        codes = tokens.reshape(-1, g, g).astype(np.int32)
+        B = codes.shape[0]
+        if B <= DECODE_CHUNK:
+            return to_uint8(_decode_jit(self.vq_params, self.vq_cfg, jnp.asarray(codes)))
+        out = np.empty((B, self.image_size, self.image_size, 3), np.uint8)
+        for start in range(0, B, DECODE_CHUNK):
+            chunk = codes[start : start + DECODE_CHUNK]
+            n = chunk.shape[0]
+            if n < DECODE_CHUNK:  # the last chunk, padded to the one compiled size
+                chunk = np.concatenate([chunk, np.zeros((DECODE_CHUNK - n, g, g), np.int32)])
+            out[start : start + n] = to_uint8(_decode_jit(self.vq_params, self.vq_cfg, jnp.asarray(chunk)))[:n]
+        return out
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -98,8 +110,12 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
     prompts: P strings; num_candidates: N >= 1; seed: the base PRNG seed (a candidate's key is
     derived from (seed, prompt id, candidate id)); sampling/scaling default to the pipeline's.
     mesh: optional `scalingar_jax.sharding.make_mesh(prompt_shards, cand_shards)`: prompts and
-    candidates are sharded over it with `shard_map` (same results as one device).
-    compaction: False, True / "pow2" or "fine" (ScalingAR's pool buckets; results are the same).
+    candidates are sharded over it with `shard_map` (the results of one device up to float
+    rounding: README, "Exactness").
+    compaction: False, True / "pow2" or "fine" (ScalingAR's pool buckets; the same results up
+    to float rounding).
+    Before anything is allocated, the run's memory is estimated (`resources.check_run_memory`)
+    and a run that does not fit is refused (`resources.ResourceError`, a ValueError).
     first_candidate: global id of the first candidate (reward-free strategies): with N = 1 and
     first_candidate = c, plain sampling decodes candidate c of an N-candidate run (same key; the
     tokens can differ where a different batch size rounds differently).
@@ -107,7 +123,7 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
     conditioner (e.g. a text encoder) runs once per prompt; None: computed here.
     pool: None (batched) or a pool of that many candidate rows (`scaling.pool`, continuous
     batching: prompts enter as pruned or finished rows free up; plain, confidence_only, scalingar
-    and best_of_n; per prompt the same results; with `mesh`, one pool of that many rows per
+    and best_of_n; per prompt the same results up to float rounding; with `mesh`, one pool of that many rows per
     device; on_progress not called).
     Extra keyword arguments go to importance sampling (checkpoints, tau, fill_code).
     """
@@ -118,6 +134,13 @@ def generate(pipe: Pipeline, prompts: Sequence[str], *, strategy: str = "scaling
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts given")
+    if isinstance(num_candidates, int) and isinstance(pool, (int, type(None))):  # else refused by the run_* entries
+        from scalingar_jax.resources import check_run_memory
+
+        devices = 1 if mesh is None else int(mesh.devices.size)
+        check_run_memory(pipe.gpt_cfg, pipe.vq_cfg, prompts=len(prompts), candidates=num_candidates,
+                         pool=None if pool is None else pool * devices, decode_candidates=decode_candidates,
+                         devices=devices, what=f"generating {len(prompts)} prompt(s) x {num_candidates} candidates")
     cond, cond_mask = pipe.condition(prompts) if conditioning is None else conditioning
     if np.shape(cond)[0] != len(prompts):
         raise ValueError(f"conditioning has {np.shape(cond)[0]} rows for {len(prompts)} prompts")
@@ -187,21 +210,29 @@ def load_pipeline(path=None, *, sampling: SamplingConfig | None = None, scaling:
     """The pipeline of the model bundle at `path` (default: `bundle.default_bundle_path()`, the
     embedded shapes world or $SCALINGAR_CHECKPOINT).
 
-    Reads `bundle.json`, calls the loader it names with `loader_options` (e.g. `with_reward=False`
-    for the shapes world), and checks the result against the manifest (image size, GPT
-    vocabulary = VQ codebook). Sampling/scaling defaults are the bundle's; `sampling`/`scaling`
-    replace them. Raises FileNotFoundError (no bundle, a part missing) or ValueError (a bad
-    manifest, a loader that does not exist, models that do not fit together), naming the path.
+    Reads `bundle.json`, calls the loader of its kind (`scalingar_jax.registry`: a table in code,
+    never a reference in the file) with the manifest's options and `loader_options` (e.g.
+    `with_reward=False` for the shapes world), and checks the result against the manifest (image
+    size, GPT vocabulary = VQ codebook). Sampling/scaling defaults are the bundle's;
+    `sampling`/`scaling` replace them. Raises FileNotFoundError (no bundle, a part missing) or
+    ValueError (a bad manifest, an unknown kind or option, models that do not fit together),
+    naming the path.
     """
-    from scalingar_jax.references import resolve
+    import inspect
+
+    from scalingar_jax import registry
 
     bundle = read_bundle(path)
-    loader = resolve(bundle.loader, what=f"{bundle.manifest_path}: 'loader'")
-    if not callable(loader):
-        raise ValueError(f"{bundle.manifest_path}: 'loader' {bundle.loader!r} is not a function")
-    pipe = loader(bundle, **{**dict(bundle.options), **loader_options})
+    loader = registry.lookup("loader", bundle.kind, where=f"{bundle.manifest_path}: 'kind'")
+    options = {**dict(bundle.options), **loader_options}
+    try:
+        inspect.signature(loader).bind(bundle, **options)
+    except TypeError as e:
+        raise ValueError(f"{bundle.manifest_path}: the options {sorted(options)} do not fit a {bundle.kind!r} bundle "
+                         f"({e})") from None
+    pipe = loader(bundle, **options)
     if not isinstance(pipe, Pipeline):
-        raise TypeError(f"loader {bundle.loader!r} returned {type(pipe).__name__}, not a Pipeline")
+        raise TypeError(f"the loader of kind {bundle.kind!r} returned {type(pipe).__name__}, not a Pipeline")
     if pipe.image_size != bundle.image_size:
         raise ValueError(f"{bundle.manifest_path}: image_size {bundle.image_size} but the models make "
                          f"{pipe.image_size}x{pipe.image_size} images (grid {pipe.gpt_cfg.grid_size} x VQ "

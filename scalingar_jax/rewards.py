@@ -10,8 +10,10 @@ candidate with the highest score; importance sampling resamples candidates ~ exp
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import os
+import re
 from typing import Callable, Sequence
 
 import jax
@@ -107,6 +109,28 @@ def checked_reward(fn: Callable, name: str) -> RewardFn:
     return reward
 
 
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+_REFERENCE = re.compile(f"{_DOTTED}:{_DOTTED}")  # what --reward module:function accepts
+
+
+def _import_function(spec: str):
+    """The object `spec` = "module:name" (name may be dotted) names: what the user typed after
+    --reward, the one place a "module:function" is imported (files never name code). ValueError
+    naming the spec for a malformed one or a module or name not found."""
+    if not _REFERENCE.fullmatch(spec):
+        raise ValueError(f"--reward {spec[:200]!r} is not a 'module:function' reference")
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"--reward: cannot import module {module_name!r} of {spec!r} ({e})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"--reward: module {module_name!r} has no {attr!r} (from {spec!r})")
+        obj = getattr(obj, part)
+    return obj
+
+
 def load_reward(spec: str) -> RewardFn:
     """The reward a `--reward` spec names:
 
@@ -118,8 +142,6 @@ def load_reward(spec: str) -> RewardFn:
     module or function not found, not callable with two arguments, a CLIP folder that does not
     load) or FileNotFoundError (no CLIP folder or a file of it missing), naming the spec.
     """
-    from scalingar_jax.references import resolve
-
     if not isinstance(spec, str) or ":" not in spec:
         raise ValueError(f"--reward {spec!r}: expected 'clipscore:PATH' or 'module:function'")
     head, _, rest = spec.partition(":")
@@ -131,7 +153,7 @@ def load_reward(spec: str) -> RewardFn:
         except (OSError, ValueError, KeyError, TypeError) as e:
             msg = f"--reward {spec}: {e.args[0] if isinstance(e, KeyError) and e.args else e}"
             raise (FileNotFoundError(msg) if isinstance(e, FileNotFoundError) else ValueError(msg)) from None
-    fn = resolve(spec, what="--reward", package=None)
+    fn = _import_function(spec)
     if not callable(fn):
         raise ValueError(f"--reward {spec!r} is a {type(fn).__name__}, not a function")
     try:

@@ -2,13 +2,19 @@
 
 Order (as LlamaGen's generate.py): CFG on raw logits `lu + (lc - lu) * scale`, then
 `/ max(temperature, 1e-5)`, then top-k, then top-p, then a categorical draw. A candidate's
-key is derived from (prompt id, candidate id) and the step, never from its batch row or device,
-so results do not depend on batch position, compaction or sharding.
+key is derived from (prompt id, candidate id) and the step, never from its batch row or device:
+a row's draw is a function of its key, step and logits alone, so wherever the logits are equal
+the tokens are, whatever the batch, compaction or sharding (README, "Exactness": the logits
+themselves are equal only to float rounding across row counts and CPUs).
+Backend-specific ways to compute the same thing (the k-th largest logit, a fusion barrier) are
+chosen per platform in `scalingar_jax.backend`.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from scalingar_jax.backend import BackendConfig, cpu_only, per_platform
 
 
 def guided_logits(lc: jax.Array, lu: jax.Array, scale: jax.Array) -> jax.Array:
@@ -44,7 +50,28 @@ def _sortable_bits(x: jax.Array) -> jax.Array:
     return jnp.where((b >> 31) == 1, ~b, b | jnp.uint32(0x80000000))
 
 
+def _check_k(x, k: int) -> None:
+    if not 1 <= k <= x.shape[-1]:
+        raise ValueError(f"k must be in [1, {x.shape[-1]}], got {k}")
+
+
 def kth_largest(x: jax.Array, k: int) -> jax.Array:
+    """The k-th largest value of each row, duplicates counted: x (..., V) float32 -> (..., 1),
+    by the method `backend.backend_config` names for the platform the program is lowered for:
+    `radix_kth_largest` on CPU, `jax.lax.top_k` on TPU/GPU (the same value either way; NaN-free
+    x). k: static, 1 <= k <= V."""
+    _check_k(x, k)
+    return per_platform(_kth_largest, x.astype(jnp.float32), k=int(k))
+
+
+def _kth_largest(backend: BackendConfig, x, *, k: int):
+    if backend.top_k == "radix":
+        with cpu_only("radix_select"):
+            return radix_kth_largest(x, k)
+    return jax.lax.top_k(x, k)[0][..., -1:]
+
+
+def radix_kth_largest(x: jax.Array, k: int) -> jax.Array:
     """The k-th largest value of each row, duplicates counted: x (..., V) float32 -> (..., 1).
 
     Equal to `jax.lax.top_k(x, k)[0][..., -1:]` (NaN-free x; a +-0 tie may come back with the
@@ -53,8 +80,7 @@ def kth_largest(x: jax.Array, k: int) -> jax.Array:
     XLA:CPU lowers top_k to a full comparator sort of the row (tens of ms per decode step for
     V = 16384 on a 2-core Xeon); this is ~1 ms. k: static, 1 <= k <= V.
     """
-    if not 1 <= k <= x.shape[-1]:
-        raise ValueError(f"k must be in [1, {x.shape[-1]}], got {k}")
+    _check_k(x, k)
     u = _sortable_bits(x.astype(jnp.float32))
 
     def body(i, t):  # t: the largest threshold with >= k entries at or above it, built from the top bit down
@@ -82,13 +108,20 @@ def sample_tokens(keys: jax.Array, step: jax.Array, logits: jax.Array) -> jax.Ar
     flat_keys = keys.reshape(-1)
     flat_steps = jnp.broadcast_to(jnp.asarray(step, jnp.int32), keys.shape).reshape(-1)
     flat_logits = logits.reshape(-1, logits.shape[-1])
-    # jax.random.categorical's Gumbel-max draw (the same noise, so the same tokens), with the
-    # noisy logits materialised before the argmax: fused into the argmax's (value, index)
-    # reduction, XLA:CPU evaluates the noise's logs element by element, unvectorised.
+    # jax.random.categorical's Gumbel-max draw (the same noise, so the same tokens); on CPU the
+    # noisy logits are materialised before the argmax (`backend`: fused into the argmax's
+    # (value, index) reduction, XLA:CPU evaluates the noise's logs element by element).
     noise = jax.vmap(lambda k, t, l: jax.random.gumbel(jax.random.fold_in(k, t), l.shape, l.dtype))(
         flat_keys, flat_steps, flat_logits)
-    draw = first_argmax(jax.lax.optimization_barrier(noise + flat_logits))
+    draw = first_argmax(per_platform(_sample_barrier, noise + flat_logits))
     return draw.reshape(logits.shape[:-1])
+
+
+def _sample_barrier(backend: BackendConfig, x):
+    if backend.sample_barrier:
+        with cpu_only("sample_barrier"):
+            return jax.lax.optimization_barrier(x)
+    return x
 
 
 def first_argmax(x: jax.Array) -> jax.Array:

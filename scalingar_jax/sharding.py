@@ -31,8 +31,10 @@ every per-candidate array (P, N, ...) with P over ``prompts`` and N over ``cands
 `shard_map`, `from_view` turns the local block back into flat pool rows and the unchanged
 single-device loop code runs on it.
 
-Equivalence with the single-device run (tested bit for bit)
-----------------------------------------------------------
+Equivalence with the single-device run (README, "Exactness": the same decisions from the same
+logits; tokens, winners, token counts and termination steps tested bit for bit on the test
+models, floats to a tolerance: a shard's matmuls run over other row counts)
+---------------------------------------------------------------------------------------------
 * keys come from (global prompt id, *global* candidate id = axis_index(cands) * N_l + slot);
 * pooled statistics / quantiles / termination / winner gather the candidate axis (tiled) and
   decide on the full (P, N) arrays;
@@ -80,7 +82,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from scalingar_jax.atomic import atomic_dir
-from scalingar_jax.gpt import KVCache, unstack_layers
+from scalingar_jax.gpt import KVCache, decode_layout, layers_stacked
 from scalingar_jax.scaling import loop as L
 from scalingar_jax.scaling.config import ScalingARConfig
 from scalingar_jax.scaling.profile import ConfidenceState, init_state
@@ -145,20 +147,21 @@ def conf_specs(scaling: ScalingARConfig, grid_size: int) -> ConfidenceState:
     return jax.tree.map(lambda x: P(PROMPTS, CANDS) if x.shape[:2] == (2, 3) else P(PROMPTS), shapes)
 
 
-def loop_state_specs(spec: L.LoopSpec) -> L.LoopState:
-    """PartitionSpecs of a `LoopState` in the view layout (see the module docstring)."""
+def loop_state_specs(spec: L.LoopSpec, stacked: bool = False) -> L.LoopState:
+    """PartitionSpecs of a `LoopState` in the view layout (see the module docstring); stacked:
+    the KV cache in the scanned layout (`gpt.KVCache.stacked`)."""
     pn = P(PROMPTS, CANDS)
     traj = {name: P(None, PROMPTS, CANDS) for name in ("C", "I", "D", "R", "scale", "alive")}
     traj["theta"] = P(None, PROMPTS)
     rows = P(None, PROMPTS, CANDS)
-    kv = (rows,) * spec.gpt_cfg.n_layer  # one buffer per layer, rows like the logits
+    kv = rows if stacked else (rows,) * spec.gpt_cfg.n_layer  # every buffer: rows like the logits
     return L.LoopState(logits=rows, cache=KVCache(kv, kv, rows), k=P(), keys=pn, row=pn, owner=pn, scale=pn,
                        conf=conf_specs(spec.scaling, spec.gpt_cfg.grid_size), conf_sum=pn, tokens=pn, entropy=pn,
                        traj=traj)
 
 
-def loop_state_shardings(mesh: Mesh, spec: L.LoopSpec) -> L.LoopState:
-    return jax.tree.map(lambda p: NamedSharding(mesh, p), loop_state_specs(spec),
+def loop_state_shardings(mesh: Mesh, spec: L.LoopSpec, stacked: bool = False) -> L.LoopState:
+    return jax.tree.map(lambda p: NamedSharding(mesh, p), loop_state_specs(spec, stacked),
                         is_leaf=lambda x: isinstance(x, P))
 
 
@@ -182,18 +185,20 @@ def from_view(s: L.LoopState) -> L.LoopState:
 # row-parallel: the input features; embeddings and the output head: the vocabulary).
 MODEL_RULES: tuple[tuple[str, int], ...] = (
     # "layers/" stacked (L, ...) or "layers/<i>/" per layer (`gpt.unstack_layers`)
-    (r"layers/(\d+/)?attention/wqkv/kernel$", -1),  # (L, dim, (H + 2 Hkv) hd): column parallel
-    (r"layers/(\d+/)?attention/wo/kernel$", -2),  # (L, H hd, dim): row parallel
-    (r"layers/(\d+/)?feed_forward/w[13]/kernel$", -1),  # (L, dim, hidden): column parallel
-    (r"layers/(\d+/)?feed_forward/w2/kernel$", -2),  # (L, hidden, dim): row parallel
+    # and "kernel/<j>" for column block j of `gpt.split_columns` (each block split like the kernel)
+    (r"layers/(\d+/)?attention/wqkv/kernel(/\d+)?$", -1),  # (L, dim, (H + 2 Hkv) hd): column parallel
+    (r"layers/(\d+/)?attention/wo/kernel(/\d+)?$", -2),  # (L, H hd, dim): row parallel
+    (r"layers/(\d+/)?feed_forward/w[13]/kernel(/\d+)?$", -1),  # (L, dim, hidden): column parallel
+    (r"layers/(\d+/)?feed_forward/w2/kernel(/\d+)?$", -2),  # (L, hidden, dim): row parallel
     (r"tok_embeddings/embedding$", 0),  # (V, dim): over the vocabulary
-    (r"output/kernel$", -1),  # (dim, V): over the vocabulary
+    (r"output/kernel(/\d+)?$", -1),  # (dim, V): over the vocabulary
     (r"cls_embedding/embedding_table/embedding$", 0),  # (classes + 1, dim) [c2i]
 )
 
 
 def _path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+    """"layers/0/attention/wqkv/kernel": dict keys, attribute names and sequence indices."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
 def param_specs(params, model_axis: str | None = None, model_size: int = 1, rules=MODEL_RULES):
@@ -256,7 +261,7 @@ def _key(key_data, impl):
 
 @functools.partial(jax.jit, static_argnames=("spec", "mesh", "impl"))
 def _start(params, cond, cond_mask, key_data, prompt_ids, first, *, spec, mesh, impl):
-    state = loop_state_specs(spec)
+    state = loop_state_specs(spec, layers_stacked(params))
 
     def f(prm, c, kd, pid, fc, m=None):
         return to_view(L.init_loop(prm, c, m, _key(kd, impl), pid, spec, fc))
@@ -276,7 +281,7 @@ def _sharded_loop(params, s: L.LoopState, stop, *, spec: L.LoopSpec, mesh: Mesh)
         st = L.token_loop(prm, from_view(st), spec, stp)
         return to_view(st), L.pool_alive(st.conf.alive, spec)
 
-    state = loop_state_specs(spec)
+    state = loop_state_specs(spec, s.cache.stacked)
     return _smap(mesh, f, (P(), state, P()), (state, P()))(params, s, stop)
 
 
@@ -289,7 +294,7 @@ run_loop_in_place.__doc__ = "`run_loop` that donates `s` (the state is updated i
 @functools.partial(jax.jit, static_argnames=("rows", "spec", "mesh"))
 def _compact(s: L.LoopState, *, rows: int, spec: L.LoopSpec, mesh: Mesh) -> L.LoopState:
     """Per-shard compaction into a pool of `rows` rows per shard (every shard the same size)."""
-    state = loop_state_specs(spec)
+    state = loop_state_specs(spec, s.cache.stacked)
     return _smap(mesh, lambda st: to_view(L.compact(from_view(st), rows)), (state,), state)(s)
 
 
@@ -302,7 +307,7 @@ def _unpad(res: L.StrategyResult, P_: int, N: int) -> L.StrategyResult:
 
 @functools.partial(jax.jit, static_argnames=("strategy", "spec", "mesh", "num_prompts", "num_real"))
 def _finish(s: L.LoopState, *, strategy, spec, mesh, num_prompts, num_real):
-    state = loop_state_specs(spec)
+    state = loop_state_specs(spec, s.cache.stacked)
     winner, score, used = _smap(mesh, lambda st: L.select(from_view(st), strategy, spec), (state,),
                                 (P(PROMPTS), P(PROMPTS, CANDS), P(PROMPTS)))(s)
     # replicated (every process reads it), then unpadded: constraining after the slice trips
@@ -350,7 +355,7 @@ def resample_view(s: L.LoopState, idx, *, spec: L.LoopSpec, mesh: Mesh) -> L.Loo
     out = s.replace(logits=take_pool(s.logits, 2),
                     cache=s.cache.map_rows(lambda x: take_pool(x, 2)),
                     conf=conf, conf_sum=take(s.conf_sum, 1), tokens=take(s.tokens, 1), entropy=take(s.entropy, 1))
-    return jax.lax.with_sharding_constraint(out, loop_state_shardings(mesh, spec))
+    return jax.lax.with_sharding_constraint(out, loop_state_shardings(mesh, spec, s.cache.stacked))
 
 
 def _local(tree):
@@ -382,7 +387,8 @@ class ShardedExecutor:
             x = np.asarray(x)
             return np.concatenate([x, np.repeat(x[:1], self.P_pad - self.P, axis=0)]) if self.P_pad > self.P else x
 
-        self.params = _on_mesh(unstack_layers(params), mesh)  # decode-time layout (see gpt.unstack_layers)
+        # the decode layout of the mesh's platform (gpt.decode_layout), as a loader gives it
+        self.params = _on_mesh(decode_layout(params, mesh.devices.flat[0].platform), mesh)
         self.cond = put(pad(cond), mesh, P(PROMPTS))
         self.cond_mask = None if cond_mask is None else put(pad(cond_mask), mesh, P(PROMPTS))
         self.prompt_ids = put(pad(prompt_ids), mesh, P(PROMPTS))

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scalingar_jax.convert.hf import params_from_state_dict, read_json, read_weights
+from scalingar_jax.convert.hf import check_layer_count, params_from_state_dict, read_json, read_weights
 
 __all__ = [
     "T5Config",
@@ -52,6 +52,7 @@ __all__ = [
     "encode",
     "convert_hf_t5_encoder",
     "load_hf_t5_encoder",
+    "read_hf_t5_folder",
 ]
 
 _ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
@@ -431,9 +432,19 @@ def load_hf_t5_encoder(directory: str | os.PathLike) -> tuple[dict, T5Config]:
     (see the module docstring for the tree). Strict: a missing encoder key raises
     ``KeyError``; a wrong shape raises ``ValueError`` naming the key and both shapes.
     """
+    cfg, weights = read_hf_t5_folder(directory)
+    return convert_hf_t5_encoder(weights, cfg), cfg
+
+
+def read_hf_t5_folder(directory: str | os.PathLike) -> tuple[T5Config, dict]:
+    """(config, encoder weights as lazy tensors: nothing read) of a HF T5 folder, the config
+    checked against the weights' names (`num_layers` = the encoder blocks they hold) before
+    anything is built from it. FileNotFoundError / ValueError naming the folder otherwise."""
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"not a directory: {directory}")
     cfg = T5Config.from_hf_config(read_json(directory, "config.json"))
-    params = convert_hf_t5_encoder(read_weights(directory, _is_encoder_key), cfg)
-    return params, cfg
+    weights = read_weights(directory, _is_encoder_key)
+    check_layer_count(weights, r"encoder\.block\.(\d+)\.", cfg.num_layers,
+                      where=os.path.join(directory, "config.json"), field="num_layers")
+    return cfg, weights

@@ -24,12 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scalingar_jax.caption import lowercase
+
 __all__ = [
     "TextEncoder",
     "left_pad",
     "PrecomputedFeatures",
     "T5TextEncoder",
-    "lowercase_prompt",
+    "check_spiece_model",
 ]
 
 
@@ -270,11 +272,71 @@ class PrecomputedFeatures:
 
 # ----------------------------------------------------------------------------- T5
 
-def lowercase_prompt(text: str) -> str:
-    """LlamaGen's T5Embedder text preprocessing with ``use_text_preprocessing=False``:
-    ``text.lower().strip()``. (Its default, ``clean_caption`` twice, is
-    :func:`scalingar_jax.caption.llamagen_preprocess`.)"""
-    return text.lower().strip()
+MAX_SPIECE_BYTES = 64 << 20  # flan-t5's spiece.model is 0.8 MB
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise ValueError("a truncated or overlong varint")
+
+
+def _fields(data: bytes):
+    """(field number, wire type, value) of a protobuf message: ints for varint and fixed
+    fields, bytes for length-delimited ones. ValueError for malformed wire data."""
+    pos = 0
+    while pos < len(data):
+        tag, pos = _varint(data, pos)
+        field, wire = tag >> 3, tag & 7
+        if field == 0:
+            raise ValueError("field number 0")
+        if wire == 0:
+            value, pos = _varint(data, pos)
+        elif wire in (1, 5):
+            n = 8 if wire == 1 else 4
+            if pos + n > len(data):
+                raise ValueError("a truncated fixed-size field")
+            value, pos = int.from_bytes(data[pos:pos + n], "little"), pos + n
+        elif wire == 2:
+            n, pos = _varint(data, pos)
+            if pos + n > len(data):
+                raise ValueError("a length-delimited field past the end")
+            value, pos = data[pos:pos + n], pos + n
+        else:
+            raise ValueError(f"wire type {wire}")
+        yield field, wire, value
+
+
+def check_spiece_model(path) -> int:
+    """The number of pieces of the SentencePiece model file `path` (a serialized ModelProto:
+    field 1 repeats SentencePiece messages, each with a UTF-8 piece in its field 1). Reads at
+    most MAX_SPIECE_BYTES; ValueError naming the file for anything that does not parse as one
+    with at least one piece (garbage, an empty or truncated file). Needs no sentencepiece."""
+    from scalingar_jax.inputs import read_bounded
+
+    data = read_bounded(path, MAX_SPIECE_BYTES, repr(os.fspath(path)))
+    pieces = 0
+    try:
+        for field, wire, value in _fields(data):
+            if field == 1:
+                if wire != 2:
+                    raise ValueError("a piece that is not a message")
+                text = [v for f, w, v in _fields(value) if f == 1 and w == 2]
+                if len(text) != 1:
+                    raise ValueError(f"piece {pieces} has no text")
+                text[0].decode("utf-8")
+                pieces += 1
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{os.fspath(path)!r} is not a SentencePiece model ({str(e)[:80]})") from None
+    if not pieces:
+        raise ValueError(f"{os.fspath(path)!r} is not a SentencePiece model (it holds no pieces)")
+    return pieces
 
 
 def _load_sentencepiece(model_path: str):
@@ -288,7 +350,11 @@ def _load_sentencepiece(model_path: str):
         ) from e
     if not os.path.isfile(model_path):
         raise FileNotFoundError(f"no SentencePiece model at {model_path}")
-    return spm.SentencePieceProcessor(model_file=model_path)
+    check_spiece_model(model_path)
+    try:
+        return spm.SentencePieceProcessor(model_file=model_path)
+    except (RuntimeError, OSError) as e:  # sentencepiece's own refusal, e.g. "could not parse ModelProto"
+        raise ValueError(f"{model_path!r} is not a SentencePiece model ({str(e)[:120]})") from None
 
 
 class T5TextEncoder:
@@ -301,7 +367,8 @@ class T5TextEncoder:
         ``max_length - 1`` pieces, then ``</s>`` (HF ``truncation=True`` behaviour).
       length: output slots (the GPT's ``cls_token_num``); default ``max_length``.
       preprocess: ``str -> str`` applied to each prompt first (default
-        :func:`lowercase_prompt`; ``None`` = verbatim).
+        :func:`scalingar_jax.caption.lowercase`, LlamaGen's ``use_text_preprocessing=False``;
+        ``None`` = verbatim).
       tokenizer: optional ``str -> list[int]`` replacing SentencePiece (pieces only, no
         ``</s>``); then ``sentencepiece`` is not needed.
       dtype, precision: matmul compute dtype / precision of the encoder (float32 default;
@@ -316,7 +383,7 @@ class T5TextEncoder:
 
     def __init__(self, directory: str | os.PathLike, max_length: int = 120, *,
                  length: int | None = None,
-                 preprocess: Callable[[str], str] | None = lowercase_prompt,
+                 preprocess: Callable[[str], str] | None = lowercase,
                  tokenizer: Callable[[str], Sequence[int]] | None = None,
                  dtype: Any = jnp.float32, precision: Any = None, batch_size: int = 16,
                  params: Any = None, cfg: Any = None):

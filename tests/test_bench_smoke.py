@@ -100,3 +100,32 @@ def test_profile_decode_step_groups_the_loop_ops():
     assert pds.cache_copies(instrs, shape) == 0
     info = bench_decode.cpu_info()
     assert info["cpus"] >= 1 and info["jax"] == jax.__version__ and "CPU:" in bench_decode.cpu_line(info)
+
+
+def test_bench_accelerator_tiny_writes_into_the_current_folder_only(tmp_path, monkeypatch):
+    """`scalingar bench accelerator`'s script on the tiny preset (CPU): every phase runs and
+    reports, the files land in the current folder (the default --out) and nowhere else."""
+    import bench_accelerator
+    from common import RESULTS
+
+    before = sorted(p.name for p in RESULTS.iterdir())
+    monkeypatch.chdir(tmp_path)
+    bench_accelerator.main(["--tiny", "-n", "2", "--prompts", "2", "--batch", "1", "--steps", "2"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench_accelerator.json", "bench_accelerator.md"]
+    assert sorted(p.name for p in RESULTS.iterdir()) == before
+    d = json.loads((tmp_path / "bench_accelerator.json").read_text())
+    assert d["device"].startswith("cpu") and d["backend"]["platform"] == "cpu" and not d["skipped"]
+    r = d["results"]
+    assert [x["what"] for x in r["step"]] == ["plain N=1", "plain N=2", "scalingar N=2"]
+    assert all(x["s_per_step"] > 0 and x["compile_s"] > 0 for x in r["step"] + r["layouts"])
+    assert [x["layout"] for x in r["layouts"]] == ["unrolled", "scanned"]
+    assert [x["method"] for x in r["top-k"]] == ["lax.top_k", "radix select"]
+    assert all(x["value_matches_top_k"] for x in r["top-k"])
+    runs = {x["what"].split(" (")[0]: x for x in r["images/s"]}
+    assert set(runs) == {"plain", "best_of_n", "scalingar pool"} and all(x["images_per_s"] > 0 for x in runs.values())
+    assert runs["plain"]["tokens_per_image"] == 16 and runs["best_of_n"]["tokens_per_image"] == 2 * 16
+    assert d["memory"]["device_peak_GB"] is None  # no memory_stats on CPU
+    assert "### seconds per token step" in (tmp_path / "bench_accelerator.md").read_text()
+    # the estimate the device's peak is held against: memory_table.json's fit (8.29 GB at 16 rows)
+    est = bench_accelerator.memory_estimate(16)
+    assert est is None or abs(est / 1e9 - 8.29) < 0.01

@@ -13,7 +13,6 @@ from scalingar_jax import cli
 from scalingar_jax.bundle import ENV_VAR, MANIFEST_FILE, default_bundle_path, read_bundle
 from scalingar_jax.config import SamplingConfig
 from scalingar_jax.pipeline import Pipeline, load_pipeline
-from scalingar_jax.references import resolve
 from scalingar_jax.scaling.config import ScalingARConfig
 
 PKG = Path(__file__).resolve().parents[1] / "scalingar_jax"
@@ -80,19 +79,25 @@ def test_defaults_come_from_the_bundle(world, tmp_path):
 
 @pytest.mark.parametrize("edit, exc, match", [
     (lambda r: "{not json", ValueError, "not valid JSON"),
-    (lambda r: [1, 2], ValueError, "must be a JSON object"),
-    (lambda r: r.pop("loader") and None, ValueError, r"missing keys \['loader'\]"),
+    (lambda r: [1, 2], ValueError, "holds a JSON list, expected an object"),
+    (lambda r: r.pop("kind") and None, ValueError, r"missing keys \['kind'\]"),
+    (lambda r: r.update(kind="no-such-family"), ValueError, "unknown bundle kind 'no-such-family'; known kinds: "
+                                                            "llamagen-c2i, llamagen-t2i, shapes-world"),
     (lambda r: r.update(colour="red"), ValueError, r"unknown keys \['colour'\]"),
     (lambda r: r.update(format=2), ValueError, "format 2"),
-    (lambda r: r.update(loader="os:system"), ValueError, "outside the scalingar_jax package"),
-    (lambda r: r.update(loader="scalingar_jax.world.pipeline:nope"), ValueError, "has no 'nope'"),
-    (lambda r: r.update(loader="scalingar_jax.world.pipeline"), ValueError, "is not a 'package.module:name'"),
-    (lambda r: r.update(loader="scalingar_jax.world.pipeline:KIND"), ValueError, "is not a function"),
+    (lambda r: r.update(loader="os:system"), ValueError, "'loader' 'os:system' names code"),
+    (lambda r: r.update(loader="scalingar_jax.cli:sys.exit"), ValueError, "names code, which a bundle may not do"),
+    (lambda r: r.update(loader="scalingar_jax.llamagen:pipeline_from_bundle"), ValueError, "names code"),
+    (lambda r: r.update(options={"with_reward": False, "colour": "red"}), ValueError,
+     r"the options \['colour', 'with_reward'\] do not fit a 'shapes-world' bundle"),
+    (lambda r: r.update(options={"x": [1, 2]}), ValueError, "option 'x' must be a name or a number"),
+    (lambda r: r["scaling"].update(probation_steps=10**30), ValueError, "probation_steps must be <= 65536"),
+    (lambda r: r["sampling"].update(cfg_scale=1e300), ValueError, "cfg_scale must be finite and in"),
     (lambda r: r["sampling"].update(cfg=2.0), ValueError, r"unknown SamplingConfig fields \['cfg'\]"),
     (lambda r: r["sampling"].update(top_p=0.0), ValueError, "top_p"),
     (lambda r: r["scaling"].update(p=2.0), ValueError, "scaling"),
     (lambda r: r.update(image_size=32), ValueError, "image_size 32 but the models make 16x16"),
-    (lambda r: r.update(image_size="16"), ValueError, "positive integer"),
+    (lambda r: r.update(image_size="16"), ValueError, r"'image_size' must be an integer in \[1, 65536\]"),
     (lambda r: r["parts"].update(gpt="../gpt"), ValueError, "not a folder path inside the bundle"),
     (lambda r: r["parts"].update(gpt="gpt_missing"), FileNotFoundError, "lacks parts gpt"),
     (lambda r: r["parts"].update(banana="vq"), ValueError, r"unknown shapes-world parts \['banana'\]"),
@@ -143,39 +148,71 @@ def test_write_world_manifest_keeps_defaults(world, tmp_path):
     assert (b / MANIFEST_FILE).read_text() == before
 
 
-def test_checkpoint_config_class(world, tmp_path):
+def test_checkpoint_config_kind(world, tmp_path):
+    """config.json names its kind, never its class; a class an earlier version recorded is read
+    only when it is the built-in class of the kind."""
     from scalingar_jax.checkpoint import read_config
     from scalingar_jax.world.text_encoder import TextEncoderConfig
 
     rec = json.loads((world / "text" / "config.json").read_text())
-    assert rec["config_class"] == "scalingar_jax.world.text_encoder:TextEncoderConfig"
+    assert rec["kind"] == "text" and "config_class" not in rec
     assert isinstance(read_config(world / "text")[1], TextEncoderConfig)
     d = tmp_path / "text"
     shutil.copytree(world / "text", d)
-    for ref, match in [(None, "unknown model kind 'text' and no config_class"),
-                       ("collections:OrderedDict", "outside the scalingar_jax package"),
-                       ("scalingar_jax.world.pipeline:load_world_pipeline", "is not a dataclass")]:
-        r = dict(rec)
-        r.pop("config_class")
-        if ref is not None:
-            r["config_class"] = ref
-        (d / "config.json").write_text(json.dumps(r))
-        with pytest.raises(ValueError, match=match):
-            read_config(d)
-    # gpt / vq written before classes were recorded still load
-    g = tmp_path / "gpt"
-    shutil.copytree(world / "gpt", g)
-    r = json.loads((g / "config.json").read_text())
-    r.pop("config_class")
-    (g / "config.json").write_text(json.dumps(r))
-    assert read_config(g)[1] == read_config(world / "gpt")[1]
+    for edit, match in [({"config_class": "scalingar_jax.world.text_encoder:TextEncoderConfig"}, None),
+                        ({"config_class": "collections:OrderedDict"}, "config_class 'collections:OrderedDict' names code"),
+                        ({"config_class": "scalingar_jax.config:GPTConfig"}, "names code"),
+                        ({"kind": "mystery"}, "unknown model kind 'mystery'; known: gpt, reward, t5, text, vq")]:
+        (d / "config.json").write_text(json.dumps({**rec, **edit}))
+        if match is None:
+            assert read_config(d)[1] == read_config(world / "text")[1]
+        else:
+            with pytest.raises(ValueError, match=match):
+                read_config(d)
 
 
-def test_resolve_references():
-    assert resolve("scalingar_jax.bundle:read_bundle", what="x") is read_bundle
-    assert resolve("json:dumps", what="x", package=None) is json.dumps
-    with pytest.raises(ValueError, match="cannot import module 'scalingar_jax.nope'"):
-        resolve("scalingar_jax.nope:f", what="x")
+def test_registered_kinds(world, tmp_path, monkeypatch):
+    """A family outside the package registers its loader in code; built-in kinds cannot be
+    replaced, and a bundle of a registered kind loads through it."""
+    from scalingar_jax import bundle as B
+    from scalingar_jax import registry
+
+    monkeypatch.setattr(registry, "_REGISTERED", {t: {} for t in registry.BUILTIN})
+    calls = []
+
+    def my_loader(b, *, flavour="plain"):
+        calls.append((b.kind, flavour))
+        return load_pipeline(world, with_reward=False)
+
+    with pytest.raises(ValueError, match="'shapes-world' is built in"):
+        B.register_loader("shapes-world", my_loader)
+    B.register_loader("my-family", my_loader)
+    B.register_loader("my-family", my_loader)  # the same function again: fine
+    with pytest.raises(ValueError, match="already registered"):
+        B.register_loader("my-family", print)
+    mine = _copy(world, tmp_path, lambda r: r.update(kind="my-family", options={"flavour": "spicy"}))
+    assert isinstance(load_pipeline(mine), Pipeline) and calls == [("my-family", "spicy")]
+    assert "my-family" in registry.names("loader")
+
+
+def test_installed_entry_points_add_kinds(world, tmp_path, monkeypatch):
+    """A family installed as a package adds its kind through an entry point in the group
+    `scalingar_jax.bundle_loaders` (its installed metadata, never the bundle, names the code)."""
+    import importlib.metadata
+
+    from scalingar_jax import registry
+
+    ep = importlib.metadata.EntryPoint("ep-family", "scalingar_jax.world.pipeline:pipeline_from_bundle",
+                                       "scalingar_jax.bundle_loaders")
+    real = importlib.metadata.entry_points
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group=None: [ep] if group == "scalingar_jax.bundle_loaders" else real(group=group))
+    mine = _copy(world, tmp_path, lambda r: r.update(kind="ep-family"))
+    assert "ep-family" in registry.names("loader") and "ep-family" not in registry.names("config")
+    assert isinstance(load_pipeline(mine, with_reward=False), Pipeline)
+    gone = _copy(world, tmp_path / "x", lambda r: r.update(kind="no-such-family"))
+    with pytest.raises(ValueError, match="unknown bundle kind 'no-such-family'; known kinds: ep-family, "):
+        load_pipeline(gone)
 
 
 def test_text_encoder_runs_once_per_prompt(world, tmp_path, monkeypatch):
@@ -236,7 +273,8 @@ def test_layering_check_sees_every_import_form(tmp_path):
     assert not _upward(_imports(tmp_path / "m.py"))
 
 
-@pytest.mark.parametrize("module", ["checkpoint", "pipeline", "bundle", "references", "images", "config", "vq",
+@pytest.mark.parametrize("module", ["checkpoint", "pipeline", "bundle", "registry", "inputs", "resources", "images",
+                                    "config", "vq",
                                     "gpt", "decode", "sampling", "geneval"])
 def test_low_level_modules_do_not_import_the_world(module):
     bad = _upward(_imports(PKG / f"{module}.py"))

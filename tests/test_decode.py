@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scalingar_jax import decode, gpt
+from scalingar_jax import backend, decode, gpt, sampling
 from scalingar_jax.config import GPTConfig, SamplingConfig
 from scalingar_jax.sampling import (candidate_keys, filter_logits, first_argmax, guided_logits, kth_largest,
-                                    sample_tokens)
+                                    radix_kth_largest, sample_tokens)
 
 CFG = GPTConfig(model_type="t2i", n_layer=2, n_head=4, n_kv_head=2, dim=32, vocab_size=48, cls_token_num=4,
                 caption_dim=8, grid_size=4, multiple_of=16)
@@ -84,6 +84,7 @@ def test_greedy_is_deterministic_and_key_independent(params):
     np.testing.assert_array_equal(a[:, 0], a[:, 1])
 
 
+@pytest.mark.exactness
 def test_candidate_results_do_not_depend_on_batch_position(params):
     cond, mask = _cond(3)
     s = SamplingConfig(cfg_scale=2.0)
@@ -128,8 +129,8 @@ def test_kth_largest_is_top_k_threshold_and_argmax_is_first(V, k, seed):
     x = rng.choice(np.array([-np.inf, -0.0, 0.0, 1.5, -2.25, 3e38, -1e-40], np.float32), size=(3, V))
     x[1] = rng.normal(size=V).astype(np.float32) * 10  # distinct values
     want = np.asarray(jax.lax.top_k(jnp.asarray(x), k)[0][:, -1:])
-    got = np.asarray(kth_largest(jnp.asarray(x), k))
-    np.testing.assert_array_equal(got == want, np.ones_like(got, bool))  # -0 == +0
+    for got in (radix_kth_largest(jnp.asarray(x), k), kth_largest(jnp.asarray(x), k)):
+        np.testing.assert_array_equal(np.asarray(got) == want, np.ones_like(want, bool))  # -0 == +0
     # against jnp.argmax, not np.argmax: XLA:CPU flushes the denormal -1e-40 to -0, a tie with +-0
     np.testing.assert_array_equal(first_argmax(jnp.asarray(x)), jnp.argmax(jnp.asarray(x), -1))
     np.testing.assert_array_equal(first_argmax(jnp.asarray(x))[1], np.argmax(x[1]))  # distinct values
@@ -137,8 +138,59 @@ def test_kth_largest_is_top_k_threshold_and_argmax_is_first(V, k, seed):
     np.testing.assert_array_equal(first_argmax(jnp.asarray(x)), jnp.argmax(jnp.asarray(x), -1))
     with pytest.raises(ValueError, match="k must be"):
         kth_largest(jnp.asarray(x), V + 1)
+    with pytest.raises(ValueError, match="k must be"):
+        radix_kth_largest(jnp.asarray(x), 0)
 
 
+@pytest.mark.parametrize("platform", ["cpu", "tpu"])
+def test_top_k_keeps_every_logit_tied_with_the_kth(platform):
+    """LlamaGen's top-k filters `logits < k-th largest value`, so every logit tied with the k-th
+    survives: k = 3 keeps five logits here (5, 4 and the three 3s), not three by rank. Both
+    per-platform k-th largest methods (`backend`: the CPU's radix select, TPU/GPU's lax.top_k)
+    return the tied value, and the draw reaches each tied logit."""
+    x = jnp.array([[1.0, 5.0, 3.0, 0.0, 3.0, 4.0, 3.0, -2.0],
+                   [2.0, 2.0, 2.0, 2.0, 2.0, -1.0, 7.0, 2.0]])  # row 1: the 2nd to 7th largest tie
+    kth = sampling._kth_largest(backend.backend_config(platform), x, k=3)
+    np.testing.assert_array_equal(kth, [[3.0], [2.0]])
+    kept = np.isfinite(np.asarray(filter_logits(x, 1.0, 3, 1.0)))
+    np.testing.assert_array_equal(kept, np.asarray(x) >= np.asarray(kth))
+    assert kept.sum(1).tolist() == [5, 7]
+    # 400 draws from row 0 with 3s shifted up to tie with 4: every kept logit is drawn
+    flat = jnp.asarray([[1.0, 4.0, 4.0, 0.0, 4.0, 4.0, 4.0, -2.0]]).repeat(400, 0)
+    toks = sample_tokens(candidate_keys(jax.random.key(0), jnp.arange(1), jnp.arange(400))[0], jnp.int32(0),
+                         filter_logits(flat, 1.0, 2, 1.0))
+    assert set(np.asarray(toks).tolist()) == {1, 2, 4, 5, 6}
+
+
+@pytest.mark.exactness
+@settings(max_examples=8, deadline=None)
+@given(st.integers(0, 2**31 - 1))
+def test_a_draw_depends_only_on_its_key_step_and_logit_rows(seed):
+    """`decode.next_tokens` (CFG combine at a per-row scale, temperature, top-k with ties, top-p,
+    the Gumbel draw at a per-row step) of a row is a function of its key, step, scale and logit
+    rows alone: the same rows drawn in other batches (reordered, fewer, among other rows, one)
+    give the same tokens bit for bit. So compacted, pooled, split and sharded runs draw the same
+    tokens wherever their logits are equal (README, "Exactness")."""
+    rng = np.random.default_rng(seed)
+    R, V = 12, 300
+    lc = (rng.normal(size=(R, V)) * 3).astype(np.float32)
+    lc[:, 10:20] = lc[:, 10:11]  # a run of tied logits, often around the k-th
+    lu = (lc + rng.normal(size=(R, V))).astype(np.float32)
+    scale = rng.uniform(1.0, 5.0, R).astype(np.float32)
+    steps = rng.integers(0, 256, R).astype(np.int32)
+    keys = candidate_keys(jax.random.key(seed), jnp.arange(3), jnp.arange(4)).reshape(R)
+    s = SamplingConfig(cfg_scale=4.0, temperature=0.9, top_k=int(rng.integers(1, 60)), top_p=0.95)
+    draw = jax.jit(lambda *a: decode.next_tokens(s, *a, use_cfg=True))
+    full = np.asarray(draw(lc, lu, scale, keys, steps))
+    other = rng.integers(0, R, 8)  # filler rows: other candidates' rows in the same batch
+    perm = rng.permutation(R)
+    for rows, pad in ((perm, []), (perm[:5], []), (perm[:1], []), (perm[:7], other)):
+        idx = np.concatenate([rows, pad]).astype(int)
+        got = np.asarray(draw(lc[idx], lu[idx], scale[idx], keys[idx], steps[idx]))
+        np.testing.assert_array_equal(got[: len(rows)], full[rows])
+
+
+@pytest.mark.exactness
 def test_sample_tokens_are_jax_categorical_draws():
     """The materialised Gumbel-max draw picks exactly what jax.random.categorical picks."""
     keys = candidate_keys(jax.random.key(3), jnp.arange(2), jnp.arange(4))
@@ -163,6 +215,7 @@ def test_guided_logits_formula():
     np.testing.assert_allclose(guided_logits(lc, lu, jnp.array([3.0])), [[2.0, 6.0]])
 
 
+@pytest.mark.exactness
 def test_sample_tokens_depend_on_candidate_key_only():
     keys = candidate_keys(jax.random.key(0), jnp.arange(2), jnp.arange(3))
     logits = jnp.zeros((2, 3, 100))

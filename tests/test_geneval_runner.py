@@ -183,6 +183,7 @@ def test_settings_mismatch_refused_unless_overwrite(setup, tmp_path, capsys):
     assert json.loads((out / geneval.RUN_FILE).read_text())["settings"]["images_per_prompt"] == 1
 
 
+@pytest.mark.exactness
 def test_pool_gives_the_batched_images(setup, tmp_path, capsys):
     """--pool: the 12 generation runs of one call stream through a pool of 4 candidate rows (two
     runs of N = 2 at a time): byte-identical folders to the batched reference."""
@@ -218,6 +219,7 @@ def test_prompt_file_options_need_prompts(setup, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------ multi-host
 
+@pytest.mark.exactness
 def test_split_over_two_processes_then_merge_equals_one_process(setup, tmp_path, capsys):
     _, _, ref = setup
     parts = [tmp_path / "part0", tmp_path / "part1"]

@@ -1,4 +1,6 @@
 """The Flax LlamaGen GPT: an independent NumPy reference, cached == uncached, presets, bad input."""
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -120,12 +122,36 @@ def test_flax_matches_numpy_reference_and_cache(cfg):
     chex.assert_shape(full, (3, cfg.block_size, cfg.vocab_size))
     chex.assert_type(full, jnp.float32)
     assert _rel(full, np_forward(p, cfg, cond, tokens, mask)) <= 1e-5
-    assert _rel(_cached_logits(p, cfg, cond, mask, tokens), full) <= 1e-5
+    for layout in (p, gpt.unstack_layers(p)):  # layers scanned over a stacked cache; unrolled per layer
+        assert _rel(_cached_logits(layout, cfg, cond, mask, tokens), full) <= 1e-5
 
 
-def test_per_layer_params_and_cache_layout():
-    """unstack_layers/stack_layers round-trip; the cache is one (B, Hkv, S, hd) buffer per layer;
-    stacked and per-layer parameters give bit-identical logits and caches."""
+def test_forward_holds_no_kv_cache():
+    """The teacher-forced forward (training, scoring) allocates and writes no KV cache, and its
+    logits are those of the cached call on an empty cache of the whole sequence (1e-6)."""
+    cfg = GQA
+    p = gpt.init_params(cfg, jax.random.key(1))
+    cond, mask, tokens = _inputs(cfg)
+    cache = gpt.init_cache(cfg, tokens.shape[0], cfg.cls_token_num + cfg.block_size - 1, mask)
+
+    def cached(p):
+        def run(m):
+            h = jnp.concatenate([m.embed_condition(cond, jnp.zeros(3, bool)), m.embed_tokens(tokens[:, :-1])], 1)
+            return m(h, cache, 0)[0][:, cfg.cls_token_num - 1:]
+        return gpt.nn.apply(run, gpt.Transformer(cfg))({"params": p})
+
+    assert "dynamic_update_slice" in str(jax.make_jaxpr(cached)(p))  # a cache write, as the check sees it
+    assert "dynamic_update_slice" not in str(jax.make_jaxpr(lambda p: gpt.forward(p, cfg, cond, tokens, mask))(p))
+    assert _rel(gpt.forward(p, cfg, cond, tokens, mask), cached(p)) <= 1e-6
+
+
+@pytest.mark.exactness
+def test_layer_layouts_are_the_same_model():
+    """unstack_layers/stack_layers round-trip. Per-layer parameters get one (B, Hkv, S, hd) cache
+    buffer per layer and run unrolled; stacked ones a (B, L, Hkv, S, hd) cache and run under
+    lax.scan; per-layer parameters over a stacked cache run unrolled over its layers. Logits and
+    caches agree within float rounding (the scanned body fuses differently from the unrolled
+    layers), and each layout decodes the other's cache."""
     cfg = GQA
     p = gpt.init_params(cfg, jax.random.key(1))
     u = gpt.unstack_layers(p)
@@ -135,12 +161,39 @@ def test_per_layer_params_and_cache_layout():
     chex.assert_trees_all_equal(u["layers"][1], jax.tree.map(lambda x: x[1], p["layers"]))
     cond, mask, tokens = _inputs(cfg)
     (la, ca), (lb, cb) = (decode.prefill(q, cfg, cond, mask, use_cfg=False) for q in (p, u))
-    assert isinstance(ca.k, tuple) and len(ca.k) == len(ca.v) == cfg.n_layer
-    for x in (*ca.k, *ca.v):
-        chex.assert_shape(x, (cond.shape[0], cfg.kv_heads, cfg.max_seq_len - 1, cfg.head_dim))
-    chex.assert_trees_all_equal((la, ca), (lb, cb))
-    step = [decode.decode_step(q, cfg, ca, tokens[:, 0], jnp.int32(0)) for q in (p, u)]
-    chex.assert_trees_all_equal(step[0], step[1])
+    B, S = cond.shape[0], cfg.max_seq_len - 1
+    assert ca.stacked and not cb.stacked and len(cb.k) == len(cb.v) == cfg.n_layer
+    chex.assert_shape([ca.k, ca.v], (B, cfg.n_layer, cfg.kv_heads, S, cfg.head_dim))
+    chex.assert_shape([*cb.k, *cb.v], (B, cfg.kv_heads, S, cfg.head_dim))
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
+    close(la, lb)
+    for i in range(cfg.n_layer):
+        close(ca.layer(i)[0], cb.layer(i)[0])
+        close(ca.layer(i)[1], cb.layer(i)[1])
+    want = decode.decode_step(u, cfg, cb, tokens[:, 0], jnp.int32(0))
+    for q, c in ((p, ca), (u, ca), (p, cb)):  # scanned; per-layer over a stacked cache; stacked over per-layer
+        got = decode.decode_step(q, cfg, c, tokens[:, 0], jnp.int32(0))
+        close(got[0], want[0])
+        for i in range(cfg.n_layer):
+            close(got[1].layer(i)[0], want[1].layer(i)[0])
+    with pytest.raises(ValueError, match="unknown platform"):
+        gpt.decode_layout(p, "gpu2")
+
+
+@pytest.mark.parametrize("platform", ["cpu", "tpu", "cuda"])
+def test_decode_layout_is_the_backends_choice(platform):
+    """`decode_layout(params, platform)` lays the weights out as `backend.backend_config` says:
+    column blocks per layer on a multi-core CPU, stacked (scanned) layers where scan_layers."""
+    from scalingar_jax.backend import backend_config
+
+    choice = backend_config(platform)
+    p = gpt.param_shapes(GQA)
+    laid = jax.eval_shape(functools.partial(gpt.decode_layout, platform=platform), p)
+    assert gpt.layers_stacked(laid) == choice.scan_layers
+    if not choice.scan_layers:
+        w1 = laid["layers"][0]["feed_forward"]["w1"]["kernel"]
+        assert (len(w1) if isinstance(w1, tuple) else 1) == choice.column_splits
+    assert platform != "cpu" or not choice.scan_layers  # the CPU runs unrolled layers (README)
 
 
 @pytest.mark.parametrize("n", [2, 4])

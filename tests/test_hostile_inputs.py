@@ -540,8 +540,8 @@ def test_generate_out_folder_is_replaced_whole_and_guarded(world, tmp_path, monk
     monkeypatch.setattr(cli, "_write_generate_outputs", writer(1, False))
     assert _cli(argv + ["--seed", "1"])[0] == 0
     monkeypatch.setattr(cli, "_write_generate_outputs", writer(2, True))
-    with pytest.raises(KeyboardInterrupt):
-        _cli(argv + ["--seed", "2"])
+    rc, err = _cli(argv + ["--seed", "2"])  # Ctrl-C: one line, exit 130
+    assert rc == 130 and err == "scalingar: interrupted; nothing was half-written (rerun the same command)\n", err
     assert (out / "selected.png").read_bytes() == b"png 1" and json.loads((out / "result.json").read_text()) == {
         "seed": 1}
     assert sorted(os.listdir(tmp_path)) == ["o"]
@@ -564,6 +564,50 @@ def test_evaluate_refuses_huge_declared_png_before_decoding(tmp_path):
     assert png_size(sample) == (20000, 20000)
     rc, err = _cli(["evaluate", str(tmp_path)])
     assert rc == 2 and "20000 x 20000" in err and err.count("\n") == 1, err
+
+
+@pytest.fixture
+def no_hang():
+    """Fails the test (instead of hanging the suite) if a read blocks for 30 s, e.g. on a FIFO."""
+    import signal
+
+    def hung(*_):
+        raise TimeoutError("blocked for 30 s (a read waiting on a FIFO?)")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_geneval_folders_are_read_within_bounds(tmp_path, no_hang):
+    """A run folder's metadata.jsonl (read by `scalingar evaluate`, a resumed run, `merge`) and
+    its sample PNGs are read as regular files within bounds: a FIFO is refused unread, never
+    waited on; a 200 MB metadata.jsonl is refused before a byte of it is read."""
+    from scalingar_jax import geneval
+    from scalingar_jax.images import read_png, write_png
+
+    folder = tmp_path / "run" / "00000"
+    (folder / "samples").mkdir(parents=True)
+    meta = folder / "metadata.jsonl"
+    os.mkfifo(meta)
+    rc, err = _cli(["evaluate", str(tmp_path / "run")])
+    assert rc == 2 and err.count("\n") == 1 and "metadata.jsonl': is a FIFO (named pipe)" in err, err
+    assert not geneval.folder_is_complete(folder, RECORD, 1)  # a resumed run redoes the folder
+    meta.unlink()
+    with open(meta, "wb") as f:  # sparse
+        f.truncate(200 << 20)
+    rc, err = _cli(["evaluate", str(tmp_path / "run")])
+    assert rc == 2 and err.count("\n") == 1 and "209715200 bytes, more than the 65536-byte limit" in err, err
+    meta.write_text(json.dumps(RECORD))
+    write_png(folder / "grid.png", np.zeros((4, 4, 3), np.uint8))
+    os.mkfifo(folder / "samples" / "0000.png")
+    assert geneval.read_folder_record(folder) == RECORD
+    rc, err = _cli(["evaluate", str(tmp_path / "run")])
+    assert rc == 2 and err.count("\n") == 1 and "0000.png': is a FIFO (named pipe)" in err, err
+    with pytest.raises(ValueError, match="0000.png': is a FIFO"):
+        read_png(folder / "samples" / "0000.png")
 
 
 # --------------------------------------------------------------------------------------------
@@ -607,3 +651,523 @@ def test_bombs_in_a_subprocess(bombs):
     largest = max(p.stat().st_size for p, _ in bombs.values())
     assert report["_maxrss"] < max(256 * MB, 3 * largest), report["_maxrss"]
     assert not (next(iter(bombs.values()))[0].parent / "MARKER").exists()
+
+
+# ============================================================================================
+# issue 27: a bundle is data, never code; every file and argument a user passes is bounded
+# and answered in one line (exit 2, or 130 for Ctrl-C), nothing runs, nothing is left behind
+# ============================================================================================
+
+FIXTURES = Path(__file__).parent / "fixtures"
+T5_DIR, CLIP_DIR = FIXTURES / "t5_tiny", FIXTURES / "clip_tiny"
+RECORD = {"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"}
+
+
+def _refused(argv, *fragments, absent=()) -> str:
+    """argv exits 2 with one line holding every fragment; nothing (nor a temp sibling) is at `absent`."""
+    rc, err = _cli([str(a) for a in argv])
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, (rc, err)
+    for frag in fragments:
+        assert frag in err, (frag, err)
+    for path in map(Path, absent):
+        assert not os.path.lexists(path), path
+        if path.parent.exists():
+            assert not [p.name for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.")]
+    return err
+
+
+def _edit_json(path: Path, edit) -> Path:
+    record = json.loads(path.read_text())
+    edit(record)
+    path.write_text(json.dumps(record))
+    return path
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(src, dst, symlinks=True))
+
+
+@pytest.fixture(scope="module")
+def t2i(tmp_path_factory):
+    """Tiny LlamaGen parts that fit the tiny HF T5 (caption_dim 32 = its d_model) as model
+    folders gpt/ and vq/, and a t2i bundle bundle/ made from them with its text/ part."""
+    import jax
+
+    from scalingar_jax import gpt, vq
+    from scalingar_jax.checkpoint import save_model
+    from scalingar_jax.config import GPTConfig
+    from scalingar_jax.llamagen import assemble_bundle
+
+    d = tmp_path_factory.mktemp("t2i")
+    rng = np.random.default_rng(0)
+
+    def rand(shapes):
+        return jax.tree.map(lambda s: rng.normal(0.0, 0.2, s.shape).astype(s.dtype), shapes)
+
+    g = GPTConfig(model_type="t2i", n_layer=1, n_head=2, dim=16, vocab_size=8, multiple_of=16, grid_size=4,
+                  cls_token_num=8, caption_dim=32)
+    v = vq.VQConfig(codebook_size=8, codebook_embed_dim=2, ch=4, ch_mult=(1, 2), z_channels=4, num_res_blocks=1,
+                    norm_groups=4)
+    save_model(d / "gpt", rand(gpt.param_shapes(g)), g, kind="gpt")
+    save_model(d / "vq", rand(vq.vq_param_shapes(v)), v, kind="vq")
+    assemble_bundle(d / "bundle", gpt=d / "gpt", vq=d / "vq", t5=T5_DIR, preprocess="lowercase", log=lambda _: None)
+    return d
+
+
+def test_a_bundle_names_no_code(t2i, world, tmp_path):
+    """Finding 1: the preprocess option and the loader are names in tables in code; a reference
+    to code is refused before anything runs, except the exact values earlier versions wrote."""
+    from scalingar_jax.bundle import read_bundle
+    from scalingar_jax.pipeline import load_pipeline
+
+    marker, out = tmp_path / "MARKER", tmp_path / "o"
+    b = _copy(t2i / "bundle", tmp_path / "b")
+    _edit_json(b / "bundle.json", lambda r: r["options"].update(preprocess="scalingar_jax.cli:os.system"))
+    _refused(["generate", f"touch {marker}", "--checkpoint", b, "--out", out], "option 'preprocess'",
+             "'scalingar_jax.cli:os.system' names code", absent=[out])
+    assert not marker.exists()
+    w = _copy(world, tmp_path / "w")
+    good = (w / "bundle.json").read_text()
+    for loader in ("scalingar_jax.cli:sys.exit", "os:system", "scalingar_jax.llamagen:pipeline_from_bundle"):
+        _edit_json(w / "bundle.json", lambda r: r.update(loader=loader))
+        _refused(["generate", "a photo of a circle", "--checkpoint", w, "--out", out], f"'loader' {loader!r} names code",
+                 absent=[out])
+    # what earlier versions of this package wrote for their own kinds is still read
+    (w / "bundle.json").write_text(good)
+    _edit_json(w / "bundle.json", lambda r: r.update(loader="scalingar_jax.world.pipeline:pipeline_from_bundle"))
+    assert read_bundle(w).kind == "shapes-world"
+    _edit_json(b / "bundle.json", lambda r: r["options"].update(preprocess="scalingar_jax.caption:llamagen_preprocess"))
+    try:
+        assert load_pipeline(b).name == read_bundle(b).name
+    except ImportError as e:  # no sentencepiece: the loader took the option, then found no tokenizer package
+        assert "needs the optional 'sentencepiece' package" in str(e)
+
+
+def test_bundle_links_size_and_fields_are_checked(world, tmp_path):
+    """Finding 3: a part (or a file in one) that links out of the bundle, a 200 MB or FIFO
+    bundle.json, and an out-of-range scaling or sampling field are each one line."""
+    out = tmp_path / "o"
+    b = _copy(world, tmp_path / "b")
+    argv = ["generate", "a photo of a circle", "--checkpoint", b, "--out", out]
+    good = (b / "bundle.json").read_text()
+    os.rename(b / "gpt", tmp_path / "gpt_outside")
+    (b / "gpt").symlink_to(tmp_path / "gpt_outside")
+    _refused(argv, "part 'gpt'", "'gpt' is a symbolic link to", "outside the folder", absent=[out])
+    (b / "gpt").unlink()
+    (b / "gpt").symlink_to("text")  # a link inside the bundle is data like any folder (here the wrong one)
+    _refused(argv, "holds a 'text' model", absent=[out])
+    (b / "gpt").unlink()
+    os.rename(tmp_path / "gpt_outside", b / "gpt")
+    os.rename(b / "vq" / "config.json", tmp_path / "vq_config.json")
+    (b / "vq" / "config.json").symlink_to(tmp_path / "vq_config.json")
+    _refused(argv, "part 'vq'", "vq/config.json' is a symbolic link to", absent=[out])
+    (b / "vq" / "config.json").unlink()
+    os.rename(tmp_path / "vq_config.json", b / "vq" / "config.json")
+    with open(b / "bundle.json", "r+b") as f:  # 200 MB (sparse): refused before a byte is read
+        f.truncate(200 << 20)
+    _refused(argv, "bundle.json: 209715200 bytes, more than the 1048576-byte limit", absent=[out])
+    (b / "bundle.json").unlink()
+    os.mkfifo(b / "bundle.json")
+    _refused(argv, "bundle.json", "is a FIFO", absent=[out])
+    (b / "bundle.json").unlink()
+    for section, field, value, fragment in [
+        ("scaling", "probation_steps", 10**30, "probation_steps must be <= 65536"),
+        ("scaling", "rebound_steps", 10**9, "rebound_steps must be <= 65536"),
+        ("scaling", "block_size", 10**6, "block_size must be <= 256"),
+        ("scaling", "min_survivors", 2**70, "min_survivors must be <= 65536"),
+        ("scaling", "s_max", 1e300, "s_max must be in [-1e+12, 1e+12]"),
+        ("scaling", "alpha", 1e13, "alpha must be in"),
+        ("sampling", "cfg_interval", 10**30, "cfg_interval must be in [-1, 1048576]"),
+        ("sampling", "top_k", 10**30, "top_k must be in [0, 16777216]"),
+        ("sampling", "temperature", 1e300, "temperature must be finite and in [-10000.0, 10000.0]"),
+    ]:
+        (b / "bundle.json").write_text(good)
+        _edit_json(b / "bundle.json", lambda r: r.setdefault(section, {}).update({field: value}))
+        _refused(argv, "bundle.json", f"'{section}'", fragment, absent=[out])
+
+
+@pytest.mark.parametrize("layers", [10**9, 10**12])
+def test_hf_folders_with_huge_layer_counts(t2i, world, tmp_path, layers):
+    """Finding 4: a HF T5 (--t5) or CLIP (clipscore:DIR) config is checked against its weights'
+    tensor names before anything is built from its numbers."""
+    t5 = _edit_json(_copy(T5_DIR, tmp_path / "t5") / "config.json", lambda r: r.update(num_layers=layers)).parent
+    out = tmp_path / "bundle_out"
+    _refused(["bundle", out, "--gpt", t2i / "gpt", "--vq", t2i / "vq", "--t5", t5],
+             f"num_layers is {layers} but the weights hold 2 layers (indices 0..1)", absent=[out])
+    clip = _copy(CLIP_DIR, tmp_path / "clip")
+    _edit_json(clip / "config.json", lambda r: r["vision_config"].update(num_hidden_layers=layers))
+    _refused(["generate", "a photo of a circle", "--checkpoint", world, "--strategy", "best_of_n", "-n", "2",
+              "--reward", f"clipscore:{clip}", "--out", tmp_path / "o"],
+             f"vision_config.num_hidden_layers is {layers} but the weights hold 2 layers", absent=[tmp_path / "o"])
+
+
+def test_spiece_model_is_checked_when_bundling_and_loading(t2i, tmp_path):
+    """Finding 5: a garbage or empty spiece.model is refused by `scalingar bundle`, and a bundle
+    made before that check fails `generate` in one line."""
+    out = tmp_path / "bundle_out"
+    for i, data in enumerate([b"", np.random.default_rng(0).bytes(4096), b"not a sentencepiece model\n" * 8]):
+        t5 = _copy(T5_DIR, tmp_path / f"t5_{i}")
+        (t5 / "spiece.model").write_bytes(data)
+        _refused(["bundle", out, "--gpt", t2i / "gpt", "--vq", t2i / "vq", "--t5", t5], "spiece.model",
+                 "is not a SentencePiece model", absent=[out])
+    b = _copy(t2i / "bundle", tmp_path / "b")
+    (b / "text" / "spiece.model").write_bytes(b"\x0a\xff\xff\xff\x0f garbage")
+    _refused(["generate", "a red cat", "--checkpoint", b, "--out", tmp_path / "o"], "text/spiece.model",
+             "is not a SentencePiece model", absent=[tmp_path / "o"])
+
+
+def _record_lines(n: int) -> bytes:
+    return (json.dumps(RECORD) + "\n").encode() * n
+
+
+def test_prompt_files_are_read_within_bounds(world, tmp_path):
+    """Findings 6 and 9e: a FIFO, /dev/zero, a folder, a huge record, too many records,
+    UTF-16 or Latin-1 text: each refused in one line naming the file, before a model loads."""
+    out = tmp_path / "o"
+    files = {}
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    files["fifo"] = (tmp_path / "fifo.jsonl", "is a FIFO (named pipe), not a regular file")
+    files["zero"] = ("/dev/zero", "/dev/zero: is a character device, not a regular file")
+    files["folder"] = (tmp_path, "is a folder, not a file")
+    big = dict(RECORD, prompt="a photo of a circle " + "x" * (1 << 20))
+    (tmp_path / "long.jsonl").write_bytes(_record_lines(2) + json.dumps(big).encode() + b"\n")
+    files["long"] = (tmp_path / "long.jsonl", "long.jsonl:3: a line longer than 65536 bytes")
+    (tmp_path / "huge.jsonl").write_bytes(_record_lines(1) + json.dumps(dict(RECORD, prompt="y" * (50 << 20))).encode())
+    files["huge"] = (tmp_path / "huge.jsonl", "more than the 16777216-byte limit")
+    small = b'{"tag":"colors","include":[{"class":"a","count":1}],"prompt":"a"}\n'
+    (tmp_path / "many.jsonl").write_bytes(small * 100_001)
+    files["many"] = (tmp_path / "many.jsonl", "many.jsonl:100001: more than 100000 records")
+    (tmp_path / "utf16.jsonl").write_text(json.dumps(RECORD) + "\n", encoding="utf-16")
+    files["utf16"] = (tmp_path / "utf16.jsonl", "utf16.jsonl: not UTF-8 text (it is UTF-16: save it as UTF-8)")
+    (tmp_path / "latin1.jsonl").write_bytes(_record_lines(1) + json.dumps(dict(RECORD, prompt="a café"),
+                                                                          ensure_ascii=False).encode("latin-1"))
+    files["latin1"] = (tmp_path / "latin1.jsonl", "latin1.jsonl:2: not UTF-8 text")
+    for path, fragment in files.values():
+        _refused(["generate", "--prompts", path, "--checkpoint", world, "--out", out], "--prompts", fragment,
+                 absent=[out])
+
+
+def _split_run(tmp_path: Path) -> list[Path]:
+    """The two finished parts (processes 0 and 1) of a run of 4 records, 1 image each, written
+    by hand (no model)."""
+    from scalingar_jax import geneval
+
+    records = [dict(RECORD, prompt=f"a photo of a circle, take {i}") for i in range(4)]
+    parts = []
+    for p in range(2):
+        part = tmp_path / f"part{p}"
+        share = [(i, records[i]) for i in range(2 * p, 2 * p + 2)]
+        todo = geneval.prepare_run(part, {"seed": 0, "images_per_prompt": 1}, share, selected=4, images_per_prompt=1,
+                                   process_index=p, process_count=2)
+        for i, record in todo:
+            geneval.write_prompt_folder(part, i, record, [np.full((4, 4, 3), i, np.uint8)])
+        parts.append(part)
+    return parts
+
+
+def test_merge_reads_parts_without_following_links(tmp_path):
+    """Findings 2 and 9a: a prompt folder or a sample that is a link (out of the part) is
+    refused, and so is a manifest whose indices are not prompt indices."""
+    import shutil
+
+    parts = _split_run(tmp_path / "run")
+    out = tmp_path / "merged"
+    argv = [str(a) for a in ["merge", *parts, "--out", out]]
+    assert _cli(argv)[0] == 0 and sorted(os.listdir(out)) == ["00000", "00001", "00002", "00003", "scalingar_run.json"]
+    shutil.rmtree(out)
+    folder = parts[1] / "00002"
+    os.rename(folder, tmp_path / "outside_folder")
+    folder.symlink_to(tmp_path / "outside_folder")
+    _refused(argv, "00002 is a symbolic link", absent=[out])
+    folder.unlink()
+    os.rename(tmp_path / "outside_folder", folder)
+    (tmp_path / "secret.png").write_bytes(b"outside")
+    sample = parts[0] / "00001" / "samples" / "0000.png"
+    sample.unlink()
+    sample.symlink_to(tmp_path / "secret.png")
+    _refused(argv, "00001/samples/0000.png is a symbolic link", absent=[out])
+    geneval_image = np.full((4, 4, 3), 1, np.uint8)
+    sample.unlink()
+    from scalingar_jax.images import write_png
+
+    write_png(sample, geneval_image)
+    manifest = parts[1] / "scalingar_run.json"
+    good = manifest.read_text()
+    for indices, fragment in [([[2], 3], "got [2]"), ([2, 2], "distinct"), ([2, -1], "got -1"), ("2,3", "got '2,3'")]:
+        _edit_json(manifest, lambda r: r.update(indices=indices))
+        _refused(argv, "'indices' must be a list of distinct prompt indices", fragment, absent=[out])
+        manifest.write_text(good)
+    os.rename(manifest, tmp_path / "manifest_outside")
+    manifest.symlink_to(tmp_path / "manifest_outside")
+    _refused(argv, "scalingar_run.json: is a symbolic link", absent=[out])
+    manifest.unlink()
+    os.rename(tmp_path / "manifest_outside", manifest)
+    assert _cli(argv)[0] == 0
+
+
+def test_runs_that_do_not_fit_are_refused_before_allocating(world, random_world, tmp_path, monkeypatch):
+    """Finding 7: the memory a run needs is estimated from the configs (KV cache of P x N x 2
+    rows, logits, images) and compared with what the process may take, before anything is
+    allocated; the refusal names both."""
+    from scalingar_jax import pipeline, resources
+    from scalingar_jax.checkpoint import read_config
+
+    gpt_cfg, vq_cfg = read_config(world / "gpt")[1], read_config(world / "vq")[1]
+    need = resources.run_memory(gpt_cfg, vq_cfg, prompts=1, candidates=1024, decode_candidates=True)
+    # 2 (K, V) x 6 layers x 2048 rows x 6 heads x (16 + 144 - 1) positions x 32 x 4 bytes
+    assert need.kv_cache == 2 * 6 * 2048 * 6 * 159 * 32 * 4 and need.rows == 2048
+    assert need.total > 2 * need.kv_cache
+    monkeypatch.setattr(resources, "available_memory", lambda: (1 << 30, "available memory"))
+    out = tmp_path / "o"
+    _refused(["generate", "a photo of a circle", "--checkpoint", world, "-n", "1024", "--out", out],
+             f"needs about {need.total / resources.GB:.2f} GB", "KV cache 2.79 GB for 2048 model rows",
+             "but this process has 1.00 GB (available memory)", "lower -n", absent=[out])
+    pipe = pipeline.load_pipeline(random_world, with_reward=False)
+    with pytest.raises(resources.ResourceError, match="needs about .* but this process has 1.00 GB"):
+        pipeline.generate(pipe, ["a circle"], num_candidates=100_000)
+    # candidates decode DECODE_CHUNK at a time (the last chunk padded): the same images as one by one
+    tokens = np.random.default_rng(0).integers(0, pipe.gpt_cfg.vocab_size, (2 * pipeline.DECODE_CHUNK + 5,
+                                                                            pipe.gpt_cfg.block_size))
+    one_by_one = np.concatenate([pipe.decode_images(t[None]) for t in tokens])
+    np.testing.assert_allclose(pipe.decode_images(tokens).astype(int), one_by_one.astype(int), atol=1)
+    # on an accelerator the device part is held against the device's free memory, per device
+    import jax
+
+    class Accelerator:
+        platform = "gpu"
+
+        def memory_stats(self):
+            return {"bytes_limit": 4 << 30, "bytes_in_use": 1 << 30}
+
+        def __str__(self):
+            return "cuda:0"
+
+    monkeypatch.setattr(resources, "available_memory", lambda: (64 << 30, "available memory"))
+    monkeypatch.setattr(jax, "devices", lambda *a: [Accelerator()])
+    with pytest.raises(resources.ResourceError, match=r"needs about 5\.\d\d GB on each gpu device .* cuda:0 has 3\.00 GB"):
+        resources.check_run_memory(gpt_cfg, vq_cfg, prompts=1, candidates=1024)
+    assert resources.check_run_memory(gpt_cfg, vq_cfg, prompts=1, candidates=1024, devices=2).rows == 2048
+
+
+def test_one_run_writes_an_out_folder_at_a_time(world, tmp_path):
+    """Finding 8 (concurrency): a second `generate --prompts` on a folder another run is writing
+    exits 2 naming that run; a lock left by a dead process of this host is taken over; one
+    naming another host is named."""
+    import socket
+
+    from scalingar_jax import geneval
+
+    out = tmp_path / "o"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_bytes(_record_lines(2))
+    with geneval.run_lock(out):
+        _refused(["generate", "--prompts", prompts, "--checkpoint", world, "--out", out],
+                 f"is being written by another run (pid {os.getpid()} on host {socket.gethostname()!r}")
+    assert not out.exists()  # the lock made the folder and took it away again
+    out.mkdir()
+    lock = out / geneval.LOCK_FILE
+    lock.write_text(json.dumps({"pid": 2**22 + 77, "host": socket.gethostname(), "since": "then"}))
+    with geneval.run_lock(out) as path:
+        assert json.loads(Path(path).read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+    lock.write_text(json.dumps({"pid": 4242, "host": "elsewhere", "since": "then"}))
+    with pytest.raises(geneval.RunLocked, match="pid 4242 on host 'elsewhere'.*delete the file"):
+        with geneval.run_lock(out):
+            pass
+
+
+def test_bundle_on_a_full_disk(t2i, tmp_path, monkeypatch):
+    """Finding 9b: a copy that fails (disk full) is one line naming the file, nothing left."""
+    import errno
+    import shutil
+
+    def full(src, dst, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(shutil, "copyfile", full)
+    out = tmp_path / "b"
+    _refused(["bundle", out, "--gpt", t2i / "gpt", "--vq", t2i / "vq", "--t5", T5_DIR], "cannot copy",
+             "No space left on device", absent=[out])
+
+
+def _corrupted_pt(path: Path) -> Path:
+    """A GPT .pt whose largest stored record has one bit flipped (its CRC-32 no longer holds)."""
+    src = tp.save_torch_state_dict(path, _gpt_arrays(), wrapper="model",
+                                   extra={"scalingar_config": {"n_head": 2, "grid_size": 4}})
+    with zipfile.ZipFile(src) as zf:
+        info = max((i for i in zf.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(src, "r+b") as f:
+        f.seek(info.header_offset)
+        head = f.read(30)
+        start = info.header_offset + 30 + struct.unpack("<H", head[26:28])[0] + struct.unpack("<H", head[28:30])[0]
+        f.seek(start + info.file_size // 2)
+        byte = f.read(1)
+        f.seek(start + info.file_size // 2)
+        f.write(bytes([byte[0] ^ 0x40]))
+    return src
+
+
+def test_corrupted_pt_record_is_refused(tmp_path):
+    """Finding 9c: a stored record whose bytes fail the zip's CRC-32 never becomes a model."""
+    src = _corrupted_pt(tmp_path / "g.pt")
+    dst = tmp_path / "out"
+    rc, err = _convert_cli([str(src), str(dst)])
+    _assert_refused(rc, err, dst, "fails its CRC-32 check", "the file is corrupted")
+
+
+def test_checkpoint_that_is_a_folder_or_a_fifo(t2i, tmp_path):
+    """Finding 9d: a folder or a FIFO given as a checkpoint file is named as what it is."""
+    folder, fifo = tmp_path / "dir.pt", tmp_path / "fifo.pt"
+    folder.mkdir()
+    os.mkfifo(fifo)
+    dst = tmp_path / "out"
+    for src, fragment in ((folder, "is a folder, not a file"), (fifo, "is a FIFO (named pipe), not a regular file")):
+        rc, err = _convert_cli([str(src), str(dst)])
+        _assert_refused(rc, err, dst, fragment)
+    _refused(["bundle", dst, "--gpt", fifo, "--vq", t2i / "vq"], "--gpt", "is a FIFO", absent=[dst])
+
+
+# --------------------------------------------------------------------------------------------
+# Ctrl-C (a child process per interruption)
+# --------------------------------------------------------------------------------------------
+
+
+def _interrupt(argv, when, log: Path, timeout: float = 240.0) -> tuple[int, str]:
+    """Runs `python -m scalingar_jax.cli argv` (stderr into `log`), sends SIGINT once `when()`
+    holds; (exit status, stderr)."""
+    import signal
+    import time
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "scalingar_jax.cli", *map(str, argv)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + timeout
+        try:
+            while not when() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return proc.returncode, log.read_text()
+
+
+def test_ctrl_c_is_one_line_130_and_leaves_no_temp_folder(random_world, tmp_path):
+    """Finding 8: Ctrl-C during the first compilation or between prompt folders: exit 130 (not
+    a traceback, nor a crash at shutdown), one line saying how many folders are done and how to
+    resume, no temp folder, no lock."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_bytes(_record_lines(12))
+    out, log = tmp_path / "o", tmp_path / "stderr.txt"
+    argv = ["generate", "--prompts", prompts, "--checkpoint", random_world, "--out", out, "--strategy", "plain",
+            "--images-per-prompt", "1", "--batch", "1"]
+    for started in (lambda: "already done" in log.read_text(), lambda: (out / "00001").exists()):
+        rc, err = _interrupt(argv, started, log)
+        done = sorted(p for p in os.listdir(out) if p.isdigit())
+        assert rc == 130 and "Traceback" not in err, (rc, err)
+        assert err.strip().splitlines()[-1] == (f"scalingar: interrupted: {len(done)} of 12 prompt folders done in "
+                                                f"{out}; rerun the same command to resume"), err
+        assert sorted(os.listdir(out)) == done + ["scalingar_run.json"]  # no temp folder, no lock
+        for name in done:
+            assert sorted(os.listdir(out / name / "samples")) == ["0000.png"]
+    assert len(done) >= 2
+
+
+# --------------------------------------------------------------------------------------------
+# the Done-when of issue 27: every case in one child process, memory measured per case
+# --------------------------------------------------------------------------------------------
+
+_CASES_CHILD = textwrap.dedent("""
+    import contextlib, io, json, os, resource, sys
+    import jax, jax.numpy as jnp
+    from scalingar_jax import cli, pipeline  # the process's baseline: the command and JAX loaded
+    jax.block_until_ready(jnp.ones(2) + 1)
+
+    def status(key):
+        return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
+
+    # an address-space limit 2.5 GB above what the process maps now (the -n 1024 case needs more)
+    limit = status("VmSize:") + int(2.5 * (1 << 30))
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    report = {}
+    for name, argv in json.loads(sys.argv[1]).items():
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # the peak RSS restarts from the current RSS
+        base = status("VmRSS:")
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            rc = cli.main(argv)
+        report[name] = {"rc": rc, "err": err.getvalue(), "above_baseline": status("VmHWM:") - base}
+    print(json.dumps(report))
+""")
+
+
+def test_every_case_in_a_child_process(t2i, world, tmp_path):
+    """Each hostile input of issue 27 in one child (under an address-space limit): exit 2, one
+    line, nothing executed or left behind, at most 256 MB above the process's baseline."""
+    marker = tmp_path / "MARKER"
+    code = _copy(t2i / "bundle", tmp_path / "code")
+    _edit_json(code / "bundle.json", lambda r: r["options"].update(preprocess="scalingar_jax.cli:os.system"))
+    huge = _copy(world, tmp_path / "huge")
+    with open(huge / "bundle.json", "r+b") as f:
+        f.truncate(200 << 20)
+    (tmp_path / "record.jsonl").write_bytes(json.dumps(dict(RECORD, prompt="z" * (50 << 20))).encode() + b"\n")
+    (tmp_path / "million.jsonl").write_bytes(_record_lines(1_000_000))
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    t5 = _edit_json(_copy(T5_DIR, tmp_path / "t5") / "config.json", lambda r: r.update(num_layers=10**12)).parent
+    clip = _copy(CLIP_DIR, tmp_path / "clip")
+    _edit_json(clip / "config.json", lambda r: r["text_config"].update(num_hidden_layers=10**12))
+    parts = _split_run(tmp_path / "run")
+    (parts[0] / "00000" / "grid.png").unlink()
+    (parts[0] / "00000" / "grid.png").symlink_to("/etc/hostname")
+    listed = _split_run(tmp_path / "run_b")
+    _edit_json(listed[1] / "scalingar_run.json", lambda r: r.update(indices=[[1], 3]))
+    linked = _copy(world, tmp_path / "linked")
+    os.rename(linked / "gpt", tmp_path / "gpt_outside")
+    (linked / "gpt").symlink_to(tmp_path / "gpt_outside")
+    steps = _copy(world, tmp_path / "steps")
+    _edit_json(steps / "bundle.json", lambda r: r["scaling"].update(probation_steps=10**30))
+    spiece = _copy(T5_DIR, tmp_path / "spiece")
+    (spiece / "spiece.model").write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp_path / "utf16.jsonl").write_text(json.dumps(RECORD) + "\n", encoding="utf-16")
+    crc = _corrupted_pt(tmp_path / "crc.pt")
+    out = tmp_path / "out"
+    gen = ["generate", "--checkpoint", world, "--out", str(out)]
+    cases = {
+        "preprocess_os_system": (["generate", f"touch {marker}", "--checkpoint", code, "--out", out], "names code"),
+        "bundle_200MB": (["generate", "a photo of a circle", "--checkpoint", huge, "--out", out], "byte limit"),
+        "record_50MB": (gen + ["--prompts", tmp_path / "record.jsonl"], "byte limit"),
+        "million_records": (gen + ["--prompts", tmp_path / "million.jsonl"], "byte limit"),
+        "dev_zero": (gen + ["--prompts", "/dev/zero"], "character device"),
+        "fifo": (gen + ["--prompts", tmp_path / "fifo.jsonl"], "FIFO"),
+        "t5_layers": (["bundle", out, "--gpt", t2i / "gpt", "--vq", t2i / "vq", "--t5", t5], "num_layers is"),
+        "clip_layers": (gen + ["a photo of a circle", "--strategy", "best_of_n", "-n", "2", "--reward",
+                               f"clipscore:{clip}"], "num_hidden_layers is"),
+        "n_1024": (gen + ["a photo of a circle", "-n", "1024"], "address space left under its limit"),
+        "merge_link": (["merge", *parts, "--out", out], "grid.png is a symbolic link"),
+        "merge_index_list": (["merge", *listed, "--out", out], "'indices' must be a list of distinct"),
+        "part_link": (["generate", "a photo of a circle", "--checkpoint", linked, "--out", out], "outside the folder"),
+        "probation_1e30": (["generate", "a photo of a circle", "--checkpoint", steps, "--out", out],
+                           "probation_steps must be <= 65536"),
+        "spiece_garbage": (["bundle", out, "--gpt", t2i / "gpt", "--vq", t2i / "vq", "--t5", spiece],
+                           "is not a SentencePiece model"),
+        "utf16_prompts": (gen + ["--prompts", tmp_path / "utf16.jsonl"], "it is UTF-16"),
+        "pt_crc": (["convert", crc, out], "fails its CRC-32 check"),
+        "pt_is_a_folder": (["convert", tmp_path / "run", out], "is a folder, not a file"),
+    }
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", _CASES_CHILD,
+                           json.dumps({k: [str(a) for a in argv] for k, (argv, _) in cases.items()})],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, (_, fragment) in cases.items():
+        r = report[name]
+        assert r["rc"] == 2 and r["err"].count("\n") == 1 and fragment in r["err"], (name, r)
+        assert r["above_baseline"] < 256 * MB, (name, r["above_baseline"])
+    assert not marker.exists() and not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

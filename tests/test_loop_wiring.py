@@ -67,6 +67,7 @@ def _draw(lc, lu, scale, k):
     return np.asarray(_draw_jit(keys, f32(lc), f32(lu), f32(scale), jnp.int32(k)))
 
 
+@pytest.mark.exactness
 def test_loop_profiles_conditional_logits_prunes_and_samples_at_the_scheduled_scale(params):
     res = S.run_token_strategy(params, CFG, _cond(), key=KEY, strategy="scalingar", num_candidates=N,
                                sampling=SAMPLING, scaling=WIRE, prompt_ids=PROMPT_IDS)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from exactness import worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,10 +31,10 @@ def _same_tree(a: Path, b: Path) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.exactness
 def test_two_processes_match_one(tmp_path):
     port = _free_port()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    env.pop("XLA_FLAGS", None)
+    env = worker_env()
     cmd = [sys.executable, str(ROOT / "tests" / "multihost_worker.py")]
     procs = [subprocess.Popen(cmd + [str(i), "2", str(port), str(tmp_path), "--fast-compile"], env=env, cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]

@@ -9,11 +9,11 @@ Exactness: a scalar position and that position broadcast to every row give bit-i
 rows (tested below), and both loops draw tokens and compute token statistics per model row
 (`loop.draw_rows`), but the pool runs ScalingAR's profile per prompt lane under `vmap` on (1, N)
 arrays where the batched loop runs it on (P, N) arrays, and XLA:CPU rounds some of it differently
-(C, D, R differ by ~1e-6). The discrete outcomes (tokens, termination steps, token counts,
-winners) are asserted equal, the floats to 1e-5.
+(C, D, R differ by ~1e-6), and its matmuls run over other row counts. The discrete outcomes
+(tokens, termination steps, token counts, winners) are asserted equal, the floats to a
+tolerance (`exactness.assert_same_outcomes`).
 """
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +27,7 @@ from scalingar_jax import decode, gpt
 from scalingar_jax.scaling import pool
 from scalingar_jax.scaling import strategies as S
 
+from exactness import assert_same_outcomes, worker_env
 from test_loop_wiring import CFG, KEY, SAMPLING, WIRE, _decode, _reward, params  # noqa: F401 (the fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,17 +43,7 @@ def _cond():
     return cond, mask
 
 
-def _assert_same(res, ref, idx=slice(None)):
-    """Per prompt: discrete outcomes equal, floats to 1e-5 (see the module docstring)."""
-    for name in ("all_tokens", "tokens", "winner", "tokens_used", "terminated_at"):
-        np.testing.assert_array_equal(np.asarray(getattr(res, name)), np.asarray(getattr(ref, name))[idx], err_msg=name)
-    np.testing.assert_allclose(res.score, np.asarray(ref.score)[idx], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(res.entropy, np.asarray(ref.entropy)[idx], rtol=1e-5, atol=1e-5)
-    for name, x in ref.traj.items():
-        np.testing.assert_allclose(np.asarray(res.traj[name], np.float32), np.asarray(x, np.float32)[:, idx],
-                                   rtol=1e-5, atol=1e-5, err_msg=name)
-
-
+@pytest.mark.exactness
 def test_per_row_positions_match_the_teacher_forced_forward(params):
     """Rows advance at different steps (a row that waits re-feeds its token at the same
     position): every row's logits equal the uncached forward's at its own position."""
@@ -79,6 +70,7 @@ def test_per_row_positions_match_the_teacher_forced_forward(params):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.exactness
 def test_scalingar_pool_equals_batched_and_compiles_once_per_pool_size(params):
     cond, mask = _cond()
     ref = S.run_token_strategy(params, CFG, cond, mask, key=KEY, strategy="scalingar", num_candidates=N,
@@ -88,7 +80,7 @@ def test_scalingar_pool_equals_batched_and_compiles_once_per_pool_size(params):
     res, stats = pool.run_pool_strategy(params, CFG, cond, mask, key=KEY, strategy="scalingar", num_candidates=N,
                                         sampling=SAMPLING, scaling=WIRE, prompt_ids=PROMPT_IDS, rows=ROWS,
                                         shrink=False, on_prompt=seen.append)
-    _assert_same(res, ref)
+    assert_same_outcomes(res, ref)
     term = np.asarray(ref.terminated_at)
     assert len(set(term[term >= 0].tolist())) >= 3, term  # prompts pruned at different steps
     assert sorted(seen) == list(range(P)) and seen != list(range(P)), seen  # they finished out of order
@@ -102,9 +94,10 @@ def test_scalingar_pool_equals_batched_and_compiles_once_per_pool_size(params):
                                      num_candidates=N, sampling=SAMPLING, scaling=WIRE, prompt_ids=PROMPT_IDS[idx],
                                      rows=ROWS, shrink=False)
     assert pool.run_pool_loop._cache_size() == compiled + 1
-    _assert_same(res2, ref, idx)
+    assert_same_outcomes(res2, ref, idx)
 
 
+@pytest.mark.exactness
 def test_scalingar_ablation_in_the_pool(params):
     """Fixed CFG with adaptive termination (the other ablations change only the profile's terms,
     which `candidate_step` runs unchanged per lane)."""
@@ -113,9 +106,10 @@ def test_scalingar_ablation_in_the_pool(params):
     kw = dict(key=KEY, strategy="scalingar", num_candidates=N, sampling=SAMPLING, scaling=sc, prompt_ids=PROMPT_IDS)
     ref = S.run_token_strategy(params, CFG, cond, mask, compaction=False, **kw)
     res, _ = pool.run_pool_strategy(params, CFG, cond, mask, rows=ROWS + 2, shrink="fine", **kw)
-    _assert_same(res, ref)
+    assert_same_outcomes(res, ref)
 
 
+@pytest.mark.exactness
 def test_plain_confidence_only_and_best_of_n_in_the_pool(params):
     cond, mask = _cond()
     compiled = pool.run_pool_loop._cache_size()
@@ -123,7 +117,7 @@ def test_plain_confidence_only_and_best_of_n_in_the_pool(params):
         kw = dict(key=KEY, strategy=strategy, num_candidates=N, sampling=SAMPLING, prompt_ids=PROMPT_IDS)
         ref = S.run_token_strategy(params, CFG, cond, mask, **kw)
         res, stats = pool.run_pool_strategy(params, CFG, cond, mask, rows=9, lanes=3, **kw)
-        _assert_same(res, ref)
+        assert_same_outcomes(res, ref)
         # 2 prompts at a time, nothing pruned: 3 rounds of T steps, the last one alone on 4 rows
         assert stats.steps == 3 * T and stats.sizes == (9, 4), stats
         assert stats.row_steps == 2 * T * 9 + T * 4 and stats.utilization == 5 * N * T / stats.row_steps
@@ -131,7 +125,7 @@ def test_plain_confidence_only_and_best_of_n_in_the_pool(params):
               sampling=SAMPLING, prompt_ids=PROMPT_IDS)
     ref = S.run_best_of_n(params, CFG, cond, mask, **kw)
     res, _ = pool.run_pool_best_of_n(params, CFG, cond, mask, rows=9, lanes=3, **kw)
-    _assert_same(res, ref)
+    assert_same_outcomes(res, ref)
     assert pool.run_pool_loop._cache_size() == compiled + 2  # one loop per pool size (9, 4), shared by all three
     assert len(set(np.asarray(res.winner).tolist())) > 1
 
@@ -152,12 +146,12 @@ def test_a_pool_smaller_than_a_prompt_is_refused_naming_both_numbers(params):
                                 decode_fn=_decode, num_candidates=N, rows=8)
 
 
+@pytest.mark.exactness
 def test_one_pool_per_device_on_a_mesh(tmp_path):
     """tests/pool_worker.py: ScalingAR through one pool per device of a 2x2 mesh (4 simulated CPU
     devices, in a subprocess) equals the batched single-device run per prompt."""
     out = tmp_path / "pool.json"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    env.pop("XLA_FLAGS", None)
+    env = worker_env()
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "pool_worker.py"), str(out)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]

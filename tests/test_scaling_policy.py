@@ -13,6 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exactness import worker_env
+
 from scalingar_jax.scaling import (
     ScalingARConfig,
     guidance_scale,
@@ -345,7 +347,8 @@ _SHARD_MAP_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_shard_map_on_two_cpu_devices_equals_unsharded():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env = worker_env()
+    env.update(XLA_FLAGS=f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     r = subprocess.run([sys.executable, "-c", _SHARD_MAP_SCRIPT], env=env, cwd=root,
                        capture_output=True, text=True, timeout=300)

@@ -27,6 +27,8 @@ from scalingar_jax.scaling import loop as L
 from scalingar_jax.scaling import strategies as S
 from scalingar_jax.world.geneval_io import write_prompt_folder
 
+from exactness import worker_env
+
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = ("plain", "confidence_only", "scalingar", "best_of_n", "importance_sampling")
 SETUPS = ("1x8/P2N8", "2x4/P2N8", "8x1/P2N8", "2x4/P3N6")
@@ -37,14 +39,14 @@ CFG = GPTConfig(model_type="t2i", n_layer=1, n_head=2, dim=16, vocab_size=32, cl
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("sharding") / "report.json"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    env.pop("XLA_FLAGS", None)
+    env = worker_env()
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "sharding_worker.py"), str(out), "--fast-compile"],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(out.read_text())
 
 
+@pytest.mark.exactness
 @pytest.mark.parametrize("setup", SETUPS)
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_sharded_equals_single_device(report, strategy, setup):
@@ -66,6 +68,7 @@ def test_the_gate_really_prunes_and_compacts(report):
         assert report["cases"][f"scalingar/{setup}"]["loop_calls"] > 1
 
 
+@pytest.mark.exactness
 def test_fine_buckets_sharded_equal_single_device(report):
     case = report["fine_buckets"]
     for field in ("tokens", "winner", "tokens_used", "all_tokens", "terminated_at"):
@@ -73,6 +76,7 @@ def test_fine_buckets_sharded_equal_single_device(report):
     assert case["loop_calls"] >= case["pow2_loop_calls"] > 1
 
 
+@pytest.mark.exactness
 def test_first_candidate_offset_sharded(report):
     """Candidates 4..6 of an 8-candidate run, decoded on their own on a padded 1x2 mesh, are the same tokens."""
     assert report["first_candidate"]
@@ -90,6 +94,7 @@ def test_loop_compiles_once_per_bucket(report):
     assert report["compiles_second_run"] == [], "a second run with the same shapes compiled again"
 
 
+@pytest.mark.exactness
 def test_model_axis_gives_the_same_logits(report):
     for mesh in ("1x1x8", "2x1x4"):
         m = report["model_axis"][mesh]
@@ -157,27 +162,35 @@ def test_specs_match_the_view_layout_and_param_rules():
     params = gpt.init_params(CFG, jax.random.key(0))
     spec = S.token_spec(CFG, SamplingConfig(cfg_scale=3.0), ScalingARConfig(), "scalingar", 3, True)
     cond = jnp.zeros((2, CFG.cls_token_num, CFG.caption_dim))
-    s = L.start_loop(params, cond, None, jax.random.key(0), jnp.arange(2), spec=spec)
-    view = SH.to_view(s)
-    specs = SH.loop_state_specs(spec)
     is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
-    assert jax.tree.structure(view) == jax.tree.structure(specs, is_leaf=is_spec)
-    # every sharded dimension of the view is the prompt or candidate axis, or for the pool
-    # (logits, cache, owner) one block of M = P * N rows per shard (one shard here)
-    pool = jax.tree.leaves((view.logits, view.cache, view.owner))
-    for x, p in zip(jax.tree.leaves(view), jax.tree.leaves(specs, is_leaf=is_spec)):
-        sizes = {"prompts": 1, "cands": 6} if any(x is y for y in pool) else {"prompts": 2, "cands": 3}
-        for dim, name in enumerate(p):
-            assert name is None or x.shape[dim] == sizes[name], (x.shape, p)
-    back = SH.from_view(view)
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-                 s.replace(keys=None), back.replace(keys=None))
+    for layout in (params, gpt.unstack_layers(params)):  # a stacked (scanned) and a per-layer cache
+        s = L.start_loop(layout, cond, None, jax.random.key(0), jnp.arange(2), spec=spec)
+        view = SH.to_view(s)
+        specs = SH.loop_state_specs(spec, gpt.layers_stacked(layout))
+        assert s.cache.stacked == gpt.layers_stacked(layout)
+        assert jax.tree.structure(view) == jax.tree.structure(specs, is_leaf=is_spec)
+        # every sharded dimension of the view is the prompt or candidate axis, or for the pool
+        # (logits, cache, owner) one block of M = P * N rows per shard (one shard here)
+        pool = jax.tree.leaves((view.logits, view.cache, view.owner))
+        for x, p in zip(jax.tree.leaves(view), jax.tree.leaves(specs, is_leaf=is_spec)):
+            sizes = {"prompts": 1, "cands": 6} if any(x is y for y in pool) else {"prompts": 2, "cands": 3}
+            for dim, name in enumerate(p):
+                assert name is None or x.shape[dim] == sizes[name], (x.shape, p)
+        back = SH.from_view(view)
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                     s.replace(keys=None), back.replace(keys=None))
     ps = SH.param_specs(params, "model", 8)
     flat = {SH._path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(ps)}
     assert flat["layers/attention/wqkv/kernel"] == jax.sharding.PartitionSpec(None, None, "model")
     assert flat["layers/feed_forward/w2/kernel"] == jax.sharding.PartitionSpec(None, "model")
     assert flat["tok_embeddings/embedding"] == jax.sharding.PartitionSpec("model")
     assert flat["norm/weight"] == jax.sharding.PartitionSpec()
+    # per-layer trees and their column blocks (`gpt.decode_layout` on a CPU) are split alike
+    ps = SH.param_specs(gpt.split_columns(params, 2), "model", 8)
+    flat = {SH._path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(ps)}
+    assert flat["layers/0/attention/wqkv/kernel/1"] == jax.sharding.PartitionSpec(None, "model")
+    assert flat["layers/0/feed_forward/w2/kernel/0"] == jax.sharding.PartitionSpec("model")
+    assert flat["output/kernel/1"] == jax.sharding.PartitionSpec(None, "model")
     # a dimension that the axis does not divide stays replicated
     assert SH.param_specs(params, "model", 5)["output"]["kernel"] == jax.sharding.PartitionSpec()
 

@@ -14,8 +14,7 @@ import pytest
 from hypothesis import given, settings
 
 from scalingar_jax import t5
-from scalingar_jax.text_features import (PrecomputedFeatures, T5TextEncoder, TextEncoder,
-                                         left_pad, lowercase_prompt)
+from scalingar_jax.text_features import PrecomputedFeatures, T5TextEncoder, TextEncoder, left_pad
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "t5_tiny")
 
@@ -281,7 +280,3 @@ def test_t5_text_encoder_sentencepiece_matches_hf_tokenizer(tiny):
     assert [str(w.message).split()[1] for w in rec] == [str(i) for i in np.flatnonzero(cut)]
     np.testing.assert_array_equal(ids, ref["input_ids"])
     np.testing.assert_array_equal(mask, np.array(ref["attention_mask"], bool))
-
-
-def test_lowercase_prompt():
-    assert lowercase_prompt("  A Red CIRCLE ") == "a red circle"

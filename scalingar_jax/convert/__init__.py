@@ -46,8 +46,9 @@ def load_checkpoint(path, *, key: str | None = None, max_bytes: int | None = Non
     from scalingar_jax.convert.torch_pickle import check_budget, default_max_bytes
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file {path!r} does not exist")
+    from scalingar_jax.inputs import check_regular
+
+    check_regular(path, f"checkpoint file {path!r}")
     with open(path, "rb") as f:
         head = f.read(9)
     is_safetensors = head[8:9] == b"{" or (head[:4] != b"PK\x03\x04" and path.endswith(".safetensors"))

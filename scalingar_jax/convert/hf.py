@@ -15,31 +15,43 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-__all__ = ["read_json", "read_weights", "to_numpy_f32", "params_from_state_dict"]
+__all__ = ["read_json", "check_layer_count", "read_weights", "to_numpy_f32", "params_from_state_dict"]
+
+MAX_JSON_BYTES = 8 << 20  # config.json, index files, vocab.json: real ones are a few hundred KB
 
 # Flax param path -> (HF key, HF (torch) shape, layout change): False = none, True = transpose
 # a 2-D Linear weight (out, in) -> (in, out), a tuple = np.transpose axes (e.g. a conv kernel).
 KeyMap = Mapping[tuple[str, ...], tuple[str, tuple[int, ...], Any]]
 
 
-def read_json(directory: str, name: str, *, required: bool = True) -> dict | None:
-    """`directory/name` parsed as a JSON object; None if absent and not `required`.
+def read_json(directory: str, name: str, *, required: bool = True, max_bytes: int = MAX_JSON_BYTES) -> dict | None:
+    """`directory/name` parsed as a JSON object (a regular file of at most `max_bytes`); None if
+    absent and not `required`.
 
-    Raises FileNotFoundError (a required file is missing) or ValueError (not JSON, not an
-    object), naming the file."""
+    Raises FileNotFoundError (a required file is missing) or ValueError (too large, not JSON,
+    not an object, not a regular file), naming the file."""
+    from scalingar_jax.inputs import read_json_object
+
     path = os.path.join(directory, name)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         if required:
             raise FileNotFoundError(f"{directory}: no {name}")
         return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ValueError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a JSON object, got a {type(obj).__name__}")
-    return obj
+    return read_json_object(path, max_bytes, path)
+
+
+def check_layer_count(names, pattern: str, declared: int, *, where: str, field: str) -> None:
+    """Refuses (ValueError naming `where` and `field`) a config whose layer count `declared`
+    differs from the number of layers the weights hold: the distinct indices the regex `pattern`
+    (one group, the layer index) finds in the tensor `names`. Run before anything is built from
+    the config's numbers (a key map of 10^9 layers would not fit in memory)."""
+    import re
+
+    rx = re.compile(pattern)
+    found = {int(m.group(1)) for m in map(rx.match, names) if m}
+    if declared != len(found) or (found and max(found) != len(found) - 1):
+        raise ValueError(f"{where}: {field} is {str(declared)[:40]} but the weights hold {len(found)} layers"
+                         + (f" (indices {min(found)}..{max(found)})" if found else ""))
 
 
 def read_weights(directory: str, keep: Callable[[str], bool] = lambda k: True) -> dict[str, Any]:

@@ -80,8 +80,9 @@ def read_header(path) -> tuple[dict[str, tuple[np.dtype, tuple[int, ...], int, i
     leaving gaps.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"safetensors file {path!r} does not exist")
+    from scalingar_jax.inputs import check_regular
+
+    check_regular(path, f"safetensors file {path!r}")
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)

@@ -107,12 +107,32 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 class _Region:
     """Where the raw bytes of one storage live in a file: a stored (uncompressed) zip member
-    at a byte offset, or a compressed member read through `zipfile`."""
+    at a byte offset, or a compressed member read through `zipfile`. crc: the CRC-32 the zip
+    records for a stored member, checked the first time its bytes are read (corrupted weights
+    must not become a model; `zipfile` checks compressed members itself)."""
 
-    __slots__ = ("path", "start", "nbytes", "member")
+    __slots__ = ("path", "start", "nbytes", "member", "crc")
 
-    def __init__(self, path: str, start: int | None, nbytes: int, member: str | None = None):
-        self.path, self.start, self.nbytes, self.member = path, start, nbytes, member
+    def __init__(self, path: str, start: int | None, nbytes: int, member: str | None = None, crc: int | None = None):
+        self.path, self.start, self.nbytes, self.member, self.crc = path, start, nbytes, member, crc
+
+    def _check_crc(self, crc: int) -> None:
+        if crc != self.crc:
+            raise CheckpointFormatError(f"{self.path}: record {self.member} fails its CRC-32 check (stored "
+                                        f"{self.crc:08x}, read {crc:08x}): the file is corrupted")
+        self.crc = None  # checked once
+
+    def _verify_whole(self) -> None:
+        """Streams the whole record once (1 MiB at a time) and checks its CRC-32."""
+        crc, left = 0, self.nbytes
+        with open(self.path, "rb") as f:
+            f.seek(self.start)
+            while left:
+                chunk = f.read(min(left, 1 << 20))
+                if not chunk:
+                    raise CheckpointFormatError(f"{self.path}: file ended early (truncated?) in record {self.member}")
+                crc, left = zlib.crc32(chunk, crc), left - len(chunk)
+        self._check_crc(crc)
 
     def read_into(self, byte_offset: int, out: memoryview) -> None:
         n = out.nbytes
@@ -122,6 +142,9 @@ class _Region:
             )
         if n == 0:
             return
+        whole = byte_offset == 0 and n == self.nbytes
+        if self.start is not None and self.crc is not None and not whole:
+            self._verify_whole()
         if self.start is not None:
             with open(self.path, "rb", buffering=0) as f:
                 f.seek(self.start + byte_offset)
@@ -145,10 +168,14 @@ class _Region:
                 raise CheckpointFormatError(f"{self.path}: cannot read record {self.member} ({e})") from None
         if got != n:
             raise CheckpointFormatError(f"{self.path}: file ended early (truncated?) while reading tensor data")
+        if self.start is not None and self.crc is not None:  # a whole read: checked on the bytes just read
+            self._check_crc(zlib.crc32(out))
 
     def memmap(self) -> np.ndarray:
         if self.start is None:
             raise CheckpointFormatError(f"{self.path}: record {self.member} is compressed; it cannot be memory-mapped")
+        if self.crc is not None:
+            self._verify_whole()
         if self.nbytes == 0:
             return np.empty((0,), np.uint8)
         return np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.start, shape=(self.nbytes,))
@@ -368,7 +395,7 @@ class _Archive:
             start = info.header_offset + _ZIP_LOCAL_HEADER.size + name_len + extra_len
             if start + info.file_size > self.file_size:
                 raise CheckpointFormatError(f"{self.path}: record {name} extends past the end of the file (truncated?)")
-            region = _Region(self.path, start, info.file_size, name)
+            region = _Region(self.path, start, info.file_size, name, crc=info.CRC)
         else:
             region = _Region(self.path, None, info.file_size, name)
         self._regions[key] = region
@@ -865,8 +892,9 @@ def default_max_bytes(file_size: int) -> int:
 
 def _load(path, max_bytes: int | None = None) -> tuple[Any, _Archive]:
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file {path!r} does not exist")
+    from scalingar_jax.inputs import check_regular
+
+    check_regular(path, f"checkpoint file {path!r}")
     if max_bytes is None:
         max_bytes = default_max_bytes(os.path.getsize(path))
     archive = _Archive(path, max_bytes)

@@ -77,6 +77,12 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "scheduler_only": {"use_termination": False},  # adaptive CFG, no pruning
 }
 
+# Upper bounds of the integer fields (a token grid has at most 256 x 256 steps, `config.MAX_SIZE`)
+# and of every number: far above any use (rebound_threshold=1e9 is a way to write "never"), low
+# enough that no field can ask for unbounded memory or overflow a 32-bit step counter.
+MAX_INT = {"block_size": 256, "probation_steps": 1 << 16, "min_survivors": 1 << 16, "rebound_steps": 1 << 16}
+MAX_VALUE = 1e12
+
 _RATES = ("lam_tok", "lam_I", "lam_theta", "lam_stat")
 _FRACTIONS = ("q", "p", "warmup_frac")
 _WEIGHTS = ("aH", "aM", "w_tok", "w_blk", "wI", "wD", "alpha", "beta", "gamma")
@@ -158,10 +164,12 @@ class ScalingARConfig:
         for name in _BOOLS:
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        for name in ("block_size", "probation_steps", "min_survivors", "rebound_steps"):
+        for name, hi in MAX_INT.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"{name} must be an int, got {v!r}")
+                raise TypeError(f"{name} must be an int, got {str(v)[:40]!r}")
+            if v > hi:
+                raise ValueError(f"{name} must be <= {hi}, got {str(v)[:40]}")
         floats = _RATES + _FRACTIONS + _WEIGHTS + ("eps", "s_min", "rebound_threshold")
         for name in floats + (("s_max",) if self.s_max is not None else ()):
             v = getattr(self, name)
@@ -169,6 +177,8 @@ class ScalingARConfig:
                 raise TypeError(f"{name} must be a number, got {v!r}")
             if not math.isfinite(v):
                 raise ValueError(f"{name} must be finite, got {v}")
+            if abs(v) > MAX_VALUE:
+                raise ValueError(f"{name} must be in [-{MAX_VALUE:g}, {MAX_VALUE:g}], got {v:g}")
         for name in _RATES:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:

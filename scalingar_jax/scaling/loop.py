@@ -19,8 +19,9 @@ no prompt is padded to the fullest prompt's width (a prompt with 1 survivor cost
 many another prompt keeps). The loop is compiled for `loop_key(spec)`, so plain, confidence-only,
 Best-of-N and importance sampling share one compiled loop and IS checkpoints pass their stop step
 as a traced value. A candidate's randomness comes from (prompt id, candidate id, step), so
-compacted and masked runs sample the same tokens; buffers hold values only for steps where the
-candidate was alive.
+compacted and masked runs sample the same tokens wherever their logits are equal (a matmul over
+fewer rows may round a logit by an ulp: README, "Exactness"); buffers hold values only for steps
+where the candidate was alive.
 
 Executors
 ---------
@@ -33,7 +34,7 @@ one. `strategies.make_executor` is the one place that picks between them.
 Every piece is written for *local* arrays and takes its mesh axes from the `LoopSpec`
 (`prompt_axis`, `cand_axis`; None = unsharded). With `cand_axis` set, `num_candidates` is the
 per-shard slot count N0 and a slot's global candidate id is `axis_index(cand_axis) * N0 + slot`
-(keys come from global ids, so a sharded run samples the same tokens); the profile/termination
+(keys come from global ids, so a sharded run samples the same tokens where the logits agree); the profile/termination
 /winner calls pool over the candidate axis with collectives; the compaction exit test is the
 maximum over prompts *and shards* of the local alive count (`pool_alive`, a pmax), so every
 shard leaves the while loop at the same step and compacts into the same pool size. `num_real`
@@ -247,7 +248,8 @@ def token_loop(params, s: LoopState, spec: LoopSpec, stop=None) -> LoopState:
     """The token loop (traced: `run_loop` jits it, `sharding` runs it inside shard_map).
     Runs token steps until k == T, or (compaction) until every shard's alive candidates fit a
     smaller bucket than its pool (`compaction_limit`), or until k == stop (int32 scalar, may be
-    traced: checkpoints share one compile) or k == spec.stop_at (static, if >= 0)."""
+    traced: checkpoints share one compile) or k == spec.stop_at (static, if >= 0). params are
+    read in the layout given (`gpt.decode_layout`, which `LocalExecutor` applies once)."""
     M = s.owner.shape[0]
 
     def keep_going(s):
@@ -260,7 +262,6 @@ def token_loop(params, s: LoopState, spec: LoopSpec, stop=None) -> LoopState:
             go &= pool_alive(s.conf.alive, spec) > compaction_limit(M, spec.buckets)
         return go
 
-    params = decode_layout(params)  # decode layout once per call, not every step (no-op if done)
     return jax.lax.while_loop(keep_going, lambda s: step(params, spec, s), s)
 
 

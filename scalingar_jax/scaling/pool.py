@@ -51,7 +51,7 @@ from flax import struct
 
 from scalingar_jax import decode
 from scalingar_jax.config import GPTConfig, SamplingConfig
-from scalingar_jax.gpt import KVCache, decode_layout, init_cache
+from scalingar_jax.gpt import KVCache, decode_layout, init_cache, layers_stacked
 from scalingar_jax.scaling import strategies as S
 from scalingar_jax.scaling.config import ScalingARConfig
 from scalingar_jax.scaling.loop import (BUCKETS, LoopSpec, LoopState, StrategyResult, bucket, candidate_step,
@@ -117,7 +117,8 @@ def empty_pool(params, cond, cond_mask, key, spec: LoopSpec, rows: int, lanes: i
     lane = jax.tree.map(lambda x: jnp.zeros((lanes,) + x.shape, x.dtype), shapes)
     lane = lane.replace(k=jnp.full((lanes,), spec.T, jnp.int32))  # free: done, nothing alive
     V = spec.gpt_cfg.vocab_size
-    return PoolState(logits=jnp.zeros((2 * rows, V), jnp.float32), cache=init_cache(spec.gpt_cfg, 2 * rows),
+    cache = init_cache(spec.gpt_cfg, 2 * rows, stacked=layers_stacked(params))  # the layout prefill gives
+    return PoolState(logits=jnp.zeros((2 * rows, V), jnp.float32), cache=cache,
                      owner=jnp.full((rows,), lanes * spec.num_candidates, jnp.int32),
                      row=jnp.zeros((lanes, spec.num_candidates), jnp.int32), lanes=lane, steps=jnp.int32(0),
                      busy=jnp.int32(0), row_steps=jnp.int32(0))
@@ -183,7 +184,6 @@ def pool_loop(params, s: PoolState, need, spec: LoopSpec, axes: tuple[str, ...] 
     shard_map, one pool per device): every pool steps until one of them has room, the fullest
     fits `shrink` or all are done (the tests are pmax'd: all leave the loop at the same step)."""
     T = spec.T
-    params = decode_layout(params)  # no-op when the caller converted once
 
     def any_pool(x):
         return jax.lax.pmax(x.astype(jnp.int32), axes) > 0 if axes else x

@@ -188,9 +188,10 @@ def run_token_strategy(params, gpt_cfg: GPTConfig, cond, cond_mask=None, *, key,
     N candidates (keys come from ids first_candidate .. first_candidate + N - 1), so the N of
     Best-of-N can be split over calls or hosts with the same keys: plain/confidence_only
     candidates then differ only by floating point (a matmul over 2 rows may round differently
-    from one over 16; `reproduce.py efficiency` counts the prompts whose tokens still matched).
-    ScalingAR's pooled statistics depend on which candidates share a call. mesh: None (one
-    device) or a `sharding.make_mesh` mesh: same results, P and N need not divide its axes.
+    from one over 16, and flip a near-tied draw: README, "Exactness"; `reproduce.py efficiency`
+    counts the prompts whose tokens still matched). ScalingAR's pooled statistics depend on
+    which candidates share a call. mesh: None (one device) or a `sharding.make_mesh` mesh: the
+    same results up to float rounding ("Exactness"), P and N need not divide its axes.
     Returns a `StrategyResult` (on the default device); `winner` indexes this call's candidates.
     """
     if strategy not in TOKEN_STRATEGIES:

@@ -12,14 +12,13 @@ place, so a crash never leaves a half-written prompt folder behind.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Sequence
 
 import numpy as np
 
-from scalingar_jax.geneval import prompt_folder
+from scalingar_jax.geneval import prompt_folder, read_folder_record
 from scalingar_jax.geneval import write_prompt_folder as _write_folder
 from scalingar_jax.images import read_png
 from scalingar_jax.world.judge import JudgeConfig, judge_image, summarize
@@ -50,16 +49,16 @@ def write_prompt_folder(
 
 
 def read_prompt_folder(folder: str | os.PathLike, *, world: bool = True) -> tuple[dict, list[str]]:
-    """(record, sorted sample PNG paths) of one prompt folder; ValueError if malformed."""
+    """(record, sorted sample PNG paths) of one prompt folder; ValueError if malformed
+    (metadata.jsonl is read within bounds: `geneval.read_folder_record`)."""
     folder = os.fspath(folder)
     meta = os.path.join(folder, "metadata.jsonl")
     try:
-        with open(meta, encoding="utf-8") as f:
-            record = json.loads(f.read())
+        record = read_folder_record(folder)
     except FileNotFoundError:
         raise ValueError(f"{folder}: no metadata.jsonl") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{meta}: not a JSON object ({err})") from None
+    except OSError as err:  # a folder named metadata.jsonl, an unreadable file
+        raise ValueError(str(err)) from None
     validate_record(record, world=world, where=meta)
     samples = os.path.join(folder, "samples")
     if not os.path.isdir(samples):

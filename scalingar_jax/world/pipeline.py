@@ -1,28 +1,28 @@
 """The shapes world as a model bundle: its loader, its manifest, the defaults of new bundles.
 
 A shapes-world bundle is a folder with vq/, gpt/, text/ and optionally reward/ (see
-`world.models`) and a `bundle.json` naming `pipeline_from_bundle` as its loader, so
-`scalingar_jax.load_pipeline(path)` loads it without the generic code knowing the world.
+`world.models`) and a `bundle.json` of kind "shapes-world", whose loader in the registry's
+table (`scalingar_jax.registry`) is `pipeline_from_bundle`, so `scalingar_jax.load_pipeline(path)`
+loads it without the generic code importing the world.
 The sampling and scaling defaults of a bundle are those in its `bundle.json`;
 `WORLD_SAMPLING` / `WORLD_SCALING` are what `write_world_manifest` puts in a new one (and what
 in-memory worlds built without a bundle use).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from scalingar_jax.bundle import MANIFEST_FILE, Bundle, read_bundle, write_manifest
+from scalingar_jax.bundle import MANIFEST_FILE, MAX_MANIFEST_BYTES, Bundle, read_bundle, write_manifest
 from scalingar_jax.config import SamplingConfig
 from scalingar_jax.gpt import decode_layout
+from scalingar_jax.inputs import read_json_object
 from scalingar_jax.pipeline import Pipeline, load_pipeline
 from scalingar_jax.scaling.config import ScalingARConfig
 from scalingar_jax.world.models import PARTS, load_world
 
 KIND = "shapes-world"
-LOADER = "scalingar_jax.world.pipeline:pipeline_from_bundle"
 
 # The shapes world's defaults, chosen on the DEVELOPMENT prompts by `experiments/reproduce.py tune`
 # (experiments/results/tune.md): the base CFG scale 2.0 (plain sampling's dev accuracy 0.237 at 2.0,
@@ -34,7 +34,7 @@ WORLD_SCALING = ScalingARConfig(probation_steps=2, p=0.2)
 
 
 def pipeline_from_bundle(bundle: Bundle, *, with_reward: bool = True) -> Pipeline:
-    """The loader `bundle.json` names: VQ + t2i GPT (per-layer weights) + text encoder
+    """The loader of kind "shapes-world": VQ + t2i GPT (per-layer weights) + text encoder
     [+ learned reward] from the bundle's parts, with the bundle's sampling/scaling defaults.
     with_reward: load the reward part if the bundle has one (else the pipeline has no reward,
     and Best-of-N / importance sampling refuse to run)."""
@@ -88,11 +88,8 @@ def write_world_manifest(path, *, sampling: SamplingConfig | None = None, scalin
     root = Path(path)
     old = {}
     if (root / MANIFEST_FILE).is_file():
-        try:
-            old = json.loads((root / MANIFEST_FILE).read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{root / MANIFEST_FILE}: not valid JSON ({e}); fix or delete it") from None
-        if not isinstance(old, dict) or not isinstance(old.get("sampling"), dict):
+        old = read_json_object(root / MANIFEST_FILE, MAX_MANIFEST_BYTES, str(root / MANIFEST_FILE))
+        if not isinstance(old.get("sampling"), dict):
             raise ValueError(f"{root / MANIFEST_FILE}: not a bundle manifest with 'sampling'; fix or delete it")
     present = [p for p in PARTS if (root / p / CONFIG_FILE).is_file()]
     missing = [p for p in ("vq", "gpt", "text") if p not in present]
@@ -104,6 +101,6 @@ def write_world_manifest(path, *, sampling: SamplingConfig | None = None, scalin
         sampling = SamplingConfig(**old["sampling"]) if old else WORLD_SAMPLING
     if scaling is None:  # an existing manifest without "scaling" means the paper's defaults
         scaling = ScalingARConfig(**old.get("scaling", {})) if old else WORLD_SCALING
-    return write_manifest(root, kind=KIND, loader=LOADER, image_size=gpt_cfg.grid_size * vq_cfg.downsample,
+    return write_manifest(root, kind=KIND, image_size=gpt_cfg.grid_size * vq_cfg.downsample,
                           parts={p: p for p in present}, sampling=sampling, scaling=scaling,
                           name=name or old.get("name"), notes=notes or old.get("notes"))
