@@ -359,29 +359,35 @@ def exp_ablations(ctx: Ctx) -> dict:
 
 
 def exp_width(ctx: Ctx) -> dict:
+    """Accuracy against N and against tokens per image for every strategy. Best-of-M, the oracle's
+    Best-of-M and confidence-only at EVERY M <= max(widths) come from the first M candidates of one
+    shared max(widths)-candidate set (`Runner.first_of`: the same keys); importance sampling and
+    ScalingAR run at each N of `widths`. Each ScalingAR width is compared (paired) with Best-of-M at
+    the smallest M that spends at least its tokens (M = ceil(ScalingAR's tokens per image / T))."""
     from scalingar_jax import viz
 
     split, per_tag, seeds = ctx.args.split, ctx.size("width", "per_tag"), ctx.size("width", "seeds")
-    widths = ctx.args.widths or (SMOKE["widths"] if ctx.args.smoke else [1, 2, 4, 8, 16])
+    widths = sorted(set(ctx.args.widths or (SMOKE["widths"] if ctx.args.smoke else [1, 2, 4, 8, 16])))
     records = prompt_set(split, per_tag)
-    log(f"width: {len(records)} prompts ({split}), N in {widths}, seeds {seeds}")
+    T, Nmax = ctx.pipe.gpt_cfg.block_size, max(widths)
+    log(f"width: {len(records)} prompts ({split}), N in {widths}, Best-of-M for M <= {Nmax}, seeds {seeds}")
     R = ctx.runner
     runs: dict[str, list[Run]] = {}
     for seed in seeds:
+        t = time.time()
+        shared = R.candidates(records, split, Nmax, seed)
+        for M in range(1, Nmax + 1):
+            for k, run in R.first_of(shared, M).items():
+                runs.setdefault(f"{k}@{M}", []).append(run)
         for N in widths:
-            t = time.time()
-            if N == 1:  # BoN and IS with one candidate are plain sampling (same key, identical tokens)
-                plain = R.token(records, split, "plain", 1, seed)
-                runs.setdefault("best_of_n@1", []).append(plain)
-                runs.setdefault("importance@1", []).append(plain)
-            else:
-                runs.setdefault(f"best_of_n@{N}", []).append(R.candidates(records, split, N, seed)["best_of_n"])
-                runs.setdefault(f"importance@{N}", []).append(
-                    R.token(records, split, "importance_sampling", N, seed))
+            if N > 1:  # importance sampling with one candidate is plain sampling (Best-of-1)
+                runs.setdefault(f"importance@{N}", []).append(R.token(records, split, "importance_sampling", N, seed))
             runs.setdefault(f"scalingar@{N}", []).append(
                 R.token(records, split, "scalingar", N, seed, scaling=ctx.scaling))
-            log(f"width N={N} seed {seed} ({time.time() - t:.0f} s): " + ", ".join(
-                f"{k} {np.mean(v[-1].correct):.3f}" for k, v in runs.items() if k.endswith(f"@{N}")))
+        log(f"width seed {seed} ({time.time() - t:.0f} s): " + ", ".join(
+            f"{k} {np.mean(runs[k][-1].correct):.3f}" for k in
+            [f"best_of_n@{N}" for N in widths] + [f"scalingar@{N}" for N in widths]))
+    runs["importance@1"] = runs["best_of_n@1"]
     stats, bs = summarize(runs, records, split, ctx.B, LABELS)
     fams = {"best_of_n": "Best-of-N (learned reward)", "importance": "importance sampling", "scalingar": "ScalingAR"}
     curves = {f: {"accuracy": [stats[f"{f}@{N}"]["overall"] for N in widths],
@@ -390,8 +396,28 @@ def exp_width(ctx: Ctx) -> dict:
                   "s_per_image": [stats[f"{f}@{N}"]["s_per_image"] for N in widths]} for f in fams}
     comps = [compare(runs, bs, f"scalingar@{N}", f"{b}@{N}") for N in widths if N > 1 for b in ("best_of_n",
                                                                                                 "importance")]
-    payload = {**ctx.header("width", seeds, {"split": split, "prompts": len(records), "widths": widths}),
-               "curves": curves, "strategies": stats, "comparisons": comps, "groups": bs.names}
+    # equal tokens: each ScalingAR width against Best-of-M / confidence-only spending at least as many tokens
+    equal = []
+    for N in widths:
+        tok = stats[f"scalingar@{N}"]["tokens_per_image"]
+        M = min(Nmax, max(1, math.ceil(tok / T - 1e-9)))
+        equal.append({"N": N, "scalingar_tokens": tok, "M": M, "bon_tokens": M * T,
+                      "vs_best_of_n": compare(runs, bs, f"scalingar@{N}", f"best_of_n@{M}"),
+                      "vs_confidence": compare(runs, bs, f"scalingar@{N}", f"confidence@{M}")})
+    token_fams = {"best_of_n": "Best-of-M (learned reward)", "confidence": "confidence-only",
+                  "oracle_bon": "Best-of-M (oracle judge, upper bound)"}
+    Ms = list(range(1, Nmax + 1))
+    vs_tokens = {lab: ([stats[f"{f}@{M}"]["tokens_per_image"] for M in Ms], [stats[f"{f}@{M}"]["overall"] for M in Ms])
+                 for f, lab in token_fams.items()}
+    vs_tokens["importance sampling"] = ([stats[f"importance@{N}"]["tokens_per_image"] for N in widths],
+                                        [stats[f"importance@{N}"]["overall"] for N in widths])
+    vs_tokens["ScalingAR"] = ([stats[f"scalingar@{N}"]["tokens_per_image"] for N in widths],
+                              [stats[f"scalingar@{N}"]["overall"] for N in widths],
+                              [_half(stats[f"scalingar@{N}"]["overall_ci"], 0) for N in widths])
+    payload = {**ctx.header("width", seeds, {"split": split, "prompts": len(records), "widths": widths,
+                                             "best_of_m_from": Nmax}),
+               "curves": curves, "accuracy_vs_tokens": vs_tokens, "equal_tokens": equal,
+               "strategies": stats, "comparisons": comps, "groups": bs.names}
     payload["files"] = {
         "accuracy": _plot(viz.plot_lines, ctx.out / "width_accuracy.png", widths,
                           {fams[f]: (np.array(c["accuracy"]), np.array([_half(x, 0) for x in c["accuracy_ci"]]))
@@ -399,7 +425,11 @@ def exp_width(ctx: Ctx) -> dict:
                           title=f"accuracy vs N ({split}, {len(records)} prompts)", logx=True),
         "tokens": _plot(viz.plot_lines, ctx.out / "width_tokens.png", widths,
                         {fams[f]: c["tokens_per_image"] for f, c in curves.items()}, "candidates N",
-                        "tokens per image", title="token cost vs N", logx=True)}
+                        "tokens per image", title="token cost vs N", logx=True),
+        "accuracy_vs_tokens": _plot(viz.plot_xy, ctx.out / "accuracy_vs_tokens.png", vs_tokens,
+                                    "tokens per image (log scale)", "judge accuracy (overall)",
+                                    title=f"accuracy vs tokens ({split}, {len(records)} prompts, seeds {seeds})",
+                                    logx=True)}
     rows = []
     for N in widths:
         row = {"N": N}
@@ -409,12 +439,35 @@ def exp_width(ctx: Ctx) -> dict:
             row[f"{lab} tokens"] = f"{s['tokens_per_image']:.0f}"
         rows.append(row)
     cols = ["N"] + [c for f, lab in fams.items() for c in (lab, f"{lab} tokens")]
+    eq_rows = [{"ScalingAR N": e["N"], "ScalingAR [95% CI]": fmt_ci(stats[f"scalingar@{e['N']}"]["overall"],
+                                                                  stats[f"scalingar@{e['N']}"]["overall_ci"]),
+                "its tokens": f"{e['scalingar_tokens']:.0f}", "Best-of-M at M": e["M"], "M x T": e["bon_tokens"],
+                "Best-of-M [95% CI]": fmt_ci(stats[f"best_of_n@{e['M']}"]["overall"],
+                                             stats[f"best_of_n@{e['M']}"]["overall_ci"]),
+                "ScalingAR - Best-of-M": _diff_text(e["vs_best_of_n"]),
+                "confidence-only at M": fmt_ci(stats[f"confidence@{e['M']}"]["overall"],
+                                               stats[f"confidence@{e['M']}"]["overall_ci"]),
+                "ScalingAR - confidence-only": _diff_text(e["vs_confidence"])} for e in equal]
+    tok_rows = [{"strategy": lab, **{f"M={M}": f"{stats[f'{f}@{M}']['overall']:.3f}" for M in Ms}}
+                for f, lab in token_fams.items()]
     md = [f"Paper: {PAPER['width']}\n", f"{len(records)} prompts ({split} set), seeds {seeds}. N = 1: Best-of-N "
-          "and importance sampling are plain sampling (one candidate, the same key).\n",
-          markdown_table(rows, cols), "", "## Paired comparisons\n", *[f"- {compare_text(c)}" for c in comps], "",
-          CI_METHOD]
+          "and importance sampling are plain sampling (one candidate, the same key). Best-of-M, the oracle's "
+          f"Best-of-M and confidence-only at every M <= {Nmax} select among the first M candidates of one "
+          f"{Nmax}-candidate set (the same keys as a Best-of-M run).\n",
+          markdown_table(rows, cols), "", "## Accuracy at equal tokens\n",
+          f"Each ScalingAR width against Best-of-M with M = ceil(ScalingAR's tokens per image / T), T = {T}: "
+          "Best-of-M spends at least ScalingAR's tokens.\n", markdown_table(eq_rows, list(eq_rows[0])), "",
+          "![accuracy vs tokens](accuracy_vs_tokens.png)\n",
+          f"Accuracy of the selections among the first M candidates (tokens per image = M x {T}):\n",
+          markdown_table(tok_rows, ["strategy", *[f"M={M}" for M in Ms]]), "",
+          "## Paired comparisons at equal N\n", *[f"- {compare_text(c)}" for c in comps], "", CI_METHOD]
     ctx.write("width", payload, "\n".join(md))
     return payload
+
+
+def _diff_text(c: dict) -> str:
+    return (f"{c['diff']:+.3f} [{c['diff_ci'][0]:+.3f}, {c['diff_ci'][1]:+.3f}]"
+            + (" (within noise)" if c["within_noise"] else " (significant)"))
 
 
 def exp_robustness(ctx: Ctx) -> dict:

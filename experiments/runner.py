@@ -120,14 +120,16 @@ class Clock:
 
 # ----------------------------------------------------------------------------------------- prompts
 def prompt_set(split: str, per_tag: int, per_kind: int | None = None) -> list[dict]:
-    """The prompt records of a split: eval (evaluation set, per_tag per tag), dev (development set) or
-    hard (hard set, per_kind per kind, default per_tag)."""
+    """The prompt records of a split, split by SCENE (`world.scenes`: no evaluation scene is in any
+    training data or in the development set, under any wording): eval (evaluation scenes, per_tag per
+    tag), dev (development scenes) or hard (hard set, per_kind per kind, default per_tag)."""
     from scalingar_jax.world import prompts as W
+    from scalingar_jax.world import scenes
 
     if split == "eval":
-        return W.evaluation_set(seed=0, per_tag=per_tag)
+        return scenes.evaluation_set_v2(seed=0, per_tag=per_tag)
     if split == "dev":
-        return W.development_set(seed=1, per_tag=per_tag)
+        return scenes.development_set_v2(seed=1, per_tag=per_tag)
     if split == "hard":
         return W.hard_set(seed=2, per_kind=per_kind or per_tag)
     raise ValueError(f"unknown split {split!r}; use eval, dev or hard")
@@ -314,6 +316,29 @@ class Runner:
         return runs
 
 
+
+    # -- selections among the first M candidates of a shared set (the same keys: Best-of-M's own set)
+    @staticmethod
+    def first_of(cands: dict[str, "Run"], M: int) -> dict[str, "Run"]:
+        """Best-of-M (learned reward), the oracle's Best-of-M and confidence-only over the FIRST M
+        candidates of a shared N-candidate set (`candidates`, M <= N). A candidate's key depends on
+        (seed, prompt id, candidate id) only, so these are the candidates a Best-of-M run samples (up to
+        the rounding of a matmul over another number of rows). Tokens: M * T per record; seconds: the
+        set's token loop scaled by M / N (plus, for Best-of-M, its decode + reward time scaled alike)."""
+        bon = cands["best_of_n"]
+        pc = bon.per_candidate
+        n, N, T = pc["all_tokens"].shape
+        if not 1 <= M <= N:
+            raise ValueError(f"M must be in [1, {N}], got {M}")
+        rows, cc = np.arange(n), pc["correct"][:, :M]
+        split = bon.extra["seconds_split"]
+        loop = split["loop"] * M / N
+        tokens = np.full(n, M * T)
+        mk = lambda correct, seconds: Run(correct, tokens, seconds, bon.slots, 0.0, {"first_of": N})  # noqa: E731
+        return {"best_of_n": mk(cc[rows, np.argmax(pc["reward"][:, :M], 1)],
+                                loop + (split["decode"] + split["reward"]) * M / N),
+                "oracle_bon": mk(cc.any(1), loop + (split["decode"] + split["judge"]) * M / N),
+                "confidence": mk(cc[rows, np.argmax(pc["mean_confidence"][:, :M], 1)], loop)}
 
     # -- ScalingAR's confidence profile of every candidate (no memo: one experiment uses it)
     def profiles(self, records, N, seed, scaling) -> tuple[np.ndarray, dict[str, np.ndarray]]:

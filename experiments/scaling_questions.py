@@ -103,10 +103,10 @@ def _merge_stats(parts: list[dict]) -> dict:
 def run_world(args) -> dict:
     from scalingar_jax.pipeline import generate, load_pipeline
     from scalingar_jax.world.judge import judge_image
-    from scalingar_jax.world.prompts import development_set
+    from scalingar_jax.world.scenes import development_set_v2
 
     pipe = load_pipeline()
-    records = development_set(seed=1, per_tag=args.per_tag)
+    records = development_set_v2(seed=1, per_tag=args.per_tag)  # the shipped world's development scenes
     prompts = [r["prompt"] for r in records]
     n, T = len(records), pipe.gpt_cfg.block_size
     settings = {f"world gate {name}": pipe.scaling.replace(**ov) for name, ov in VARIANTS.items()}

@@ -253,6 +253,41 @@ def plot_lines(path, xs, series: Mapping[str, object], xlabel: str, ylabel: str,
     return _save(fig, path, dpi)
 
 
+def plot_xy(path, series: Mapping[str, object], xlabel: str, ylabel: str, title: str | None = None,
+            logx: bool = False, *, dpi: float = 120, figsize=(7.2, 4.8)) -> str:
+    """One line per entry of `series`, each with its own x values: name -> `(xs, ys)` or
+    `(xs, ys, yerr)`, arrays of one length (e.g. accuracy vs tokens per image, one curve per
+    strategy). `logx` uses a base-2 log x axis (xs must be > 0)."""
+    _check_common(path, dpi, figsize)
+    if not series:
+        raise ValueError("series must not be empty")
+    fig = _figure(figsize)
+    ax = fig.subplots()
+    for name, v in series.items():
+        if not isinstance(v, (tuple, list)) or len(v) not in (2, 3):
+            raise ValueError(f"series {name!r} must be (xs, ys) or (xs, ys, yerr)")
+        x = _float_array(v[0], f"xs of {name!r}", 1)
+        y = _float_array(v[1], f"ys of {name!r}", 1)
+        err = None if len(v) == 2 else _float_array(v[2], f"yerr of {name!r}", 1)
+        if y.shape != x.shape or (err is not None and err.shape != x.shape):
+            raise ValueError(f"series {name!r}: xs, ys (and yerr) must have one length")
+        if logx and np.any(x <= 0):
+            raise ValueError("logx=True needs xs > 0")
+        if err is None:
+            ax.plot(x, y, marker="o", ms=4, lw=1.6, label=name)
+        else:
+            ax.errorbar(x, y, yerr=err, marker="o", ms=4, lw=1.6, capsize=3, label=name)
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path, dpi)
+
+
 def plot_bars(path, groups: Sequence[str], series: Mapping[str, object], ylabel: str,
               title: str | None = None, yerr: Mapping[str, object] | None = None, *,
               value_labels: bool = False, dpi: float = 120, figsize=None) -> str:

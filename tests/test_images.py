@@ -348,6 +348,8 @@ def test_viz_outputs(tmp_path):
                               xlabel="N", ylabel="acc", title="t", logx=True), (5.0, 3.0)),
         (viz.plot_bars, dict(groups=["x", "y", "z"], series={"a": [1, 2, 3], "b": [3, 2, 1]}, ylabel="acc",
                              title="t", yerr={"a": [0.1, 0.2, 0.1]}), (5.0, 3.0)),
+        (viz.plot_xy, dict(series={"a": ([144, 288, 576], [0.2, 0.3, 0.35]), "b": ([200, 400], [0.3, 0.4], [0.05, 0.05])},
+                           xlabel="tokens", ylabel="acc", title="t", logx=True), (5.0, 3.0)),
     ]
     for i, (fn, kw, figsize) in enumerate(cases):
         path = tmp_path / f"{i}.png"
@@ -373,6 +375,10 @@ def test_viz_bad_input(tmp_path):
         viz.plot_lines(tmp_path / "a.jpg", [1, 2], {"a": [1, 2]}, "x", "y")
     with pytest.raises(ValueError, match="2 xs"):
         viz.plot_lines(tmp_path / "a.png", [1, 2], {"a": [1, 2, 3]}, "x", "y")
+    with pytest.raises(ValueError, match="one length"):
+        viz.plot_xy(tmp_path / "a.png", {"a": ([1, 2], [1, 2, 3])}, "x", "y")
+    with pytest.raises(ValueError, match="xs > 0"):
+        viz.plot_xy(tmp_path / "a.png", {"a": ([0, 2], [1, 2])}, "x", "y", logx=True)
     with pytest.raises(KeyError, match="unknown series"):
         viz.plot_bars(tmp_path / "a.png", ["g"], {"a": [1]}, "y", yerr={"b": [1]})
     assert os.listdir(tmp_path) == []

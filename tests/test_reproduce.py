@@ -67,6 +67,11 @@ def test_other_contents(smoke):
     w = json.loads((smoke / "width.json").read_text())
     assert set(w["curves"]) == {"best_of_n", "importance", "scalingar"}
     assert all(len(c["accuracy"]) == len(w["settings"]["widths"]) for c in w["curves"].values())
+    T, widths = w["settings"]["T"], w["settings"]["widths"]
+    for e in w["equal_tokens"]:  # Best-of-M spends at least ScalingAR's tokens (unless M is capped)
+        assert e["bon_tokens"] == e["M"] * T and (e["bon_tokens"] >= e["scalingar_tokens"] or e["M"] == max(widths))
+    assert set(w["accuracy_vs_tokens"]) >= {"ScalingAR", "importance sampling", "confidence-only"}
+    assert (smoke / "accuracy_vs_tokens.png").read_bytes()[:4] == b"\x89PNG"
     rb = json.loads((smoke / "robustness.json").read_text())
     assert set(rb["drops"]) >= {"plain", "best_of_n", "importance", "scalingar"} and "mitigation_vs" in rb
     ef = json.loads((smoke / "efficiency.json").read_text())
@@ -144,6 +149,26 @@ def test_shared_candidate_set_is_best_of_n(pipe):
     assert run.correct.tolist() == [judge_image(im, r).correct for im, r in zip(imgs, recs)]
     conf = generate(pipe, prompts, strategy="confidence_only", num_candidates=2, seed=5, prompt_ids=[0])
     np.testing.assert_array_equal(np.asarray(conf.result.all_tokens), np.asarray(ref.result.all_tokens))
+
+
+def test_first_of_selects_among_the_first_m_candidates():
+    """Runner.first_of: Best-of-M by reward, the oracle and confidence-only over candidates [0, M)."""
+    correct = np.array([[0, 1, 1, 0], [1, 0, 0, 1], [0, 0, 0, 1]], bool)
+    reward = np.array([[0.1, 0.9, 0.2, 5.0], [0.5, 0.4, 9.0, 0.0], [1.0, 2.0, 3.0, 4.0]])
+    conf = np.array([[0.3, 0.1, 0.9, 0.0], [0.1, 0.2, 0.0, 0.0], [0.0, 0.0, 0.0, 9.0]])
+    pc = {"all_tokens": np.zeros((3, 4, 6), np.int32), "correct": correct, "reward": reward, "mean_confidence": conf}
+    split = {"loop": 8.0, "decode": 4.0, "reward": 2.0, "judge": 1.0}
+    bon = runner.Run(correct[:, 0], np.full(3, 24), 14.0, 3, 0.0, {"seconds_split": split}, pc)
+    for M, want in ((1, ([0, 1, 0], [0, 1, 0], [0, 1, 0])), (2, ([1, 1, 0], [1, 1, 0], [0, 0, 0])),
+                    (3, ([1, 0, 0], [1, 1, 0], [1, 0, 0])), (4, ([0, 0, 1], [1, 1, 1], [1, 0, 1]))):
+        got = runner.Runner.first_of({"best_of_n": bon}, M)
+        assert [got[k].correct.astype(int).tolist() for k in ("best_of_n", "oracle_bon", "confidence")] == \
+            [list(w) for w in want], M
+        assert got["best_of_n"].tokens.tolist() == [M * 6] * 3
+        assert got["confidence"].seconds == pytest.approx(8.0 * M / 4)
+        assert got["best_of_n"].seconds == pytest.approx((8.0 + 6.0) * M / 4)
+    with pytest.raises(ValueError, match="M must be in"):
+        runner.Runner.first_of({"best_of_n": bon}, 5)
 
 
 def test_batches():

@@ -11,13 +11,28 @@ from hypothesis import strategies as st
 
 from scalingar_jax.images import read_png
 from scalingar_jax.world import prompts as P
-from scalingar_jax.world.geneval_io import evaluate_folder, write_prompt_folder
+from scalingar_jax.world.geneval_io import write_prompt_folder
 from scalingar_jax.world.geometry import relative_position, shape_mask
-from scalingar_jax.world.judge import Detection, Verdict, apply_rules, detect, judge_image, summarize
+from scalingar_jax.world import geneval_io
+from scalingar_jax.world import judge as J
+from scalingar_jax.world.judge import Detection, Verdict, apply_rules, summarize
 from scalingar_jax.world.render import (
     SceneObject, degrade, layout_scene, render_objects, render_random_scene, render_scene,
 )
 from scalingar_jax.world.vocab import BACKGROUND, SHAPES
+
+
+# This file tests the v1 world (flat backgrounds) and its judge; the v2/v3 judges: test_world_v2.py.
+def judge_image(image, record, config=J.V1_JUDGE):
+    return J.judge_image(image, record, config)
+
+
+def detect(image, config=J.V1_JUDGE):
+    return J.detect(image, config)
+
+
+def evaluate_folder(folder, config=J.V1_JUDGE, **kw):
+    return geneval_io.evaluate_folder(folder, config, **kw)
 
 
 def rec(prompt: str) -> dict:
@@ -295,3 +310,36 @@ def test_geneval_folder_overwrite_and_atomicity(tmp_path):
     assert "expected 1 red circle" in results[0]["reason"]
     with pytest.raises(ValueError, match="no GenEval prompt folders"):
         evaluate_folder(tmp_path / "00007")
+
+
+def _components_by_flood_fill(labels: np.ndarray, connectivity: int) -> np.ndarray:
+    """Reference: breadth-first flood fill; a component's id is the raster index of its first pixel."""
+    h, w = labels.shape
+    out = np.full((h, w), -1)
+    steps = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+             if (dy, dx) != (0, 0) and (connectivity == 8 or dy == 0 or dx == 0)]
+    for y in range(h):
+        for x in range(w):
+            if labels[y, x] < 0 or out[y, x] >= 0:
+                continue
+            out[y, x] = y * w + x
+            queue = [(y, x)]
+            while queue:
+                cy, cx = queue.pop()
+                for dy, dx in steps:
+                    ny, nx = cy + dy, cx + dx
+                    if 0 <= ny < h and 0 <= nx < w and out[ny, nx] < 0 and labels[ny, nx] == labels[y, x]:
+                        out[ny, nx] = y * w + x
+                        queue.append((ny, nx))
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), h=st.integers(1, 14), w=st.integers(1, 14), k=st.integers(1, 3),
+       connectivity=st.sampled_from([4, 8]))
+def test_connected_components_match_a_flood_fill(seed, h, w, k, connectivity):
+    from scalingar_jax.world.judge import _components
+
+    rng = np.random.default_rng(seed)
+    labels = np.where(rng.random((h, w)) < 0.3, -1, rng.integers(0, k, (h, w)))
+    assert np.array_equal(_components(labels, connectivity), _components_by_flood_fill(labels, connectivity))

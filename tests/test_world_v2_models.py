@@ -3,6 +3,7 @@ ranking batch, resumable training chunks, and world-version checks of checkpoint
 from __future__ import annotations
 
 import argparse
+import json
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ def test_v2_configs_and_gpt_parameter_count():
     vq = T.default_vq_config(WORLD_V2)
     assert vq.downsample * WORLD_V2.grid_size == WORLD_V2.image_size == 64
     text = T.default_text_config()
-    g = T.default_gpt_config(vq, text, T.V2_GPT_DIM, T.V2_GPT_LAYERS, WORLD_V2.grid_size)
+    g = T.default_gpt_config(vq, text, WORLD_V2.gpt_dim, WORLD_V2.gpt_layers, WORLD_V2.grid_size)
     assert g.grid_size == 16 and g.model_type == "t2i"
     n = T.param_count(jax.eval_shape(lambda: init_params(g, jax.random.key(0))))
     assert n == 6_789_376 and 6e6 <= n <= 8e6
@@ -92,13 +93,20 @@ def test_resumable_chunks_equal_one_run(tmp_path):
             a = _args(folder, stop_after=stop)
             run = T.Run("toy", a, 6)
             p, s, start, done, _ = T.train_loop(run, a, "toy", step_fn, jnp.zeros(3), opt.init(jnp.zeros(3)), batch, 6)
-            run.finish()
+            run.finish(**({"chunk_ended_at_step": done} if done < 6 else {}))
         return p, start, done
 
     whole, _, done = run_in(tmp_path / "a", [0])
     chunked, start, done2 = run_in(tmp_path / "b", [2, 4, 0])
     assert done == done2 == 6 and start == 4
     np.testing.assert_allclose(whole, chunked, rtol=1e-6)
+    # the finished record and log hold the whole run: every chunk's losses, wall times and log lines
+    one, three = (json.loads((tmp_path / d / "res" / "toy.json").read_text()) for d in ("a", "b"))
+    assert [x["step"] for x in three["losses"]] == list(range(6))
+    assert [x["loss"] for x in three["losses"]] == pytest.approx([x["loss"] for x in one["losses"]], rel=1e-6)
+    assert len(three["chunk_wall_times_s"]) == 2 and "chunk_ended_at_step" not in three
+    log = (tmp_path / "b" / "res" / "toy.log").read_text()
+    assert all(f"step {i} " in log for i in range(6)) and log.count("resuming") == 2
     with pytest.raises(ValueError, match="run of 6 steps"):
         T.load_train_state(T.state_path(_args(tmp_path / "b"), "toy"), jnp.zeros(3), opt.init(jnp.zeros(3)), 9)
     with pytest.raises(ValueError, match="another model"):
@@ -107,10 +115,10 @@ def test_resumable_chunks_equal_one_run(tmp_path):
 
 def test_cli_rejects_resume_on_v1_and_unknown_world():
     with pytest.raises(SystemExit) as e:
-        T.main(["vq", "--resume", "--out", "/nonexistent/x"])
+        T.main(["vq", "--resume", "--world", "1", "--out", "/nonexistent/x"])
     assert e.value.code == 2
     with pytest.raises(SystemExit):
-        T.build_parser().parse_args(["vq", "--world", "3"])
+        T.build_parser().parse_args(["vq", "--world", "4"])
 
 
 def test_v1_checkpoint_loaded_as_v2_is_refused(tmp_path):

@@ -70,12 +70,13 @@ def read_prompt_folder(folder: str | os.PathLike, *, world: bool = True) -> tupl
 
 def evaluate_folder(
     folder: str | os.PathLike,
-    config: JudgeConfig = JudgeConfig(),
+    config: JudgeConfig | None = None,
     *,
     world: bool = True,
 ) -> tuple[list[dict], dict]:
     """Judges every sample of a GenEval-layout folder (subfolders whose name is all digits,
-    in numeric order; samples `<digits>.png`, sorted).
+    in numeric order; samples `<digits>.png`, sorted) with `config` (None: the shipped
+    world's judge, `judge.default_config()`).
 
     Returns (results, summary): one dict per image with keys "index" (prompt folder number),
     "filename", "tag", "prompt", "correct", "reason", "metadata" (the record) and "detected"

@@ -36,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,7 +45,7 @@ import optax
 from scalingar_jax.atomic import atomic_write_bytes, atomic_write_text
 from scalingar_jax.images import to_uint8
 from scalingar_jax.stats import auroc
-from scalingar_jax.world.spec import META_KEY, WORLD_V1, WorldSpec, world_spec
+from scalingar_jax.world.spec import DEFAULT_WORLD, META_KEY, WORLD_V1, WorldSpec, world_spec
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,10 +56,9 @@ from scalingar_jax.world.spec import META_KEY, WORLD_V1, WorldSpec, world_spec
 def default_vq_config(spec: WorldSpec = WORLD_V1):
     from scalingar_jax.vq import VQConfig
 
-    # v1: 48x48 -> 12x12 tokens (downsample 4), L2-normalised 512 x 8 codebook.
-    # v2: 64x64 -> 16x16 tokens, the same codebook, twice the width (textured backgrounds).
-    ch = 16 if spec.version == 1 else 32
-    return VQConfig(codebook_size=512, codebook_embed_dim=8, codebook_l2_norm=True, ch=ch, ch_mult=(1, 2, 4),
+    # 48x48 -> 12x12 tokens (v1, v3) or 64x64 -> 16x16 (v2): downsample 4, an L2-normalised
+    # 512 x 8 codebook; base width from the spec (16; v2: 32).
+    return VQConfig(codebook_size=512, codebook_embed_dim=8, codebook_l2_norm=True, ch=spec.vq_channels, ch_mult=(1, 2, 4),
                     z_channels=64, num_res_blocks=1, norm_groups=8).validate()
 
 
@@ -67,9 +67,6 @@ def default_text_config():
 
     return d(dim=128, n_layer=2, n_head=4, out_dim=128)
 
-
-# v2 GPT size: dim 256, 8 layers, 8 heads -> 6,789,376 parameters (`param_count`, tested).
-V2_GPT_DIM, V2_GPT_LAYERS = 256, 8
 
 
 def default_gpt_config(vq_cfg, text_cfg, dim: int = 192, n_layer: int = 6, grid_size: int = 12):
@@ -133,13 +130,28 @@ class Run:
         self.results.mkdir(parents=True, exist_ok=True)
         self.name, self.t0 = name, time.time()
         self.log_path = self.results / f"{name}.log"
-        self.log_f = open(self.log_path, "w")
+        self.chunk = self._chunk_record() if getattr(args, "resume", False) else None
+        self.log_f = open(self.log_path, "a" if self.chunk else "w")  # a chunk's log goes on with the run's
         self.record = {"model": name, "command": "python -m scalingar_jax.world.train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                        "seed": args.seed, "losses": [], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         self.progress = Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                                  TimeElapsedColumn(), TimeRemainingColumn(), refresh_per_second=1)
         self.task = self.progress.add_task(name, total=total, info="")
         self.progress.start()
+
+    def _chunk_record(self) -> dict | None:
+        """The JSON record of the unfinished chunk this --resume run continues (None if none)."""
+        prev = self.results / f"{self.name}.json"
+        rec = json.loads(prev.read_text()) if prev.is_file() else {}
+        return rec if "chunk_ended_at_step" in rec else None
+
+    def resume_at(self, start: int) -> None:
+        """Continues the record of the run's earlier chunks at step `start`: their losses (steps
+        before `start`) and their wall times (`chunk_wall_times_s`) are kept."""
+        prev = self.chunk or {}
+        self.record["losses"] = [x for x in prev.get("losses", []) if x["step"] < start]
+        self.record["started"] = prev.get("started", self.record["started"])
+        self.record["chunk_wall_times_s"] = prev.get("chunk_wall_times_s", []) + [prev["wall_time_s"]] if prev else []
 
     def previous_runs(self) -> list[dict]:
         """The records of the earlier runs this one continues: the JSON this run will replace
@@ -148,6 +160,8 @@ class Run:
         if not prev.exists():
             return []
         rec = json.loads(prev.read_text())
+        if "chunk_ended_at_step" in rec:  # an unfinished chunk of this very run: its history is ours
+            return rec.get("previous_runs", [])
         return rec.pop("previous_runs", []) + [rec]
 
     def log(self, msg: str):
@@ -167,6 +181,9 @@ class Run:
         self.progress.stop()
         self.record.update(extra)
         self.record["wall_time_s"] = round(time.time() - self.t0, 1)
+        if self.record.get("chunk_wall_times_s"):
+            self.record["wall_time_all_chunks_s"] = round(sum(self.record["chunk_wall_times_s"])
+                                                          + self.record["wall_time_s"], 1)
         out = self.results / f"{self.name}.json"
         atomic_write_text(out, json.dumps(self.record, indent=2, default=str))
         self.log(f"done; wall time {self.record['wall_time_s']} s; wrote {out}")
@@ -188,11 +205,11 @@ def stop_reason(t0: float, args, done: int) -> str | None:
 
 
 def _spec(args) -> WorldSpec:
-    return getattr(args, "spec", None) or WORLD_V1
+    return getattr(args, "spec", None) or DEFAULT_WORLD
 
 
 def run_name(model: str, spec: WorldSpec) -> str:
-    """The results name of a training run: `model` for v1, `model_v2` for v2."""
+    """The results name of a training run: `model` for v1, `model_v<version>` otherwise."""
     return model if spec.version == 1 else f"{model}_v{spec.version}"
 
 
@@ -241,6 +258,7 @@ def train_loop(run, args, model: str, step_fn, params, opt_state, batch, steps: 
     path = state_path(args, model)
     if getattr(args, "resume", False) and path.is_file():
         start, params, opt_state = load_train_state(path, params, opt_state, steps)
+        run.resume_at(start)
         run.log(f"resuming {path} at step {start}/{steps}")
     t0, done, t_first = time.time(), start, None
     for step in range(start, steps):
@@ -295,6 +313,22 @@ def vq_judge_agreement(vq_params, vq_cfg, n: int, seed: int, batch: int = 50, sp
     return {"n": n, "judge_on_renders": gt_ok / n, "judge_on_reconstructions": rec_ok / n, "example_failures": fails}
 
 
+def restart_dead_codes(params, codes: np.ndarray, z: np.ndarray, rng: np.random.Generator):
+    """Codebook rows that no latent of a sample uses are moved onto randomly chosen latents of it
+    (plus noise of std 0.01), so the codebook does not collapse onto a few rows (random restarts,
+    as in Jukebox's VQ-VAE). codes (n,) int, z (n, e) the (normalised) latents that produced them.
+    Returns (params with the new `quantize/embedding`, rows in use, rows restarted)."""
+    emb = np.array(params["quantize"]["embedding"])
+    used = np.bincount(codes, minlength=emb.shape[0]) > 0
+    dead = np.flatnonzero(~used)
+    if dead.size:
+        pick = rng.choice(len(z), size=dead.size, replace=len(z) < dead.size)
+        emb[dead] = z[pick] + rng.normal(0.0, 0.01, (dead.size, emb.shape[1]))
+        params = {**params, "quantize": {**params["quantize"],
+                                         "embedding": jnp.asarray(emb, params["quantize"]["embedding"].dtype)}}
+    return params, int(used.sum()), int(dead.size)
+
+
 def train_vq(args):
     from scalingar_jax.checkpoint import save_model
     from scalingar_jax.vq import init_vq_params, vq_losses
@@ -329,6 +363,24 @@ def train_vq(args):
         upd, opt_state = opt.update(g, opt_state, params)
         return optax.apply_updates(params, upd), opt_state, {k: d[k] for k in ("recon", "vq", "commit")}
 
+    @jax.jit
+    def latents(params, x):  # (codes (n,), normalised latents z (n, e)) of a batch of images
+        from scalingar_jax.vq import VQModel
+
+        codes, _, z = nn.apply(lambda m: m.encode(x), VQModel(cfg))({"params": params})
+        return codes.reshape(-1), z.reshape(-1, z.shape[-1])
+
+    restart_until = int(args.vq_restart_until * steps)
+
+    def step_with_restarts(params, opt_state, x, step):
+        params, opt_state, metrics = step_fn(params, opt_state, x)
+        if args.vq_restart_every and 0 < step < restart_until and step % args.vq_restart_every == 0:
+            r = np.random.default_rng([args.seed + 5, step])  # a function of the step: chunking changes nothing
+            codes, z = latents(params, jnp.asarray(data[r.integers(0, len(data), 4 * B)]))
+            params, used, restarted = restart_dead_codes(params, np.asarray(codes), np.asarray(z), r)
+            metrics = {**metrics, "codes_used": used, "restarted": restarted}
+        return params, opt_state, metrics
+
     rng = np.random.default_rng(args.seed + 1)
 
     def batch(step):
@@ -337,10 +389,11 @@ def train_vq(args):
         x = data[idx]
         if r.random() < 0.5:  # flips keep the scene distribution (position labels are not used here)
             x = x[:, :, ::-1]
-        return (jnp.asarray(x),)
+        return jnp.asarray(x), step
 
     t0 = time.time()
-    params, opt_state, start, done, step_time = train_loop(run, args, "vq", step_fn, params, opt_state, batch, steps)
+    params, opt_state, start, done, step_time = train_loop(run, args, "vq", step_with_restarts, params, opt_state,
+                                                           batch, steps)
     train_time = time.time() - t0
     out = Path(args.out) / "vq"
     meta = {"steps": done, "seed": args.seed, META_KEY: spec.version}
@@ -483,11 +536,16 @@ def load_gpt_init(path, cfg, text_cfg):
     Raises ValueError if the saved configs differ from the ones this run would train."""
     from scalingar_jax.checkpoint import load_model
 
+    from scalingar_jax.checkpoint import read_config
+
     g, g_cfg = load_model(Path(path) / "gpt", expect_kind="gpt")
     t, t_cfg = load_model(Path(path) / "text", expect_kind="text")
     if g_cfg != cfg or t_cfg != text_cfg:
         raise ValueError(f"--gpt-init {path} holds {g_cfg} / {t_cfg}, expected {cfg} / {text_cfg}")
-    return {"gpt": g, "text": t}, saved_steps(Path(path) / "gpt")
+    meta = read_config(Path(path) / "gpt")[2] or {}
+    # a model saved when a --resume chunk of a continued run ended: the run started after the init's steps
+    steps = meta["continued_from_steps"] if meta.get("chunk_of_run") else saved_steps(Path(path) / "gpt")
+    return {"gpt": g, "text": t}, int(steps)
 
 
 def train_gpt(args):
@@ -502,9 +560,8 @@ def train_gpt(args):
     check_world_version(Path(args.out) / "vq", spec.version)
     vq_params, vq_cfg = load_model(Path(args.out) / "vq", expect_kind="vq")
     text_cfg = default_text_config()
-    v2 = spec.version != 1
-    dim = args.gpt_dim or (V2_GPT_DIM if v2 else 192)
-    layers = args.gpt_layers or (V2_GPT_LAYERS if v2 else 6)
+    dim = args.gpt_dim or spec.gpt_dim
+    layers = args.gpt_layers or spec.gpt_layers
     cfg = default_gpt_config(vq_cfg, text_cfg, dim, layers, spec.grid_size)
     steps, B = args.gpt_steps, args.gpt_batch
     run = Run(run_name("gpt", spec), args, steps)
@@ -533,7 +590,7 @@ def train_gpt(args):
     rng = np.random.default_rng(args.seed + 2)
 
     def batch(step):
-        r = rng if not v2 else np.random.default_rng([args.seed + 2, step])
+        r = rng if spec.version == 1 else np.random.default_rng([args.seed + 2, step])
         idx = r.integers(0, len(codes), B)
         drop = r.random(B) < args.caption_dropout
         return jnp.asarray(ids[idx]), jnp.asarray(mask[idx]), jnp.asarray(codes[idx]), jnp.asarray(drop)
@@ -542,6 +599,8 @@ def train_gpt(args):
     params, opt_state, start, done, step_time = train_loop(run, args, "gpt", step_fn, params, opt_state, batch, steps)
     train_time = time.time() - t0
     meta = {"steps": prior_steps + done, "seed": args.seed, "trained_jointly_with": "text", META_KEY: spec.version}
+    if done < steps and getattr(args, "resume", False):  # a chunk: the next one continues this run, not this model
+        meta.update(chunk_of_run=True, continued_from_steps=prior_steps)
     out_g, out_t = Path(args.out) / "gpt", Path(args.out) / "text"
 
     def save():
@@ -550,7 +609,8 @@ def train_gpt(args):
                    overwrite=True)
 
     n_params = {"gpt": param_count(params["gpt"]), "text": param_count(params["text"])}
-    if not _finished(run, args, done, steps, save, step_time_s=step_time, params=n_params, config=_cfg_dict(cfg)):
+    if not _finished(run, args, done, steps, save, step_time_s=step_time, params=n_params, config=_cfg_dict(cfg),
+                     continued_from_steps=prior_steps, previous_runs=previous_runs):
         return params
     save()
     run.log("sampling the base model on evaluation prompts")
@@ -905,15 +965,17 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train the shapes-world VQ, t2i GPT (+ text encoder) and reward model.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", choices=["vq", "gpt", "reward", "all"], help="which model(s) to train")
-    p.add_argument("--world", default="1", choices=["1", "2", "v1", "v2"],
-                   help="world version: 1 (48x48 flat, the shipped checkpoint) or 2 (64x64 photo backgrounds, "
-                        "16x16 tokens, scene splits)")
+    p.add_argument("--world", default=str(DEFAULT_WORLD.version), choices=["1", "2", "3", "v1", "v2", "v3"],
+                   help="world version: 3 (48x48, photo backgrounds, distractors, scene splits; the shipped "
+                        "checkpoint), 2 (the same world at 64x64 / 16x16 tokens with larger models, for an "
+                        "accelerator) or 1 (retired: flat backgrounds, evaluation scenes seen in training)")
     p.add_argument("--resume", action="store_true",
                    help="resumable chunks: keep the optimiser state in <out>/.train_state/, stop each chunk at "
                         "--max-minutes (default 45 here) and continue it when the same command runs again")
     p.add_argument("--out", default=None,
                    help="checkpoint root directory, relative to the current directory (default: checkpoints/shapes "
-                        "for --world 1, checkpoints/shapes_v2 for --world 2, so v2 never overwrites the shipped v1)")
+                        "for --world 3, checkpoints/shapes_v<N> for another version, so it never overwrites the "
+                        "shipped v3)")
     p.add_argument("--results", default="experiments/results/training",
                    help="folder of the training records <model>.json/.log and samples.png")
     p.add_argument("--seed", type=int, default=0, help="seed for data, init and batches")
@@ -930,10 +992,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--vq-lr", type=float, default=2e-3)
     g.add_argument("--vq-data", type=int, default=8000, help="pre-rendered training images")
     g.add_argument("--vq-init", default=None, help="continue training from this saved VQ directory")
+    g.add_argument("--vq-restart-every", type=int, default=20,
+                   help="every this many steps, move codebook rows that no latent of 4 batches uses onto random "
+                        "latents (keeps the codebook from collapsing; 0: off)")
+    g.add_argument("--vq-restart-until", type=float, default=0.8,
+                   help="restart dead codebook rows only during this fraction of the steps")
     g = p.add_argument_group("gpt")
     g.add_argument("--gpt-steps", type=int, default=600)
-    g.add_argument("--gpt-dim", type=int, default=0, help="GPT width (head_dim 32; 0: 192 for v1, 256 for v2)")
-    g.add_argument("--gpt-layers", type=int, default=0, help="GPT depth (0: 6 for v1, 8 for v2)")
+    g.add_argument("--gpt-dim", type=int, default=0, help="GPT width (head_dim 32; 0: the world's, 192; v2: 256)")
+    g.add_argument("--gpt-layers", type=int, default=0, help="GPT depth (0: the world's, 6; v2: 8)")
     g.add_argument("--gpt-batch", type=int, default=32)
     g.add_argument("--gpt-lr", type=float, default=1e-3)
     g.add_argument("--gpt-data", type=int, default=16000, help="pre-rendered, pre-tokenised training images")
@@ -961,9 +1028,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.spec = world_spec(args.world)
     if args.out is None:
-        args.out = "checkpoints/shapes" if args.spec.version == 1 else "checkpoints/shapes_v2"
+        v = args.spec.version
+        args.out = "checkpoints/shapes" if v == DEFAULT_WORLD.version else f"checkpoints/shapes_v{v}"
     if args.resume and args.spec.version == 1:
-        parser.error("--resume needs --world 2 (v1 runs continue with --vq-init / --gpt-init / --reward-init)")
+        parser.error("--resume needs --world 2 or 3 (v1 runs continue with --vq-init / --gpt-init / --reward-init)")
     if args.resume and args.max_minutes <= 0:
         args.max_minutes = 45.0
     return args
