@@ -111,7 +111,8 @@ class GenerationOutput:
     """images (P, H, W, 3) uint8 selected per prompt; candidates (P, N, H, W, 3) uint8 (pruned
     candidates' images decode their partial grids; the pixels of tokens they never generated are
     `UNGENERATED_GREY`);
-    result: the strategy's `StrategyResult`; stats: the run's `RunStats` (steps, rows, utilization);
+    result: the strategy's `StrategyResult` as host NumPy arrays (read per prompt without a
+    device op, so without a compile per slice shape); stats: the run's `RunStats` (steps, rows, utilization);
     seconds: wall clock of the token loop + selection."""
 
     images: np.ndarray
@@ -168,9 +169,9 @@ def generate(pipe: Pipeline, prompts: Sequence[str], strategy: str | Strategy = 
     res, stats = run_strategy(pipe.model, pipe.gpt_params, cond, cond_mask, strategy=strategy,
                               key=jax.random.key(seed), schedule=schedule, prompt_ids=prompt_ids, prompts=prompts,
                               reward_fn=pipe.reward, decode_fn=pipe.decode_images, on_progress=on_progress)
-    jax.block_until_ready(res.tokens)
+    res = jax.tree.map(np.asarray, res)  # on the host: waits for the run
     seconds = time.perf_counter() - t0
-    images = pipe.decode_images(np.asarray(res.tokens))
+    images = pipe.decode_images(res.tokens)
     candidates = None
     if decode_candidates:
         all_tokens = np.asarray(res.all_tokens)

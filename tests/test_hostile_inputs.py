@@ -1050,7 +1050,10 @@ _INTERRUPT_CHILD = textwrap.dedent("""
     import json, linecache, os, resource, signal, sys, threading, time
     import jax
     from jax import monitoring
-    from scalingar_jax import cli  # the process's baseline: the command and JAX loaded
+    # the process's baseline: the command and the code it runs loaded (the bound is on what the
+    # input costs, not on the size of the libraries a run imports)
+    import orbax.checkpoint  # noqa: F401 (the checkpoint reader imports it lazily)
+    from scalingar_jax import cli, pipeline
 
     def status(key):
         return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024

@@ -248,8 +248,9 @@ def replicate(x, *, mesh):
 
 
 def to_local(tree):
-    """Replicated global arrays -> ordinary arrays on this process's default device."""
-    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), tree)
+    """Replicated global arrays -> ordinary arrays on this process's default device (by
+    `device_put`: `jnp.asarray` of a host array compiles a copy program per shape)."""
+    return jax.tree.map(lambda x: jax.device_put(np.asarray(x)), tree)
 
 
 # ------------------------------------------------------------------------------ the engine

@@ -34,7 +34,6 @@ from collections import deque
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from scalingar_jax.scaling.engine import Engine, Prompts, RunStats, run_stats
@@ -46,7 +45,7 @@ def stack_results(parts: list[StrategyResult]) -> StrategyResult:
     """P = 1 results -> one result over all prompts (traj (T, P, ...): prompts on axis 1), on
     the default device."""
     parts = [jax.tree.map(np.asarray, p) for p in parts]
-    cat = lambda xs, axis=0: jnp.asarray(np.concatenate(xs, axis=axis))  # noqa: E731
+    cat = lambda xs, axis=0: jax.device_put(np.concatenate(xs, axis=axis))  # noqa: E731 (no compile, unlike jnp.asarray)
     traj = {name: cat([p.traj[name] for p in parts], 1) for name in parts[0].traj}
     fields = {f.name: cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(StrategyResult)
               if f.name != "traj"}
