@@ -37,8 +37,9 @@ configuration only, with the fields `resources.run_memory` and the CLI read (`vo
 `grid_size` g, `block_size` T = g*g, `n_layer`, `kv_heads`, `head_dim`, `max_seq_len`,
 `cls_token_num` (the condition slots), `dtype`, `model_type` "t2i": text prompts). The cache is the
 shared `gpt.KVCache` (per layer (rows, kv_heads, max_len, head_dim) k and v, valid (rows,
-max_len)). `MODEL_RULES`: `sharding.param_specs` rules for a model-parallel axis (not wired: the
-CLI shards prompts x candidates only).
+max_len)). `MODEL_RULES`: the name rules that split Janus's weights over a model-parallel axis
+(`sharding.shard_params(params, mesh, model_axis="model", rules=MODEL_RULES)`; the CLI shards
+prompts x candidates only).
 
 Sampling (CFG combine, temperature, top-k/p, draws) works on the logits and is shared:
 `decode.next_tokens`. Janus's condition is (ids (P, prompt_len) int32, mask (P, prompt_len)
@@ -359,10 +360,8 @@ def decode_layout(params):
 # o and down (input features), embeddings and the image head over the vocabulary.
 MODEL_RULES: tuple[tuple[str, int], ...] = (
     (r"layers/(\d+/)?self_attn/[qkv]_proj/kernel$", -1),
-    (r"layers/(\d+/)?self_attn/[qkv]_proj/bias$", -1),
     (r"layers/(\d+/)?self_attn/o_proj/kernel$", -2),
     (r"layers/(\d+/)?mlp/(gate|up)_proj/kernel$", -1),
-    (r"layers/(\d+/)?mlp/(gate|up)_proj/bias$", -1),
     (r"layers/(\d+/)?mlp/down_proj/kernel$", -2),
     (r"embed_tokens/embedding$", 0),
     (r"gen_head/out/kernel$", -1),

@@ -157,13 +157,14 @@ def put(x, mesh: Mesh, spec: P) -> jax.Array:
     return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec), lambda idx: x[idx])
 
 
-def shard_params(params, mesh: Mesh, *, model_axis: str | None = None):
+def shard_params(params, mesh: Mesh, *, model_axis: str | None = None, rules=MODEL_RULES):
     """Puts a parameter tree on the mesh: replicated, or split over `model_axis` (see
-    `param_specs`; use `model_axis="model"` with a mesh from `make_mesh(..., model_shards=M)`)."""
+    `param_specs`; use `model_axis="model"` with a mesh from `make_mesh(..., model_shards=M)`).
+    rules: the model family's name rules (LlamaGen's `MODEL_RULES`; Janus: `janus.MODEL_RULES`)."""
     check_mesh(mesh)
     if model_axis is not None and model_axis not in mesh.axis_names:
         raise ValueError(f"mesh has no axis {model_axis!r} (axes {mesh.axis_names})")
-    specs = param_specs(params, model_axis, axis_size(mesh, model_axis) if model_axis else 1)
+    specs = param_specs(params, model_axis, axis_size(mesh, model_axis) if model_axis else 1, rules)
     return jax.tree.map(lambda x, s: put(x, mesh, s), params, specs)
 
 

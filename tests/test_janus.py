@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -187,6 +188,32 @@ def tiny_params():
         return jnp.asarray((name == "weight") + scale * rng.standard_normal(x.shape), x.dtype)
 
     return jax.tree_util.tree_map_with_path(draw, janus.param_shapes(TINY))
+
+
+def test_model_rules_split_every_matmul_and_match_real_names(tiny_params):
+    """Every rule of `janus.MODEL_RULES` names leaves that exist (a renamed weight would leave
+    its rule silently unused), and with them a model axis of 2 splits q/k/v, o, gate/up, down,
+    the embedding and the image head on the documented dimension; norms stay replicated."""
+    from jax.sharding import PartitionSpec as P
+
+    from scalingar_jax import sharding
+
+    names = [sharding.param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(tiny_params)[0]]
+    for pattern, _ in janus.MODEL_RULES:
+        assert any(re.search(pattern, n) for n in names), pattern
+    specs = {sharding.param_path(p): s for p, s in jax.tree_util.tree_flatten_with_path(
+        sharding.param_specs(tiny_params, "model", 2, rules=janus.MODEL_RULES),
+        is_leaf=lambda x: isinstance(x, P))[0]}
+    leaves = {sharding.param_path(p): x for p, x in jax.tree_util.tree_flatten_with_path(tiny_params)[0]}
+    split = {n: s for n, s in specs.items() if s != P()}
+    for n, s in split.items():
+        dim = list(s).index("model")
+        assert leaves[n].shape[dim] % 2 == 0, n
+    kinds = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens", "gen_head"}
+    assert {k for k in kinds if any(k in n for n in split)} == kinds
+    assert not any("norm" in n for n in split)
+    o = next(n for n in split if "o_proj/kernel" in n)
+    assert list(specs[o]).index("model") == leaves[o].ndim - 2  # row parallel: the input features
 
 
 def test_rope_matches_a_numpy_reference():
