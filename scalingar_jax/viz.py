@@ -235,22 +235,30 @@ def plot_lines(path, xs, series: Mapping[str, object], xlabel: str, ylabel: str,
     fig = _figure(figsize)
     ax = fig.subplots()
     for name, ys, err in ser:
-        if err is None:
-            ax.plot(x, ys, marker="o", ms=5, lw=1.8, label=name)
-        else:
-            ax.errorbar(x, ys, yerr=err, marker="o", ms=5, lw=1.8, capsize=3, label=name)
+        _line(ax, x, ys, err, name, ms=5, lw=1.8)
     if logx:
         ax.set_xscale("log", base=2)
         ax.minorticks_off()
     ax.set_xticks(x)
     ax.set_xticklabels([f"{v:g}" for v in x])
+    _label_axes(ax, xlabel, ylabel, title, legend_size=9)
+    return _save(fig, path, dpi)
+
+
+def _line(ax, x, y, err, name: str, *, ms: float, lw: float) -> None:
+    if err is None:
+        ax.plot(x, y, marker="o", ms=ms, lw=lw, label=name)
+    else:
+        ax.errorbar(x, y, yerr=err, marker="o", ms=ms, lw=lw, capsize=3, label=name)
+
+
+def _label_axes(ax, xlabel: str, ylabel: str, title: str | None, *, legend_size: float) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=9)
+    ax.legend(fontsize=legend_size)
     if title:
         ax.set_title(title)
-    return _save(fig, path, dpi)
 
 
 def plot_xy(path, series: Mapping[str, object], xlabel: str, ylabel: str, title: str | None = None,
@@ -273,18 +281,10 @@ def plot_xy(path, series: Mapping[str, object], xlabel: str, ylabel: str, title:
             raise ValueError(f"series {name!r}: xs, ys (and yerr) must have one length")
         if logx and np.any(x <= 0):
             raise ValueError("logx=True needs xs > 0")
-        if err is None:
-            ax.plot(x, y, marker="o", ms=4, lw=1.6, label=name)
-        else:
-            ax.errorbar(x, y, yerr=err, marker="o", ms=4, lw=1.6, capsize=3, label=name)
+        _line(ax, x, y, err, name, ms=4, lw=1.6)
     if logx:
         ax.set_xscale("log", base=2)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
+    _label_axes(ax, xlabel, ylabel, title, legend_size=8)
     return _save(fig, path, dpi)
 
 
