@@ -3,7 +3,8 @@
 `shapes_prompts.jsonl` (package data beside this module) holds GenEval-schema records, one per
 line as GenEval's `evaluation_metadata.jsonl`, inside the embedded world's vocabulary: for each
 of GenEval's six tags the first `PER_TAG` distinct prompts of the EVALUATION split of the world
-version the embedded bundle (`checkpoints/shapes`) records. v1 has no scene splits: its
+version the embedded bundle (`checkpoints/shapes`) records, a tag at a time (the first six
+records hold one prompt of each tag). v1 has no scene splits: its
 evaluation split is `prompts.evaluation_set()`, whose prompt strings training never sees; v2
 and v3 split by scene: `scenes.evaluation_set_v2()`, whose scenes no training data holds under
 any wording. Either way these are the prompts a user evaluates on, never training prompts.
@@ -24,9 +25,10 @@ REWRITE_COMMAND = "python experiments/write_shapes_prompts.py"
 
 
 def evaluation_prompts(version: int, per_tag: int = PER_TAG) -> list[dict]:
-    """The records of the shipped file for world `version` (1, 2 or 3): per tag, in `TAGS`
-    order, the first `per_tag` distinct prompts of that world's evaluation set (seed 0; a
-    repeated prompt dropped), GenEval's records. Deterministic."""
+    """The records of the shipped file for world `version` (1, 2 or 3): per tag the first
+    `per_tag` distinct prompts of that world's evaluation set (seed 0; a repeated prompt
+    dropped), GenEval's records, taken a tag at a time in `TAGS` order (so the first six hold
+    one of each tag, and any prefix, `--limit`, spreads evenly over the tags). Deterministic."""
     from scalingar_jax.world import prompts, scenes
     from scalingar_jax.world.spec import world_spec
 
@@ -35,10 +37,11 @@ def evaluation_prompts(version: int, per_tag: int = PER_TAG) -> list[dict]:
         records = scenes.evaluation_set_v2(seed=0, per_tag=per_tag)
     else:
         records = prompts.evaluation_set(seed=0, per_tag=per_tag)
-    unique: dict[str, dict] = {}
+    by_tag: dict[str, dict[str, dict]] = {tag: {} for tag in prompts.TAGS}
     for r in records:
-        unique.setdefault(r["prompt"], r)
-    return list(unique.values())
+        by_tag[r["tag"]].setdefault(r["prompt"], r)
+    columns = [list(tagged.values()) for tagged in by_tag.values()]
+    return [c[i] for i in range(max(map(len, columns))) for c in columns if i < len(c)]
 
 
 def write_prompt_file(path: str | os.PathLike, version: int, per_tag: int = PER_TAG) -> list[dict]:
