@@ -38,8 +38,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pipeline", ("pipeline",)),
     # model families: bundle loaders and what they are built from
     ("families", ("janus_bundle", "llamagen", "world", "world.geneval_io", "world.judge", "world.models",
-                  "world.pipeline", "world.prompts", "world.random_world", "world.render", "world.reward",
-                  "world.scenes", "world.text_encoder", "world.vocab")),
+                  "world.pipeline", "world.prompt_file", "world.prompts", "world.random_world", "world.render",
+                  "world.reward", "world.scenes", "world.text_encoder", "world.vocab")),
     ("api", ("",)),  # the package's own __init__: the public names
     # command lines (argparse programs)
     ("commands", ("cli", "convert.run", "world.train")),

@@ -1,5 +1,5 @@
-"""`pip install .` (not editable) works: the wheel carries every module and the embedded
-shapes-world bundle, and its `scalingar generate` runs from another directory with nothing but
+"""`pip install .` (not editable) works: the wheel carries every module, the embedded
+shapes-world bundle and its prompt file (printed by `python -m scalingar_jax.world.prompt_file`), and its `scalingar generate` runs from another directory with nothing but
 the installed package on the path (no checkout, no experiments/, no $SCALINGAR_CHECKPOINT); so
 do `scalingar bundle --janus` on the tiny Janus-Pro fixture's released folder and `scalingar
 generate` on that bundle (the second model family found through the package's own tables).
@@ -72,6 +72,7 @@ def test_wheel_holds_every_module_and_the_embedded_bundle(wheel):
     assert "scalingar_jax/checkpoints/shapes/bundle.json" in bundle
     assert any("/ocdbt.process_0/d/" in f for f in bundle)  # orbax's nested data files
     assert bundle <= names, f"checkpoint files missing from the wheel: {sorted(bundle - names)}"
+    assert "scalingar_jax/world/shapes_prompts.jsonl" in names, "the shapes-world prompt file is not package data"
     assert {n.split("/")[0] for n in names} == {"scalingar_jax", wheel.name.split("-py3")[0] + ".dist-info"}
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "scalingar = scalingar_jax.cli:main" in entry_points
@@ -85,6 +86,10 @@ def test_installed_generate_runs_from_another_directory(installed, tmp_path):
     module, bundle = probe.stdout.split()
     assert Path(module).is_relative_to(installed), f"imported {module}, not the installed package"
     assert Path(bundle) == installed / "scalingar_jax" / "checkpoints" / "shapes"
+    prompts = _run(installed, tmp_path, sys.executable, "-m", "scalingar_jax.world.prompt_file")  # README's way
+    assert prompts.returncode == 0, prompts.stderr
+    assert Path(prompts.stdout.strip()) == installed / "scalingar_jax" / "world" / "shapes_prompts.jsonl"
+    assert Path(prompts.stdout.strip()).read_bytes() == (ROOT / "scalingar_jax" / "world" / "shapes_prompts.jsonl").read_bytes()
 
     proc = _run(installed, tmp_path, str(installed / "bin" / "scalingar"),
                 "generate", "a photo of a red circle", "--out", "OUT", "-n", "2")

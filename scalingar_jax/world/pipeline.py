@@ -20,7 +20,7 @@ from scalingar_jax.gpt import decode_layout
 from scalingar_jax.inputs import read_json_object
 from scalingar_jax.pipeline import Pipeline, load_pipeline
 from scalingar_jax.scaling.config import ScalingARConfig
-from scalingar_jax.world.models import PARTS, load_world
+from scalingar_jax.world.models import PARTS, load_world, saved_world_version
 
 KIND = "shapes-world"
 
@@ -65,6 +65,19 @@ def pipeline_from_bundle(bundle: Bundle, *, with_reward: bool = True) -> Pipelin
     return Pipeline(gpt_params=decode_layout(w.gpt_params), gpt_cfg=w.gpt_cfg, vq_params=w.vq_params,
                     vq_cfg=w.vq_cfg, condition=condition, reward=reward, sampling=bundle.sampling,
                     scaling=bundle.scaling, name=bundle.name, check_record=check_record)
+
+
+def bundle_world_version(path=None) -> int:
+    """The world version a shapes-world bundle records: `models.saved_world_version` of each of
+    its parts (default bundle: `bundle.default_bundle_path()`). ValueError for a bundle of
+    another kind or parts of different versions."""
+    bundle = read_bundle(path)
+    if bundle.kind != KIND:
+        raise ValueError(f"{bundle.manifest_path}: a {bundle.kind!r} bundle, not a {KIND!r} one, has no world version")
+    versions = {name: saved_world_version(bundle.root / folder) for name, folder in bundle.parts}
+    if len(set(versions.values())) != 1:
+        raise ValueError(f"shapes-world bundle {bundle.root} mixes world versions: {versions}")
+    return next(iter(versions.values()))
 
 
 def load_world_pipeline(path=None, *, sampling: SamplingConfig | None = None, scaling: ScalingARConfig | None = None,
