@@ -124,7 +124,7 @@ def test_package_warnings_show_as_one_line_and_python_format_comes_back(monkeypa
         seen["theirs"] = warnings.formatwarning("deprecated", DeprecationWarning, np.__file__, 7, "x = 1")
         return 0
 
-    monkeypatch.setattr(cli, "cmd_merge", fake_merge)
+    monkeypatch.setattr(cli.merge, "run", fake_merge)
     assert cli.main(["merge", "a", "--out", "b"]) == 0
     assert seen["ours"] == "scalingar: warning: prompt 0 is 680 pieces long\n"
     assert seen["theirs"] == python_format("deprecated", DeprecationWarning, np.__file__, 7, "x = 1")

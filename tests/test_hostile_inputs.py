@@ -23,7 +23,7 @@ import pytest
 
 from scalingar_jax import atomic
 from scalingar_jax.convert import load_checkpoint
-from scalingar_jax.convert import run
+from scalingar_jax.cli import convert as convert_cli
 from scalingar_jax.convert import safetensors as sft
 from scalingar_jax.convert import torch_pickle as tp
 from scalingar_jax.convert.torch_pickle import CheckpointBudgetError, CheckpointFormatError, UnsafePickleError
@@ -258,7 +258,7 @@ def _convert_cli(argv, capsys=None) -> tuple[int, str]:
 
     buf = io.StringIO()
     with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(io.StringIO()):
-        rc = run.main(argv)
+        rc = convert_cli.main(argv)
     return rc, buf.getvalue()
 
 
@@ -553,7 +553,7 @@ def test_generate_out_folder_is_replaced_whole_and_guarded(world, tmp_path, monk
 
 
 def test_evaluate_refuses_huge_declared_png_before_decoding(tmp_path):
-    from scalingar_jax.cli import png_size
+    from scalingar_jax.cli.evaluate import png_size
 
     sample = tmp_path / "00000" / "samples" / "0000.png"
     sample.parent.mkdir(parents=True)
@@ -616,14 +616,14 @@ def test_geneval_folders_are_read_within_bounds(tmp_path, no_hang):
 
 _CHILD = textwrap.dedent("""
     import contextlib, io, json, os, resource, sys, tracemalloc
-    from scalingar_jax.convert import run
+    from scalingar_jax.cli import convert as convert_cli
     report = {}
     tracemalloc.start()
     for case, path in json.loads(sys.argv[1]).items():
         tracemalloc.reset_peak()
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            rc = run.main([path, path + ".out"])
+            rc = convert_cli.main([path, path + ".out"])
         report[case] = {"rc": rc, "err": err.getvalue(), "traced_peak": tracemalloc.get_traced_memory()[1],
                         "left": os.path.exists(path + ".out")}
     # VmHWM: this process image's peak RSS (ru_maxrss would include the forked pytest parent's)
