@@ -35,6 +35,7 @@ in JAX. Examples:
 """
 
 COMMANDS = (generate, merge, evaluate, bundle, convert, train_world, bench, reproduce)  # in --help's order
+SCRIPT_COMMANDS = ("bench", "reproduce")  # run a script: its own options come after `--`
 PACKAGE = Path(__file__).resolve().parents[1]  # warnings from files under it are the package's own
 
 
@@ -77,9 +78,13 @@ def _main(argv: list[str]) -> int:
         # --help`): hand everything after the subcommand to the converter's own parser.
         rest = argv[1:]
         return convert.main(rest[1:] if rest[:1] == ["--"] else rest)
+    rest = None
+    if argv[:1] and argv[0] in SCRIPT_COMMANDS and "--" in argv:
+        cut = argv.index("--")
+        argv, rest = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
-    if getattr(args, "rest", None) and args.rest[:1] == ["--"]:
-        args.rest = args.rest[1:]
+    if rest is not None:
+        args.rest = rest
     args.argv = argv
     python_format = warnings.formatwarning
     warnings.formatwarning = functools.partial(_warning_line, python_format)

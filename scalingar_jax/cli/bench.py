@@ -3,7 +3,6 @@
 the repository, not with the installed package: from a wheel the command says so."""
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -25,12 +24,13 @@ def add_parser(sub) -> None:
                                    "`scalingar bench decode --out runs/bench -- --presets GPT-B --batch 16`.")
     b.add_argument("name", choices=BENCHMARKS, metavar="NAME", help="the benchmark: " + ", ".join(BENCHMARKS))
     add_out_flag(b)
-    b.add_argument("rest", nargs=argparse.REMAINDER, help="options for the benchmark (after --)")
-    b.set_defaults(fn=run)
+    b.set_defaults(fn=run, rest=[])
 
 
 def add_out_flag(parser) -> None:
-    """--out, the results folder of `bench` and `reproduce`."""
+    """--out, the results folder of `bench` and `reproduce`; the script's own options come after
+    `--` (`cli.main` hands them over as `args.rest`)."""
+    parser.usage = f"{parser.prog} [-h] NAME [--out DIR] [-- OPTIONS OF THE SCRIPT]"
     parser.add_argument("--out", default=".", metavar="DIR",
                         help="folder for the results (created; default: the current folder)")
 

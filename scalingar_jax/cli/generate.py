@@ -638,7 +638,7 @@ def _run_prompt_folders(args, pipe, sampling, scaling, mesh, out: Path, share, t
 
         def on_folder(k: int) -> None:
             tally["folders"] = k
-            update(k, **_prompt_bar_fields(tally, time.perf_counter() - t0))
+            update(k, **prompt_bar_fields(tally, time.perf_counter() - t0))
 
         with bar:
             geneval.run_prompts(out, todo, generate_fn, images_per_prompt=K, batch=args.batch, on_folder=on_folder)
@@ -646,12 +646,12 @@ def _run_prompt_folders(args, pipe, sampling, scaling, mesh, out: Path, share, t
         raise Interrupted(f"interrupted: {before + tally['folders']} of {len(share)} prompt folders done in {out}; rerun "
                           "the same command to resume") from None
     folders = "prompt folder" if len(todo) == 1 else "prompt folders"
-    fields = _prompt_bar_fields(tally, time.perf_counter() - t0)
+    fields = prompt_bar_fields(tally, time.perf_counter() - t0)
     print(f"wrote {len(todo)} {folders} ({len(share)} in all, {K} images each) under {out}; {fields['rate']}, "
           f"{fields['saved']}")
 
 
-def _prompt_bar_fields(tally: dict, seconds: float) -> dict[str, str]:
+def prompt_bar_fields(tally: dict, seconds: float) -> dict[str, str]:
     """The --prompts bar's fields: images per second so far and the tokens ScalingAR's
     termination saved (of N * T per image)."""
     full = tally["tokens_full"]

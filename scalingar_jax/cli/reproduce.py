@@ -31,8 +31,7 @@ def add_parser(sub) -> None:
                                    + "\n".join(f"  {k:12s} {v}" for k, v in EXPERIMENTS.items()))
     r.add_argument("name", choices=list(EXPERIMENTS), metavar="NAME", help="the experiment (listed above)")
     add_out_flag(r)
-    r.add_argument("rest", nargs=argparse.REMAINDER, help="options for the experiment (after --)")
-    r.set_defaults(fn=run)
+    r.set_defaults(fn=run, rest=[])
 
 
 def run(args) -> int:
