@@ -81,7 +81,8 @@ def test_hard_coded_choices_are_the_librarys():
 @pytest.mark.parametrize("message, flags, want", [
     ("SamplingConfig.top_k must be an int in [0, 65536], got -5", {"top_k": "--top-k"},
      "--top-k must be an int in [0, 65536], got -5"),
-    ("top_p must be in (0, 1], got 2.0", {"cfg_scale": "--cfg", "top_p": "--top-p"}, "--top-p must be in (0, 1], got 2.0"),
+    ("top_p must be in (0, 1], got 2.0", {"cfg_scale": "--cfg", "top_p": "--top-p"},
+     "--top-p must be in (0, 1], got 2.0"),
     ("cfg_scale must be finite and >= 0, got -1.0", {"cfg_scale": "--cfg"}, "--cfg must be finite and >= 0, got -1.0"),
     ("top_k must be in [0, vocab_size=512], got 600", {"temperature": "--temperature"},
      "top_k must be in [0, vocab_size=512], got 600"),  # no flag set top_k: the message stays
@@ -126,6 +127,21 @@ def test_bench_results_go_under_out(tmp_path, monkeypatch, capfd):
     with pytest.raises(SystemExit) as e:  # the script's options go after --
         cli.main(["bench", "decode", "--batch", "2"])
     assert e.value.code == 2 and "unrecognized arguments: --batch 2" in capfd.readouterr().err
+
+
+def test_bench_cli_runs_from_the_command_with_results_under_out(tmp_path, monkeypatch):
+    """The real experiments/bench_cli.py through `scalingar bench cli --out DIR -- --repeat 1`."""
+    monkeypatch.chdir(tmp_path)
+    before = sorted((ROOT / "experiments" / "results").glob("bench_cli*"))
+    before = {p: p.stat().st_mtime_ns for p in before}
+    assert cli.main(["bench", "cli", "--out", "b", "--", "--repeat", "1"]) == 0
+    rows = json.loads((tmp_path / "b" / "bench_cli.json").read_text())["rows"]
+    assert [r["command"].split(" (")[0] for r in rows] == ["scalingar --help", "scalingar generate --help",
+                                                          "scalingar generate --bogus"]
+    assert all(r["runs"] == 1 and r["median_s"] > 0 for r in rows)
+    assert (tmp_path / "b" / "bench_cli.md").is_file()
+    after = {p: p.stat().st_mtime_ns for p in (ROOT / "experiments" / "results").glob("bench_cli*")}
+    assert after == before  # nothing written into the checkout
 
 
 def test_bench_out_that_cannot_be_a_folder(tmp_path, capsys):

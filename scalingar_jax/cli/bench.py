@@ -11,8 +11,8 @@ from pathlib import Path
 from scalingar_jax.errors import UserError
 
 CHECKOUT = Path(__file__).resolve().parents[2]  # the repository checkout, if the package runs from one
-BENCHMARKS = ("accelerator", "attention_layout", "backend", "convert", "decode", "generate", "judge", "scaling",
-              "sharding", "throughput")  # experiments/bench_*.py (tests/test_cli_parser.py pins the list)
+BENCHMARKS = ("accelerator", "attention_layout", "backend", "cli", "convert", "decode", "generate", "judge",
+              "scaling", "sharding", "throughput")  # experiments/bench_*.py (tests/test_cli_parser.py pins the list)
 RESULTS_ENV = "SCALINGAR_RESULTS"  # the results folder experiments/common.py writes to
 
 

@@ -29,7 +29,11 @@ def add_parser(sub) -> None:
                                    "ungenerated tokens grey, the winner in green), confidence.png (C per candidate, threshold, guidance scale), "
                                    "entropy.png (token-entropy heat map of the winner), tokens.npy (every candidate's "
                                    "image tokens, int32 (N, T), -1 where a pruned candidate never generated one) and "
-                                   "result.json. A class-conditional (c2i) bundle takes --class-ids instead of a "
+                                   "result.json (winner, tokens, compile and run seconds apart, every candidate's "
+                                   "score: its reward for best_of_n and importance_sampling). Progress goes to stderr: "
+                                   "a \"compiling\" line, then on a terminal a bar over token steps (--prompts: a "
+                                   "bar over prompt folders with ETA, images/s and the tokens termination saved). A "
+                                   "class-conditional (c2i) bundle takes --class-ids instead of a "
                                    "prompt.")
     g.add_argument("prompt", nargs="*", help="the prompt, e.g. \"a photo of a red circle left of a blue square\"")
     g.add_argument("--prompts", default=None, help="a GenEval-schema .jsonl prompt file (e.g. GenEval's "
@@ -643,7 +647,8 @@ def _run_prompt_folders(args, pipe, sampling, scaling, mesh, out: Path, share, t
         with bar:
             geneval.run_prompts(out, todo, generate_fn, images_per_prompt=K, batch=args.batch, on_folder=on_folder)
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted: {before + tally['folders']} of {len(share)} prompt folders done in {out}; rerun "
+        done = before + tally["folders"]
+        raise Interrupted(f"interrupted: {done} of {len(share)} prompt folders done in {out}; rerun "
                           "the same command to resume") from None
     folders = "prompt folder" if len(todo) == 1 else "prompt folders"
     fields = prompt_bar_fields(tally, time.perf_counter() - t0)

@@ -23,11 +23,12 @@ EXPERIMENTS = {
 
 def add_parser(sub) -> None:
     """The `reproduce` subcommand."""
-    r = sub.add_parser("reproduce", help="reproduce the paper's experiments on the shapes world (" + ", ".join(EXPERIMENTS)
-                       + ")", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Runs the repository's experiments/reproduce.py NAME; pass its own options after "
-                                   "--, e.g. `scalingar reproduce main --out runs/paper -- --smoke`. Each experiment "
-                                   "writes JSON, a markdown table and PNG plots under --out.\n\nexperiments:\n"
+    r = sub.add_parser("reproduce", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="reproduce the paper's experiments on the shapes world (" + ", ".join(EXPERIMENTS) + ")",
+                       description="Runs the repository's experiments/reproduce.py NAME; pass its own options "
+                                   "after --,\ne.g. `scalingar reproduce main --out runs/paper -- --smoke`. Each "
+                                   "experiment writes JSON,\na markdown table and PNG plots under --out.\n\n"
+                                   "experiments:\n"
                                    + "\n".join(f"  {k:12s} {v}" for k, v in EXPERIMENTS.items()))
     r.add_argument("name", choices=list(EXPERIMENTS), metavar="NAME", help="the experiment (listed above)")
     add_out_flag(r)
