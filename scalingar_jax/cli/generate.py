@@ -3,7 +3,6 @@ strategy. The parser imports nothing heavy; `run` imports the pipeline when the 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -262,7 +261,7 @@ def _with_reward(args, pipe):
 def run(args) -> int:
     """Runs `scalingar generate`; 0 on success (UserError for bad input)."""
     from scalingar_jax.atomic import atomic_dir
-    from scalingar_jax.pipeline import generate, load_pipeline
+    from scalingar_jax.pipeline import load_pipeline
 
     _check_generate_args(args)
     _check_prompt_file_args(args)
@@ -292,7 +291,6 @@ def run(args) -> int:
         conditioning = pipe.condition([prompt])  # vocabulary errors before any compile; encoded once
     except ValueError as e:
         raise UserError(str(e)) from None
-    T = pipe.gpt_cfg.block_size
     res, clock = _generate_shown(pipe, [prompt], _strategy(args, args.n, sampling, scaling), args.seed,
                                  _schedule(args, mesh), conditioning)
     with atomic_dir(out, overwrite=True) as tmp:  # all files appear together, or none
