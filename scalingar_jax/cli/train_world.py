@@ -16,9 +16,12 @@ import shlex
 from scalingar_jax.errors import UserError
 from scalingar_jax.world.spec import DEFAULT_WORLD, world_spec
 
-DESCRIPTION = ("Train the shapes-world VQ, t2i GPT (+ text encoder) and reward model. Each run writes "
-               "<model>.json (config, loss curve, wall time, evaluation numbers and this command) and <model>.log "
-               "under --results; --out and --results are relative to the current directory.")
+DESCRIPTION = """\
+Train the shapes-world VQ, t2i GPT (+ text encoder) and reward model. Each run writes
+<model>.json (config, loss curve, wall time, evaluation numbers and this command) and
+<model>.log under --results; --out and --results are relative to the current directory.
+With --resume (world 2 and 3) a run goes in chunks of --max-minutes: while it prints
+"chunk ended at step ...", rerun the same command to continue."""
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
