@@ -304,18 +304,18 @@ def run(args) -> int:
     return 0
 
 
-def _generate_shown(pipe, prompts, strategy, seed: int, schedule, conditioning=None, prompt_ids=None):
+def _generate_shown(pipe, prompts, strategy, seed: int, schedule, conditioning=None, prompt_ids=None, label=""):
     """`pipeline.generate` with every candidate decoded, showing its work on stderr: a
     "compiling" line first, then a bar over token steps (the loop stops once per grid row to
-    report: the same compiled loop and tokens). Returns (GenerationOutput, timing.Clock: compile
-    and run seconds apart)."""
+    report: the same compiled loop and tokens; `label` ends the bar's description). Returns
+    (GenerationOutput, timing.Clock: compile and run seconds apart)."""
     from rich.progress import TimeRemainingColumn
 
     from scalingar_jax.pipeline import generate
     from scalingar_jax.timing import Clock
 
     T, g = pipe.gpt_cfg.block_size, pipe.gpt_cfg.grid_size
-    bar, update = _progress(T, f"{strategy.name} N={strategy.num_candidates} tokens", TimeRemainingColumn())
+    bar, update = _progress(T, f"{strategy.name} N={strategy.num_candidates} tokens{label}", TimeRemainingColumn())
     line = (f"scalingar: compiling the {strategy.name} token loop for {len(prompts)} prompt(s) x "
             f"{strategy.num_candidates} candidates, {T} tokens (once per shape), then decoding")
     with bar, Clock(on_compile=lambda: bar.console.print(line, markup=False, highlight=False, soft_wrap=True)) as clock:
@@ -426,10 +426,10 @@ def _generate_class_ids(args, pipe, class_ids, sampling, scaling, mesh, out: Pat
     with atomic_dir(out, overwrite=True) as tmp:  # all folders appear together, or none
         for start in range(0, len(class_ids), args.batch):
             chunk = class_ids[start : start + args.batch]
-            print(f"scalingar: class ids {start + 1}-{start + len(chunk)} of {len(class_ids)}", file=sys.stderr)
             res, clock = _generate_shown(pipe, chunk, _strategy(args, args.n, sampling, scaling), args.seed,
                                          _schedule(args, mesh),
-                                         prompt_ids=np.arange(start, start + len(chunk), dtype=np.int32))
+                                         prompt_ids=np.arange(start, start + len(chunk), dtype=np.int32),
+                                         label=f", class ids {start + 1}-{start + len(chunk)} of {len(class_ids)}")
             for j, class_id in enumerate(chunk):
                 name = f"{start + j:05d}"
                 (Path(tmp) / name).mkdir()
