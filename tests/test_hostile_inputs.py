@@ -522,7 +522,7 @@ def test_generate_out_folder_is_replaced_whole_and_guarded(world, tmp_path, monk
     monkeypatch.setattr(pipeline, "generate", lambda *a, **k: SimpleNamespace(seconds=0.0))
 
     def writer(seed, fail):
-        def write(out, args, *rest):
+        def write(out, args, *rest, **options):
             (out / "selected.png").write_bytes(b"png %d" % seed)
             if fail:
                 raise KeyboardInterrupt  # killed between two files
@@ -537,15 +537,15 @@ def test_generate_out_folder_is_replaced_whole_and_guarded(world, tmp_path, monk
     rc, err = _cli(argv)
     assert rc == 2 and "notes.txt" in err and (out / "notes.txt").read_text() == "mine"
     (out / "notes.txt").unlink()
-    monkeypatch.setattr(cli, "_write_generate_outputs", writer(1, False))
+    monkeypatch.setattr(cli.generate, "_write_generate_outputs", writer(1, False))
     assert _cli(argv + ["--seed", "1"])[0] == 0
-    monkeypatch.setattr(cli, "_write_generate_outputs", writer(2, True))
+    monkeypatch.setattr(cli.generate, "_write_generate_outputs", writer(2, True))
     rc, err = _cli(argv + ["--seed", "2"])  # Ctrl-C: one line, exit 130
     assert rc == 130 and err == "scalingar: interrupted; nothing was half-written (rerun the same command)\n", err
     assert (out / "selected.png").read_bytes() == b"png 1" and json.loads((out / "result.json").read_text()) == {
         "seed": 1}
     assert sorted(os.listdir(tmp_path)) == ["o"]
-    monkeypatch.setattr(cli, "_write_generate_outputs", writer(3, False))
+    monkeypatch.setattr(cli.generate, "_write_generate_outputs", writer(3, False))
     assert _cli(argv + ["--seed", "3"])[0] == 0
     assert sorted(os.listdir(out)) == ["result.json", "selected.png"]
     assert json.loads((out / "result.json").read_text()) == {"seed": 3}
@@ -1050,7 +1050,8 @@ _INTERRUPT_CHILD = textwrap.dedent("""
     import json, linecache, os, resource, signal, sys, threading, time
     import jax
     from jax import monitoring
-    from scalingar_jax import cli  # the process's baseline: the command and JAX loaded
+    from scalingar_jax import cli, pipeline  # the baseline: the command, its library and JAX loaded (the
+    # package imports lazily: `cli` alone no longer loads the pipeline)
 
     def status(key):
         return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
