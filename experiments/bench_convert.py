@@ -24,7 +24,7 @@ page cache (warm), which RSS does not count.
     python experiments/bench_convert.py --preset GPT-XL    # the full-size run (~3.1 GB file)
     python experiments/bench_convert.py --preset GPT-XL --mode e2e,load,e2e_standard
 
-Prints a table and writes experiments/results/bench_convert.json (one record per run,
+Prints a table and writes bench_convert.json under experiments/common.RESULTS (one record per run,
 replacing an earlier record of the same preset / format / dtype / mode).
 """
 from __future__ import annotations
@@ -40,7 +40,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "experiments" / "results" / "bench_convert.json"
+sys.path.insert(0, str(ROOT / "experiments"))
+from common import RESULTS as RESULTS_DIR  # noqa: E402
+
+RESULTS = RESULTS_DIR / "bench_convert.json"
 
 
 def _rss_now() -> int:
@@ -185,7 +188,7 @@ def main(argv=None):
     tmp = RESULTS.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, RESULTS)
-    print(f"-> {RESULTS.relative_to(ROOT)}")
+    print(f"-> {RESULTS}")
     return results
 
 

@@ -14,7 +14,9 @@ import numpy as np
 
 from scalingar_jax.atomic import atomic_write_text
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# The results folder: $SCALINGAR_RESULTS (what `scalingar bench` / `scalingar reproduce --out` set)
+# or, for a script run directly, experiments/results (the repository's recorded results).
+RESULTS = Path(os.environ.get("SCALINGAR_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def stamp(seed: int | None = None) -> dict:
@@ -39,7 +41,7 @@ def stamp(seed: int | None = None) -> dict:
 
 
 def write_json(name: str, payload: dict) -> Path:
-    """Writes experiments/results/<name>.json atomically and returns the path."""
+    """Writes RESULTS/<name>.json atomically and returns the path."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     atomic_write_text(path, json.dumps(payload, indent=2, default=float))

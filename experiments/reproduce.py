@@ -57,7 +57,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import jsonable, markdown_table, stamp  # noqa: E402
+from common import RESULTS, jsonable, markdown_table, stamp  # noqa: E402
 from runner import (Clock, Run, Runner, compare, group_of, judge, load_pipe, loop_memory,  # noqa: E402
                     loop_step_ms, mean_correct, prompt_set, sequential_best_of_n, summarize)
 
@@ -72,7 +72,7 @@ from scalingar_jax.stats import (StratifiedBootstrap, auroc, bootstrap_means, fi
                                  within_prompt_auroc, within_prompt_pairs)
 
 EXPERIMENTS = ("main", "ablations", "width", "robustness", "efficiency", "sensitivity", "signals")
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+DEFAULT_OUT = RESULTS  # experiments/results, or $SCALINGAR_RESULTS (`scalingar reproduce --out`)
 
 # Full-size defaults per experiment (each a few to ~15 min on a 2-core CPU; the stamps in results/ say when).
 DEFAULTS = {
@@ -1074,7 +1074,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--split", choices=["eval", "dev", "hard"], default="eval",
                     help="prompt set of main/ablations/width/sensitivity (default eval; tune always uses dev, "
                          "robustness always compares eval with hard)")
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default experiments/results)")
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default experiments/results, or $SCALINGAR_RESULTS)")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny sizes for tests: 1 prompt per tag, N=2, one seed, one prompt per call, 2 widths, "
                          "2+1 sensitivity points, one importance-sampling checkpoint, no full-width step timing")

@@ -26,6 +26,7 @@ from scalingar_jax.scaling import engine as E
 from scalingar_jax.scaling import loop as L
 from scalingar_jax.scaling import strategies as S
 from scalingar_jax.scaling.options import TOKEN_STRATEGIES, ImportanceSampling, Pool, Schedule, Strategy
+from scalingar_jax.timing import Clock
 from scalingar_jax.world.pipeline import WORLD_SAMPLING, WORLD_SCALING, load_world_pipeline
 
 
@@ -93,31 +94,6 @@ def load_pipe(checkpoint: str | None) -> Pipeline:
 
 
 # ----------------------------------------------------------------------------------------- timing
-class Clock:
-    """Context manager: the wall clock of a block minus the JAX compile time spent inside it. While
-    the block runs, a listener of its own (registered on entry, removed on exit) adds up JAX's compile
-    events. After the block: `wall`, `compile` and `seconds` = max(0, wall - compile), in seconds."""
-
-    def __enter__(self):
-        self.compile = 0.0
-
-        def on_event(name, secs, **_):
-            if name.startswith("/jax/core/compile/"):
-                self.compile += secs
-
-        self._listener = on_event
-        jax.monitoring.register_event_duration_secs_listener(on_event)
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall = time.perf_counter() - self.t0
-        jax.monitoring.unregister_event_duration_listener(self._listener)
-        self.seconds = max(0.0, self.wall - self.compile)
-        return False
-
-
-
 # ----------------------------------------------------------------------------------------- prompts
 def prompt_set(split: str, per_tag: int, per_kind: int | None = None) -> list[dict]:
     """The prompt records of a split, split by SCENE (`world.scenes`: no evaluation scene is in any

@@ -9,13 +9,35 @@ Entry points:
   scalingar_jax.scaling.run.run_strategy   any strategy on a `token_model.TokenModel`, one device or a mesh
   scalingar_jax.scaling.engine             the engine: prefill / insert / generate / compact / harvest
   scalingar_jax.checkpoint.load_model      converted LlamaGen checkpoints (see `scalingar convert`)
+
+The public names are imported on first use (PEP 562), so that `import scalingar_jax.<module>`
+of a light module (the `scalingar` command's parser, `errors`) does not import JAX.
 """
-from scalingar_jax.config import GPT_PRESETS, GPTConfig, SamplingConfig, gpt_config
-from scalingar_jax.pipeline import GenerationOutput, Pipeline, generate, load_pipeline
-from scalingar_jax.scaling.config import ABLATIONS, ScalingARConfig
-from scalingar_jax.scaling.options import ImportanceSampling, Pool, Schedule, Strategy
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["GPTConfig", "GPT_PRESETS", "SamplingConfig", "gpt_config", "ScalingARConfig", "ABLATIONS",
-           "Pipeline", "GenerationOutput", "generate", "load_pipeline", "Strategy", "Schedule", "Pool",
-           "ImportanceSampling"]
+
+# {public name: the module that defines it}
+_PUBLIC = {
+    "GPTConfig": "config", "GPT_PRESETS": "config", "SamplingConfig": "config", "gpt_config": "config",
+    "ScalingARConfig": "scaling.config", "ABLATIONS": "scaling.config",
+    "Pipeline": "pipeline", "GenerationOutput": "pipeline", "generate": "pipeline", "load_pipeline": "pipeline",
+    "Strategy": "scaling.options", "Schedule": "scaling.options", "Pool": "scaling.options",
+    "ImportanceSampling": "scaling.options",
+}
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str):
+    """A public name, imported from its module on first use."""
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'scalingar_jax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"scalingar_jax.{_PUBLIC[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 
-__all__ = ["INPUT_ERRORS", "UserError", "describe_error", "one_line", "printable"]
+__all__ = ["INPUT_ERRORS", "Interrupted", "UserError", "describe_error", "one_line", "printable"]
 
 # What bad input raises anywhere below a command (a bad file, option, size or nesting): shown as
 # one line with exit status 2, never as a traceback.
@@ -20,6 +20,10 @@ INPUT_ERRORS = (ValueError, TypeError, KeyError, OSError, MemoryError, Recursion
 
 class UserError(Exception):
     """A problem with the user's input: printed as one line, exit status 2."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what was done by then: printed as one line, exit status 130."""
 
 
 def printable(msg: str, limit: int = 2000) -> str:

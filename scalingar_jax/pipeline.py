@@ -127,7 +127,8 @@ class GenerationOutput:
 def generate(pipe: Pipeline, prompts: Sequence[str], strategy: str | Strategy = "scalingar", *,
              num_candidates: int | None = None, seed: int = 0, schedule: Schedule = Schedule(), prompt_ids=None,
              conditioning=None, decode_candidates: bool = False,
-             on_progress: Callable[[int], None] | None = None) -> GenerationOutput:
+             on_progress: Callable[[int], None] | None = None,
+             progress_every: int | None = None) -> GenerationOutput:
     """Runs a strategy for every prompt (`scaling.run.run_strategy` on the pipeline's model).
 
     prompts: P prompts; strategy: a name (`scaling.options.STRATEGIES`) with num_candidates N
@@ -139,7 +140,8 @@ def generate(pipe: Pipeline, prompts: Sequence[str], strategy: str | Strategy = 
     (default 0..P-1); conditioning: `pipe.condition(prompts)` computed already (cond,
     cond_mask), so the conditioner (e.g. a text encoder) runs once per prompt;
     decode_candidates: also decode every candidate; on_progress(k): the batched loop reached
-    token k (the pool does not call it).
+    token k (the pool does not call it; progress_every=K: at least every K tokens, the same
+    compiled loop and tokens).
     Before anything is allocated, the run's memory is estimated (`resources.check_run_memory`)
     and a run that does not fit is refused (`resources.ResourceError`, a ValueError).
     """
@@ -168,7 +170,8 @@ def generate(pipe: Pipeline, prompts: Sequence[str], strategy: str | Strategy = 
     t0 = time.perf_counter()
     res, stats = run_strategy(pipe.model, pipe.gpt_params, cond, cond_mask, strategy=strategy,
                               key=jax.random.key(seed), schedule=schedule, prompt_ids=prompt_ids, prompts=prompts,
-                              reward_fn=pipe.reward, decode_fn=pipe.decode_images, on_progress=on_progress)
+                              reward_fn=pipe.reward, decode_fn=pipe.decode_images, on_progress=on_progress,
+                              progress_every=progress_every)
     res = jax.tree.map(np.asarray, res)  # on the host: waits for the run
     seconds = time.perf_counter() - t0
     images = pipe.decode_images(res.tokens)

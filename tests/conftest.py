@@ -20,8 +20,8 @@ def random_world(tmp_path_factory) -> Path:
 # so both workers finish together instead of one running a long file alone at the end.
 LONG_FILES = ("test_world_models.py", "test_reproduce.py", "test_bench_smoke.py", "test_strategies.py",
               "test_multihost.py", "test_sharding.py", "test_pool.py", "test_decode.py", "test_gpt.py",
-              "test_scaling_policy.py", "test_cli.py", "test_loop_wiring.py", "test_export.py", "test_janus.py",
-              "test_readme.py")
+              "test_scaling_policy.py", "test_cli.py", "test_cli_parser.py", "test_loop_wiring.py", "test_export.py",
+              "test_janus.py", "test_readme.py")
 
 
 def pytest_report_header(config):

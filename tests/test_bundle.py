@@ -69,7 +69,7 @@ def test_defaults_come_from_the_bundle(world, tmp_path):
     # keyword arguments and CLI flags override the bundle, field by field for the flags
     assert load_pipeline(world, sampling=SamplingConfig(cfg_scale=1.5)).sampling == SamplingConfig(cfg_scale=1.5)
     args = argparse.Namespace(cfg=None, temperature=None, top_k=5, top_p=None, ablation=None)
-    sampling, scaling = cli._sampling_scaling(args, pipe)
+    sampling, scaling = cli.generate.sampling_scaling(args, pipe)
     assert sampling == SamplingConfig(cfg_scale=3.5, temperature=0.9, top_k=5, top_p=0.95)
     assert scaling == pipe.scaling
     # loader options (from the call or the manifest) reach the loader

@@ -29,6 +29,14 @@ def test_generate_writes_every_output(world, tmp_path, capsys):
     result = json.loads((out / "result.json").read_text())
     assert result["num_candidates"] == 4 and 0 <= result["winner"] < 4
     assert result["tokens_used"] <= 4 * 16
+    # compile and run seconds apart; what selection ranked per candidate (None: pruned)
+    assert result["compile_seconds"] >= 0 and result["run_seconds"] >= 0
+    scores = result["candidate_scores"]
+    assert len(scores) == 4 and scores[result["winner"]] == max(s for s in scores if s is not None)
+    assert [s is None for s in scores] == [t >= 0 for t in result["terminated_at"]]
+    captured = capsys.readouterr()
+    assert "scalingar: compiling the scalingar token loop for 1 prompt(s) x 4 candidates, 16 tokens" in captured.err
+    assert "compile " in captured.out and " s, run " in captured.out
     pytest.importorskip("matplotlib")
     assert (out / "confidence.png").is_file() and (out / "entropy.png").is_file()
 
@@ -43,8 +51,19 @@ def test_generate_prompt_file_then_evaluate(world, tmp_path, capsys):
     assert cli.main(["generate", "--prompts", str(prompts), "-n", "2", "--checkpoint", world, "--out", str(out),
                      "--strategy", "plain"]) == 0
     assert sorted(os.listdir(out)) == ["00000", "00001", "scalingar_run.json"]
+    # plain keeps candidate 0 only (N = 1): nothing to save
+    assert "images/s, tokens saved 0 (0%)" in capsys.readouterr().out
     assert cli.main(["evaluate", str(out)]) == 0
     assert "overall" in capsys.readouterr().out
+
+
+def test_prompt_bar_reports_rate_and_saved_tokens():
+    from scalingar_jax.cli.generate import prompt_bar_fields
+
+    tally = {"folders": 2, "images": 8, "tokens_used": 96, "tokens_full": 128}
+    assert prompt_bar_fields(tally, 4.0) == {"rate": "2.00 images/s", "saved": "tokens saved 32 (25%)"}
+    assert prompt_bar_fields(dict(tally, images=0, tokens_used=0, tokens_full=0), 0.0) == {
+        "rate": "0.00 images/s", "saved": "tokens saved 0"}
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -124,7 +143,7 @@ def test_package_warnings_show_as_one_line_and_python_format_comes_back(monkeypa
         seen["theirs"] = warnings.formatwarning("deprecated", DeprecationWarning, np.__file__, 7, "x = 1")
         return 0
 
-    monkeypatch.setattr(cli, "cmd_merge", fake_merge)
+    monkeypatch.setattr(cli.merge, "run", fake_merge)
     assert cli.main(["merge", "a", "--out", "b"]) == 0
     assert seen["ours"] == "scalingar: warning: prompt 0 is 680 pieces long\n"
     assert seen["theirs"] == python_format("deprecated", DeprecationWarning, np.__file__, 7, "x = 1")

@@ -21,7 +21,8 @@ from scalingar_jax.checkpoint import load_model, save_model
 from scalingar_jax.convert import load_checkpoint, save_torch_state_dict
 from scalingar_jax.convert import mapping as M
 from scalingar_jax.convert import reference as R
-from scalingar_jax.convert import checkpoints, run
+from scalingar_jax.cli import convert as convert_cli
+from scalingar_jax.convert import checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures" / "convert"
@@ -130,7 +131,7 @@ def test_llamagen_reference_runner_matches_stored_outputs():
 
 def test_verify_passes_and_reports(tmp_path, capsys):
     dst = tmp_path / "t2i"
-    rc = run.main([str(FIX / "gpt_t2i_gqa.pt"), str(dst), "--set", "n_head=4", "--grid-size", "4", "--verify"])
+    rc = convert_cli.main([str(FIX / "gpt_t2i_gqa.pt"), str(dst), "--set", "n_head=4", "--grid-size", "4", "--verify"])
     out = capsys.readouterr().out
     assert rc == 0, out
     line = next(l for l in out.splitlines() if l.startswith("verify"))
@@ -151,7 +152,7 @@ def test_verify_catches_a_wrong_mapping(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(M, "torch_to_flax_gpt", swapped)
     dst = tmp_path / "out" / "c2i"
-    rc = run.main([str(FIX / "gpt_c2i_model.pt"), str(dst), "--set", "n_head=2", "--grid-size", "4", "--verify"])
+    rc = convert_cli.main([str(FIX / "gpt_c2i_model.pt"), str(dst), "--set", "n_head=2", "--grid-size", "4", "--verify"])
     err = capsys.readouterr().err
     assert rc == 1 and "verification failed" in err
     assert not dst.exists() and not (tmp_path / "out").exists()
@@ -184,7 +185,7 @@ def test_llamagen_src_without_torch_is_a_clear_error(tmp_path, capsys):
     except ImportError:
         pass
     dst = tmp_path / "x"
-    rc = run.main([str(FIX / "vq_tiny.pt"), str(dst), "--set", "norm_groups=4", "--llamagen-src", str(tmp_path)])
+    rc = convert_cli.main([str(FIX / "vq_tiny.pt"), str(dst), "--set", "norm_groups=4", "--llamagen-src", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and "needs torch" in err and len(err.strip().splitlines()) == 1
     assert not dst.exists()
@@ -206,7 +207,7 @@ def assert_same_tree(a, b):
 
 def test_round_trip_gpt_t2i_pt_orbax_safetensors_orbax(tmp_path, capsys):
     a, st, b = tmp_path / "a", tmp_path / "t2i.safetensors", tmp_path / "b"
-    assert run.main([str(FIX / "gpt_t2i_bf16.pt"), str(a), "--set", "n_head=2", "--grid-size", "4",
+    assert convert_cli.main([str(FIX / "gpt_t2i_bf16.pt"), str(a), "--set", "n_head=2", "--grid-size", "4",
                      "--dtype", "bfloat16"]) == 0
     assert cli.main(["convert", "--export", str(a), str(st)]) == 0
     # the export is LlamaGen's state dict, bit for bit
@@ -225,18 +226,18 @@ def test_round_trip_gpt_t2i_pt_orbax_safetensors_orbax(tmp_path, capsys):
 
 def test_round_trip_vq_pt_orbax_safetensors_orbax_and_pt(tmp_path, capsys):
     a, st, b = tmp_path / "a", tmp_path / "vq.safetensors", tmp_path / "b"
-    assert run.main([str(FIX / "vq_tiny.pt"), str(a), "--set", "norm_groups=4"]) == 0
-    assert run.main(["--export", str(a), str(st)]) == 0
-    assert run.main([str(st), str(b)]) == 0  # norm_groups from the metadata
+    assert convert_cli.main([str(FIX / "vq_tiny.pt"), str(a), "--set", "norm_groups=4"]) == 0
+    assert convert_cli.main(["--export", str(a), str(st)]) == 0
+    assert convert_cli.main([str(st), str(b)]) == 0  # norm_groups from the metadata
     (pa, ca), (pb, cb) = load_model(a), load_model(b)
     assert ca == cb
     assert_same_tree(pa, pb)
     # and through a .pt export ({"model": sd, "scalingar_config": ...}), verified on the way
     pt, c = tmp_path / "vq.pt", tmp_path / "c"
-    assert run.main(["--export", str(b), str(pt), "--verify"]) == 0
+    assert convert_cli.main(["--export", str(b), str(pt), "--verify"]) == 0
     sd, meta = load_checkpoint(pt)
     assert meta["wrapper"] == "model" and meta["scalingar_config"]["norm_groups"] == 4
-    assert run.main([str(pt), str(c)]) == 0
+    assert convert_cli.main([str(pt), str(c)]) == 0
     assert_same_tree(pa, load_model(c)[0])
 
 
@@ -301,7 +302,7 @@ def test_bad_input_exit_2_and_nothing_written(tmp_path, capsys, case, message):
     else:
         argv = ["--export", str(FIX), str(out_root / "x.npz")]
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    rc = run.main(argv)
+    rc = convert_cli.main(argv)
     err = capsys.readouterr().err
     assert rc == 2, err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
@@ -313,7 +314,7 @@ def test_bad_input_exit_2_and_nothing_written(tmp_path, capsys, case, message):
 def test_help_lists_every_option(capsys):
     assert cli.main(["convert", "--help"]) == 0
     text = capsys.readouterr().out
-    for action in run.build_parser()._actions:
+    for action in convert_cli.build_parser()._actions:
         for opt in action.option_strings:
             assert opt in text
         assert action.help and len(action.help) > 10

@@ -23,7 +23,7 @@ import pytest
 
 from scalingar_jax import atomic
 from scalingar_jax.convert import load_checkpoint
-from scalingar_jax.convert import run
+from scalingar_jax.cli import convert as convert_cli
 from scalingar_jax.convert import safetensors as sft
 from scalingar_jax.convert import torch_pickle as tp
 from scalingar_jax.convert.torch_pickle import CheckpointBudgetError, CheckpointFormatError, UnsafePickleError
@@ -258,7 +258,7 @@ def _convert_cli(argv, capsys=None) -> tuple[int, str]:
 
     buf = io.StringIO()
     with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(io.StringIO()):
-        rc = run.main(argv)
+        rc = convert_cli.main(argv)
     return rc, buf.getvalue()
 
 
@@ -522,7 +522,7 @@ def test_generate_out_folder_is_replaced_whole_and_guarded(world, tmp_path, monk
     monkeypatch.setattr(pipeline, "generate", lambda *a, **k: SimpleNamespace(seconds=0.0))
 
     def writer(seed, fail):
-        def write(out, args, *rest):
+        def write(out, args, *rest, **options):
             (out / "selected.png").write_bytes(b"png %d" % seed)
             if fail:
                 raise KeyboardInterrupt  # killed between two files
@@ -537,15 +537,15 @@ def test_generate_out_folder_is_replaced_whole_and_guarded(world, tmp_path, monk
     rc, err = _cli(argv)
     assert rc == 2 and "notes.txt" in err and (out / "notes.txt").read_text() == "mine"
     (out / "notes.txt").unlink()
-    monkeypatch.setattr(cli, "_write_generate_outputs", writer(1, False))
+    monkeypatch.setattr(cli.generate, "_write_generate_outputs", writer(1, False))
     assert _cli(argv + ["--seed", "1"])[0] == 0
-    monkeypatch.setattr(cli, "_write_generate_outputs", writer(2, True))
+    monkeypatch.setattr(cli.generate, "_write_generate_outputs", writer(2, True))
     rc, err = _cli(argv + ["--seed", "2"])  # Ctrl-C: one line, exit 130
     assert rc == 130 and err == "scalingar: interrupted; nothing was half-written (rerun the same command)\n", err
     assert (out / "selected.png").read_bytes() == b"png 1" and json.loads((out / "result.json").read_text()) == {
         "seed": 1}
     assert sorted(os.listdir(tmp_path)) == ["o"]
-    monkeypatch.setattr(cli, "_write_generate_outputs", writer(3, False))
+    monkeypatch.setattr(cli.generate, "_write_generate_outputs", writer(3, False))
     assert _cli(argv + ["--seed", "3"])[0] == 0
     assert sorted(os.listdir(out)) == ["result.json", "selected.png"]
     assert json.loads((out / "result.json").read_text()) == {"seed": 3}
@@ -553,7 +553,7 @@ def test_generate_out_folder_is_replaced_whole_and_guarded(world, tmp_path, monk
 
 
 def test_evaluate_refuses_huge_declared_png_before_decoding(tmp_path):
-    from scalingar_jax.cli import png_size
+    from scalingar_jax.cli.evaluate import png_size
 
     sample = tmp_path / "00000" / "samples" / "0000.png"
     sample.parent.mkdir(parents=True)
@@ -616,14 +616,14 @@ def test_geneval_folders_are_read_within_bounds(tmp_path, no_hang):
 
 _CHILD = textwrap.dedent("""
     import contextlib, io, json, os, resource, sys, tracemalloc
-    from scalingar_jax.convert import run
+    from scalingar_jax.cli import convert as convert_cli
     report = {}
     tracemalloc.start()
     for case, path in json.loads(sys.argv[1]).items():
         tracemalloc.reset_peak()
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            rc = run.main([path, path + ".out"])
+            rc = convert_cli.main([path, path + ".out"])
         report[case] = {"rc": rc, "err": err.getvalue(), "traced_peak": tracemalloc.get_traced_memory()[1],
                         "left": os.path.exists(path + ".out")}
     # VmHWM: this process image's peak RSS (ru_maxrss would include the forked pytest parent's)

@@ -24,7 +24,8 @@ PACKAGE = "scalingar_jax"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # what any module may use: configs, files, errors, meshes, the model protocol
     ("ground", ("atomic", "backend", "caption", "config", "errors", "inputs", "registry", "resources", "sharding",
-                "stats", "token_model", "scaling.config", "world.backgrounds", "world.geometry", "world.spec")),
+                "stats", "timing", "token_model", "scaling.config", "world.backgrounds", "world.geometry",
+                "world.spec")),
     # file formats and data files
     ("formats", ("bundle", "convert", "convert.hf", "convert.safetensors", "convert.torch_pickle", "geneval",
                  "images")),
@@ -39,10 +40,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # model families: bundle loaders and what they are built from
     ("families", ("janus_bundle", "llamagen", "world", "world.geneval_io", "world.judge", "world.models",
                   "world.pipeline", "world.prompt_file", "world.prompts", "world.random_world", "world.render",
-                  "world.reward", "world.scenes", "world.text_encoder", "world.vocab")),
+                  "world.reward", "world.scenes", "world.text_encoder", "world.train", "world.vocab")),
     ("api", ("",)),  # the package's own __init__: the public names
-    # command lines (argparse programs)
-    ("commands", ("cli", "convert.run", "world.train")),
+    # the command line: the `scalingar` program, one module per subcommand (argparse lives only here)
+    ("commands", ("cli", "cli.__main__", "cli.bench", "cli.bundle", "cli.convert", "cli.evaluate", "cli.generate",
+                  "cli.merge", "cli.reproduce", "cli.train_world")),
 )
 
 

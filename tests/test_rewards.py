@@ -109,6 +109,12 @@ def test_best_of_n_picks_the_reward_winner(tmp_path, capsys):
                      "--out", str(tmp_path / "o"), "--scale", "1"]) == 0
     result = json.loads((tmp_path / "o" / "result.json").read_text())
     assert (result["winner"], result["reward"]) == (winners["darkness"], "reward_plugin:darkness")
+    # every candidate's reward, the candidates as decoded (tolerance: the candidates' float decode)
+    darkness = dataclasses.replace(pipe, reward=rewards.load_reward("reward_plugin:darkness"))
+    out = generate(darkness, [prompt], strategy="best_of_n", num_candidates=3, seed=0, decode_candidates=True)
+    np.testing.assert_allclose(result["candidate_rewards"], darkness.reward(out.candidates[0], [prompt] * 3),
+                               rtol=1e-6)
+    assert int(np.argmax(result["candidate_rewards"])) == result["winner"]
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -61,6 +61,26 @@ def _run_to(params, s, *, spec, stop):
     return L.token_loop(params, s, spec, stop, s.owner.shape[0] + 1, -1)
 
 
+@pytest.mark.parametrize("strategy, compaction", [("scalingar", True), ("scalingar", False), ("plain", True)])
+def test_progress_stops_change_no_token_and_compile_nothing(params, strategy, compaction):
+    """progress_every=K stops the loop every K tokens (the CLI's per-row bar): the loop's `stop`
+    is a traced scalar, so the same compiled loop runs, and the state goes on where it stopped:
+    the same tokens, winners and token counts; the stops only add progress reports."""
+    kw = dict(key=jax.random.key(3), num_candidates=8, sampling=SAMPLING, scaling=AGGRESSIVE, strategy=strategy,
+              compaction=compaction)
+    whole_seen, seen = [], []
+    whole = run(params, CFG, _cond(), on_progress=whole_seen.append, **kw)
+    compiled = E.run_loop_in_place._cache_size()
+    stopped = run(params, CFG, _cond(), on_progress=seen.append, progress_every=3, **kw)
+    assert E.run_loop_in_place._cache_size() == compiled  # no new loop compiled
+    for name in ("tokens", "winner", "tokens_used", "all_tokens", "terminated_at"):
+        np.testing.assert_array_equal(np.asarray(getattr(stopped, name)), np.asarray(getattr(whole, name)), name)
+    T = CFG.block_size
+    assert seen == sorted(seen) and seen[-1] == T and set(whole_seen) <= set(seen)
+    assert set(range(3, T, 3)) <= set(seen)  # at least every 3 tokens
+    assert len(seen) > len(whole_seen)
+
+
 @pytest.mark.exactness
 @pytest.mark.parametrize("buckets", [True, "fine"])
 def test_compacted_run_equals_masked_run(params, buckets):

@@ -124,7 +124,7 @@ def test_installed_bench_and_reproduce_say_they_need_the_checkout(installed, tmp
 
 
 def test_training_paths_are_relative_to_the_current_directory():
-    from scalingar_jax.world.train import parse_args
+    from scalingar_jax.cli.train_world import parse_args
 
     args = parse_args(["all"])
     assert (args.out, args.results) == ("checkpoints/shapes", "experiments/results/training")

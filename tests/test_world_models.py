@@ -157,7 +157,7 @@ def test_load_world_missing_path(tmp_path, monkeypatch):
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match="nowhere") as e:
         load_world(missing)
-    assert "scalingar_jax.world.train" in str(e.value)
+    assert "scalingar train-world" in str(e.value)
     monkeypatch.setenv("SCALINGAR_CHECKPOINT", str(missing))
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_world()

@@ -113,12 +113,14 @@ def test_resumable_chunks_equal_one_run(tmp_path):
         T.load_train_state(T.state_path(_args(tmp_path / "b"), "toy"), jnp.zeros(4), opt.init(jnp.zeros(4)), 6)
 
 
-def test_cli_rejects_resume_on_v1_and_unknown_world():
+def test_cli_rejects_resume_on_v1_and_unknown_world(capsys):
+    from scalingar_jax import cli
+
+    assert cli.main(["train-world", "vq", "--resume", "--world", "1", "--out", "/nonexistent/x"]) == 2
+    assert "--resume needs --world 2 or 3" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        T.main(["vq", "--resume", "--world", "1", "--out", "/nonexistent/x"])
-    assert e.value.code == 2
-    with pytest.raises(SystemExit):
-        T.build_parser().parse_args(["vq", "--world", "4"])
+        cli.main(["train-world", "vq", "--world", "4"])
+    assert e.value.code == 2 and "--world" in capsys.readouterr().err
 
 
 def test_v1_checkpoint_loaded_as_v2_is_refused(tmp_path):

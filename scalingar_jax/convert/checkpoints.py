@@ -1,5 +1,5 @@
 """LlamaGen checkpoints <-> scalingar-jax model directories, as library functions (the
-`scalingar convert` command, `convert.run`, is a thin layer over them; `llamagen` builds bundles
+`scalingar convert` command, `cli.convert`, is a thin layer over them; `llamagen` builds bundles
 with them):
 
   peek(src, ...)                (kind, config) of a checkpoint, from its tensor shapes only

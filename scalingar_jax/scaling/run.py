@@ -24,7 +24,7 @@ from scalingar_jax.token_model import TokenModel
 def run_strategy(model: TokenModel, params, cond, cond_mask=None, *, strategy: Strategy, key,
                  schedule: Schedule = Schedule(), prompt_ids=None, prompts: Sequence[str] | None = None,
                  reward_fn: batched.RewardFn | None = None, decode_fn: batched.DecodeFn | None = None,
-                 on_progress: Callable[[int], None] | None = None,
+                 on_progress: Callable[[int], None] | None = None, progress_every: int | None = None,
                  on_prompt: Callable[[int], None] | None = None) -> tuple[StrategyResult, RunStats]:
     """Runs `strategy` (`options.Strategy`; its sampling / scaling None: the library defaults)
     for P prompts on `model` (a `TokenModel`, e.g. `decode.GPTModel(cfg)`) with weights `params`.
@@ -36,7 +36,8 @@ def run_strategy(model: TokenModel, params, cond, cond_mask=None, *, strategy: S
     schedule: `options.Schedule` (one device or a mesh, compaction, or a pool). Best-of-N and
     importance sampling also take prompts (P strings, one per condition), decode_fn (tokens
     (B, T) -> uint8 images) and reward_fn (images, prompts -> (B,) scores). on_progress(k): the
-    batched loop reached token k; on_prompt(i): the pool finished prompt i.
+    batched loop reached token k (after every loop call; progress_every=K: at least every K
+    tokens too, the same compiled loop and tokens); on_prompt(i): the pool finished prompt i.
 
     Returns (`StrategyResult` on the default device, `RunStats`); `winner` indexes this call's
     candidates. Raises ValueError/TypeError naming the problem before anything compiles.
@@ -82,7 +83,7 @@ def run_strategy(model: TokenModel, params, cond, cond_mask=None, *, strategy: S
     if pool is None:  # batched or pooled: decided here only
         res, stats = batched.token_strategy(engine, spec, inputs, selection,
                                             buckets=batched.compaction_buckets(spec, schedule.buckets),
-                                            on_progress=on_progress)
+                                            on_progress=on_progress, progress_every=progress_every)
     else:
         res, stats = pooled.run_pool(engine, spec, inputs, selection, pool, on_prompt)
     if strategy.name == "best_of_n":

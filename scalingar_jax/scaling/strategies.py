@@ -71,32 +71,40 @@ def resample_indices(key, j: int, prompt_ids, r: np.ndarray, tau: float) -> np.n
 
 # ------------------------------------------------------------------------------ the scheduler
 def drive(engine: Engine, spec: LoopSpec, s, *, end: int | None = None, buckets: str | None = None,
-          on_progress: Callable[[int], None] | None = None, sizes: list[int] | None = None):
+          on_progress: Callable[[int], None] | None = None, sizes: list[int] | None = None,
+          progress_every: int | None = None):
     """Runs the loop on `engine` to token `end` (default T), compacting at bucket boundaries
     when `buckets` names a bucket set; on_progress(k) after every loop call; the pool sizes used
-    are appended to `sizes`. The state is donated (updated in place)."""
+    are appended to `sizes`. progress_every=K: the loop also stops every K tokens (its `stop`
+    is a traced scalar: the same compiled loop and the same tokens, one more host round trip
+    per stop). The state is donated (updated in place)."""
     end = spec.T if end is None else end
+    k = 0
     while True:
         M = engine.rows(s)
         shrink = compaction_limit(M, buckets) if buckets is not None and M > 1 else -1
-        s, info = engine.generate(spec, s, stop=end, shrink=shrink)
+        stop = end if progress_every is None else min(end, k + progress_every)
+        s, info = engine.generate(spec, s, stop=stop, shrink=shrink)
         k = int(info.k[0])
         if on_progress is not None:
             on_progress(k)
         if k >= end:
             return s
+        if k >= stop and info.occupied > shrink:  # a progress stop, not a compaction exit
+            continue
         s = engine.compact(spec, s, bucket(info.occupied, buckets))
         if sizes is not None:
             sizes.append(engine.rows(s))
 
 
 def token_strategy(engine: Engine, spec: LoopSpec, prompts: Prompts, strategy: str, *, buckets: str | None = None,
-                   on_progress=None) -> tuple[StrategyResult, RunStats]:
+                   on_progress=None, progress_every: int | None = None) -> tuple[StrategyResult, RunStats]:
     """A reward-free strategy ("plain", "confidence_only", "scalingar"; best-of-N's candidates)
-    over the P prompts at once. Returns (result on the default device, `RunStats`)."""
+    over the P prompts at once (`drive`'s on_progress, progress_every). Returns (result on the
+    default device, `RunStats`)."""
     s = engine.prefill(spec, prompts.cond, prompts.cond_mask, prompts.key, prompts.prompt_ids, prompts.first_candidate)
     sizes = [engine.rows(s)]
-    s = drive(engine, spec, s, buckets=buckets, on_progress=on_progress, sizes=sizes)
+    s = drive(engine, spec, s, buckets=buckets, on_progress=on_progress, sizes=sizes, progress_every=progress_every)
     res = engine.harvest(spec, s, np.arange(prompts.count), strategy)
     return to_local(res), run_stats(engine, s, sizes[0], sizes)
 

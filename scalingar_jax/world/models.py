@@ -14,7 +14,7 @@ the embedded `checkpoints/shapes`, shipped inside the package, or the environmen
 `SCALINGAR_CHECKPOINT`). Its
 `bundle.json` (written by `world.pipeline.write_world_manifest`, which training calls) makes it
 loadable by `load_pipeline`. Retrain with
-`python -m scalingar_jax.world.train all --out checkpoints/shapes --seed 0`.
+`scalingar train-world all --out checkpoints/shapes --seed 0`.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from typing import Any, Mapping, NamedTuple
 from scalingar_jax.bundle import ENV_VAR, default_bundle_path
 
 PARTS: tuple[str, ...] = ("vq", "gpt", "text", "reward")
-TRAIN_COMMAND = "python -m scalingar_jax.world.train all --out checkpoints/shapes --seed 0"
+TRAIN_COMMAND = "scalingar train-world all --out checkpoints/shapes --seed 0"
 
 
 def default_world_path() -> Path:
@@ -64,7 +64,7 @@ def check_world_version(model_dir, version: int) -> None:
     got = saved_world_version(model_dir)
     if got != version:
         raise ValueError(f"{model_dir} is a shapes-world v{got} checkpoint, loaded as v{version}; "
-                         f"v{version} needs its own models (python -m scalingar_jax.world.train all --world {version} "
+                         f"v{version} needs its own models (scalingar train-world all --world {version} "
                          f"--out <dir>)")
 
 

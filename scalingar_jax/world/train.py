@@ -1,13 +1,14 @@
 """Trains the shapes-world models: the VQ tokenizer, the t2i GPT (jointly with its text
 encoder) and the reward model, with optax (AdamW, linear warmup + cosine decay, global-norm
 gradient clipping), seeded, and saves them with orbax under `--out` (default
-`checkpoints/shapes`): `{vq,gpt,text,reward}/`, each a `checkpoint.save_model` directory.
+`checkpoints/shapes`): `{vq,gpt,text,reward}/`, each a `checkpoint.save_model` directory. The
+command line is `scalingar train-world` (`cli.train_world`); `train(args)` runs its settings.
 
 Each run writes `<model>.json` (config, loss curve, wall time, evaluation numbers and the exact
 command) and `<model>.log` under `--results` (default `experiments/results/training`). Both
 defaults are relative to the current directory: run it from the repository root.
 
-  python -m scalingar_jax.world.train {vq,gpt,reward,all} --out checkpoints/shapes --seed 0
+  scalingar train-world {vq,gpt,reward,all} --out checkpoints/shapes --seed 0
 
 Training data comes only from `render.render_random_scene`, i.e. the training prompt sampler
 (all six tags, never an evaluation prompt verbatim).
@@ -21,14 +22,13 @@ optimiser state and step under `<out>/.train_state/<model>.npz` when `--max-minu
 rate schedule, batch i drawn from rng (seed, i) whatever the chunking). Results go to
 `experiments/results/training/<model>_v2.json`. For example, on an accelerator:
 
-  python -m scalingar_jax.world.train vq --world 2 --out checkpoints/shapes_v2 --resume
-  python -m scalingar_jax.world.train gpt --world 2 --out checkpoints/shapes_v2 --resume
-  python -m scalingar_jax.world.train reward --world 2 --out checkpoints/shapes_v2 --resume
+  scalingar train-world vq --world 2 --out checkpoints/shapes_v2 --resume
+  scalingar train-world gpt --world 2 --out checkpoints/shapes_v2 --resume
+  scalingar train-world reward --world 2 --out checkpoints/shapes_v2 --resume
 (rerun each until it prints "finished"; every part's meta records world_version 2).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shlex
@@ -45,7 +45,7 @@ import optax
 from scalingar_jax.atomic import atomic_write_bytes, atomic_write_text
 from scalingar_jax.images import to_uint8
 from scalingar_jax.stats import auroc
-from scalingar_jax.world.spec import DEFAULT_WORLD, META_KEY, WORLD_V1, WorldSpec, world_spec
+from scalingar_jax.world.spec import DEFAULT_WORLD, META_KEY, WORLD_V1, WorldSpec
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ class Run:
         self.log_path = self.results / f"{name}.log"
         self.chunk = self._chunk_record() if getattr(args, "resume", False) else None
         self.log_f = open(self.log_path, "a" if self.chunk else "w")  # a chunk's log goes on with the run's
-        self.record = {"model": name, "command": "python -m scalingar_jax.world.train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        self.record = {"model": name, "command": getattr(args, "command_line", None) or shlex.join(sys.argv),
                        "seed": args.seed, "losses": [], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         self.progress = Progress(TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                                  TimeElapsedColumn(), TimeRemainingColumn(), refresh_per_second=1)
@@ -956,89 +956,14 @@ def train_reward(args):
 
 
 # --------------------------------------------------------------------------------------------
-# CLI
+# All of a command's runs
 # --------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m scalingar_jax.world.train",
-                                description="Train the shapes-world VQ, t2i GPT (+ text encoder) and reward model.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("model", choices=["vq", "gpt", "reward", "all"], help="which model(s) to train")
-    p.add_argument("--world", default=str(DEFAULT_WORLD.version), choices=["1", "2", "3", "v1", "v2", "v3"],
-                   help="world version: 3 (48x48, photo backgrounds, distractors, scene splits; the shipped "
-                        "checkpoint), 2 (the same world at 64x64 / 16x16 tokens with larger models, for an "
-                        "accelerator) or 1 (retired: flat backgrounds, evaluation scenes seen in training)")
-    p.add_argument("--resume", action="store_true",
-                   help="resumable chunks: keep the optimiser state in <out>/.train_state/, stop each chunk at "
-                        "--max-minutes (default 45 here) and continue it when the same command runs again")
-    p.add_argument("--out", default=None,
-                   help="checkpoint root directory, relative to the current directory (default: checkpoints/shapes "
-                        "for --world 3, checkpoints/shapes_v<N> for another version, so it never overwrites the "
-                        "shipped v3)")
-    p.add_argument("--results", default="experiments/results/training",
-                   help="folder of the training records <model>.json/.log and samples.png")
-    p.add_argument("--seed", type=int, default=0, help="seed for data, init and batches")
-    p.add_argument("--warmup", type=int, default=30, help="linear warmup steps")
-    p.add_argument("--log-every", type=int, default=10, help="log the losses every N steps")
-    p.add_argument("--max-minutes", type=float, default=0.0, help="stop a run after this many minutes (0: no cap)")
-    p.add_argument("--stop-after", type=int, default=0,
-                   help="stop after this many steps while the learning-rate schedule still spans --*-steps (0: off); "
-                        "replays a run that a --max-minutes cap stopped (its JSON records the step)")
-    p.add_argument("--eval-n", type=int, default=300, help="renders / prompts used by the post-training evaluations")
-    g = p.add_argument_group("vq")
-    g.add_argument("--vq-steps", type=int, default=600)
-    g.add_argument("--vq-batch", type=int, default=32)
-    g.add_argument("--vq-lr", type=float, default=2e-3)
-    g.add_argument("--vq-data", type=int, default=8000, help="pre-rendered training images")
-    g.add_argument("--vq-init", default=None, help="continue training from this saved VQ directory")
-    g.add_argument("--vq-restart-every", type=int, default=20,
-                   help="every this many steps, move codebook rows that no latent of 4 batches uses onto random "
-                        "latents (keeps the codebook from collapsing; 0: off)")
-    g.add_argument("--vq-restart-until", type=float, default=0.8,
-                   help="restart dead codebook rows only during this fraction of the steps")
-    g = p.add_argument_group("gpt")
-    g.add_argument("--gpt-steps", type=int, default=600)
-    g.add_argument("--gpt-dim", type=int, default=0, help="GPT width (head_dim 32; 0: the world's, 192; v2: 256)")
-    g.add_argument("--gpt-layers", type=int, default=0, help="GPT depth (0: the world's, 6; v2: 8)")
-    g.add_argument("--gpt-batch", type=int, default=32)
-    g.add_argument("--gpt-lr", type=float, default=1e-3)
-    g.add_argument("--gpt-data", type=int, default=16000, help="pre-rendered, pre-tokenised training images")
-    g.add_argument("--gpt-init", default=None, help="continue training from the gpt/ and text/ models saved under this directory")
-    g.add_argument("--caption-dropout", type=float, default=0.1, help="fraction of captions replaced by the uncond embedding")
-    g.add_argument("--sample-prompts", type=int, default=60, help="evaluation prompts sampled after training")
-    g.add_argument("--cfg-scale", type=float, default=3.0, help="CFG scale of the post-training samples")
-    g.add_argument("--top-k", type=int, default=16, help="top-k of the post-training samples")
-    g = p.add_argument_group("reward")
-    g.add_argument("--reward-steps", type=int, default=400)
-    g.add_argument("--reward-batch", type=int, default=32, help="positives per step (as many negatives)")
-    g.add_argument("--reward-lr", type=float, default=1e-3)
-    g.add_argument("--reward-init", default=None,
-                   help="continue from this saved reward model (with --reward-steps 0: only re-evaluate it)")
-    g.add_argument("--reward-data", type=int, default=6000, help="pre-rendered training images")
-    g.add_argument("--reward-candidates", type=int, default=4,
-                   help="v2: candidate images per prompt in the within-prompt ranking batch (--reward-batch prompts)")
-    return p
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    """The command line with its derived settings: `spec` (the WorldSpec), `out` defaulting per
-    world version, and --resume's 45-minute chunks."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.spec = world_spec(args.world)
-    if args.out is None:
-        v = args.spec.version
-        args.out = "checkpoints/shapes" if v == DEFAULT_WORLD.version else f"checkpoints/shapes_v{v}"
-    if args.resume and args.spec.version == 1:
-        parser.error("--resume needs --world 2 or 3 (v1 runs continue with --vq-init / --gpt-init / --reward-init)")
-    if args.resume and args.max_minutes <= 0:
-        args.max_minutes = 45.0
-    return args
-
-
-def main(argv=None):
-    args = parse_args(argv)
+def train(args) -> None:
+    """Trains `args.model` (vq, gpt, reward or all, in that order) with the settings of
+    `scalingar train-world` (`cli.train_world.parse_args`: `args.spec`, `args.out`, ...) and
+    writes the bundle manifest once vq/, gpt/ and text/ are all under `args.out`."""
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.model in ("vq", "all"):
         train_vq(args)
@@ -1050,7 +975,3 @@ def main(argv=None):
         from scalingar_jax.world.pipeline import write_world_manifest
 
         write_world_manifest(args.out)  # the bundle manifest (keeps an existing one's defaults)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,5 +1,6 @@
 """`scalingar convert`: the command line over `scalingar_jax.convert.checkpoints` (PyTorch
-LlamaGen checkpoints <-> scalingar-jax model directories: `convert`, `export`, `verify`).
+LlamaGen checkpoints <-> scalingar-jax model directories: `convert`, `export`, `verify`). The
+parser imports nothing heavy; the converter is imported when the command runs.
 
   main(argv) -> exit status     the command line (0 ok, 1 verification failed, 2 bad input)
 """
@@ -7,15 +8,16 @@ from __future__ import annotations
 
 import argparse
 import ast
+import math
 import sys
 
-import numpy as np
+from scalingar_jax.errors import INPUT_ERRORS, UserError, one_line
 
-from scalingar_jax.convert import checkpoints as C
-from scalingar_jax.convert.checkpoints import DEFAULT_TOLERANCE, UsageError
-from scalingar_jax.errors import INPUT_ERRORS, one_line
+__all__ = ["main", "build_parser", "add_parser"]
 
-__all__ = ["main", "build_parser"]
+# `convert.checkpoints.DEFAULT_TOLERANCE`, for the help text without importing the converter
+# (tests/test_cli_parser.py pins the two together)
+DEFAULT_TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
 
 DESCRIPTION = """\
 Convert a PyTorch LlamaGen checkpoint (GPT or VQ tokenizer) to a scalingar-jax model directory
@@ -58,11 +60,11 @@ def _parse_sets(items: list[str]) -> dict:
     out = {}
     for item in items:
         if "=" not in item:
-            raise UsageError(f"--set expects FIELD=VALUE, got {item!r}")
+            raise UserError(f"--set expects FIELD=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         k = k.strip()
         if not k.isidentifier() or len(v) > 200:
-            raise UsageError(f"--set expects FIELD=VALUE with a field name and a short value, got {item[:80]!r}")
+            raise UserError(f"--set expects FIELD=VALUE with a field name and a short value, got {item[:80]!r}")
         try:
             out[k] = ast.literal_eval(v)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
@@ -94,6 +96,15 @@ def parse_bytes(text: str) -> int:
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit status 2
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def add_parser(sub) -> None:
+    """The `convert` subcommand in `scalingar --help`; `scalingar convert ...` goes to `main` whole
+    (argparse's REMAINDER does not take a leading option such as --export or --help)."""
+    c = sub.add_parser("convert", help="convert a PyTorch LlamaGen checkpoint to orbax, or back with --export "
+                                       "(see `scalingar convert --help`)", add_help=False)
+    c.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the converter")
+    c.set_defaults(fn=lambda args: main(args.rest))
 
 
 def build_parser(prog: str = "scalingar convert") -> argparse.ArgumentParser:
@@ -159,21 +170,23 @@ def main(argv=None, *, prog: str = "scalingar convert") -> int:
         a = ap.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, already printed)
         return int(e.code or 0)
+    from scalingar_jax.convert import checkpoints as C
+
     log = print
     verify_wanted = a.verify or a.llamagen_src is not None
     dest, written = None, False
     try:
-        if a.verify_tol is not None and not (a.verify_tol > 0 and np.isfinite(a.verify_tol)):
-            raise UsageError(f"--verify-tol must be finite and > 0, got {a.verify_tol}")
+        if a.verify_tol is not None and not (a.verify_tol > 0 and math.isfinite(a.verify_tol)):
+            raise UserError(f"--verify-tol must be finite and > 0, got {a.verify_tol}")
         if not 0 <= a.seed < 2**32:
-            raise UsageError(f"--seed must be in [0, 2**32), got {a.seed}")
+            raise UserError(f"--seed must be in [0, 2**32), got {a.seed}")
         if a.grid_size is not None and not 1 <= a.grid_size <= 256:
-            raise UsageError(f"--grid-size must be in [1, 256], got {a.grid_size}")
+            raise UserError(f"--grid-size must be in [1, 256], got {a.grid_size}")
         if a.verify_tokens is not None and not 2 <= a.verify_tokens <= 65536:
-            raise UsageError(f"--verify-tokens must be in [2, 65536], got {a.verify_tokens}")
+            raise UserError(f"--verify-tokens must be in [2, 65536], got {a.verify_tokens}")
         overrides = {} if a.export else _parse_sets(a.set)
         if a.verify_tokens is not None and not verify_wanted:
-            raise UsageError("--verify-tokens needs --verify")
+            raise UserError("--verify-tokens needs --verify")
         llamagen = None
 
         def prepare_reference(kind, config, sd):
@@ -185,16 +198,16 @@ def main(argv=None, *, prog: str = "scalingar convert") -> int:
                 llamagen.prepare(kind, config)
             if a.verify_tokens is not None:
                 if kind != "gpt":
-                    raise UsageError("--verify-tokens applies to GPT models only")
+                    raise UserError("--verify-tokens applies to GPT models only")
                 if not 2 <= a.verify_tokens <= config.block_size:
-                    raise UsageError(f"--verify-tokens must be in [2, {config.block_size}], got {a.verify_tokens}")
+                    raise UserError(f"--verify-tokens must be in [2, {config.block_size}], got {a.verify_tokens}")
 
         if a.export:
             for flag, given in (("--kind", a.kind != "auto"), ("--grid-size", a.grid_size is not None),
                                 ("--set", bool(a.set)), ("--non-strict", a.non_strict),
                                 ("--max-bytes", a.max_bytes is not None), ("--allow-non-finite", a.allow_non_finite)):
                 if given:
-                    raise UsageError(f"{flag} applies when converting to orbax, not with --export")
+                    raise UserError(f"{flag} applies when converting to orbax, not with --export")
             from scalingar_jax.checkpoint import read_config
 
             C.check_export_path(a.dst, a.key, a.dtype)
@@ -229,7 +242,7 @@ def main(argv=None, *, prog: str = "scalingar convert") -> int:
                   f"removed {a.dst}", file=sys.stderr)
             return 1
         return 0
-    except INPUT_ERRORS as e:
+    except (UserError, *INPUT_ERRORS) as e:
         # before writing, nothing exists yet; an error while verifying removes the output too
         if dest is not None:
             dest.cleanup(remove_output=written)
