@@ -6,7 +6,9 @@ first on PATH, so `scalingar` and `python` are the installed package's), without
 $SCALINGAR_CHECKPOINT (the default bundle is the embedded one), and must exit 0. A block that
 downloads, installs, needs a GPU/TPU or torch/transformers, or takes minutes is marked in the
 README by a comment on the line right before it, `<!-- readme-test: skip (REASON) -->`; its test
-is skipped with that reason. The blocks share a JAX compilation cache (a temporary folder), so a
+is skipped with that reason. A bash block that opens with `pip install SPEC && ...` (the quick
+start's one-liner) runs without its install: this environment already has the package and every
+extra. The blocks share a JAX compilation cache (a temporary folder), so a
 program two blocks compile alike is compiled once.
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ FENCE = re.compile(r"^```(\w*)\s*$")
 SKIP = re.compile(r"^<!-- readme-test: skip \((?P<reason>[^()]+)\) -->$")
 MARKER = "readme-test"
 LANGUAGES = ("python", "bash")
+INSTALL_PREFIX = re.compile(r"\Apip install [^&\n]+&& ")
 TIMEOUT_S = 600
 
 
@@ -85,7 +88,7 @@ def test_readme_block_runs_as_written(block, env, tmp_path):
     if block.skip:
         pytest.skip(f"README.md:{block.line}: {block.skip}")
     argv = [sys.executable, "-c", block.code] if block.language == "python" else \
-        ["bash", "-e", "-o", "pipefail", "-c", block.code]
+        ["bash", "-e", "-o", "pipefail", "-c", INSTALL_PREFIX.sub("", block.code)]
     proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 0, (f"README.md:{block.line} ({block.language} block) exited {proc.returncode}:\n"
                                   f"{block.code}\n--- stderr ---\n{proc.stderr[-4000:]}")
