@@ -1003,6 +1003,42 @@ def targets(main: dict | None, eff: dict | None) -> list[dict]:
     return out
 
 
+def _verdict(c: dict) -> str:
+    if c["within_noise"]:
+        return "no: the difference is within noise" if c["diff"] <= 0 else "not shown: higher, but within noise"
+    return "yes" if c["diff"] > 0 else "no: it is worse"
+
+
+def answer(main: dict | None, width: dict | None) -> list[str]:
+    """The question the world exists for, answered from main.json and width.json: does ScalingAR
+    beat plain sampling, Best-of-N at equal tokens and importance sampling on held-out scenes?
+    One line per question with the paired difference and its 95% CI."""
+    if main is None:
+        return ["main.json is missing: run `python experiments/reproduce.py main`."]
+    comps = {(c["a"], c["b"]): c for c in main["comparisons"]}
+    st, N, split = main["strategies"], main["settings"]["N"], main["settings"].get("split", "eval")
+    out = [f"On the {split} split (scenes no model saw in training or tuning), N = {N}, seeds "
+           f"{main['stamp']['seeds']}; paired differences of the overall judge accuracy with 95% bootstrap CIs:\n"]
+    for b, q in (("plain", "plain sampling (N = 1)"), ("importance", f"importance sampling at N = {N}"),
+                 ("best_of_n", f"Best-of-N (learned reward) at N = {N}")):
+        c = comps[("scalingar", b)]
+        out.append(f"- **Does ScalingAR beat {q}? {_verdict(c)}.** {st['scalingar']['overall']:.3f} vs "
+                   f"{st[b]['overall']:.3f}: {compare_text(c)}.")
+    eq = [e for e in (width or {}).get("equal_tokens", []) if e["N"] == N]
+    if eq:
+        e, ws = eq[0], width["strategies"]
+        c, M = e["vs_best_of_n"], e["M"]
+        out.append(f"- **Does ScalingAR at N = {N} beat Best-of-N at equal tokens? {_verdict(c)}.** ScalingAR "
+                   f"spends {e['scalingar_tokens']:.0f} tokens per image; Best-of-{M} spends {e['bon_tokens']} "
+                   f"(width experiment, {width['settings']['prompts']} prompts): "
+                   f"{ws[f'scalingar@{N}']['overall']:.3f} vs {ws[f'best_of_n@{M}']['overall']:.3f}, "
+                   f"{_diff_text(c)}.")
+    else:
+        out.append(f"- Best-of-N at equal tokens: width.json has no N = {N} row (run `reproduce.py width`).")
+    out += ["", f"The paper's figures, for comparison: {PAPER['main']} {PAPER['efficiency']}"]
+    return out
+
+
 def report(out: Path) -> Path:
     """Assembles RESULTS.md from the experiments' JSON/MD files under `out` (keeps a hand-written
     '## Discussion' section of an existing RESULTS.md)."""
@@ -1011,11 +1047,15 @@ def report(out: Path) -> Path:
              "(each experiment's own .md has its full table, stamp and paired comparisons).\n"]
     main, eff = _load(out, "main"), _load(out, "efficiency")
     tg = targets(main, eff)
+    parts += ["## The answer\n", *answer(main, _load(out, "width")), ""]
     parts += ["## Targets\n", TARGETS_TEXT.replace("\n", " ") + "\n"]
     word = {True: "MET", False: "NOT MET", "inconclusive": "INCONCLUSIVE (within noise)", None: "n/a",
             "reached": "REFERENCE: REACHED", "not reached": "REFERENCE: NOT REACHED"}
     parts += [f"- **{word[t['met']]}**: {t['name']}: {t['evidence']}" for t in tg]
     parts.append("")
+    judge_md = out / "judge_v3.md"  # hand-written from validate_judge.py / adversarial_judge.py output
+    if judge_md.is_file():
+        parts += [judge_md.read_text().strip().replace("\n## ", "\n### "), ""]
     for name in (*EXPERIMENTS, "tune"):
         d = _load(out, name)
         md = out / f"{name}.md"

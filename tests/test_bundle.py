@@ -14,6 +14,7 @@ from scalingar_jax.bundle import ENV_VAR, MANIFEST_FILE, default_bundle_path, re
 from scalingar_jax.config import SamplingConfig
 from scalingar_jax.pipeline import Pipeline, load_pipeline
 from scalingar_jax.scaling.config import ScalingARConfig
+from scalingar_jax.world.pipeline import WORLD_SAMPLING, WORLD_SCALING
 
 PKG = Path(__file__).resolve().parents[1] / "scalingar_jax"
 
@@ -38,14 +39,18 @@ def test_manifest_of_a_new_world(world):
     b = read_bundle(world)
     assert b.kind == "shapes-world" and b.image_size == 16
     assert dict(b.parts) == {"vq": "vq", "gpt": "gpt", "text": "text", "reward": "reward"}
-    assert b.sampling == SamplingConfig(cfg_scale=2.0, temperature=1.0, top_k=16, top_p=1.0)
-    assert b.scaling == ScalingARConfig(probation_steps=2, p=0.2)
+    assert b.sampling == WORLD_SAMPLING == SamplingConfig(cfg_scale=3.0, temperature=1.0, top_k=16, top_p=1.0)
+    assert b.scaling == WORLD_SCALING == ScalingARConfig(probation_steps=2, p=0.3)
 
 
 def test_embedded_bundle_manifest_reads():
     b = read_bundle(PKG.parent / "checkpoints" / "shapes")
     assert b.kind == "shapes-world" and b.image_size == 48 and b.has_part("reward")
-    assert b.sampling.cfg_scale == 2.0 and b.scaling.probation_steps == 2
+    # the development-tuned defaults (experiments/results/tune.json), as the world module states them
+    assert (b.sampling, b.scaling) == (WORLD_SAMPLING, WORLD_SCALING)
+    tune = json.loads((PKG.parent / "experiments" / "results" / "tune.json").read_text())
+    assert b.sampling.cfg_scale == tune["chosen_cfg_scale"] and tune["settings"]["split"] == "dev"
+    assert (b.scaling.probation_steps, b.scaling.p) == (tune["chosen"]["Delta_rec"], tune["chosen"]["p"])
 
 
 def test_default_bundle_path(monkeypatch, tmp_path):

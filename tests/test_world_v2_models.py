@@ -135,3 +135,31 @@ def test_v1_checkpoint_loaded_as_v2_is_refused(tmp_path):
     check_world_version(tmp_path / "v2" / "text", 2)
     with pytest.raises(ValueError, match="v2 checkpoint, loaded as v1"):
         check_world_version(tmp_path / "v2" / "text", 1)
+
+
+def test_world_meta_records_the_scene_split_of_a_split_world():
+    from scalingar_jax.world.scenes import SPLIT_META_KEY, split_digest
+    from scalingar_jax.world.spec import WORLD_V1, WORLD_V3
+
+    assert T.world_meta(WORLD_V1) == {META_KEY: 1}
+    meta = T.world_meta(WORLD_V3)
+    assert meta[META_KEY] == 3 and meta[SPLIT_META_KEY]["digest"] == split_digest()
+    assert meta[SPLIT_META_KEY]["families"]["color_attr"]["eval"] > 0
+    json.dumps(meta)  # it goes into config.json
+
+
+def test_embedded_bundle_is_the_honest_world_trained_on_todays_scene_split():
+    """The default bundle (checkpoints/shapes) is world v3 and every part was trained on the scene
+    split the code computes now: a change to the split table (which would let evaluation scenes
+    into what the models saw) fails here until the world is retrained."""
+    from pathlib import Path
+
+    from scalingar_jax.checkpoint import read_config
+    from scalingar_jax.world.scenes import SPLIT_META_KEY, split_digest
+
+    embedded = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes"
+    for part in ("vq", "gpt", "text", "reward"):
+        meta = read_config(embedded / part)[2] or {}
+        assert meta.get(META_KEY) == 3, (part, meta.get(META_KEY))
+        assert meta.get(SPLIT_META_KEY, {}).get("digest") == split_digest(), part
+        assert not meta.get("chunk_of_run"), f"{part}: a chunk of an unfinished run"

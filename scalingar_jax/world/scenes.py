@@ -27,7 +27,8 @@ Generators (their supports are finite and enumerated by the tests):
 - `training_prompt_sampler_v2`: every phrasing (`prompts.STYLES`) of every train scene,
   standard and extended contents.
 `check_scene(record, purpose)` raises a ValueError naming the scene when a record's split is
-not `purpose`; the v2 renderer calls it before drawing anything.
+not `purpose`; the v2 renderer calls it before drawing anything. `split_digest()` fingerprints
+the table; every part trained on a split world records it in its meta (`split_meta()`).
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from scalingar_jax.world import prompts as P
 from scalingar_jax.world.vocab import COLORS, SHAPES
 
 SPLITS: tuple[str, ...] = ("train", "dev", "eval", "hard")
+SPLIT_META_KEY = "scene_split"  # a trained part's meta: {"digest": split_digest(), "families": ...}
 EVAL_FRACTION = 0.5
 DEV_FRACTION = 0.2
 _MAX_SALT = 10000
@@ -224,6 +226,19 @@ def _sampler_v2(tag_weights: tuple | None, extended_weight: float) -> P.Training
                                    extended_weight=base.extended_weight, holdout=held)
 
 
+def split_digest() -> str:
+    """sha256 (hex) of the whole scene-split table (every tag's salt and {family: split}). A
+    trained part's meta records it (`SPLIT_META_KEY`), so a checkpoint says which split its
+    training data came from and a changed split is caught against it."""
+    h = hashlib.sha256()
+    for tag in P.TAGS:
+        salt, table = _tag_table(tag)
+        h.update(f"{tag}|{salt}|".encode())
+        for family in sorted(table, key=repr):
+            h.update(f"{family!r}={table[family]};".encode())
+    return h.hexdigest()
+
+
 def split_summary() -> dict:
     """{tag: {"salt", "families": {split: count}}} of the scene-split table."""
     out = {}
@@ -231,6 +246,13 @@ def split_summary() -> dict:
         salt, table = _tag_table(tag)
         out[tag] = {"salt": salt, "families": {s: sum(v == s for v in table.values()) for s in ("eval", "dev", "train")}}
     return out
+
+
+def split_meta() -> dict:
+    """What a trained part's meta records under `SPLIT_META_KEY`: the table's digest, the
+    split unit and the number of scene families per tag and split."""
+    return {"digest": split_digest(), "unit": "scene family (scalingar_jax/world/scenes.py)",
+            "families": {tag: v["families"] for tag, v in split_summary().items()}}
 
 
 if __name__ == "__main__":  # prints the split table

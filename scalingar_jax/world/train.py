@@ -208,6 +208,16 @@ def _spec(args) -> WorldSpec:
     return getattr(args, "spec", None) or DEFAULT_WORLD
 
 
+def world_meta(spec: WorldSpec) -> dict:
+    """The world part of a trained model's meta: its version and, for a world split by scene,
+    the split its training data came from (`world.scenes.split_meta`)."""
+    if not spec.scene_splits:
+        return {META_KEY: spec.version}
+    from scalingar_jax.world.scenes import SPLIT_META_KEY, split_meta
+
+    return {META_KEY: spec.version, SPLIT_META_KEY: split_meta()}
+
+
 def run_name(model: str, spec: WorldSpec) -> str:
     """The results name of a training run: `model` for v1, `model_v<version>` otherwise."""
     return model if spec.version == 1 else f"{model}_v{spec.version}"
@@ -396,7 +406,7 @@ def train_vq(args):
                                                            batch, steps)
     train_time = time.time() - t0
     out = Path(args.out) / "vq"
-    meta = {"steps": done, "seed": args.seed, META_KEY: spec.version}
+    meta = {"steps": done, "seed": args.seed, **world_meta(spec)}
     if not _finished(run, args, done, steps, lambda: save_model(out, params, cfg, kind="vq", meta=meta, overwrite=True),
                      step_time_s=step_time, params=param_count(params), config=_cfg_dict(cfg)):
         return params, cfg
@@ -598,7 +608,7 @@ def train_gpt(args):
     t0 = time.time()
     params, opt_state, start, done, step_time = train_loop(run, args, "gpt", step_fn, params, opt_state, batch, steps)
     train_time = time.time() - t0
-    meta = {"steps": prior_steps + done, "seed": args.seed, "trained_jointly_with": "text", META_KEY: spec.version}
+    meta = {"steps": prior_steps + done, "seed": args.seed, "trained_jointly_with": "text", **world_meta(spec)}
     if done < steps and getattr(args, "resume", False):  # a chunk: the next one continues this run, not this model
         meta.update(chunk_of_run=True, continued_from_steps=prior_steps)
     out_g, out_t = Path(args.out) / "gpt", Path(args.out) / "text"
@@ -936,7 +946,7 @@ def train_reward(args):
                                                            params, opt_state, batch, steps)
     train_time = time.time() - t0
     out = Path(args.out) / "reward"
-    meta = {"steps": prior_steps + done, "seed": args.seed, META_KEY: spec.version}
+    meta = {"steps": prior_steps + done, "seed": args.seed, **world_meta(spec)}
     if not _finished(run, args, done, steps, lambda: save_model(out, params, cfg, kind="reward", meta=meta, overwrite=True),
                      step_time_s=step_time, params=param_count(params), config=_cfg_dict(cfg)):
         return params
