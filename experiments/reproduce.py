@@ -764,6 +764,9 @@ SIGNALS = {  # name -> (label, what it is)
 }
 
 
+PER_TAG_SIGNALS = ("C_final", "I_final", "D_mean", "mean_confidence", "reward")  # signals' per-tag table
+
+
 def exp_signals(ctx: Ctx) -> dict:
     """Is the gut right? How well each confidence signal (and the learned reward) ranks the N
     candidates of one prompt by the judge's verdict, on the shared N-candidate set."""
@@ -836,6 +839,23 @@ def exp_signals(ctx: Ctx) -> dict:
                      "Best-of-N by it: accuracy [95% CI]": fmt_ci(r["pick_accuracy"], r["pick_accuracy_ci"]),
                      "across-prompt AUROC": "", "vs drawn area: within-prompt Spearman [95% CI]": ""})
     area_vs_correct = within(area)  # do correct candidates draw more? (AUROC of the area itself)
+    # on which tags does a signal fail? within-prompt AUROC per tag (records of the tag resampled)
+    groups = [group_of(r, split) for r in records]
+    tag_names = list(dict.fromkeys(groups))
+    by_tag, tag_rows = {}, []
+    for k in PER_TAG_SIGNALS:
+        by_tag[k] = {}
+        for tag in tag_names:
+            idx = [i for i, g in enumerate(groups) if g == tag]
+            wins, pairs = within_prompt_pairs(sig[k][:, idx], correct[:, idx])
+            v, ci = pooled_ratio_ci(wins, pairs, resample_indices(len(idx), ctx.B, 7)) if pairs.sum() else (None, None)
+            by_tag[k][tag] = {"within_prompt_auroc": v, "within_prompt_auroc_ci": ci, "pairs": int(pairs.sum())}
+        tag_rows.append({"signal": SIGNALS[k][0], **{t: "n/a" if by_tag[k][t]["within_prompt_auroc"] is None else
+                                                     fmt_ci(by_tag[k][t]["within_prompt_auroc"],
+                                                            by_tag[k][t]["within_prompt_auroc_ci"], 2)
+                                                     for t in tag_names}})
+    tag_rows.append({"signal": "pairs (correct, wrong) per tag",
+                     **{t: str(by_tag[PER_TAG_SIGNALS[0]][t]["pairs"]) for t in tag_names}})
     # within-prompt AUROC of C, I, D step by step: when does the profile know?
     steps = list(range(4, T + 1, 4))
     curve = {}
@@ -846,7 +866,8 @@ def exp_signals(ctx: Ctx) -> dict:
                                               "profile": "ScalingAR's profile, no termination, fixed CFG"}),
                "signals": table, "references": refs, "curve_steps": steps, "curves": curve,
                "prompts_with_mixed_candidates": mixed, "prompt_seed_units": int(correct.shape[0] * n),
-               "area_within_prompt_auroc": {"value": area_vs_correct[0], "ci": area_vs_correct[1]}}
+               "area_within_prompt_auroc": {"value": area_vs_correct[0], "ci": area_vs_correct[1]},
+               "per_tag": by_tag}
     payload["files"] = {"auroc": _plot(
         viz.plot_lines, ctx.out / "signals_auroc.png", steps,
         {**{f"{c} (within-prompt AUROC)": curve[c] for c in "CID"},
@@ -870,6 +891,10 @@ def exp_signals(ctx: Ctx) -> dict:
           markdown_table(rows, list(rows[0])), "",
           f"The drawn area itself ranks a prompt's correct candidate above a wrong one with within-prompt AUROC "
           f"{fmt_ci(area_vs_correct[0], area_vs_correct[1])}.\n",
+          "## Per tag: within-prompt AUROC [95% CI]\n",
+          "On which tags a signal ranks a prompt's correct candidates above its wrong ones (0.5 = chance; n/a: no "
+          "prompt of the tag has both a correct and a wrong candidate).\n",
+          markdown_table(tag_rows, ["signal", *tag_names]), "",
           "95% CI: bootstrap over prompts (all seeds of a prompt kept together; accuracy stratified by tag), "
           f"{ctx.B} resamples."]
     ctx.write("signals", payload, "\n".join(md))
@@ -1017,6 +1042,7 @@ def answer(main: dict | None, width: dict | None) -> list[str]:
         return ["main.json is missing: run `python experiments/reproduce.py main`."]
     comps = {(c["a"], c["b"]): c for c in main["comparisons"]}
     st, N, split = main["strategies"], main["settings"]["N"], main["settings"].get("split", "eval")
+    split = {"eval": "evaluation", "dev": "development"}.get(split, split)
     out = [f"On the {split} split (scenes no model saw in training or tuning), N = {N}, seeds "
            f"{main['stamp']['seeds']}; paired differences of the overall judge accuracy with 95% bootstrap CIs:\n"]
     for b, q in (("plain", "plain sampling (N = 1)"), ("importance", f"importance sampling at N = {N}"),

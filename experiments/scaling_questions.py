@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -238,8 +239,11 @@ def report() -> str:
         else:
             parts.append(f"### Shapes world, development split ({d['prompts']} prompts, {d['per_tag']} per tag), "
                          f"N = {d['N']}, seeds {d['seeds']}, T = {d['T']}\n")
-            parts.append("\"world gate\": the pipeline's ScalingAR config (Delta_rec = 2, p = 0.2); \"paper gate\": the "
-                         "same with the paper's Delta_rec = 32. 95% CIs: bootstrap over prompts, paired with spec.\n")
+            gate = re.search(r"probation_steps=(\d+)", d.get("base_scaling", ""))
+            p_q = re.search(r"\bp=([0-9.]+)", d.get("base_scaling", ""))
+            parts.append(f"\"world gate\": the bundle's ScalingAR config (Delta_rec = {gate[1] if gate else '?'}, "
+                         f"p = {p_q[1] if p_q else '?'}; sampling {d.get('sampling', '?')}); \"paper gate\": the same "
+                         "with the paper's Delta_rec = 32. 95% CIs: bootstrap over prompts, paired with spec.\n")
         parts.append(f"Command: `{d['command']}` (git {d['git_rev']}, {d['time']})"
                      + (" PARTIAL: the run was stopped; only these rows were measured." if d.get("partial") else "")
                      + "\n")

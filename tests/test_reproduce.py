@@ -87,6 +87,11 @@ def test_other_contents(smoke):
     assert set(se["curves"]) == {"p", "delta_rec"}
     res = (smoke / "RESULTS.md").read_text()
     assert "## Targets" in res and "0.32" in res and "46.5" in res and "26%" in res
+    # the answer opens the report: one line per question, the equal-tokens one from width.json
+    answer = res[res.index("## The answer"):res.index("## Targets")]
+    assert answer.count("- **Does ScalingAR") == 4 and "at equal tokens?" in answer
+    N, eq = w["settings"]["N"], {e["N"]: e for e in w["equal_tokens"]}
+    assert f"Best-of-{eq[N]['M']} spends {eq[N]['bon_tokens']}" in answer
 
 
 def test_signals_contents(smoke):
@@ -105,6 +110,13 @@ def test_signals_contents(smoke):
     for v in t.values():  # correlation with the drawn area: None when every candidate drew the same
         assert v["area_spearman"] is None or -1.0 <= v["area_spearman"] <= 1.0
     assert "vs drawn area" in (smoke / "signals.md").read_text()
+    tags = {r["tag"] for r in R.prompt_set("eval", 1)}
+    for k in R.PER_TAG_SIGNALS:  # per tag: an AUROC in [0, 1] where the tag has a (correct, wrong) pair
+        assert set(sg["per_tag"][k]) == tags
+        for v in sg["per_tag"][k].values():
+            assert (v["within_prompt_auroc"] is None) == (v["pairs"] == 0)
+            assert v["within_prompt_auroc"] is None or 0.0 <= v["within_prompt_auroc"] <= 1.0
+    assert "## Per tag" in (smoke / "signals.md").read_text()
 
 
 def test_tune_then_tuned_and_report(pipe, smoke):

@@ -6,8 +6,9 @@ Layout of a world directory (each entry a `checkpoint.save_model` directory):
   text/    the text encoder trained jointly with the GPT (stands in for flan-t5)
   reward/  the learned reward model (stands in for ImageReward)
 
-Every part's meta records the world version (`world.spec.META_KEY`; absent = 1, the shipped
-checkpoint); `load_world(path, version=2)` refuses a v1 checkpoint with an error naming it.
+Every part's meta records the world version (`world.spec.META_KEY`; absent = 1, v1's
+checkpoints) and, for a world split by scene, the split (`world.scenes.SPLIT_META_KEY`);
+`load_world(path, version=2)` refuses a v1 checkpoint with an error naming it.
 
 The default directory is the default model bundle (`scalingar_jax.bundle.default_bundle_path`:
 the embedded `checkpoints/shapes`, shipped inside the package, or the environment variable

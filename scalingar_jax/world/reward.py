@@ -8,7 +8,7 @@ tokens and an MLP produces one scalar: the logit that the image matches the prom
 It is trained (see `world/train.py`) on renders of a record (positives) against renders with
 a perturbed prompt (hard negatives: wrong colour, count, shape, relation). It is imperfect
 by construction; its agreement with the exact judge is measured and recorded in
-`experiments/results/training/reward.json`.
+`experiments/results/training/reward_v3.json` (world v3, the shipped one).
 
 Shapes: images (B, H, W, 3) uint8 in [0, 255] or float in [-1, 1]; prompts: B strings;
 scores (B,) float32 (higher = better match; > 0 means "predicted match").

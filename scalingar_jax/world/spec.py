@@ -1,7 +1,7 @@
 """Which version of the shapes world: a frozen `WorldSpec` selects v1, v2 or v3 behaviour.
 
-- v1 (`WORLD_V1`, the shipped default checkpoint `checkpoints/shapes`): 48x48 images, a
-  12x12 token grid, flat dark backgrounds, prompt sets held out by prompt STRING only.
+- v1 (`WORLD_V1`, retired: the shipped checkpoint until issue 26): 48x48 images, a 12x12
+  token grid, flat dark backgrounds, prompt sets held out by prompt STRING only.
 - v2 (`WORLD_V2`, issue 19): 64x64 images, a 16x16 token grid (LlamaGen's 256 px grid),
   photograph-like low-saturation backgrounds with occasional grey distractors, larger lightly
   shaded objects (a single object 18..30 px), prompt sets split by SCENE
@@ -9,10 +9,11 @@
   development split, under any wording.
 - v3 (`WORLD_V3`, issue 26; the shipped default checkpoint `checkpoints/shapes`): everything
   honest from v2 (scene splits, photograph and procedural backgrounds, distractors, shading)
-  at a size that trains on a 2-core CPU in about 2 CPU-hours: 48x48 images, a 12x12 token
-  grid, v1's model sizes (VQ channels 16, GPT 192 x 6). Object sizes are chosen for 48 px
-  (a single object 14..22 px, never under 10 px: smaller crosses are no longer crosses to a
-  person or the judge).
+  at a size that trains on a 2-core CPU (the shipped models took about 9 hours of one core):
+  48x48 images, a 12x12 token grid, v1's model sizes (VQ channels 16, GPT 192 x 6); its parts'
+  meta also records the scene split (`world.scenes.split_meta`). Object sizes are chosen for
+  48 px (a single object 14..22 px, never under 10 px: smaller crosses are no longer crosses
+  to a person or the judge).
 
 Everything that differs between the versions reads one of these specs; no module is copied.
 A checkpoint records its version in the meta of every part (`META_KEY`; absent = 1).

@@ -4,20 +4,23 @@ gradient clipping), seeded, and saves them with orbax under `--out` (default
 `checkpoints/shapes`): `{vq,gpt,text,reward}/`, each a `checkpoint.save_model` directory. The
 command line is `scalingar train-world` (`cli.train_world`); `train(args)` runs its settings.
 
-Each run writes `<model>.json` (config, loss curve, wall time, evaluation numbers and the exact
-command) and `<model>.log` under `--results` (default `experiments/results/training`). Both
-defaults are relative to the current directory: run it from the repository root.
+Each run writes `<model>_v<world>.json` (config, loss curve, chunk wall times, evaluation
+numbers and the exact command; v1's runs wrote `<model>.json`) and its `.log` under `--results`
+(default `experiments/results/training`). Both defaults are relative to the current directory:
+run it from the repository root. The default world is v3 (`world.spec.DEFAULT_WORLD`), the one
+`checkpoints/shapes` holds; every part's meta records its version and the scene split it was
+trained on (`world_meta`).
 
-  scalingar train-world {vq,gpt,reward,all} --out checkpoints/shapes --seed 0
+  scalingar train-world {vq,gpt,reward,all} --out checkpoints/shapes --seed 0 --resume
 
-Training data comes only from `render.render_random_scene`, i.e. the training prompt sampler
-(all six tags, never an evaluation prompt verbatim).
+Training data comes only from `render.render_random_scene`: in v2 and v3 the training prompt
+sampler of the scene split (`world.scenes`: training SCENES only, every phrasing; the renderer
+refuses any other scene); in v1 every prompt but the evaluation prompts verbatim.
 
 World v2 (`--world 2`, `world.spec.WORLD_V2`): 64x64 images, a 16x16 token grid, a 6.79M
 parameter GPT (dim 256, 8 layers), a reward model trained to RANK the candidates of one
-prompt (`reward.ranking_loss`), training data from training SCENES only (the renderer
-refuses any other scene). Runs go in resumable chunks: with `--resume` a run saves its
-optimiser state and step under `<out>/.train_state/<model>.npz` when `--max-minutes`
+prompt (`reward.ranking_loss`; v3's too). Runs go in resumable chunks: with `--resume` a run
+saves its optimiser state and step under `<out>/.train_state/<model>.npz` when `--max-minutes`
 (default 45 with --resume) ends a chunk, and the SAME command continues it (same learning-
 rate schedule, batch i drawn from rng (seed, i) whatever the chunking). Results go to
 `experiments/results/training/<model>_v2.json`. For example, on an accelerator:
