@@ -15,6 +15,7 @@ from scalingar_jax.config import SamplingConfig
 from scalingar_jax.pipeline import Pipeline, load_pipeline
 from scalingar_jax.scaling.config import ScalingARConfig
 from scalingar_jax.world.pipeline import WORLD_SAMPLING, WORLD_SCALING
+from scalingar_jax.world.random_world import RANDOM_WORLD_SAMPLING, RANDOM_WORLD_SCALING
 
 PKG = Path(__file__).resolve().parents[1] / "scalingar_jax"
 
@@ -39,8 +40,9 @@ def test_manifest_of_a_new_world(world):
     b = read_bundle(world)
     assert b.kind == "shapes-world" and b.image_size == 16
     assert dict(b.parts) == {"vq": "vq", "gpt": "gpt", "text": "text", "reward": "reward"}
-    assert b.sampling == WORLD_SAMPLING == SamplingConfig(cfg_scale=3.0, temperature=1.0, top_k=16, top_p=1.0)
-    assert b.scaling == WORLD_SCALING == ScalingARConfig(probation_steps=2, p=0.3)
+    # the random world's fixed settings, not the trained world's tuned ones
+    assert b.sampling == RANDOM_WORLD_SAMPLING == SamplingConfig(cfg_scale=2.0, temperature=1.0, top_k=16, top_p=1.0)
+    assert b.scaling == RANDOM_WORLD_SCALING == ScalingARConfig(probation_steps=2, p=0.2)
 
 
 def test_embedded_bundle_manifest_reads():

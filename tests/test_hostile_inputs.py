@@ -469,11 +469,11 @@ def test_generate_refuses_bad_checkpoints_before_generating(world, tmp_path):
         assert not out.exists()
     gpt_cfg.write_text(good)
     # NaN weights: refused at load, not turned into garbage images
-    from scalingar_jax.checkpoint import load_model, save_model
+    from scalingar_jax.checkpoint import load_model, read_config, save_model
 
     params, cfg = load_model(bad / "gpt")
     params = jax_tree_map_first_leaf_nan(params)
-    save_model(bad / "gpt", params, cfg, kind="gpt", overwrite=True)
+    save_model(bad / "gpt", params, cfg, kind="gpt", meta=read_config(bad / "gpt")[2], overwrite=True)  # same world
     rc, err = _cli(["generate", "a photo of a circle", "--checkpoint", str(bad), "--out", str(out)])
     assert rc == 2 and err.count("\n") == 1 and "NaN or inf" in err and not out.exists(), err
     # the VQ folder where the GPT belongs
