@@ -1059,6 +1059,9 @@ _INTERRUPT_CHILD = textwrap.dedent("""
         return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
 
     report_path, target = sys.argv[1], sys.argv[2]
+    # a Ctrl-C reaches a command run from a terminal; one started in the background by a shell
+    # without job control (nohup ... &, some CI runners) inherits SIGINT ignored: restore it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     resource.setrlimit(resource.RLIMIT_AS, (status("VmSize:") + int(2.5 * (1 << 30)),
                                             resource.getrlimit(resource.RLIMIT_AS)[1]))
     with open("/proc/self/clear_refs", "w") as f:
