@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -114,7 +113,8 @@ def run_world(args) -> dict:
     settings.update({f"paper gate {name}": pipe.scaling.replace(**PAPER_GATE, **VARIANTS[name]) for name in REBOUND})
     rows = {}
     header = {"split": "dev", "prompts": n, "per_tag": args.per_tag, "N": args.N, "seeds": args.seeds, "T": T,
-              "base_scaling": str(pipe.scaling), "sampling": str(pipe.sampling), "checkpoint": pipe.name}
+              "base_scaling": str(pipe.scaling), "gate": {"Delta_rec": pipe.scaling.probation_steps, "p": pipe.scaling.p},
+              "sampling": str(pipe.sampling), "checkpoint": pipe.name}
 
     def judge(images):
         return np.array([bool(judge_image(im, r).correct) for im, r in zip(images, records)])
@@ -239,10 +239,8 @@ def report() -> str:
         else:
             parts.append(f"### Shapes world, development split ({d['prompts']} prompts, {d['per_tag']} per tag), "
                          f"N = {d['N']}, seeds {d['seeds']}, T = {d['T']}\n")
-            gate = re.search(r"probation_steps=(\d+)", d.get("base_scaling", ""))
-            p_q = re.search(r"\bp=([0-9.]+)", d.get("base_scaling", ""))
-            parts.append(f"\"world gate\": the bundle's ScalingAR config (Delta_rec = {gate[1] if gate else '?'}, "
-                         f"p = {p_q[1] if p_q else '?'}; sampling {d.get('sampling', '?')}); \"paper gate\": the same "
+            parts.append(f"\"world gate\": the bundle's ScalingAR config (Delta_rec = {d['gate']['Delta_rec']}, "
+                         f"p = {d['gate']['p']}; sampling {d['sampling']}); \"paper gate\": the same "
                          "with the paper's Delta_rec = 32. 95% CIs: bootstrap over prompts, paired with spec.\n")
         parts.append(f"Command: `{d['command']}` (git {d['git_rev']}, {d['time']})"
                      + (" PARTIAL: the run was stopped; only these rows were measured." if d.get("partial") else "")
